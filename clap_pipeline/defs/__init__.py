@@ -1,0 +1,1 @@
+"""Dagster layer: thin assets, checks, resources and automation over the core modules."""

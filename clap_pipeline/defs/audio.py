@@ -1,0 +1,1 @@
+"""Assets of the audio domain (being written)."""

@@ -1,0 +1,1 @@
+"""Assets of the evaluation domain (being written)."""

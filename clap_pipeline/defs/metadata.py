@@ -1,0 +1,1 @@
+"""Assets of the metadata domain (being written)."""

@@ -1,0 +1,70 @@
+"""Dagster resources, built from the documented env vars via ``Settings.from_env``.
+
+Assets receive paths and services through these resources, never by reading
+env vars themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+from dagster import ConfigurableResource
+
+from clap_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MAX_TRACKS, DEFAULT_MODEL, Settings
+from clap_pipeline.storage import duckdb_connection
+
+
+class ClapSettings(ConfigurableResource):
+    """Locations of inputs and outputs, the model to fine-tune and the experiment's size."""
+
+    data_dir: str = "data"
+    metadata_dir: str | None = None
+    audio_dir: str | None = None
+    model: str = DEFAULT_MODEL
+    max_tracks: int = DEFAULT_MAX_TRACKS
+
+    def settings(self) -> Settings:
+        return Settings.build(
+            data_dir=self.data_dir,
+            metadata_dir=self.metadata_dir,
+            audio_dir=self.audio_dir,
+            model=self.model,
+            max_tracks=self.max_tracks,
+        )
+
+
+class DuckDBDatabase(ConfigurableResource):
+    """The project's DuckDB file. Writers keep connections short; readers open read-only."""
+
+    path: str
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with duckdb_connection(self.path, read_only=read_only) as con:
+            yield con
+
+
+class MlflowTracking(ConfigurableResource):
+    """MLflow tracking server/store and experiment (SQLite store under mlruns/ by default)."""
+
+    tracking_uri: str
+    experiment: str = DEFAULT_EXPERIMENT
+
+
+def resources_from_env() -> dict[str, ConfigurableResource]:
+    s = Settings.from_env()
+    return {
+        "clap_settings": ClapSettings(
+            data_dir=str(s.data_dir),
+            metadata_dir=str(s.metadata_dir),
+            audio_dir=str(s.audio_dir),
+            model=s.model,
+            max_tracks=s.max_tracks,
+        ),
+        "duckdb": DuckDBDatabase(path=str(s.duckdb_path)),
+        "mlflow": MlflowTracking(
+            tracking_uri=s.mlflow_tracking_uri, experiment=s.mlflow_experiment
+        ),
+    }

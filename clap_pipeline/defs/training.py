@@ -1,0 +1,1 @@
+"""Assets of the training domain (being written)."""
