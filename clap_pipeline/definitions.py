@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from clap_pipeline.defs import audio, automation, evaluation, metadata, training
+from clap_pipeline.defs import audio, automation, evaluation, metadata, search, training
 from clap_pipeline.defs.resources import resources_from_env
 
-_asset_modules = [metadata, audio, training, evaluation]
+_asset_modules = [metadata, audio, training, evaluation, search]
 
 defs = Definitions(
     assets=load_assets_from_modules(_asset_modules),

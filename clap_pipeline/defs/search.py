@@ -1,0 +1,1 @@
+"""Assets of the search domain (being written)."""
