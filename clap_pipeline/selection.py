@@ -64,3 +64,38 @@ def select_tracks(
             if len(selected) >= max_tracks:
                 break
     return selected
+
+
+@dataclass(frozen=True)
+class InputsState:
+    """A cheap fingerprint of the raw inputs, for noticing that new tracks arrived."""
+
+    fingerprint: str
+    newest_mtime: float
+    exists: bool
+
+
+def inputs_state(metadata_dir: str | Path, audio_dir: str | Path) -> InputsState:
+    """Hash of tracks.csv/genres.csv (size, mtime) and the audio folders' names and mtimes.
+
+    Adding or replacing a clip changes its folder's mtime, so this costs one stat
+    per folder (157 at most for FMA), not one per file.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    newest = 0.0
+    entries: list[Path] = [Path(metadata_dir) / "tracks.csv", Path(metadata_dir) / "genres.csv"]
+    audio_dir = Path(audio_dir)
+    if audio_dir.is_dir():
+        entries += sorted(p for p in audio_dir.iterdir() if p.is_dir())
+    exists = entries[0].is_file() and audio_dir.is_dir()
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            digest.update(f"{entry.name}:missing;".encode())
+            continue
+        digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        newest = max(newest, st.st_mtime)
+    return InputsState(fingerprint=digest.hexdigest()[:16], newest_mtime=newest, exists=exists)
