@@ -1,1 +1,94 @@
-"""Assets of the search domain (being written)."""
+"""Asset `track_embeddings` (search index in DuckDB) and its check; the work is in search.py."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from clap_pipeline.embeddings import count_waveform_rows
+from clap_pipeline.search import TABLE, build_track_embeddings, champion_model, embeddings_health
+
+from .resources import ClapSettings, DuckDBDatabase, MlflowTracking
+
+
+class TrackEmbeddingsConfig(Config):
+    batch_size: int = Field(default=32, ge=1, description="clips per forward pass")
+    device: str = Field(default="auto", description="auto (CUDA, MPS, CPU), cuda, mps or cpu")
+
+
+@asset(
+    group_name="evaluation",
+    deps=["clap_model", "waveforms", "tracks"],
+    pool="gpu",
+    description=(
+        "Audio embeddings of every decoded track computed with the champion model, in the "
+        "DuckDB table `track_embeddings` (replaced atomically); used by `clap-pipeline search`."
+    ),
+)
+def track_embeddings(
+    context: AssetExecutionContext,
+    config: TrackEmbeddingsConfig,
+    clap_settings: ClapSettings,
+    duckdb: DuckDBDatabase,
+    mlflow: MlflowTracking,
+) -> MaterializeResult:
+    settings = clap_settings.settings()
+    model = champion_model(mlflow.tracking_uri)
+    context.log.info(f"embedding with clap-fma version {model.version} from {model.source}")
+    summary = build_track_embeddings(
+        model=model,
+        waveforms_dir=settings.waveforms_dir,
+        audio_dir=settings.audio_dir,
+        duckdb_path=duckdb.path,
+        batch_size=config.batch_size,
+        device=config.device,
+        log=context.log.info,
+    )
+    return MaterializeResult(
+        metadata={
+            "count": summary.count,
+            "dim": summary.dim,
+            "model_version": str(summary.model.version),
+            "model_run_id": str(summary.model.run_id),
+            "model_dir": MetadataValue.path(summary.model.source),
+            "table": f"{duckdb.path}:{TABLE}",
+            "seconds": round(summary.seconds, 2),
+            "clips_per_s": round(summary.clips_per_s, 2),
+        }
+    )
+
+
+@asset_check(
+    asset=track_embeddings,
+    description="One row per waveform, unit-norm finite embeddings, a single model version.",
+)
+def track_embeddings_complete_and_normalised(
+    clap_settings: ClapSettings, duckdb: DuckDBDatabase
+) -> AssetCheckResult:
+    health = embeddings_health(duckdb.path)
+    waveform_rows = count_waveform_rows(clap_settings.settings().waveforms_dir)
+    problems = []
+    if health["rows"] != waveform_rows:
+        problems.append(f"{health['rows']} rows for {waveform_rows} waveforms")
+    if health["rows"] and (
+        health["nan_rows"] or not 1 - 1e-3 < health["min_norm"] <= health["max_norm"] < 1 + 1e-3
+    ):
+        problems.append("embeddings not finite unit vectors")
+    if health["model_versions"] != 1:
+        problems.append(f"{health['model_versions']} model versions mixed")
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "ok",
+        metadata={
+            **{k: v for k, v in health.items() if v is not None},
+            "waveform_rows": waveform_rows,
+        },
+    )

@@ -1,0 +1,471 @@
+"""Text-to-music search over the `track_embeddings` DuckDB table, and M3U playlists.
+
+Storage: DuckDB table ``track_embeddings`` (one row per decoded track, a
+``FLOAT[d]`` column of L2-normalised audio embeddings plus the metadata a result
+line needs and the model version that produced it). A rebuild fills a staging
+table and swaps it in with one transaction, so readers see the old or the new
+set, never a mix.
+
+Query path: the N x d matrix is loaded once into a contiguous float32 numpy
+array (from an ``.npz`` cache next to the DuckDB file, keyed by model version and
+table contents: reading 100k FLOAT[512] rows out of DuckDB takes over a second,
+the cache tens of milliseconds), then one matrix-vector product and an
+``argpartition`` give the top k. DuckDB's ``array_cosine_similarity`` was about 5x
+slower than numpy on 100k x 512 (see benchmarks/bench_search.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from clap_pipeline.config import Settings
+from clap_pipeline.selection import audio_path as fma_audio_path
+from clap_pipeline.storage import atomic_path, duckdb_connection, table_exists, write_text_atomic
+
+TABLE = "track_embeddings"
+STAGING_TABLE = "track_embeddings__staging"
+CACHE_DIR_NAME = "cache"
+REGISTERED_MODEL = "clap-fma"
+
+
+class SearchError(RuntimeError):
+    """Search cannot run yet; the message names the asset to materialize or the input to fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Which model: the champion of the MLflow registry, or a folder given with --model
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    source: str  # what load_clap() takes: a save_pretrained folder (or hub id)
+    version: str | None = None  # registry version when it is the champion
+    run_id: str | None = None
+
+
+def champion_model(tracking_uri: str) -> ModelChoice:
+    """The registry's `champion` of `clap-fma`, downloaded to a local folder by tracking.py."""
+    from clap_pipeline.tracking import resolve_champion
+
+    champion = resolve_champion(tracking_uri, name=REGISTERED_MODEL)
+    return ModelChoice(
+        source=str(champion.local_dir), version=str(champion.version), run_id=champion.run_id
+    )
+
+
+def resolve_model(model_arg: str | None, tracking_uri: str) -> ModelChoice:
+    return ModelChoice(source=model_arg) if model_arg else champion_model(tracking_uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the table (the `track_embeddings` asset)
+
+
+def write_track_embeddings(
+    duckdb_path: str | Path,
+    track_ids: np.ndarray,
+    embeddings: np.ndarray,
+    audio_paths: Sequence[str],
+    source_sizes: np.ndarray,
+    model: ModelChoice,
+    created_at: dt.datetime | None = None,
+) -> int:
+    """Replace the table with these rows atomically; title/artist/... come from `tracks`.
+
+    ``duration_s`` (for playlists) estimates the *file's* length as size x 8 / the
+    track's bit rate: FMA's audio files are 30-s clips, while ``track_duration``
+    is the full track's (sometimes wrong) length; it is the fallback.
+    """
+    n, dim = embeddings.shape
+    if n != len(track_ids) or n != len(audio_paths) or n != len(source_sizes):
+        raise ValueError("track_ids, embeddings, audio_paths and source_sizes differ in length")
+    norms = np.linalg.norm(embeddings, axis=1)
+    if not np.all(np.abs(norms - 1.0) < 1e-3):
+        raise ValueError("embeddings must be L2-normalised (audio_embeddings() returns them so)")
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
+    new_rows = pa.table(
+        {
+            "track_id": pa.array(np.asarray(track_ids, dtype=np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "audio_path": pa.array([str(p) for p in audio_paths], pa.string()),
+            "source_size": pa.array(np.asarray(source_sizes, dtype=np.int64)),
+        }
+    )
+    created_at = created_at or dt.datetime.now(dt.UTC)
+    with duckdb_connection(duckdb_path) as con:
+        # DuckDB 2 refuses register() while a query result is unfinished: register first.
+        con.register("new_rows", new_rows)
+        if not table_exists(con, "tracks"):
+            raise SearchError(f"no `tracks` table in {duckdb_path}: materialize `tracks` first")
+        # Build aside (a crashed earlier build may have left its staging table) ...
+        con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
+        con.execute(
+            f"""CREATE TABLE {STAGING_TABLE} (
+                track_id BIGINT PRIMARY KEY,
+                embedding FLOAT[{dim}] NOT NULL,
+                title VARCHAR, artist VARCHAR, genre VARCHAR, license VARCHAR,
+                audio_path VARCHAR NOT NULL,
+                duration_s DOUBLE,
+                model_version VARCHAR, model_run_id VARCHAR,
+                created_at TIMESTAMPTZ NOT NULL)"""
+        )
+        con.execute(
+            f"""INSERT INTO {STAGING_TABLE}
+            SELECT n.track_id, n.embedding, t.track_title, t.artist_name, t.track_genre_top,
+                   t.track_license, n.audio_path,
+                   CASE WHEN TRY_CAST(t.track_bit_rate AS DOUBLE) > 0 AND n.source_size > 0
+                        THEN round(n.source_size * 8.0 / TRY_CAST(t.track_bit_rate AS DOUBLE), 1)
+                        ELSE TRY_CAST(t.track_duration AS DOUBLE) END,
+                   ?, ?, ?
+            FROM new_rows n LEFT JOIN tracks t USING (track_id)
+            ORDER BY n.track_id""",
+            [model.version, model.run_id, created_at],
+        )
+        # ... then swap in one transaction: readers see the old set or the new one.
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return n
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    count: int
+    dim: int
+    model: ModelChoice
+    seconds: float
+    clips_per_s: float
+
+
+def build_track_embeddings(
+    *,
+    model: ModelChoice,
+    waveforms_dir: str | Path,
+    audio_dir: str | Path,
+    duckdb_path: str | Path,
+    batch_size: int = 32,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> BuildSummary:
+    """Embed every clip of the waveforms dataset with ``model`` and replace the table."""
+    from clap_pipeline.embeddings import embed_waveforms
+    from clap_pipeline.model import load_clap
+
+    clap = load_clap(model.source)
+    embedded = embed_waveforms(clap, waveforms_dir, batch_size=batch_size, device=device, log=log)
+    # Playlists need absolute paths; the waveforms record the decoded file's path.
+    paths = [
+        p if Path(p).is_absolute() else str(fma_audio_path(audio_dir, tid))
+        for tid, p in zip(embedded.track_ids.tolist(), embedded.source_paths, strict=True)
+    ]
+    count = write_track_embeddings(
+        duckdb_path, embedded.track_ids, embedded.embeddings, paths, embedded.source_sizes, model
+    )
+    # Warm the query cache so the first search does not pay the DuckDB read.
+    load_index(duckdb_path)
+    return BuildSummary(count, embedded.dim, model, embedded.seconds, embedded.clips_per_s)
+
+
+def embeddings_health(duckdb_path: str | Path) -> dict[str, float | int]:
+    """Row count, norm range, NaN rows and number of model versions of the table."""
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, TABLE):
+            raise SearchError(f"no `{TABLE}` table in {duckdb_path}: materialize `{TABLE}`")
+        row = con.execute(
+            f"""SELECT count(*),
+                   min(sqrt(array_inner_product(embedding, embedding))),
+                   max(sqrt(array_inner_product(embedding, embedding))),
+                   count(*) FILTER (WHERE isnan(array_inner_product(embedding, embedding))),
+                   count(DISTINCT coalesce(model_version, '')),
+                   count(*) FILTER (WHERE title IS NULL)
+            FROM {TABLE}"""
+        ).fetchall()[0]
+    keys = ("rows", "min_norm", "max_norm", "nan_rows", "model_versions", "rows_without_title")
+    return dict(zip(keys, row, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-memory index and top-k
+
+
+@dataclass
+class EmbeddingIndex:
+    track_ids: np.ndarray  # int64 (N,), ascending
+    matrix: np.ndarray  # float32 (N, d), C-contiguous, rows L2-normalised
+    model_version: str | None
+    model_run_id: str | None
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def top_k(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions and cosine scores of the ``k`` best rows (all rows if k >= N)."""
+        return top_k(self.matrix, query, k)
+
+
+def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` rows of ``matrix @ query`` by score, ties broken by lower row position.
+
+    Same order as a stable ``argsort(-scores)``, but O(N) instead of O(N log N):
+    ``partition`` finds the k-th best score, only rows scoring at least that are
+    sorted.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = np.asarray(query, dtype=np.float32).ravel()
+    if q.shape[0] != matrix.shape[1]:
+        raise ValueError(f"query has {q.shape[0]} dimensions, the embeddings {matrix.shape[1]}")
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    scores = matrix @ q
+    n = scores.shape[0]
+    if k < n:
+        kth_best = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth_best)
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    best = candidates[order]
+    return best, scores[best]
+
+
+def _missing_table_error(duckdb_path: Path, why: str) -> SearchError:
+    return SearchError(
+        f"{why} in {duckdb_path}: materialize the `{TABLE}` asset first "
+        f"(it needs `tracks`, `waveforms` and a champion from `clap_model`)"
+    )
+
+
+def _cache_path(duckdb_path: Path, fingerprint: tuple) -> Path:
+    version = fingerprint[3] or "local"
+    key = hashlib.sha1(repr(fingerprint).encode()).hexdigest()[:16]
+    safe_version = re.sub(r"[^A-Za-z0-9_.-]", "_", str(version))
+    return duckdb_path.parent / CACHE_DIR_NAME / f"{TABLE}-v{safe_version}-{key}.npz"
+
+
+def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path) as cached:
+            ids, matrix = cached["track_ids"], cached["matrix"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if len(ids) != n or matrix.shape[0] != n or matrix.dtype != np.float32:
+        return None
+    return ids, np.ascontiguousarray(matrix)
+
+
+def _write_cache(path: Path, ids: np.ndarray, matrix: np.ndarray) -> None:
+    """Best effort: a read-only data folder only costs the next search the DuckDB read."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, track_ids=ids, matrix=matrix)
+        for old in path.parent.glob(f"{TABLE}-*.npz"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+
+def load_index(duckdb_path: str | Path, *, use_cache: bool = True) -> EmbeddingIndex:
+    """The embedding matrix of ``track_embeddings`` (read-only connection), cached as .npz."""
+    duckdb_path = Path(duckdb_path)
+    if not duckdb_path.exists():
+        raise _missing_table_error(duckdb_path, "no DuckDB file")
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, TABLE):
+            raise _missing_table_error(duckdb_path, f"no `{TABLE}` table")
+        # Everything that changes when the table is rebuilt: count, ids, build time, model.
+        fingerprint = con.execute(
+            f"""SELECT count(*), coalesce(sum(track_id), 0), max(created_at)::VARCHAR,
+                       min(model_version), min(model_run_id)
+                FROM {TABLE}"""
+        ).fetchall()[0]
+        n = int(fingerprint[0])
+        if n == 0:
+            raise _missing_table_error(duckdb_path, f"the `{TABLE}` table is empty")
+        cache = _cache_path(duckdb_path, tuple(fingerprint))
+        cached = _read_cache(cache, n) if use_cache else None
+        if cached is None:
+            table = con.sql(
+                f"SELECT track_id, embedding FROM {TABLE} ORDER BY track_id"
+            ).to_arrow_table()
+            ids = table.column("track_id").to_numpy().astype(np.int64)
+            embedding = table.column("embedding").combine_chunks()
+            dim = embedding.type.list_size
+            flat = embedding.flatten().to_numpy(zero_copy_only=False)
+            matrix = np.ascontiguousarray(flat, dtype=np.float32).reshape(n, dim)
+    if cached is None:
+        if use_cache:
+            _write_cache(cache, ids, matrix)
+    else:
+        ids, matrix = cached
+    return EmbeddingIndex(
+        track_ids=ids,
+        matrix=matrix,
+        model_version=fingerprint[3],
+        model_run_id=fingerprint[4],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    track_id: int
+    score: float
+    title: str | None
+    artist: str | None
+    genre: str | None
+    license: str | None
+    audio_path: str
+    duration_s: float | None
+
+
+def validate_query(query: str) -> str:
+    text = (query or "").strip()
+    if not text:
+        raise ValueError('empty query: describe the music, e.g. "folk country music"')
+    return text
+
+
+def encode_query(clap, text: str) -> np.ndarray:
+    """L2-normalised text embedding (d,) of one query, on the CPU (one query: no GPU start-up)."""
+    import torch
+
+    from clap_pipeline.model import text_embeddings, tokenize
+
+    model = clap.model.to("cpu").eval()
+    with torch.inference_mode():
+        emb = text_embeddings(model, tokenize(clap.tokenizer, [text]))
+    return emb[0].float().numpy()
+
+
+def fetch_hits(
+    duckdb_path: str | Path, track_ids: np.ndarray, scores: np.ndarray
+) -> list[SearchHit]:
+    ids = [int(t) for t in track_ids]
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        rows = con.execute(
+            f"""SELECT track_id, title, artist, genre, license, audio_path, duration_s
+                FROM {TABLE} WHERE track_id IN (SELECT unnest(?::BIGINT[]))""",
+            [ids],
+        ).fetchall()
+    by_id = {row[0]: row for row in rows}
+    missing = [t for t in ids if t not in by_id]
+    if missing:
+        raise SearchError(f"`{TABLE}` was rebuilt during the search (track {missing[0]}); rerun")
+    return [
+        SearchHit(rank, tid, float(score), *by_id[tid][1:])
+        for rank, (tid, score) in enumerate(zip(ids, scores.tolist(), strict=True), start=1)
+    ]
+
+
+def search(settings: Settings, query: str, k: int, model_arg: str | None = None) -> list[SearchHit]:
+    """Top ``k`` tracks for a text query (all tracks when k exceeds the collection)."""
+    from clap_pipeline.model import load_clap
+
+    text = validate_query(query)
+    if k < 1:
+        raise ValueError(f"the number of results must be >= 1, got {k}")
+    model = resolve_model(model_arg, settings.mlflow_tracking_uri)
+    index = load_index(settings.duckdb_path)
+    if model.version is not None and index.model_version not in (None, model.version):
+        raise SearchError(
+            f"`{TABLE}` was computed with {REGISTERED_MODEL} version {index.model_version}, "
+            f"the champion is now version {model.version}: materialize `{TABLE}` again"
+        )
+    clap = load_clap(model.source)
+    query_emb = encode_query(clap, text)
+    if query_emb.shape[0] != index.dim:
+        raise SearchError(
+            f"model {model.source} embeds text in {query_emb.shape[0]} dimensions but `{TABLE}` "
+            f"holds {index.dim}-d embeddings (model version {index.model_version}): use the "
+            f"model that built them, or materialize `{TABLE}` with this one"
+        )
+    positions, scores = index.top_k(query_emb, k)
+    return fetch_hits(settings.duckdb_path, index.track_ids[positions], scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _cell(value: object, width: int = 40) -> str:
+    text = "" if value is None else " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(hits: Sequence[SearchHit]) -> str:
+    header = ("rank", "title", "artist", "genre", "score")
+    rows = [
+        (str(h.rank), _cell(h.title), _cell(h.artist), _cell(h.genre, 24), f"{h.score:.4f}")
+        for h in hits
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, 4}  # numbers right-aligned
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def hits_json(hits: Sequence[SearchHit]) -> str:
+    return json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False)
+
+
+def m3u_text(hits: Sequence[SearchHit]) -> str:
+    """Extended M3U: ``#EXTINF:<seconds>,<artist> - <title>`` then the absolute file path."""
+    lines = ["#EXTM3U"]
+    for h in hits:
+        seconds = round(h.duration_s) if h.duration_s is not None else -1
+        label = " - ".join(_cell(v, 200) for v in (h.artist, h.title) if v) or f"track {h.track_id}"
+        lines += [f"#EXTINF:{seconds},{label}", str(Path(h.audio_path).absolute())]
+    return "\n".join(lines) + "\n"
+
+
+def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
+    return write_text_atomic(Path(path).expanduser(), m3u_text(hits))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI commands (wired in cli.py)
+
+
+def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
+    hits = search(settings, args.query, args.k, args.model)
+    print(hits_json(hits) if args.json else format_table(hits))
+    return 0
+
+
+def run_playlist_command(args: argparse.Namespace, settings: Settings) -> int:
+    hits = search(settings, args.query, args.n, args.model)
+    out = write_m3u(args.m3u, hits)
+    print(f"wrote {len(hits)} tracks to {out}", file=sys.stderr)
+    return 0
