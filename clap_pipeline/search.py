@@ -7,10 +7,10 @@ table and swaps it in with one transaction, so readers see the old or the new
 set, never a mix.
 
 Query path: the N x d matrix is loaded once into a contiguous float32 numpy
-array (from an ``.npz`` cache next to the DuckDB file, keyed by model version and
-table contents: reading 100k FLOAT[512] rows out of DuckDB takes over a second,
+array (from an ``.npy`` cache next to the DuckDB file, keyed by model version and
+table contents: reading 100k FLOAT[512] rows out of DuckDB takes about a second,
 the cache tens of milliseconds), then one matrix-vector product and an
-``argpartition`` give the top k. DuckDB's ``array_cosine_similarity`` was about 5x
+``np.partition`` give the top k. DuckDB's ``array_cosine_similarity`` was about 5x
 slower than numpy on 100k x 512 (see benchmarks/bench_search.py).
 """
 
@@ -23,11 +23,11 @@ import hashlib
 import json
 import re
 import sys
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -206,12 +206,28 @@ def embeddings_health(duckdb_path: str | Path) -> dict[str, float | int]:
 # The in-memory index and top-k
 
 
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    track_id: int
+    score: float
+    title: str | None
+    artist: str | None
+    genre: str | None
+    license: str | None
+    audio_path: str
+    duration_s: float | None
+
+
 @dataclass
 class EmbeddingIndex:
+    """The table's matrix in memory, and the open read-only connection for the hits' rows."""
+
     track_ids: np.ndarray  # int64 (N,), ascending
     matrix: np.ndarray  # float32 (N, d), C-contiguous, rows L2-normalised
     model_version: str | None
     model_run_id: str | None
+    con: duckdb.DuckDBPyConnection | None = None  # closed once open_index() exits
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -223,6 +239,13 @@ class EmbeddingIndex:
     def top_k(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Row positions and cosine scores of the ``k`` best rows (all rows if k >= N)."""
         return top_k(self.matrix, query, k)
+
+    def search(self, query: np.ndarray, k: int) -> list[SearchHit]:
+        """Top ``k`` tracks for a query embedding, with their metadata (the query path)."""
+        if self.con is None:
+            raise RuntimeError("search() needs the index from open_index()")
+        positions, scores = self.top_k(query, k)
+        return fetch_hits(self.con, self.track_ids[positions], scores)
 
 
 def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +273,31 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np
     return best, scores[best]
 
 
+def fetch_hits(
+    con: duckdb.DuckDBPyConnection, track_ids: np.ndarray, scores: np.ndarray
+) -> list[SearchHit]:
+    ids = [int(t) for t in track_ids]
+    rows = con.execute(
+        f"""SELECT track_id, title, artist, genre, license, audio_path, duration_s
+            FROM {TABLE} WHERE track_id IN (SELECT unnest(?::BIGINT[]))""",
+        [ids],
+    ).fetchall()
+    by_id = {row[0]: row for row in rows}
+    return [
+        SearchHit(rank, tid, float(score), *by_id[tid][1:])
+        for rank, (tid, score) in enumerate(zip(ids, scores.tolist(), strict=True), start=1)
+    ]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    count: int
+    dim: int
+    model_version: str | None
+    model_run_id: str | None
+    fingerprint: tuple
+
+
 def _missing_table_error(duckdb_path: Path, why: str) -> SearchError:
     return SearchError(
         f"{why} in {duckdb_path}: materialize the `{TABLE}` asset first "
@@ -257,91 +305,92 @@ def _missing_table_error(duckdb_path: Path, why: str) -> SearchError:
     )
 
 
-def _cache_path(duckdb_path: Path, fingerprint: tuple) -> Path:
-    version = fingerprint[3] or "local"
-    key = hashlib.sha1(repr(fingerprint).encode()).hexdigest()[:16]
-    safe_version = re.sub(r"[^A-Za-z0-9_.-]", "_", str(version))
-    return duckdb_path.parent / CACHE_DIR_NAME / f"{TABLE}-v{safe_version}-{key}.npz"
+def _index_info(con: duckdb.DuckDBPyConnection, duckdb_path: Path) -> IndexInfo:
+    if not table_exists(con, TABLE):
+        raise _missing_table_error(duckdb_path, f"no `{TABLE}` table")
+    # Everything that changes when the table is rebuilt: count, ids, build time, model.
+    count, id_sum, created, version, run_id, dim = con.execute(
+        f"""SELECT count(*), coalesce(sum(track_id), 0), max(created_at)::VARCHAR,
+                   min(model_version), min(model_run_id), max(array_length(embedding))
+            FROM {TABLE}"""
+    ).fetchall()[0]
+    if count == 0:
+        raise _missing_table_error(duckdb_path, f"the `{TABLE}` table is empty")
+    return IndexInfo(
+        count, int(dim), version, run_id, (count, int(id_sum), created, version, run_id, dim)
+    )
 
 
-def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path) as cached:
-            ids, matrix = cached["track_ids"], cached["matrix"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
-    if len(ids) != n or matrix.shape[0] != n or matrix.dtype != np.float32:
-        return None
-    return ids, np.ascontiguousarray(matrix)
-
-
-def _write_cache(path: Path, ids: np.ndarray, matrix: np.ndarray) -> None:
-    """Best effort: a read-only data folder only costs the next search the DuckDB read."""
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, track_ids=ids, matrix=matrix)
-        for old in path.parent.glob(f"{TABLE}-*.npz"):
-            if old != path:
-                old.unlink(missing_ok=True)
-
-
-def load_index(duckdb_path: str | Path, *, use_cache: bool = True) -> EmbeddingIndex:
-    """The embedding matrix of ``track_embeddings`` (read-only connection), cached as .npz."""
+def index_info(duckdb_path: str | Path) -> IndexInfo:
+    """Size, dimension and model version of the table: a cheap check before loading a model."""
     duckdb_path = Path(duckdb_path)
     if not duckdb_path.exists():
         raise _missing_table_error(duckdb_path, "no DuckDB file")
     with duckdb_connection(duckdb_path, read_only=True) as con:
-        if not table_exists(con, TABLE):
-            raise _missing_table_error(duckdb_path, f"no `{TABLE}` table")
-        # Everything that changes when the table is rebuilt: count, ids, build time, model.
-        fingerprint = con.execute(
-            f"""SELECT count(*), coalesce(sum(track_id), 0), max(created_at)::VARCHAR,
-                       min(model_version), min(model_run_id)
-                FROM {TABLE}"""
-        ).fetchall()[0]
-        n = int(fingerprint[0])
-        if n == 0:
-            raise _missing_table_error(duckdb_path, f"the `{TABLE}` table is empty")
-        cache = _cache_path(duckdb_path, tuple(fingerprint))
-        cached = _read_cache(cache, n) if use_cache else None
-        if cached is None:
-            table = con.sql(
-                f"SELECT track_id, embedding FROM {TABLE} ORDER BY track_id"
-            ).to_arrow_table()
-            ids = table.column("track_id").to_numpy().astype(np.int64)
-            embedding = table.column("embedding").combine_chunks()
-            dim = embedding.type.list_size
-            flat = embedding.flatten().to_numpy(zero_copy_only=False)
-            matrix = np.ascontiguousarray(flat, dtype=np.float32).reshape(n, dim)
-    if cached is None:
-        if use_cache:
-            _write_cache(cache, ids, matrix)
-    else:
-        ids, matrix = cached
-    return EmbeddingIndex(
-        track_ids=ids,
-        matrix=matrix,
-        model_version=fingerprint[3],
-        model_run_id=fingerprint[4],
-    )
+        return _index_info(con, duckdb_path)
+
+
+def _cache_path(duckdb_path: Path, info: IndexInfo) -> Path:
+    key = hashlib.sha1(repr(info.fingerprint).encode()).hexdigest()[:16]
+    version = re.sub(r"[^A-Za-z0-9_.-]", "_", str(info.model_version or "local"))
+    return duckdb_path.parent / CACHE_DIR_NAME / f"{TABLE}-v{version}-{key}.npy"
+
+
+def _read_cache(path: Path, info: IndexInfo) -> np.ndarray | None:
+    try:
+        matrix = np.load(path)
+    except (OSError, ValueError):
+        return None
+    if matrix.shape != (info.count, info.dim) or matrix.dtype != np.float32:
+        return None
+    return np.ascontiguousarray(matrix)
+
+
+def _write_cache(path: Path, matrix: np.ndarray) -> None:
+    """Best effort: a read-only data folder only costs the next search the DuckDB read."""
+    with contextlib.suppress(OSError):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, matrix)
+        for old in path.parent.glob(f"{TABLE}-*.npy"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def open_index(duckdb_path: str | Path, *, use_cache: bool = True) -> Iterator[EmbeddingIndex]:
+    """Load the matrix (from the .npy cache when it matches the table) on a read-only connection.
+
+    The connection stays open inside the ``with`` block for ``EmbeddingIndex.search``.
+    """
+    duckdb_path = Path(duckdb_path)
+    if not duckdb_path.exists():
+        raise _missing_table_error(duckdb_path, "no DuckDB file")
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        info = _index_info(con, duckdb_path)
+        ids = con.execute(f"SELECT track_id FROM {TABLE} ORDER BY track_id").fetchnumpy()
+        track_ids = np.asarray(ids["track_id"], dtype=np.int64)
+        cache = _cache_path(duckdb_path, info)
+        matrix = _read_cache(cache, info) if use_cache else None
+        if matrix is None:
+            table = con.sql(f"SELECT embedding FROM {TABLE} ORDER BY track_id").to_arrow_table()
+            flat = table.column("embedding").combine_chunks().flatten()
+            matrix = np.ascontiguousarray(
+                flat.to_numpy(zero_copy_only=False), dtype=np.float32
+            ).reshape(info.count, info.dim)
+            if use_cache:
+                _write_cache(cache, matrix)
+        yield EmbeddingIndex(track_ids, matrix, info.model_version, info.model_run_id, con)
+
+
+def load_index(duckdb_path: str | Path, *, use_cache: bool = True) -> EmbeddingIndex:
+    """The matrix and ids alone (no open connection): for checks, tests and benchmarks."""
+    with open_index(duckdb_path, use_cache=use_cache) as index:
+        index.con = None
+        return index
 
 
 # ---------------------------------------------------------------------------------------------
 # Queries
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    rank: int
-    track_id: int
-    score: float
-    title: str | None
-    artist: str | None
-    genre: str | None
-    license: str | None
-    audio_path: str
-    duration_s: float | None
 
 
 def validate_query(query: str) -> str:
@@ -363,26 +412,6 @@ def encode_query(clap, text: str) -> np.ndarray:
     return emb[0].float().numpy()
 
 
-def fetch_hits(
-    duckdb_path: str | Path, track_ids: np.ndarray, scores: np.ndarray
-) -> list[SearchHit]:
-    ids = [int(t) for t in track_ids]
-    with duckdb_connection(duckdb_path, read_only=True) as con:
-        rows = con.execute(
-            f"""SELECT track_id, title, artist, genre, license, audio_path, duration_s
-                FROM {TABLE} WHERE track_id IN (SELECT unnest(?::BIGINT[]))""",
-            [ids],
-        ).fetchall()
-    by_id = {row[0]: row for row in rows}
-    missing = [t for t in ids if t not in by_id]
-    if missing:
-        raise SearchError(f"`{TABLE}` was rebuilt during the search (track {missing[0]}); rerun")
-    return [
-        SearchHit(rank, tid, float(score), *by_id[tid][1:])
-        for rank, (tid, score) in enumerate(zip(ids, scores.tolist(), strict=True), start=1)
-    ]
-
-
 def search(settings: Settings, query: str, k: int, model_arg: str | None = None) -> list[SearchHit]:
     """Top ``k`` tracks for a text query (all tracks when k exceeds the collection)."""
     from clap_pipeline.model import load_clap
@@ -391,22 +420,25 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
     if k < 1:
         raise ValueError(f"the number of results must be >= 1, got {k}")
     model = resolve_model(model_arg, settings.mlflow_tracking_uri)
-    index = load_index(settings.duckdb_path)
-    if model.version is not None and index.model_version not in (None, model.version):
+    # Fail before the (slow) model load when the embeddings are missing or stale.
+    info = index_info(settings.duckdb_path)
+    if model.version is not None and info.model_version not in (None, model.version):
         raise SearchError(
-            f"`{TABLE}` was computed with {REGISTERED_MODEL} version {index.model_version}, "
+            f"`{TABLE}` was computed with {REGISTERED_MODEL} version {info.model_version}, "
             f"the champion is now version {model.version}: materialize `{TABLE}` again"
         )
     clap = load_clap(model.source)
     query_emb = encode_query(clap, text)
-    if query_emb.shape[0] != index.dim:
+    if query_emb.shape[0] != info.dim:
         raise SearchError(
             f"model {model.source} embeds text in {query_emb.shape[0]} dimensions but `{TABLE}` "
-            f"holds {index.dim}-d embeddings (model version {index.model_version}): use the "
+            f"holds {info.dim}-d embeddings (model version {info.model_version}): use the "
             f"model that built them, or materialize `{TABLE}` with this one"
         )
-    positions, scores = index.top_k(query_emb, k)
-    return fetch_hits(settings.duckdb_path, index.track_ids[positions], scores)
+    with open_index(settings.duckdb_path) as index:
+        if index.model_version != info.model_version or index.dim != info.dim:
+            raise SearchError(f"`{TABLE}` was rebuilt during the search: run it again")
+        return index.search(query_emb, k)
 
 
 # ---------------------------------------------------------------------------------------------

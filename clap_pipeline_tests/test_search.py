@@ -112,7 +112,7 @@ def test_table_schema_metadata_and_index_round_trip(tmp_path: Path) -> None:
     assert index.matrix.dtype == np.float32 and index.matrix.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(index.matrix, expected)
     assert (index.model_version, index.model_run_id) == ("1", "r1")
-    cached = list((tmp_path / "cache").glob("*.npz"))
+    cached = list((tmp_path / "cache").glob("*.npy"))
     assert len(cached) == 1 and "-v1-" in cached[0].name
     again = load_index(duckdb_path)
     np.testing.assert_array_equal(again.matrix, expected)
@@ -130,7 +130,7 @@ def test_rebuild_replaces_table_and_cache_and_failed_rebuild_keeps_old(tmp_path:
     index = load_index(duckdb_path)
     assert index.track_ids.tolist() == TRACK_IDS[:4] and index.model_version == "2"
     np.testing.assert_array_equal(index.matrix, new)
-    assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.npz")] == ["v2"]
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.npy")] == ["v2"]
 
     # A build that fails (duplicate track id) leaves version 2 in place, nothing half-written.
     with pytest.raises(duckdb.ConstraintException):
