@@ -78,7 +78,7 @@ def _to_batch(table: pa.Table, origin: str) -> WaveformBatch:
     flat = values.flatten().to_numpy(zero_copy_only=False)
     return WaveformBatch(
         track_ids=ids,
-        waveforms=np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, WAVEFORM_SAMPLES),
+        waveforms=np.array(flat, dtype=np.float32).reshape(-1, WAVEFORM_SAMPLES),  # writable
         source_paths=[str(p) for p in table.column("source_path").to_pylist()],
         source_sizes=table.column("source_size").to_numpy().astype(np.int64),
     )

@@ -1,0 +1,145 @@
+"""`track_embeddings` end to end: waveforms + tracks + a champion in a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+from dagster import DagsterInstance, RunConfig, materialize
+
+from clap_pipeline import tracking
+from clap_pipeline.cli import main
+from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.search import (
+    TrackEmbeddingsConfig,
+    track_embeddings,
+    track_embeddings_complete_and_normalised,
+)
+from clap_pipeline.model import audio_embeddings, load_clap, save_tiny_model
+from clap_pipeline.search import encode_query
+from clap_pipeline.selection import audio_path
+from clap_pipeline_tests.search_fixtures import write_tracks_table, write_waveforms
+
+TRACK_IDS = [2, 5, 10, 1001, 1002]  # two waveforms partitions: 000 and 001
+
+
+def register_champion(tracking_uri: str, model_dir: Path) -> str:
+    """What `clap_model` does at the end of training: a run, a version, the alias."""
+    client = tracking.client(tracking_uri)
+    run = client.create_run(tracking.configure(tracking_uri, "search-test"))
+    client.set_terminated(run.info.run_id)
+    version = tracking.register_checkpoint(
+        client,
+        tracking.MODEL_NAME,
+        run_id=run.info.run_id,
+        source=str(model_dir),
+        tags={tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: "1"},
+    )
+    client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
+    return version
+
+
+def reference_embeddings(model_dir: Path, waveforms_dir: Path) -> np.ndarray:
+    """Independent path: the numpy ClapFeatureExtractor, one clip at a time."""
+    clap = load_clap(model_dir)
+    table = ds.dataset(waveforms_dir, format="parquet").to_table().sort_by("track_id")
+    rows = []
+    with torch.no_grad():
+        for wave in table.column("input_values").to_pylist():
+            feats = clap.feature_extractor(
+                [np.asarray(wave, np.float32)], sampling_rate=48_000, return_tensors="pt"
+            )["input_features"]
+            rows.append(audio_embeddings(clap.model.eval(), feats)[0].numpy())
+    return np.stack(rows)
+
+
+def materialize_embeddings(resources: dict, instance: DagsterInstance):
+    return materialize(
+        [track_embeddings, track_embeddings_complete_and_normalised],
+        resources=resources,
+        instance=instance,
+        run_config=RunConfig({"track_embeddings": TrackEmbeddingsConfig(batch_size=2)}),
+    )
+
+
+def table_rows(duckdb_path: Path) -> list[tuple]:
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        return con.execute(
+            "SELECT track_id, embedding, title, audio_path, model_version, model_run_id "
+            "FROM track_embeddings ORDER BY track_id"
+        ).fetchall()
+
+
+def test_track_embeddings_asset_with_champion_then_new_champion(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir, audio_dir = tmp_path / "data", tmp_path / "data" / "fma_audio"
+    duckdb_path = data_dir / "clap.duckdb"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    write_tracks_table(duckdb_path, TRACK_IDS)
+    write_waveforms(data_dir / "waveforms", audio_dir, TRACK_IDS)
+    resources = {
+        "clap_settings": ClapSettings(data_dir=str(data_dir), audio_dir=str(audio_dir)),
+        "duckdb": DuckDBDatabase(path=str(duckdb_path)),
+        "mlflow": MlflowTracking(tracking_uri=tracking_uri, experiment="search-test"),
+    }
+    instance = DagsterInstance.ephemeral()
+
+    # No champion yet: the error names the asset to materialize.
+    with pytest.raises(Exception) as err:
+        materialize_embeddings(resources, instance)
+    assert "`clap_model`" in f"{err.value} {err.value.__cause__}"
+
+    version = register_champion(tracking_uri, tiny_model_dir)
+    result = materialize_embeddings(resources, instance)
+    assert result.success
+    meta = result.asset_materializations_for_node("track_embeddings")[0].metadata
+    assert (meta["count"].value, meta["dim"].value) == (len(TRACK_IDS), 32)
+    assert meta["model_version"].value == version
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["rows"].value == len(TRACK_IDS)
+
+    rows = table_rows(duckdb_path)
+    expected = reference_embeddings(tiny_model_dir, data_dir / "waveforms")
+    assert [r[0] for r in rows] == TRACK_IDS
+    np.testing.assert_allclose(np.array([r[1] for r in rows]), expected, atol=2e-4)
+    assert [r[2] for r in rows] == [f"Song {t}" for t in TRACK_IDS]
+    assert [r[3] for r in rows] == [str(audio_path(audio_dir, t)) for t in TRACK_IDS]
+    assert {r[4] for r in rows} == {version} and rows[0][5]
+
+    # The CLI with the champion (no --model), DuckDB read-only.
+    monkeypatch.setenv("CLAP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("FMA_AUDIO_DIR", str(audio_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    query = "folk country music"
+    assert main(["search", query, "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    q = encode_query(load_clap(tiny_model_dir), query)
+    best = np.argsort(-(expected @ q), kind="stable")[:3]
+    assert [h["track_id"] for h in hits] == [TRACK_IDS[i] for i in best]
+
+    # A new champion: searching the old embeddings is refused until re-materialized.
+    new_model = save_tiny_model(tmp_path / "tiny-clap-2", seed=1)
+    new_version = register_champion(tracking_uri, new_model)
+    assert main(["search", query]) == 2
+    err_text = capsys.readouterr().err
+    assert f"version {version}" in err_text and "`track_embeddings`" in err_text
+
+    assert materialize_embeddings(resources, instance).success
+    rows = table_rows(duckdb_path)
+    assert [r[0] for r in rows] == TRACK_IDS and {r[4] for r in rows} == {new_version}
+    np.testing.assert_allclose(
+        np.array([r[1] for r in rows]),
+        reference_embeddings(new_model, data_dir / "waveforms"),
+        atol=2e-4,
+    )
+    assert main(["search", query, "-k", "10", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == len(TRACK_IDS)
