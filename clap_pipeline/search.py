@@ -52,22 +52,65 @@ class SearchError(RuntimeError):
 @dataclass(frozen=True)
 class ModelChoice:
     source: str  # what load_clap() takes: a save_pretrained folder (or hub id)
-    version: str | None = None  # registry version when it is the champion
+    version: str | None = None  # version of the registered model `clap-fma`, when from there
     run_id: str | None = None
+    label: str = ""  # how messages name it
+
+    @property
+    def name(self) -> str:
+        return self.label or self.source
 
 
 def champion_model(tracking_uri: str) -> ModelChoice:
-    """The registry's `champion` of `clap-fma`, downloaded to a local folder by tracking.py."""
+    """The registry's `champion` of `clap-fma`, as a local folder (tracking.py downloads it)."""
     from clap_pipeline.tracking import resolve_champion
 
     champion = resolve_champion(tracking_uri, name=REGISTERED_MODEL)
     return ModelChoice(
-        source=str(champion.local_dir), version=str(champion.version), run_id=champion.run_id
+        source=str(champion.local_dir),
+        version=str(champion.version),
+        run_id=champion.run_id,
+        label=f"the champion ({REGISTERED_MODEL} version {champion.version})",
     )
 
 
+_MODELS_URI = re.compile(rf"^models:/{REGISTERED_MODEL}(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+def registry_model(model_uri: str, tracking_uri: str) -> ModelChoice:
+    """``models:/clap-fma/<version>`` or ``models:/clap-fma@<alias>`` from the MLflow registry."""
+    match = _MODELS_URI.match(model_uri)
+    if match is None:
+        raise ValueError(
+            f"--model {model_uri!r}: expected models:/{REGISTERED_MODEL}/<version>, "
+            f"models:/{REGISTERED_MODEL}@<alias> or a save_pretrained folder"
+        )
+    from mlflow.exceptions import MlflowException
+
+    from clap_pipeline import tracking
+
+    client = tracking.client(tracking_uri)
+    try:
+        if match["version"]:
+            mv = client.get_model_version(REGISTERED_MODEL, match["version"])
+        else:
+            mv = client.get_model_version_by_alias(REGISTERED_MODEL, match["alias"])
+    except MlflowException as exc:
+        raise SearchError(
+            f"--model {model_uri}: not in the MLflow registry at {tracking_uri} "
+            f"({str(exc).splitlines()[0]}); materialize the `clap_model` asset to register one"
+        ) from exc
+    local = tracking.version_local_dir(mv, tracking_uri=tracking_uri)
+    return ModelChoice(str(local), str(mv.version), mv.run_id, label=model_uri)
+
+
 def resolve_model(model_arg: str | None, tracking_uri: str) -> ModelChoice:
-    return ModelChoice(source=model_arg) if model_arg else champion_model(tracking_uri)
+    """--model as given (a folder, or a models:/ URI), else the champion."""
+    if not model_arg:
+        return champion_model(tracking_uri)
+    if model_arg.startswith("models:/"):
+        return registry_model(model_arg, tracking_uri)
+    return ModelChoice(source=model_arg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,13 +468,14 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
     if model.version is not None and info.model_version not in (None, model.version):
         raise SearchError(
             f"`{TABLE}` was computed with {REGISTERED_MODEL} version {info.model_version}, "
-            f"the champion is now version {model.version}: materialize `{TABLE}` again"
+            f"the query model is {model.name}: materialize `{TABLE}` again (it uses the "
+            f"champion) or pass --model models:/{REGISTERED_MODEL}/{info.model_version}"
         )
     clap = load_clap(model.source)
     query_emb = encode_query(clap, text)
     if query_emb.shape[0] != info.dim:
         raise SearchError(
-            f"model {model.source} embeds text in {query_emb.shape[0]} dimensions but `{TABLE}` "
+            f"model {model.name} embeds text in {query_emb.shape[0]} dimensions but `{TABLE}` "
             f"holds {info.dim}-d embeddings (model version {info.model_version}): use the "
             f"model that built them, or materialize `{TABLE}` with this one"
         )

@@ -97,6 +97,11 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     with pytest.raises(Exception) as err:
         materialize_embeddings(resources, instance)
     assert "`clap_model`" in f"{err.value} {err.value.__cause__}"
+    monkeypatch.setenv("CLAP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("FMA_AUDIO_DIR", str(audio_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    assert main(["search", "jazz"]) == 2
+    assert "materialize the `clap_model` asset" in capsys.readouterr().err
 
     version = register_champion(tracking_uri, tiny_model_dir)
     result = materialize_embeddings(resources, instance)
@@ -116,9 +121,6 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     assert {r[4] for r in rows} == {version} and rows[0][5]
 
     # The CLI with the champion (no --model), DuckDB read-only.
-    monkeypatch.setenv("CLAP_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("FMA_AUDIO_DIR", str(audio_dir))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     query = "folk country music"
     assert main(["search", query, "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
@@ -132,6 +134,11 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     assert main(["search", query]) == 2
     err_text = capsys.readouterr().err
     assert f"version {version}" in err_text and "`track_embeddings`" in err_text
+    # ... while the registry version that built them still serves.
+    assert (
+        main(["search", query, "-k", "3", "--json", "--model", f"models:/clap-fma/{version}"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) == hits
 
     assert materialize_embeddings(resources, instance).success
     rows = table_rows(duckdb_path)
