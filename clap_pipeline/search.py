@@ -534,13 +534,22 @@ def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
 # CLI commands (wired in cli.py)
 
 
+def _quiet_model_loading() -> None:
+    """One query: transformers' per-load progress bars are noise in a terminal command."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_model_loading()
     hits = search(settings, args.query, args.k, args.model)
     print(hits_json(hits) if args.json else format_table(hits))
     return 0
 
 
 def run_playlist_command(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_model_loading()
     hits = search(settings, args.query, args.n, args.model)
     out = write_m3u(args.m3u, hits)
     print(f"wrote {len(hits)} tracks to {out}", file=sys.stderr)
