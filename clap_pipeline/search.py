@@ -155,28 +155,32 @@ def write_track_embeddings(
             raise SearchError(f"no `tracks` table in {duckdb_path}: materialize `tracks` first")
         # Build aside (a crashed earlier build may have left its staging table) ...
         con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
-        con.execute(
-            f"""CREATE TABLE {STAGING_TABLE} (
-                track_id BIGINT PRIMARY KEY,
-                embedding FLOAT[{dim}] NOT NULL,
-                title VARCHAR, artist VARCHAR, genre VARCHAR, license VARCHAR,
-                audio_path VARCHAR NOT NULL,
-                duration_s DOUBLE,
-                model_version VARCHAR, model_run_id VARCHAR,
-                created_at TIMESTAMPTZ NOT NULL)"""
-        )
-        con.execute(
-            f"""INSERT INTO {STAGING_TABLE}
-            SELECT n.track_id, n.embedding, t.track_title, t.artist_name, t.track_genre_top,
-                   t.track_license, n.audio_path,
-                   CASE WHEN TRY_CAST(t.track_bit_rate AS DOUBLE) > 0 AND n.source_size > 0
-                        THEN round(n.source_size * 8.0 / TRY_CAST(t.track_bit_rate AS DOUBLE), 1)
-                        ELSE TRY_CAST(t.track_duration AS DOUBLE) END,
-                   ?, ?, ?
-            FROM new_rows n LEFT JOIN tracks t USING (track_id)
-            ORDER BY n.track_id""",
-            [model.version, model.run_id, created_at],
-        )
+        try:
+            con.execute(
+                f"""CREATE TABLE {STAGING_TABLE} (
+                    track_id BIGINT PRIMARY KEY,
+                    embedding FLOAT[{dim}] NOT NULL,
+                    title VARCHAR, artist VARCHAR, genre VARCHAR, license VARCHAR,
+                    audio_path VARCHAR NOT NULL,
+                    duration_s DOUBLE,
+                    model_version VARCHAR, model_run_id VARCHAR,
+                    created_at TIMESTAMPTZ NOT NULL)"""
+            )
+            con.execute(
+                f"""INSERT INTO {STAGING_TABLE}
+                SELECT n.track_id, n.embedding, t.track_title, t.artist_name, t.track_genre_top,
+                       t.track_license, n.audio_path,
+                       CASE WHEN TRY_CAST(t.track_bit_rate AS DOUBLE) > 0 AND n.source_size > 0
+                            THEN round(n.source_size * 8.0 / TRY_CAST(t.track_bit_rate AS DOUBLE), 1)
+                            ELSE TRY_CAST(t.track_duration AS DOUBLE) END,
+                       ?, ?, ?
+                FROM new_rows n LEFT JOIN tracks t USING (track_id)
+                ORDER BY n.track_id""",
+                [model.version, model.run_id, created_at],
+            )
+        except Exception:
+            con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")  # leave no half-built table
+            raise
         # ... then swap in one transaction: readers see the old set or the new one.
         con.execute("BEGIN TRANSACTION")
         try:

@@ -144,6 +144,9 @@ def test_rebuild_replaces_table_and_cache_and_failed_rebuild_keeps_old(tmp_path:
         )
     index = load_index(duckdb_path)
     assert index.model_version == "2" and index.track_ids.tolist() == TRACK_IDS[:4]
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    assert sorted(tables) == [("track_embeddings",), ("tracks",)]  # no staging table left
 
 
 def test_missing_database_or_table_names_the_asset(tmp_path: Path) -> None:
