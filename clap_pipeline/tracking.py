@@ -1,0 +1,237 @@
+"""MLflow: experiment set-up, run links, metric history, the `clap-fma` registry and its aliases.
+
+The store is SQLite under ``mlruns/`` (MLflow >= 3.13 refuses the plain folder
+store and the registry needs a database). Experiments get an explicit artifact
+location next to the database so it does not depend on the working directory.
+
+Registry convention: each `clap_model` materialization registers its best
+checkpoint as a version of ``clap-fma``. Alias ``champion`` = the best model so
+far on the validation set; ``challenger`` = the latest version that did not beat it.
+
+``python -m clap_pipeline.tracking ui --host 127.0.0.1 --port 5000`` serves the
+project's store (``make mlflow-ui``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+MODEL_NAME = "clap-fma"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves
+# Model-version tags written by training and read back here.
+TAG_LOCAL_CHECKPOINT = "local_checkpoint"
+TAG_VAL_R5 = "val_text_to_audio_recall_at_5"
+TAG_VAL_FINGERPRINT = "validation_fingerprint"
+TAG_EPOCH = "epoch"
+
+
+class ChampionNotFoundError(RuntimeError):
+    """No `champion` version is registered yet (the `clap_model` asset has not run)."""
+
+
+@dataclass(frozen=True)
+class ChampionModel:
+    local_dir: Path  # a save_pretrained folder: model + processor
+    version: str
+    run_id: str
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///...`` URI, else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///") :])
+
+
+def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
+    """``<dir of mlflow.db>/artifacts/<experiment>`` for SQLite stores; None lets a server decide."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment) or "default"
+    return str(db.parent / "artifacts" / slug)
+
+
+def client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def configure(tracking_uri: str, experiment: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    mlflow_client = client(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        location = artifact_location_for(tracking_uri, experiment)
+        if location:
+            Path(location).mkdir(parents=True, exist_ok=True)
+        return mlflow_client.create_experiment(experiment, artifact_location=location)
+    if found.lifecycle_stage == "deleted":
+        mlflow_client.restore_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
+    """Link to the run in the MLflow UI (the server itself, or `make mlflow-ui`'s address)."""
+    base = ui_url or (tracking_uri if tracking_uri.startswith("http") else DEFAULT_UI_URL)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every logged (step, value) of a metric, sorted by step (search_runs keeps only the last)."""
+    history = client(tracking_uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc)
+
+
+def alias_version(mlflow_client, name: str, alias: str):
+    """The ModelVersion behind ``name@alias``, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def register_checkpoint(
+    mlflow_client,
+    name: str,
+    *,
+    run_id: str,
+    source: str,
+    tags: Mapping[str, str],
+) -> str:
+    """Register ``source`` as a version of ``name`` (once per run and epoch); return the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(
+            name, description="CLAP fine-tuned on FMA for text-to-music search"
+        )
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # A resumed run that was killed after registering must not register twice.
+    for mv in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if mv.tags.get(TAG_EPOCH) == tags.get(TAG_EPOCH):
+            return str(mv.version)
+    mv = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags))
+    return str(mv.version)
+
+
+def choose_alias(candidate_r5: float, champion_r5: float | None) -> str:
+    """`champion` only when the candidate strictly beats the champion (none yet: it wins)."""
+    if champion_r5 is None or candidate_r5 > champion_r5:
+        return CHAMPION
+    return CHALLENGER
+
+
+def version_local_dir(mv, cache_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
+    """A local folder with the version's files: the training checkpoint, else a download."""
+    local = mv.tags.get(TAG_LOCAL_CHECKPOINT)
+    if local and (Path(local) / "config.json").exists():
+        return Path(local)
+    import mlflow.artifacts
+
+    dst = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="clap-champion-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.source, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+    )
+
+
+def resolve_champion(
+    tracking_uri: str, name: str = MODEL_NAME, cache_dir: Path | None = None
+) -> ChampionModel:
+    """The `champion` version of ``name`` with a local save_pretrained folder."""
+    mlflow_client = client(tracking_uri)
+    mv = alias_version(mlflow_client, name, CHAMPION)
+    if mv is None:
+        raise ChampionNotFoundError(
+            f"no '{CHAMPION}' version of registered model {name!r} in MLflow ({tracking_uri}): "
+            "materialize the `clap_model` asset first (it registers the best checkpoint)"
+        )
+    local = version_local_dir(mv, cache_dir, tracking_uri)
+    return ChampionModel(local_dir=local, version=str(mv.version), run_id=mv.run_id or "")
+
+
+# --------------------------------------------------------------------------- `ui` command
+
+
+def ui_command(host: str, port: int, tracking_uri: str) -> list[str]:
+    """The `mlflow server` command line that serves the project's store."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        cmd += [
+            "--backend-store-uri",
+            tracking_uri,
+            "--default-artifact-root",
+            str(db.parent / "artifacts"),
+        ]
+    else:
+        cmd += ["--backend-store-uri", tracking_uri]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clap_pipeline.config import ConfigError, Settings
+
+    parser = argparse.ArgumentParser(prog="python -m clap_pipeline.tracking", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ui", help="serve the project's MLflow store (mlflow server)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uri = settings.mlflow_tracking_uri
+    if urlparse(uri).scheme in ("http", "https"):
+        print(f"MLFLOW_TRACKING_URI={uri} is already a server: open it in a browser.")
+        return 0
+    cmd = ui_command(args.host, args.port, uri)
+    print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", flush=True)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    os.execv(cmd[0], cmd)  # replaces this process: Ctrl-C stops the server directly
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

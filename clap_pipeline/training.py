@@ -1,0 +1,1120 @@
+"""Fine-tune CLAP on (prompt, 5-s clip) pairs: symmetric InfoNCE, early stopping, MLflow, resume.
+
+No Dagster here: the `clap_model` asset is a thin wrapper, and the same code
+runs standalone on a GPU host::
+
+    python -m clap_pipeline.training --max-epochs 3 --batch-size 16
+
+Per epoch: train loss, validation loss and R@1/5/10 in both directions are
+logged to MLflow (step = epoch) and a ``save_pretrained`` checkpoint is written
+to ``$CLAP_DATA_DIR/checkpoints/<mlflow run id>/epoch-<k>/``. The best epoch
+(highest validation text->audio R@5, ties -> lower validation loss) is registered
+as a version of ``clap-fma`` and ends in ``reports/training.json``.
+
+A run killed mid-epoch resumes from its last completed epoch, in the same MLflow
+run, when started again with the same config and data (``resume.json`` + optimizer
+state beside the checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clap_pipeline import tracking
+from clap_pipeline.config import REPO_ROOT, Settings
+from clap_pipeline.metrics import retrieval_metrics
+from clap_pipeline.model import load_clap, pick_device, tokenize
+from clap_pipeline.storage import atomic_path, write_text_atomic
+from clap_pipeline.training_data import SPLIT_MODES, ClipBatch, TrainingData, prefetch
+
+LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to <= 100
+SELECTION_METRIC = "text_to_audio_recall_at_5"
+RESUME_FILE = "resume.json"
+RESUME_TENSORS = "resume-state.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says where and what to change."""
+
+
+class NonFiniteLossError(TrainingError):
+    def __init__(self, epoch: int, step: int | None, value: float, phase: str = "train"):
+        where = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch} ({phase})"
+        super().__init__(
+            f"non-finite {phase} loss ({value}) at {where}: training stopped, the MLflow run is "
+            "marked FAILED and the last good checkpoint is kept. Lower learning_rate or check the "
+            "waveforms for NaN/inf samples."
+        )
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting (the reference recipe as defaults)."""
+
+    batch_size: int = 16
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.01  # AdamW's default
+    max_epochs: int = 3
+    patience: int = 1  # epochs without a better val R@5 before stopping
+    seed: int = 0
+    split: str = "fma"  # fma: FMA's set_split (hash where missing) | hash | random_80_20
+    resample_templates: bool = False  # draw each epoch's prompt from the stored renderings
+    device: str = "auto"  # auto = CUDA, else MPS, else CPU
+    shuffle_buffer: int = 128  # clips held for shuffling (memory ~ 1 MB per clip)
+    registered_model: str = tracking.MODEL_NAME
+    log_checkpoints: bool = True  # copy every epoch's checkpoint into the MLflow run
+    system_metrics: bool = True  # CPU/GPU/memory metrics in MLflow when psutil is present
+    resume: bool = True  # continue an interrupted run with the same config and data
+
+    # Settings that change no number: they may differ between a run and its resumption.
+    NON_NUMERIC = ("log_checkpoints", "system_metrics", "resume", "registered_model")
+
+    def validate(self) -> None:
+        problems = []
+        if self.batch_size < 2:
+            problems.append(f"batch_size must be >= 2 (contrastive), got {self.batch_size}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_epochs < 1:
+            problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.patience < 1:
+            problems.append(f"patience must be >= 1, got {self.patience}")
+        if self.split not in SPLIT_MODES:
+            problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
+        if problems:
+            raise TrainingError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def numeric_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self.NON_NUMERIC}
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """Where training reads and writes (from ``Settings`` + the MLflow resource)."""
+
+    model_source: str
+    prompts_path: Path
+    waveforms_dir: Path
+    duckdb_path: Path | None
+    checkpoints_dir: Path
+    manifest_path: Path
+    tracking_uri: str
+    experiment: str
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, tracking_uri: str | None = None, experiment: str | None = None
+    ) -> TrainInputs:
+        return cls(
+            model_source=settings.model,
+            prompts_path=settings.prompts_path,
+            waveforms_dir=settings.waveforms_dir,
+            duckdb_path=settings.duckdb_path,
+            checkpoints_dir=settings.checkpoints_dir,
+            manifest_path=settings.training_manifest_path,
+            tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
+            experiment=experiment or settings.mlflow_experiment,
+        )
+
+
+# --------------------------------------------------------------------------- loss, clamp, rule
+
+
+def symmetric_infonce(
+    logits_per_text: torch.Tensor, logits_per_audio: torch.Tensor
+) -> torch.Tensor:
+    """(CE(text->audio) + CE(audio->text)) / 2 with pair i <-> i.
+
+    transformers' ``return_loss=True`` is NOT this: both of its terms are
+    text->audio (it transposes ``logits_per_audio`` back).
+    """
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (
+        F.cross_entropy(logits_per_text.float(), labels)
+        + F.cross_entropy(logits_per_audio.float(), labels)
+    ) / 2
+
+
+@torch.no_grad()
+def clamp_logit_scales(model: torch.nn.Module) -> None:
+    """Keep both learned log-temperatures in [0, ln 100] (LAION's clamp after each step)."""
+    for name in ("logit_scale_a", "logit_scale_t"):
+        getattr(model, name).clamp_(0.0, LOGIT_SCALE_MAX)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    metrics: dict[str, float]  # retrieval_metrics() keys on the validation split
+    checkpoint: str | None = None
+    train_clips: int = 0
+    train_seconds: float = 0.0
+    data_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    logit_scale_a: float = 0.0
+    logit_scale_t: float = 0.0
+
+    @property
+    def val_recall_at_5(self) -> float:
+        return self.metrics[SELECTION_METRIC]
+
+    def manifest_row(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "checkpoint": self.checkpoint,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            **{f"val_{k}": v for k, v in self.metrics.items()},
+        }
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        out = {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "train_clips_per_second": self.train_clips / max(self.train_seconds, 1e-9),
+            "epoch_train_seconds": self.train_seconds,
+            "epoch_data_seconds": self.data_seconds,
+            "epoch_eval_seconds": self.eval_seconds,
+            "logit_scale_a": self.logit_scale_a,
+            "logit_scale_t": self.logit_scale_t,
+        }
+        out.update({f"val_{k}": v for k, v in self.metrics.items()})
+        return out
+
+
+def _selection_key(record: EpochRecord) -> tuple[float, float, int]:
+    # Higher R@5, then lower val loss, then the earlier epoch.
+    return (record.val_recall_at_5, -record.val_loss, -record.epoch)
+
+
+def best_epoch(history: Sequence[EpochRecord]) -> EpochRecord:
+    """The epoch with the highest validation text->audio R@5 (ties: lower validation loss)."""
+    if not history:
+        raise ValueError("no epochs to choose from")
+    return max(history, key=_selection_key)
+
+
+def should_stop(history: Sequence[EpochRecord], patience: int) -> bool:
+    """True once ``patience`` epochs in a row came after the best one without beating it."""
+    if not history:
+        return False
+    return history[-1].epoch - best_epoch(history).epoch >= patience
+
+
+# --------------------------------------------------------------------------- progress, hooks
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    message: str
+    epoch: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    clips_per_second: float = 0.0
+    eta_seconds: float = 0.0
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+@dataclass
+class TrainingHooks:
+    """Observers of the loop (monitoring, and fault injection in tests)."""
+
+    before_step: Callable[[int, int, torch.nn.Module], None] | None = None
+    after_epoch: Callable[[EpochRecord], None] | None = None
+
+
+def _fmt_seconds(s: float) -> str:
+    s = max(0, round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class TrainingResult:
+    run_id: str
+    experiment_id: str
+    run_url: str
+    device: str
+    best_epoch: int
+    best_checkpoint: Path
+    epochs: list[EpochRecord]
+    registered_version: str
+    alias: str
+    manifest_path: Path
+    curve_png: bytes
+    wall_time_s: float
+    clips_per_second: float
+    resumed_from_epoch: int
+    stopped_early: bool
+    n_train: int
+    n_val: int
+    n_test: int
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def curve_markdown(self) -> str:
+        b64 = base64.b64encode(self.curve_png).decode()
+        return f"![training curve](data:image/png;base64,{b64})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _features_module(feature_extractor, device: torch.device) -> torch.nn.Module:
+    from clap_pipeline.features import LogMelFeatures  # the teammate's batched torch log-mel
+
+    return LogMelFeatures(feature_extractor).to(device).eval()
+
+
+def _oom_types() -> tuple[type[BaseException], ...]:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom,) if oom else ()
+
+
+def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    ax_loss.plot(epochs, [r.train_loss for r in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [r.val_loss for r in history], "s-", label="val loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("symmetric InfoNCE")
+    for k, marker in ((1, "o"), (5, "s"), (10, "^")):
+        t2a = [r.metrics[f"text_to_audio_recall_at_{k}"] for r in history]
+        a2t = [r.metrics[f"audio_to_text_recall_at_{k}"] for r in history]
+        (line,) = ax_r.plot(epochs, t2a, marker=marker, label=f"text→audio R@{k}")
+        ax_r.plot(epochs, a2t, marker=marker, linestyle="--", alpha=0.45, color=line.get_color(),
+                  label=f"audio→text R@{k}")  # fmt: skip
+    ax_r.set_ylim(0, 1.02)
+    ax_r.set_xlabel("epoch")
+    ax_r.set_title("validation recall")
+    for ax in (ax_loss, ax_r):
+        ax.set_xticks(epochs)
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def _batch_tensors(batch: ClipBatch, features, tokenizer, device: torch.device):
+    waves = torch.from_numpy(batch.waveforms).to(device, non_blocking=True)
+    with torch.no_grad():
+        input_features = features(waves)
+    return input_features, tokenize(tokenizer, batch.texts, device)
+
+
+@torch.no_grad()
+def evaluate_split(
+    model,
+    features: torch.nn.Module,
+    tokenizer,
+    data: TrainingData,
+    split: str,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, dict[str, float]]:
+    """(loss, retrieval metrics) of ``model`` on a split, in a fixed order.
+
+    The loss is the symmetric InfoNCE over consecutive blocks of ``batch_size``
+    clips (the remainder joins the last block), comparable with the train loss.
+    """
+    model.eval()
+    autocast = _autocast(device)
+    text_embs, audio_embs = [], []
+    for batch in data.eval_batches(split, batch_size):
+        input_features, tokens = _batch_tensors(batch, features, tokenizer, device)
+        with autocast():
+            out = model(
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                input_features=input_features,
+            )
+        text_embs.append(out.text_embeds.float().cpu())
+        audio_embs.append(out.audio_embeds.float().cpu())
+    text, audio = torch.cat(text_embs), torch.cat(audio_embs)
+    sim = text @ audio.T
+    n = sim.shape[0]
+    scale_t = model.logit_scale_t.detach().float().exp().cpu()
+    scale_a = model.logit_scale_a.detach().float().exp().cpu()
+    bounds = list(range(0, n, batch_size))
+    if len(bounds) > 1 and n - bounds[-1] < batch_size:
+        bounds.pop()  # the short remainder joins the previous block
+    loss_sum = 0.0
+    for i, start in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else n
+        block = sim[start:end, start:end]
+        loss_sum += float(symmetric_infonce(scale_t * block, scale_a * block.T)) * (end - start)
+    return loss_sum / n, retrieval_metrics(sim.numpy())
+
+
+@dataclass
+class _EpochStats:
+    loss: float
+    clips: int
+    seconds: float
+    data_seconds: float
+
+
+def _train_epoch(
+    *,
+    model,
+    optimizer: torch.optim.Optimizer,
+    features: torch.nn.Module,
+    tokenizer,
+    data: TrainingData,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    hooks: TrainingHooks,
+    report: Callable[[TrainingProgress], None],
+    epochs_left_after: int,
+) -> _EpochStats:
+    model.train()
+    autocast = _autocast(device)
+    steps = data.n_train_batches(config.batch_size)
+    batches: Iterator[ClipBatch] = prefetch(
+        data.train_batches(
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            resample=config.resample_templates,
+            buffer_clips=config.shuffle_buffer,
+        )
+    )
+    start = last_report = time.perf_counter()
+    loss_sum, clips, data_seconds = 0.0, 0, 0.0
+    step = 0
+    while True:
+        t_data = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        step += 1
+        input_features, tokens = _batch_tensors(batch, features, tokenizer, device)
+        data_seconds += time.perf_counter() - t_data
+        if hooks.before_step:
+            hooks.before_step(epoch, step, model)
+        with autocast():
+            out = model(
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                input_features=input_features,
+            )
+        loss = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(epoch, step, value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clamp_logit_scales(model)
+        loss_sum += value * len(batch)
+        clips += len(batch)
+        now = time.perf_counter()
+        if step == 1 or step == steps or now - last_report >= 10:
+            last_report = now
+            rate = clips / max(now - start, 1e-9)
+            remaining = (steps - step + epochs_left_after * steps) * config.batch_size
+            report(
+                TrainingProgress(
+                    message=(
+                        f"epoch {epoch}/{config.max_epochs} step {step}/{steps} "
+                        f"loss {value:.4f} {rate:.1f} clips/s "
+                        f"ETA {_fmt_seconds(remaining / max(rate, 1e-9))} (upper bound)"
+                    ),
+                    epoch=epoch,
+                    step=step,
+                    steps_per_epoch=steps,
+                    clips_per_second=rate,
+                    eta_seconds=remaining / max(rate, 1e-9),
+                )
+            )
+    return _EpochStats(
+        loss=loss_sum / max(clips, 1),
+        clips=clips,
+        seconds=time.perf_counter() - start,
+        data_seconds=data_seconds,
+    )
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The newest unfinished run with this fingerprint whose tensors file is present."""
+    candidates = []
+    for path in checkpoints_dir.glob(f"*/{RESUME_FILE}"):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (
+            state.get("fingerprint") == fingerprint
+            and state.get("status") == "in_progress"
+            and (path.parent / RESUME_TENSORS).exists()
+        ):
+            candidates.append((path.stat().st_mtime, state))
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def _save_resume_state(
+    run_dir: Path,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
+    if optimizer is not None:
+        with atomic_path(run_dir / RESUME_TENSORS) as tmp:
+            torch.save(
+                {
+                    "epoch": state["last_epoch"],
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_available()
+                    else None,
+                },
+                tmp,
+            )
+    write_text_atomic(run_dir / RESUME_FILE, json.dumps(state, indent=1))
+
+
+def _record_from_dict(d: dict[str, Any]) -> EpochRecord:
+    return EpochRecord(**d)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def train(
+    config: TrainConfig,
+    inputs: TrainInputs,
+    *,
+    dagster_run_id: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    hooks: TrainingHooks | None = None,
+) -> TrainingResult:
+    """Fine-tune, track in MLflow, register the best epoch, write ``training.json``."""
+    config.validate()
+    hooks = hooks or TrainingHooks()
+    wall_start = time.perf_counter()
+
+    def report(p: TrainingProgress) -> None:
+        if on_progress:
+            on_progress(p)
+
+    data = TrainingData.load(
+        inputs.prompts_path,
+        inputs.waveforms_dir,
+        inputs.duckdb_path,
+        split_mode=config.split,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+    report(TrainingProgress(message=f"data: {data.describe_counts()}"))
+    device = pick_device(config.device)
+    val_fingerprint = data.validation_fingerprint()
+    fingerprint = _fingerprint(
+        {
+            "config": config.numeric_dict(),
+            "model": inputs.model_source,
+            "device": device.type,
+            "prompts": data.prompts_version,
+            "waveforms": data.index.data_version,
+            "splits": data.splits.as_dict(),
+        }
+    )
+    mlflow_client = tracking.client(inputs.tracking_uri)
+    experiment_id = tracking.configure(inputs.tracking_uri, inputs.experiment)
+
+    state = _load_resume_state(inputs.checkpoints_dir, fingerprint) if config.resume else None
+    if state is not None:
+        try:
+            run = mlflow_client.get_run(state["run_id"])
+            if run.info.lifecycle_stage == "deleted":
+                state = None
+        except Exception:  # the store was wiped: start over
+            state = None
+
+    history: list[EpochRecord] = []
+    prior_wall = 0.0
+    if state is not None:
+        run_id = state["run_id"]
+        history = [_record_from_dict(r) for r in state["history"]]
+        prior_wall = float(state.get("wall_time_s", 0.0))
+        resume_from = history[-1].checkpoint if history else None
+        loaded = load_clap(resume_from or inputs.model_source)
+        mlflow_client.update_run(run_id, status="RUNNING")
+        report(
+            TrainingProgress(
+                message=f"resuming MLflow run {run_id} after epoch {state['last_epoch']}"
+            )
+        )
+    else:
+        loaded = load_clap(inputs.model_source)
+        run = mlflow_client.create_run(
+            experiment_id,
+            run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"mlflow.source.name": "clap_pipeline.training"},
+        )
+        run_id = run.info.run_id
+    resumed_from_epoch = history[-1].epoch if history else 0
+    run_dir = inputs.checkpoints_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    model = loaded.model.to(device)
+    features = _features_module(loaded.feature_extractor, device)
+    tokenizer = loaded.tokenizer
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
+    if state is not None:
+        saved = torch.load(run_dir / RESUME_TENSORS, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+    _log_run_setup(
+        mlflow_client,
+        run_id,
+        config=config,
+        inputs=inputs,
+        data=data,
+        device=device,
+        fingerprint=fingerprint,
+        val_fingerprint=val_fingerprint,
+        dagster_run_id=dagster_run_id,
+        resumed_from_epoch=resumed_from_epoch,
+    )
+    monitor = _start_system_metrics(config, run_id, inputs.tracking_uri, resumed=state is not None)
+    run_state = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "fingerprint": fingerprint,
+        "status": "in_progress",
+        "last_epoch": resumed_from_epoch,
+        "history": [asdict(r) for r in history],
+        "wall_time_s": prior_wall,
+    }
+    if state is None:
+        _save_resume_state(run_dir, run_state, optimizer)
+    status = "FAILED"
+    try:
+        epoch = resumed_from_epoch
+        while epoch < config.max_epochs and not should_stop(history, config.patience):
+            epoch += 1
+            stats = _train_epoch(
+                model=model,
+                optimizer=optimizer,
+                features=features,
+                tokenizer=tokenizer,
+                data=data,
+                config=config,
+                epoch=epoch,
+                device=device,
+                hooks=hooks,
+                report=report,
+                epochs_left_after=config.max_epochs - epoch,
+            )
+            t_eval = time.perf_counter()
+            val_loss, metrics = evaluate_split(
+                model, features, tokenizer, data, "validation", config.batch_size, device
+            )
+            if not math.isfinite(val_loss):
+                raise NonFiniteLossError(epoch, None, val_loss, phase="validation")
+            eval_seconds = time.perf_counter() - t_eval
+            checkpoint = _save_checkpoint(model, loaded.processor, run_dir / f"epoch-{epoch}")
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=stats.loss,
+                val_loss=val_loss,
+                metrics=metrics,
+                checkpoint=str(checkpoint),
+                train_clips=stats.clips,
+                train_seconds=stats.seconds,
+                data_seconds=stats.data_seconds,
+                eval_seconds=eval_seconds,
+                logit_scale_a=float(model.logit_scale_a.detach()),
+                logit_scale_t=float(model.logit_scale_t.detach()),
+            )
+            _log_epoch(mlflow_client, run_id, record, config.log_checkpoints)
+            history.append(record)
+            run_state.update(
+                last_epoch=epoch,
+                history=[asdict(r) for r in history],
+                wall_time_s=prior_wall + time.perf_counter() - wall_start,
+            )
+            _save_resume_state(run_dir, run_state, optimizer)
+            report(
+                TrainingProgress(
+                    message=(
+                        f"epoch {epoch} done: train loss {stats.loss:.4f}, val loss "
+                        f"{val_loss:.4f}, val R@1/5/10 text→audio "
+                        f"{metrics['text_to_audio_recall_at_1']:.3f}/"
+                        f"{metrics['text_to_audio_recall_at_5']:.3f}/"
+                        f"{metrics['text_to_audio_recall_at_10']:.3f}, "
+                        f"{stats.clips / max(stats.seconds, 1e-9):.1f} clips/s"
+                    ),
+                    epoch=epoch,
+                )
+            )
+            if hooks.after_epoch:
+                hooks.after_epoch(record)
+
+        result = _finish(
+            mlflow_client=mlflow_client,
+            config=config,
+            inputs=inputs,
+            data=data,
+            device=device,
+            run_id=run_id,
+            experiment_id=experiment_id,
+            history=history,
+            features=features,
+            tokenizer=tokenizer,
+            val_fingerprint=val_fingerprint,
+            fingerprint=fingerprint,
+            wall_time_s=prior_wall + time.perf_counter() - wall_start,
+            resumed_from_epoch=resumed_from_epoch,
+            report=report,
+        )
+        run_state.update(status="completed", wall_time_s=result.wall_time_s)
+        _save_resume_state(run_dir, run_state, None)
+        (run_dir / RESUME_TENSORS).unlink(missing_ok=True)  # optimizer state: 2x the model
+        status = "FINISHED"
+        return result
+    except _oom_types() as exc:
+        mlflow_client.set_tag(run_id, "failure", "out of memory")
+        raise TrainingError(
+            f"out of memory on {device} at batch_size={config.batch_size}: lower batch_size "
+            f"(e.g. {max(2, config.batch_size // 2)}) in the clap_model config"
+        ) from exc
+    except NonFiniteLossError as exc:
+        mlflow_client.set_tag(run_id, "failure", str(exc))
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
+        mlflow_client.set_terminated(run_id, status=status)
+
+
+def _save_checkpoint(model, processor, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+    return target.resolve()
+
+
+def _log_run_setup(
+    mlflow_client,
+    run_id: str,
+    *,
+    config: TrainConfig,
+    inputs: TrainInputs,
+    data: TrainingData,
+    device: torch.device,
+    fingerprint: str,
+    val_fingerprint: str,
+    dagster_run_id: str | None,
+    resumed_from_epoch: int,
+) -> None:
+    from mlflow.entities import Param, RunTag
+
+    params = {
+        **{f"config.{k}": v for k, v in config.to_dict().items()},
+        "model_source": inputs.model_source,
+        "device": str(device),
+        "n_train": len(data.splits.train),
+        "n_val": len(data.splits.validation),
+        "n_test": len(data.splits.test),
+        "n_from_fma_split": data.splits.n_from_fma,
+        "data_version_prompts": data.prompts_version,
+        "data_version_waveforms": data.index.data_version,
+        "git_commit": git_commit(),
+    }
+    # A resumed run already has its params; non-numeric settings may have changed.
+    existing = mlflow_client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    tags = {
+        "training_fingerprint": fingerprint,
+        tracking.TAG_VAL_FINGERPRINT: val_fingerprint,
+        "mlflow.source.git.commit": params["git_commit"],
+    }
+    if dagster_run_id:
+        tags["dagster_run_id"] = dagster_run_id
+        previous = mlflow_client.get_run(run_id).data.tags.get("dagster_run_ids", "")
+        ids = [i for i in previous.split(",") if i]
+        tags["dagster_run_ids"] = ",".join(
+            [*ids, dagster_run_id] if dagster_run_id not in ids else ids
+        )
+    if resumed_from_epoch:
+        tags["resumed_from_epoch"] = str(resumed_from_epoch)
+    mlflow_client.log_batch(run_id, params=new, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def _start_system_metrics(config: TrainConfig, run_id: str, tracking_uri: str, resumed: bool):
+    import importlib.util
+    import os
+
+    if not config.system_metrics or importlib.util.find_spec("psutil") is None:
+        return None
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception:  # monitoring is best effort; training goes on
+        return None
+
+
+def _log_epoch(mlflow_client, run_id: str, record: EpochRecord, log_checkpoint: bool) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, record.epoch) for k, v in record.mlflow_metrics().items()]
+    mlflow_client.log_batch(run_id, metrics=metrics)
+    if log_checkpoint and record.checkpoint:
+        mlflow_client.log_artifacts(run_id, record.checkpoint, f"checkpoints/epoch-{record.epoch}")
+
+
+def _champion_r5_on_this_validation(
+    mlflow_client,
+    config: TrainConfig,
+    inputs: TrainInputs,
+    data: TrainingData,
+    device: torch.device,
+    val_fingerprint: str,
+    features,
+    tokenizer,
+    report: Callable[[TrainingProgress], None],
+) -> tuple[Any, float | None]:
+    """The champion version and its val R@5 on *this* validation set (re-evaluated if needed)."""
+    champion = tracking.alias_version(mlflow_client, config.registered_model, tracking.CHAMPION)
+    if champion is None:
+        return None, None
+    if champion.tags.get(tracking.TAG_VAL_FINGERPRINT) == val_fingerprint:
+        return champion, float(champion.tags[tracking.TAG_VAL_R5])
+    # The validation set changed (new tracks): score the champion on the current one.
+    try:
+        local = tracking.version_local_dir(champion, tracking_uri=inputs.tracking_uri)
+        old = load_clap(local).model.to(device)
+    except Exception as exc:
+        report(
+            TrainingProgress(
+                message=f"champion v{champion.version} cannot be loaded ({exc}); replacing it"
+            )
+        )
+        return champion, None
+    _, metrics = evaluate_split(
+        old, features, tokenizer, data, "validation", config.batch_size, device
+    )
+    del old
+    return champion, metrics[SELECTION_METRIC]
+
+
+def _finish(
+    *,
+    mlflow_client,
+    config: TrainConfig,
+    inputs: TrainInputs,
+    data: TrainingData,
+    device: torch.device,
+    run_id: str,
+    experiment_id: str,
+    history: list[EpochRecord],
+    features,
+    tokenizer,
+    val_fingerprint: str,
+    fingerprint: str,
+    wall_time_s: float,
+    resumed_from_epoch: int,
+    report: Callable[[TrainingProgress], None],
+) -> TrainingResult:
+    from mlflow.entities import Metric, Param
+
+    best = best_epoch(history)
+    stopped_early = history[-1].epoch < config.max_epochs
+    total_clips = sum(r.train_clips for r in history)
+    clips_per_second = total_clips / max(sum(r.train_seconds for r in history), 1e-9)
+    now = int(time.time() * 1000)
+    existing = mlflow_client.get_run(run_id).data.params
+    mlflow_client.log_batch(
+        run_id,
+        metrics=[
+            Metric("best_epoch", best.epoch, now, 0),
+            Metric(f"best_val_{SELECTION_METRIC}", best.val_recall_at_5, now, 0),
+            Metric("best_val_loss", best.val_loss, now, 0),
+            Metric("wall_time_s", wall_time_s, now, 0),
+            Metric("train_clips_per_second", clips_per_second, now, 0),
+        ],
+        params=[Param("best_epoch", str(best.epoch))] if "best_epoch" not in existing else [],
+    )
+
+    # Registry: register the best checkpoint, then champion or challenger.
+    run = mlflow_client.get_run(run_id)
+    source = (
+        f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
+        if config.log_checkpoints
+        else str(best.checkpoint)
+    )
+    version = tracking.register_checkpoint(
+        mlflow_client,
+        config.registered_model,
+        run_id=run_id,
+        source=source,
+        tags={
+            tracking.TAG_LOCAL_CHECKPOINT: str(best.checkpoint),
+            tracking.TAG_VAL_R5: repr(best.val_recall_at_5),
+            tracking.TAG_VAL_FINGERPRINT: val_fingerprint,
+            tracking.TAG_EPOCH: str(best.epoch),
+            "training_fingerprint": fingerprint,
+        },
+    )
+    champion, champion_r5 = _champion_r5_on_this_validation(
+        mlflow_client, config, inputs, data, device, val_fingerprint, features, tokenizer, report
+    )
+    if champion is not None and str(champion.version) == version:
+        alias = tracking.CHAMPION  # resumed after promotion: keep it
+    else:
+        alias = tracking.choose_alias(best.val_recall_at_5, champion_r5)
+    mlflow_client.set_registered_model_alias(config.registered_model, alias, version)
+    detail = (
+        "no champion yet"
+        if champion_r5 is None
+        else f"champion v{champion.version} val R@5 {champion_r5:.3f}"
+    )
+    mlflow_client.set_model_version_tag(
+        config.registered_model,
+        version,
+        "alias_decision",
+        f"{alias}: val R@5 {best.val_recall_at_5:.3f} vs {detail}",
+    )
+    mlflow_client.set_tag(run_id, "registered_model_version", version)
+    mlflow_client.set_tag(run_id, "registered_model_alias", alias)
+    report(
+        TrainingProgress(
+            message=(
+                f"best epoch {best.epoch} (val R@5 {best.val_recall_at_5:.3f}) registered as "
+                f"{config.registered_model} v{version} @{alias} ({detail})"
+            )
+        )
+    )
+
+    png = training_curve_png(history, best.epoch)
+    splits = data.splits.as_dict()
+    manifest = {
+        "mlflow_run_id": run_id,
+        "model_source": inputs.model_source,
+        "device": str(device),
+        "best_epoch": best.epoch,
+        "best_checkpoint": str(best.checkpoint),
+        "epochs": [r.manifest_row() for r in history],
+        "splits": splits,
+        "registered_model": {"name": config.registered_model, "version": version, "alias": alias},
+        "config": config.to_dict(),
+        # Extras beyond the contract, for reports and the comparison asset.
+        "mlflow_tracking_uri": inputs.tracking_uri,
+        "mlflow_experiment_id": experiment_id,
+        "split_mode": data.splits.mode,
+        "validation_fingerprint": val_fingerprint,
+        "data_versions": {
+            "prompts": data.prompts_version,
+            "waveforms": data.index.data_version,
+        },
+        "stopped_early": stopped_early,
+        "wall_time_s": wall_time_s,
+        "train_clips_per_second": clips_per_second,
+    }
+    write_text_atomic(inputs.manifest_path, json.dumps(manifest, indent=1))
+    curve_path = inputs.manifest_path.parent / "training_curve.png"
+    with atomic_path(curve_path) as tmp:
+        tmp.write_bytes(png)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        png_path = Path(tmp_dir) / "training_curve.png"
+        png_path.write_bytes(png)
+        mlflow_client.log_artifact(run_id, str(png_path))
+    mlflow_client.log_artifact(run_id, str(inputs.manifest_path))
+
+    return TrainingResult(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_url=tracking.run_url(inputs.tracking_uri, experiment_id, run_id),
+        device=str(device),
+        best_epoch=best.epoch,
+        best_checkpoint=Path(best.checkpoint or ""),
+        epochs=list(history),
+        registered_version=version,
+        alias=alias,
+        manifest_path=inputs.manifest_path,
+        curve_png=png,
+        wall_time_s=wall_time_s,
+        clips_per_second=clips_per_second,
+        resumed_from_epoch=resumed_from_epoch,
+        stopped_early=stopped_early,
+        n_train=len(data.splits.train),
+        n_val=len(data.splits.validation),
+        n_test=len(data.splits.test),
+        manifest=manifest,
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clap_pipeline.training",
+        description="Fine-tune CLAP on the prompts + waveforms under $CLAP_DATA_DIR "
+        "(the `clap_model` asset without Dagster).",
+    )
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "split":
+            parser.add_argument(flag, choices=SPLIT_MODES, default=default)
+        else:
+            parser.add_argument(
+                flag, type=type(default), default=default, help=f"default {default}"
+            )
+    parser.add_argument("--data-dir", help="default $CLAP_DATA_DIR (or ./data)")
+    parser.add_argument("--model", help="hub id or save_pretrained folder (default $CLAP_MODEL)")
+    parser.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or mlruns/mlflow.db")
+    parser.add_argument("--experiment", help="default $CLAP_MLFLOW_EXPERIMENT")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clap_pipeline.config import ConfigError
+    from clap_pipeline.model import ModelLoadError
+    from clap_pipeline.training_data import TrainingDataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.data_dir or args.model:
+            settings = Settings.build(
+                data_dir=args.data_dir or settings.data_dir,
+                metadata_dir=settings.metadata_dir,
+                audio_dir=settings.audio_dir,
+                model=args.model or settings.model,
+                max_tracks=settings.max_tracks,
+                mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                mlflow_experiment=settings.mlflow_experiment,
+            )
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        inputs = TrainInputs.from_settings(settings, args.tracking_uri, args.experiment)
+
+        def show(p: TrainingProgress) -> None:
+            if not args.quiet:
+                print(p.message, flush=True)
+
+        result = train(config, inputs, on_progress=show)
+    except (ConfigError, ModelLoadError, TrainingDataError, TrainingError) as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "mlflow_run_id": result.run_id,
+                "run_url": result.run_url,
+                "best_epoch": result.best_epoch,
+                "best_checkpoint": str(result.best_checkpoint),
+                "registered_model": result.manifest["registered_model"],
+                "manifest": str(result.manifest_path),
+                "wall_time_s": round(result.wall_time_s, 1),
+                "train_clips_per_second": round(result.clips_per_second, 2),
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
