@@ -1,1 +1,239 @@
-"""Assets of the audio domain (being written)."""
+"""Asset `waveforms` (one partition per FMA audio folder) and its checks.
+
+The work is in ``clap_pipeline.waveforms``; this module passes configuration,
+logs progress and reports metadata.
+
+``backfill_policy=BackfillPolicy.single_run()`` lets one run materialize many
+partitions (``context.partition_keys``) with a single pool of ffmpeg workers, and
+lets the CLI take a range::
+
+    dagster asset materialize -m clap_pipeline.definitions --select waveforms \\
+        --partition-range 000...155
+
+A backfill launched from the UI follows the same policy (one run); running one
+partition per run (``--partition 042``) spreads folders over processes or pods.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
+from collections.abc import Sequence
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from clap_pipeline.audio import DEFAULT_TIMEOUT_S, N_SAMPLES
+from clap_pipeline.selection import select_tracks
+from clap_pipeline.waveforms import (
+    ROW_GROUP_ROWS,
+    DecodeOptions,
+    build_waveforms,
+    dataset_health,
+    group_by_folder,
+    remove_unselected_partitions,
+)
+
+from .partitions import audio_folder_partitions
+from .resources import ClapSettings
+
+FAILURE_WARN_FRACTION = 0.05
+MAX_LOGGED_FAILURES = 20
+
+
+class WaveformsConfig(Config):
+    window_offset_s: float = Field(
+        default=0.0, ge=0.0, description="start of the 5-s window in each clip, in seconds"
+    )
+    decode_timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S, gt=0.0, description="ffmpeg is killed after this long per file"
+    )
+    workers: int = Field(
+        default=0, ge=0, description="parallel ffmpeg processes (0: one per CPU core)"
+    )
+    progress_interval_s: float = Field(
+        default=5.0, gt=0.0, description="seconds between progress lines in the log"
+    )
+
+
+@asset(
+    group_name="audio",
+    partitions_def=audio_folder_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    deps=["tracks"],
+    kinds={"parquet", "duckdb"},
+    description=(
+        "5-s windows of the experiment's clips decoded to 48 kHz mono float32 (240,000 "
+        "samples), one Parquet file per audio folder under `$CLAP_DATA_DIR/waveforms/`. "
+        "Incremental (only new or changed files are decoded); files that cannot be decoded "
+        "are recorded in the DuckDB table `decode_failures`."
+    ),
+)
+def waveforms(
+    context: AssetExecutionContext, config: WaveformsConfig, clap_settings: ClapSettings
+) -> MaterializeResult:
+    settings = clap_settings.settings()
+    folders = sorted(context.partition_keys)
+    selected = group_by_folder(
+        select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
+    )
+    work = {folder: selected.get(folder, []) for folder in folders}
+    n_tracks = sum(len(t) for t in work.values())
+    context.log.info(
+        f"waveforms: {n_tracks} selected tracks in {len(folders)} audio folder partition(s) "
+        f"{_folders_label(folders)}"
+    )
+    options = DecodeOptions(
+        window_offset_s=config.window_offset_s,
+        timeout_s=config.decode_timeout_s,
+        workers=config.workers,
+        progress_interval_s=config.progress_interval_s,
+    )
+    summary = build_waveforms(
+        work,
+        settings.waveforms_dir,
+        settings.duckdb_path,
+        options,
+        progress=lambda p: context.log.info(str(p)),
+    )
+    removed = remove_unselected_partitions(settings.waveforms_dir, settings.duckdb_path, selected)
+    if removed:
+        context.log.info(f"removed partitions without selected tracks: {removed}")
+    failures = summary.failures
+    for f in failures[:MAX_LOGGED_FAILURES]:
+        context.log.warning(f"track {f.track_id} skipped ({f.reason}): {f.path}: {f.detail}")
+    if len(failures) > MAX_LOGGED_FAILURES:
+        context.log.warning(
+            f"... and {len(failures) - MAX_LOGGED_FAILURES} more failures: see the DuckDB "
+            f"table decode_failures in {settings.duckdb_path}"
+        )
+    return MaterializeResult(
+        metadata={
+            "partitions": len(folders),
+            "selected": summary.selected,
+            "rows": summary.rows,
+            "decoded": summary.decoded,
+            "reused": summary.reused,
+            "failures": len(failures),
+            "failure_reasons": MetadataValue.json(summary.failure_counts()),
+            "rewritten_partitions": sum(p.rewritten for p in summary.partitions),
+            "seconds": round(summary.seconds, 2),
+            "tracks_per_s": round(summary.tracks_per_s, 2),
+            "window_offset_s": config.window_offset_s,
+            "path": MetadataValue.path(str(settings.waveforms_dir)),
+            "removed_partitions": MetadataValue.json(removed),
+        }
+    )
+
+
+def _folders_label(folders: Sequence[str]) -> str:
+    if len(folders) <= 6:
+        return ", ".join(folders)
+    return f"{folders[0]} ... {folders[-1]}"
+
+
+def _health(context: AssetCheckExecutionContext, clap_settings: ClapSettings, scan: bool):
+    settings = clap_settings.settings()
+    selected = group_by_folder(
+        select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
+    )
+    folders = sorted(context.partition_keys) if context.has_partition_key_range else None
+    if folders is None and context.has_partition_key:
+        folders = [context.partition_key]
+    return dataset_health(
+        settings.waveforms_dir,
+        settings.duckdb_path,
+        selected,
+        folders=folders,
+        scan_samples=scan,
+    )
+
+
+@asset_check(
+    asset=waveforms,
+    partitions_def=audio_folder_partitions,
+    blocking=True,
+    description="Rows are exactly the selected tracks minus the recorded decode failures.",
+)
+def waveforms_rows_match_selection(
+    context: AssetCheckExecutionContext, clap_settings: ClapSettings
+) -> AssetCheckResult:
+    health = _health(context, clap_settings, scan=False)
+    problems = health.row_problems()
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "ok",
+        metadata={
+            "partitions": len(health.folders),
+            "selected": health.selected,
+            "failures": health.failures,
+            "rows": health.rows,
+            "expected_rows": health.selected - health.failures,
+        },
+    )
+
+
+@asset_check(
+    asset=waveforms,
+    partitions_def=audio_folder_partitions,
+    blocking=True,
+    description=f"Every row has exactly {N_SAMPLES:,} finite samples; files sorted by track_id "
+    f"with row groups of at most {ROW_GROUP_ROWS} rows.",
+)
+def waveforms_samples_valid(
+    context: AssetCheckExecutionContext, clap_settings: ClapSettings
+) -> AssetCheckResult:
+    health = _health(context, clap_settings, scan=True)
+    problems = health.sample_problems()
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "ok",
+        metadata={
+            "rows": health.rows,
+            "bad_length_rows": len(health.bad_length_ids),
+            "non_finite_rows": len(health.non_finite_ids),
+            "max_row_group_rows": health.max_row_group_rows,
+        },
+    )
+
+
+@asset_check(
+    asset=waveforms,
+    partitions_def=audio_folder_partitions,
+    description=f"Warns when more than {FAILURE_WARN_FRACTION:.0%} of the selected files fail "
+    "to decode; errors when all of them fail.",
+)
+def waveforms_failure_rate(
+    context: AssetCheckExecutionContext, clap_settings: ClapSettings
+) -> AssetCheckResult:
+    health = _health(context, clap_settings, scan=False)
+    rate = health.failures / health.selected if health.selected else 0.0
+    all_failed = health.selected > 0 and health.failures == health.selected
+    passed = rate <= FAILURE_WARN_FRACTION
+    if all_failed:
+        description = f"all {health.selected} selected files failed to decode"
+    elif not passed:
+        description = f"{health.failures}/{health.selected} files failed ({rate:.1%})"
+    else:
+        description = f"{health.failures}/{health.selected} files failed ({rate:.1%}): ok"
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR if all_failed else AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "selected": health.selected,
+            "failures": health.failures,
+            "failure_rate": round(rate, 4),
+            "failure_reasons": MetadataValue.json(health.failure_reasons),
+        },
+    )
