@@ -51,6 +51,7 @@ REASONS = ("missing", "empty", "truncated", "not_audio", "too_short", "silent", 
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # ffmpeg's mp3 demuxer: the Xing/Info header's byte count exceeds the file by > 1/16.
 _SIZE_MISMATCH = "filesize and duration do not match"
+_LEVEL_RE = re.compile(r"\[(warning|error|fatal|panic)\]")
 
 
 class DecodeFailure(Exception):
@@ -103,8 +104,10 @@ def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = No
         rematrix_maxval=1.0,
     )
     args = out.compile(cmd=exe or ffmpeg_exe())
-    # Global options first; -nostdin keeps a pool of ffmpegs from fighting over the tty.
-    return [args[0], "-nostdin", "-hide_banner", "-nostats", *args[1:]]
+    # Global options first; -nostdin keeps a pool of ffmpegs from fighting over the tty;
+    # "level+info" tags each line with its level so warnings can be told from chatter
+    # (the info lines carry the header's duration, needed to spot truncation).
+    return [args[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", *args[1:]]
 
 
 def decode_window(
@@ -197,6 +200,24 @@ def id3v2_size(path: Path) -> int:
 
 
 def _tail(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
+    """The last warning/error lines of ffmpeg's stderr (all lines if it has none).
+
+    Consecutive repeats are folded into one line with a count.
+    """
     if isinstance(stderr, bytes):
         stderr = stderr.decode("utf-8", errors="replace")
-    return "\n".join(stderr.strip().splitlines()[-lines:])
+    all_lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    problems = [line for line in all_lines if _LEVEL_RE.search(line)]
+    folded: list[str] = []
+    count = 0
+    for line in problems or all_lines:
+        if folded and line == folded[-1]:
+            count += 1
+            continue
+        if count:
+            folded[-1] += f" (x{count + 1})"
+        folded.append(line)
+        count = 0
+    if count:
+        folded[-1] += f" (x{count + 1})"
+    return "\n".join(folded[-lines:])

@@ -200,6 +200,10 @@ class WaveformsSummary:
         return sum(len(p.decoded_ids) for p in self.partitions)
 
     @property
+    def decoded_ids(self) -> list[int]:
+        return [tid for p in self.partitions for tid in p.decoded_ids]
+
+    @property
     def reused(self) -> int:
         return sum(p.reused for p in self.partitions)
 

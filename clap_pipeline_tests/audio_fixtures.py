@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pytest
 
 from clap_pipeline.selection import audio_path
 
@@ -63,8 +64,18 @@ KINDS = (
 )
 
 
+_SHARED: dict[str, AudioFactory] = {}
+
+
 class AudioFactory:
     """Renders each kind once into ``cache_dir``; ``make`` copies it to a destination."""
+
+    @classmethod
+    def shared(cls, ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> AudioFactory:
+        """One cache per test session, shared by every test module."""
+        if ffmpeg not in _SHARED:
+            _SHARED[ffmpeg] = cls(ffmpeg, tmp_path_factory.mktemp("audio-cache"))
+        return _SHARED[ffmpeg]
 
     def __init__(self, ffmpeg: str, cache_dir: Path) -> None:
         self.ffmpeg = ffmpeg

@@ -28,7 +28,7 @@ from clap_pipeline_tests.audio_fixtures import (
 
 @pytest.fixture(scope="session")
 def audio(ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> AudioFactory:
-    return AudioFactory(ffmpeg, tmp_path_factory.mktemp("audio-cache"))
+    return AudioFactory.shared(ffmpeg, tmp_path_factory)
 
 
 @pytest.mark.parametrize("kind", ["cbr128", "cbr256", "cbr320", "vbr", "mono", "22k"])
