@@ -190,7 +190,9 @@ def resolve_champion(
 
 def ui_command(host: str, port: int, tracking_uri: str) -> list[str]:
     """The `mlflow server` command line that serves the project's store."""
+    # One worker: a local UI needs no more, and each extra worker re-imports MLflow.
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
+    cmd += ["--workers", "1"]
     db = sqlite_path(tracking_uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

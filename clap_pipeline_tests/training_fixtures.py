@@ -52,6 +52,26 @@ def genre_audio(genre: str, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def write_waveforms_file(
+    path: Path, track_ids: list[int], waves: list[np.ndarray], row_group_size: int = 16
+) -> None:
+    """One `waveforms/NNN.parquet` file following the contract (lengths are not checked here)."""
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
+    flat = pa.array(np.concatenate(waves).astype(np.float32), pa.float32())
+    table = pa.table(
+        {
+            "track_id": pa.array(track_ids, pa.int64()),
+            "input_values": pa.ListArray.from_arrays(offsets, flat),
+            "n_samples_decoded": pa.array(lengths, pa.int64()),
+            "source_path": pa.array([f"{t // 1000:03d}/{t:06d}.mp3" for t in track_ids]),
+            "source_size": pa.array([1000 + t for t in track_ids], pa.int64()),
+            "source_mtime": pa.array([1.0e9 + t for t in track_ids], pa.float64()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
 @dataclass(frozen=True)
 class SyntheticData:
     data_dir: Path
@@ -67,7 +87,6 @@ def write_training_dataset(
     *,
     per_genre: dict[str, int] | None = None,
     seed: int = 0,
-    nan_track: int | None = None,
 ) -> SyntheticData:
     """Write prompts.parquet, waveforms/ and clap.duckdb under ``data_dir``.
 
@@ -111,25 +130,8 @@ def write_training_dataset(
     wave_dir.mkdir(exist_ok=True)
     for folder in sorted({tid // 1000 for tid in ids}):
         folder_ids = [t for t in ids if t // 1000 == folder]
-        waves = []
-        for tid in folder_ids:
-            w = genre_audio(genre_of[tid], np.random.default_rng([seed, tid]))
-            if tid == nan_track:
-                w[1000:2000] = np.nan
-            waves.append(w)
-        flat = pa.array(np.concatenate(waves), pa.float32())
-        offsets = pa.array(np.arange(len(waves) + 1, dtype=np.int32) * SAMPLES, pa.int32())
-        table = pa.table(
-            {
-                "track_id": pa.array(folder_ids, pa.int64()),
-                "input_values": pa.ListArray.from_arrays(offsets, flat),
-                "n_samples_decoded": pa.array([SAMPLES] * len(folder_ids), pa.int64()),
-                "source_path": pa.array([f"{folder:03d}/{t:06d}.mp3" for t in folder_ids]),
-                "source_size": pa.array([1000 + t for t in folder_ids], pa.int64()),
-                "source_mtime": pa.array([1.0e9 + t for t in folder_ids], pa.float64()),
-            }
-        )
-        pq.write_table(table, wave_dir / f"{folder:03d}.parquet", row_group_size=16)
+        waves = [genre_audio(genre_of[t], np.random.default_rng([seed, t])) for t in folder_ids]
+        write_waveforms_file(wave_dir / f"{folder:03d}.parquet", folder_ids, waves)
 
     with duckdb_connection(data_dir / "clap.duckdb") as con:
         con.execute(

@@ -1,1 +1,158 @@
-"""Assets of the training domain (being written)."""
+"""Asset `clap_model`: a thin wrapper over ``clap_pipeline.training.train``.
+
+All training settings are run config (``ClapTrainingConfig``); paths come from
+the ``clap_settings`` resource, the DuckDB file from ``duckdb`` and the MLflow
+store from ``mlflow``. The work, the MLflow run and ``reports/training.json``
+are done by the training module, which also runs standalone.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pydantic import Field
+
+from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.training import TrainConfig, TrainingResult, TrainInputs, train
+
+_DEFAULTS = TrainConfig()
+
+
+class ClapTrainingConfig(Config):
+    """Training settings; defaults = the reference recipe (AdamW 3e-5, batch 16, 3 epochs)."""
+
+    batch_size: int = Field(_DEFAULTS.batch_size, description="clips per contrastive batch")
+    learning_rate: float = Field(_DEFAULTS.learning_rate, description="AdamW learning rate")
+    weight_decay: float = Field(_DEFAULTS.weight_decay, description="AdamW weight decay")
+    max_epochs: int = Field(_DEFAULTS.max_epochs, description="upper bound on epochs")
+    patience: int = Field(
+        _DEFAULTS.patience, description="epochs without a better val R@5 before stopping"
+    )
+    seed: int = Field(_DEFAULTS.seed, description="shuffling, dropout and the 80/20 split")
+    split: str = Field(
+        _DEFAULTS.split,
+        description="fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 "
+        "by hash | random_80_20: the reference recipe (first 100 clips)",
+    )
+    resample_templates: bool = Field(
+        _DEFAULTS.resample_templates,
+        description="draw each epoch's prompt from the stored template renderings",
+    )
+    device: str = Field(_DEFAULTS.device, description="auto (CUDA > MPS > CPU), cuda, mps or cpu")
+    shuffle_buffer: int = Field(
+        _DEFAULTS.shuffle_buffer, description="clips held for shuffling (~1 MB each)"
+    )
+    registered_model: str = Field(_DEFAULTS.registered_model, description="MLflow model name")
+    log_checkpoints: bool = Field(
+        _DEFAULTS.log_checkpoints, description="copy each epoch's checkpoint into the MLflow run"
+    )
+    system_metrics: bool = Field(
+        _DEFAULTS.system_metrics, description="log CPU/GPU/memory metrics to MLflow"
+    )
+    resume: bool = Field(
+        _DEFAULTS.resume, description="continue an interrupted run with the same config and data"
+    )
+
+    def to_train_config(self) -> TrainConfig:
+        return TrainConfig(
+            **{name: getattr(self, name) for name in TrainConfig.__dataclass_fields__}
+        )
+
+
+def _epochs_table(result: TrainingResult) -> MetadataValue:
+    names = [
+        ("epoch", "int"),
+        ("train_loss", "float"),
+        ("val_loss", "float"),
+        ("val_t2a_R@1", "float"),
+        ("val_t2a_R@5", "float"),
+        ("val_t2a_R@10", "float"),
+        ("val_a2t_R@1", "float"),
+        ("val_a2t_R@5", "float"),
+        ("val_a2t_R@10", "float"),
+        ("best", "bool"),
+    ]
+    records = []
+    for r in result.epochs:
+        m = r.metrics
+        records.append(
+            TableRecord(
+                {
+                    "epoch": r.epoch,
+                    "train_loss": round(r.train_loss, 4),
+                    "val_loss": round(r.val_loss, 4),
+                    "val_t2a_R@1": m["text_to_audio_recall_at_1"],
+                    "val_t2a_R@5": m["text_to_audio_recall_at_5"],
+                    "val_t2a_R@10": m["text_to_audio_recall_at_10"],
+                    "val_a2t_R@1": m["audio_to_text_recall_at_1"],
+                    "val_a2t_R@5": m["audio_to_text_recall_at_5"],
+                    "val_a2t_R@10": m["audio_to_text_recall_at_10"],
+                    "best": r.epoch == result.best_epoch,
+                }
+            )
+        )
+    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in names])
+    return MetadataValue.table(records=records, schema=schema)
+
+
+@asset(
+    group_name="training",
+    deps=["prompts", "waveforms"],
+    pool="gpu",
+    kinds={"pytorch", "mlflow"},
+    description="Fine-tune CLAP on the prompts + waveforms (symmetric InfoNCE, early stopping on "
+    "val R@5); MLflow run, checkpoints, `clap-fma` registry alias, reports/training.json.",
+)
+def clap_model(
+    context: AssetExecutionContext,
+    config: ClapTrainingConfig,
+    clap_settings: ClapSettings,
+    duckdb: DuckDBDatabase,
+    mlflow: MlflowTracking,
+) -> MaterializeResult:
+    settings = clap_settings.settings()
+    inputs = replace(
+        TrainInputs.from_settings(settings, mlflow.tracking_uri, mlflow.experiment),
+        duckdb_path=Path(duckdb.path),
+    )
+    result = train(
+        config.to_train_config(),
+        inputs,
+        dagster_run_id=context.run_id,
+        on_progress=lambda p: context.log.info(p.message),
+    )
+    best = next(r for r in result.epochs if r.epoch == result.best_epoch)
+    return MaterializeResult(
+        metadata={
+            "best_checkpoint": MetadataValue.path(str(result.best_checkpoint)),
+            "best_epoch": result.best_epoch,
+            "best_val_text_to_audio_recall_at_5": best.val_recall_at_5,
+            "best_val_loss": best.val_loss,
+            "epochs": _epochs_table(result),
+            "training_curve": MetadataValue.md(result.curve_markdown()),
+            "mlflow_run_id": result.run_id,
+            "mlflow_run": MetadataValue.url(result.run_url),
+            "registered_model": (
+                f"{result.manifest['registered_model']['name']} "
+                f"v{result.registered_version} @{result.alias}"
+            ),
+            "device": result.device,
+            "n_train": result.n_train,
+            "n_val": result.n_val,
+            "n_test": result.n_test,
+            "wall_time_s": round(result.wall_time_s, 2),
+            "train_clips_per_second": round(result.clips_per_second, 2),
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "stopped_early": result.stopped_early,
+            "manifest": MetadataValue.path(str(result.manifest_path)),
+        }
+    )
