@@ -1,10 +1,29 @@
-"""Retrieval metrics with LAION-AI/CLAP's conventions.
+"""Retrieval metrics with LAION-AI/CLAP's conventions, bootstrap intervals and random baselines.
 
 For an N x N similarity matrix (row i = query i, column i = its match):
 ``rank_i`` is the 0-based position of the match among the row's scores sorted
 descending. Ties are broken pessimistically and deterministically: every other
 item scoring *the same or higher* than the match counts as ranked above it, so a
 constant model gets rank N-1, never a lucky 0.
+
+R@k = mean(rank < k); median rank = floor(median(rank)) + 1; mean rank =
+mean(rank) + 1; mAP@10 = mean(1 / (rank + 1) if rank < 10 else 0) (one relevant
+item per query, so AP is the reciprocal rank cut at 10).
+
+Bootstrap intervals resample the *per-query ranks* (each computed once against
+the full pool of N candidates), not the query indices with the pool rebuilt
+from the resample. Reasons:
+
+- R@k depends on the pool size: keeping the pool at the N evaluated candidates
+  keeps every resample comparable with the random baseline k/N.
+- A resampled pool holds duplicate items; an exact copy of the match ties with
+  it and, with pessimistic tie-breaking, pushes it down a rank, biasing every
+  resample downward.
+- It is O(B x N) instead of O(B x N^2).
+
+The interval therefore covers the sampling of queries for this candidate pool,
+not the variation from drawing a different pool. Text->audio and audio->text
+use the same resampled pair indices (pair i is both a text and a clip query).
 """
 
 from __future__ import annotations
@@ -12,6 +31,16 @@ from __future__ import annotations
 import numpy as np
 
 KS = (1, 5, 10)
+DIRECTIONS = ("text_to_audio", "audio_to_text")
+MAP_CUTOFF = 10
+# Per-metric names from ``metrics_from_ranks``, in report order.
+RECALL_NAMES = tuple(f"recall_at_{k}" for k in KS)
+METRIC_NAMES = (*RECALL_NAMES, "median_rank", "mean_rank", "map_at_10")
+# Bounded by 1 (recalls, mAP) vs ranks in [1, N].
+UNIT_INTERVAL_METRICS = (*RECALL_NAMES, "map_at_10")
+RANK_METRICS = ("median_rank", "mean_rank")
+# Each bootstrap chunk holds at most this many resampled ranks (memory ~ 8 bytes each).
+_BOOTSTRAP_CHUNK_ELEMENTS = 2_000_000
 
 
 def match_ranks(similarity: np.ndarray) -> np.ndarray:
@@ -50,3 +79,151 @@ def retrieval_metrics(similarity_text_audio: np.ndarray) -> dict[str, float]:
 def random_recall(k: int, n: int) -> float:
     """Expected R@k of a random ranking over n candidates: exactly min(k, n) / n."""
     return min(k, n) / n
+
+
+# --------------------------------------------------------------------------- batched statistics
+
+
+def _metrics_per_row(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """``metrics_from_ranks`` applied to each row of a (B, N) array of ranks, vectorised."""
+    out = {f"recall_at_{k}": np.mean(ranks < k, axis=1) for k in KS}
+    out["median_rank"] = np.floor(np.median(ranks, axis=1)) + 1
+    out["mean_rank"] = np.mean(ranks, axis=1) + 1
+    reciprocal = np.where(ranks < MAP_CUTOFF, 1.0 / (ranks + 1.0), 0.0)
+    out["map_at_10"] = np.mean(reciprocal, axis=1)
+    return out
+
+
+def _percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def bootstrap_rank_metrics(
+    ranks_by_direction: dict[str, np.ndarray],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Point estimates and percentile bootstrap intervals from per-query ranks.
+
+    ``ranks_by_direction`` maps a direction name to the N per-query ranks (all the
+    same N, index i = pair i). Each resample draws N pair indices with replacement
+    (seeded) and applies them to every direction. Returns
+    ``{"<direction>_<metric>": {"value", "ci_low", "ci_high"}}``.
+    """
+    _check_confidence(confidence)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    arrays = {d: np.asarray(r, dtype=np.int64) for d, r in ranks_by_direction.items()}
+    sizes = {len(r) for r in arrays.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"every direction needs the same non-zero number of ranks, got {sizes}")
+    n = sizes.pop()
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[np.ndarray]] = {f"{d}_{m}": [] for d in arrays for m in METRIC_NAMES}
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
+    done = 0
+    while done < n_resamples:
+        size = min(chunk, n_resamples - done)
+        idx = rng.integers(0, n, size=(size, n))
+        for direction, ranks in arrays.items():
+            for name, values in _metrics_per_row(ranks[idx]).items():
+                samples[f"{direction}_{name}"].append(values)
+        done += size
+    out: dict[str, dict[str, float]] = {}
+    for direction, ranks in arrays.items():
+        for name, value in metrics_from_ranks(ranks).items():
+            key = f"{direction}_{name}"
+            low, high = _percentile_interval(np.concatenate(samples[key]), confidence)
+            out[key] = {"value": value, "ci_low": low, "ci_high": high}
+    return out
+
+
+def retrieval_metrics_with_ci(
+    similarity_text_audio: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """``retrieval_metrics`` (same keys, same values) each with a bootstrap interval."""
+    sim = np.asarray(similarity_text_audio)
+    ranks = {"text_to_audio": match_ranks(sim), "audio_to_text": match_ranks(sim.T)}
+    return bootstrap_rank_metrics(ranks, n_resamples=n_resamples, seed=seed, confidence=confidence)
+
+
+# --------------------------------------------------------------------------- random baselines
+
+
+def random_expected_metrics(n: int) -> dict[str, float]:
+    """Exact values for a uniformly random ranking of n candidates (one direction).
+
+    The match's 0-based rank is uniform on 0..n-1, so R@k = min(k, n)/n, mean
+    rank = (n + 1)/2, mAP@10 = H(min(10, n))/n (H = harmonic number) and the
+    median rank is that of the rank distribution itself: floor((n - 1)/2) + 1.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = {f"recall_at_{k}": random_recall(k, n) for k in KS}
+    out["median_rank"] = float((n - 1) // 2 + 1)
+    out["mean_rank"] = (n + 1) / 2
+    out["map_at_10"] = float(sum(1.0 / r for r in range(1, min(MAP_CUTOFF, n) + 1)) / n)
+    return out
+
+
+def random_rankings(n: int, rounds: int, rng: np.random.Generator) -> np.ndarray:
+    """(rounds, n) ranks of each query's match under independent random rankings.
+
+    In a uniformly random order of n candidates, the match's 0-based position is
+    uniform on 0..n-1, so it is drawn directly: O(rounds x n) instead of sorting
+    n x n random scores per round (the tests check both give the same law).
+    """
+    return rng.integers(0, n, size=(rounds, n))
+
+
+def empirical_random_metrics(
+    n: int,
+    *,
+    rounds: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+    directions: tuple[str, ...] = DIRECTIONS,
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``rounds`` seeded random rankings over the same n candidates.
+
+    ``value`` is the mean over rounds, ``ci_low``/``ci_high`` the central
+    ``confidence`` range of a single random model's score (what a model that
+    learned nothing could reach by luck on this N). Same keys as
+    ``retrieval_metrics_with_ci``.
+    """
+    _check_confidence(confidence)
+    if n < 1 or rounds < 1:
+        raise ValueError(f"n and rounds must be >= 1, got n={n}, rounds={rounds}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)  # bounded memory for large n
+    for direction in directions:
+        per_round: dict[str, list[np.ndarray]] = {m: [] for m in METRIC_NAMES}
+        done = 0
+        while done < rounds:
+            size = min(chunk, rounds - done)
+            for name, values in _metrics_per_row(random_rankings(n, size, rng)).items():
+                per_round[name].append(values)
+            done += size
+        for name, parts in per_round.items():
+            values = np.concatenate(parts)
+            low, high = _percentile_interval(values, confidence)
+            out[f"{direction}_{name}"] = {
+                "value": float(np.mean(values)),
+                "ci_low": low,
+                "ci_high": high,
+            }
+    return out
