@@ -27,6 +27,7 @@ Reasons (``DecodeFailure.reason``):
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from dataclasses import dataclass
@@ -74,7 +75,11 @@ class DecodedWindow:
 
 def ensure_ffmpeg(timeout_s: float = 30.0) -> str:
     """Path of a working ffmpeg, or one clear :class:`FfmpegNotFoundError` before any work."""
-    exe = ffmpeg_exe()
+    return _checked_ffmpeg(ffmpeg_exe(), timeout_s)
+
+
+@functools.cache
+def _checked_ffmpeg(exe: str, timeout_s: float) -> str:
     try:
         proc = subprocess.run(
             [exe, "-hide_banner", "-version"], capture_output=True, timeout=timeout_s

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,9 +78,15 @@ CREATE TABLE IF NOT EXISTS {FAILURES_TABLE} (
     window_offset_s DOUBLE
 )
 """
-_FAILURE_COLUMNS = (
-    "track_id, path, reason, stderr_tail, failed_at, detail, "
-    "source_size, source_mtime, window_offset_s"
+# Beyond the contract's five columns: what lets a re-run keep an unchanged failure.
+_EXTRA_FAILURE_COLUMNS = {
+    "detail": "VARCHAR",
+    "source_size": "BIGINT",
+    "source_mtime": "DOUBLE",
+    "window_offset_s": "DOUBLE",
+}
+_FAILURE_COLUMNS = "track_id, path, reason, stderr_tail, failed_at, " + ", ".join(
+    _EXTRA_FAILURE_COLUMNS
 )
 
 
@@ -312,19 +319,38 @@ def _folder_bounds(folder: str) -> tuple[int, int]:
     return lo, lo + 1000
 
 
-def _old_failures(duckdb_path: Path, folder: str) -> dict[int, FailureRecord]:
+def _failure_select(con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT list for ``FailureRecord``; NULL for extra columns a foreign table lacks."""
+    present = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            [FAILURES_TABLE],
+        ).fetchall()
+    }
+    extras = [c if c in present else f"NULL AS {c}" for c in _EXTRA_FAILURE_COLUMNS]
+    return ", ".join(["track_id", "path", "reason", "stderr_tail", "failed_at", *extras])
+
+
+def _query_failures(
+    duckdb_path: Path, where: str = "", params: Sequence[object] = ()
+) -> list[FailureRecord]:
     if not duckdb_path.exists():
-        return {}
-    lo, hi = _folder_bounds(folder)
+        return []
     with duckdb_connection(duckdb_path, read_only=True) as con:
         if not table_exists(con, FAILURES_TABLE):
-            return {}
+            return []
         rows = con.execute(
-            f"SELECT {_FAILURE_COLUMNS} FROM {FAILURES_TABLE} "
-            "WHERE track_id >= ? AND track_id < ? ORDER BY track_id",
-            [lo, hi],
+            f"SELECT {_failure_select(con)} FROM {FAILURES_TABLE} {where} ORDER BY track_id",
+            list(params),
         ).fetchall()
-    return {int(r[0]): FailureRecord(*r) for r in rows}
+    return [FailureRecord(*r) for r in rows]
+
+
+def _old_failures(duckdb_path: Path, folder: str) -> dict[int, FailureRecord]:
+    lo, hi = _folder_bounds(folder)
+    records = _query_failures(duckdb_path, "WHERE track_id >= ? AND track_id < ?", [lo, hi])
+    return {r.track_id: r for r in records}
 
 
 def _plan(
@@ -619,6 +645,10 @@ def replace_failures(
     lo, hi = _folder_bounds(folder)
     with duckdb_connection(duckdb_path) as con:
         con.execute(FAILURES_DDL)
+        for column, sql_type in _EXTRA_FAILURE_COLUMNS.items():
+            con.execute(
+                f"ALTER TABLE {FAILURES_TABLE} ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+            )
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -680,6 +710,8 @@ def build_waveforms(
     duckdb_path = Path(duckdb_path)
     waveforms_dir.mkdir(parents=True, exist_ok=True)
     for folder, tracks in tracks_by_folder.items():
+        if not folder.isdigit():
+            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
         wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
         if wrong:
             raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
@@ -704,7 +736,8 @@ def build_waveforms(
     workers = options.n_workers
     summaries: list[PartitionSummary] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffmpeg") as executor:
-        decoder = _OrderedDecoder(jobs, options, exe, executor, max_ahead=4 * workers)
+        # Enough decodes ahead to keep every worker busy while a row group is written.
+        decoder = _OrderedDecoder(jobs, options, exe, executor, max_ahead=max(16, 4 * workers))
         try:
             for plan in plans:
                 _remove_stale_temps(waveforms_dir, plan.folder)
@@ -712,7 +745,8 @@ def build_waveforms(
                     summary = _skip_partition(plan, reporter)
                 else:
                     summary = _write_partition(plan, decoder, options, reporter)
-                if not (plan.file_unchanged and plan.failures_unchanged):
+                failures_changed = not (plan.file_unchanged and plan.failures_unchanged)
+                if failures_changed and (summary.failures or plan.old_failure_ids):
                     replace_failures(duckdb_path, plan.folder, summary.failures)
                 summaries.append(summary)
         finally:
@@ -762,16 +796,7 @@ def remove_unselected_partitions(
 
 def read_failures(duckdb_path: str | Path) -> list[FailureRecord]:
     """All rows of ``decode_failures`` (empty when the table does not exist yet)."""
-    duckdb_path = Path(duckdb_path)
-    if not duckdb_path.exists():
-        return []
-    with duckdb_connection(duckdb_path, read_only=True) as con:
-        if not table_exists(con, FAILURES_TABLE):
-            return []
-        rows = con.execute(
-            f"SELECT {_FAILURE_COLUMNS} FROM {FAILURES_TABLE} ORDER BY track_id"
-        ).fetchall()
-    return [FailureRecord(*r) for r in rows]
+    return _query_failures(Path(duckdb_path))
 
 
 @dataclass

@@ -327,3 +327,20 @@ def test_partitions_built_by_parallel_processes_share_the_failures_table(
         assert child.returncode == 0, err.decode()
     assert s.failures() == EXPECTED_FAILURES
     assert len(s.table()) == 7
+
+
+def test_a_failures_table_with_only_the_contract_columns_is_extended(
+    tmp_path: Path, audio: AudioFactory
+) -> None:
+    s = make_setup(tmp_path, audio)
+    with duckdb.connect(str(s.db)) as con:
+        con.execute(
+            "CREATE TABLE decode_failures (track_id BIGINT, path VARCHAR, reason VARCHAR, "
+            "stderr_tail VARCHAR, failed_at TIMESTAMP)"
+        )
+        con.execute("INSERT INTO decode_failures VALUES (26, 'old', 'empty', '', now())")
+    assert read_failures(s.db)[0].source_size is None
+    s.build()
+    assert s.failures() == EXPECTED_FAILURES
+    assert {f.source_size for f in read_failures(s.db) if f.track_id == 26} == {0}
+    assert s.build().decoded == 0  # the recorded failures are now reusable

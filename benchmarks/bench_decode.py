@@ -1,0 +1,235 @@
+"""Decode throughput and memory of the `waveforms` path, next to bare ffmpeg.
+
+Makes N FMA-like clips (30 s, 44.1 kHz stereo MP3 at 256 kb/s: a few distinct
+renders hard-linked under FMA's layout) and prints, from one run, with the same
+number of parallel workers everywhere:
+
+1. tracks/s of the asset's decode path (``build_waveforms``: window decode,
+   checks, Parquet writing, failures table);
+2. tracks/s of the same window decode without Parquet (our ``decode_window``);
+3. tracks/s of the bare ``ffmpeg`` command line with the same arguments and
+   output format, stdout to /dev/null (the practical limit);
+4. tracks/s of decoding the whole file and truncating to 5 s afterwards;
+5. peak RSS of a process running ``build_waveforms`` over N and over 4N tracks.
+
+Targets (issue #4): (1) >= 0.85 x (3); (2) >= 3 x (4); RSS(4N) within 20 % of RSS(N).
+
+    .venv/bin/python benchmarks/bench_decode.py [--tracks 100] [--repeat 3] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import ffmpeg  # noqa: E402
+
+from clap_pipeline.audio import (  # noqa: E402
+    N_SAMPLES,
+    SAMPLE_RATE,
+    decode_window,
+    ensure_ffmpeg,
+    window_command,
+)
+from clap_pipeline.selection import SelectedTrack, audio_path  # noqa: E402
+from clap_pipeline.waveforms import DecodeOptions, build_waveforms, default_workers  # noqa: E402
+
+DISTINCT_CLIPS = 8
+
+
+def make_sources(exe: str, out_dir: Path) -> list[Path]:
+    """Distinct 30-s music-like clips: a chord over pink noise, 256 kb/s CBR stereo."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for i in range(DISTINCT_CLIPS):
+        path = out_dir / f"source{i}.mp3"
+        f = 110 * 2 ** (i / 12)
+        chord = "+".join(
+            f"0.15*sin(2*PI*{f * r:.3f}*t)*(1+0.5*sin(2*PI*{0.5 + k}*t))"
+            for k, r in enumerate((1, 1.25, 1.5, 2))
+        )
+        subprocess.run(
+            [exe, "-nostdin", "-loglevel", "error", "-y",
+             "-f", "lavfi", "-i", f"aevalsrc={chord}|{chord}:s=44100:d=30",
+             "-f", "lavfi", "-i", f"anoisesrc=c=pink:r=44100:a=0.05:d=30:s={i}",
+             "-filter_complex", "[0:a][1:a]amix=inputs=2:normalize=0",
+             "-ac", "2", "-c:a", "libmp3lame", "-b:a", "256k", str(path)],
+            check=True, timeout=300,
+        )  # fmt: skip
+        sources.append(path)
+    return sources
+
+
+def make_library(sources: Sequence[Path], audio_dir: Path, n: int) -> list[SelectedTrack]:
+    """``n`` tracks in FMA's layout (ids 1..n), each a hard link to one of the sources."""
+    tracks = []
+    for track_id in range(1, n + 1):
+        path = audio_path(audio_dir, track_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            try:
+                os.link(sources[track_id % len(sources)], path)
+            except OSError:
+                shutil.copyfile(sources[track_id % len(sources)], path)
+        tracks.append(SelectedTrack(track_id, path))
+    return tracks
+
+
+def by_folder(tracks: Sequence[SelectedTrack]) -> dict[str, list[SelectedTrack]]:
+    groups: dict[str, list[SelectedTrack]] = {}
+    for t in tracks:
+        groups.setdefault(t.folder, []).append(t)
+    return groups
+
+
+def timed_pool(fn: Callable[[SelectedTrack], object], tracks: Sequence[SelectedTrack],
+               workers: int) -> float:  # fmt: skip
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, tracks):
+            pass
+    return time.perf_counter() - start
+
+
+def asset_path_seconds(tracks: Sequence[SelectedTrack], root: Path, workers: int) -> float:
+    out = root / "waveforms"
+    shutil.rmtree(out, ignore_errors=True)
+    db = root / "bench.duckdb"
+    db.unlink(missing_ok=True)
+    summary = build_waveforms(by_folder(tracks), out, db, DecodeOptions(workers=workers))
+    assert summary.rows == len(tracks) and summary.decoded == len(tracks), summary
+    return summary.seconds
+
+
+def bare_ffmpeg(exe: str) -> Callable[[SelectedTrack], object]:
+    def run(track: SelectedTrack) -> None:
+        subprocess.run(window_command(track.path, 0.0, exe), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True, timeout=60)  # fmt: skip
+
+    return run
+
+
+def whole_file_then_truncate(exe: str) -> Callable[[SelectedTrack], object]:
+    def run(track: SelectedTrack) -> np.ndarray:
+        args = (
+            ffmpeg.input(f"file:{track.path}")
+            .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE,
+                    rematrix_maxval=1.0)
+            .compile(cmd=exe)
+        )  # fmt: skip
+        proc = subprocess.run([args[0], "-nostdin", "-hide_banner", *args[1:]],
+                              capture_output=True, check=True, timeout=60)  # fmt: skip
+        samples = np.frombuffer(proc.stdout, dtype="<f4")[:N_SAMPLES]
+        out = np.zeros(N_SAMPLES, dtype=np.float32)
+        out[: samples.size] = samples
+        return out
+
+    return run
+
+
+def our_window(exe: str) -> Callable[[SelectedTrack], object]:
+    return lambda track: decode_window(track.path, 0.0, exe=exe)
+
+
+def peak_rss_mb(audio_dir: Path, n: int, root: Path, workers: int) -> float:
+    """Peak RSS of a fresh process that runs build_waveforms over n tracks."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child-rss", str(n), "--audio-dir", str(audio_dir),
+         "--out", str(root / f"rss{n}"), "--workers", str(workers)],
+        capture_output=True, text=True, check=True, timeout=3600,
+    )  # fmt: skip
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def child_rss(n: int, audio_dir: Path, out: Path, workers: int) -> None:
+    tracks = [SelectedTrack(tid, audio_path(audio_dir, tid)) for tid in range(1, n + 1)]
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    summary = build_waveforms(by_folder(tracks), out / "waveforms", out / "bench.duckdb",
+                              DecodeOptions(workers=workers))  # fmt: skip
+    assert summary.rows == n, summary
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_rss_mb": peak_kb / 1024, "tracks": n}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tracks", type=int, default=100, help="N (default 100)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of R timings (default 3)")
+    parser.add_argument("--workers", type=int, default=0, help="0: all cores")
+    parser.add_argument("--keep", type=Path, default=None, help="work dir to keep")
+    parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--audio-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workers = args.workers or default_workers()
+    if args.child_rss is not None:
+        child_rss(args.child_rss, args.audio_dir, args.out, workers)
+        return
+
+    exe = ensure_ffmpeg()
+    n = args.tracks
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    try:
+        print(f"bench_decode: N={n} FMA-like clips (30 s, 44.1 kHz stereo, 256 kb/s MP3), "
+              f"{workers} workers, {os.cpu_count()} CPUs, best of {args.repeat}")  # fmt: skip
+        sources = make_sources(exe, root / "sources")
+        audio_dir = root / "fma_audio"
+        tracks = make_library(sources, audio_dir, 4 * n)[:n]
+        for t in tracks[: 2 * workers]:  # warm the page cache and the ffmpeg binary
+            decode_window(t.path, exe=exe)
+
+        best: dict[str, float] = {}
+        methods: dict[str, Callable[[], float]] = {
+            "asset decode path (build_waveforms -> Parquet)": lambda: asset_path_seconds(
+                tracks, root, workers
+            ),
+            "our window decode, no Parquet (decode_window)": lambda: timed_pool(
+                our_window(exe), tracks, workers
+            ),
+            "bare ffmpeg CLI, same args/format, stdout to /dev/null": lambda: timed_pool(
+                bare_ffmpeg(exe), tracks, workers
+            ),
+            "whole file decoded, then truncated to 5 s": lambda: timed_pool(
+                whole_file_then_truncate(exe), tracks, workers
+            ),
+        }
+        for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
+            for name, run in methods.items():
+                seconds = run()
+                best[name] = min(best.get(name, float("inf")), seconds)
+        rates = {name: n / seconds for name, seconds in best.items()}
+        for name, rate in rates.items():
+            print(f"  {name:<58} {rate:8.1f} tracks/s")
+        asset, window, bare, whole = rates.values()
+        print(f"  asset path / bare ffmpeg            = {asset / bare:5.2f}x  (target >= 0.85)")
+        print(f"  window decode / whole-file decode   = {window / whole:5.2f}x  (target >= 3)")
+        print(f"  asset path / whole-file decode      = {asset / whole:5.2f}x")
+
+        rss_n = peak_rss_mb(audio_dir, n, root, workers)
+        rss_4n = peak_rss_mb(audio_dir, 4 * n, root, workers)
+        print(f"  peak RSS of build_waveforms, N={n:<5}          {rss_n:8.1f} MB")
+        print(f"  peak RSS of build_waveforms, 4N={4 * n:<5}         {rss_4n:8.1f} MB")
+        print(f"  RSS 4N / N                          = {rss_4n / rss_n:5.2f}x  (target <= 1.20)")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
