@@ -570,6 +570,9 @@ def train(
     """Fine-tune, track in MLflow, register the best epoch, write ``training.json``."""
     config.validate()
     hooks = hooks or TrainingHooks()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars would flood the run log
     wall_start = time.perf_counter()
 
     def report(p: TrainingProgress) -> None:

@@ -1,0 +1,487 @@
+"""Fine-tuning the tiny CLAP on a synthetic set whose audio depends on its text.
+
+One MLflow SQLite store per module; each test uses its own checkpoints folder,
+report path and (where aliases matter) registered-model name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clap_pipeline import tracking
+from clap_pipeline.metrics import random_recall, retrieval_metrics
+from clap_pipeline.model import load_clap, tokenize
+from clap_pipeline.training import (
+    LOGIT_SCALE_MAX,
+    EpochRecord,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainingHooks,
+    TrainingResult,
+    TrainInputs,
+    _features_module,
+    best_epoch,
+    clamp_logit_scales,
+    evaluate_split,
+    main,
+    should_stop,
+    symmetric_infonce,
+    train,
+)
+from clap_pipeline.training_data import TrainingData, TrainingDataError
+from clap_pipeline_tests.training_fixtures import SyntheticData, write_training_dataset
+
+# A short fine-tune that learns the synthetic pairing: small batches, a high lr, the
+# default patience of 1.
+LEARN = TrainConfig(
+    batch_size=4,
+    learning_rate=5e-3,
+    max_epochs=3,
+    registered_model="clap-fma-test",
+    system_metrics=False,
+)
+# Cheap runs for the fault and resume tests (2 steps per epoch).
+QUICK = TrainConfig(
+    batch_size=16, learning_rate=1e-3, max_epochs=2, patience=5, system_metrics=False
+)
+
+# ----------------------------------------------------------------------------- loss and rule
+
+
+def test_symmetric_infonce_on_hand_made_logits() -> None:
+    logits = torch.tensor([[4.0, 1.0, 0.0], [3.0, 2.0, 0.0], [0.0, 5.0, 1.0]])
+    log_rows = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_cols = logits - torch.logsumexp(logits, dim=0, keepdim=True)
+    text_to_audio = -log_rows.diagonal().mean()  # row i: text i against every clip
+    audio_to_text = -log_cols.diagonal().mean()  # column i: clip i against every text
+    ours = symmetric_infonce(logits, logits.T)
+    assert torch.isclose(ours, (text_to_audio + audio_to_text) / 2)
+    assert torch.isclose(ours, symmetric_infonce(logits.T, logits))  # symmetric in the roles
+    # transformers' built-in loss uses text->audio twice: a different number here.
+    from transformers.models.clap.modeling_clap import contrastive_loss
+
+    builtin = (contrastive_loss(logits) + contrastive_loss(logits.T.t())) / 2
+    assert torch.isclose(builtin, text_to_audio)
+    assert not torch.isclose(builtin, ours)
+
+
+def test_return_loss_of_the_model_is_one_directional(tiny_model_dir: Path) -> None:
+    loaded = load_clap(tiny_model_dir)
+    torch.manual_seed(0)
+    features = torch.randn(4, 1, 1001, 64) * 10 - 50
+    tokens = tokenize(loaded.tokenizer, ["a drone", "whistle", "noise bursts", "clicks clicks"])
+    loaded.model.eval()
+    out = loaded.model(**tokens, input_features=features, return_loss=True)
+    labels = torch.arange(4)
+    assert torch.isclose(out.loss, F.cross_entropy(out.logits_per_text, labels), atol=1e-6)
+    ours = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+    expected = (
+        F.cross_entropy(out.logits_per_text, labels) + F.cross_entropy(out.logits_per_audio, labels)
+    ) / 2
+    assert torch.isclose(ours, expected)
+    assert not torch.isclose(ours, out.loss)
+
+
+def test_logit_scales_are_clamped_to_ln_100(tiny_model_dir: Path) -> None:
+    model = load_clap(tiny_model_dir).model
+    with torch.no_grad():
+        model.logit_scale_a.fill_(7.0)
+        model.logit_scale_t.fill_(-1.0)
+    clamp_logit_scales(model)
+    assert model.logit_scale_a.item() == pytest.approx(math.log(100))
+    assert model.logit_scale_t.item() == 0.0
+
+
+def record(epoch: int, r5: float, val_loss: float) -> EpochRecord:
+    return EpochRecord(
+        epoch=epoch, train_loss=1.0, val_loss=val_loss, metrics={"text_to_audio_recall_at_5": r5}
+    )
+
+
+def test_best_epoch_prefers_recall_then_lower_val_loss_then_earlier() -> None:
+    history = [record(1, 0.3, 2.0), record(2, 0.5, 1.9), record(3, 0.5, 1.8), record(4, 0.4, 1.0)]
+    assert best_epoch(history).epoch == 3
+    assert best_epoch([record(1, 0.5, 1.0), record(2, 0.5, 1.0)]).epoch == 1
+    with pytest.raises(ValueError):
+        best_epoch([])
+
+
+def test_early_stopping_counts_epochs_since_the_best() -> None:
+    assert not should_stop([], patience=1)
+    assert not should_stop([record(1, 0.3, 2.0)], patience=1)
+    assert should_stop([record(1, 0.3, 2.0), record(2, 0.2, 1.0)], patience=1)
+    # Same R@5 with a lower validation loss counts as an improvement.
+    assert not should_stop([record(1, 0.3, 2.0), record(2, 0.3, 1.5)], patience=1)
+    worse = [record(1, 0.5, 1.0), record(2, 0.4, 1.0)]
+    assert not should_stop(worse, patience=2)
+    assert should_stop([*worse, record(3, 0.45, 0.5)], patience=2)
+    assert not should_stop([*worse, record(3, 0.6, 0.5)], patience=2)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticData:
+    return write_training_dataset(tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+def make_inputs(synthetic: SyntheticData, model_dir: Path, store: str, out: Path) -> TrainInputs:
+    data = synthetic.data_dir
+    return TrainInputs(
+        model_source=str(model_dir),
+        prompts_path=data / "prompts.parquet",
+        waveforms_dir=data / "waveforms",
+        duckdb_path=data / "clap.duckdb",
+        checkpoints_dir=out / "checkpoints",
+        manifest_path=out / "reports" / "training.json",
+        tracking_uri=store,
+        experiment="training-tests",
+    )
+
+
+@pytest.fixture(scope="module")
+def progress_messages() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def learned(
+    synthetic: SyntheticData,
+    tiny_model_dir: Path,
+    store: str,
+    progress_messages: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TrainingResult:
+    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path_factory.mktemp("learn"))
+    return train(
+        LEARN,
+        inputs,
+        dagster_run_id="dagster-run-1",
+        on_progress=lambda p: progress_messages.append(p.message),
+    )
+
+
+# ----------------------------------------------------------------------------- the main run
+
+
+def test_mlflow_run_has_per_epoch_history_params_and_checkpoints(
+    learned: TrainingResult, store: str
+) -> None:
+    client = tracking.client(store)
+    run = client.get_run(learned.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster_run_id"] == "dagster-run-1"
+    epochs = [r.epoch for r in learned.epochs]
+    assert epochs == list(range(1, len(epochs) + 1))
+    keys = ["train_loss", "val_loss"] + [
+        f"val_{d}_recall_at_{k}" for d in ("text_to_audio", "audio_to_text") for k in (1, 5, 10)
+    ]
+    for key in keys:
+        history = tracking.metric_history(store, learned.run_id, key)
+        assert [step for step, _ in history] == epochs, key
+    r5 = tracking.metric_history(store, learned.run_id, "val_text_to_audio_recall_at_5")
+    assert [v for _, v in r5] == [r.val_recall_at_5 for r in learned.epochs]
+
+    params = run.data.params
+    assert params["config.learning_rate"] == "0.005" and params["config.batch_size"] == "4"
+    assert params["model_source"] == learned.manifest["model_source"]
+    assert params["device"] == "cpu"
+    assert (params["n_train"], params["n_val"], params["n_test"]) == ("32", "16", "4")
+    assert len(params["data_version_prompts"]) == 16 and len(params["data_version_waveforms"]) == 16
+    assert params["git_commit"]
+    assert params["best_epoch"] == str(learned.best_epoch)
+    assert run.data.metrics["best_epoch"] == learned.best_epoch
+
+    artifacts = {a.path for a in client.list_artifacts(learned.run_id)}
+    assert {"checkpoints", "training_curve.png", "training.json"} <= artifacts
+    logged = {a.path for a in client.list_artifacts(learned.run_id, "checkpoints")}
+    assert logged == {f"checkpoints/epoch-{e}" for e in epochs}
+    for r in learned.epochs:  # local save_pretrained folders: safetensors + processor
+        folder = Path(r.checkpoint)
+        assert folder == learned.best_checkpoint.parent / f"epoch-{r.epoch}"
+        assert (folder / "model.safetensors").exists()
+        assert (folder / "processor_config.json").exists()
+        assert load_clap(folder).model is not None
+
+
+def test_best_epoch_follows_the_rule_and_stopping_the_patience(
+    learned: TrainingResult, store: str
+) -> None:
+    r5 = dict(tracking.metric_history(store, learned.run_id, "val_text_to_audio_recall_at_5"))
+    loss = dict(tracking.metric_history(store, learned.run_id, "val_loss"))
+    expected = max(r5, key=lambda e: (r5[e], -loss[e], -e))
+    assert learned.best_epoch == expected
+    assert learned.manifest["best_epoch"] == expected
+    last = max(r5)
+    if learned.stopped_early:
+        assert last - expected == LEARN.patience
+    else:
+        assert last == LEARN.max_epochs and last - expected <= LEARN.patience
+
+
+def test_fine_tune_beats_untrained_model_and_random(
+    learned: TrainingResult, synthetic: SyntheticData, tiny_model_dir: Path
+) -> None:
+    data = TrainingData.load(
+        synthetic.data_dir / "prompts.parquet",
+        synthetic.data_dir / "waveforms",
+        synthetic.data_dir / "clap.duckdb",
+        split_mode="fma",
+        seed=0,
+        batch_size=8,
+    )
+    untrained = load_clap(tiny_model_dir)
+    features = _features_module(untrained.feature_extractor, torch.device("cpu"))
+    _, before = evaluate_split(
+        untrained.model, features, untrained.tokenizer, data, "validation", 8, torch.device("cpu")
+    )
+    best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
+    n_val = len(synthetic.ids("validation"))
+    baseline = max(before["text_to_audio_recall_at_5"], random_recall(5, n_val))
+    assert best.val_recall_at_5 >= baseline + 0.15, (best.val_recall_at_5, before)
+
+    # The registered checkpoint reproduces the logged validation metrics.
+    tuned = load_clap(learned.best_checkpoint)
+    _, after = evaluate_split(
+        tuned.model, features, tuned.tokenizer, data, "validation", 8, torch.device("cpu")
+    )
+    assert after == pytest.approx(best.metrics)
+
+
+def test_manifest_follows_the_contract(learned: TrainingResult, synthetic: SyntheticData) -> None:
+    manifest = json.loads(learned.manifest_path.read_text())
+    assert manifest["mlflow_run_id"] == learned.run_id
+    assert manifest["device"] == "cpu"
+    assert manifest["best_epoch"] == learned.best_epoch
+    assert Path(manifest["best_checkpoint"]).is_absolute()
+    assert (Path(manifest["best_checkpoint"]) / "config.json").exists()
+    assert manifest["splits"] == {
+        name: synthetic.ids(name) for name in ("train", "validation", "test")
+    }
+    assert manifest["registered_model"] == {
+        "name": "clap-fma-test",
+        "version": learned.registered_version,
+        "alias": "champion",
+    }
+    assert manifest["config"] == LEARN.to_dict()
+    metric_keys = {f"val_{k}" for k in retrieval_metrics(np.eye(3))}
+    for row in manifest["epochs"]:
+        assert {"epoch", "checkpoint", "train_loss", "val_loss"} | metric_keys == set(row)
+        assert Path(row["checkpoint"]).exists()
+    assert [row["epoch"] for row in manifest["epochs"]] == [r.epoch for r in learned.epochs]
+
+
+def test_progress_reports_steps_rate_and_eta(
+    learned: TrainingResult, progress_messages: list[str]
+) -> None:
+    messages = progress_messages
+    assert any(m.startswith("data: 52 prompts, 52 waveforms, 52 usable") for m in messages)
+    step_lines = [m for m in messages if " step " in m]
+    assert step_lines and all("clips/s" in m and "ETA" in m for m in step_lines)
+    assert any(m.startswith(f"epoch 1/{LEARN.max_epochs} step 8/8") for m in step_lines)
+    assert any("registered as clap-fma-test" in m for m in messages)
+
+
+def test_logit_scales_stay_within_the_clamp(learned: TrainingResult) -> None:
+    for r in learned.epochs:
+        assert 0.0 <= r.logit_scale_a <= LOGIT_SCALE_MAX
+        assert 0.0 <= r.logit_scale_t <= LOGIT_SCALE_MAX
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_worse_second_run_becomes_challenger(
+    learned: TrainingResult,
+    synthetic: SyntheticData,
+    tiny_model_dir: Path,
+    store: str,
+    tmp_path: Path,
+) -> None:
+    # A learning rate too small to move the weights: the untrained model's recall.
+    worse_config = replace(
+        LEARN, batch_size=16, learning_rate=1e-12, max_epochs=1, log_checkpoints=False
+    )
+    worse = train(worse_config, make_inputs(synthetic, tiny_model_dir, store, tmp_path))
+    best_worse = next(r for r in worse.epochs if r.epoch == worse.best_epoch)
+    assert best_worse.val_recall_at_5 < next(
+        r.val_recall_at_5 for r in learned.epochs if r.epoch == learned.best_epoch
+    )
+    assert worse.alias == tracking.CHALLENGER
+    client = tracking.client(store)
+    champion = client.get_model_version_by_alias("clap-fma-test", tracking.CHAMPION)
+    challenger = client.get_model_version_by_alias("clap-fma-test", tracking.CHALLENGER)
+    assert (str(champion.version), champion.run_id) == (learned.registered_version, learned.run_id)
+    assert (str(challenger.version), challenger.run_id) == (worse.registered_version, worse.run_id)
+    assert (
+        champion.tags[tracking.TAG_VAL_FINGERPRINT] == challenger.tags[tracking.TAG_VAL_FINGERPRINT]
+    )
+    # Consumers (search, evaluation) get the champion's checkpoint folder.
+    resolved = tracking.resolve_champion(store, name="clap-fma-test")
+    assert resolved.local_dir == learned.best_checkpoint
+    assert resolved.version == learned.registered_version
+
+
+def test_champion_is_rescored_when_the_validation_set_changed(
+    learned: TrainingResult, synthetic: SyntheticData, store: str
+) -> None:
+    from clap_pipeline.training import _champion_r5_on_this_validation
+
+    data = TrainingData.load(
+        synthetic.data_dir / "prompts.parquet",
+        synthetic.data_dir / "waveforms",
+        synthetic.data_dir / "clap.duckdb",
+        split_mode="fma",
+        seed=0,
+        batch_size=8,
+    )
+    loaded = load_clap(learned.best_checkpoint)
+    features = _features_module(loaded.feature_extractor, torch.device("cpu"))
+    inputs = TrainInputs(
+        model_source="unused",
+        prompts_path=Path("unused"),
+        waveforms_dir=Path("unused"),
+        duckdb_path=None,
+        checkpoints_dir=Path("unused"),
+        manifest_path=Path("unused"),
+        tracking_uri=store,
+        experiment="training-tests",
+    )
+    champion, r5 = _champion_r5_on_this_validation(
+        tracking.client(store), LEARN, inputs, data, torch.device("cpu"),
+        "another-validation-set", features, loaded.tokenizer, lambda p: None,
+    )  # fmt: skip
+    assert str(champion.version) == learned.registered_version
+    # Scored again on the current validation set: the champion's own logged value.
+    best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
+    assert r5 == pytest.approx(best.val_recall_at_5)
+
+
+# ----------------------------------------------------------------------------- resume, faults
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+def test_reproducible_and_resumes_after_a_kill(
+    learned: TrainingResult, synthetic: SyntheticData, tiny_model_dir: Path, store: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The same config as `learned`, killed after epoch 1, then started again."""
+    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path)
+
+    def kill_after_epoch_1(r: EpochRecord) -> None:
+        if r.epoch == 1:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        train(
+            LEARN,
+            inputs,
+            dagster_run_id="first",
+            hooks=TrainingHooks(after_epoch=kill_after_epoch_1),
+        )
+    client = tracking.client(store)
+    (state_file,) = inputs.checkpoints_dir.glob("*/resume.json")
+    killed_run = state_file.parent.name
+    assert json.loads(state_file.read_text())["last_epoch"] == 1
+    assert client.get_run(killed_run).info.status == "FAILED"
+    assert not inputs.manifest_path.exists()
+
+    resumed = train(LEARN, inputs, dagster_run_id="second")
+    assert resumed.run_id == killed_run  # the same MLflow run continues
+    assert resumed.resumed_from_epoch == 1
+    run = client.get_run(killed_run)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster_run_ids"] == "first,second"
+    epochs = [r.epoch for r in resumed.epochs]
+    assert [s for s, _ in tracking.metric_history(store, killed_run, "train_loss")] == epochs
+    # Same data, config and seed on CPU -> the same numbers, killed or not.
+    for a, b in zip(learned.epochs, resumed.epochs, strict=True):
+        assert (a.epoch, a.train_loss, a.val_loss, a.metrics) == (
+            b.epoch,
+            b.train_loss,
+            b.val_loss,
+            b.metrics,
+        )
+    assert resumed.best_epoch == learned.best_epoch
+    assert json.loads(state_file.read_text())["status"] == "completed"
+    assert not (state_file.parent / "resume-state.pt").exists()
+    # A tie with the champion does not take its place.
+    assert resumed.alias == tracking.CHALLENGER
+
+
+def test_nan_loss_stops_marks_the_run_failed_and_keeps_the_last_checkpoint(
+    synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
+) -> None:
+    config = replace(QUICK, max_epochs=3, registered_model="clap-fma-nan")
+    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path)
+
+    def poison(epoch: int, step: int, model: torch.nn.Module) -> None:
+        if (epoch, step) == (2, 2):
+            with torch.no_grad():
+                model.audio_projection.linear1.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2") as err:
+        train(config, inputs, hooks=TrainingHooks(before_step=poison))
+    assert "FAILED" in str(err.value)
+    (run_dir,) = inputs.checkpoints_dir.iterdir()
+    run = tracking.client(store).get_run(run_dir.name)
+    assert run.info.status == "FAILED"
+    assert "epoch 2, step 2" in run.data.tags["failure"]
+    assert (run_dir / "epoch-1" / "model.safetensors").exists()
+    assert not (run_dir / "epoch-2").exists()
+    assert [s for s, _ in tracking.metric_history(store, run_dir.name, "val_loss")] == [1]
+    assert tracking.client(store).search_model_versions("name='clap-fma-nan'") == []
+    assert not inputs.manifest_path.exists()
+
+
+def test_too_few_clips_is_a_clear_error(
+    synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingDataError, match=r"32 < batch_size 64 .*32/16/4"):
+        train(
+            replace(QUICK, batch_size=64), make_inputs(synthetic, tiny_model_dir, store, tmp_path)
+        )
+
+
+def test_command_line(
+    synthetic: SyntheticData,
+    tiny_model_dir: Path,
+    store: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    for option in ("--batch-size", "--learning-rate", "--max-epochs", "--split", "--no-resume"):
+        assert option in usage
+
+    monkeypatch.setenv("CLAP_DATA_DIR", str(synthetic.data_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("CLAP_MODEL", str(tmp_path / "no-such-model"))
+    assert main(["--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "CLAP_MODEL" in err and "clap-pipeline tiny-model" in err
+
+    monkeypatch.setenv("CLAP_MODEL", str(tiny_model_dir))
+    assert main(["--batch-size", "64"]) == 2
+    assert "too few training clips" in capsys.readouterr().err
