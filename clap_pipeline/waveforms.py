@@ -172,7 +172,7 @@ class Progress:
         eta = "?" if self.eta_s is None else f"{self.eta_s:.0f} s"
         return (
             f"waveforms: {self.done}/{self.total} tracks "
-            f"({self.decoded}/{self.to_decode} decoded, {self.done - self.decoded} reused), "
+            f"({self.decoded}/{self.to_decode} decoded, {self.done - self.decoded} unchanged), "
             f"{self.tracks_per_s:.1f} tracks/s, ETA {eta}, {self.failures} failures"
         )
 
@@ -217,6 +217,12 @@ class WaveformsSummary:
     @property
     def failures(self) -> list[FailureRecord]:
         return [f for p in self.partitions for f in p.failures]
+
+    @property
+    def new_failures(self) -> list[FailureRecord]:
+        """Failures found by this run (the others were kept: their files did not change)."""
+        decoded = set(self.decoded_ids)
+        return [f for f in self.failures if f.track_id in decoded]
 
     @property
     def tracks_per_s(self) -> float:

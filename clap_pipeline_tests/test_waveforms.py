@@ -172,6 +172,7 @@ def test_rerun_decodes_nothing_and_rewrites_nothing(tmp_path: Path, audio: Audio
     failed_at = {f.track_id: f.failed_at for f in read_failures(s.db)}
     summary = s.build()
     assert summary.decoded == 0 and summary.reused == 7
+    assert len(summary.failures) == 5 and summary.new_failures == []  # kept, not retried
     assert not any(p.rewritten for p in summary.partitions)
     assert {p.name: p.stat().st_mtime_ns for p in s.out.iterdir()} == stamps
     assert {f.track_id: f.failed_at for f in read_failures(s.db)} == failed_at

@@ -108,12 +108,17 @@ def waveforms(
     if removed:
         context.log.info(f"removed partitions without selected tracks: {removed}")
     failures = summary.failures
-    for f in failures[:MAX_LOGGED_FAILURES]:
+    new_failures = summary.new_failures
+    for f in new_failures[:MAX_LOGGED_FAILURES]:
         context.log.warning(f"track {f.track_id} skipped ({f.reason}): {f.path}: {f.detail}")
-    if len(failures) > MAX_LOGGED_FAILURES:
+    if len(new_failures) > MAX_LOGGED_FAILURES:
         context.log.warning(
-            f"... and {len(failures) - MAX_LOGGED_FAILURES} more failures: see the DuckDB "
+            f"... and {len(new_failures) - MAX_LOGGED_FAILURES} more failures: see the DuckDB "
             f"table decode_failures in {settings.duckdb_path}"
+        )
+    if len(failures) > len(new_failures):
+        context.log.info(
+            f"{len(failures) - len(new_failures)} failures of earlier runs kept (files unchanged)"
         )
     return MaterializeResult(
         metadata={
