@@ -456,6 +456,7 @@ class _OldRows:
     """Streams one-row slices out of the previous partition file, in track_id order."""
 
     def __init__(self, path: Path, batch_rows: int) -> None:
+        self._path = path
         self._file = pq.ParquetFile(path)
         self._batches = self._file.iter_batches(batch_size=batch_rows)
         self._batch: pa.RecordBatch | None = None
@@ -472,7 +473,7 @@ class _OldRows:
                     return self._batch.slice(i, 1)
             batch = next(self._batches, None)
             if batch is None:
-                raise RuntimeError(f"track {track_id} vanished from {self._file.metadata}")
+                raise RuntimeError(f"track {track_id} vanished from {self._path} while reading it")
             self._batch = batch
             self._ids = batch.column("track_id").to_pylist()
             self._pos = 0

@@ -345,3 +345,13 @@ def test_a_failures_table_with_only_the_contract_columns_is_extended(
     assert s.failures() == EXPECTED_FAILURES
     assert {f.source_size for f in read_failures(s.db) if f.track_id == 26} == {0}
     assert s.build().decoded == 0  # the recorded failures are now reusable
+
+
+def test_timeouts_are_retried_other_failures_are_kept(tmp_path: Path, audio: AudioFactory) -> None:
+    s = make_setup(tmp_path, audio)
+    s.build(timeout_s=0.001)  # every ffmpeg call times out; the empty file fails before ffmpeg
+    first = s.failures()
+    assert first == {tid: "empty" if tid == 26 else "timeout" for tid in LIBRARY}
+    summary = s.build()
+    assert sorted(summary.decoded_ids) == sorted(set(LIBRARY) - {26})
+    assert s.failures() == EXPECTED_FAILURES
