@@ -552,11 +552,46 @@ def _save_resume_state(
     write_text_atomic(run_dir / RESUME_FILE, json.dumps(state, indent=1))
 
 
-def _record_from_dict(d: dict[str, Any]) -> EpochRecord:
-    return EpochRecord(**d)
-
-
 # --------------------------------------------------------------------------- main entry
+
+
+@dataclass
+class _Session:
+    """What one training call shares between its phases."""
+
+    config: TrainConfig
+    inputs: TrainInputs
+    data: TrainingData
+    device: torch.device
+    client: Any  # MlflowClient
+    experiment_id: str
+    run_id: str
+    fingerprint: str
+    val_fingerprint: str
+    report: Callable[[TrainingProgress], None]
+    hooks: TrainingHooks
+    history: list[EpochRecord]
+    resumed_from_epoch: int
+    prior_wall_s: float
+    wall_start: float
+
+    @property
+    def run_dir(self) -> Path:
+        return self.inputs.checkpoints_dir / self.run_id
+
+    def wall_time_s(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self.wall_start
+
+    def state(self, status: str = "in_progress") -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "fingerprint": self.fingerprint,
+            "status": status,
+            "last_epoch": self.history[-1].epoch if self.history else 0,
+            "history": [asdict(r) for r in self.history],
+            "wall_time_s": self.wall_time_s(),
+        }
 
 
 def train(
@@ -567,9 +602,12 @@ def train(
     on_progress: ProgressCallback | None = None,
     hooks: TrainingHooks | None = None,
 ) -> TrainingResult:
-    """Fine-tune, track in MLflow, register the best epoch, write ``training.json``."""
+    """Fine-tune, track in MLflow, register the best epoch, write ``training.json``.
+
+    Resumes the newest interrupted run with the same config and data (when
+    ``config.resume``) from its last completed epoch, in the same MLflow run.
+    """
     config.validate()
-    hooks = hooks or TrainingHooks()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars would flood the run log
@@ -589,7 +627,6 @@ def train(
     )
     report(TrainingProgress(message=f"data: {data.describe_counts()}"))
     device = pick_device(config.device)
-    val_fingerprint = data.validation_fingerprint()
     fingerprint = _fingerprint(
         {
             "config": config.numeric_dict(),
@@ -602,163 +639,44 @@ def train(
     )
     mlflow_client = tracking.client(inputs.tracking_uri)
     experiment_id = tracking.configure(inputs.tracking_uri, inputs.experiment)
-
-    state = _load_resume_state(inputs.checkpoints_dir, fingerprint) if config.resume else None
-    if state is not None:
-        try:
-            run = mlflow_client.get_run(state["run_id"])
-            if run.info.lifecycle_stage == "deleted":
-                state = None
-        except Exception:  # the store was wiped: start over
-            state = None
-
-    history: list[EpochRecord] = []
-    prior_wall = 0.0
-    if state is not None:
+    state = _resumable_state(mlflow_client, inputs.checkpoints_dir, fingerprint, config.resume)
+    history = [EpochRecord(**r) for r in state["history"]] if state else []
+    # Weights: the last completed epoch of an interrupted run, else CLAP_MODEL.
+    loaded = load_clap(history[-1].checkpoint if history else inputs.model_source)
+    if state:
         run_id = state["run_id"]
-        history = [_record_from_dict(r) for r in state["history"]]
-        prior_wall = float(state.get("wall_time_s", 0.0))
-        resume_from = history[-1].checkpoint if history else None
-        loaded = load_clap(resume_from or inputs.model_source)
         mlflow_client.update_run(run_id, status="RUNNING")
-        report(
-            TrainingProgress(
-                message=f"resuming MLflow run {run_id} after epoch {state['last_epoch']}"
-            )
-        )
+        report(TrainingProgress(message=f"resuming MLflow run {run_id} after epoch {len(history)}"))
     else:
-        loaded = load_clap(inputs.model_source)
-        run = mlflow_client.create_run(
+        run_id = mlflow_client.create_run(
             experiment_id,
             run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"mlflow.source.name": "clap_pipeline.training"},
-        )
-        run_id = run.info.run_id
-    resumed_from_epoch = history[-1].epoch if history else 0
-    run_dir = inputs.checkpoints_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    model = loaded.model.to(device)
-    features = _features_module(loaded.feature_extractor, device)
-    tokenizer = loaded.tokenizer
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
-    if state is not None:
-        saved = torch.load(run_dir / RESUME_TENSORS, weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-
-    _log_run_setup(
-        mlflow_client,
-        run_id,
+        ).info.run_id
+    session = _Session(
         config=config,
         inputs=inputs,
         data=data,
         device=device,
+        client=mlflow_client,
+        experiment_id=experiment_id,
+        run_id=run_id,
         fingerprint=fingerprint,
-        val_fingerprint=val_fingerprint,
-        dagster_run_id=dagster_run_id,
-        resumed_from_epoch=resumed_from_epoch,
+        val_fingerprint=data.validation_fingerprint(),
+        report=report,
+        hooks=hooks or TrainingHooks(),
+        history=history,
+        resumed_from_epoch=history[-1].epoch if history else 0,
+        prior_wall_s=float(state["wall_time_s"]) if state else 0.0,
+        wall_start=wall_start,
     )
-    monitor = _start_system_metrics(config, run_id, inputs.tracking_uri, resumed=state is not None)
-    run_state = {
-        "run_id": run_id,
-        "experiment_id": experiment_id,
-        "fingerprint": fingerprint,
-        "status": "in_progress",
-        "last_epoch": resumed_from_epoch,
-        "history": [asdict(r) for r in history],
-        "wall_time_s": prior_wall,
-    }
-    if state is None:
-        _save_resume_state(run_dir, run_state, optimizer)
-    status = "FAILED"
-    try:
-        epoch = resumed_from_epoch
-        while epoch < config.max_epochs and not should_stop(history, config.patience):
-            epoch += 1
-            stats = _train_epoch(
-                model=model,
-                optimizer=optimizer,
-                features=features,
-                tokenizer=tokenizer,
-                data=data,
-                config=config,
-                epoch=epoch,
-                device=device,
-                hooks=hooks,
-                report=report,
-                epochs_left_after=config.max_epochs - epoch,
-            )
-            t_eval = time.perf_counter()
-            val_loss, metrics = evaluate_split(
-                model, features, tokenizer, data, "validation", config.batch_size, device
-            )
-            if not math.isfinite(val_loss):
-                raise NonFiniteLossError(epoch, None, val_loss, phase="validation")
-            eval_seconds = time.perf_counter() - t_eval
-            checkpoint = _save_checkpoint(model, loaded.processor, run_dir / f"epoch-{epoch}")
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=stats.loss,
-                val_loss=val_loss,
-                metrics=metrics,
-                checkpoint=str(checkpoint),
-                train_clips=stats.clips,
-                train_seconds=stats.seconds,
-                data_seconds=stats.data_seconds,
-                eval_seconds=eval_seconds,
-                logit_scale_a=float(model.logit_scale_a.detach()),
-                logit_scale_t=float(model.logit_scale_t.detach()),
-            )
-            _log_epoch(mlflow_client, run_id, record, config.log_checkpoints)
-            history.append(record)
-            run_state.update(
-                last_epoch=epoch,
-                history=[asdict(r) for r in history],
-                wall_time_s=prior_wall + time.perf_counter() - wall_start,
-            )
-            _save_resume_state(run_dir, run_state, optimizer)
-            report(
-                TrainingProgress(
-                    message=(
-                        f"epoch {epoch} done: train loss {stats.loss:.4f}, val loss "
-                        f"{val_loss:.4f}, val R@1/5/10 text→audio "
-                        f"{metrics['text_to_audio_recall_at_1']:.3f}/"
-                        f"{metrics['text_to_audio_recall_at_5']:.3f}/"
-                        f"{metrics['text_to_audio_recall_at_10']:.3f}, "
-                        f"{stats.clips / max(stats.seconds, 1e-9):.1f} clips/s"
-                    ),
-                    epoch=epoch,
-                )
-            )
-            if hooks.after_epoch:
-                hooks.after_epoch(record)
 
-        result = _finish(
-            mlflow_client=mlflow_client,
-            config=config,
-            inputs=inputs,
-            data=data,
-            device=device,
-            run_id=run_id,
-            experiment_id=experiment_id,
-            history=history,
-            features=features,
-            tokenizer=tokenizer,
-            val_fingerprint=val_fingerprint,
-            fingerprint=fingerprint,
-            wall_time_s=prior_wall + time.perf_counter() - wall_start,
-            resumed_from_epoch=resumed_from_epoch,
-            report=report,
-        )
-        run_state.update(status="completed", wall_time_s=result.wall_time_s)
-        _save_resume_state(run_dir, run_state, None)
-        (run_dir / RESUME_TENSORS).unlink(missing_ok=True)  # optimizer state: 2x the model
+    # From here on the MLflow run exists: every exit closes it with a status.
+    status, monitor = "FAILED", None
+    try:
+        _log_run_setup(session, dagster_run_id)
+        monitor = _start_system_metrics(config, run_id, inputs.tracking_uri, resumed=bool(state))
+        result = _fit(session, loaded, resumed=bool(state))
         status = "FINISHED"
         return result
     except _oom_types() as exc:
@@ -780,6 +698,104 @@ def train(
         mlflow_client.set_terminated(run_id, status=status)
 
 
+def _resumable_state(
+    mlflow_client, checkpoints_dir: Path, fingerprint: str, enabled: bool
+) -> dict[str, Any] | None:
+    if not enabled:
+        return None
+    state = _load_resume_state(checkpoints_dir, fingerprint)
+    if state is None:
+        return None
+    try:
+        run = mlflow_client.get_run(state["run_id"])
+    except Exception:  # the MLflow store was wiped: start over
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else state
+
+
+def _fit(session: _Session, loaded, *, resumed: bool) -> TrainingResult:
+    """The epochs (from the last completed one), then registration and the report."""
+    config, data, device, history = session.config, session.data, session.device, session.history
+    session.run_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model.to(device)
+    features = _features_module(loaded.feature_extractor, device)
+    tokenizer = loaded.tokenizer
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
+    if resumed:
+        saved = torch.load(session.run_dir / RESUME_TENSORS, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    else:
+        _save_resume_state(session.run_dir, session.state(), optimizer)
+
+    epoch = history[-1].epoch if history else 0
+    while epoch < config.max_epochs and not should_stop(history, config.patience):
+        epoch += 1
+        stats = _train_epoch(
+            model=model,
+            optimizer=optimizer,
+            features=features,
+            tokenizer=tokenizer,
+            data=data,
+            config=config,
+            epoch=epoch,
+            device=device,
+            hooks=session.hooks,
+            report=session.report,
+            epochs_left_after=config.max_epochs - epoch,
+        )
+        t_eval = time.perf_counter()
+        val_loss, metrics = evaluate_split(
+            model, features, tokenizer, data, "validation", config.batch_size, device
+        )
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(epoch, None, val_loss, phase="validation")
+        eval_seconds = time.perf_counter() - t_eval
+        checkpoint = _save_checkpoint(model, loaded.processor, session.run_dir / f"epoch-{epoch}")
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=stats.loss,
+            val_loss=val_loss,
+            metrics=metrics,
+            checkpoint=str(checkpoint),
+            train_clips=stats.clips,
+            train_seconds=stats.seconds,
+            data_seconds=stats.data_seconds,
+            eval_seconds=eval_seconds,
+            logit_scale_a=float(model.logit_scale_a.detach()),
+            logit_scale_t=float(model.logit_scale_t.detach()),
+        )
+        _log_epoch(session.client, session.run_id, record, config.log_checkpoints)
+        history.append(record)
+        # The epoch counts as done only once its checkpoint and the resume state are on disk.
+        _save_resume_state(session.run_dir, session.state(), optimizer)
+        session.report(
+            TrainingProgress(
+                message=(
+                    f"epoch {epoch} done: train loss {stats.loss:.4f}, val loss "
+                    f"{val_loss:.4f}, val R@1/5/10 text→audio "
+                    f"{metrics['text_to_audio_recall_at_1']:.3f}/"
+                    f"{metrics['text_to_audio_recall_at_5']:.3f}/"
+                    f"{metrics['text_to_audio_recall_at_10']:.3f}, "
+                    f"{stats.clips / max(stats.seconds, 1e-9):.1f} clips/s"
+                ),
+                epoch=epoch,
+            )
+        )
+        if session.hooks.after_epoch:
+            session.hooks.after_epoch(record)
+
+    result = _finish(session, features, tokenizer)
+    _save_resume_state(session.run_dir, session.state("completed"), None)
+    (session.run_dir / RESUME_TENSORS).unlink(missing_ok=True)  # optimizer state: 2x the model
+    return result
+
+
 def _save_checkpoint(model, processor, target: Path) -> Path:
     with atomic_path(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -787,25 +803,20 @@ def _save_checkpoint(model, processor, target: Path) -> Path:
     return target.resolve()
 
 
-def _log_run_setup(
-    mlflow_client,
-    run_id: str,
-    *,
-    config: TrainConfig,
-    inputs: TrainInputs,
-    data: TrainingData,
-    device: torch.device,
-    fingerprint: str,
-    val_fingerprint: str,
-    dagster_run_id: str | None,
-    resumed_from_epoch: int,
-) -> None:
+def _log_run_setup(session: _Session, dagster_run_id: str | None) -> None:
+    """Params (the whole config, data versions, sizes, commit) and tags of the run."""
     from mlflow.entities import Param, RunTag
 
+    config, data, mlflow_client, run_id = (
+        session.config,
+        session.data,
+        session.client,
+        session.run_id,
+    )
     params = {
         **{f"config.{k}": v for k, v in config.to_dict().items()},
-        "model_source": inputs.model_source,
-        "device": str(device),
+        "model_source": session.inputs.model_source,
+        "device": str(session.device),
         "n_train": len(data.splits.train),
         "n_val": len(data.splits.validation),
         "n_test": len(data.splits.test),
@@ -818,8 +829,8 @@ def _log_run_setup(
     existing = mlflow_client.get_run(run_id).data.params
     new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
     tags = {
-        "training_fingerprint": fingerprint,
-        tracking.TAG_VAL_FINGERPRINT: val_fingerprint,
+        "training_fingerprint": session.fingerprint,
+        tracking.TAG_VAL_FINGERPRINT: session.val_fingerprint,
         "mlflow.source.git.commit": params["git_commit"],
     }
     if dagster_run_id:
@@ -829,8 +840,8 @@ def _log_run_setup(
         tags["dagster_run_ids"] = ",".join(
             [*ids, dagster_run_id] if dagster_run_id not in ids else ids
         )
-    if resumed_from_epoch:
-        tags["resumed_from_epoch"] = str(resumed_from_epoch)
+    if session.resumed_from_epoch:
+        tags["resumed_from_epoch"] = str(session.resumed_from_epoch)
     mlflow_client.log_batch(run_id, params=new, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
@@ -862,69 +873,117 @@ def _log_epoch(mlflow_client, run_id: str, record: EpochRecord, log_checkpoint: 
         mlflow_client.log_artifacts(run_id, record.checkpoint, f"checkpoints/epoch-{record.epoch}")
 
 
-def _champion_r5_on_this_validation(
+def champion_recall(
     mlflow_client,
-    config: TrainConfig,
-    inputs: TrainInputs,
-    data: TrainingData,
-    device: torch.device,
+    name: str,
     val_fingerprint: str,
-    features,
-    tokenizer,
-    report: Callable[[TrainingProgress], None],
+    score: Callable[[Path], float],
+    report: Callable[[TrainingProgress], None] = lambda p: None,
+    tracking_uri: str | None = None,
 ) -> tuple[Any, float | None]:
-    """The champion version and its val R@5 on *this* validation set (re-evaluated if needed)."""
-    champion = tracking.alias_version(mlflow_client, config.registered_model, tracking.CHAMPION)
+    """The champion version of ``name`` and its val R@5 on *this* validation set.
+
+    The tagged value when the champion was validated on the same set, else
+    ``score(champion_folder)`` (new tracks changed the set). None when there is
+    no champion, or its files are gone (then the new model replaces it).
+    """
+    champion = tracking.alias_version(mlflow_client, name, tracking.CHAMPION)
     if champion is None:
         return None, None
     if champion.tags.get(tracking.TAG_VAL_FINGERPRINT) == val_fingerprint:
         return champion, float(champion.tags[tracking.TAG_VAL_R5])
-    # The validation set changed (new tracks): score the champion on the current one.
     try:
-        local = tracking.version_local_dir(champion, tracking_uri=inputs.tracking_uri)
-        old = load_clap(local).model.to(device)
+        folder = tracking.version_local_dir(champion, tracking_uri=tracking_uri)
     except Exception as exc:
-        report(
-            TrainingProgress(
-                message=f"champion v{champion.version} cannot be loaded ({exc}); replacing it"
+        report(TrainingProgress(message=f"champion v{champion.version} unavailable ({exc})"))
+        return champion, None
+    report(TrainingProgress(message=f"scoring champion v{champion.version} on this validation set"))
+    return champion, score(folder)
+
+
+def _register(session: _Session, best: EpochRecord, features, tokenizer) -> tuple[str, str]:
+    """Register the best checkpoint; alias champion if it beats the champion, else challenger."""
+    config, client = session.config, session.client
+    run = client.get_run(session.run_id)
+    source = (
+        f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
+        if config.log_checkpoints
+        else str(best.checkpoint)
+    )
+    version = tracking.register_checkpoint(
+        client,
+        config.registered_model,
+        run_id=session.run_id,
+        source=source,
+        tags={
+            tracking.TAG_LOCAL_CHECKPOINT: str(best.checkpoint),
+            tracking.TAG_VAL_R5: repr(best.val_recall_at_5),
+            tracking.TAG_VAL_FINGERPRINT: session.val_fingerprint,
+            tracking.TAG_EPOCH: str(best.epoch),
+            "training_fingerprint": session.fingerprint,
+        },
+    )
+
+    def score(folder: Path) -> float:
+        model = load_clap(folder).model.to(session.device)
+        _, metrics = evaluate_split(
+            model, features, tokenizer, session.data, "validation", config.batch_size,
+            session.device,
+        )  # fmt: skip
+        return metrics[SELECTION_METRIC]
+
+    champion, champion_r5 = champion_recall(
+        client,
+        config.registered_model,
+        session.val_fingerprint,
+        score,
+        session.report,
+        session.inputs.tracking_uri,
+    )
+    if champion is not None and str(champion.version) == version:
+        alias = tracking.CHAMPION  # resumed after the promotion: keep it
+    else:
+        alias = tracking.choose_alias(best.val_recall_at_5, champion_r5)
+    client.set_registered_model_alias(config.registered_model, alias, version)
+    detail = (
+        "no champion yet"
+        if champion is None or champion_r5 is None
+        else f"champion v{champion.version} val R@5 {champion_r5:.3f}"
+    )
+    client.set_model_version_tag(
+        config.registered_model,
+        version,
+        "alias_decision",
+        f"{alias}: val R@5 {best.val_recall_at_5:.3f} vs {detail}",
+    )
+    client.set_tag(session.run_id, "registered_model_version", version)
+    client.set_tag(session.run_id, "registered_model_alias", alias)
+    session.report(
+        TrainingProgress(
+            message=(
+                f"best epoch {best.epoch} (val R@5 {best.val_recall_at_5:.3f}) registered as "
+                f"{config.registered_model} v{version} @{alias} ({detail})"
             )
         )
-        return champion, None
-    _, metrics = evaluate_split(
-        old, features, tokenizer, data, "validation", config.batch_size, device
     )
-    del old
-    return champion, metrics[SELECTION_METRIC]
+    return version, alias
 
 
-def _finish(
-    *,
-    mlflow_client,
-    config: TrainConfig,
-    inputs: TrainInputs,
-    data: TrainingData,
-    device: torch.device,
-    run_id: str,
-    experiment_id: str,
-    history: list[EpochRecord],
-    features,
-    tokenizer,
-    val_fingerprint: str,
-    fingerprint: str,
-    wall_time_s: float,
-    resumed_from_epoch: int,
-    report: Callable[[TrainingProgress], None],
-) -> TrainingResult:
+def _finish(session: _Session, features, tokenizer) -> TrainingResult:
+    """Best-epoch metrics, registry alias, curve, ``training.json`` (+ MLflow artifacts)."""
     from mlflow.entities import Metric, Param
 
+    config, data, inputs, client = session.config, session.data, session.inputs, session.client
+    history = session.history
     best = best_epoch(history)
-    stopped_early = history[-1].epoch < config.max_epochs
-    total_clips = sum(r.train_clips for r in history)
-    clips_per_second = total_clips / max(sum(r.train_seconds for r in history), 1e-9)
+    wall_time_s = session.wall_time_s()
+    clips_per_second = sum(r.train_clips for r in history) / max(
+        sum(r.train_seconds for r in history), 1e-9
+    )
     now = int(time.time() * 1000)
-    existing = mlflow_client.get_run(run_id).data.params
-    mlflow_client.log_batch(
-        run_id,
+    existing = client.get_run(session.run_id).data.params
+    client.log_batch(
+        session.run_id,
         metrics=[
             Metric("best_epoch", best.epoch, now, 0),
             Metric(f"best_val_{SELECTION_METRIC}", best.val_recall_at_5, now, 0),
@@ -934,97 +993,43 @@ def _finish(
         ],
         params=[Param("best_epoch", str(best.epoch))] if "best_epoch" not in existing else [],
     )
-
-    # Registry: register the best checkpoint, then champion or challenger.
-    run = mlflow_client.get_run(run_id)
-    source = (
-        f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
-        if config.log_checkpoints
-        else str(best.checkpoint)
-    )
-    version = tracking.register_checkpoint(
-        mlflow_client,
-        config.registered_model,
-        run_id=run_id,
-        source=source,
-        tags={
-            tracking.TAG_LOCAL_CHECKPOINT: str(best.checkpoint),
-            tracking.TAG_VAL_R5: repr(best.val_recall_at_5),
-            tracking.TAG_VAL_FINGERPRINT: val_fingerprint,
-            tracking.TAG_EPOCH: str(best.epoch),
-            "training_fingerprint": fingerprint,
-        },
-    )
-    champion, champion_r5 = _champion_r5_on_this_validation(
-        mlflow_client, config, inputs, data, device, val_fingerprint, features, tokenizer, report
-    )
-    if champion is not None and str(champion.version) == version:
-        alias = tracking.CHAMPION  # resumed after promotion: keep it
-    else:
-        alias = tracking.choose_alias(best.val_recall_at_5, champion_r5)
-    mlflow_client.set_registered_model_alias(config.registered_model, alias, version)
-    detail = (
-        "no champion yet"
-        if champion_r5 is None
-        else f"champion v{champion.version} val R@5 {champion_r5:.3f}"
-    )
-    mlflow_client.set_model_version_tag(
-        config.registered_model,
-        version,
-        "alias_decision",
-        f"{alias}: val R@5 {best.val_recall_at_5:.3f} vs {detail}",
-    )
-    mlflow_client.set_tag(run_id, "registered_model_version", version)
-    mlflow_client.set_tag(run_id, "registered_model_alias", alias)
-    report(
-        TrainingProgress(
-            message=(
-                f"best epoch {best.epoch} (val R@5 {best.val_recall_at_5:.3f}) registered as "
-                f"{config.registered_model} v{version} @{alias} ({detail})"
-            )
-        )
-    )
+    version, alias = _register(session, best, features, tokenizer)
 
     png = training_curve_png(history, best.epoch)
-    splits = data.splits.as_dict()
     manifest = {
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": session.run_id,
         "model_source": inputs.model_source,
-        "device": str(device),
+        "device": str(session.device),
         "best_epoch": best.epoch,
         "best_checkpoint": str(best.checkpoint),
         "epochs": [r.manifest_row() for r in history],
-        "splits": splits,
+        "splits": data.splits.as_dict(),
         "registered_model": {"name": config.registered_model, "version": version, "alias": alias},
         "config": config.to_dict(),
         # Extras beyond the contract, for reports and the comparison asset.
         "mlflow_tracking_uri": inputs.tracking_uri,
-        "mlflow_experiment_id": experiment_id,
+        "mlflow_experiment_id": session.experiment_id,
         "split_mode": data.splits.mode,
-        "validation_fingerprint": val_fingerprint,
-        "data_versions": {
-            "prompts": data.prompts_version,
-            "waveforms": data.index.data_version,
-        },
-        "stopped_early": stopped_early,
+        "validation_fingerprint": session.val_fingerprint,
+        "data_versions": {"prompts": data.prompts_version, "waveforms": data.index.data_version},
+        "stopped_early": history[-1].epoch < config.max_epochs,
         "wall_time_s": wall_time_s,
         "train_clips_per_second": clips_per_second,
     }
     write_text_atomic(inputs.manifest_path, json.dumps(manifest, indent=1))
-    curve_path = inputs.manifest_path.parent / "training_curve.png"
-    with atomic_path(curve_path) as tmp:
+    with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
         tmp.write_bytes(png)
     with tempfile.TemporaryDirectory() as tmp_dir:
         png_path = Path(tmp_dir) / "training_curve.png"
         png_path.write_bytes(png)
-        mlflow_client.log_artifact(run_id, str(png_path))
-    mlflow_client.log_artifact(run_id, str(inputs.manifest_path))
+        client.log_artifact(session.run_id, str(png_path))
+    client.log_artifact(session.run_id, str(inputs.manifest_path))
 
     return TrainingResult(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        run_url=tracking.run_url(inputs.tracking_uri, experiment_id, run_id),
-        device=str(device),
+        run_id=session.run_id,
+        experiment_id=session.experiment_id,
+        run_url=tracking.run_url(inputs.tracking_uri, session.experiment_id, session.run_id),
+        device=str(session.device),
         best_epoch=best.epoch,
         best_checkpoint=Path(best.checkpoint or ""),
         epochs=list(history),
@@ -1034,8 +1039,8 @@ def _finish(
         curve_png=png,
         wall_time_s=wall_time_s,
         clips_per_second=clips_per_second,
-        resumed_from_epoch=resumed_from_epoch,
-        stopped_early=stopped_early,
+        resumed_from_epoch=session.resumed_from_epoch,
+        stopped_early=manifest["stopped_early"],
         n_train=len(data.splits.train),
         n_val=len(data.splits.validation),
         n_test=len(data.splits.test),

@@ -24,11 +24,13 @@ from clap_pipeline.training import (
     EpochRecord,
     NonFiniteLossError,
     TrainConfig,
+    TrainingError,
     TrainingHooks,
     TrainingResult,
     TrainInputs,
     _features_module,
     best_epoch,
+    champion_recall,
     clamp_logit_scales,
     evaluate_split,
     main,
@@ -339,36 +341,38 @@ def test_worse_second_run_becomes_challenger(
 def test_champion_is_rescored_when_the_validation_set_changed(
     learned: TrainingResult, synthetic: SyntheticData, store: str
 ) -> None:
-    from clap_pipeline.training import _champion_r5_on_this_validation
-
     data = TrainingData.load(
         synthetic.data_dir / "prompts.parquet",
         synthetic.data_dir / "waveforms",
         synthetic.data_dir / "clap.duckdb",
         split_mode="fma",
         seed=0,
-        batch_size=8,
+        batch_size=LEARN.batch_size,
     )
-    loaded = load_clap(learned.best_checkpoint)
-    features = _features_module(loaded.feature_extractor, torch.device("cpu"))
-    inputs = TrainInputs(
-        model_source="unused",
-        prompts_path=Path("unused"),
-        waveforms_dir=Path("unused"),
-        duckdb_path=None,
-        checkpoints_dir=Path("unused"),
-        manifest_path=Path("unused"),
-        tracking_uri=store,
-        experiment="training-tests",
-    )
-    champion, r5 = _champion_r5_on_this_validation(
-        tracking.client(store), LEARN, inputs, data, torch.device("cpu"),
-        "another-validation-set", features, loaded.tokenizer, lambda p: None,
-    )  # fmt: skip
-    assert str(champion.version) == learned.registered_version
-    # Scored again on the current validation set: the champion's own logged value.
+    scored: list[Path] = []
+
+    def score(folder: Path) -> float:
+        scored.append(folder)
+        loaded = load_clap(folder)
+        features = _features_module(loaded.feature_extractor, torch.device("cpu"))
+        _, metrics = evaluate_split(
+            loaded.model, features, loaded.tokenizer, data, "validation", LEARN.batch_size,
+            torch.device("cpu"),
+        )  # fmt: skip
+        return metrics["text_to_audio_recall_at_5"]
+
+    client = tracking.client(store)
     best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
-    assert r5 == pytest.approx(best.val_recall_at_5)
+    # Same validation set: the tagged value, no re-scoring.
+    same = data.validation_fingerprint()
+    champion, r5 = champion_recall(client, LEARN.registered_model, same, score, tracking_uri=store)
+    assert str(champion.version) == learned.registered_version
+    assert (r5, scored) == (best.val_recall_at_5, [])
+    # Another validation set (new tracks): the champion's checkpoint is scored on it.
+    _, r5 = champion_recall(client, LEARN.registered_model, "other", score, tracking_uri=store)
+    assert scored == [learned.best_checkpoint]
+    assert r5 == pytest.approx(best.val_recall_at_5)  # here the set is in fact the same
+    assert champion_recall(client, "no-such-model", same, score) == (None, None)
 
 
 # ----------------------------------------------------------------------------- resume, faults
@@ -485,3 +489,37 @@ def test_command_line(
     monkeypatch.setenv("CLAP_MODEL", str(tiny_model_dir))
     assert main(["--batch-size", "64"]) == 2
     assert "too few training clips" in capsys.readouterr().err
+
+
+def test_out_of_memory_suggests_a_smaller_batch(
+    synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
+) -> None:
+    def out_of_memory(epoch: int, step: int, model: torch.nn.Module) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path)
+    with pytest.raises(TrainingError, match=r"batch_size=16: lower batch_size \(e\.g\. 8\)"):
+        train(QUICK, inputs, hooks=TrainingHooks(before_step=out_of_memory))
+    (run_dir,) = inputs.checkpoints_dir.iterdir()
+    assert tracking.client(store).get_run(run_dir.name).info.status == "FAILED"
+
+
+def test_core_modules_do_not_import_dagster() -> None:
+    """training runs standalone on a GPU host (e.g. through Dagster Pipes)."""
+    import ast
+
+    import clap_pipeline
+
+    package = Path(clap_pipeline.__file__).parent
+    for name in ("training.py", "training_data.py", "tracking.py"):
+        tree = ast.parse((package / name).read_text())
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (
+                node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+            )
+        }
+        assert "dagster" not in imported, name
+        assert "clap_pipeline.defs" not in (package / name).read_text(), name
