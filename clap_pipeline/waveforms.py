@@ -170,10 +170,11 @@ class Progress:
 
     def __str__(self) -> str:
         eta = "?" if self.eta_s is None else f"{self.eta_s:.0f} s"
+        speed = f"{self.tracks_per_s:.1f} tracks/s, ETA {eta}" if self.to_decode else "no changes"
         return (
             f"waveforms: {self.done}/{self.total} tracks "
             f"({self.decoded}/{self.to_decode} decoded, {self.done - self.decoded} unchanged), "
-            f"{self.tracks_per_s:.1f} tracks/s, ETA {eta}, {self.failures} failures"
+            f"{speed}, {self.failures} failures"
         )
 
 
