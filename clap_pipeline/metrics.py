@@ -54,6 +54,35 @@ def match_ranks(similarity: np.ndarray) -> np.ndarray:
     return others.sum(axis=1)
 
 
+def match_ranks_blockwise(
+    queries: np.ndarray, candidates: np.ndarray, block_rows: int = 1024
+) -> np.ndarray:
+    """``match_ranks(queries @ candidates.T)`` without holding the N x N matrix.
+
+    Query i's match is candidate i. Scores are computed ``block_rows`` queries at a
+    time (memory ~ block_rows x N), with the same pessimistic tie rule; the
+    match's score is read from the same product as the others, so a query never
+    ties with itself through rounding.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    c = np.asarray(candidates, dtype=np.float64)
+    if q.ndim != 2 or q.shape != c.shape:
+        raise ValueError(f"queries and candidates must both be (N, d), got {q.shape}, {c.shape}")
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    n = len(q)
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        rows = np.arange(stop - start)
+        scores = q[start:stop] @ c.T
+        match = scores[rows, start + rows][:, None]
+        above = scores >= match
+        above[rows, start + rows] = False
+        ranks[start:stop] = above.sum(axis=1)
+    return ranks
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     ranks = np.asarray(ranks)
     out = {f"recall_at_{k}": float(np.mean(ranks < k)) for k in ks}
@@ -145,6 +174,23 @@ def bootstrap_rank_metrics(
             low, high = _percentile_interval(np.concatenate(samples[key]), confidence)
             out[key] = {"value": value, "ci_low": low, "ci_high": high}
     return out
+
+
+def bootstrap_mean_interval(
+    values: np.ndarray, *, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item values (e.g. 0/1 correctness)."""
+    _check_confidence(confidence)
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0 or n_resamples < 1:
+        raise ValueError(f"need a non-empty 1-d array and n_resamples >= 1, got {x.shape}")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // len(x))
+    means = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        means.append(x[rng.integers(0, len(x), size=(size, len(x)))].mean(axis=1))
+    return _percentile_interval(np.concatenate(means), confidence)
 
 
 def retrieval_metrics_with_ci(

@@ -1,0 +1,171 @@
+"""A small synthetic setup for the evaluation tests, following the project's data contracts.
+
+What training leaves behind, built by hand: ``prompts.parquet``, ``waveforms/NNN.parquet``
+(two audio folders, small row groups), DuckDB ``tracks`` with ``track_genre_top``,
+three tiny CLAPs (the "pre-trained" model and two epoch checkpoints; epoch 2 was
+not kept), ``reports/training.json`` and a finished MLflow run in a SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clap_pipeline import tracking
+from clap_pipeline.model import save_tiny_model
+from clap_pipeline.storage import duckdb_connection
+
+SR, SAMPLES = 48_000, 240_000
+GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop")
+BASE_HZ = {"Rock": 110.0, "Folk": 330.0, "Electronic": 1760.0, "Hip-Hop": 55.0}
+MOODS = ("calm", "loud", "dark", "bright", "slow", "fast")
+# 12 test, 6 validation, 6 train; ids cross 1000 so there are two waveforms files.
+TEST_IDS = [3, 10, 25, 40, 58, 77, 96, 120, 999, 1001, 1004, 1010]
+VALIDATION_IDS = [5, 33, 61, 150, 1002, 1020]
+TRAIN_IDS = [2, 7, 12, 70, 1003, 1030]
+NO_GENRE = {77, 1020}  # tracks without genre_top (skipped by genre classification)
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    data_dir: Path
+    tracking_uri: str
+    run_id: str
+    model_source: Path
+    checkpoints: dict[int, Path | None]  # epoch -> kept checkpoint (None = not kept)
+    best_epoch: int
+    genre_of: dict[int, str | None]
+    prompt_of: dict[int, str]
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "reports" / "training.json"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "clap.duckdb"
+
+
+def clip(track_id: int, genre: str | None) -> np.ndarray:
+    """A 5-s tone whose pitch follows the genre, with a per-track detune and noise."""
+    rng = np.random.default_rng(track_id)
+    t = np.arange(SAMPLES, dtype=np.float64) / SR
+    f = BASE_HZ.get(genre or "", 700.0) * (1 + 0.05 * (track_id % 5))
+    x = np.sin(2 * np.pi * f * t) + 0.1 * rng.standard_normal(SAMPLES)
+    return (0.4 * x / np.abs(x).max()).astype(np.float32)
+
+
+def write_waveforms(waveforms_dir: Path, waves: dict[int, np.ndarray]) -> None:
+    waveforms_dir.mkdir(parents=True, exist_ok=True)
+    by_folder: dict[int, list[int]] = {}
+    for tid in sorted(waves):
+        by_folder.setdefault(tid // 1000, []).append(tid)
+    for folder, ids in by_folder.items():
+        lengths = np.array([len(waves[t]) for t in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        values = pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()),
+            pa.array(np.concatenate([waves[t] for t in ids]), pa.float32()),
+        )
+        table = pa.table(
+            {
+                "track_id": pa.array(ids, pa.int64()),
+                "input_values": values,
+                "n_samples_decoded": pa.array(lengths, pa.int64()),
+                "source_path": pa.array([f"{t // 1000:03d}/{t:06d}.mp3" for t in ids]),
+                "source_size": pa.array([10_000 + t for t in ids], pa.int64()),
+                "source_mtime": pa.array([1.7e9 + t for t in ids], pa.float64()),
+            }
+        )
+        pq.write_table(table, waveforms_dir / f"{folder:03d}.parquet", row_group_size=4)
+
+
+def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
+    data_dir = root / "data"
+    all_ids = sorted(TEST_IDS + VALIDATION_IDS + TRAIN_IDS)
+    genre_of = {
+        t: (None if t in NO_GENRE else GENRES[i % len(GENRES)]) for i, t in enumerate(all_ids)
+    }
+    prompt_of = {
+        t: f"{MOODS[i % len(MOODS)]} {(genre_of[t] or 'experimental').lower()} track number {i}"
+        for i, t in enumerate(all_ids)
+    }
+    data_dir.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "track_id": pa.array(all_ids, pa.int64()),
+                "prompt": pa.array([prompt_of[t] for t in all_ids]),
+                "template_id": pa.array([0] * len(all_ids), pa.int32()),
+                "renderings": pa.array(
+                    [[prompt_of[t], None, None, None, None] for t in all_ids],
+                    pa.list_(pa.string()),
+                ),
+            }
+        ),
+        data_dir / "prompts.parquet",
+    )
+    write_waveforms(data_dir / "waveforms", {t: clip(t, genre_of[t]) for t in all_ids})
+    split_of = {t: "test" for t in TEST_IDS} | {t: "validation" for t in VALIDATION_IDS}
+    with duckdb_connection(data_dir / "clap.duckdb") as con:
+        con.execute(
+            "CREATE TABLE tracks (track_id BIGINT PRIMARY KEY, track_genre_top VARCHAR, "
+            "set_split VARCHAR)"
+        )
+        con.executemany(
+            "INSERT INTO tracks VALUES (?, ?, ?)",
+            [[t, genre_of[t], split_of.get(t, "training")] for t in all_ids],
+        )
+
+    # The pre-trained model and what "training" kept: epoch 1, epoch 2 (deleted), epoch 3 = best.
+    model_source = root / "models" / "pretrained"
+    shutil.copytree(tiny_model_dir, model_source)
+    tracking_uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    client = tracking.client(tracking_uri)
+    run = client.create_run(tracking.configure(tracking_uri, "evaluation-test"))
+    run_id = run.info.run_id
+    client.log_metric(run_id, "val_text_to_audio_recall_at_5", 0.5, step=1)
+    client.set_terminated(run_id)
+    ckpt_root = data_dir / "checkpoints" / run_id
+    checkpoints = {
+        1: save_tiny_model(ckpt_root / "epoch-1", seed=1),
+        2: None,
+        3: save_tiny_model(ckpt_root / "epoch-3", seed=2),
+    }
+    manifest = {
+        "mlflow_run_id": run_id,
+        "model_source": str(model_source),
+        "device": "cpu",
+        "best_epoch": 3,
+        "best_checkpoint": str(checkpoints[3]),
+        "epochs": [
+            {
+                "epoch": e,
+                "checkpoint": str(p) if p else None,
+                "train_loss": 1.0 / e,
+                "val_loss": 1.2 / e,
+            }
+            for e, p in checkpoints.items()
+        ],
+        "splits": {"train": TRAIN_IDS, "validation": VALIDATION_IDS, "test": TEST_IDS},
+        "registered_model": {"name": "clap-fma", "version": "1", "alias": "champion"},
+        "config": {"batch_size": 4},
+    }
+    (data_dir / "reports").mkdir()
+    (data_dir / "reports" / "training.json").write_text(json.dumps(manifest, indent=1))
+    return EvalSetup(
+        data_dir=data_dir,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        model_source=model_source,
+        checkpoints=checkpoints,
+        best_epoch=3,
+        genre_of=genre_of,
+        prompt_of=prompt_of,
+    )
