@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -364,11 +364,45 @@ def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> byte
 # --------------------------------------------------------------------------- one epoch
 
 
-def _batch_tensors(batch: ClipBatch, features, tokenizer, device: torch.device):
+def batch_tensors(
+    batch: ClipBatch, features: torch.nn.Module, tokenizer, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Log-mel features (B, 1, 1001, 64) computed on ``device`` + the tokenized prompts."""
     waves = torch.from_numpy(batch.waveforms).to(device, non_blocking=True)
     with torch.no_grad():
         input_features = features(waves)
     return input_features, tokenize(tokenizer, batch.texts, device)
+
+
+def train_step(
+    model,
+    optimizer: torch.optim.Optimizer,
+    input_features: torch.Tensor,
+    tokens: dict[str, torch.Tensor],
+    device: torch.device,
+    *,
+    epoch: int = 0,
+    step: int = 0,
+) -> float:
+    """One optimiser step on symmetric InfoNCE; the logit scales are clamped afterwards.
+
+    A non-finite loss raises before the weights change.
+    """
+    with _autocast(device)():
+        out = model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            input_features=input_features,
+        )
+    loss = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(epoch, step, value)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    clamp_logit_scales(model)
+    return value
 
 
 @torch.no_grad()
@@ -390,7 +424,7 @@ def evaluate_split(
     autocast = _autocast(device)
     text_embs, audio_embs = [], []
     for batch in data.eval_batches(split, batch_size):
-        input_features, tokens = _batch_tensors(batch, features, tokenizer, device)
+        input_features, tokens = batch_tensors(batch, features, tokenizer, device)
         with autocast():
             out = model(
                 input_ids=tokens["input_ids"],
@@ -438,9 +472,8 @@ def _train_epoch(
     epochs_left_after: int,
 ) -> _EpochStats:
     model.train()
-    autocast = _autocast(device)
     steps = data.n_train_batches(config.batch_size)
-    batches: Iterator[ClipBatch] = prefetch(
+    batches = prefetch(
         data.train_batches(
             config.batch_size,
             seed=config.seed,
@@ -451,52 +484,38 @@ def _train_epoch(
     )
     start = last_report = time.perf_counter()
     loss_sum, clips, data_seconds = 0.0, 0, 0.0
-    step = 0
-    while True:
-        t_data = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:
-            break
-        step += 1
-        input_features, tokens = _batch_tensors(batch, features, tokenizer, device)
-        data_seconds += time.perf_counter() - t_data
-        if hooks.before_step:
-            hooks.before_step(epoch, step, model)
-        with autocast():
-            out = model(
-                input_ids=tokens["input_ids"],
-                attention_mask=tokens["attention_mask"],
-                input_features=input_features,
+    with contextlib.closing(batches):  # stops the reader thread when a step raises
+        for step in range(1, steps + 1):
+            t_data = time.perf_counter()
+            batch = next(batches)
+            input_features, tokens = batch_tensors(batch, features, tokenizer, device)
+            data_seconds += time.perf_counter() - t_data
+            if hooks.before_step:
+                hooks.before_step(epoch, step, model)
+            value = train_step(
+                model, optimizer, input_features, tokens, device, epoch=epoch, step=step
             )
-        loss = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(epoch, step, value)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clamp_logit_scales(model)
-        loss_sum += value * len(batch)
-        clips += len(batch)
-        now = time.perf_counter()
-        if step == 1 or step == steps or now - last_report >= 10:
-            last_report = now
-            rate = clips / max(now - start, 1e-9)
-            remaining = (steps - step + epochs_left_after * steps) * config.batch_size
-            report(
-                TrainingProgress(
-                    message=(
-                        f"epoch {epoch}/{config.max_epochs} step {step}/{steps} "
-                        f"loss {value:.4f} {rate:.1f} clips/s "
-                        f"ETA {_fmt_seconds(remaining / max(rate, 1e-9))} (upper bound)"
-                    ),
-                    epoch=epoch,
-                    step=step,
-                    steps_per_epoch=steps,
-                    clips_per_second=rate,
-                    eta_seconds=remaining / max(rate, 1e-9),
+            loss_sum += value * len(batch)
+            clips += len(batch)
+            now = time.perf_counter()
+            if step == 1 or step == steps or now - last_report >= 10:
+                last_report = now
+                rate = clips / max(now - start, 1e-9)
+                eta = (steps - step + epochs_left_after * steps) * config.batch_size / rate
+                report(
+                    TrainingProgress(
+                        message=(
+                            f"epoch {epoch}/{config.max_epochs} step {step}/{steps} "
+                            f"loss {value:.4f} {rate:.1f} clips/s "
+                            f"ETA {_fmt_seconds(eta)} (at most; early stopping may cut it)"
+                        ),
+                        epoch=epoch,
+                        step=step,
+                        steps_per_epoch=steps,
+                        clips_per_second=rate,
+                        eta_seconds=eta,
+                    )
                 )
-            )
     return _EpochStats(
         loss=loss_sum / max(clips, 1),
         clips=clips,

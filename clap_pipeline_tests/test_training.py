@@ -294,7 +294,7 @@ def test_progress_reports_steps_rate_and_eta(
     assert any(m.startswith("data: 52 prompts, 52 waveforms, 52 usable") for m in messages)
     step_lines = [m for m in messages if " step " in m]
     assert step_lines and all("clips/s" in m and "ETA" in m for m in step_lines)
-    assert any(m.startswith(f"epoch 1/{LEARN.max_epochs} step 8/8") for m in step_lines)
+    assert any(m.startswith(f"epoch 1/{LEARN.max_epochs} step 8/8 ") for m in step_lines)
     assert any("registered as clap-fma-test" in m for m in messages)
 
 
