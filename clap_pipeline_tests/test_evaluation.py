@@ -369,9 +369,10 @@ def test_clear_errors_for_missing_or_inconsistent_inputs(setup: EvalSetup, tmp_p
     with pytest.raises(EvaluationError, match=r"lacks key\(s\) \['splits'\]"):
         evaluate(FAST, replace(inputs, manifest_path=bad))
 
-    other_store = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
-    with pytest.raises(EvaluationError, match=rf"MLflow run {setup.run_id} .* not in the tracking"):
-        evaluate(FAST, replace(inputs, tracking_uri=other_store))
+    unknown_run = "0" * 32  # e.g. MLFLOW_TRACKING_URI points at another store than training's
+    bad.write_text(json.dumps({**manifest, "mlflow_run_id": unknown_run}))
+    with pytest.raises(EvaluationError, match=rf"MLflow run {unknown_run} .* not in the tracking"):
+        evaluate(FAST, replace(inputs, manifest_path=bad))
     with pytest.raises(EvaluationError, match="batch_size must be >= 1"):
         evaluate(EvalConfig(batch_size=0), inputs)
     with pytest.raises(EvaluationError, match="materialize the `waveforms` asset"):

@@ -1,1 +1,171 @@
-"""Assets of the evaluation domain (being written)."""
+"""Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation``.
+
+Paths come from the ``clap_settings`` resource, the DuckDB file from ``duckdb``
+and the MLflow store from ``mlflow``; the knobs are run config
+(``EvaluationConfig``). The work, ``reports/evaluation.json`` and the MLflow
+logging are done by the evaluation module, which also runs standalone.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.evaluation import (
+    REPORT_NAME,
+    EvalConfig,
+    EvalInputs,
+    EvaluationError,
+    beats_random,
+    chart_markdown,
+    comparison_chart_png,
+    evaluate,
+    genre_markdown,
+    load_manifest,
+    load_report,
+    qualitative_markdown,
+    range_problems,
+    retrieval_markdown,
+)
+from clap_pipeline.metrics import KS
+
+_DEFAULTS = EvalConfig()
+
+
+class EvaluationConfig(Config):
+    batch_size: int = Field(_DEFAULTS.batch_size, ge=1, description="clips per forward pass")
+    device: str = Field(_DEFAULTS.device, description="auto (CUDA > MPS > CPU), cuda, mps or cpu")
+    n_bootstrap: int = Field(_DEFAULTS.n_bootstrap, ge=1, description="bootstrap resamples")
+    random_rounds: int = Field(
+        _DEFAULTS.random_rounds, ge=1, description="random rankings for the empirical baseline"
+    )
+    seed: int = Field(_DEFAULTS.seed, description="seed of the bootstrap and random baseline")
+    qualitative_clips: int = Field(
+        _DEFAULTS.qualitative_clips, ge=0, description="test clips in the qualitative table"
+    )
+    include_validation: bool = Field(
+        _DEFAULTS.include_validation, description="also evaluate the validation split"
+    )
+
+    def to_eval_config(self) -> EvalConfig:
+        return EvalConfig(
+            batch_size=self.batch_size,
+            device=self.device,
+            n_bootstrap=self.n_bootstrap,
+            random_rounds=self.random_rounds,
+            seed=self.seed,
+            qualitative_clips=self.qualitative_clips,
+            include_validation=self.include_validation,
+        )
+
+
+def _report_path(clap_settings: ClapSettings) -> Path:
+    return clap_settings.settings().reports_dir / REPORT_NAME
+
+
+@asset(
+    group_name="evaluation",
+    deps=["clap_model"],
+    pool="gpu",
+    kinds={"pytorch", "mlflow"},
+    description="Zero-shot vs fine-tuned CLAP on the test (and validation) split: R@1/5/10, "
+    "median/mean rank, mAP@10 both ways with bootstrap 95 % intervals next to random; "
+    "top-1 examples per epoch; zero-shot genres. reports/evaluation.json + the MLflow run.",
+)
+def evaluation(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    clap_settings: ClapSettings,
+    duckdb: DuckDBDatabase,
+    mlflow: MlflowTracking,
+) -> MaterializeResult:
+    inputs = replace(
+        EvalInputs.from_settings(clap_settings.settings(), mlflow.tracking_uri),
+        duckdb_path=Path(duckdb.path),
+    )
+    report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
+    metadata: dict = {
+        "report": MetadataValue.path(str(inputs.report_path)),
+        "mlflow_run_id": report["mlflow_run_id"],
+        "retrieval": MetadataValue.md(retrieval_markdown(report)),
+        "qualitative": MetadataValue.md(qualitative_markdown(report)),
+        "genre_classification": MetadataValue.md(genre_markdown(report)),
+        "device": report["device"],
+        "seconds": report["seconds"],
+    }
+    for split, block in report["splits"].items():
+        metadata[f"n_{split}"] = block["n"]
+    test = report["splits"]["test"]
+    if test["n"]:
+        metadata["comparison_chart"] = MetadataValue.md(
+            chart_markdown(comparison_chart_png(report))
+        )
+        for k in KS:
+            key = f"text_to_audio_recall_at_{k}"
+            metadata[f"test_{key}"] = test["models"]["fine_tuned"][key]["value"]
+            metadata[f"zeroshot_test_{key}"] = test["models"]["zero_shot"][key]["value"]
+            metadata[f"random_test_recall_at_{k}"] = test["random"]["exact"][key]
+    return MaterializeResult(metadata=metadata)
+
+
+@asset_check(
+    asset=evaluation,
+    description="Recalls, mAP and intervals in [0, 1], ranks in [1, N], N = the test split of "
+    "reports/training.json, and the report belongs to the latest training run.",
+)
+def evaluation_metrics_in_range(clap_settings: ClapSettings) -> AssetCheckResult:
+    settings = clap_settings.settings()
+    try:
+        report = load_report(_report_path(clap_settings))
+        manifest = load_manifest(settings.training_manifest_path)
+    except EvaluationError as exc:
+        return AssetCheckResult(passed=False, metadata={"problem": str(exc)})
+    problems = range_problems(report, manifest)
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if not problems else f"{len(problems)} problem(s): {problems[0]}",
+        metadata={
+            "n_test": report["splits"]["test"]["n"],
+            "test_split_size": len(manifest["splits"]["test"]),
+            "problems": MetadataValue.md(
+                "\n".join(f"- {p}" for p in problems) if problems else "none"
+            ),
+        },
+    )
+
+
+@asset_check(
+    asset=evaluation,
+    description="Warns when the fine-tuned model's test text->audio R@5 does not beat random's "
+    "(5/N on the same N).",
+)
+def evaluation_beats_random(clap_settings: ClapSettings) -> AssetCheckResult:
+    try:
+        report = load_report(_report_path(clap_settings))
+    except EvaluationError as exc:
+        return AssetCheckResult(
+            passed=False, severity=AssetCheckSeverity.WARN, metadata={"problem": str(exc)}
+        )
+    ok, detail = beats_random(report)
+    test = report["splits"]["test"]
+    metadata: dict = {"detail": detail}
+    if test["n"]:
+        metadata["fine_tuned_r5"] = test["models"]["fine_tuned"]["text_to_audio_recall_at_5"][
+            "value"
+        ]
+        metadata["random_r5"] = test["random"]["exact"]["text_to_audio_recall_at_5"]
+    return AssetCheckResult(
+        passed=ok, severity=AssetCheckSeverity.WARN, description=detail, metadata=metadata
+    )
