@@ -74,20 +74,44 @@ class NonFiniteLossError(TrainingError):
 class TrainConfig:
     """Every training setting (the reference recipe as defaults)."""
 
-    batch_size: int = 16
-    learning_rate: float = 3e-5
-    weight_decay: float = 0.01  # AdamW's default
-    max_epochs: int = 3
-    patience: int = 1  # epochs without a better val R@5 before stopping
-    seed: int = 0
-    split: str = "fma"  # fma: FMA's set_split (hash where missing) | hash | random_80_20
-    resample_templates: bool = False  # draw each epoch's prompt from the stored renderings
-    device: str = "auto"  # auto = CUDA, else MPS, else CPU
-    shuffle_buffer: int = 128  # clips held for shuffling (memory ~ 1 MB per clip)
-    registered_model: str = tracking.MODEL_NAME
-    log_checkpoints: bool = True  # copy every epoch's checkpoint into the MLflow run
-    system_metrics: bool = True  # CPU/GPU/memory metrics in MLflow when psutil is present
-    resume: bool = True  # continue an interrupted run with the same config and data
+    batch_size: int = field(default=16, metadata={"help": "clips per contrastive batch"})
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_epochs: int = field(default=3, metadata={"help": "upper bound on epochs"})
+    patience: int = field(
+        default=1, metadata={"help": "epochs without a better val R@5 before stopping"}
+    )
+    seed: int = field(default=0, metadata={"help": "shuffling, dropout and the 80/20 split"})
+    split: str = field(
+        default="fma",
+        metadata={
+            "help": "fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 by "
+            "hash of track_id | random_80_20: the reference recipe (first 100 clips)"
+        },
+    )
+    resample_templates: bool = field(
+        default=False,
+        metadata={"help": "draw each epoch's prompt from the stored template renderings"},
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
+    )
+    shuffle_buffer: int = field(
+        default=128, metadata={"help": "clips held for shuffling (memory ~1 MB per clip)"}
+    )
+    registered_model: str = field(
+        default=tracking.MODEL_NAME, metadata={"help": "MLflow registered model name"}
+    )
+    log_checkpoints: bool = field(
+        default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}
+    )
+    system_metrics: bool = field(
+        default=True, metadata={"help": "CPU/GPU/memory metrics in MLflow (needs psutil)"}
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "continue an interrupted run with the same config and data"},
+    )
 
     # Settings that change no number: they may differ between a run and its resumption.
     NON_NUMERIC = ("log_checkpoints", "system_metrics", "resume", "registered_model")
@@ -109,6 +133,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def help(name: str) -> str:
+        return TrainConfig.__dataclass_fields__[name].metadata["help"]
 
     def numeric_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self.NON_NUMERIC}
@@ -707,8 +735,9 @@ def train(
     except NonFiniteLossError as exc:
         mlflow_client.set_tag(run_id, "failure", str(exc))
         raise
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C, Dagster run termination
+            status = "KILLED"
         raise
     finally:
         if monitor is not None:
@@ -725,6 +754,9 @@ def _resumable_state(
     state = _load_resume_state(checkpoints_dir, fingerprint)
     if state is None:
         return None
+    history = state["history"]
+    if history and not (Path(history[-1]["checkpoint"]) / "config.json").exists():
+        return None  # its last checkpoint was deleted: start over
     try:
         run = mlflow_client.get_run(state["run_id"])
     except Exception:  # the MLflow store was wiped: start over
@@ -1076,18 +1108,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune CLAP on the prompts + waveforms under $CLAP_DATA_DIR "
         "(the `clap_model` asset without Dagster).",
     )
-    defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "split":
-            parser.add_argument(flag, choices=SPLIT_MODES, default=default)
-        else:
+        help_text = f"{f.metadata['help']} (default {f.default})"
+        if isinstance(f.default, bool):
             parser.add_argument(
-                flag, type=type(default), default=default, help=f"default {default}"
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
+        elif f.name == "split":
+            parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
     parser.add_argument("--data-dir", help="default $CLAP_DATA_DIR (or ./data)")
     parser.add_argument("--model", help="hub id or save_pretrained folder (default $CLAP_MODEL)")
     parser.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or mlruns/mlflow.db")

@@ -24,43 +24,27 @@ from pydantic import Field
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
 from clap_pipeline.training import TrainConfig, TrainingResult, TrainInputs, train
 
-_DEFAULTS = TrainConfig()
+_D = TrainConfig()  # defaults and help texts live in the core module
+_help = TrainConfig.help
 
 
 class ClapTrainingConfig(Config):
     """Training settings; defaults = the reference recipe (AdamW 3e-5, batch 16, 3 epochs)."""
 
-    batch_size: int = Field(_DEFAULTS.batch_size, description="clips per contrastive batch")
-    learning_rate: float = Field(_DEFAULTS.learning_rate, description="AdamW learning rate")
-    weight_decay: float = Field(_DEFAULTS.weight_decay, description="AdamW weight decay")
-    max_epochs: int = Field(_DEFAULTS.max_epochs, description="upper bound on epochs")
-    patience: int = Field(
-        _DEFAULTS.patience, description="epochs without a better val R@5 before stopping"
-    )
-    seed: int = Field(_DEFAULTS.seed, description="shuffling, dropout and the 80/20 split")
-    split: str = Field(
-        _DEFAULTS.split,
-        description="fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 "
-        "by hash | random_80_20: the reference recipe (first 100 clips)",
-    )
-    resample_templates: bool = Field(
-        _DEFAULTS.resample_templates,
-        description="draw each epoch's prompt from the stored template renderings",
-    )
-    device: str = Field(_DEFAULTS.device, description="auto (CUDA > MPS > CPU), cuda, mps or cpu")
-    shuffle_buffer: int = Field(
-        _DEFAULTS.shuffle_buffer, description="clips held for shuffling (~1 MB each)"
-    )
-    registered_model: str = Field(_DEFAULTS.registered_model, description="MLflow model name")
-    log_checkpoints: bool = Field(
-        _DEFAULTS.log_checkpoints, description="copy each epoch's checkpoint into the MLflow run"
-    )
-    system_metrics: bool = Field(
-        _DEFAULTS.system_metrics, description="log CPU/GPU/memory metrics to MLflow"
-    )
-    resume: bool = Field(
-        _DEFAULTS.resume, description="continue an interrupted run with the same config and data"
-    )
+    batch_size: int = Field(_D.batch_size, description=_help("batch_size"))
+    learning_rate: float = Field(_D.learning_rate, description=_help("learning_rate"))
+    weight_decay: float = Field(_D.weight_decay, description=_help("weight_decay"))
+    max_epochs: int = Field(_D.max_epochs, description=_help("max_epochs"))
+    patience: int = Field(_D.patience, description=_help("patience"))
+    seed: int = Field(_D.seed, description=_help("seed"))
+    split: str = Field(_D.split, description=_help("split"))
+    resample_templates: bool = Field(_D.resample_templates, description=_help("resample_templates"))
+    device: str = Field(_D.device, description=_help("device"))
+    shuffle_buffer: int = Field(_D.shuffle_buffer, description=_help("shuffle_buffer"))
+    registered_model: str = Field(_D.registered_model, description=_help("registered_model"))
+    log_checkpoints: bool = Field(_D.log_checkpoints, description=_help("log_checkpoints"))
+    system_metrics: bool = Field(_D.system_metrics, description=_help("system_metrics"))
+    resume: bool = Field(_D.resume, description=_help("resume"))
 
     def to_train_config(self) -> TrainConfig:
         return TrainConfig(
