@@ -37,11 +37,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.metrics import (
@@ -55,16 +54,12 @@ from clap_pipeline.metrics import (
     match_ranks_blockwise,
     random_expected_metrics,
 )
-from clap_pipeline.model import (
-    LoadedClap,
-    ModelLoadError,
-    audio_embeddings,
-    load_clap,
-    pick_device,
-    tokenize,
-)
-from clap_pipeline.model import text_embeddings as encode_text_tokens
 from clap_pipeline.storage import duckdb_connection, table_exists, write_text_atomic
+
+if TYPE_CHECKING:  # torch and transformers load lazily: `show` stays fast
+    import torch
+
+    from clap_pipeline.model import LoadedClap
 
 REPORT_NAME = "evaluation.json"
 CHART_NAME = "evaluation_chart.png"
@@ -259,36 +254,56 @@ class ClapEncoder:
         self.tokenizer = loaded.tokenizer
         self.features = LogMelFeatures(loaded.feature_extractor).to(device).eval()
 
-    @torch.inference_mode()
     def texts(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        from clap_pipeline.model import text_embeddings, tokenize
+
         out = []
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenize(self.tokenizer, list(texts[start : start + batch_size]), self.device)
-            out.append(encode_text_tokens(self.model, tokens).float().cpu().numpy())
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start : start + batch_size])
+                tokens = tokenize(self.tokenizer, chunk, self.device)
+                out.append(text_embeddings(self.model, tokens).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    @torch.inference_mode()
     def clips(
         self,
         batches: Iterator[tuple[np.ndarray, np.ndarray]],
         expected_ids: Sequence[int],
         progress: _Progress | None = None,
     ) -> np.ndarray:
+        import torch
+
+        from clap_pipeline.model import audio_embeddings
+
         out, seen = [], []
-        for ids, waves in batches:
-            wave_tensor = torch.from_numpy(np.ascontiguousarray(waves)).to(self.device)
-            emb = audio_embeddings(self.model, self.features(wave_tensor))
-            out.append(emb.float().cpu().numpy())
-            seen.extend(int(t) for t in ids)
-            if progress:
-                progress.update(len(seen))
+        with torch.inference_mode():
+            for ids, waves in batches:
+                wave_tensor = torch.from_numpy(np.ascontiguousarray(waves)).to(self.device)
+                emb = audio_embeddings(self.model, self.features(wave_tensor))
+                out.append(emb.float().cpu().numpy())
+                seen.extend(int(t) for t in ids)
+                if progress:
+                    progress.update(len(seen))
         if seen != list(expected_ids):  # the pairing of text i with clip i depends on it
             raise EvaluationError("waveform batches came back in an unexpected order")
         return np.concatenate(out)
 
 
+def _encoder(source: str, device: torch.device) -> ClapEncoder:
+    from clap_pipeline.model import ModelLoadError, load_clap
+
+    try:
+        return ClapEncoder(load_clap(source), device)
+    except ModelLoadError as exc:
+        raise EvaluationError(str(exc)) from exc
+
+
 def _release(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.empty_cache()
 
 
@@ -448,6 +463,8 @@ def evaluate(
                 f"waveform (first: {split.missing[:5]}); evaluating the other {len(split.track_ids)}"
             )
     qual_split = clips["test"] if clips["test"].track_ids else clips.get("validation")
+    from clap_pipeline.model import pick_device
+
     device = pick_device(config.device)
     say(
         f"evaluating on {device}: "
@@ -499,7 +516,7 @@ def evaluate(
 
     for model_key in MODELS:
         say(f"{model_key}: loading {sources[model_key]}")
-        encoder = ClapEncoder(load_clap(sources[model_key]), device)
+        encoder = _encoder(sources[model_key], device)
         run = _embed_splits(encoder, clips, index, config.batch_size, model_key, log)
         for name, split in clips.items():
             if not split.track_ids:
@@ -540,7 +557,7 @@ def evaluate(
                 qual_results[column["name"]] = qual_results["best"]
             else:
                 say(f"qualitative: {column['name']} from {column['checkpoint']}")
-                encoder = ClapEncoder(load_clap(column["checkpoint"]), device)
+                encoder = _encoder(column["checkpoint"], device)
                 text = encoder.texts(qual_split.prompts, config.batch_size)
                 audio = encoder.clips(
                     ordered_batches(index, first_ids, config.batch_size), first_ids
@@ -1010,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(config, EvalInputs.from_settings(settings), log=print)
         print(format_evaluation_table(report))
         return 0
-    except (EvaluationError, ConfigError, ModelLoadError) as exc:
+    except (EvaluationError, ConfigError) as exc:
         print(f"evaluation {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -377,3 +377,26 @@ def test_clear_errors_for_missing_or_inconsistent_inputs(setup: EvalSetup, tmp_p
         evaluate(EvalConfig(batch_size=0), inputs)
     with pytest.raises(EvaluationError, match="materialize the `waveforms` asset"):
         evaluate(FAST, replace(inputs, waveforms_dir=tmp_path / "none"))
+
+
+def test_empty_test_split_of_the_80_20_recipe_evaluates_validation(
+    setup: EvalSetup, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(setup.data_dir, data_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    manifest_path = data_dir / "reports" / "training.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["splits"] = {"train": [], "validation": VALIDATION_IDS, "test": []}
+    manifest_path.write_text(json.dumps(manifest))
+    settings = Settings.build(data_dir=data_dir, mlflow_tracking_uri=setup.tracking_uri)
+    config = EvalConfig(n_bootstrap=50, random_rounds=50, qualitative_clips=2, log_to_mlflow=False)
+    report = evaluate(config, EvalInputs.from_settings(settings))
+    assert report["splits"]["test"]["n"] == 0 and report["splits"]["test"]["models"] == {}
+    assert set(report["splits"]["validation"]["models"]) == {"zero_shot", "fine_tuned"}
+    assert report["qualitative"]["split"] == "validation"
+    assert [r["track_id"] for r in report["qualitative"]["rows"]] == VALIDATION_IDS[:2]
+    assert beats_random(report) == (False, "no test clips: the split is empty, nothing to compare")
+    assert range_problems(report, manifest) == []
+    table = format_evaluation_table(report)
+    assert "test split (N = 0 of 0)\n  (no clips)" in table
+    assert "validation split (N = 6 of 6)" in table
