@@ -36,6 +36,8 @@ training step does not degrade the features.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,8 +130,10 @@ class LogMelFeatures(nn.Module):
         (default: drawn at random, see the module docstring); ignored for shorter clips.
         """
         clips = self._clips(waveforms, lengths)
-        windows = self.fit_to_window(clips, offsets=offsets, generator=generator)
-        return self.log_mel(windows)
+        padded = self._centered_windows(clips, offsets=offsets, generator=generator)
+        clip_lengths = {int(clip.shape[0]) for clip in clips}
+        repeat_length = clip_lengths.pop() if len(clip_lengths) == 1 else None
+        return self._log_mel_centered(padded, repeat_length)
 
     def fit_to_window(
         self,
@@ -139,15 +143,45 @@ class LogMelFeatures(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Pad (repeatpad/repeat/pad) or crop (rand_trunc) 1-D clips to ``(B, max_samples)``."""
+        half = self.n_fft // 2
+        padded = self._centered_windows(clips, offsets=offsets, generator=generator)
+        return padded[:, half : half + self.max_samples]
+
+    def log_mel(self, windows: torch.Tensor, repeat_length: int | None = None) -> torch.Tensor:
+        """``(B, max_samples)`` windows -> ``(B, 1, frames, n_mels)`` dB (float32, autocast off).
+
+        ``repeat_length``: every row is a clip of that many samples padded as
+        ``fit_to_window`` does, which lets repeated frames be computed once.
+        """
+        half = self.n_fft // 2
+        windows = windows.to(self.window.device, torch.float32)
+        padded = windows.new_empty(windows.shape[0], self.max_samples + 2 * half)
+        padded[:, half : half + self.max_samples] = windows
+        return self._log_mel_centered(self._reflect_edges(padded), repeat_length)
+
+    def _centered_windows(
+        self,
+        clips: Sequence[torch.Tensor],
+        *,
+        offsets: Sequence[int | None] | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """``(B, n_fft/2 + max_samples + n_fft/2)``: the windows with stft's reflect padding.
+
+        Written in one buffer (no separate tile, pad and reflect-pad copies): these
+        are memory-bound passes over ~2 MB per clip.
+        """
         if offsets is not None and len(offsets) != len(clips):
             raise ValueError(f"offsets has {len(offsets)} entries for {len(clips)} clips")
-        n = self.max_samples
+        n, half = self.max_samples, self.n_fft // 2
         lengths = [int(c.shape[0]) for c in clips]
-        if len(set(lengths)) == 1 and lengths[0] <= n and offsets is None:
-            # Common case (every stored clip is 240,000 samples): one batched op.
-            batch = torch.stack(list(clips)) if not isinstance(clips, torch.Tensor) else clips
-            return self._pad_batch(batch)
-        rows = []
+        padded = clips[0].new_empty(len(clips), n + 2 * half)
+        windows = padded[:, half : half + n]
+        if len(set(lengths)) == 1 and lengths[0] <= n:
+            # Common case (every stored clip is 240,000 samples): batched copies.
+            batch = clips if isinstance(clips, torch.Tensor) else torch.stack(list(clips))
+            self._fill_windows(windows, batch)
+            return self._reflect_edges(padded)
         for i, clip in enumerate(clips):
             length = lengths[i]
             if length > n:
@@ -158,28 +192,73 @@ class LogMelFeatures(nn.Module):
                     raise ValueError(
                         f"offsets[{i}]={start} is outside [0, {length - n}] for a clip of {length} samples"
                     )
-                rows.append(clip[start : start + n])
+                windows[i] = clip[start : start + n]
             else:
-                rows.append(self._pad_batch(clip[None])[0])
-        return torch.stack(rows)
+                self._fill_windows(windows[i : i + 1], clip[None])
+        return self._reflect_edges(padded)
 
-    def log_mel(self, windows: torch.Tensor) -> torch.Tensor:
-        """``(B, max_samples)`` -> ``(B, 1, frames, n_mels)`` dB (float32, autocast off)."""
+    def _fill_windows(self, windows: torch.Tensor, batch: torch.Tensor) -> None:
+        """Write ``(B, L)`` clips, ``L <= max_samples``, into ``(B, max_samples)`` as the extractor pads."""
+        n, length = self.max_samples, batch.shape[1]
+        if length == n:
+            windows.copy_(batch)
+            return
+        if self.padding == "pad":
+            tiles, tail = 1, 0
+        elif self.padding == "repeatpad":
+            tiles, tail = n // length, 0  # whole copies only, like np.tile(x, n // L), then zeros
+        else:  # "repeat": tiles cut at max_samples
+            tiles, tail = n // length, n % length
+        body = tiles * length
+        windows[:, :body].unflatten(1, (tiles, length)).copy_(batch[:, None])
+        windows[:, body : body + tail] = batch[:, :tail]
+        windows[:, body + tail :] = 0.0
+
+    def _reflect_edges(self, padded: torch.Tensor) -> torch.Tensor:
+        """Fill the n_fft/2 margins as ``torch.stft(center=True, pad_mode="reflect")`` does."""
+        n, half = self.max_samples, self.n_fft // 2
+        padded[:, :half] = padded[:, half + 1 : 2 * half + 1].flip(-1)
+        padded[:, half + n :] = padded[:, n - 1 : n - 1 + half].flip(-1)
+        return padded
+
+    def _log_mel_centered(self, padded: torch.Tensor, repeat_length: int | None) -> torch.Tensor:
+        """Reflect-padded windows -> ``(B, 1, frames, n_mels)``.
+
+        Frames that lie wholly inside the tiled part of a repeat-padded clip repeat
+        with the clip's period: only one period of them is computed and the rest
+        copied (a stored 5-s clip tiled twice: 504 of 1001 frames).
+        """
+        plan = None
+        if repeat_length is not None and repeat_length < self.max_samples:
+            plan = self._repeat_plan(repeat_length)
         with _autocast_off(self.window.device):
-            windows = windows.to(self.window.device, torch.float32)
-            spec = torch.stft(
-                windows,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                window=self.window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )  # (B, n_fft // 2 + 1, frames)
-            band = spec[:, self.first_bin : self.first_bin + self.mel_filters.shape[0]]
-            power = band.real.square() + band.imag.square()
-            mel = power.transpose(1, 2) @ self.mel_filters  # (B, frames, n_mels)
-            return (10.0 * torch.log10(mel.clamp_min(MEL_FLOOR))).unsqueeze(1)
+            padded = padded.to(self.window.device, torch.float32)
+            frames = padded.unfold(-1, self.n_fft, self.hop_length)  # (B, frames, n_fft) view
+            if plan is not None:
+                frames = frames.index_select(1, plan[0].to(frames.device)).mul_(self.window)
+            else:
+                frames = frames * self.window
+            spec = torch.fft.rfft(frames)  # (B, frames, n_fft // 2 + 1)
+            del frames
+            band = spec[..., self.first_bin : self.first_bin + self.mel_filters.shape[0]]
+            power = band.abs().square_()
+            del spec, band
+            log_mel = (power @ self.mel_filters).clamp_min_(MEL_FLOOR).log10_().mul_(10.0)
+            if plan is not None:
+                log_mel = log_mel[:, plan[1].to(log_mel.device)]
+            return log_mel.unsqueeze(1)
+
+    def _repeat_plan(self, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.padding == "repeatpad":
+            tiled = (self.max_samples // length) * length
+        elif self.padding == "repeat":
+            tiled = self.max_samples
+        else:
+            return None
+        plan = repeat_frame_plan(length, tiled, self.n_fft, self.hop_length, self.n_frames)
+        if plan is None:
+            return None
+        return torch.tensor(plan[0]), torch.tensor(plan[1])
 
     # ------------------------------------------------------------------ helpers
 
@@ -225,20 +304,34 @@ class LogMelFeatures(nn.Module):
                 raise ValueError(f"waveforms[{i}] is empty (0 samples)")
         return clips
 
-    def _pad_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` with ``L <= max_samples`` -> ``(B, max_samples)``, as the extractor pads."""
-        n, length = self.max_samples, batch.shape[1]
-        if length == n:
-            return batch
-        if self.padding == "repeatpad":
-            batch = batch.repeat(1, n // length)  # whole copies only, like np.tile(x, n // L)
-        elif self.padding == "repeat":
-            batch = batch.repeat(1, n // length + 1)[:, :n]
-        return nn.functional.pad(batch, (0, n - batch.shape[1]))
-
     def _random_offset(self, overflow: int, generator: torch.Generator | None) -> int:
         gen = generator if generator is not None else self.generator
         return int(torch.randint(0, overflow + 1, (1,), generator=gen).item())
+
+
+@functools.lru_cache(maxsize=64)
+def repeat_frame_plan(
+    length: int, tiled: int, n_fft: int, hop: int, n_frames: int
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(frames to compute, index of each output frame among them), or None if all differ.
+
+    The window is a clip of ``length`` samples tiled over its first ``tiled``
+    samples. Centred frame k reads samples [k*hop - n_fft/2, k*hop + n_fft/2); when
+    that span lies inside the tiled part, its content depends only on
+    k*hop mod length, so frames ``length / gcd(length, hop)`` apart are equal.
+    """
+    half = n_fft // 2
+    period = length // math.gcd(length, hop)
+    first = -(-half // hop)  # first frame clear of the reflect padding
+    last = min((tiled - n_fft + half) // hop, n_frames - 1)  # last frame inside the tiles
+    source = list(range(n_frames))
+    for k in range(first, last + 1):
+        source[k] = first + (k - first) % period
+    computed = sorted(set(source))
+    if len(computed) == n_frames:
+        return None
+    position = {frame: i for i, frame in enumerate(computed)}
+    return tuple(computed), tuple(position[k] for k in source)
 
 
 def _autocast_off(device: torch.device) -> contextlib.ExitStack:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from clap_pipeline.features import LogMelFeatures, features_for_model
+from clap_pipeline.features import LogMelFeatures, features_for_model, repeat_frame_plan
 from clap_pipeline.model import audio_embeddings, load_clap, unfused_feature_extractor
 
 SR = 48_000
@@ -86,6 +87,22 @@ def test_mixed_lengths_repeatpad_exact_and_rand_trunc(extractor, features) -> No
     # A different window gives different features: the offsets were really applied.
     shifted = features([torch.from_numpy(clips[3])], offsets=[0])
     assert float((shifted[0] - ours[3]).abs().max()) > 1.0
+
+
+@pytest.mark.parametrize("padding", ["repeatpad", "repeat", "pad"])
+@pytest.mark.parametrize("length", [96_000, 144_000, 100_001])
+def test_uniform_short_batches_match_extractor(extractor, padding: str, length: int) -> None:
+    # Uniform batches take the fast path that computes repeated frames once (2 s tiled 5x:
+    # period 200 frames; 3 s: 3 tiles + zeros; 100,001 samples: no repeated frames).
+    fe = copy.deepcopy(extractor)
+    fe.padding = padding
+    module = LogMelFeatures(fe)
+    batch = np.stack([music_like(length, 60), music_like(length, 61, amplitude=0.01)])
+    ours = module(torch.from_numpy(batch))
+    assert max_db_diff(ours, reference(fe, batch)) < TOLERANCE_DB
+    # The same windows computed frame by frame, without the repeat shortcut.
+    full = module.log_mel(module.fit_to_window(torch.from_numpy(batch)))
+    assert float((full - ours).abs().max()) < 1e-4
 
 
 def test_lengths_argument_tiles_only_the_real_audio(extractor, features) -> None:
@@ -166,3 +183,14 @@ def test_bad_inputs_name_the_problem(extractor, features) -> None:
         features(torch.zeros(2, 240_000), lengths=[10])
     with pytest.raises(ValueError, match=r"offsets\[0\]=9"):
         features([torch.zeros(WINDOW + 5)], offsets=[9])
+
+
+def test_repeat_frame_plan_for_stored_clips() -> None:
+    # A 5-s clip tiled twice is periodic over the whole window: frames 2..501 are one period
+    # (500 frames) and 502..998 repeat them; 0, 1, 999, 1000 reach into the reflect padding.
+    computed, source = repeat_frame_plan(240_000, 480_000, 1024, 480, 1001)
+    assert computed == (*range(502), 999, 1000) and len(source) == 1001
+    assert computed[source[600]] == 100 and computed[source[998]] == 498
+    assert computed[source[999]] == 999 and computed[source[1000]] == 1000
+    # A length sharing no factor with the hop never repeats a frame within 10 s.
+    assert repeat_frame_plan(100_001, 400_004, 1024, 480, 1001) is None
