@@ -32,7 +32,7 @@ def _cmd_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
     from clap_pipeline.fetch import fetch_fma
 
-    fetch_fma(
+    summary = fetch_fma(
         subset=args.subset,
         limit=args.limit,
         metadata_dir=settings.metadata_dir,
@@ -42,6 +42,7 @@ def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
         if args.download_dir
         else settings.data_dir / "downloads",
     )
+    print(summary)
     return 0
 
 
