@@ -1,1 +1,324 @@
-"""Assets of the metadata domain (being written)."""
+"""Assets `tracks` (DuckDB) and `prompts` (Parquet) of group `metadata`, and their checks.
+
+The work is in ``clap_pipeline.fma`` and ``clap_pipeline.prompts``; this module
+passes configuration, logs and reports metadata. Checks open DuckDB read-only.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from clap_pipeline.fma import load_metadata, profile_tracks, track_id_problems
+from clap_pipeline.prompts import (
+    N_TEMPLATES,
+    PROMPTS_SCHEMA,
+    TEMPLATE_NAMES,
+    TEMPLATE_PATTERNS,
+    allowed_leak_words,
+    build_prompts,
+    content_hash,
+    leak_problems,
+    missing_track_ids,
+    read_prompts,
+    read_track_texts,
+    write_prompts,
+)
+from clap_pipeline.selection import select_tracks
+from clap_pipeline.storage import table_exists
+
+from .partitions import sync_audio_folder_partitions
+from .resources import ClapSettings, DuckDBDatabase
+
+MAX_LOGGED = 20
+SAMPLE_PROMPTS = 10
+
+
+def _md_cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _listed(items: list, limit: int = MAX_LOGGED) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+# --------------------------------------------------------------------------- tracks
+
+
+@asset(
+    group_name="metadata",
+    kinds={"duckdb"},
+    description=(
+        "FMA's tracks.csv and genres.csv as DuckDB tables `tracks` (track_id PRIMARY KEY, "
+        "the 52 columns as `<group>_<field>`, lists as DuckDB lists, dates as TIMESTAMP, "
+        "-1 gaps as NULL, `lookup_key`) and `genres`, swapped in atomically. Registers the "
+        "audio-folder partitions of `waveforms` for the experiment's tracks."
+    ),
+)
+def tracks(
+    context: AssetExecutionContext, clap_settings: ClapSettings, duckdb: DuckDBDatabase
+) -> MaterializeResult:
+    settings = clap_settings.settings()
+    with duckdb.connect() as con:
+        summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=context.log.info)
+        profile = profile_tracks(con)
+    for cell in summary.bad_cells[:MAX_LOGGED]:
+        context.log.warning(f"track {cell.track_id}: {cell.column} does not parse, stored as NULL")
+    if len(summary.bad_cells) > MAX_LOGGED:
+        context.log.warning(f"... {len(summary.bad_cells)} unparsable cells in all")
+    if summary.ignored_columns:
+        context.log.warning(f"ignored columns not in FMA's format: {summary.ignored_columns}")
+
+    try:
+        added = sync_audio_folder_partitions(context.instance, settings)
+    except FileNotFoundError as exc:  # no audio yet: the table is still useful
+        context.log.warning(f"waveforms partitions not registered: {exc}")
+        added = []
+    if added:
+        context.log.info(f"registered audio folder partitions: {_listed(added)}")
+
+    schema = TableSchema(
+        columns=[
+            TableColumn(
+                name,
+                dtype,
+                constraints=TableColumnConstraints(nullable=False, unique=True)
+                if name == "track_id"
+                else None,
+            )
+            for name, dtype in profile.columns
+        ]
+    )
+    genre_rows = [
+        [genre or "(empty)", count, f"{100 * count / max(profile.rows, 1):.1f} %"]
+        for genre, count in profile.genre_top_counts
+    ]
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": profile.rows,
+            "dagster/column_schema": schema,
+            "null_counts": MetadataValue.json(profile.null_counts),
+            "genre_top_distribution": MetadataValue.md(
+                _md_table(["genre_top", "tracks", "share"], genre_rows)
+            ),
+            "genres": summary.genres,
+            "unparsable_cells": len(summary.bad_cells),
+            "unparsable_cells_by_column": MetadataValue.json(summary.bad_cell_counts()),
+            "unparsable_cells_sample": MetadataValue.json(
+                [
+                    {"track_id": c.track_id, "column": c.column}
+                    for c in summary.bad_cells[:MAX_LOGGED]
+                ]
+            ),
+            "ignored_columns": MetadataValue.json(list(summary.ignored_columns)),
+            "tracks_csv_sha256": summary.tracks_sha256,
+            "genres_csv_sha256": summary.genres_sha256,
+            "added_audio_folder_partitions": MetadataValue.json(added),
+            "seconds": round(summary.seconds, 2),
+            "tracks_csv": MetadataValue.path(str(settings.tracks_csv)),
+            "duckdb": MetadataValue.path(str(settings.duckdb_path)),
+        },
+        data_version=DataVersion(summary.tracks_sha256),
+    )
+
+
+@asset_check(
+    asset=tracks,
+    blocking=True,
+    description="`tracks` has at least one row and unique, non-null track_ids.",
+)
+def tracks_track_ids_valid(duckdb: DuckDBDatabase) -> AssetCheckResult:
+    with duckdb.connect(read_only=True) as con:
+        problems = track_id_problems(con)
+        rows = (
+            con.execute("SELECT count(*) FROM tracks").fetchone()[0]
+            if table_exists(con, "tracks")
+            else 0
+        )
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "ok",
+        metadata={"rows": rows},
+    )
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+class PromptsConfig(Config):
+    seed: int = Field(default=0, description="seed of the per-track template choice")
+
+
+@asset(
+    group_name="metadata",
+    deps=[tracks],
+    kinds={"parquet"},
+    description=(
+        "One text prompt per experiment track (the first CLAP_MAX_TRACKS by track_id whose "
+        "MP3 exists) in `$CLAP_DATA_DIR/prompts.parquet`: track_id, prompt, template_id and "
+        "the renderings of all five templates (null where one does not apply). Templates: "
+        + " | ".join(TEMPLATE_PATTERNS)
+    ),
+)
+def prompts(
+    context: AssetExecutionContext,
+    config: PromptsConfig,
+    clap_settings: ClapSettings,
+    duckdb: DuckDBDatabase,
+) -> MaterializeResult:
+    settings = clap_settings.settings()
+    selected = select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
+    if not selected:
+        raise FileNotFoundError(
+            f"no track of `tracks` has an MP3 under {settings.audio_dir}: nothing to prompt"
+        )
+    with duckdb.connect(read_only=True) as con:
+        texts = read_track_texts(con, [t.track_id for t in selected])
+    result = build_prompts(texts, config.seed)
+    if result.skipped:
+        context.log.warning(
+            f"{len(result.skipped)} track(s) without title, artist, genre and tags got no "
+            f"prompt: {_listed(list(result.skipped))}"
+        )
+    if result.table.num_rows == 0:
+        raise ValueError("no selected track has enough metadata for any prompt template")
+    path = write_prompts(result.table, settings.prompts_path)
+    version = content_hash(result.table)
+    context.log.info(f"wrote {result.table.num_rows} prompts to {path}")
+
+    counts = result.template_counts()
+    sample = result.table.slice(0, SAMPLE_PROMPTS).to_pylist()
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": result.table.num_rows,
+            "selected_tracks": len(selected),
+            "skipped_tracks": len(result.skipped),
+            "seed": config.seed,
+            "template_distribution": MetadataValue.md(
+                _md_table(
+                    ["id", "template", "pattern", "prompts"],
+                    [
+                        [i, name, TEMPLATE_PATTERNS[i], counts[name]]
+                        for i, name in enumerate(TEMPLATE_NAMES)
+                    ],
+                )
+            ),
+            "sample_prompts": MetadataValue.md(
+                _md_table(
+                    ["track_id", "template", "prompt"],
+                    [
+                        [r["track_id"], TEMPLATE_NAMES[r["template_id"]], r["prompt"]]
+                        for r in sample
+                    ],
+                )
+            ),
+            "content_sha256": version,
+            "path": MetadataValue.path(str(path)),
+        },
+        data_version=DataVersion(version),
+    )
+
+
+@asset_check(
+    asset=prompts,
+    blocking=True,
+    description="Every prompt's track_id exists in the DuckDB table `tracks`.",
+)
+def prompts_tracks_exist(clap_settings: ClapSettings, duckdb: DuckDBDatabase) -> AssetCheckResult:
+    table = read_prompts(clap_settings.settings().prompts_path)
+    ids = table.column("track_id").to_pylist()
+    with duckdb.connect(read_only=True) as con:
+        missing = missing_track_ids(con, ids)
+    return AssetCheckResult(
+        passed=not missing,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"track_ids not in `tracks`: {_listed(missing)}" if missing else "ok",
+        metadata={"prompts": len(ids), "missing": len(missing)},
+    )
+
+
+@asset_check(
+    asset=prompts,
+    blocking=True,
+    description=(
+        'No prompt or rendering contains a formatted missing value ("None", "nan"), empty '
+        'quotes (""), an empty "Tags: ." / "Genre: ." or a double space.'
+    ),
+)
+def prompts_no_placeholder_text(
+    clap_settings: ClapSettings, duckdb: DuckDBDatabase
+) -> AssetCheckResult:
+    table = read_prompts(clap_settings.settings().prompts_path)
+    rows = table.to_pylist()
+    with duckdb.connect(read_only=True) as con:
+        texts = {t.track_id: t for t in read_track_texts(con, [r["track_id"] for r in rows])}
+    bad: list[str] = []
+    for row in rows:
+        text = texts.get(row["track_id"])
+        allowed = allowed_leak_words(text) if text else set()
+        for i, candidate in enumerate([row["prompt"], *row["renderings"]]):
+            if candidate is None and i > 0:
+                continue
+            problems = leak_problems(candidate, allowed)
+            if problems:
+                where = "prompt" if i == 0 else f"rendering {i - 1}"
+                bad.append(f"track {row['track_id']} {where}: {'; '.join(problems)}")
+    return AssetCheckResult(
+        passed=not bad,
+        severity=AssetCheckSeverity.ERROR,
+        description=_listed(bad, 10) if bad else "ok",
+        metadata={"prompts": len(rows), "problems": len(bad)},
+    )
+
+
+@asset_check(
+    asset=prompts,
+    blocking=True,
+    description=(
+        "prompts.parquet follows the contract: schema, track_ids unique and sorted, "
+        f"{N_TEMPLATES} renderings per track, the prompt is the rendering of its template_id."
+    ),
+)
+def prompts_match_contract(clap_settings: ClapSettings) -> AssetCheckResult:
+    table = read_prompts(clap_settings.settings().prompts_path)
+    problems: list[str] = []
+    if table.schema.remove_metadata() != PROMPTS_SCHEMA:
+        problems.append(f"schema {table.schema.remove_metadata()} != {PROMPTS_SCHEMA}")
+    else:
+        ids = table.column("track_id").to_pylist()
+        if ids != sorted(set(ids)):
+            problems.append("track_ids are not unique and sorted")
+        for row in table.to_pylist():
+            options, tid = row["renderings"], row["track_id"]
+            if len(options) != N_TEMPLATES:
+                problems.append(f"track {tid}: {len(options)} renderings")
+            elif not 0 <= row["template_id"] < N_TEMPLATES:
+                problems.append(f"track {tid}: template_id {row['template_id']}")
+            elif options[row["template_id"]] != row["prompt"]:
+                problems.append(f"track {tid}: prompt differs from its template's rendering")
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description=_listed(problems, 10) if problems else "ok",
+        metadata={"prompts": table.num_rows, "problems": len(problems)},
+    )
