@@ -193,6 +193,7 @@ class _PartFile:
         self.path = path
         self.hasher = hashlib.sha1()
         self.size = 0
+        self.received = 0  # bytes this process got from the network
         if path.exists():
             size = path.stat().st_size
             if size:
@@ -234,7 +235,7 @@ def _transfer(
     progress_stream: IO[str] | None,
 ) -> None:
     """Bring ``part`` to the full file with one response; raises _Transient to retry."""
-    while True:
+    for _restart in range(3):
         try:
             response = _open(url, part.size, timeout)
         except urllib.error.HTTPError as exc:
@@ -275,6 +276,7 @@ def _transfer(
         if total is not None and part.size < total:
             raise _Transient(f"connection closed after {part.size} of {total} bytes")
         return
+    raise FetchError(f"download of {url} failed: the server keeps answering unusable ranges")
 
 
 def _stream(
@@ -291,9 +293,13 @@ def _stream(
                     raise _Transient(f"{type(exc).__name__}: {exc}") from exc
                 if not chunk:
                     break
-                out.write(chunk)  # disk errors propagate as they are: not retried
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # disk full: not a network problem, no retry
+                    raise FetchError(f"cannot write {part.path}: {exc}") from exc
                 part.hasher.update(chunk)
                 part.size += len(chunk)
+                part.received += len(chunk)
                 bar.update(part.size)
     finally:
         bar.finish()
@@ -361,7 +367,7 @@ def download(
     os.replace(part.path, dest)
     log(f"{dest.name}: SHA1 verified ({actual})")
     return DownloadResult(
-        dest, skipped=False, fetched_bytes=part.size - resumed_from, resumed_from=resumed_from
+        dest, skipped=False, fetched_bytes=part.received, resumed_from=resumed_from
     )
 
 
@@ -558,44 +564,48 @@ def extract_clips(
             zf = local.zf = _open_zip(zip_path)
             with handles_lock:
                 handles.append(zf)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _temp_sibling(target) as tmp:
-            try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _temp_sibling(target) as tmp:
                 actual = _copy_member(zf, info, tmp)
-            except zipfile.BadZipFile as exc:
-                raise FetchError(f"{zip_path}: {info.filename} is corrupt: {exc}") from exc
-            expected = digests.get(relative)
-            if expected is not None and actual != expected:
-                raise ChecksumError(
-                    f"{info.filename} in {zip_path}: SHA1 mismatch (expected {expected}, "
-                    f"got {actual}); the clip was not written"
-                )
+                expected = digests.get(relative)
+                if expected is not None and actual != expected:
+                    raise ChecksumError(
+                        f"{info.filename} in {zip_path}: SHA1 mismatch (expected {expected}, "
+                        f"got {actual}); the clip was not written"
+                    )
+        except zipfile.BadZipFile as exc:
+            raise FetchError(f"{zip_path}: {info.filename} is corrupt: {exc}") from exc
+        except OSError as exc:  # disk full, permissions: name the file, not a traceback
+            raise FetchError(f"cannot write {target}: {exc}") from exc
         return expected is not None
 
     start = time.monotonic()
     last_log = start
     done = 0
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fma-extract")
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fma-extract") as pool:
-            pending: set[Future[bool]] = {pool.submit(extract_one, *item) for item in todo}
-            while pending:
-                finished, pending = wait(pending, timeout=log_interval, return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    if future.exception() is not None:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise future.exception()  # type: ignore[misc]
-                    summary.verified += future.result()
-                    done += 1
-                now = time.monotonic()
-                if pending and now - last_log >= log_interval:
-                    last_log = now
-                    rate = done / (now - start)
-                    eta = human_duration(len(pending) / rate) if rate else "?"
-                    log(
-                        f"extracted {done}/{len(todo)} clips ({done / len(todo):.0%}), "
-                        f"{rate:.1f} clips/s, ETA {eta}"
-                    )
+        pending: set[Future[bool]] = {pool.submit(extract_one, *item) for item in todo}
+        while pending:
+            finished, pending = wait(pending, timeout=log_interval, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                summary.verified += future.result()  # re-raises a worker's error
+                done += 1
+            now = time.monotonic()
+            if pending and now - last_log >= log_interval:
+                last_log = now
+                rate = done / (now - start)
+                eta = human_duration(len(pending) / rate) if rate else "?"
+                log(
+                    f"extracted {done}/{len(todo)} clips ({done / len(todo):.0%}), "
+                    f"{rate:.1f} clips/s, ETA {eta}"
+                )
+    except BaseException:
+        # An error or Ctrl-C: drop the queued clips instead of extracting them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
+        pool.shutdown(wait=True)
         for handle in handles:
             handle.close()
     summary.extracted = done

@@ -335,10 +335,14 @@ def test_server_ignoring_range_restarts_from_zero(
     dirs["download_dir"].mkdir()
     (dirs["download_dir"] / "fma_small.zip.part").write_bytes(b"x" * 700)  # not resumable
     fma_server.ignore_range = True
-    _, messages = run_fetch(fma_server, dirs)
+    summary, messages = run_fetch(fma_server, dirs)
     assert fma_server.ranges("fma_small.zip") == ["bytes=700-"]  # asked, got a 200
     assert any("ignored the Range request" in m for m in messages)
     assert (dirs["download_dir"] / "fma_small.zip").read_bytes() == data
+    assert (summary.downloads[1].resumed_from, summary.downloads[1].fetched_bytes) == (
+        700,
+        len(data),
+    )
 
 
 def test_416_with_a_complete_part_file_verifies_it(
