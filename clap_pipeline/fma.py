@@ -259,6 +259,13 @@ def read_tracks_header(path: Path) -> list[str]:
     """
     rows = _read_header_rows(path, 3)
     expected = "three header lines: groups, fields, then 'track_id' (pandas' to_csv of FMA)"
+    for line, (row, first) in enumerate(zip(rows, ("", "", "track_id"), strict=False), start=1):
+        if not row or row[0] != first:
+            got = row[0] if row else ""
+            raise FmaFormatError(
+                f"{path} line {line}: first cell is {got!r}, expected {first!r}; "
+                f"expected {expected}"
+            )
     if len(rows) < 3:
         raise FmaFormatError(f"{path} line {len(rows) + 1}: header ends early; expected {expected}")
     groups, fields, index = rows
@@ -267,12 +274,6 @@ def read_tracks_header(path: Path) -> list[str]:
             f"{path} lines 1-3: header lines have {len(groups)}, {len(fields)} and "
             f"{len(index)} cells; expected {expected}"
         )
-    for line, row, first in ((1, groups, ""), (2, fields, ""), (3, index, "track_id")):
-        if row[0] != first:
-            raise FmaFormatError(
-                f"{path} line {line}: first cell is {row[0]!r}, expected {first!r}; "
-                f"expected {expected}"
-            )
     if any(cell for cell in index[1:]):
         raise FmaFormatError(
             f"{path} line 3: expected 'track_id' followed by empty cells; expected {expected}"
@@ -341,14 +342,16 @@ def _parse_expr(column: str, kind: str) -> str:
         return f"COALESCE(TRY_CAST({raw} AS TIMESTAMP), TRY_STRPTIME({raw}, '%Y'))"
     if kind == STR_LIST:
         return (
-            f"CASE WHEN regexp_full_match({raw}, {_lit(_STR_LIST_RE)}) "
+            f"CASE WHEN {raw} IS NULL THEN NULL "
+            f"WHEN regexp_full_match({raw}, {_lit(_STR_LIST_RE)}) "
             f"THEN list_transform(regexp_extract_all({raw}, {_lit(_STR_LITERAL)}), "
             "lambda s: substr(s, 2, length(s) - 2)) "
             f"ELSE _fma_str_list({raw}) END"
         )
     if kind == INT_LIST:
         return (
-            f"CASE WHEN regexp_full_match({raw}, {_lit(_INT_LIST_RE)}) "
+            f"CASE WHEN {raw} IS NULL THEN NULL "
+            f"WHEN regexp_full_match({raw}, {_lit(_INT_LIST_RE)}) "
             rf"THEN CAST(regexp_extract_all({raw}, '-?\d+') AS INTEGER[]) "
             f"ELSE _fma_int_list({raw}) END"
         )
@@ -428,11 +431,20 @@ def load_metadata(
 
     for staging in STAGING.values():
         con.execute(f"DROP TABLE IF EXISTS {staging}")  # left by a killed earlier load
+    # "special": the UDFs may return NULL (a cell that does not parse) and get NULL cells.
     con.create_function(
-        "_fma_str_list", lambda s: parse_list_literal(s, str), ["VARCHAR"], "VARCHAR[]"
+        "_fma_str_list",
+        lambda s: None if s is None else parse_list_literal(s, str),
+        ["VARCHAR"],
+        "VARCHAR[]",
+        null_handling="special",
     )
     con.create_function(
-        "_fma_int_list", lambda s: parse_list_literal(s, int), ["VARCHAR"], "INTEGER[]"
+        "_fma_int_list",
+        lambda s: None if s is None else parse_list_literal(s, int),
+        ["VARCHAR"],
+        "INTEGER[]",
+        null_handling="special",
     )
     try:
         t0 = time.perf_counter()
