@@ -24,7 +24,7 @@ elif [[ ! -d "$AUDIO_DIR" ]]; then
   exit 2
 fi
 
-TRAIN_CONFIG=()
+TRAIN_OPS=""
 if ! HF_HUB_ETAG_TIMEOUT=5 HF_HUB_DOWNLOAD_TIMEOUT=10 "$PY" -c "
 import sys
 from transformers import ClapConfig
@@ -39,23 +39,26 @@ except Exception:
   export CLAP_MODEL="$TINY"
   # A randomly initialised tiny model needs a larger learning rate and more epochs than
   # the reference recipe (which fine-tunes pre-trained weights).
-  TRAIN_CONFIG=(--config-json '{"ops": {"clap_model": {"config": {"learning_rate": 0.001, "max_epochs": 8, "patience": 3}}}}')
+  TRAIN_OPS='"ops": {"clap_model": {"config": {"learning_rate": 0.001, "max_epochs": 8, "patience": 3}}}, '
+
 fi
 
+# In-process executor: one process per asset step would re-import torch each time.
+IN_PROCESS='{"execution": {"config": {"in_process": {}}}}'
 materialize() { "$DAGSTER" asset materialize -m clap_pipeline.definitions "$@"; }
 
 echo "==> tracks, prompts"
-materialize --select tracks,prompts
+materialize --select tracks,prompts --config-json "$IN_PROCESS"
 FOLDERS=$("$PY" -c "
 from dagster import DagsterInstance
 print(' '.join(DagsterInstance.get().get_dynamic_partitions('audio_folders')))")
 read -r -a KEYS <<<"$FOLDERS"
 echo "==> waveforms (${#KEYS[@]} audio folder partitions: ${KEYS[*]})"
-materialize --select waveforms --partition-range "${KEYS[0]}...${KEYS[-1]}"
+materialize --select waveforms --partition-range "${KEYS[0]}...${KEYS[-1]}" --config-json "$IN_PROCESS"
 echo "==> clap_model"
-materialize --select clap_model "${TRAIN_CONFIG[@]}"
+materialize --select clap_model --config-json "{${TRAIN_OPS}\"execution\": {\"config\": {\"in_process\": {}}}}"
 echo "==> evaluation, track_embeddings"
-materialize --select evaluation,track_embeddings
+materialize --select evaluation,track_embeddings --config-json "$IN_PROCESS"
 "$PY" -m clap_pipeline.evaluation show
 echo
 echo "Try: $CLI search \"folk country music\" -k 5"

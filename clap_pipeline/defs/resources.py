@@ -54,7 +54,11 @@ class MlflowTracking(ConfigurableResource):
 
 
 def resources_from_env() -> dict[str, ConfigurableResource]:
-    s = Settings.from_env()
+    return resources_for(Settings.from_env())
+
+
+def resources_for(s: Settings) -> dict[str, ConfigurableResource]:
+    """The resources for one set of settings (tests build them for a temp data dir)."""
     return {
         "clap_settings": ClapSettings(
             data_dir=str(s.data_dir),
