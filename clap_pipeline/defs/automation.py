@@ -34,6 +34,7 @@ from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.selection import inputs_state
 
 INGEST_TAG = "clap/ingest_run"
+DECODE_TOTAL_TAG = "clap/decode_runs"  # how many decode runs one ingest requested
 
 ingest_job = define_asset_job("ingest", selection=["tracks", "prompts"])
 decode_job = define_asset_job(
@@ -85,7 +86,7 @@ def decode_after_ingest(context: RunStatusSensorContext):
         RunRequest(
             run_key=f"decode-{ingest_run}-{folder}",
             partition_key=folder,
-            tags={INGEST_TAG: ingest_run},
+            tags={INGEST_TAG: ingest_run, DECODE_TOTAL_TAG: str(len(folders))},
         )
         for folder in folders
     ]
@@ -102,10 +103,19 @@ def retrain_after_decode(context: RunStatusSensorContext):
     ingest_run = context.dagster_run.tags.get(INGEST_TAG)
     if ingest_run is None:
         return SkipReason("decode run was started by hand, not by an ingest")
-    sibling_runs = context.instance.get_runs(RunsFilter(tags={INGEST_TAG: ingest_run}))
-    unfinished = [r.run_id for r in sibling_runs if r.status != DagsterRunStatus.SUCCESS]
-    if unfinished:
-        return SkipReason(f"waiting for {len(unfinished)} decode run(s) of ingest {ingest_run}")
+    expected = int(context.dagster_run.tags.get(DECODE_TOTAL_TAG, "1"))
+    sibling_runs = context.instance.get_runs(
+        RunsFilter(tags={INGEST_TAG: ingest_run}, job_name=decode_job.name)
+    )
+    succeeded = {
+        r.tags.get("dagster/partition")
+        for r in sibling_runs
+        if r.status == DagsterRunStatus.SUCCESS
+    }
+    if len(succeeded) < expected:
+        return SkipReason(
+            f"{len(succeeded)} of {expected} decode runs of ingest {ingest_run} have succeeded"
+        )
     return RunRequest(run_key=f"retrain-{ingest_run}", tags={INGEST_TAG: ingest_run})
 
 
