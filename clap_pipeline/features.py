@@ -45,6 +45,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,6 +57,13 @@ MEL_FLOOR = 1e-10  # the extractor's mel_floor and power_to_db min_value (-100 d
 WaveBatch = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 
 
+@dataclass(frozen=True)
+class _FramePlan:
+    n_computed: int
+    runs: tuple[tuple[int, int, int], ...]  # (first frame, stop frame, position among computed)
+    source: torch.Tensor  # for each output frame, its position among the computed frames
+
+
 class LogMelFeatures(nn.Module):
     """Batched torch equivalent of ``ClapFeatureExtractor`` (rand_trunc) -> ``input_features``.
 
@@ -65,7 +73,8 @@ class LogMelFeatures(nn.Module):
     """
 
     window: torch.Tensor
-    mel_filters: torch.Tensor
+    mel_filters: torch.Tensor  # (used frequency bins, n_mels)
+    mel_interleaved: torch.Tensor  # each row twice, for interleaved (re, im) squares
 
     def __init__(self, feature_extractor, *, seed: int | None = None) -> None:
         super().__init__()
@@ -108,6 +117,9 @@ class LogMelFeatures(nn.Module):
             "mel_filters",
             torch.from_numpy(mel[self.first_bin : last_bin]).float(),
             persistent=False,
+        )
+        self.register_buffer(
+            "mel_interleaved", self.mel_filters.repeat_interleave(2, dim=0), persistent=False
         )
         self.generator: torch.Generator | None = None
         if seed is not None:
@@ -240,21 +252,31 @@ class LogMelFeatures(nn.Module):
         with _autocast_off(self.window.device):
             padded = padded.to(self.window.device, torch.float32)
             frames = padded.unfold(-1, self.n_fft, self.hop_length)  # (B, frames, n_fft) view
-            if plan is not None:
-                frames = frames.index_select(1, plan[0].to(frames.device)).mul_(self.window)
+            if plan is None:
+                windowed = frames * self.window
             else:
-                frames = frames * self.window
-            spec = torch.fft.rfft(frames)  # (B, frames, n_fft // 2 + 1)
-            del frames
-            band = spec[..., self.first_bin : self.first_bin + self.mel_filters.shape[0]]
-            power = band.abs().square_()
-            del spec, band
-            log_mel = (power @ self.mel_filters).clamp_min_(MEL_FLOOR).log10_().mul_(10.0)
+                # The computed frames are a few contiguous runs: slice them (no gather).
+                windowed = frames.new_empty(frames.shape[0], plan.n_computed, self.n_fft)
+                for start, stop, at in plan.runs:
+                    torch.mul(
+                        frames[:, start:stop], self.window, out=windowed[:, at : at + stop - start]
+                    )
+            spec = torch.fft.rfft(windowed)  # (B, frames, n_fft // 2 + 1) complex
+            del windowed
+            # |X|^2 @ mel without abs/copies: square re and im in place (interleaved, as
+            # view_as_real lays them out) and use a filterbank with each row repeated twice.
+            re_im = torch.view_as_real(spec).flatten(-2)  # (B, frames, 2 * (n_fft // 2 + 1))
+            band = re_im[
+                ..., 2 * self.first_bin : 2 * self.first_bin + self.mel_interleaved.shape[0]
+            ]
+            mel = band.square_() @ self.mel_interleaved  # (B, frames, n_mels)
+            del spec, re_im, band
+            log_mel = mel.clamp_min_(MEL_FLOOR).log10_().mul_(10.0)
             if plan is not None:
-                log_mel = log_mel[:, plan[1].to(log_mel.device)]
+                log_mel = log_mel[:, plan.source.to(log_mel.device)]
             return log_mel.unsqueeze(1)
 
-    def _repeat_plan(self, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _repeat_plan(self, length: int) -> _FramePlan | None:
         if self.padding == "repeatpad":
             tiled = (self.max_samples // length) * length
         elif self.padding == "repeat":
@@ -264,9 +286,18 @@ class LogMelFeatures(nn.Module):
         plan = repeat_frame_plan(length, tiled, self.n_fft, self.hop_length, self.n_frames)
         if plan is None:
             return None
-        return torch.tensor(plan[0]), torch.tensor(plan[1])
-
-    # ------------------------------------------------------------------ helpers
+        computed, source = plan
+        runs: list[list[int]] = []  # [first frame, stop frame, position among computed]
+        for at, frame in enumerate(computed):
+            if runs and runs[-1][1] == frame:
+                runs[-1][1] += 1
+            else:
+                runs.append([frame, frame + 1, at])
+        return _FramePlan(
+            n_computed=len(computed),
+            runs=tuple((a, b, o) for a, b, o in runs),
+            source=torch.tensor(source),
+        )
 
     def _clips(
         self, waveforms: WaveBatch, lengths: Sequence[int] | torch.Tensor | np.ndarray | None
