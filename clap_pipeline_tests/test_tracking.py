@@ -16,12 +16,12 @@ import pytest
 
 from clap_pipeline import tracking
 from clap_pipeline.tracking import ChampionNotFoundError, choose_alias, resolve_champion
+from clap_pipeline_tests.training_fixtures import mlflow_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("mlruns")
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return mlflow_store(tmp_path_factory.mktemp("mlruns"))
 
 
 def test_experiment_gets_an_explicit_artifact_location_next_to_the_store(store: str) -> None:

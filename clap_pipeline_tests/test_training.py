@@ -39,7 +39,12 @@ from clap_pipeline.training import (
     train,
 )
 from clap_pipeline.training_data import TrainingData, TrainingDataError
-from clap_pipeline_tests.training_fixtures import SyntheticData, write_training_dataset
+from clap_pipeline_tests.training_fixtures import (
+    SyntheticData,
+    mlflow_store,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    write_training_dataset,
+)
 
 # A short fine-tune that learns the synthetic pairing: small batches, a high lr, the
 # default patience of 1.
@@ -138,7 +143,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticData:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+    return mlflow_store(tmp_path_factory.mktemp("mlruns"))
 
 
 def make_inputs(synthetic: SyntheticData, model_dir: Path, store: str, out: Path) -> TrainInputs:

@@ -14,7 +14,11 @@ from clap_pipeline.defs import training as training_defs
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
 from clap_pipeline.training import TrainConfig
-from clap_pipeline_tests.training_fixtures import write_training_dataset
+from clap_pipeline_tests.training_fixtures import (
+    mlflow_store,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    write_training_dataset,
+)
 
 
 def test_asset_definition() -> None:
@@ -37,7 +41,7 @@ def test_config_exposes_every_training_setting_with_the_same_defaults() -> None:
 def test_materialize_clap_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     write_training_dataset(data_dir)
-    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    store = mlflow_store(tmp_path / "mlruns")
     resources = {
         "clap_settings": ClapSettings(data_dir=str(data_dir), model=str(tiny_model_dir)),
         "duckdb": DuckDBDatabase(path=str(data_dir / "clap.duckdb")),
