@@ -96,6 +96,13 @@ class TrainConfig:
     device: str = field(
         default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
     )
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch CPU threads, 0 = torch's default (1 is often faster for the tiny "
+            "model on a busy machine)"
+        },
+    )
     shuffle_buffer: int = field(
         default=128, metadata={"help": "clips held for shuffling (memory ~1 MB per clip)"}
     )
@@ -126,6 +133,8 @@ class TrainConfig:
             problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience < 1:
             problems.append(f"patience must be >= 1, got {self.patience}")
+        if self.cpu_threads < 0:
+            problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         if self.split not in SPLIT_MODES:
             problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if problems:
@@ -720,6 +729,9 @@ def train(
 
     # From here on the MLflow run exists: every exit closes it with a status.
     status, monitor = "FAILED", None
+    threads_before = torch.get_num_threads()
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     try:
         _log_run_setup(session, dagster_run_id)
         monitor = _start_system_metrics(config, run_id, inputs.tracking_uri, resumed=bool(state))
@@ -740,6 +752,7 @@ def train(
             status = "KILLED"
         raise
     finally:
+        torch.set_num_threads(threads_before)
         if monitor is not None:
             with contextlib.suppress(Exception):
                 monitor.finish()

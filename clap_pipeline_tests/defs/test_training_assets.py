@@ -48,7 +48,7 @@ def test_materialize_clap_model(tiny_model_dir: Path, tmp_path: Path) -> None:
         "mlflow": MlflowTracking(tracking_uri=store, experiment="dagster-training"),
     }
     config = ClapTrainingConfig(
-        batch_size=16, learning_rate=1e-3, max_epochs=1, system_metrics=False
+        batch_size=16, learning_rate=1e-3, max_epochs=1, cpu_threads=1, system_metrics=False
     )
     result = materialize(
         [clap_model],
