@@ -23,7 +23,8 @@ Then the feature path alone on one batch: `LogMelFeatures` (torch) vs
 `ClapFeatureExtractor` (numpy, what the processor runs), interleaved repeats.
 
 Targets on CPU: data share of step time <= 10 %; torch features >= 2x faster.
-Usage: python benchmarks/bench_train.py [--steps 3] [--batch 16] [--skip-full] [--skip-tiny]
+Usage: python benchmarks/bench_train.py [--steps 3] [--tiny-steps 10] [--batch 16]
+       [--skip-full] [--skip-tiny] [--full-text-tokens 24] [--device cuda]
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ def time_steps(
     finally:
         batches.close()  # stops the prefetch thread
     result = {k: v / args.steps for k, v in totals.items()}
+    result["steps"] = args.steps
     result["params"] = sum(p.numel() for p in model.parameters())
     result["tokens_per_clip"] = tokens_per_clip
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -231,13 +233,13 @@ def run_one(args: argparse.Namespace) -> None:
         print("RESULT " + json.dumps(result), flush=True)
 
 
-def print_step_table(rows: list[dict], batch: int, steps: int, warmup: int) -> None:
+def print_step_table(rows: list[dict], batch: int, warmup: int) -> None:
     print(
-        f"\nTraining step, batch {batch}, mean of {steps} steps after {warmup} warm-up "
-        f"(torch threads {torch.get_num_threads()}):"
+        f"\nTraining step, batch {batch}, mean over the measured steps after {warmup} warm-up "
+        f"(torch threads {torch.get_num_threads()}; tok = text tokens per clip):"
     )
     header = (
-        f"{'config':<7}{'params':>12} {'dev':<5}{'prec':<5}{'tok':>4}"
+        f"{'config':<7}{'params':>12} {'dev':<5}{'prec':<5}{'steps':>6}{'tok':>4}"
         f"{'read ms':>9}{'feat ms':>9}{'tok ms':>8}{'data ms':>9}{'model ms':>10}{'step ms':>10}"
         f"{'data %':>8}{'clips/s':>9}{'peak RSS MB':>13}"
     )
@@ -248,7 +250,7 @@ def print_step_table(rows: list[dict], batch: int, steps: int, warmup: int) -> N
         step = data + r["model"]
         line = (
             f"{r['config']:<7}{r['params']:>12,} {r['device']:<5}{r['precision']:<5}"
-            f"{r['tokens_per_clip']:>4}{r['read'] * 1e3:>9.1f}{r['features'] * 1e3:>9.1f}"
+            f"{r['steps']:>6}{r['tokens_per_clip']:>4}{r['read'] * 1e3:>9.1f}{r['features'] * 1e3:>9.1f}"
             f"{r['tokenize'] * 1e3:>8.1f}{data * 1e3:>9.1f}{r['model'] * 1e3:>10.1f}"
             f"{step * 1e3:>10.1f}{100 * data / step:>7.1f}%{batch / step:>9.2f}"
             f"{r['peak_rss_mb']:>13.0f}"
@@ -315,7 +317,10 @@ def compare_features(data_dir: Path, batch: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per config")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps (full-size)")
+    parser.add_argument(
+        "--tiny-steps", type=int, default=10, help="measured steps for the tiny config (cheap)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--skip-full", action="store_true", help="only the tiny config")
@@ -328,8 +333,8 @@ def main() -> None:
     parser.add_argument("--one", choices=("tiny", "full"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steps < 1 or args.batch < 2:
-        parser.error("--steps must be >= 1 and --batch >= 2")
+    if min(args.steps, args.tiny_steps) < 1 or args.batch < 2:
+        parser.error("--steps/--tiny-steps must be >= 1 and --batch >= 2")
     if args.one:
         run_one(args)
         return
@@ -338,7 +343,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         data_dir = Path(tmp)
         # ~80 % of clips land in train (hash split); enough for warm-up + steps + a spare batch.
-        n_clips = max(4 * args.batch, math.ceil((args.warmup + args.steps + 1) * args.batch / 0.7))
+        most_steps = max(args.steps, 0 if args.skip_tiny else args.tiny_steps)
+        n_clips = max(4 * args.batch, math.ceil((args.warmup + most_steps + 1) * args.batch / 0.7))
         t0 = time.perf_counter()
         write_dataset(data_dir, n_clips)
         print(
@@ -350,7 +356,9 @@ def main() -> None:
         for name in configs:
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--one", name, "--data", str(data_dir)]
-            for flag in ("steps", "warmup", "batch", "full_text_tokens", "device"):
+            steps = args.tiny_steps if name == "tiny" else args.steps
+            cmd += ["--steps", str(steps)]
+            for flag in ("warmup", "batch", "full_text_tokens", "device"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -363,7 +371,7 @@ def main() -> None:
             ]
             print(f"{name}: done in {time.perf_counter() - t0:.1f} s (process incl. model build)")
         if rows:
-            print_step_table(rows, args.batch, args.steps, args.warmup)
+            print_step_table(rows, args.batch, args.warmup)
         compare_features(data_dir, args.batch, args.feature_repeats)
 
 

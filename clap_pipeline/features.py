@@ -311,6 +311,8 @@ class LogMelFeatures(nn.Module):
                 raise ValueError(
                     f"waveforms must be (batch, samples) mono audio, got shape {tuple(batch.shape)}"
                 )
+            if batch.shape[0] == 0:
+                raise ValueError("waveforms is an empty batch")
             batch = batch.to(device, torch.float32)
             clips: Sequence[torch.Tensor] = batch
         else:

@@ -175,6 +175,8 @@ def test_bad_inputs_name_the_problem(extractor, features) -> None:
         LogMelFeatures(ClapFeatureExtractor())  # class defaults: fusion, 4-channel features
     with pytest.raises(ValueError, match=r"\(batch, samples\)"):
         features(torch.zeros(2, 1, 240_000))
+    with pytest.raises(ValueError, match="empty batch"):
+        features(torch.zeros(0, 240_000))
     with pytest.raises(ValueError, match=r"waveforms\[1\] is empty"):
         features([torch.ones(10), torch.zeros(0)])
     with pytest.raises(ValueError, match=r"lengths\[0\]=300000"):
