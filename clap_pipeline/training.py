@@ -49,7 +49,7 @@ from clap_pipeline.training_data import SPLIT_MODES, ClipBatch, TrainingData, pr
 LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to <= 100
 SELECTION_METRIC = "text_to_audio_recall_at_5"
 RESUME_FILE = "resume.json"
-RESUME_TENSORS = "resume-state.pt"
+RESUME_TENSORS = "resume-state-epoch-{epoch}.pt"  # optimizer + RNG after that epoch
 
 
 class TrainingError(RuntimeError):
@@ -121,7 +121,13 @@ class TrainConfig:
     )
 
     # Settings that change no number: they may differ between a run and its resumption.
-    NON_NUMERIC = ("log_checkpoints", "system_metrics", "resume", "registered_model")
+    NON_NUMERIC = (
+        "log_checkpoints",
+        "system_metrics",
+        "resume",
+        "registered_model",
+        "cpu_threads",
+    )
 
     def validate(self) -> None:
         problems = []
@@ -581,7 +587,7 @@ def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any
         if (
             state.get("fingerprint") == fingerprint
             and state.get("status") == "in_progress"
-            and (path.parent / RESUME_TENSORS).exists()
+            and (path.parent / str(state.get("tensors"))).exists()
         ):
             candidates.append((path.stat().st_mtime, state))
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
@@ -592,8 +598,14 @@ def _save_resume_state(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer | None,
 ) -> None:
+    """Tensors first (named by epoch), then the JSON naming them, then drop older tensors.
+
+    A kill between the two writes leaves the JSON pointing at the previous,
+    still complete, pair of checkpoint and optimizer state.
+    """
+    name = RESUME_TENSORS.format(epoch=state["last_epoch"])
     if optimizer is not None:
-        with atomic_path(run_dir / RESUME_TENSORS) as tmp:
+        with atomic_path(run_dir / name) as tmp:
             torch.save(
                 {
                     "epoch": state["last_epoch"],
@@ -605,7 +617,11 @@ def _save_resume_state(
                 },
                 tmp,
             )
+        state = {**state, "tensors": name}
     write_text_atomic(run_dir / RESUME_FILE, json.dumps(state, indent=1))
+    for old in run_dir.glob(RESUME_TENSORS.format(epoch="*")):
+        if old.name != state.get("tensors"):
+            old.unlink(missing_ok=True)  # optimizer state weighs 2x the model
 
 
 # --------------------------------------------------------------------------- main entry
@@ -735,7 +751,7 @@ def train(
     try:
         _log_run_setup(session, dagster_run_id)
         monitor = _start_system_metrics(config, run_id, inputs.tracking_uri, resumed=bool(state))
-        result = _fit(session, loaded, resumed=bool(state))
+        result = _fit(session, loaded, resume_tensors=state["tensors"] if state else None)
         status = "FINISHED"
         return result
     except _oom_types() as exc:
@@ -777,7 +793,7 @@ def _resumable_state(
     return None if run.info.lifecycle_stage == "deleted" else state
 
 
-def _fit(session: _Session, loaded, *, resumed: bool) -> TrainingResult:
+def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingResult:
     """The epochs (from the last completed one), then registration and the report."""
     config, data, device, history = session.config, session.data, session.device, session.history
     session.run_dir.mkdir(parents=True, exist_ok=True)
@@ -788,8 +804,8 @@ def _fit(session: _Session, loaded, *, resumed: bool) -> TrainingResult:
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
-    if resumed:
-        saved = torch.load(session.run_dir / RESUME_TENSORS, weights_only=False)
+    if resume_tensors:
+        saved = torch.load(session.run_dir / resume_tensors, weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -855,8 +871,7 @@ def _fit(session: _Session, loaded, *, resumed: bool) -> TrainingResult:
             session.hooks.after_epoch(record)
 
     result = _finish(session, features, tokenizer)
-    _save_resume_state(session.run_dir, session.state("completed"), None)
-    (session.run_dir / RESUME_TENSORS).unlink(missing_ok=True)  # optimizer state: 2x the model
+    _save_resume_state(session.run_dir, session.state("completed"), None)  # drops the tensors
     return result
 
 
