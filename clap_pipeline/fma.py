@@ -426,12 +426,41 @@ def load_metadata(
     ignored = tuple(n.split("=", 1)[1] for n in names if n.startswith("_extra_"))
     check_utf8(genres_csv)  # tiny; tracks.csv is checked by DuckDB while it parses
     genres_sha = file_sha256(genres_csv)
-    hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-    tracks_sha_future = hashing.submit(file_sha256, tracks_csv)
+    say(
+        f"parsing {tracks_csv} ({tracks_csv.stat().st_size / 1e6:.1f} MB, "
+        f"{len(names) - 1} columns) with DuckDB"
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as hashing:
+        tracks_sha = hashing.submit(file_sha256, tracks_csv)  # beside DuckDB's parse
+        _register_list_parsers(con)
+        try:
+            n_tracks, bad_cells, n_genres = _build_aside_and_swap(
+                con, tracks_csv, names, genres_csv, genre_names, say
+            )
+        finally:
+            con.remove_function("_fma_str_list")
+            con.remove_function("_fma_int_list")
+        summary = LoadSummary(
+            tracks=n_tracks,
+            genres=n_genres,
+            tracks_sha256=tracks_sha.result(),
+            genres_sha256=genres_sha,
+            bad_cells=bad_cells,
+            ignored_columns=ignored,
+            seconds=time.perf_counter() - started,
+        )
+    say(
+        f"tables tracks ({n_tracks} rows, {len(bad_cells)} unparsable cells) and genres "
+        f"({n_genres} rows) replaced in {summary.seconds:.1f} s"
+    )
+    return summary
 
-    for staging in STAGING.values():
-        con.execute(f"DROP TABLE IF EXISTS {staging}")  # left by a killed earlier load
-    # "special": the UDFs may return NULL (a cell that does not parse) and get NULL cells.
+
+def _register_list_parsers(con: duckdb.DuckDBPyConnection) -> None:
+    """Python fallbacks for list cells the regex fast path does not cover (escapes).
+
+    null_handling="special": they may return NULL, for a cell that does not parse.
+    """
     con.create_function(
         "_fma_str_list",
         lambda s: None if s is None else parse_list_literal(s, str),
@@ -446,6 +475,18 @@ def load_metadata(
         "INTEGER[]",
         null_handling="special",
     )
+
+
+def _build_aside_and_swap(
+    con: duckdb.DuckDBPyConnection,
+    tracks_csv: Path,
+    names: Sequence[str],
+    genres_csv: Path,
+    genre_names: Sequence[str],
+    say: Log,
+) -> tuple[int, tuple[BadCell, ...], int]:
+    for staging in STAGING.values():
+        con.execute(f"DROP TABLE IF EXISTS {staging}")  # left by a killed earlier load
     try:
         t0 = time.perf_counter()
         try:
@@ -454,7 +495,7 @@ def load_metadata(
             )
         except duckdb.InvalidInputException as exc:
             if "unicode" in str(exc).lower():
-                check_utf8(tracks_csv)  # names the physical line
+                check_utf8(tracks_csv)  # raises, naming the physical line
             raise _csv_error(tracks_csv, exc) from exc
         n_tracks, bad_cells = _validate_tracks(con, tracks_csv)
         say(f"parsed {n_tracks} tracks in {time.perf_counter() - t0:.1f} s")
@@ -465,22 +506,7 @@ def load_metadata(
         for staging in STAGING.values():
             con.execute(f"DROP TABLE IF EXISTS {staging}")
         raise
-    finally:
-        con.remove_function("_fma_str_list")
-        con.remove_function("_fma_int_list")
-        hashing.shutdown(wait=True)
-    tracks_sha = tracks_sha_future.result()
-    seconds = time.perf_counter() - started
-    say(f"tables tracks ({n_tracks} rows) and genres ({n_genres} rows) replaced in {seconds:.1f} s")
-    return LoadSummary(
-        tracks=n_tracks,
-        genres=n_genres,
-        tracks_sha256=tracks_sha,
-        genres_sha256=genres_sha,
-        bad_cells=bad_cells,
-        ignored_columns=ignored,
-        seconds=seconds,
-    )
+    return n_tracks, bad_cells, n_genres
 
 
 def _validate_tracks(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, tuple[BadCell, ...]]:
