@@ -324,7 +324,7 @@ def _csv_source(path: Path, names: Sequence[str], skip: int, header: bool) -> st
     return (
         f"read_csv({_lit(str(path))}, columns={{{columns}}}, header={str(header).lower()}, "
         f"skip={skip}, delim=',', quote='\"', escape='\"', auto_detect=false, "
-        "strict_mode=true, null_padding=false, buffer_size=33554432)"
+        "strict_mode=true, null_padding=false)"
     )
 
 

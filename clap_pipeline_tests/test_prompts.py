@@ -16,6 +16,7 @@ from clap_pipeline.prompts import (
     N_TEMPLATES,
     PROMPTS_SCHEMA,
     TEMPLATE_NAMES,
+    TEMPLATE_PATTERNS,
     TrackText,
     allowed_leak_words,
     build_prompts,
@@ -84,6 +85,15 @@ def test_the_issue_templates() -> None:
     assert rendered[3] == '"Food", from the album "AWOL - A Way Of Life" by AWOL.'
     assert rendered[4] == "Music by AWOL, tagged lo-fi, boom bap."
     assert len(set(rendered)) == N_TEMPLATES  # five different sentences
+    # The documented patterns are what the templates render when every field is set.
+    fields = {
+        "title": "Food",
+        "artist": "AWOL",
+        "album": "AWOL - A Way Of Life",
+        "genre": "Hip-Hop",
+        "tags": "lo-fi, boom bap",
+    }
+    assert [p.format(**fields) for p in TEMPLATE_PATTERNS] == list(rendered)
 
 
 def test_missing_fields_drop_phrases_or_templates() -> None:
