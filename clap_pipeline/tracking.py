@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
+    # MLflow 3's server also starts a job runner and ~7 huey worker processes (GenAI
+    # jobs); a local UI over training runs needs none of them. Set it to true to keep them.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(cmd[0], cmd)  # replaces this process: Ctrl-C stops the server directly
     return 0  # pragma: no cover
 

@@ -109,7 +109,10 @@ def _free_port() -> int:
 
 def test_ui_entry_point_starts_mlflow_server(store: str, tmp_path: Path) -> None:
     """`python -m clap_pipeline.tracking ui` (what `make mlflow-ui` runs) answers on its port."""
-    tracking.configure(store, "ui-check")
+    mlflow_client = tracking.client(store)
+    run_id = mlflow_client.create_run(tracking.configure(store, "ui-check")).info.run_id
+    (tmp_path / "training_curve.png").write_bytes(b"png")
+    mlflow_client.log_artifact(run_id, str(tmp_path / "training_curve.png"))
     port = _free_port()
     env = {"MLFLOW_TRACKING_URI": store, "CLAP_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -134,6 +137,10 @@ def test_ui_entry_point_starts_mlflow_server(store: str, tmp_path: Path) -> None
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
         with urllib.request.urlopen(url, timeout=10) as r:
             assert b"ui-check" in r.read()  # the project's store, not a fresh one
+        # The UI can list the run's artifacts (checkpoints, curve) from their location.
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/artifacts/list?run_id={run_id}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"training_curve.png" in r.read()
     finally:
         # mlflow server starts worker processes: stop the whole group this test created.
         os.killpg(proc.pid, signal.SIGTERM)
