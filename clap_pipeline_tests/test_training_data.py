@@ -305,3 +305,24 @@ def test_data_versions_follow_content(tmp_path: Path, wave_dir: Path) -> None:
     assert changed.prompts_version != base.prompts_version
     assert changed.validation_fingerprint() != base.validation_fingerprint()
     assert changed.index.data_version == base.index.data_version
+
+
+def test_train_batches_resample_prompts_per_epoch(tmp_path: Path, wave_dir: Path) -> None:
+    write_prompts(tmp_path / "prompts.parquet", list(range(1, 24)))
+    data = TrainingData.load(
+        tmp_path / "prompts.parquet", wave_dir, None, split_mode="hash", seed=0, batch_size=4
+    )
+
+    def texts(epoch: int, resample: bool) -> dict[int, str]:
+        batches = data.train_batches(4, seed=0, epoch=epoch, resample=resample, buffer_clips=8)
+        return {int(t): text for b in batches for t, text in zip(b.track_ids, b.texts, strict=True)}
+
+    fixed = texts(1, resample=False)
+    assert all(text == f"song {t}" for t, text in fixed.items())
+    drawn = [texts(epoch, resample=True) for epoch in (1, 2, 3)]
+    for by_track in drawn:
+        assert all(text in (f"song {t}", f"music {t}") for t, text in by_track.items())
+    assert any(text.startswith("music") for by_track in drawn for text in by_track.values())
+    common = set(drawn[0]) & set(drawn[1])
+    assert any(drawn[0][t] != drawn[1][t] for t in common)  # a new draw each epoch
+    assert texts(2, resample=True) == drawn[1]  # fixed by (seed, epoch)
