@@ -754,15 +754,18 @@ def train(
         result = _fit(session, loaded, resume_tensors=state["tensors"] if state else None)
         status = "FINISHED"
         return result
-    except _oom_types() as exc:
+    except NonFiniteLossError as exc:
+        mlflow_client.set_tag(run_id, "failure", str(exc))
+        raise
+    except RuntimeError as exc:
+        # torch.OutOfMemoryError, or cuBLAS/MPS errors that only say "out of memory".
+        if not isinstance(exc, _oom_types()) and "out of memory" not in str(exc).lower():
+            raise
         mlflow_client.set_tag(run_id, "failure", "out of memory")
         raise TrainingError(
             f"out of memory on {device} at batch_size={config.batch_size}: lower batch_size "
             f"(e.g. {max(2, config.batch_size // 2)}) in the clap_model config"
         ) from exc
-    except NonFiniteLossError as exc:
-        mlflow_client.set_tag(run_id, "failure", str(exc))
-        raise
     except BaseException as exc:
         if not isinstance(exc, Exception):  # Ctrl-C, Dagster run termination
             status = "KILLED"

@@ -498,11 +498,19 @@ def test_command_line(
     assert "too few training clips" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"),
+    ],
+    ids=["cuda", "mps"],
+)
 def test_out_of_memory_suggests_a_smaller_batch(
-    synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
+    error: Exception, synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
 ) -> None:
     def out_of_memory(epoch: int, step: int, model: torch.nn.Module) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path)
     with pytest.raises(TrainingError, match=r"batch_size=16: lower batch_size \(e\.g\. 8\)"):
