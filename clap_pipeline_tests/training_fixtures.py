@@ -9,6 +9,7 @@ Files follow the project's contracts: ``prompts.parquet``, ``waveforms/NNN.parqu
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -100,7 +101,9 @@ def mlflow_store(directory: Path) -> str:
     if _EMPTY_STORE is None:
         from mlflow import MlflowClient
 
-        template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = folder / "mlflow.db"
         MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
         _EMPTY_STORE = template
     directory.mkdir(parents=True, exist_ok=True)
