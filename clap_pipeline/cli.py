@@ -18,6 +18,20 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out) if args.out else settings.data_dir
     summary = write_demo_dataset(out, n_tracks=args.tracks, seed=args.seed)
     print(summary)
+    elsewhere = [
+        f"{name}={configured}"
+        for name, configured, written in (
+            ("FMA_METADATA_DIR", settings.metadata_dir, summary.tracks_csv.parent),
+            ("FMA_AUDIO_DIR", settings.audio_dir, summary.audio_dir),
+        )
+        if Path(configured).resolve() != written.resolve()
+    ]
+    if elsewhere:
+        print(
+            f"note: the pipeline reads {', '.join(elsewhere)}, not this dataset; "
+            f"set CLAP_DATA_DIR={out} (and unset those) to use it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -18,13 +18,12 @@ from clap_pipeline import demo
 from clap_pipeline.cli import main
 from clap_pipeline.demo import (
     MARKER_NAME,
-    STYLES,
-    TONE_TAGS,
-    AudioParams,
+    STYLE_OF_TOP,
     DemoDataError,
-    render_clip,
+    audio_params,
     write_demo_dataset,
 )
+from clap_pipeline.demo_audio import STYLES, TONE_TAGS, AudioParams, render_clip
 from clap_pipeline.fma import load_metadata
 from clap_pipeline.selection import audio_path
 from clap_pipeline_tests.demo_fixtures import (
@@ -237,7 +236,7 @@ def test_audio_is_the_synthesis_of_its_metadata(generated: Generated, ffmpeg: st
     """The decoded first 5 s equal what the generator makes from (genres, tags) in tracks.csv."""
     f = generated.frame
     for track_id in _playable(generated):
-        params = AudioParams.from_metadata(
+        params = audio_params(
             track_id, f.loc[track_id, ("track", "genres")], f.loc[track_id, ("track", "tags")], SEED
         )
         expected = render_clip(params, 5.0).astype(np.float64)
@@ -261,6 +260,11 @@ def test_audio_is_the_synthesis_of_its_metadata(generated: Generated, ffmpeg: st
 
 def _render(style: str, tid: int, **tags: str | None) -> np.ndarray:
     return render_clip(AudioParams(style, seed=0, track_id=tid, **tags), 5.0)
+
+
+def test_every_style_has_a_top_level_genre() -> None:
+    assert sorted(STYLE_OF_TOP.values()) == sorted(STYLES)
+    assert all(FMA_TOP_LEVEL[g] for g in STYLE_OF_TOP)
 
 
 def test_genre_is_recognisable_from_the_first_five_seconds() -> None:
@@ -337,8 +341,10 @@ def test_cli_writes_and_regenerates_over_its_own_output(
 ) -> None:
     out = tmp_path / "data"
     assert main(["demo-data", "--tracks", "8", "--seed", "1", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "8 tracks" in printed and "missing_file" in printed and " s " in printed
+    printed = capsys.readouterr()
+    assert "8 tracks" in printed.out and "missing_file" in printed.out and " s " in printed.out
+    # The pipeline's configured folders are elsewhere: the command says how to point at it.
+    assert f"CLAP_DATA_DIR={out}" in printed.err
     first = (out / "fma_metadata" / "tracks.csv").read_bytes()
 
     summary = write_demo_dataset(out, n_tracks=8, seed=2, log=None)
