@@ -87,13 +87,63 @@ def unfused_feature_extractor() -> ClapFeatureExtractor:
 # Words the tiny tokenizer learns as single BPE tokens: FMA's top-level genres, the
 # descriptors the demo data uses as tags, and the prompt templates' own words. With pure
 # byte tokens a 2-layer, 32-wide text tower needs far more steps to spell "Hip-Hop" out.
-TINY_TOKENIZER_WORDS = (
-    "rock jazz folk pop electronic experimental hip-hop classical country blues soul-rnb "
-    "spoken instrumental international easy listening old-time historic house techno ambient "
-    "slow fast upbeat low high bright dark warm lo-fi guitar piano drums synth bass vocal "
-    "acoustic electric noise track called by genre tags tagged music from the album a an "
-    "this audio is song"
-).split()
+TINY_TOKENIZER_WORDS = [
+    "rock",
+    "jazz",
+    "folk",
+    "pop",
+    "electronic",
+    "experimental",
+    "hip-hop",
+    "classical",
+    "country",
+    "blues",
+    "soul-rnb",
+    "spoken",
+    "instrumental",
+    "international",
+    "easy",
+    "listening",
+    "old-time",
+    "historic",
+    "house",
+    "techno",
+    "ambient",
+    "slow",
+    "fast",
+    "upbeat",
+    "low",
+    "high",
+    "bright",
+    "dark",
+    "warm",
+    "lo-fi",
+    "guitar",
+    "piano",
+    "drums",
+    "synth",
+    "bass",
+    "vocal",
+    "acoustic",
+    "electric",
+    "noise",
+    "track",
+    "called",
+    "by",
+    "genre",
+    "tags",
+    "tagged",
+    "music",
+    "from",
+    "the",
+    "album",
+    "a",
+    "an",
+    "this",
+    "audio",
+    "is",
+    "song",
+]
 
 
 def byte_level_tokenizer() -> RobertaTokenizer:

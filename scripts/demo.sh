@@ -39,7 +39,7 @@ except Exception:
   export CLAP_MODEL="$TINY"
   # A randomly initialised tiny model needs a larger learning rate and more epochs than
   # the reference recipe (which fine-tunes pre-trained weights).
-  TRAIN_OPS='"ops": {"clap_model": {"config": {"learning_rate": 0.001, "max_epochs": 8, "patience": 3}}}, '
+  TRAIN_OPS='"ops": {"clap_model": {"config": {"batch_size": 8, "learning_rate": 0.002, "max_epochs": 12, "patience": 4, "cpu_threads": 1}}}, '
 
 fi
 
