@@ -28,8 +28,8 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if elsewhere:
         print(
-            f"note: the pipeline reads {', '.join(elsewhere)}, not this dataset; "
-            f"set CLAP_DATA_DIR={out} (and unset those) to use it",
+            f"note: the pipeline is configured to read {', '.join(elsewhere)}; to use this "
+            f"dataset, set CLAP_DATA_DIR={out} and leave FMA_METADATA_DIR/FMA_AUDIO_DIR unset",
             file=sys.stderr,
         )
     return 0

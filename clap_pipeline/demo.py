@@ -18,6 +18,7 @@ bytes and the same MP3 bytes (with the same ffmpeg build).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -27,6 +28,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from clap_pipeline.demo_audio import (
     CLIP_SECONDS,
     REGISTER_TAGS,
@@ -44,7 +51,7 @@ from clap_pipeline.demo_audio import (
     TEMPO_TAGS,
     TONE_TAGS,
     AudioParams,
-    render_clip,
+    render_loop,
 )
 from clap_pipeline.ffmpeg_bin import ffmpeg_exe
 from clap_pipeline.fma import FMA_COLUMNS
@@ -684,18 +691,50 @@ def _encode_args(plan: TrackPlan) -> list[str]:
     ]  # fmt: skip
 
 
-def _run_ffmpeg(pcm: np.ndarray, out: Path, plan: TrackPlan) -> None:
+def _widen_pipe(fd: int) -> None:
+    """Grow a pipe to 1 MiB (Linux), so a writer thread needs the GIL a few times per
+    clip rather than once per 64 KiB; while synthesis holds the GIL, encoders starve."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl else None
+    if set_size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, set_size, 1 << 20)
+
+
+def _run_ffmpeg(loop: np.ndarray, n_frames: int, out: Path, plan: TrackPlan) -> None:
+    """Encode ``n_frames`` stereo frames of ``loop`` repeated, streamed to ffmpeg's stdin.
+
+    Streaming the loop saves building (and copying) the whole 5-MB clip; stderr goes to
+    a file so a chatty ffmpeg can never block on a full pipe while we write.
+    """
     cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-f", "s16le", "-ar", str(SR), "-ac", "2", "-i", "pipe:0",
         *_encode_args(plan), "-f", "mp3", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, input=pcm.tobytes(), capture_output=True, timeout=300)
-    if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace")[-800:]
-        raise DemoDataError(
-            f"ffmpeg failed to encode track {plan.track_id} to {out} (exit {proc.returncode}): {tail}"
+    loop_bytes = np.ascontiguousarray(loop, dtype="<i2").reshape(-1).view(np.uint8)
+    remaining = n_frames * 4
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
         )
+        try:
+            assert proc.stdin is not None
+            _widen_pipe(proc.stdin.fileno())
+            with proc.stdin:
+                while remaining > 0 and len(loop_bytes):
+                    chunk = loop_bytes[: min(remaining, len(loop_bytes))]
+                    proc.stdin.write(memoryview(chunk))
+                    remaining -= len(chunk)
+        except BrokenPipeError:
+            pass  # ffmpeg exited early: its exit status and stderr say why
+        finally:
+            returncode = proc.wait(timeout=300)
+        if returncode != 0:
+            errors.seek(0)
+            tail = errors.read().decode("utf-8", "replace")[-800:]
+            raise DemoDataError(
+                f"ffmpeg failed to encode track {plan.track_id} to {out} (exit {returncode}): {tail}"
+            )
 
 
 def _write_clip(plan: TrackPlan, audio_root: Path) -> float:
@@ -706,20 +745,21 @@ def _write_clip(plan: TrackPlan, audio_root: Path) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     if plan.defect == DEFECT_EMPTY:
         # What the encoder writes for no samples: ID3 tag + LAME info frame, no audio frames.
-        _run_ffmpeg(np.zeros((0, 2), "<i2"), path, plan)
+        _run_ffmpeg(np.zeros((0, 2), "<i2"), 0, path, plan)
         return 0.0
     seconds = SHORT_CLIP_SECONDS if plan.defect == DEFECT_SHORT else CLIP_SECONDS
     if plan.defect is None:  # clip lengths vary by a few hundredths, as FMA's do
         jitter = np.random.default_rng([plan.params.seed, 3, plan.track_id]).uniform(-0.03, 0.03)
         seconds += float(jitter)
-    _run_ffmpeg(render_clip(plan.params, seconds), path, plan)
+    n_frames = round(seconds * SR)  # render_clip(params, seconds) is this loop tiled
+    _run_ffmpeg(render_loop(plan.params), n_frames, path, plan)
     if plan.defect == DEFECT_TRUNCATED:
         data = path.read_bytes()
         frames = mp3_frames(data)
         offset, length = frames[len(frames) // 3]  # about 10 s in, cut inside a frame
         path.write_bytes(data[: offset + length // 2])
         return len(frames) // 3 * 1152 / SR
-    return seconds
+    return n_frames / SR
 
 
 # --------------------------------------------------------------------------- dataset
