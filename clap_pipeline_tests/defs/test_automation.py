@@ -36,9 +36,20 @@ from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.demo import write_demo_dataset
 from clap_pipeline.tracking import resolve_champion
 
-# The tiny model starts from random weights: it needs a larger step than the reference lr.
+# The tiny model starts from random weights: it needs larger and more steps than the
+# reference recipe (which fine-tunes pre-trained weights). Same recipe as `make demo`.
 TRAIN_CONFIG = {
-    "ops": {"clap_model": {"config": {"learning_rate": 1e-3, "max_epochs": 2, "patience": 1}}}
+    "ops": {
+        "clap_model": {
+            "config": {
+                "batch_size": 8,
+                "learning_rate": 2e-3,
+                "max_epochs": 12,
+                "patience": 4,
+                "cpu_threads": 1,
+            }
+        }
+    }
 }
 
 
@@ -63,7 +74,7 @@ def test_new_tracks_drive_ingest_decode_and_retrain(
 ) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     data = tmp_path / "data"
-    write_demo_dataset(data, n_tracks=60, seed=3)
+    write_demo_dataset(data, n_tracks=120, seed=0)
     settings = Settings.build(
         data_dir=data,
         model=str(tiny_model_dir),
@@ -121,10 +132,16 @@ def test_new_tracks_drive_ingest_decode_and_retrain(
     )
     assert retrain.success
     manifest = json.loads(settings.training_manifest_path.read_text())
-    assert manifest["best_epoch"] in (1, 2)
     assert Path(manifest["best_checkpoint"], "model.safetensors").exists()
+    # Fine-tuning learned something measurable on the demo data: the best epoch's validation
+    # text->audio R@5 beats both the untrained model and a random ranking.
+    best = next(e for e in manifest["epochs"] if e["epoch"] == manifest["best_epoch"])
     report = json.loads((settings.reports_dir / "evaluation.json").read_text())
-    assert report  # structure is covered by the evaluation tests; here: it was written
+    validation = report["splits"]["validation"]
+    untrained = validation["models"]["zero_shot"]["text_to_audio_recall_at_5"]["value"]
+    random_r5 = validation["random"]["exact"]["text_to_audio_recall_at_5"]
+    assert validation["n"] == len(manifest["splits"]["validation"]) >= 10
+    assert best["val_text_to_audio_recall_at_5"] > max(untrained, random_r5), (best, untrained)
     champion = resolve_champion(settings.mlflow_tracking_uri)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         n_embeddings, versions = con.execute(
