@@ -261,7 +261,6 @@ class _Artist:
     style: str
     row: dict[tuple[str, str], object]
     albums: list[dict[tuple[str, str], object]] = field(default_factory=list)
-    album_track_counts: list[int] = field(default_factory=list)
 
 
 def _fmt_date(moment: dt.datetime | None) -> str | None:
@@ -344,8 +343,8 @@ def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
         ("artist", "wikipedia_page"): None,
     }
     artist = _Artist(artist_id, name, style, row)
-    for _ in range(int(rng.integers(1, 3))):
-        album_id = 1 + int(rng.integers(1, 25_000))
+    for k in range(int(rng.integers(1, 3))):
+        album_id = 3 * artist_id + k  # unique: artist ids are
         album_created = created + dt.timedelta(days=int(rng.integers(0, 400)))
         title = f"{_pick(rng, TITLE_WORDS_A)} {_pick(rng, TITLE_WORDS_B)}"
         information = (
@@ -374,13 +373,12 @@ def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
                 else None,
                 ("album", "tags"): [],
                 ("album", "title"): f"{name} - {title}" if rng.random() < 0.3 else title,
-                ("album", "tracks"): 0,  # filled in once tracks are assigned
+                ("album", "tracks"): -1,  # counted once tracks are assigned
                 ("album", "type"): str(
                     _pick(rng, ("Album", "Album", "Single Tracks", "Live Performance"))
                 ),
             }
         )
-        artist.album_track_counts.append(0)
     return artist
 
 
@@ -430,6 +428,7 @@ def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
     per_artist = 6
     artists: dict[str, list[_Artist]] = {s: [] for s in STYLES}
     artist_count = 0
+    album_sizes: dict[int, int] = {}  # album id -> tracks so far
     defect_positions = rng.choice(n_tracks, size=len(DEFECT_KINDS), replace=False)
     defect_at = {int(p): kind for p, kind in zip(defect_positions, DEFECT_KINDS, strict=True)}
     playable = [i for i in range(n_tracks) if i not in defect_at]
@@ -494,8 +493,8 @@ def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
             number = -1
         else:
             album = artist.albums[album_index]
-            artist.album_track_counts[album_index] += 1
-            number = artist.album_track_counts[album_index]
+            album_id = int(album[("album", "id")])  # type: ignore[call-overload]
+            album_sizes[album_id] = number = album_sizes.get(album_id, 0) + 1
         created = _random_moment(rng, dt.datetime(2008, 11, 26), 2600)
         defect = defect_at.get(i)
         encoding = DEFECT_ENCODINGS[defect] if defect else playable_encodings[i]
@@ -546,10 +545,10 @@ def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
                 defect=defect,
             )
         )
-    for artist_list in artists.values():
-        for artist in artist_list:
-            for album, count in zip(artist.albums, artist.album_track_counts, strict=True):
-                album[("album", "tracks")] = count
+    for plan in plans:
+        album_id = plan.row[("album", "id")]
+        if album_id != -1:
+            plan.row[("album", "tracks")] = album_sizes[album_id]  # type: ignore[index]
     _assign_sets(plans, rng)
     return plans
 

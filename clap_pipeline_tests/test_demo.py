@@ -139,6 +139,11 @@ def test_values_have_fma_quirks(generated: Generated) -> None:
     assert set(f[("set", "split")]) == {"training", "validation", "test"}
     assert (f[("set", "split")] == "training").mean() >= 0.6
     assert set(f[("set", "subset")]) <= {"small", "medium", "large"}
+    # Albums: album.tracks counts the album's tracks, numbered 1..n.
+    for album_id, tracks in f[f[("album", "id")] != -1].groupby(("album", "id")):
+        assert (tracks[("album", "tracks")] == len(tracks)).all(), album_id
+        assert sorted(tracks[("track", "number")]) == list(range(1, len(tracks) + 1))
+        assert tracks[("album", "title")].nunique() == 1
 
 
 def test_genres_are_consistent_with_genres_csv(generated: Generated) -> None:
