@@ -161,3 +161,10 @@ def onset_rate(pcm: np.ndarray) -> float:
     inner = flux[1:-1]
     peaks = (inner > 0.25 * flux.max()) & (inner >= flux[:-2]) & (inner > flux[2:])
     return float(peaks.sum() / 5.0)
+
+
+def spectrogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the log band energies (16 bands x time) of two clips' first 5 s.
+
+    Unlike a waveform correlation, it ignores MP3's phase and >16 kHz losses."""
+    return float(np.corrcoef(_log_bands(a).ravel(), _log_bands(b).ravel())[0, 1])

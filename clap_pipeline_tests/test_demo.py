@@ -1,4 +1,4 @@
-"""`clap-pipeline demo-data`: FMA's file format, defects, determinism, and audio that follows metadata."""
+"""`clap-pipeline demo-data`: FMA format, defects, determinism, audio that follows metadata."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from clap_pipeline_tests.demo_fixtures import (
     onset_rate,
     onset_strength,
     spectral_centroid,
+    spectrogram_similarity,
 )
 
 N_TRACKS, SEED = 16, 7
@@ -244,11 +245,14 @@ def test_audio_is_the_synthesis_of_its_metadata(generated: Generated, ffmpeg: st
         params = audio_params(
             track_id, f.loc[track_id, ("track", "genres")], f.loc[track_id, ("track", "tags")], SEED
         )
-        expected = render_clip(params, 5.0).astype(np.float64)
-        decoded = decode(ffmpeg, generated.path(track_id), 5.0).astype(np.float64)
+        expected = render_clip(params, 5.0)
+        decoded = decode(ffmpeg, generated.path(track_id), 5.0)
         assert decoded.shape == expected.shape
-        for channel in range(2):
-            assert np.corrcoef(decoded[:, channel], expected[:, channel])[0, 1] > 0.95, track_id
+        for channel in range(2):  # same waveform, up to MP3's losses (aligned: no offset)
+            r = np.corrcoef(decoded[:, channel].astype(float), expected[:, channel].astype(float))
+            assert r[0, 1] > 0.8, track_id
+        assert spectrogram_similarity(decoded, expected) > 0.95, track_id
+        # Control: the same tags rendered as the next genre do not match.
         other = AudioParams(
             STYLES[(STYLES.index(params.style) + 1) % len(STYLES)],
             params.tempo,
@@ -257,7 +261,7 @@ def test_audio_is_the_synthesis_of_its_metadata(generated: Generated, ffmpeg: st
             SEED,
             track_id,
         )
-        assert abs(np.corrcoef(decoded[:, 0], render_clip(other, 5.0)[:, 0])[0, 1]) < 0.5
+        assert spectrogram_similarity(decoded, render_clip(other, 5.0)) < 0.9, track_id
 
 
 # --------------------------------------------------------------------------- synthesis
