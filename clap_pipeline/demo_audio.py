@@ -8,9 +8,9 @@ walking bass; Pop: bright chords, lead and drums; Experimental: noise bursts and
 the grid). Tags: ``slow``/``upbeat``/``fast`` set the tempo, ``low``/``high`` move pitched
 parts an octave, ``bright``/``dark``/``warm``/``lo-fi`` filter (and saturate or add hiss).
 
-A clip is one seamless loop of 2 or 4 bars (4-7 s, rendered circularly so the FFT filters
-are exact) tiled to its length: cheap to make, and every window of 5 s holds the whole
-arrangement. Everything is a function of (seed, track_id, style, tags).
+A clip is one seamless loop of 2 or 4 bars (about 4 to 7 s, rendered circularly so the FFT
+filters are exact) tiled to its length: cheap to make, and the 5-s window the pipeline reads
+holds most or all of the arrangement. Everything is a function of (seed, track_id, style, tags).
 """
 
 from __future__ import annotations
@@ -527,7 +527,7 @@ def render_loop(params: AudioParams) -> np.ndarray:
         raise ValueError(f"unknown style {params.style!r}; expected one of {STYLES}")
     rng = np.random.default_rng([params.seed, 2, params.track_id])
     bpm = _bpm(params, rng)
-    # Loops of 4 to 7 s: they cover the 5-s window the pipeline reads and keep the FFTs short.
+    # Loops of about 4 to 7 s: they fill the 5-s window the pipeline reads, FFTs stay short.
     loop = _Loop(_step_samples(bpm), rng, bars=4 if bpm >= 128 else 2)
     octave = {"low": -12, "high": 12}.get(params.register or "", 0)
     tonic = int(48 + rng.integers(12) + octave)  # C3..B3, an octave down or up
