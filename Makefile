@@ -33,6 +33,7 @@ mlflow-ui: install
 	$(PY) -m clap_pipeline.tracking ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 bench: install
+	$(PY) benchmarks/bench_demo.py
 	$(PY) benchmarks/bench_metadata.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_train.py
