@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import torch
 
 from clap_pipeline.model import LoadedClap, audio_embeddings, pick_device
+from clap_pipeline.progress import ProgressLog
 
 WAVEFORM_SAMPLES = 240_000  # 5 s at 48 kHz, the `waveforms` contract
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
@@ -107,22 +108,15 @@ def iter_waveform_batches(waveforms_dir: str | Path, batch_size: int) -> Iterato
         yield _to_batch(pa.Table.from_batches(pending), origin)
 
 
-class ProgressLog:
-    """Logs count, rate and ETA at most every ``every_s`` seconds (and at the end)."""
+def clip_embeddings(
+    model: torch.nn.Module, features: torch.nn.Module, waveforms: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """L2-normalised fp32 audio embeddings (B, d) of a (B, 240000) waveform batch.
 
-    def __init__(self, total: int, log: Callable[[str], None] | None, every_s: float = 10.0):
-        self.total, self.log, self.every_s = total, log, every_s
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if self.log is None or (now - self.last < self.every_s and done < self.total):
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else float("nan")
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        self.log(f"embedded {done}/{self.total} clips ({rate:.1f} clips/s, ETA {eta:.0f} s)")
+    ``features`` is a ``LogMelFeatures`` on ``device``; call under ``torch.inference_mode()``.
+    """
+    waves = torch.from_numpy(np.ascontiguousarray(waveforms)).to(device)
+    return audio_embeddings(model, features(waves)).float().cpu().numpy()
 
 
 def embed_waveforms(
@@ -145,14 +139,12 @@ def embed_waveforms(
     dev = pick_device(device)
     model = clap.model.to(dev).eval()
     features = LogMelFeatures(clap.feature_extractor).to(dev)
-    progress = ProgressLog(total, log)
+    progress = ProgressLog("embedded", total, log, every_s=10.0)
     ids, embs, paths, sizes = [], [], [], []
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in iter_waveform_batches(waveforms_dir, batch_size):
-            waves = torch.from_numpy(batch.waveforms).to(dev)
-            emb = audio_embeddings(model, features(waves))
-            embs.append(emb.float().cpu().numpy())
+            embs.append(clip_embeddings(model, features, batch.waveforms, dev))
             ids.append(batch.track_ids)
             paths.extend(batch.source_paths)
             sizes.append(batch.source_sizes)

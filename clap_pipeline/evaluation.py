@@ -54,6 +54,7 @@ from clap_pipeline.metrics import (
     match_ranks_blockwise,
     random_expected_metrics,
 )
+from clap_pipeline.progress import ProgressLog
 from clap_pipeline.storage import duckdb_connection, table_exists, write_text_atomic
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `show` stays fast
@@ -226,23 +227,6 @@ def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | 
 # --------------------------------------------------------------------------- encoding
 
 
-class _Progress:
-    """Logs count, rate and ETA at most every ``every_s`` seconds (and at the end)."""
-
-    def __init__(self, what: str, total: int, log: Log | None, every_s: float = 15.0):
-        self.what, self.total, self.log, self.every_s = what, total, log, every_s
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if self.log is None or (now - self.last < self.every_s and done < self.total):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        self.log(f"{self.what}: {done}/{self.total} clips ({rate:.1f} clips/s, ETA {eta:.0f} s)")
-
-
 class ClapEncoder:
     """Batched, no-grad fp32 text and audio embeddings of one loaded CLAP."""
 
@@ -271,18 +255,16 @@ class ClapEncoder:
         self,
         batches: Iterator[tuple[np.ndarray, np.ndarray]],
         expected_ids: Sequence[int],
-        progress: _Progress | None = None,
+        progress: ProgressLog | None = None,
     ) -> np.ndarray:
         import torch
 
-        from clap_pipeline.model import audio_embeddings
+        from clap_pipeline.embeddings import clip_embeddings
 
         out, seen = [], []
         with torch.inference_mode():
             for ids, waves in batches:
-                wave_tensor = torch.from_numpy(np.ascontiguousarray(waves)).to(self.device)
-                emb = audio_embeddings(self.model, self.features(wave_tensor))
-                out.append(emb.float().cpu().numpy())
+                out.append(clip_embeddings(self.model, self.features, waves, self.device))
                 seen.extend(int(t) for t in ids)
                 if progress:
                     progress.update(len(seen))
@@ -332,7 +314,7 @@ def _embed_splits(
     for name, split in clips.items():
         if not split.track_ids:
             continue
-        progress = _Progress(f"{label} {name}", len(split.track_ids), log)
+        progress = ProgressLog(f"{label} {name}", len(split.track_ids), log, every_s=15.0)
         run.text[name] = encoder.texts(split.prompts, batch_size)
         run.audio[name] = encoder.clips(
             ordered_batches(index, split.track_ids, batch_size), split.track_ids, progress
