@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -792,6 +791,11 @@ class DemoSummary:
         )
 
 
+def _usable_cpus() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: honours taskset/cgroups
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -870,7 +874,7 @@ def write_demo_dataset(
             f"safe to delete when nothing runs: {', '.join(leftovers)}"
         )
     ffmpeg_exe()  # fail early and clearly when ffmpeg is missing
-    workers = workers or len(os.sched_getaffinity(0)) + 1
+    workers = workers or _usable_cpus() + 1  # one extra keeps every core encoding
     metadata_dir, audio_dir = out_root / "fma_metadata", out_root / "fma_audio"
 
     with atomic_path(metadata_dir) as meta_tmp, atomic_path(audio_dir) as audio_tmp:
@@ -916,16 +920,13 @@ def _encode_all(plans: Sequence[TrackPlan], audio_root: Path, workers: int, log:
     done = 0
     seconds = 0.0
     started = last_report = time.monotonic()
-    lock = threading.Lock()
     log(f"demo-data: encoding {total} clips with {workers} parallel ffmpeg processes")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-encode") as pool:
         futures = [pool.submit(_write_clip, plan, audio_root) for plan in plans]
         try:
             for future in as_completed(futures):
-                clip_seconds = future.result()
-                with lock:
-                    done += 1
-                    seconds += clip_seconds
+                seconds += future.result()
+                done += 1
                 now = time.monotonic()
                 if now - last_report >= 5.0 or done == total:
                     last_report = now
