@@ -9,6 +9,7 @@ PY="$VENV/bin/python"
 CLI="$VENV/bin/clap-pipeline"
 DAGSTER="$VENV/bin/dagster"
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster}
+export HF_HUB_DISABLE_PROGRESS_BARS=${HF_HUB_DISABLE_PROGRESS_BARS:-1}  # no "Loading weights" bars in the log
 mkdir -p "$DAGSTER_HOME"
 
 setting() { "$PY" -c "from clap_pipeline.config import Settings; print(Settings.from_env().$1)"; }
