@@ -235,7 +235,10 @@ def check_utf8(path: Path, chunk_bytes: int = 8 << 20) -> None:
 
 def _read_header_rows(path: Path, n: int) -> list[list[str]]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: set FMA_METADATA_DIR or run fetch-fma")
+        raise FileNotFoundError(
+            f"{path} does not exist: set FMA_METADATA_DIR, or run `clap-pipeline demo-data` "
+            "(offline demo) or `clap-pipeline fetch-fma` (real FMA)"
+        )
     if path.stat().st_size == 0:
         raise FmaFormatError(f"{path} line 1: the file is empty")
     rows: list[list[str]] = []
