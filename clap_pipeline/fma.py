@@ -529,12 +529,7 @@ def _validate_tracks(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, t
             f"{path}: track_id must be an integer, got "
             + _ids_text([repr(b.removeprefix("track_id=")) for b in bad_ids])
         )
-    dups = [
-        r[0]
-        for r in con.execute(
-            f"SELECT track_id FROM {staging} GROUP BY track_id HAVING count(*) > 1 ORDER BY 1"
-        ).fetchall()
-    ]
+    dups = _duplicate_keys(con, staging, "track_id")
     if dups:
         raise FmaFormatError(f"{path}: duplicate track_id(s): {_ids_text(dups)}")
     bad_cells = tuple(
@@ -570,16 +565,19 @@ def _build_genres(con: duckdb.DuckDBPyConnection, path: Path, header: Sequence[s
     nulls = con.execute(f"SELECT count(*) FROM {staging} WHERE genre_id IS NULL").fetchone()[0]
     if nulls:
         raise FmaFormatError(f"{path}: {nulls} record(s) without genre_id")
-    dups = [
-        r[0]
-        for r in con.execute(
-            f"SELECT genre_id FROM {staging} GROUP BY 1 HAVING count(*) > 1 ORDER BY 1"
-        ).fetchall()
-    ]
+    dups = _duplicate_keys(con, staging, "genre_id")
     if dups:
         raise FmaFormatError(f"{path}: duplicate genre_id(s): {_ids_text(dups)}")
     con.execute(f"ALTER TABLE {staging} ADD PRIMARY KEY (genre_id)")
     return int(n)
+
+
+def _duplicate_keys(con: duckdb.DuckDBPyConnection, table: str, column: str) -> list:
+    """Values of ``column`` that occur more than once in ``table``, sorted."""
+    rows = con.execute(
+        f"SELECT {column} FROM {table} GROUP BY 1 HAVING count(*) > 1 ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _swap(con: duckdb.DuckDBPyConnection) -> None:

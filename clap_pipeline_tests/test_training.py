@@ -240,17 +240,21 @@ def test_best_epoch_follows_the_rule_and_stopping_the_patience(
         assert last == LEARN.max_epochs and last - expected <= LEARN.patience
 
 
-def test_fine_tune_beats_untrained_model_and_random(
-    learned: TrainingResult, synthetic: SyntheticData, tiny_model_dir: Path
-) -> None:
-    data = TrainingData.load(
+def _synthetic_training_data(synthetic: SyntheticData, batch_size: int) -> TrainingData:
+    return TrainingData.load(
         synthetic.data_dir / "prompts.parquet",
         synthetic.data_dir / "waveforms",
         synthetic.data_dir / "clap.duckdb",
         split_mode="fma",
         seed=0,
-        batch_size=8,
+        batch_size=batch_size,
     )
+
+
+def test_fine_tune_beats_untrained_model_and_random(
+    learned: TrainingResult, synthetic: SyntheticData, tiny_model_dir: Path
+) -> None:
+    data = _synthetic_training_data(synthetic, batch_size=8)
     untrained = load_clap(tiny_model_dir)
     features = _features_module(untrained.feature_extractor, torch.device("cpu"))
     _, before = evaluate_split(
@@ -350,14 +354,7 @@ def test_worse_second_run_becomes_challenger(
 def test_champion_is_rescored_when_the_validation_set_changed(
     learned: TrainingResult, synthetic: SyntheticData, store: str
 ) -> None:
-    data = TrainingData.load(
-        synthetic.data_dir / "prompts.parquet",
-        synthetic.data_dir / "waveforms",
-        synthetic.data_dir / "clap.duckdb",
-        split_mode="fma",
-        seed=0,
-        batch_size=LEARN.batch_size,
-    )
+    data = _synthetic_training_data(synthetic, batch_size=LEARN.batch_size)
     scored: list[Path] = []
 
     def score(folder: Path) -> float:
