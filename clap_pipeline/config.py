@@ -7,6 +7,7 @@ Dagster resources (``clap_pipeline.defs.resources``) and the CLI both build a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 DEFAULT_MODEL = "laion/clap-htsat-unfused"
 DEFAULT_MAX_TRACKS = 500
 DEFAULT_EXPERIMENT = "clap-fma"
+DEFAULT_RETRAIN_MIN_NEW_TRACKS = 1
+DEFAULT_RETRAIN_CRON = "0 3 * * *"  # nightly_retrain: 03:00 every day
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,6 +33,12 @@ def default_artifact_root(root: Path = REPO_ROOT) -> Path:
     return root / "mlruns" / "artifacts"
 
 
+def _is_cron(text: str) -> bool:
+    # Five fields of the usual characters; Dagster's own parser checks the rest.
+    fields = text.split()
+    return len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*/,\-?]+", f) for f in fields)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -39,6 +48,9 @@ class Settings:
     max_tracks: int = DEFAULT_MAX_TRACKS
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = DEFAULT_EXPERIMENT
+    retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
+    retrain_cron: str = DEFAULT_RETRAIN_CRON
+    retrain_run_config: Path | None = None  # YAML run config of automated `retrain` runs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,20 +60,27 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
+        def get_int(name: str, default: int) -> int:
+            raw = get(name) or str(default)
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
         data_dir = Path(get("CLAP_DATA_DIR") or "data")
-        raw_max = get("CLAP_MAX_TRACKS") or str(DEFAULT_MAX_TRACKS)
-        try:
-            max_tracks = int(raw_max)
-        except ValueError as exc:
-            raise ConfigError(f"CLAP_MAX_TRACKS must be an integer, got {raw_max!r}") from exc
         return cls.build(
             data_dir=data_dir,
             metadata_dir=get("FMA_METADATA_DIR"),
             audio_dir=get("FMA_AUDIO_DIR"),
             model=get("CLAP_MODEL") or DEFAULT_MODEL,
-            max_tracks=max_tracks,
+            max_tracks=get_int("CLAP_MAX_TRACKS", DEFAULT_MAX_TRACKS),
             mlflow_tracking_uri=get("MLFLOW_TRACKING_URI"),
             mlflow_experiment=get("CLAP_MLFLOW_EXPERIMENT") or DEFAULT_EXPERIMENT,
+            retrain_min_new_tracks=get_int(
+                "CLAP_RETRAIN_MIN_NEW_TRACKS", DEFAULT_RETRAIN_MIN_NEW_TRACKS
+            ),
+            retrain_cron=get("CLAP_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
+            retrain_run_config=get("CLAP_RETRAIN_RUN_CONFIG"),
         )
 
     @classmethod
@@ -74,10 +93,22 @@ class Settings:
         max_tracks: int = DEFAULT_MAX_TRACKS,
         mlflow_tracking_uri: str | None = None,
         mlflow_experiment: str = DEFAULT_EXPERIMENT,
+        retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS,
+        retrain_cron: str = DEFAULT_RETRAIN_CRON,
+        retrain_run_config: str | Path | None = None,
     ) -> Settings:
         """Fill the derived defaults (metadata/audio under the data dir, SQLite MLflow store)."""
         if max_tracks < 1:
             raise ConfigError(f"CLAP_MAX_TRACKS must be >= 1, got {max_tracks}")
+        if retrain_min_new_tracks < 1:
+            raise ConfigError(
+                f"CLAP_RETRAIN_MIN_NEW_TRACKS must be >= 1, got {retrain_min_new_tracks}"
+            )
+        if not _is_cron(retrain_cron):
+            raise ConfigError(
+                f"CLAP_RETRAIN_CRON must be a cron expression with five fields such as "
+                f"'0 3 * * *', got {retrain_cron!r}"
+            )
         data = Path(data_dir).expanduser().resolve()
         return cls(
             data_dir=data,
@@ -89,6 +120,11 @@ class Settings:
             max_tracks=max_tracks,
             mlflow_tracking_uri=mlflow_tracking_uri or default_tracking_uri(),
             mlflow_experiment=mlflow_experiment,
+            retrain_min_new_tracks=retrain_min_new_tracks,
+            retrain_cron=retrain_cron,
+            retrain_run_config=Path(retrain_run_config).expanduser().resolve()
+            if retrain_run_config
+            else None,
         )
 
     # Derived locations: every module asks here instead of joining paths itself.

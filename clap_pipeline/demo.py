@@ -53,9 +53,9 @@ from clap_pipeline.demo_audio import (
     render_loop,
 )
 from clap_pipeline.ffmpeg_bin import ffmpeg_exe
-from clap_pipeline.fma import FMA_COLUMNS
+from clap_pipeline.fma import FMA_COLUMNS, read_track_ids
 from clap_pipeline.selection import audio_path, folder_of
-from clap_pipeline.storage import atomic_path
+from clap_pipeline.storage import atomic_path, write_text_atomic
 
 Log = Callable[[str], None]
 
@@ -906,6 +906,93 @@ def write_demo_dataset(
         defects={p.defect: p.track_id for p in plans if p.defect is not None},
         seed=seed,
         audio_seconds=audio_seconds,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+@dataclass(frozen=True)
+class AddedTracks:
+    tracks_csv: Path
+    folder: Path
+    track_ids: tuple[int, ...]
+    elapsed_s: float
+
+    def __str__(self) -> str:
+        return (
+            f"added {len(self.track_ids)} tracks (ids {self.track_ids[0]}-{self.track_ids[-1]}) "
+            f"in {self.elapsed_s:.1f} s: rows appended to {self.tracks_csv}, clips in "
+            f"{self.folder}"
+        )
+
+
+def add_demo_tracks(
+    out_root: Path,
+    n_new: int,
+    *,
+    workers: int | None = None,
+    log: Log | None = _stderr_log,
+) -> AddedTracks:
+    """Append ``n_new`` playable tracks to a demo dataset, in a new audio folder.
+
+    New tracks "arriving": rows appended to tracks.csv (atomically replaced) and their
+    clips in the next unused folder, written before the rows so that a crash leaves at
+    most clips without metadata. Reproducible: the batch depends on the dataset's seed
+    and the ids already present.
+    """
+    started = time.monotonic()
+    log = log or (lambda _message: None)
+    out_root = Path(out_root)
+    metadata_dir, audio_dir = out_root / "fma_metadata", out_root / "fma_audio"
+    tracks_csv = metadata_dir / "tracks.csv"
+    if not 1 <= n_new <= 999:
+        raise DemoDataError(f"--add must be between 1 and 999 (one new audio folder), got {n_new}")
+    if not (_is_demo_dir(metadata_dir, tracks_csv) and _is_demo_dir(audio_dir)):
+        raise DemoDataError(
+            f"{out_root} does not hold an unmodified demo dataset (no matching {MARKER_NAME}): "
+            "--add only extends what `clap-pipeline demo-data` wrote"
+        )
+    marker = json.loads((metadata_dir / MARKER_NAME).read_text(encoding="utf-8"))
+    existing = read_track_ids(tracks_csv)
+    base = (max(existing) // 1000 + 1) * 1000
+    if base + n_new >= 1_000_000:
+        raise DemoDataError(f"{tracks_csv}: no free audio folder left for new track ids")
+    batch = plan_dataset(max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=marker["seed"] + base)
+    plans = [p for p in batch if p.defect is None][:n_new]
+    for k, plan in enumerate(plans):
+        # Ids in the new folder; artist and album ids moved clear of the existing ones.
+        plan.track_id = base + 1 + k
+        plan.row[("artist", "id")] = int(plan.row[("artist", "id")]) + base * 100  # type: ignore[call-overload]
+        if plan.row[("album", "id")] != -1:
+            plan.row[("album", "id")] = int(plan.row[("album", "id")]) + base * 100  # type: ignore[call-overload]
+        plan.params = audio_params(
+            plan.track_id,
+            plan.row[("track", "genres")],  # type: ignore[arg-type]
+            plan.row[("track", "tags")],  # type: ignore[arg-type]
+            marker["seed"],
+        )
+    folder = audio_dir / folder_of(base)
+    with atomic_path(folder) as tmp:
+        # _write_clip writes <root>/NNN/NNNNNN.mp3: encode under tmp's parent-like root.
+        staging_root = tmp.with_name(tmp.name + ".root")
+        try:
+            _encode_all(plans, staging_root, workers or _usable_cpus() + 1, log)
+            os.replace(staging_root / folder.name, tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                staging_root.rmdir()
+    rows = tracks_csv_text(plans).split("\n", 3)[3]  # the records, without the header
+    text = tracks_csv.read_text(encoding="utf-8")
+    text = (text if text.endswith("\n") else text + "\n") + rows
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    write_text_atomic(tracks_csv, text)
+    write_text_atomic(
+        metadata_dir / MARKER_NAME,
+        _marker(marker["seed"], len(existing) + n_new, digest),
+    )
+    return AddedTracks(
+        tracks_csv=tracks_csv,
+        folder=folder,
+        track_ids=tuple(p.track_id for p in plans),
         elapsed_s=time.monotonic() - started,
     )
 

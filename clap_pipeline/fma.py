@@ -109,6 +109,9 @@ GENRES_COLUMNS = ("genre_id", "#tracks", "parent", "title", "top_level")
 
 TRACKS_TABLE, GENRES_TABLE = "tracks", "genres"
 STAGING = {TRACKS_TABLE: "tracks_new", GENRES_TABLE: "genres_new"}
+# One row: the sha256 of the tracks.csv the tables were loaded from (the data version
+# that retraining compares against), replaced in the same transaction as the tables.
+SOURCE_TABLE = "tracks_source"
 
 # Regex fast path for Python list reprs (RE2 syntax). A string literal without
 # backslash escapes cannot contain its own quote character, so after a full
@@ -438,7 +441,7 @@ def load_metadata(
         _register_list_parsers(con)
         try:
             n_tracks, bad_cells, n_genres = _build_aside_and_swap(
-                con, tracks_csv, names, genres_csv, genre_names, say
+                con, tracks_csv, names, genres_csv, genre_names, say, tracks_sha.result
             )
         finally:
             con.remove_function("_fma_str_list")
@@ -487,6 +490,7 @@ def _build_aside_and_swap(
     genres_csv: Path,
     genre_names: Sequence[str],
     say: Log,
+    tracks_sha256: Callable[[], str],
 ) -> tuple[int, tuple[BadCell, ...], int]:
     for staging in STAGING.values():
         con.execute(f"DROP TABLE IF EXISTS {staging}")  # left by a killed earlier load
@@ -504,7 +508,7 @@ def _build_aside_and_swap(
         say(f"parsed {n_tracks} tracks in {time.perf_counter() - t0:.1f} s")
         n_genres = _build_genres(con, genres_csv, genre_names)
         say(f"parsed {n_genres} genres from {genres_csv}")
-        _swap(con)
+        _swap(con, tracks_csv, tracks_sha256())
     except BaseException:
         for staging in STAGING.values():
             con.execute(f"DROP TABLE IF EXISTS {staging}")
@@ -580,17 +584,52 @@ def _duplicate_keys(con: duckdb.DuckDBPyConnection, table: str, column: str) -> 
     return [r[0] for r in rows]
 
 
-def _swap(con: duckdb.DuckDBPyConnection) -> None:
+def _swap(con: duckdb.DuckDBPyConnection, tracks_csv: Path, tracks_sha256: str) -> None:
     """Replace both tables in one transaction: readers see the old pair or the new one."""
     con.execute("BEGIN TRANSACTION")
     try:
         for table, staging in STAGING.items():
             con.execute(f"DROP TABLE IF EXISTS {table}")
             con.execute(f"ALTER TABLE {staging} RENAME TO {table}")
+        con.execute(
+            f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS SELECT ?::VARCHAR AS tracks_csv, "
+            "?::VARCHAR AS tracks_sha256, now() AS loaded_at",
+            [str(tracks_csv), tracks_sha256],
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def loaded_tracks_sha256(con: duckdb.DuckDBPyConnection) -> str | None:
+    """sha256 of the tracks.csv behind table ``tracks`` (None before the first load)."""
+    if not table_exists(con, SOURCE_TABLE):
+        return None
+    row = con.execute(f"SELECT tracks_sha256 FROM {SOURCE_TABLE}").fetchone()
+    return row[0] if row else None
+
+
+def read_track_ids(tracks_csv: Path) -> list[int]:
+    """The track ids of a tracks.csv, read as the loader reads them, without loading the rest.
+
+    For noticing new tracks cheaply; ids that do not parse are left out (the loader
+    reports them when it runs).
+    """
+    tracks_csv = Path(tracks_csv)
+    names = read_tracks_header(tracks_csv)
+    con = duckdb.connect()  # in memory: never touches the project's DuckDB file
+    try:
+        column = con.execute(
+            "SELECT TRY_CAST(track_id AS BIGINT) AS id "
+            f"FROM {_csv_source(tracks_csv, names, 3, False)}"
+        ).fetchnumpy()["id"]
+    except duckdb.Error as exc:
+        raise _csv_error(tracks_csv, exc) from exc
+    finally:
+        con.close()
+    ids = column.compressed() if hasattr(column, "compressed") else column
+    return sorted({int(i) for i in ids})
 
 
 # --------------------------------------------------------------------------- profile

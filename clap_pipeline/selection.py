@@ -6,6 +6,8 @@ DuckDB ``tracks`` table) whose audio file exists in FMA's layout.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,41 @@ def select_tracks(
     return selected
 
 
+def data_version(tracks_sha256: str | None, track_ids: Sequence[int]) -> str:
+    """What a training run was trained on: tracks.csv's content and the selected track ids.
+
+    Computed the same way from the raw files (the new-tracks sensor) and from the
+    DuckDB table plus the audio folder (training), so equal versions mean equal data.
+    """
+    digest = hashlib.sha256(f"{tracks_sha256 or ''};".encode())
+    digest.update(",".join(str(int(i)) for i in sorted(track_ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The experiment's tracks and the data version they make."""
+
+    track_ids: tuple[int, ...]
+    tracks_sha256: str | None
+    data_version: str
+
+    @classmethod
+    def of(cls, track_ids: Sequence[int], tracks_sha256: str | None) -> Selection:
+        ids = tuple(sorted(int(i) for i in track_ids))
+        return cls(ids, tracks_sha256, data_version(tracks_sha256, ids))
+
+
+def current_selection(duckdb_path: str | Path, audio_dir: str | Path, max_tracks: int) -> Selection:
+    """The selection as the assets see it: table ``tracks`` (and its source's sha256) + audio."""
+    from clap_pipeline.fma import loaded_tracks_sha256
+
+    tracks = select_tracks(duckdb_path, audio_dir, max_tracks)
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        sha = loaded_tracks_sha256(con)
+    return Selection.of([t.track_id for t in tracks], sha)
+
+
 @dataclass(frozen=True)
 class InputsState:
     """A cheap fingerprint of the raw inputs, for noticing that new tracks arrived."""
@@ -81,8 +118,6 @@ def inputs_state(metadata_dir: str | Path, audio_dir: str | Path) -> InputsState
     Adding or replacing a clip changes its folder's mtime, so this costs one stat
     per folder (157 at most for FMA), not one per file.
     """
-    import hashlib
-
     digest = hashlib.sha256()
     newest = 0.0
     entries: list[Path] = [Path(metadata_dir) / "tracks.csv", Path(metadata_dir) / "genres.csv"]

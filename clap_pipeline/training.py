@@ -43,6 +43,7 @@ from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.metrics import retrieval_metrics
 from clap_pipeline.model import load_clap, pick_device, tokenize
+from clap_pipeline.selection import Selection, current_selection
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.training_data import SPLIT_MODES, ClipBatch, TrainingData, prefetch
 
@@ -169,11 +170,20 @@ class TrainInputs:
     manifest_path: Path
     tracking_uri: str
     experiment: str
+    # The experiment's tracks and data version, recorded so that the new-tracks sensor
+    # and `model_comparison` know what each run was trained on (None: not recorded).
+    selection: Selection | None = None
 
     @classmethod
     def from_settings(
         cls, settings: Settings, tracking_uri: str | None = None, experiment: str | None = None
     ) -> TrainInputs:
+        try:
+            selection = current_selection(
+                settings.duckdb_path, settings.audio_dir, settings.max_tracks
+            )
+        except FileNotFoundError:
+            selection = None  # no tracks table or audio folder: TrainingData.load says so
         return cls(
             model_source=settings.model,
             prompts_path=settings.prompts_path,
@@ -183,6 +193,7 @@ class TrainInputs:
             manifest_path=settings.training_manifest_path,
             tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
             experiment=experiment or settings.mlflow_experiment,
+            selection=selection,
         )
 
 
@@ -778,6 +789,16 @@ def train(
         mlflow_client.set_terminated(run_id, status=status)
 
 
+def _selection_json(selection: Selection | None) -> dict[str, Any] | None:
+    if selection is None:
+        return None
+    return {
+        "data_version": selection.data_version,
+        "tracks_sha256": selection.tracks_sha256,
+        "track_ids": list(selection.track_ids),
+    }
+
+
 def _resumable_state(
     mlflow_client, checkpoints_dir: Path, fingerprint: str, enabled: bool
 ) -> dict[str, Any] | None:
@@ -907,6 +928,9 @@ def _log_run_setup(session: _Session, dagster_run_id: str | None) -> None:
         "data_version_waveforms": data.index.data_version,
         "git_commit": git_commit(),
     }
+    if session.inputs.selection is not None:
+        params["data_version"] = session.inputs.selection.data_version
+        params["n_selected"] = len(session.inputs.selection.track_ids)
     # A resumed run already has its params; non-numeric settings may have changed.
     existing = mlflow_client.get_run(run_id).data.params
     new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
@@ -1094,6 +1118,7 @@ def _finish(session: _Session, features, tokenizer) -> TrainingResult:
         "split_mode": data.splits.mode,
         "validation_fingerprint": session.val_fingerprint,
         "data_versions": {"prompts": data.prompts_version, "waveforms": data.index.data_version},
+        "selection": _selection_json(inputs.selection),
         "stopped_early": history[-1].epoch < config.max_epochs,
         "wall_time_s": wall_time_s,
         "train_clips_per_second": clips_per_second,

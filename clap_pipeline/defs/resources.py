@@ -12,7 +12,13 @@ from contextlib import contextmanager
 import duckdb
 from dagster import ConfigurableResource
 
-from clap_pipeline.config import DEFAULT_EXPERIMENT, DEFAULT_MAX_TRACKS, DEFAULT_MODEL, Settings
+from clap_pipeline.config import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MAX_TRACKS,
+    DEFAULT_MODEL,
+    DEFAULT_RETRAIN_MIN_NEW_TRACKS,
+    Settings,
+)
 from clap_pipeline.storage import duckdb_connection
 
 
@@ -24,6 +30,8 @@ class ClapSettings(ConfigurableResource):
     audio_dir: str | None = None
     model: str = DEFAULT_MODEL
     max_tracks: int = DEFAULT_MAX_TRACKS
+    retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
+    retrain_run_config: str | None = None
 
     def settings(self) -> Settings:
         return Settings.build(
@@ -32,6 +40,8 @@ class ClapSettings(ConfigurableResource):
             audio_dir=self.audio_dir,
             model=self.model,
             max_tracks=self.max_tracks,
+            retrain_min_new_tracks=self.retrain_min_new_tracks,
+            retrain_run_config=self.retrain_run_config,
         )
 
 
@@ -66,6 +76,8 @@ def resources_for(s: Settings) -> dict[str, ConfigurableResource]:
             audio_dir=str(s.audio_dir),
             model=s.model,
             max_tracks=s.max_tracks,
+            retrain_min_new_tracks=s.retrain_min_new_tracks,
+            retrain_run_config=str(s.retrain_run_config) if s.retrain_run_config else None,
         ),
         "duckdb": DuckDBDatabase(path=str(s.duckdb_path)),
         "mlflow": MlflowTracking(
