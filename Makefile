@@ -26,8 +26,7 @@ test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q
 
 dev: install
-	@mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${DAGSTER_PORT:-3000}
+	@scripts/dev.sh
 
 mlflow-ui: install
 	$(PY) -m clap_pipeline.tracking ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}

@@ -1,4 +1,4 @@
-"""`clap-pipeline` command line: data set-up, offline model, search and playlists.
+"""`clap-pipeline` command line: data set-up, offline model, search, playlists, run comparison.
 
 Each command imports its module lazily so `--help` stays fast.
 """
@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.tracking import MODEL_NAME  # stdlib-only module: cheap to import
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.demo import write_demo_dataset
+    from clap_pipeline.demo import add_demo_tracks, write_demo_dataset
 
     out = Path(args.out) if args.out else settings.data_dir
+    if args.add:
+        print(add_demo_tracks(out, args.add))
+        return 0
     summary = write_demo_dataset(out, n_tracks=args.tracks, seed=args.seed)
     print(summary)
     elsewhere = [
@@ -72,6 +76,41 @@ def _cmd_playlist(args: argparse.Namespace, settings: Settings) -> int:
     return run_playlist_command(args, settings)
 
 
+def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from clap_pipeline.comparison import collect_runs, comparison_text, recommend_max_epochs
+
+    uri, experiment = settings.mlflow_tracking_uri, settings.mlflow_experiment
+    try:
+        runs = collect_runs(uri, experiment, args.registered_model)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(
+            f"cannot read the MLflow store {uri} (MLFLOW_TRACKING_URI): {first_line}"
+        ) from exc
+    print(
+        comparison_text(
+            runs,
+            recommend_max_epochs(runs, args.recent),
+            experiment=experiment,
+            tracking_uri=uri,
+            model_name=args.registered_model,
+            retrain_run_config=settings.retrain_run_config,
+        ),
+        end="",
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clap-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracks", type=int, default=120, help="number of tracks (default 120)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output root (default $CLAP_DATA_DIR)")
+    p.add_argument(
+        "--add",
+        type=int,
+        metavar="N",
+        help="append N new tracks (rows + clips in a new audio folder) to the demo dataset",
+    )
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser("tiny-model", help="save a tiny randomly initialised CLAP for offline use")
@@ -115,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m3u", required=True, help="output .m3u path")
     p.add_argument("--model", default=None)
     p.set_defaults(func=_cmd_playlist)
+
+    p = sub.add_parser(
+        "runs", help="compare the experiment's training runs (MLflow) and recommend max_epochs"
+    )
+    p.add_argument(
+        "--recent",
+        type=_positive_int,
+        default=5,  # comparison.DEFAULT_RECENT (that module loads DuckDB: imported lazily)
+        help="latest finished runs whose median best epoch is recommended (default 5)",
+    )
+    p.add_argument(
+        "--registered-model", default=MODEL_NAME, help="registry model whose champion is marked"
+    )
+    p.set_defaults(func=_cmd_runs)
     return parser
 
 

@@ -137,5 +137,5 @@ def test_last_training_reads_the_manifest(tmp_path: Path) -> None:
     manifest.write_text(json.dumps({"splits": {"train": [2, 5], "validation": [9]}}))
     assert last_training(manifest) == TrainedSelection(None, frozenset({2, 5, 9}), None)
     manifest.write_text("{broken")
-    with pytest.raises(ValueError, match="training.json"):
+    with pytest.raises(ValueError, match=r"training\.json"):
         last_training(manifest)

@@ -15,7 +15,6 @@ mkdir -p "$DAGSTER_HOME"
 setting() { "$PY" -c "from clap_pipeline.config import Settings; print(Settings.from_env().$1)"; }
 TRACKS_CSV=$(setting tracks_csv)
 AUDIO_DIR=$(setting audio_dir)
-MODEL=$(setting model)
 
 if [[ ! -f "$TRACKS_CSV" ]]; then
   echo "==> no $TRACKS_CSV: generating the FMA-format demo dataset (clap-pipeline demo-data)"
@@ -25,24 +24,8 @@ elif [[ ! -d "$AUDIO_DIR" ]]; then
   exit 2
 fi
 
-TRAIN_OPS=""
-if ! HF_HUB_ETAG_TIMEOUT=5 HF_HUB_DOWNLOAD_TIMEOUT=10 "$PY" -c "
-import sys
-from transformers import ClapConfig
-try:
-    ClapConfig.from_pretrained(sys.argv[1])
-except Exception:
-    sys.exit(1)
-" "$MODEL" >/dev/null 2>&1; then
-  TINY=$(setting tiny_model_dir)
-  echo "==> CLAP_MODEL=$MODEL cannot be loaded offline: using the tiny offline CLAP at $TINY"
-  [[ -f "$TINY/config.json" ]] || "$CLI" tiny-model "$TINY" >/dev/null
-  export CLAP_MODEL="$TINY"
-  # A randomly initialised tiny model needs a larger learning rate and more epochs than
-  # the reference recipe (which fine-tunes pre-trained weights).
-  TRAIN_OPS='"ops": {"clap_model": {"config": {"batch_size": 8, "learning_rate": 0.002, "max_epochs": 12, "patience": 4, "cpu_threads": 1}}}, '
-
-fi
+# shellcheck source=scripts/offline_model.sh
+source scripts/offline_model.sh
 
 # In-process executor: one process per asset step would re-import torch each time.
 IN_PROCESS='{"execution": {"config": {"in_process": {}}}}'
@@ -57,9 +40,13 @@ read -r -a KEYS <<<"$FOLDERS"
 echo "==> waveforms (${#KEYS[@]} audio folder partitions: ${KEYS[*]})"
 materialize --select waveforms --partition-range "${KEYS[0]}...${KEYS[-1]}" --config-json "$IN_PROCESS"
 echo "==> clap_model"
-materialize --select clap_model --config-json "{${TRAIN_OPS}\"execution\": {\"config\": {\"in_process\": {}}}}"
-echo "==> evaluation, track_embeddings"
-materialize --select evaluation,track_embeddings --config-json "$IN_PROCESS"
+if [[ -n "$TINY_RUN_CONFIG" ]]; then
+  materialize --select clap_model -c "$TINY_RUN_CONFIG"
+else
+  materialize --select clap_model --config-json "$IN_PROCESS"
+fi
+echo "==> evaluation, track_embeddings, model_comparison"
+materialize --select evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
 "$PY" -m clap_pipeline.evaluation show
 echo
 echo "Try: $CLI search \"folk country music\" -k 5"

@@ -1,169 +1,132 @@
-"""The automation chain on real data: new tracks -> ingest -> decode per folder -> retrain.
+"""End to end: new tracks arrive -> the sensor requests `retrain` -> one run does everything.
 
-Each sensor is evaluated against a real Dagster instance, and the runs it requests are
-executed for real (in process), so this is also the end-to-end test of every asset on the
-FMA-format demo dataset with the tiny CLAP.
+Real Dagster instance, real DuckDB, ffmpeg, MLflow (SQLite) and the tiny CLAP on the
+FMA-format demo dataset. The runs the sensor requests are executed in process with
+the run config the sensor attached (CLAP_RETRAIN_RUN_CONFIG).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import (
-    DagsterEventType,
-    DagsterInstance,
-    RunRequest,
-    SkipReason,
-    build_run_status_sensor_context,
-    build_sensor_context,
-)
+import yaml
+from dagster import DagsterInstance, SensorResult, build_sensor_context
 
+from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.definitions import build_defs
-from clap_pipeline.defs.automation import (
-    DECODE_TOTAL_TAG,
-    INGEST_TAG,
-    decode_after_ingest,
-    new_tracks_sensor,
-    retrain_after_decode,
-)
+from clap_pipeline.defs.automation import NEW_TRACKS_TAG, new_tracks_sensor
 from clap_pipeline.defs.resources import resources_for
-from clap_pipeline.demo import write_demo_dataset
-from clap_pipeline.tracking import resolve_champion
+from clap_pipeline.demo import add_demo_tracks, write_demo_dataset
 
-# The tiny model starts from random weights: it needs larger and more steps than the
-# reference recipe (which fine-tunes pre-trained weights). Same recipe as `make demo`.
-TRAIN_CONFIG = {
-    "ops": {
-        "clap_model": {
-            "config": {
-                "batch_size": 8,
-                "learning_rate": 2e-3,
-                "max_epochs": 12,
-                "patience": 4,
-                "cpu_threads": 1,
-            }
-        }
-    }
-}
+# The tiny model starts from random weights: larger steps than the reference recipe.
+TINY_TRAINING = {"batch_size": 8, "learning_rate": 2e-3, "patience": 4, "cpu_threads": 1}
 
 
-def _success_event(instance: DagsterInstance, run_id: str):
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_SUCCESS).records
-    assert records, f"run {run_id} did not succeed"
-    return records[0].event_log_entry.dagster_event
+def _write_run_config(path: Path, max_epochs: int) -> None:
+    config = {"ops": {"clap_model": {"config": {**TINY_TRAINING, "max_epochs": max_epochs}}}}
+    path.write_text(yaml.safe_dump(config))
 
 
-def _run_status_context(sensor_name: str, instance: DagsterInstance, result):
-    return build_run_status_sensor_context(
-        sensor_name=sensor_name,
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        dagster_event=_success_event(instance, result.run_id),
+def _tick(instance: DagsterInstance, settings: Settings, cursor: str | None):
+    context = build_sensor_context(
+        instance=instance, resources=resources_for(settings), cursor=cursor
     )
+    return new_tracks_sensor(context)
+
+
+def _execute(defs, instance: DagsterInstance, result: SensorResult):
+    """What the daemon does with a sensor result: add partitions, launch the run."""
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    (request,) = result.run_requests
+    run = defs.resolve_job_def("retrain").execute_in_process(
+        instance=instance, run_config=request.run_config, tags=request.tags
+    )
+    assert run.success
+    return request, run
+
+
+def _metadata(run, node: str) -> dict:
+    materializations = run.asset_materializations_for_node(node)
+    assert materializations, f"{node} was not materialized"
+    return {k: v.value for k, v in materializations[0].metadata.items()}
 
 
 @pytest.mark.slow
-def test_new_tracks_drive_ingest_decode_and_retrain(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
-    write_demo_dataset(data, n_tracks=120, seed=0)
+    write_demo_dataset(data, n_tracks=120, seed=0, log=None)
+    run_config = tmp_path / "retrain.yaml"
+    _write_run_config(run_config, max_epochs=12)
     settings = Settings.build(
         data_dir=data,
         model=str(tiny_model_dir),
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        retrain_run_config=run_config,
     )
-    resources = resources_for(settings)
-    defs = build_defs(resources)
+    defs = build_defs(settings)
     instance = DagsterInstance.ephemeral()
 
-    # 1. The sensor notices the inputs once, then stays quiet while they are unchanged.
-    context = build_sensor_context(instance=instance, resources=resources, definitions=defs)
-    request = new_tracks_sensor(context)
-    assert isinstance(request, RunRequest) and request.run_key.startswith("ingest-")
-    cursor = context.cursor
-    again = new_tracks_sensor(
-        build_sensor_context(
-            instance=instance, resources=resources, cursor=cursor, definitions=defs
-        )
-    )
-    assert isinstance(again, SkipReason)
+    # 1. Nothing trained yet: one request for the whole chain, every folder a partition.
+    first = _tick(instance, settings, None)
+    assert isinstance(first, SensorResult) and len(first.run_requests) == 1
+    _, run1 = _execute(defs, instance, first)
+    assert instance.get_dynamic_partitions("audio_folders") == ["000", "001"]
+    waveforms1 = _metadata(run1, "waveforms")
+    # Every selected clip was decoded; the demo's defective ones are recorded failures.
+    assert waveforms1["decoded"] == waveforms1["selected"] > 100
+    assert waveforms1["rows"] == waveforms1["selected"] - waveforms1["failures"]
+    assert waveforms1["failures"] >= 2
 
-    # 2. Ingest: tracks + prompts, which registers the audio folders as partitions.
-    ingest = defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=request.tags)
-    assert ingest.success
-    folders = sorted(instance.get_dynamic_partitions("audio_folders"))
-    on_disk = sorted(p.name for p in settings.audio_dir.iterdir() if p.is_dir())
-    assert folders == on_disk and len(folders) >= 2
-
-    # 3. One decode run per folder, all tagged with the ingest run.
-    decode_requests = decode_after_ingest(
-        _run_status_context("decode_after_ingest", instance, ingest)
-    )
-    assert sorted(r.partition_key for r in decode_requests) == folders
-    assert {r.tags[INGEST_TAG] for r in decode_requests} == {ingest.run_id}
-    assert {r.tags[DECODE_TOTAL_TAG] for r in decode_requests} == {str(len(folders))}
-
-    decode_job = defs.resolve_job_def("decode_waveforms")
-    retrain_requests = []
-    for request in decode_requests:
-        result = decode_job.execute_in_process(
-            instance=instance, partition_key=request.partition_key, tags=request.tags
-        )
-        assert result.success
-        retrain_requests.append(
-            retrain_after_decode(_run_status_context("retrain_after_decode", instance, result))
-        )
-    # Retraining waits until the last folder is decoded, then is requested once.
-    assert all(isinstance(r, SkipReason) for r in retrain_requests[:-1])
-    final = retrain_requests[-1]
-    assert isinstance(final, RunRequest) and final.run_key == f"retrain-{ingest.run_id}"
-
-    # 4. Retrain: clap_model -> evaluation and track_embeddings.
-    retrain = defs.resolve_job_def("retrain").execute_in_process(
-        instance=instance, tags=final.tags, run_config=TRAIN_CONFIG
-    )
-    assert retrain.success
     manifest = json.loads(settings.training_manifest_path.read_text())
-    assert Path(manifest["best_checkpoint"], "model.safetensors").exists()
-    # Fine-tuning learned something measurable on the demo data: the best epoch's validation
-    # text->audio R@5 beats both the untrained model and a random ranking.
     best = next(e for e in manifest["epochs"] if e["epoch"] == manifest["best_epoch"])
     report = json.loads((settings.reports_dir / "evaluation.json").read_text())
     validation = report["splits"]["validation"]
     untrained = validation["models"]["zero_shot"]["text_to_audio_recall_at_5"]["value"]
     random_r5 = validation["random"]["exact"]["text_to_audio_recall_at_5"]
-    assert validation["n"] == len(manifest["splits"]["validation"]) >= 10
+    # Fine-tuning learned something measurable: better than untrained and than random.
     assert best["val_text_to_audio_recall_at_5"] > max(untrained, random_r5), (best, untrained)
-    champion = resolve_champion(settings.mlflow_tracking_uri)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-        n_embeddings, versions = con.execute(
-            "SELECT count(*), list(DISTINCT model_version) FROM track_embeddings"
-        ).fetchone()
-        n_waveforms = con.execute(
-            f"SELECT count(*) FROM read_parquet('{settings.waveforms_dir}/*.parquet')"
-        ).fetchone()[0]
-        n_failures = con.execute("SELECT count(*) FROM decode_failures").fetchone()[0]
-    assert n_embeddings == n_waveforms > 0
-    assert n_failures >= 2  # the demo's defective clips are recorded, not fatal
-    assert versions == [str(champion.version)]
+        n_embeddings = con.execute("SELECT count(*) FROM track_embeddings").fetchone()[0]
+    assert n_embeddings == waveforms1["rows"]
 
-    # 5. A new clip in a new folder: the sensor requests a new ingest.
-    new_folder = settings.audio_dir / "150"
-    new_folder.mkdir()
-    first_clip = next(settings.audio_dir.glob("*/*.mp3"))
-    shutil.copy(first_clip, new_folder / "150000.mp3")
-    os.utime(settings.audio_dir / "150")
-    fresh = new_tracks_sensor(
-        build_sensor_context(
-            instance=instance, resources=resources, cursor=cursor, definitions=defs
-        )
-    )
-    assert isinstance(fresh, RunRequest) and fresh.run_key != request.run_key
+    # 2. The training recorded what it trained on: the sensor sees nothing new, even
+    #    with a fresh cursor (the daemon restarted).
+    for cursor in (first.cursor, None):
+        quiet = _tick(instance, settings, cursor)
+        assert not getattr(quiet, "run_requests", None)
+
+    # 3. Ten tracks arrive (rows in tracks.csv, clips in a new folder 002).
+    added = add_demo_tracks(data, 10, log=None)
+    assert added.folder.name == "002"
+    _write_run_config(run_config, max_epochs=4)  # e.g. the recommended epoch count
+    second = _tick(instance, settings, first.cursor)
+    request, run2 = _execute(defs, instance, second)
+    assert request.tags[NEW_TRACKS_TAG] == "10"
+    assert instance.get_dynamic_partitions("audio_folders") == ["000", "001", "002"]
+    waveforms2 = _metadata(run2, "waveforms")
+    # Only the new files were decoded; the others came from the existing Parquet files.
+    assert waveforms2["decoded"] == 10
+    assert waveforms2["reused"] == waveforms1["rows"]
+    assert waveforms2["rows"] == waveforms1["rows"] + 10
+
+    # 4. A second MLflow run with its own best epoch, and both in the comparison.
+    client = tracking.client(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    runs = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
+    assert len(runs) == 2
+    assert [r.data.params["config.max_epochs"] for r in runs] == ["12", "4"]
+    best_epochs = [int(r.data.metrics["best_epoch"]) for r in runs]
+    assert 1 <= best_epochs[1] <= 4
+    assert runs[1].data.params["n_train"] != runs[0].data.params["n_train"]
+    comparison = _metadata(run2, "model_comparison")
+    assert comparison["n_runs"] == 2
+    for run in runs:
+        assert f"| {run.info.run_name} |" in comparison["comparison"]
+    new_manifest = json.loads(settings.training_manifest_path.read_text())
+    assert new_manifest["mlflow_run_id"] == runs[1].info.run_id
+    assert set(added.track_ids) <= set(new_manifest["selection"]["track_ids"])

@@ -129,7 +129,7 @@ def test_sensor_requests_one_retrain_then_stays_quiet(
     assert isinstance(result, SkipReason) and "no inputs yet" in result.skip_message
 
     _write(settings, FIRST_IDS)
-    result, context = _tick(instance, settings)
+    result, _ = _tick(instance, settings)
     assert isinstance(result, SensorResult)
     (request,) = result.run_requests
     version = raw_inputs(settings.tracks_csv, settings.audio_dir, 500).selection.data_version
@@ -196,7 +196,7 @@ def test_retrain_run_config_file(tmp_path: Path, instance: DagsterInstance) -> N
         "ops": {"clap_model": {"config": {"max_epochs": 4}}}
     }
     path.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="retrain.yaml: expected a mapping"):
+    with pytest.raises(ConfigError, match=r"retrain\.yaml: expected a mapping"):
         retrain_run_config(path)
 
 
