@@ -208,8 +208,12 @@ def test_nightly_schedule_runs_only_when_data_changed(
     schedule = nightly_retrain_schedule("0 3 * * *")
 
     def evaluate():
-        context = build_schedule_context(instance=instance, resources=resources_for(settings))
-        return schedule.evaluate_tick(context)
+        # Closing the context closes the instance it re-opened (and Dagster's global
+        # pointer to its state storage, which later tests would otherwise inherit).
+        with build_schedule_context(
+            instance=instance, resources=resources_for(settings)
+        ) as context:
+            return schedule.evaluate_tick(context)
 
     version = _record_training(settings)
     unchanged = evaluate()
