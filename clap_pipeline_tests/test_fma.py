@@ -25,6 +25,7 @@ from clap_pipeline.fma import (
     FmaFormatError,
     check_utf8,
     load_metadata,
+    loaded_tracks_sha256,
     lookup_key,
     parse_list_literal,
     profile_tracks,
@@ -366,18 +367,19 @@ def test_bad_genres_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- atomicity
 
 
-def _snapshot(db: Path) -> tuple[list[tuple], list[tuple], list[str]]:
+def _snapshot(db: Path) -> tuple[list[tuple], list[tuple], list[str], list[tuple]]:
     return (
         _rows(db, "SELECT track_id, track_title, track_tags FROM tracks ORDER BY 1"),
         _rows(db, "SELECT * FROM genres ORDER BY 1"),
         sorted(r[0] for r in _rows(db, "SELECT table_name FROM information_schema.tables")),
+        _rows(db, "SELECT tracks_csv, tracks_sha256 FROM tracks_source"),
     )
 
 
 def test_failed_load_leaves_previous_tables(tmp_path: Path) -> None:
     _, _, db = _load(tmp_path / "good")
     before = _snapshot(db)
-    assert before[2] == ["genres", "tracks"]
+    assert before[2] == ["genres", "tracks", "tracks_source"]
 
     # Tracks fail (duplicates) ...
     dup = synthetic_tracks(50, seed=1)
@@ -400,6 +402,9 @@ def test_failed_load_leaves_previous_tables(tmp_path: Path) -> None:
         summary = load_metadata(con, meta / "tracks.csv", tmp_path / "good" / "meta" / "genres.csv")
     assert summary.tracks == 50
     assert _rows(db, "SELECT count(*) FROM tracks") == [(50,)]
+    # The source's hash moved with the tables (what retraining compares against).
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert loaded_tracks_sha256(con) == summary.tracks_sha256 != before[3][0][1]
     assert track_id_problems(duckdb.connect(str(db), read_only=True)) == []
 
 
@@ -434,14 +439,18 @@ def test_killed_load_leaves_previous_tables(tmp_path: Path) -> None:
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert "parsed 300 tracks" in proc.stdout
-    tracks_before, genres_before, _ = before
-    after_tracks, after_genres, tables = _snapshot(db)
-    assert (after_tracks, after_genres) == (tracks_before, genres_before)
+    tracks_before, genres_before, _, source_before = before
+    after_tracks, after_genres, tables, source_after = _snapshot(db)
+    assert (after_tracks, after_genres, source_after) == (
+        tracks_before,
+        genres_before,
+        source_before,
+    )
     assert {"tracks", "genres"} <= set(tables)
     # The next load cleans up whatever the killed one left aside.
     with duckdb.connect(str(db)) as con:
         assert load_metadata(con, meta / "tracks.csv", meta / "genres.csv").tracks == 300
-    assert _snapshot(db)[2] == ["genres", "tracks"]
+    assert _snapshot(db)[2] == ["genres", "tracks", "tracks_source"]
 
 
 def test_profile(tmp_path: Path) -> None:
