@@ -147,20 +147,23 @@ def decide(
     last_ids = last.track_ids if last else frozenset()
     new = tuple(i for i in selection.track_ids if i not in last_ids)
     removed = tuple(sorted(last_ids.difference(selection.track_ids)))
+    beyond_cap = current.available - current.max_tracks
+    cap_note = (
+        f"; {beyond_cap} more tracks have metadata and audio: raise "
+        f"CLAP_MAX_TRACKS={current.max_tracks} to train on them"
+        if beyond_cap > 0
+        else ""
+    )
     if last is not None and last.data_version == version:
         return RetrainDecision(
             False,
             f"data unchanged since the last training (data version {version}, "
-            f"{len(selection.track_ids)} tracks)",
+            f"{len(selection.track_ids)} tracks){cap_note}",
             version,
         )
     if not new:
-        if current.available > current.max_tracks:
-            reason = (
-                f"no new track among the first CLAP_MAX_TRACKS={current.max_tracks} tracks; "
-                f"{current.available - current.max_tracks} more tracks have metadata and audio: "
-                "raise CLAP_MAX_TRACKS to train on them"
-            )
+        if beyond_cap > 0:
+            reason = f"no new track among the first CLAP_MAX_TRACKS tracks{cap_note}"
         else:
             reason = "no new tracks since the last training"
             if removed:

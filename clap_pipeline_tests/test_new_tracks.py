@@ -117,7 +117,10 @@ def test_decide_explains_removed_tracks_and_the_cap(tmp_path: Path) -> None:
     old = TrainedSelection("old", frozenset(capped.selection.track_ids), "run")
     decision = decide(capped, old, 1)  # same ids, edited tracks.csv: nothing new
     assert not decision.retrain
-    assert "3 more tracks" in decision.reason and "CLAP_MAX_TRACKS" in decision.reason
+    assert decision.reason == (
+        "no new track among the first CLAP_MAX_TRACKS tracks; 3 more tracks have metadata "
+        "and audio: raise CLAP_MAX_TRACKS=2 to train on them"
+    )
 
 
 def test_last_training_reads_the_manifest(tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ def _retrain_request(
 
 @dataclass(frozen=True)
 class SensorCursor:
-    """What the sensor saw last: the inputs' cheap fingerprint and tracks.csv's hash."""
+    """What the sensor saw last: the inputs' cheap fingerprint (with the selection settings)
+    and tracks.csv's hash."""
 
     inputs: str | None = None
     tracks_csv: CsvHash | None = None
@@ -172,8 +173,16 @@ def new_tracks_sensor(context: SensorEvaluationContext, clap_settings: ClapSetti
             f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir} is missing (run "
             "`clap-pipeline demo-data` or `clap-pipeline fetch-fma`)"
         )
-    if cursor.inputs == state.fingerprint:
-        return SkipReason("tracks.csv and the audio folders are unchanged since the last check")
+    # The settings that change the decision count as inputs: raising CLAP_MAX_TRACKS
+    # retrains on the larger selection at the next tick.
+    inputs_key = (
+        f"{state.fingerprint}:max={settings.max_tracks}:min={settings.retrain_min_new_tracks}"
+    )
+    if cursor.inputs == inputs_key:
+        return SkipReason(
+            "tracks.csv, the audio folders and the selection settings are unchanged since the "
+            "last check"
+        )
     running = active_retrain_run(context.instance)
     if running is not None:
         return _busy(running)  # cursor kept: this change is looked at after the run
@@ -186,7 +195,7 @@ def new_tracks_sensor(context: SensorEvaluationContext, clap_settings: ClapSetti
     except (OSError, ValueError, FmaFormatError) as exc:
         # Often a file still being copied; its next change triggers a new check.
         return SkipReason(f"cannot read the inputs: {exc}")
-    new_cursor = SensorCursor(state.fingerprint, csv_hash).dump()
+    new_cursor = SensorCursor(inputs_key, csv_hash).dump()
     if not decision.retrain:
         return SensorResult(skip_reason=decision.reason, cursor=new_cursor)
     new_folders, range_tags = _partition_range(context.instance, inputs)

@@ -177,6 +177,22 @@ def test_sensor_after_training_new_folder_and_threshold(
     assert list(partitions.partition_keys) == ["005"]
 
 
+def test_raising_max_tracks_retrains_on_the_larger_selection(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    capped = _settings(tmp_path, max_tracks=3)
+    _write(capped, FIRST_IDS)
+    _record_training(capped)
+    result, _ = _tick(instance, capped)
+    assert "2 more tracks have metadata and audio" in result.skip_reason.skip_message
+    again, _ = _tick(instance, capped, result.cursor)
+    assert isinstance(again, SkipReason) and "unchanged" in again.skip_message
+    # Same files, larger CLAP_MAX_TRACKS: the next tick sees two new tracks.
+    raised, _ = _tick(instance, _settings(tmp_path, max_tracks=10), result.cursor)
+    (request,) = raised.run_requests
+    assert request.tags[NEW_TRACKS_TAG] == "2"
+
+
 def test_sensor_waits_for_a_retrain_in_progress(tmp_path: Path, instance: DagsterInstance) -> None:
     settings = _settings(tmp_path)
     _write(settings, FIRST_IDS)
