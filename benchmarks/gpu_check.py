@@ -8,10 +8,11 @@ synthetic genre dataset of the training tests (its audio depends on its prompt),
    on CPU (fp32) from the same weights and seed, printing loss and val R@5 side by side;
 2. compares ``LogMelFeatures`` on CUDA with CPU on one batch (max |diff| in dB);
 3. times training steps of the full-size architecture (``ClapModel(ClapConfig())``,
-   compute-identical to laion/clap-htsat-unfused, random weights) at ``--batch`` on CUDA
-   with bf16 autocast, with the peak GPU memory; and on CPU for ``--cpu-steps`` steps.
+   compute-identical to laion/clap-htsat-unfused, random weights) on CUDA with
+   ``precision`` fp32 and bf16 at each of ``--batches``, with the peak GPU memory; and on
+   CPU (fp32, first batch size) for ``--cpu-steps`` steps.
 
-Usage: python benchmarks/gpu_check.py [--epochs 4] [--batch 16] [--full-steps 20]
+Usage: python benchmarks/gpu_check.py [--epochs 4] [--batches 16 64] [--full-steps 20]
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def feature_parity(model_dir: Path, data: TrainingData) -> float:
     return float((cpu - on_gpu).abs().max())
 
 
-def full_size_steps(device: torch.device, batch: int, steps: int) -> tuple[float, float]:
+def full_size_steps(
+    device: torch.device, batch: int, steps: int, precision: str = "fp32"
+) -> tuple[float, float]:
     """Median seconds per training step and peak GPU memory (GiB) of the full-size CLAP."""
     from transformers import ClapConfig, ClapModel
 
@@ -90,7 +93,7 @@ def full_size_steps(device: torch.device, batch: int, steps: int) -> tuple[float
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        with training._autocast(device)():
+        with training._autocast(device, precision)():
             out = model(input_ids=ids, attention_mask=mask, input_features=features)
         loss = training.symmetric_infonce(out.logits_per_text, out.logits_per_audio)
         optimizer.zero_grad(set_to_none=True)
@@ -107,7 +110,7 @@ def full_size_steps(device: torch.device, batch: int, steps: int) -> tuple[float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--full-steps", type=int, default=20)
     parser.add_argument("--cpu-steps", type=int, default=3)
     args = parser.parse_args()
@@ -144,13 +147,18 @@ def main() -> int:
             f"\n2. LogMelFeatures cuda vs cpu: max |diff| {feature_parity(model_dir, data):.2e} dB"
         )
 
-    step_gpu, peak = full_size_steps(torch.device("cuda"), args.batch, args.full_steps)
-    step_cpu, _ = full_size_steps(torch.device("cpu"), args.batch, args.cpu_steps)
-    print(
-        f"\n3. full-size CLAP training step at batch {args.batch}: cuda bf16 {step_gpu:.3f} s "
-        f"({args.batch / step_gpu:.1f} clips/s, peak {peak:.2f} GiB) vs cpu fp32 "
-        f"{step_cpu:.2f} s ({args.batch / step_cpu:.1f} clips/s): {step_cpu / step_gpu:.0f}x"
-    )
+    print("\n3. full-size CLAP training step (median after a warm-up step)")
+    print("device  precision  batch  s/step  clips/s  peak GiB")
+    cpu_batch = args.batches[0]
+    step_cpu, _ = full_size_steps(torch.device("cpu"), cpu_batch, args.cpu_steps)
+    print(f"cpu     fp32       {cpu_batch:5d}  {step_cpu:6.3f}  {cpu_batch / step_cpu:7.1f}  -")
+    for batch in args.batches:
+        for precision in ("fp32", "bf16"):
+            step, peak = full_size_steps(torch.device("cuda"), batch, args.full_steps, precision)
+            print(
+                f"cuda    {precision:9s}  {batch:5d}  {step:6.3f}  {batch / step:7.1f}  {peak:8.2f}"
+            )
+            torch.cuda.empty_cache()
     return 0
 
 

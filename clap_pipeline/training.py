@@ -97,6 +97,13 @@ class TrainConfig:
     device: str = field(
         default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 autocast on CUDA cards that support it, else fp32), bf16 "
+            "(CUDA only), fp32"
+        },
+    )
     cpu_threads: int = field(
         default=0,
         metadata={
@@ -142,6 +149,8 @@ class TrainConfig:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if self.cpu_threads < 0:
             problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.split not in SPLIT_MODES:
             problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if problems:
@@ -365,8 +374,18 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _autocast(device: torch.device, precision: str = "auto"):
+    """A context factory: bf16 autocast on CUDA (``auto`` where the card supports it)."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16_ok:
+        raise TrainingError(
+            f"precision='bf16' needs a CUDA card with bf16 support; the device is {device}: "
+            "use precision 'auto' or 'fp32'"
+        )
+    if precision in ("auto", "bf16") and bf16_ok:
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -437,12 +456,13 @@ def train_step(
     *,
     epoch: int = 0,
     step: int = 0,
+    precision: str = "auto",
 ) -> float:
     """One optimiser step on symmetric InfoNCE; the logit scales are clamped afterwards.
 
     A non-finite loss raises before the weights change.
     """
-    with _autocast(device)():
+    with _autocast(device, precision)():
         out = model(
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
@@ -468,6 +488,7 @@ def evaluate_split(
     split: str,
     batch_size: int,
     device: torch.device,
+    precision: str = "auto",
 ) -> tuple[float, dict[str, float]]:
     """(loss, retrieval metrics) of ``model`` on a split, in a fixed order.
 
@@ -475,7 +496,7 @@ def evaluate_split(
     clips (the remainder joins the last block), comparable with the train loss.
     """
     model.eval()
-    autocast = _autocast(device)
+    autocast = _autocast(device, precision)
     text_embs, audio_embs = [], []
     for batch in data.eval_batches(split, batch_size):
         input_features, tokens = batch_tensors(batch, features, tokenizer, device)
@@ -547,7 +568,14 @@ def _train_epoch(
             if hooks.before_step:
                 hooks.before_step(epoch, step, model)
             value = train_step(
-                model, optimizer, input_features, tokens, device, epoch=epoch, step=step
+                model,
+                optimizer,
+                input_features,
+                tokens,
+                device,
+                epoch=epoch,
+                step=step,
+                precision=config.precision,
             )
             loss_sum += value * len(batch)
             clips += len(batch)
@@ -710,6 +738,7 @@ def train(
     )
     report(TrainingProgress(message=f"data: {data.describe_counts()}"))
     device = pick_device(config.device)
+    _autocast(device, config.precision)  # an impossible precision fails before any run exists
     fingerprint = _fingerprint(
         {
             "config": config.numeric_dict(),
@@ -855,7 +884,14 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
         )
         t_eval = time.perf_counter()
         val_loss, metrics = evaluate_split(
-            model, features, tokenizer, data, "validation", config.batch_size, device
+            model,
+            features,
+            tokenizer,
+            data,
+            "validation",
+            config.batch_size,
+            device,
+            config.precision,
         )
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(epoch, None, val_loss, phase="validation")
@@ -1034,7 +1070,7 @@ def _register(session: _Session, best: EpochRecord, features, tokenizer) -> tupl
         model = load_clap(folder).model.to(session.device)
         _, metrics = evaluate_split(
             model, features, tokenizer, session.data, "validation", config.batch_size,
-            session.device,
+            session.device, config.precision,
         )  # fmt: skip
         return metrics[SELECTION_METRIC]
 

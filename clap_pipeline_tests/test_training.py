@@ -6,6 +6,7 @@ report path and (where aliases matter) registered-model name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import replace
@@ -28,6 +29,7 @@ from clap_pipeline.training import (
     TrainingHooks,
     TrainingResult,
     TrainInputs,
+    _autocast,
     _features_module,
     best_epoch,
     champion_recall,
@@ -497,6 +499,23 @@ def test_command_line(
     monkeypatch.setenv("CLAP_MODEL", str(tiny_model_dir))
     assert main(["--batch-size", "64"]) == 2
     assert "too few training clips" in capsys.readouterr().err
+
+
+def test_precision_is_checked_before_a_run_exists(
+    synthetic: SyntheticData, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingError, match=r"precision must be one of .*got 'fp16'"):
+        TrainConfig(precision="fp16").validate()
+    store = mlflow_store(tmp_path / "mlruns")
+    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path / "out")
+    config = replace(LEARN, precision="bf16", device="cpu")
+    with pytest.raises(TrainingError, match=r"precision='bf16' needs a CUDA card.*cpu"):
+        train(config, inputs)
+    experiment = tracking.client(store).get_experiment_by_name(inputs.experiment)
+    assert experiment is None or not tracking.client(store).search_runs([experiment.experiment_id])
+    # On CPU, auto and fp32 both mean no autocast.
+    for precision in ("auto", "fp32"):
+        assert _autocast(torch.device("cpu"), precision) is contextlib.nullcontext
 
 
 @pytest.mark.parametrize(

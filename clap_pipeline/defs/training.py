@@ -40,6 +40,7 @@ class ClapTrainingConfig(Config):
     split: str = Field(_D.split, description=_help("split"))
     resample_templates: bool = Field(_D.resample_templates, description=_help("resample_templates"))
     device: str = Field(_D.device, description=_help("device"))
+    precision: str = Field(_D.precision, description=_help("precision"))
     cpu_threads: int = Field(_D.cpu_threads, description=_help("cpu_threads"))
     shuffle_buffer: int = Field(_D.shuffle_buffer, description=_help("shuffle_buffer"))
     registered_model: str = Field(_D.registered_model, description=_help("registered_model"))
