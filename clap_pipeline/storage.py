@@ -1,13 +1,21 @@
 """Atomic file writes and short-lived DuckDB connections.
 
 Every output is written aside and renamed into place, so a crash or ``kill -9``
-leaves the previous good version. DuckDB allows one read-write process per file:
-writers keep connections short, readers open read-only.
+leaves the previous good version. DuckDB allows one read-write process per file, or
+many read-only ones: writers keep connections short, readers open read-only, and both
+wait for the other side's lock instead of failing.
+
+Waiting alone can starve a writer (readers in other processes overlap and always hold
+the file), so writers also take a *write turn*: an exclusive ``flock`` on
+``<file>.write.lock`` held for the whole connection. It serialises writers across
+processes, and a reader passes through it before each attempt to open, so readers
+queue behind a waiting writer while those already reading finish.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import time
@@ -62,11 +70,66 @@ def write_text_atomic(target: str | Path, text: str) -> Path:
     return Path(target)
 
 
+class DuckDBLockTimeout(RuntimeError):
+    """Another process kept the DuckDB file (or its write turn) longer than the timeout."""
+
+
+def _write_turn_path(path: Path) -> Path:
+    return path.with_name(path.name + ".write.lock")
+
+
+def _flock_until(handle, operation: int, deadline: float, what: str) -> None:
+    delay = 0.02
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise DuckDBLockTimeout(what) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+@contextlib.contextmanager
+def _write_turn(path: Path, deadline: float, timeout_s: float) -> Iterator[None]:
+    with open(_write_turn_path(path), "a+b") as handle:
+        _flock_until(
+            handle,
+            fcntl.LOCK_EX,
+            deadline,
+            f"{path}: another process has been writing for more than {timeout_s:g} s",
+        )
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _after_waiting_writer(path: Path, deadline: float, timeout_s: float) -> None:
+    """Return once no writer holds the write turn (readers never create the lock file)."""
+    try:
+        handle = open(_write_turn_path(path), "rb")  # noqa: SIM115 (closed just below)
+    except FileNotFoundError:
+        return  # nobody has written through this module yet
+    with handle:
+        _flock_until(
+            handle,
+            fcntl.LOCK_SH,
+            deadline,
+            f"{path}: a writer has held it for more than {timeout_s:g} s",
+        )
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def duckdb_connection(
     path: str | Path, *, read_only: bool = False, lock_timeout_s: float = 60.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the project's DuckDB file, retrying while another process holds the write lock."""
+    """Open the project's DuckDB file, waiting (up to ``lock_timeout_s``) for other processes.
+
+    Writers hold the file's write turn while connected (see the module docstring).
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(
@@ -74,20 +137,29 @@ def duckdb_connection(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s
-    delay = 0.05
-    while True:
+    turn = contextlib.nullcontext() if read_only else _write_turn(path, deadline, lock_timeout_s)
+    with turn:
+        delay = 0.05
+        while True:
+            if read_only:
+                _after_waiting_writer(path, deadline, lock_timeout_s)
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() > deadline:
+                    raise DuckDBLockTimeout(
+                        f"{path}: still locked by another process after {lock_timeout_s:g} s "
+                        f"({exc})"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    try:
-        yield con
-    finally:
-        con.close()
+            yield con
+        finally:
+            con.close()
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:

@@ -1,0 +1,64 @@
+"""DuckDB connections: the write turn serialises writers and holds new readers back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from clap_pipeline.storage import DuckDBLockTimeout, duckdb_connection
+
+
+def _make_db(path: Path) -> None:
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+
+
+def test_readers_do_not_create_the_write_turn_file(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+    _make_db(db)
+    with duckdb_connection(db, read_only=True) as con:
+        assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert not (tmp_path / "clap.duckdb.write.lock").exists()
+
+
+def test_a_writer_holds_back_readers_and_writers_until_it_closes(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+    _make_db(db)
+    with duckdb_connection(db) as writer:
+        writer.execute("INSERT INTO t VALUES (2)")
+        # flock conflicts between separate opens of the lock file, in one process too.
+        with (
+            pytest.raises(DuckDBLockTimeout, match=r"clap\.duckdb: a writer has held it"),
+            duckdb_connection(db, read_only=True, lock_timeout_s=0.2),
+        ):
+            pass
+        with (
+            pytest.raises(DuckDBLockTimeout, match=r"another process has been writing"),
+            duckdb_connection(db, lock_timeout_s=0.2),
+        ):
+            pass
+    with duckdb_connection(db, read_only=True, lock_timeout_s=0.2) as reader:
+        assert reader.execute("SELECT sum(x) FROM t").fetchone() == (3,)
+
+
+def test_a_waiting_reader_gets_in_once_the_writer_is_done(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+    _make_db(db)
+    seen: list[int] = []
+
+    def read() -> None:
+        with duckdb_connection(db, read_only=True, lock_timeout_s=10) as con:
+            seen.append(con.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    with duckdb_connection(db) as writer:
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.3)
+        assert seen == []  # queued behind the writer
+        writer.execute("INSERT INTO t VALUES (2)")
+    reader.join(timeout=10)
+    assert seen == [2]  # it saw the write, whole
