@@ -37,3 +37,4 @@ bench: install
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_sensor.py
