@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline import tracking
+from clap_pipeline.markdown import markdown_table
 from clap_pipeline.storage import atomic_path, write_text_atomic
 
 TRAINING_SOURCE = "clap_pipeline.training"  # the mlflow.source.name tag of training runs
@@ -352,16 +353,6 @@ def epoch_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     return rows
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
@@ -405,13 +396,15 @@ def comparison_markdown(
         "★ = champion; val R@k = validation text→audio recall at the best epoch; "
         "test R@k = the evaluation's text→audio recall (- = not evaluated).",
         "",
-        _md_table(RUN_HEADERS, run_rows(runs, "★")),
+        markdown_table(RUN_HEADERS, run_rows(runs, "★")),
         "",
         _champion_line(runs, model_name),
         "",
         "**Validation per epoch** (text→audio)",
         "",
-        _md_table(EPOCH_HEADERS, epoch_rows(runs)) if any(r.epochs for r in runs) else "(none)",
+        markdown_table(EPOCH_HEADERS, epoch_rows(runs))
+        if any(r.epochs for r in runs)
+        else "(none)",
         "",
         *(line + "\n" for line in recommendation_lines(rec, retrain_run_config)),
     ]

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.markdown import markdown_table
 from clap_pipeline.metrics import (
     DIRECTIONS,
     METRIC_NAMES,
@@ -840,21 +841,13 @@ def _acc(result: dict[str, Any]) -> dict[str, float]:
     return {"value": result["accuracy"], "ci_low": result["ci_low"], "ci_high": result["ci_high"]}
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(cell(h) for h in headers) + " |"]
-    out.append("|" + "|".join("---" for _ in headers) + "|")
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(out)
-
-
 def retrieval_markdown(report: dict[str, Any]) -> str:
     parts = []
     for split, block in report["splits"].items():
         parts.append(f"**{_split_title(report, split)}**\n")
-        parts.append(_md_table(_headers(report), _metric_rows(block)) if block["n"] else "(none)")
+        parts.append(
+            markdown_table(_headers(report), _metric_rows(block)) if block["n"] else "(none)"
+        )
         parts.append("")
     conf = report["config"]["confidence"]
     parts.append(
@@ -881,7 +874,7 @@ def qualitative_markdown(report: dict[str, Any]) -> str:
             )
         rows.append(cells)
     title = f"Top-1 retrieved prompt for the first {len(rows)} {qual['split']} clips\n\n"
-    return title + _md_table(["track", "true prompt", *names], rows)
+    return title + markdown_table(["track", "true prompt", *names], rows)
 
 
 def genre_markdown(report: dict[str, Any]) -> str:
@@ -900,13 +893,16 @@ def genre_markdown(report: dict[str, Any]) -> str:
             ["chance (1/G)", f"{block['chance_accuracy']:.3f}"],
             ["majority class", f"{block['majority_accuracy']:.3f}"],
         ]
-        parts += [f"**{split}** (N = {block['n']})\n", _md_table(["model", "accuracy"], acc_rows)]
+        parts += [
+            f"**{split}** (N = {block['n']})\n",
+            markdown_table(["model", "accuracy"], acc_rows),
+        ]
         for key, label in (("zero_shot", "zero-shot"), ("fine_tuned", "fine-tuned")):
             confusion = block["models"][key]["confusion"]
             rows = [[g, *counts] for g, counts in zip(genre["genres"], confusion, strict=True)]
             parts += [
                 f"\n{label} confusion (rows = true genre, columns = predicted)\n",
-                _md_table(["true \\ predicted", *genre["genres"]], rows),
+                markdown_table(["true \\ predicted", *genre["genres"]], rows),
             ]
         parts.append("")
     return "\n".join(parts)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clap_pipeline.fma import loaded_tracks_sha256
 from clap_pipeline.storage import duckdb_connection
 
 
@@ -95,8 +96,6 @@ class Selection:
 
 def current_selection(duckdb_path: str | Path, audio_dir: str | Path, max_tracks: int) -> Selection:
     """The selection as the assets see it: table ``tracks`` (and its source's sha256) + audio."""
-    from clap_pipeline.fma import loaded_tracks_sha256
-
     tracks = select_tracks(duckdb_path, audio_dir, max_tracks)
     with duckdb_connection(duckdb_path, read_only=True) as con:
         sha = loaded_tracks_sha256(con)

@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.fma import load_metadata, profile_tracks, track_id_problems
+from clap_pipeline.markdown import markdown_table
 from clap_pipeline.prompts import (
     N_TEMPLATES,
     PROMPTS_SCHEMA,
@@ -44,16 +45,6 @@ from .resources import ClapSettings, DuckDBDatabase
 
 MAX_LOGGED = 20
 SAMPLE_PROMPTS = 10
-
-
-def _md_cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _listed(items: list, limit: int = MAX_LOGGED) -> str:
@@ -118,7 +109,7 @@ def tracks(
             "dagster/column_schema": schema,
             "null_counts": MetadataValue.json(profile.null_counts),
             "genre_top_distribution": MetadataValue.md(
-                _md_table(["genre_top", "tracks", "share"], genre_rows)
+                markdown_table(["genre_top", "tracks", "share"], genre_rows)
             ),
             "genres": summary.genres,
             "unparsable_cells": len(summary.bad_cells),
@@ -215,7 +206,7 @@ def prompts(
             "skipped_tracks": len(result.skipped),
             "seed": config.seed,
             "template_distribution": MetadataValue.md(
-                _md_table(
+                markdown_table(
                     ["id", "template", "pattern", "prompts"],
                     [
                         [i, name, TEMPLATE_PATTERNS[i], counts[name]]
@@ -224,7 +215,7 @@ def prompts(
                 )
             ),
             "sample_prompts": MetadataValue.md(
-                _md_table(
+                markdown_table(
                     ["track_id", "template", "prompt"],
                     [
                         [r["track_id"], TEMPLATE_NAMES[r["template_id"]], r["prompt"]]
