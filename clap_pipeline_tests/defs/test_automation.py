@@ -109,6 +109,12 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
     tuned_p10 = search["models"]["fine_tuned"]["genre_music"]["precision_at_10"]
     prior_p10 = search["prior"]["precision_at_10"]["value"]
     assert tuned_p10["value"] > 1.5 * prior_p10, (tuned_p10, prior_p10)
+    # Searching the whole collection for "<genre> music" finds that genre well above its share.
+    embeddings = _metadata(run1, "track_embeddings")
+    assert (
+        embeddings["genre_search_precision_at_10"]
+        > 1.5 * embeddings["genre_search_prior_precision_at_10"]
+    ), embeddings
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         n_embeddings = con.execute("SELECT count(*) FROM track_embeddings").fetchone()[0]
     assert n_embeddings == waveforms1["rows"]
