@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from clap_pipeline import genre_search
 from clap_pipeline.config import ConfigError, Settings
-from clap_pipeline.markdown import markdown_table
+from clap_pipeline.markdown import markdown_table, text_table
 from clap_pipeline.metrics import (
     DIRECTIONS,
     METRIC_NAMES,
@@ -962,10 +962,7 @@ def format_evaluation_table(report: dict[str, Any]) -> str:
         if not block["n"]:
             lines.append("  (no clips)")
             continue
-        rows = _metric_rows(block)
-        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-        for row in [headers, ["-" * w for w in widths], *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append(text_table(headers, _metric_rows(block)))
     genre = report["genre"]
     if genre["genres"]:
         lines += ["", f"zero-shot genre classification, prompt {genre['prompt_template']!r}:"]
@@ -1017,10 +1014,7 @@ def _genre_search_lines(report: dict[str, Any]) -> list[str]:
             f"genre search, {split} split: each genre with >= {search['min_tracks']} clips "
             f"({len(block['genres'])}) queried, averaged over genres"
         )
-        rows = _genre_search_rows(report, split)
-        widths = [max(len(r[i]) for r in [_GENRE_SEARCH_HEADERS, *rows]) for i in range(5)]
-        for row in [_GENRE_SEARCH_HEADERS, ["-" * w for w in widths], *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append(text_table(_GENRE_SEARCH_HEADERS, _genre_search_rows(report, split)))
     return lines
 
 

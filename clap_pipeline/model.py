@@ -197,10 +197,10 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     """
     from tokenizers import ByteLevelBPETokenizer
 
-    corpus = [" ".join(TINY_TOKENIZER_WORDS)] * 5
-    for word in TINY_TOKENIZER_WORDS:
-        corpus += [word, f" {word}"]
-    bpe = ByteLevelBPETokenizer(lowercase=True, add_prefix_space=False)
+    corpus = [" ".join(TINY_TOKENIZER_WORDS)] * 5 + TINY_TOKENIZER_WORDS
+    # A prefix space makes a word one token wherever it stands ("hip" opening a query
+    # is then the same token as " hip" inside a prompt).
+    bpe = ByteLevelBPETokenizer(lowercase=True, add_prefix_space=True)
     bpe.train_from_iterator(
         corpus,
         vocab_size=2000,

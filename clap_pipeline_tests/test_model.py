@@ -22,13 +22,17 @@ def test_tiny_model_loads_through_from_pretrained(tiny_model_dir: Path) -> None:
     feats = fe([wave, wave], sampling_rate=48_000, return_tensors="pt")["input_features"]
     assert tuple(feats.shape) == (2, 1, 1001, 64)
     tokens = tokenize(clap.tokenizer, ["folk country music", "a"])
-    # Music words are single BPE tokens: <s> folk Ġcountry Ġmusic </s>; "a" is padded with <pad>=1.
+    # Music words are single BPE tokens: <s> Ġfolk Ġcountry Ġmusic </s>; "a" is padded with <pad>=1.
     assert tokens["input_ids"].shape == (2, 5)
     assert tokens["input_ids"][1, 3:].eq(1).all()
-    # Byte-level: any text encodes without <unk>, unicode included.
-    odd = clap.tokenizer("Ölüdeniz — 東京 ✓")["input_ids"]
-    assert clap.tokenizer.unk_token_id not in odd
-    assert clap.tokenizer.decode(odd, skip_special_tokens=True) == "Ölüdeniz — 東京 ✓"
+    # Lower-cased, and a word is one token wherever it stands (prefix space).
+    tok = clap.tokenizer
+    assert tok("Hip-Hop music")["input_ids"] == tok("hip-hop MUSIC")["input_ids"]
+    assert tok("hip-hop")["input_ids"][1:-1] == tok("Genre: Hip-Hop")["input_ids"][3:-1]
+    # Byte-level: any text encodes without <unk>, unicode included (lower-cased).
+    odd = tok("Ölüdeniz — 東京 ✓")["input_ids"]
+    assert tok.unk_token_id not in odd
+    assert tok.decode(odd, skip_special_tokens=True).strip() == "ölüdeniz — 東京 ✓"
     with torch.no_grad():
         t = text_embeddings(clap.model, tokens)
         a = audio_embeddings(clap.model, feats)
