@@ -151,6 +151,9 @@ class SearchService:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._swap_lock = threading.Lock()
+        # DuckDB refuses a read-write and a read-only connection to one file in one process
+        # at the same time: the watcher's reads and the feedback writes take turns here.
+        self._db_lock = threading.Lock()
         self.last_error: str | None = None
         self.champion_version: str | None = None
         self.swaps = 0
@@ -178,7 +181,8 @@ class SearchService:
     def _build_snapshot(self, previous: Snapshot | None) -> Snapshot:
         from clap_pipeline.model import load_clap
 
-        matrix, catalog, info = read_catalog(self.settings.duckdb_path)
+        with self._db_lock:
+            matrix, catalog, info = read_catalog(self.settings.duckdb_path)
         if previous is not None and previous.info.model_version == info.model_version:
             model, clap, lock = previous.model, previous.clap, previous.encode_lock
         else:
@@ -208,7 +212,8 @@ class SearchService:
         self._refresh_champion()
         with self._swap_lock:
             current = self.snapshot
-            info = index_info(self.settings.duckdb_path)
+            with self._db_lock:
+                info = index_info(self.settings.duckdb_path)
             if info.fingerprint == current.info.fingerprint:
                 return False
             log.info(
@@ -313,13 +318,14 @@ class SearchService:
     def feedback(self, query: str, track_id: int, relevant: bool) -> Feedback:
         snap = self.snapshot
         snap.catalog.position(track_id)  # only tracks that can be shown get verdicts
-        return record_feedback(
-            self.settings.duckdb_path,
-            query=query,
-            track_id=track_id,
-            relevant=relevant,
-            model_version=snap.model_version,
-        )
+        with self._db_lock:
+            return record_feedback(
+                self.settings.duckdb_path,
+                query=query,
+                track_id=track_id,
+                relevant=relevant,
+                model_version=snap.model_version,
+            )
 
 
 def _check_k(k: int) -> None:
