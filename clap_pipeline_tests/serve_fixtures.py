@@ -101,9 +101,17 @@ def get_json(url: str, timeout: float = 30) -> tuple[int, object]:
 
 @contextlib.contextmanager
 def running_server(
-    collection: Collection, model_dir: Path, *, poll_s: float = 0.5, startup_s: float = 120
+    collection: Collection,
+    model_dir: Path | None,
+    *,
+    poll_s: float = 0.5,
+    startup_s: float = 120,
 ) -> Iterator[str]:
-    """`clap-pipeline serve` on 127.0.0.1:<free port>; yields its base URL, stops it after."""
+    """`clap-pipeline serve` on 127.0.0.1:<free port>; yields its base URL, stops it after.
+
+    ``model_dir`` None: the server takes the model from the registry (the version that
+    built `track_embeddings`).
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -115,19 +123,13 @@ def running_server(
     for var in ("FMA_AUDIO_DIR", "FMA_METADATA_DIR"):
         env.pop(var, None)
     cli = Path(sys.executable).with_name("clap-pipeline")
+    command = [str(cli), "serve", "--port", str(port), "--poll-s", str(poll_s)]
+    if model_dir is not None:
+        command += ["--model", str(model_dir)]
     log_path = collection.data_dir / f"serve-{port}.log"
     with open(log_path, "w+", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            [
-                str(cli),
-                "serve",
-                "--port",
-                str(port),
-                "--model",
-                str(model_dir),
-                "--poll-s",
-                str(poll_s),
-            ],
+            command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

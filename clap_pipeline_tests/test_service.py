@@ -204,3 +204,60 @@ def test_rebuilt_index_is_swapped_in_without_a_failed_request(
     # Every answer came whole from one index: the old 12 tracks or the new 5.
     assert {frozenset(s) for s in seen_ids} == {frozenset(TRACK_IDS), frozenset(new_ids)}
     assert seen_ids[-1] == set(new_ids)
+
+
+def register_tiny(store: str, model_dir: Path, epoch: int) -> str:
+    """A registry version of ``clap-fma`` backed by a local tiny-CLAP folder."""
+    from clap_pipeline import tracking
+
+    mlflow_client = tracking.client(store)
+    run_id = mlflow_client.create_run(tracking.configure(store, "serve-test")).info.run_id
+    tags = {tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: str(epoch)}
+    return tracking.register_checkpoint(
+        mlflow_client, tracking.MODEL_NAME, run_id=run_id, source=str(model_dir), tags=tags
+    )
+
+
+def test_champion_alias_is_served_once_its_embeddings_are_built(
+    tmp_path: Path, tiny_model_dir: Path, ffmpeg: str
+) -> None:
+    from clap_pipeline import tracking
+    from clap_pipeline.model import save_tiny_model
+    from clap_pipeline_tests.training_fixtures import mlflow_store
+
+    collection = make_collection(tmp_path / "data", ffmpeg)
+    store = mlflow_store(collection.data_dir)  # where running_server points MLFLOW_TRACKING_URI
+    v1 = register_tiny(store, tiny_model_dir, 1)
+    mlflow_client = tracking.client(store)
+    mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, v1)
+    other_model = save_tiny_model(tmp_path / "tiny-2", seed=1)
+
+    with running_server(collection, None, poll_s=0.2) as base, httpx.Client(base_url=base) as http:
+        health = http.get("/api/health").json()
+        assert (health["model_version"], health["champion_version"]) == ("1", "1")
+        assert health["model"] == f"models:/{tracking.MODEL_NAME}/1"
+        assert health["note"] is None
+
+        # The alias moves before `track_embeddings` is rebuilt: keep serving version 1.
+        v2 = register_tiny(store, other_model, 2)
+        mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, v2)
+        deadline = time.monotonic() + 60
+        while http.get("/api/health").json()["champion_version"] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        health = http.get("/api/health").json()
+        assert health["model_version"] == "1" and "materialize `track_embeddings`" in health["note"]
+        assert http.get("/api/search", params={"q": "jazz", "k": 3}).status_code == 200
+
+        # Version 2's embeddings arrive: the server swaps model and index together.
+        write_embeddings(collection, TRACK_IDS, unit_rows(len(TRACK_IDS), TINY_DIM, 8), "2")
+        while http.get("/api/health").json()["model_version"] != "2":
+            assert time.monotonic() < deadline, "no swap to version 2 within 60 s"
+            time.sleep(0.2)
+        health = http.get("/api/health").json()
+        assert health["model"] == f"models:/{tracking.MODEL_NAME}/2" and health["note"] is None
+        response = http.get("/api/search", params={"q": "jazz", "k": 3})
+    assert response.headers["x-model-version"] == "2"
+    query = encode_query(load_clap(other_model), "jazz")
+    expected = exact_order(unit_rows(len(TRACK_IDS), TINY_DIM, 8), query)
+    assert [h["track_id"] for h in response.json()] == expected[:3]
