@@ -180,8 +180,11 @@ def byte_level_tokenizer() -> RobertaTokenizer:
     return RobertaTokenizer(vocab=vocab, merges=merges)
 
 
-def tiny_clap_config(vocab_size: int = 1024) -> ClapConfig:
-    """A small CLAP (~70k parameters) that accepts the real (B, 1, 1001, 64) unfused features."""
+def tiny_clap_config(vocab_size: int = 1024, projection_dim: int = 32) -> ClapConfig:
+    """A small CLAP (~70k parameters) that accepts the real (B, 1, 1001, 64) unfused features.
+
+    ``projection_dim`` 512 gives the real model's embedding size (for benchmarks of search).
+    """
     audio = ClapAudioConfig(
         num_mel_bins=64,
         spec_size=256,
@@ -201,10 +204,12 @@ def tiny_clap_config(vocab_size: int = 1024) -> ClapConfig:
         max_position_embeddings=TEXT_MAX_LENGTH + 3,
         pad_token_id=1,
     )
-    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=32)
+    return ClapConfig(
+        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim
+    )
 
 
-def save_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny_model(out_dir: str | Path, seed: int = 0, projection_dim: int = 32) -> Path:
     """Build the tiny CLAP with its processor and ``save_pretrained`` it into ``out_dir``."""
     from clap_pipeline.storage import atomic_path
 
@@ -216,7 +221,7 @@ def save_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         processor = ClapProcessor(
             feature_extractor=unfused_feature_extractor(), tokenizer=tokenizer
         )
-        model = ClapModel(tiny_clap_config(vocab_size=len(tokenizer)))
+        model = ClapModel(tiny_clap_config(len(tokenizer), projection_dim))
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
     return out_dir

@@ -459,7 +459,9 @@ def encode_query(clap, text: str) -> np.ndarray:
 
     from clap_pipeline.model import text_embeddings, tokenize
 
-    model = clap.model.to("cpu").eval()
+    model = clap.model
+    if model.training or next(model.parameters()).device.type != "cpu":
+        model = model.to("cpu").eval()  # a no-op move still costs ~1 ms a query: skip it
     with torch.inference_mode():
         emb = text_embeddings(model, tokenize(clap.tokenizer, [text]))
     return emb[0].float().numpy()

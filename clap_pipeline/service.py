@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,15 +92,16 @@ class Snapshot:
     catalog: Catalog
     info: IndexInfo
     loaded_at: dt.datetime
-    encode_lock: threading.Lock
+    encode_slots: threading.Semaphore
 
     @property
     def model_version(self) -> str | None:
         return self.model.version or self.info.model_version
 
     def embed(self, text: str) -> np.ndarray:
-        # One forward at a time: concurrent forwards on 2 cores only fight over them.
-        with self.encode_lock:
+        # At most one forward per core (each on one torch thread, see ``serve``): more
+        # would only fight over the cores.
+        with self.encode_slots:
             return encode_query(self.clap, text)
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
@@ -184,13 +186,15 @@ class SearchService:
         with self._db_lock:
             matrix, catalog, info = read_catalog(self.settings.duckdb_path)
         if previous is not None and previous.info.model_version == info.model_version:
-            model, clap, lock = previous.model, previous.clap, previous.encode_lock
+            model, clap, slots = previous.model, previous.clap, previous.encode_slots
         else:
             model = self._model_for(info)
-            clap, lock = load_clap(model.source), threading.Lock()
+            clap = load_clap(model.source)
+            clap.model.eval()
+            slots = threading.Semaphore(usable_cores())
         kwargs = {} if self.exact_max_rows is None else {"exact_max_rows": self.exact_max_rows}
         index = build_vector_index(matrix, **kwargs)
-        snap = Snapshot(model, clap, index, catalog, info, dt.datetime.now(dt.UTC), lock)
+        snap = Snapshot(model, clap, index, catalog, info, dt.datetime.now(dt.UTC), slots)
         dim = snap.embed("music").shape[0]  # also warms the model up
         if dim != info.dim:
             raise SearchError(
@@ -326,6 +330,13 @@ class SearchService:
                 relevant=relevant,
                 model_version=snap.model_version,
             )
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _check_k(k: int) -> None:

@@ -113,7 +113,7 @@ def build_vector_index(
     import faiss
 
     start = time.perf_counter()
-    nlist = max(1, min(int(4 * math.sqrt(n)), 4096, n // 40))
+    nlist = max(1, min(int(4 * math.sqrt(n)), 2048, n // 40))
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.niter = 10
