@@ -41,3 +41,4 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_sensor.py
+	$(PY) benchmarks/bench_serve.py

@@ -22,6 +22,7 @@ from clap_pipeline_tests.serve_fixtures import (
     TINY_DIM,
     TRACK_IDS,
     Collection,
+    free_port,
     make_collection,
     running_server,
     write_embeddings,
@@ -261,3 +262,15 @@ def test_champion_alias_is_served_once_its_embeddings_are_built(
     query = encode_query(load_clap(other_model), "jazz")
     expected = exact_order(unit_rows(len(TRACK_IDS), TINY_DIM, 8), query)
     assert [h["track_id"] for h in response.json()] == expected[:3]
+
+
+def test_serve_without_an_index_exits_with_what_to_materialize(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clap_pipeline.cli import main
+
+    monkeypatch.setenv("CLAP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["serve", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert "clap-pipeline serve: error" in err and "materialize the `track_embeddings`" in err
