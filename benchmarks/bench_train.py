@@ -7,7 +7,7 @@ the training step the way `clap_pipeline.training` does it:
 - data: wait for the next batch from the streaming loader (`TrainingData.train_batches`
   behind `prefetch`, as in training) + torch log-mel features (`LogMelFeatures`) +
   tokenization;
-- model: forward, symmetric InfoNCE (`training.symmetric_infonce`), backward, AdamW
+- model: forward, symmetric InfoNCE (`training.contrastive_loss`), backward, AdamW
   step, logit-scale clamp.
 
 Configs: the tiny offline CLAP (`tiny_clap_config()`) and the full-size
@@ -54,7 +54,7 @@ from clap_pipeline.model import (
     tokenize,
     unfused_feature_extractor,
 )
-from clap_pipeline.training import TrainConfig, clamp_logit_scales, symmetric_infonce
+from clap_pipeline.training import TrainConfig, clamp_logit_scale, contrastive_loss
 from clap_pipeline.training_data import CLIP_SAMPLES, ClipBatch, TrainingData, prefetch
 
 SR = 48_000
@@ -197,11 +197,11 @@ def time_steps(
                     attention_mask=tokens["attention_mask"],
                     input_features=input_features,
                 )
-            loss = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+            loss = contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            clamp_logit_scales(model)
+            clamp_logit_scale(model)
             if not math.isfinite(float(loss.detach())):
                 raise RuntimeError(f"{name}: non-finite loss at step {step}")
             sync(device)

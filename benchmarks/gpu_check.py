@@ -95,11 +95,11 @@ def full_size_steps(
         start = time.perf_counter()
         with training._autocast(device, precision)():
             out = model(input_ids=ids, attention_mask=mask, input_features=features)
-        loss = training.symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+        loss = training.contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        training.clamp_logit_scales(model)
+        training.clamp_logit_scale(model)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

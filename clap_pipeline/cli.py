@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", help="write an FMA-format demo dataset (metadata + MP3s)")
-    p.add_argument("--tracks", type=int, default=120, help="number of tracks (default 120)")
+    p.add_argument("--tracks", type=int, default=500, help="number of tracks (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output root (default $CLAP_DATA_DIR)")
     p.add_argument(

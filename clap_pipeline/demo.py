@@ -754,9 +754,10 @@ def _write_clip(plan: TrackPlan, audio_root: Path) -> float:
     if plan.defect == DEFECT_TRUNCATED:
         data = path.read_bytes()
         frames = mp3_frames(data)
-        offset, length = frames[len(frames) // 3]  # about 10 s in, cut inside a frame
+        cut = len(frames) * 2 // 3  # past the 5-s window the pipeline reads, inside a frame
+        offset, length = frames[cut]
         path.write_bytes(data[: offset + length // 2])
-        return len(frames) // 3 * 1152 / SR
+        return cut * 1152 / SR
     return n_frames / SR
 
 
@@ -845,7 +846,7 @@ def check_replaceable(out_root: Path) -> None:
 
 def write_demo_dataset(
     out_root: Path,
-    n_tracks: int = 120,
+    n_tracks: int = 500,
     seed: int = 0,
     *,
     workers: int | None = None,

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from clap_pipeline import genre_search
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.markdown import markdown_table
 from clap_pipeline.metrics import (
@@ -323,12 +324,18 @@ def _embed_splits(
     return run
 
 
+def prompt_groups(prompts: Sequence[str]) -> np.ndarray:
+    """One id per distinct prompt text: pairs with identical prompts share it."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(p, len(ids)) for p in prompts], dtype=np.int64)
+
+
 def _retrieval(
-    text: np.ndarray, audio: np.ndarray, config: EvalConfig
+    text: np.ndarray, audio: np.ndarray, config: EvalConfig, groups: np.ndarray | None = None
 ) -> dict[str, dict[str, float]]:
     ranks = {
-        "text_to_audio": match_ranks_blockwise(text, audio),
-        "audio_to_text": match_ranks_blockwise(audio, text),
+        "text_to_audio": match_ranks_blockwise(text, audio, groups=groups),
+        "audio_to_text": match_ranks_blockwise(audio, text, groups=groups),
     }
     return bootstrap_rank_metrics(
         ranks, n_resamples=config.n_bootstrap, seed=config.seed, confidence=config.confidence
@@ -473,6 +480,15 @@ def evaluate(
             "models": {},
             "random": _random_baselines(n, config) if n else None,
         }
+        groups = prompt_groups(split.prompts)
+        splits_report[name]["identical_prompts"] = {
+            "n_clips_sharing": int(np.isin(groups, np.flatnonzero(np.bincount(groups) > 1)).sum())
+            if n
+            else 0,
+            "convention": "clips whose prompt text is identical to the match's are not counted "
+            "above it (the strict numbers in `models` count them as misses)",
+            "models": {},
+        }
     genre_report: dict[str, Any] = {
         "prompt_template": GENRE_PROMPT,
         "genres": genres,
@@ -493,6 +509,30 @@ def evaluate(
             "models": {},
         }
 
+    search_config = genre_search.GenreSearchConfig(
+        n_bootstrap=config.n_bootstrap,
+        random_rounds=config.random_rounds,
+        confidence=config.confidence,
+        seed=config.seed,
+    )
+    search_report: dict[str, Any] = {
+        "queries": dict(genre_search.GENRE_QUERIES),
+        "k": search_config.k,
+        "min_tracks": genre_search.MIN_GENRE_TRACKS,
+        "splits": {},
+    }
+    for name, split in clips.items():
+        labels = [genre_of.get(t) for t in split.track_ids]
+        eligible = genre_search.eligible_genres(labels)
+        search_report["splits"][name] = {
+            "n": len(split.track_ids),
+            "genres": eligible,
+            "prior": genre_search.prior_genre_search(labels, eligible, search_config)
+            if eligible
+            else None,
+            "models": {},
+        }
+
     qual_columns = _qualitative_columns(manifest)
     q = min(config.qualitative_clips, len(qual_split.track_ids)) if qual_split else 0
     qual_results: dict[str, list[dict[str, Any]] | None] = {}
@@ -506,6 +546,12 @@ def evaluate(
                 continue
             metrics = _retrieval(run.text[name], run.audio[name], config)
             splits_report[name]["models"][model_key] = {"source": sources[model_key], **metrics}
+            merged = splits_report[name]["identical_prompts"]
+            if merged["n_clips_sharing"]:
+                groups = prompt_groups(split.prompts)
+                merged["models"][model_key] = _retrieval(
+                    run.text[name], run.audio[name], config, groups
+                )
             r5 = metrics["text_to_audio_recall_at_5"]["value"]
             say(f"{model_key} {name}: text->audio R@5 {r5:.3f} (N={len(split.track_ids)})")
         if genres:
@@ -518,6 +564,21 @@ def evaluate(
                 genre_report["splits"][name]["models"][model_key] = _genre_result(
                     run.audio[name][labelled], genre_text, labels, config
                 )
+        for name, split in clips.items():
+            block = search_report["splits"][name]
+            if not block["genres"]:
+                continue
+            labels = [genre_of.get(t) for t in split.track_ids]
+            block["models"][model_key] = {
+                query_name: genre_search.model_genre_search(
+                    encoder.texts(texts, config.batch_size),
+                    run.audio[name],
+                    labels,
+                    block["genres"],
+                    search_config,
+                )
+                for query_name, texts in genre_search.genre_queries(block["genres"]).items()
+            }
         if q:
             rows = _top1_rows(run.text[qual_split.name], run.audio[qual_split.name][:q], qual_split)
             if model_key == "zero_shot":
@@ -592,6 +653,7 @@ def evaluate(
         },
         "splits": splits_report,
         "genre": genre_report,
+        "genre_search": search_report,
         "qualitative": qualitative,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -634,6 +696,16 @@ def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
         for name in METRIC_NAMES:
             out[f"{split}_{name}"] = tuned[f"text_to_audio_{name}"]["value"]
             out[f"random_{split}_{name}"] = block["random"]["exact"][f"text_to_audio_{name}"]
+        search = report.get("genre_search", {}).get("splits", {}).get(split, {})
+        for model_key, prefix in (("fine_tuned", ""), ("zero_shot", "zeroshot_")):
+            for query_name, result in search.get("models", {}).get(model_key, {}).items():
+                for score in genre_search.SCORE_NAMES:
+                    out[f"{prefix}{split}_genre_search_{query_name}_{score}"] = result[score][
+                        "value"
+                    ]
+        if search.get("prior"):
+            for score in genre_search.SCORE_NAMES:
+                out[f"prior_{split}_genre_search_{score}"] = search["prior"][score]["value"]
         genre = report["genre"]["splits"].get(split, {}).get("models", {})
         if "fine_tuned" in genre:
             out[f"{split}_genre_accuracy"] = genre["fine_tuned"]["accuracy"]
@@ -722,6 +794,16 @@ def range_problems(report: dict[str, Any], manifest: dict[str, Any]) -> list[str
             for key, value in block["random"]["exact"].items():
                 if key.split("_", 3)[-1] in UNIT_INTERVAL_METRICS and not 0 <= value <= 1:
                     problems.append(f"{split} random {key} = {value} outside [0, 1]")
+    for split, block in report.get("genre_search", {}).get("splits", {}).items():
+        for model, queries in block["models"].items():
+            for query_name, result in queries.items():
+                for score in genre_search.SCORE_NAMES:
+                    for part, value in result[score].items():
+                        if not (math.isfinite(value) and 0 <= value <= 1):
+                            problems.append(
+                                f"{split} {model} genre search {query_name} {score} {part} = "
+                                f"{value} outside [0, 1]"
+                            )
     for split, block in report["genre"]["splits"].items():
         for model, result in block["models"].items():
             if not 0 <= result["accuracy"] <= 1:
@@ -744,6 +826,70 @@ def beats_random(report: dict[str, Any]) -> tuple[bool, str]:
         f"{report['config']['confidence']:.0%})"
     )
     return tuned > exact, detail
+
+
+def _beats(stat: dict[str, float], reference: float) -> bool:
+    return stat["ci_low"] > reference
+
+
+def verdict_lines(report: dict[str, Any], split: str = "test") -> list[str]:
+    """A few sentences a newcomer can read: does fine-tuning help, and how sure are we."""
+    block = report["splits"].get(split)
+    if not block or not block["n"]:
+        return [f"Verdict: no {split} clips, nothing to judge."]
+    conf = f"{report['config']['confidence']:.0%}"
+    n = block["n"]
+    lines = [f"Verdict on the {split} split ({n} clips the model never trained on):"]
+    helps = True
+    for direction, what in (
+        ("text_to_audio", "finding a clip from its own description"),
+        ("audio_to_text", "finding the description of a clip"),
+    ):
+        key = f"{direction}_recall_at_5"
+        tuned = block["models"]["fine_tuned"][key]
+        zero = block["models"]["zero_shot"][key]["value"]
+        chance = block["random"]["exact"][key]
+        ok = _beats(tuned, chance) and tuned["value"] > zero
+        helps &= ok
+        lines.append(
+            f"  - {what} (R@5, {SHORT_DIRECTION[direction]}): fine-tuned {_fmt_ci('r', tuned)} "
+            f"vs zero-shot {zero:.3f} vs random {chance:.3f}"
+            + ("" if ok else "  <- not clearly better")
+        )
+    merged = block.get("identical_prompts", {})
+    if merged.get("models", {}).get("fine_tuned"):
+        tuned = merged["models"]["fine_tuned"]
+        lines.append(
+            f"    ({merged['n_clips_sharing']} of {n} clips share their exact prompt with another "
+            "clip; counting those as hits too: fine-tuned R@5 text->audio "
+            f"{tuned['text_to_audio_recall_at_5']['value']:.3f}, audio->text "
+            f"{tuned['audio_to_text_recall_at_5']['value']:.3f})"
+        )
+    search = report.get("genre_search", {}).get("splits", {}).get(split, {})
+    models = search.get("models", {})
+    if models.get("fine_tuned"):
+        score = f"precision_at_{report['genre_search']['k']}"
+        template = report["genre_search"]["queries"]["genre_music"]
+        tuned = models["fine_tuned"]["genre_music"][score]
+        zero = models["zero_shot"]["genre_music"][score]["value"]
+        prior = search["prior"][score]["value"]
+        ok = _beats(tuned, search["prior"][score]["ci_high"]) and tuned["value"] > zero
+        helps &= ok
+        lines.append(
+            f"  - searching {template.format(genre='<genre>')!r} over {len(search['genres'])} "
+            f"genres: {tuned['value']:.0%} of the top {report['genre_search']['k']} are of that "
+            f"genre [{tuned['ci_low']:.0%}, {tuned['ci_high']:.0%}], vs {zero:.0%} zero-shot "
+            f"and {prior:.0%} by chance (the genres' share)"
+            + ("" if ok else "  <- not clearly better")
+        )
+    lines.append(
+        f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
+        "interval lies above chance."
+        if helps
+        else f"  => not shown: at least one number above is not clearly better (its {conf} "
+        "interval reaches chance, or zero-shot is as good). More tracks or epochs may help."
+    )
+    return lines
 
 
 # --------------------------------------------------------------------------- presentation
@@ -832,9 +978,71 @@ def format_evaluation_table(report: dict[str, Any]) -> str:
                 f"zero-shot {_fmt_ci('acc', _acc(zero))}, fine-tuned {_fmt_ci('acc', _acc(tuned))}, "
                 f"chance {block['chance_accuracy']:.3f}, majority {block['majority_accuracy']:.3f}"
             )
+    search_lines = _genre_search_lines(report)
+    if search_lines:
+        lines += ["", *search_lines]
     ok, detail = beats_random(report)
-    lines += ["", ("OK: " if ok else "WARNING: ") + detail]
+    lines += ["", ("OK: " if ok else "WARNING: ") + detail, "", *verdict_lines(report)]
     return "\n".join(lines)
+
+
+def _genre_search_rows(report: dict[str, Any], split: str) -> list[list[str]]:
+    block = report["genre_search"]["splits"][split]
+    rows = []
+    for query_name, template in report["genre_search"]["queries"].items():
+        for score in genre_search.SCORE_NAMES:
+            rows.append(
+                [
+                    template.format(genre="<genre>"),
+                    score.replace("_at_", "@").replace("_", " "),
+                    *(_fmt_ci("s", block["models"][key][query_name][score]) for key in MODELS),
+                    _fmt_ci("s", block["prior"][score]),
+                ]
+            )
+    return rows
+
+
+_GENRE_SEARCH_HEADERS = ["query", "score", "zero-shot", "fine-tuned", "genre prior (random)"]
+
+
+def _genre_search_lines(report: dict[str, Any]) -> list[str]:
+    search = report.get("genre_search")
+    if not search:
+        return []
+    lines = []
+    for split, block in search["splits"].items():
+        if not block["models"]:
+            continue
+        lines.append(
+            f"genre search, {split} split: each genre with >= {search['min_tracks']} clips "
+            f"({len(block['genres'])}) queried, averaged over genres"
+        )
+        rows = _genre_search_rows(report, split)
+        widths = [max(len(r[i]) for r in [_GENRE_SEARCH_HEADERS, *rows]) for i in range(5)]
+        for row in [_GENRE_SEARCH_HEADERS, ["-" * w for w in widths], *rows]:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return lines
+
+
+def genre_search_markdown(report: dict[str, Any]) -> str:
+    search = report.get("genre_search")
+    if not search or not any(b["models"] for b in search["splits"].values()):
+        return f"(no genre with >= {genre_search.MIN_GENRE_TRACKS} clips in a split)"
+    parts = []
+    for split, block in search["splits"].items():
+        if not block["models"]:
+            continue
+        parts += [
+            f"**{split}** (N = {block['n']}, genres: {', '.join(block['genres'])})\n",
+            markdown_table(_GENRE_SEARCH_HEADERS, _genre_search_rows(report, split)),
+            "",
+        ]
+    parts.append(
+        f"Precision@{search['k']} and average precision of the genre's clips among the split's "
+        "clips, macro-averaged over genres; bootstrap intervals over clips; the prior is a "
+        "random ranking (precision@k = the genre's share)."
+    )
+    return "\n".join(parts)
 
 
 def _acc(result: dict[str, Any]) -> dict[str, float]:

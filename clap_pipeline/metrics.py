@@ -55,7 +55,10 @@ def match_ranks(similarity: np.ndarray) -> np.ndarray:
 
 
 def match_ranks_blockwise(
-    queries: np.ndarray, candidates: np.ndarray, block_rows: int = 1024
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    block_rows: int = 1024,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """``match_ranks(queries @ candidates.T)`` without holding the N x N matrix.
 
@@ -63,6 +66,10 @@ def match_ranks_blockwise(
     time (memory ~ block_rows x N), with the same pessimistic tie rule; the
     match's score is read from the same product as the others, so a query never
     ties with itself through rounding.
+
+    ``groups`` (N ints, optional): candidates in the match's group are equivalent
+    to it and never ranked above it (pairs whose prompt texts are identical: the
+    text cannot tell them apart, so retrieving either is not a miss).
     """
     q = np.asarray(queries, dtype=np.float64)
     c = np.asarray(candidates, dtype=np.float64)
@@ -70,6 +77,10 @@ def match_ranks_blockwise(
         raise ValueError(f"queries and candidates must both be (N, d), got {q.shape}, {c.shape}")
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (len(q),):
+            raise ValueError(f"groups must have one entry per pair ({len(q)}), got {groups.shape}")
     n = len(q)
     ranks = np.empty(n, dtype=np.int64)
     for start in range(0, n, block_rows):
@@ -79,6 +90,8 @@ def match_ranks_blockwise(
         match = scores[rows, start + rows][:, None]
         above = scores >= match
         above[rows, start + rows] = False
+        if groups is not None:
+            above &= groups[start:stop, None] != groups[None, :]
         ranks[start:stop] = above.sum(axis=1)
     return ranks
 

@@ -51,6 +51,8 @@ LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to
 SELECTION_METRIC = "text_to_audio_recall_at_5"
 RESUME_FILE = "resume.json"
 RESUME_TENSORS = "resume-state-epoch-{epoch}.pt"  # optimizer + RNG after that epoch
+PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingError(RuntimeError):
@@ -77,7 +79,17 @@ class TrainConfig:
 
     batch_size: int = field(default=16, metadata={"help": "clips per contrastive batch"})
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "AdamW weight decay (not on biases, norms and the logit scale)"},
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata={"help": "constant | cosine (decay to 0 at the last step of max_epochs)"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "optimiser steps of linear learning-rate warm-up"}
+    )
     max_epochs: int = field(default=3, metadata={"help": "upper bound on epochs"})
     patience: int = field(
         default=1, metadata={"help": "epochs without a better val R@5 before stopping"}
@@ -143,6 +155,10 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 2 (contrastive), got {self.batch_size}")
         if not self.learning_rate > 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_epochs < 1:
             problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience < 1:
@@ -209,26 +225,63 @@ class TrainInputs:
 # --------------------------------------------------------------------------- loss, clamp, rule
 
 
-def symmetric_infonce(
-    logits_per_text: torch.Tensor, logits_per_audio: torch.Tensor
+def contrastive_loss(
+    text_embeds: torch.Tensor, audio_embeds: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
-    """(CE(text->audio) + CE(audio->text)) / 2 with pair i <-> i.
+    """Symmetric InfoNCE as LAION trains CLAP: ``(CE(audio->text) + CE(text->audio)) / 2``.
 
-    transformers' ``return_loss=True`` is NOT this: both of its terms are
-    text->audio (it transposes ``logits_per_audio`` back).
+    ``text_embeds`` and ``audio_embeds`` are L2-normalised (B, d) with pair i <-> i;
+    ``logit_scale`` is the log inverse temperature shared by both directions
+    (``logit_scale_a``, as in LAION's ``ClipLoss``). Not ``ClapModel``'s logits: they
+    scale the text->audio direction by ``logit_scale_t``, which LAION never trained, and
+    transformers' ``return_loss=True`` has two text->audio terms.
     """
-    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    logits_per_audio = logit_scale.float().exp() * audio_embeds.float() @ text_embeds.float().T
+    labels = torch.arange(logits_per_audio.shape[0], device=logits_per_audio.device)
     return (
-        F.cross_entropy(logits_per_text.float(), labels)
-        + F.cross_entropy(logits_per_audio.float(), labels)
+        F.cross_entropy(logits_per_audio, labels) + F.cross_entropy(logits_per_audio.T, labels)
     ) / 2
 
 
+def prepare_logit_scales(model: torch.nn.Module) -> None:
+    """Train ``logit_scale_a`` only: ``logit_scale_t`` is unused by the loss (see above)."""
+    model.logit_scale_t.requires_grad_(False)
+
+
 @torch.no_grad()
-def clamp_logit_scales(model: torch.nn.Module) -> None:
-    """Keep both learned log-temperatures in [0, ln 100] (LAION's clamp after each step)."""
-    for name in ("logit_scale_a", "logit_scale_t"):
-        getattr(model, name).clamp_(0.0, LOGIT_SCALE_MAX)
+def clamp_logit_scale(model: torch.nn.Module) -> None:
+    """Keep the learned log inverse temperature in [0, ln 100] (LAION's clamp after each step)."""
+    model.logit_scale_a.clamp_(0.0, LOGIT_SCALE_MAX)
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as open_clip builds them: no weight decay on gains, biases, logit scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exclude = param.ndim < 2 or "logit_scale" in name or "norm" in name or "bias" in name
+        (no_decay if exclude else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def learning_rate_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global optimiser step ``step`` (1-based).
+
+    Linear warm-up over ``warmup_steps``, then constant or a cosine decay to zero at
+    ``max_epochs * steps_per_epoch`` (open_clip's schedule). A pure function of the step,
+    so a resumed run continues the same schedule.
+    """
+    if config.warmup_steps and step <= config.warmup_steps:
+        return config.learning_rate * step / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    total = max(config.max_epochs * steps_per_epoch - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / total, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * config.learning_rate
 
 
 @dataclass
@@ -374,9 +427,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
 def _autocast(device: torch.device, precision: str = "auto"):
     """A context factory: bf16 autocast on CUDA (``auto`` where the card supports it)."""
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -458,7 +508,7 @@ def train_step(
     step: int = 0,
     precision: str = "auto",
 ) -> float:
-    """One optimiser step on symmetric InfoNCE; the logit scales are clamped afterwards.
+    """One optimiser step on the symmetric InfoNCE; the logit scale is clamped afterwards.
 
     A non-finite loss raises before the weights change.
     """
@@ -468,14 +518,14 @@ def train_step(
             attention_mask=tokens["attention_mask"],
             input_features=input_features,
         )
-    loss = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
+    loss = contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise NonFiniteLossError(epoch, step, value)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    clamp_logit_scales(model)
+    clamp_logit_scale(model)
     return value
 
 
@@ -511,16 +561,16 @@ def evaluate_split(
     text, audio = torch.cat(text_embs), torch.cat(audio_embs)
     sim = text @ audio.T
     n = sim.shape[0]
-    scale_t = model.logit_scale_t.detach().float().exp().cpu()
-    scale_a = model.logit_scale_a.detach().float().exp().cpu()
+    logit_scale = model.logit_scale_a.detach().float().cpu()
     bounds = list(range(0, n, batch_size))
     if len(bounds) > 1 and n - bounds[-1] < batch_size:
         bounds.pop()  # the short remainder joins the previous block
     loss_sum = 0.0
     for i, start in enumerate(bounds):
         end = bounds[i + 1] if i + 1 < len(bounds) else n
-        block = sim[start:end, start:end]
-        loss_sum += float(symmetric_infonce(scale_t * block, scale_a * block.T)) * (end - start)
+        loss_sum += float(contrastive_loss(text[start:end], audio[start:end], logit_scale)) * (
+            end - start
+        )
     return loss_sum / n, retrieval_metrics(sim.numpy())
 
 
@@ -567,6 +617,9 @@ def _train_epoch(
             data_seconds += time.perf_counter() - t_data
             if hooks.before_step:
                 hooks.before_step(epoch, step, model)
+            lr = learning_rate_at(config, (epoch - 1) * steps + step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             value = train_step(
                 model,
                 optimizer,
@@ -588,7 +641,7 @@ def _train_epoch(
                     TrainingProgress(
                         message=(
                             f"epoch {epoch}/{config.max_epochs} step {step}/{steps} "
-                            f"loss {value:.4f} {rate:.1f} clips/s "
+                            f"loss {value:.4f} lr {lr:.2e} {rate:.1f} clips/s "
                             f"ETA {_fmt_seconds(eta)} (at most; early stopping may cut it)"
                         ),
                         epoch=epoch,
@@ -853,8 +906,9 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     model = loaded.model.to(device)
     features = _features_module(loaded.feature_extractor, device)
     tokenizer = loaded.tokenizer
+    prepare_logit_scales(model)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        optimizer_groups(model, config.weight_decay), lr=config.learning_rate
     )
     set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
     if resume_tensors:

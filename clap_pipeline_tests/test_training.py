@@ -7,6 +7,7 @@ report path and (where aliases matter) registered-model name.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -33,11 +34,14 @@ from clap_pipeline.training import (
     _features_module,
     best_epoch,
     champion_recall,
-    clamp_logit_scales,
+    clamp_logit_scale,
+    contrastive_loss,
     evaluate_split,
+    learning_rate_at,
     main,
+    optimizer_groups,
+    prepare_logit_scales,
     should_stop,
-    symmetric_infonce,
     train,
 )
 from clap_pipeline.training_data import TrainingData, TrainingDataError
@@ -65,48 +69,98 @@ QUICK = TrainConfig(
 # ----------------------------------------------------------------------------- loss and rule
 
 
-def test_symmetric_infonce_on_hand_made_logits() -> None:
-    logits = torch.tensor([[4.0, 1.0, 0.0], [3.0, 2.0, 0.0], [0.0, 5.0, 1.0]])
-    log_rows = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    log_cols = logits - torch.logsumexp(logits, dim=0, keepdim=True)
-    text_to_audio = -log_rows.diagonal().mean()  # row i: text i against every clip
-    audio_to_text = -log_cols.diagonal().mean()  # column i: clip i against every text
-    ours = symmetric_infonce(logits, logits.T)
-    assert torch.isclose(ours, (text_to_audio + audio_to_text) / 2)
-    assert torch.isclose(ours, symmetric_infonce(logits.T, logits))  # symmetric in the roles
-    # transformers' built-in loss uses text->audio twice: a different number here.
-    from transformers.models.clap.modeling_clap import contrastive_loss
-
-    builtin = (contrastive_loss(logits) + contrastive_loss(logits.T.t())) / 2
-    assert torch.isclose(builtin, text_to_audio)
-    assert not torch.isclose(builtin, ours)
+def reference_infonce(text: np.ndarray, audio: np.ndarray, scale: float) -> float:
+    """Independent reference: both cross-entropies written out with Python loops."""
+    n = len(text)
+    sim = [[scale * float(np.dot(audio[i], text[j])) for j in range(n)] for i in range(n)]
+    audio_to_text = -sum(sim[i][i] - math.log(sum(math.exp(v) for v in sim[i])) for i in range(n))
+    text_to_audio = -sum(
+        sim[j][j] - math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)
+    )
+    return (audio_to_text + text_to_audio) / (2 * n)
 
 
-def test_return_loss_of_the_model_is_one_directional(tiny_model_dir: Path) -> None:
+def test_contrastive_loss_known_value_for_orthonormal_pairs() -> None:
+    # Matched pairs on orthonormal axes: every row and column is [s, 0], CE = log(1 + e^-s).
+    eye = torch.eye(2)
+    loss = contrastive_loss(eye, eye, torch.tensor(math.log(2.0)))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-5)
+    # Swapped pairs: the match scores 0 and the other 2, CE = log(1 + e^2).
+    swapped = contrastive_loss(eye, eye.flip(0), torch.tensor(math.log(2.0)))
+    assert swapped.item() == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-5)
+
+
+def test_contrastive_loss_matches_an_independent_reference_in_both_directions() -> None:
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((5, 3))
+    audio = rng.standard_normal((5, 3))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    ours = contrastive_loss(
+        torch.tensor(text), torch.tensor(audio), torch.tensor(math.log(1 / 0.07))
+    )
+    assert ours.item() == pytest.approx(reference_infonce(text, audio, 1 / 0.07), rel=1e-5)
+    # The two directions differ on this data: a one-directional loss would not match.
+    one_way = F.cross_entropy(torch.tensor(audio @ text.T / 0.07), torch.arange(5)).item()
+    assert ours.item() != pytest.approx(one_way, rel=1e-3)
+
+
+def test_training_loss_uses_logit_scale_a_for_both_directions(tiny_model_dir: Path) -> None:
     loaded = load_clap(tiny_model_dir)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        model.logit_scale_a.fill_(math.log(50.0))
+        model.logit_scale_t.fill_(math.log(1 / 0.07))
     torch.manual_seed(0)
     features = torch.randn(4, 1, 1001, 64) * 10 - 50
     tokens = tokenize(loaded.tokenizer, ["a drone", "whistle", "noise bursts", "clicks clicks"])
-    loaded.model.eval()
-    out = loaded.model(**tokens, input_features=features, return_loss=True)
-    labels = torch.arange(4)
-    assert torch.isclose(out.loss, F.cross_entropy(out.logits_per_text, labels), atol=1e-6)
-    ours = symmetric_infonce(out.logits_per_text, out.logits_per_audio)
-    expected = (
-        F.cross_entropy(out.logits_per_text, labels) + F.cross_entropy(out.logits_per_audio, labels)
+    out = model(**tokens, input_features=features, return_loss=True)
+    ours = contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
+    expected = reference_infonce(
+        out.text_embeds.detach().numpy(), out.audio_embeds.detach().numpy(), 50.0
+    )
+    assert ours.item() == pytest.approx(expected, rel=1e-4)
+    # HF's logits scale text->audio by logit_scale_t, and return_loss is text->audio twice.
+    hf_mixed = (
+        F.cross_entropy(out.logits_per_text, torch.arange(4))
+        + F.cross_entropy(out.logits_per_audio, torch.arange(4))
     ) / 2
-    assert torch.isclose(ours, expected)
+    assert not torch.isclose(ours, hf_mixed)
     assert not torch.isclose(ours, out.loss)
 
 
-def test_logit_scales_are_clamped_to_ln_100(tiny_model_dir: Path) -> None:
+def test_only_logit_scale_a_is_trained_and_clamped(tiny_model_dir: Path) -> None:
     model = load_clap(tiny_model_dir).model
+    prepare_logit_scales(model)
+    assert model.logit_scale_a.requires_grad and not model.logit_scale_t.requires_grad
+    groups = optimizer_groups(model, weight_decay=0.1)
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert id(model.logit_scale_a) in no_decay and groups[1]["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in groups[0]["params"])
+    assert id(model.logit_scale_t) not in no_decay | {id(p) for p in groups[0]["params"]}
     with torch.no_grad():
         model.logit_scale_a.fill_(7.0)
-        model.logit_scale_t.fill_(-1.0)
-    clamp_logit_scales(model)
+    clamp_logit_scale(model)
     assert model.logit_scale_a.item() == pytest.approx(math.log(100))
-    assert model.logit_scale_t.item() == 0.0
+    with torch.no_grad():
+        model.logit_scale_a.fill_(-1.0)
+    clamp_logit_scale(model)
+    assert model.logit_scale_a.item() == 0.0
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
+    cosine = TrainConfig(learning_rate=1e-3, max_epochs=2, warmup_steps=4, lr_schedule="cosine")
+    rates = [learning_rate_at(cosine, step, steps_per_epoch=10) for step in range(1, 21)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[4] < 1e-3 and all(a >= b for a, b in itertools.pairwise(rates[4:]))
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates[11] == pytest.approx(0.5e-3)  # halfway through the decay (step 12 of 4..20)
+    constant = TrainConfig(learning_rate=1e-3, warmup_steps=2)
+    assert [learning_rate_at(constant, s, 10) for s in (1, 2, 3, 30)] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-3]
+    )
+    with pytest.raises(TrainingError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear").validate()
 
 
 def record(epoch: int, r5: float, val_loss: float) -> EpochRecord:
@@ -263,6 +317,8 @@ def test_fine_tune_beats_untrained_model_and_random(
         untrained.model, features, untrained.tokenizer, data, "validation", 8, torch.device("cpu")
     )
     best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
+    # The loss falls: a change that silently stops learning turns this red.
+    assert min(r.train_loss for r in learned.epochs[1:]) < learned.epochs[0].train_loss - 0.05
     n_val = len(synthetic.ids("validation"))
     baseline = max(before["text_to_audio_recall_at_5"], random_recall(5, n_val))
     assert best.val_recall_at_5 >= baseline + 0.15, (best.val_recall_at_5, before)
@@ -313,10 +369,16 @@ def test_progress_reports_steps_rate_and_eta(
     assert any("registered as clap-fma-test" in m for m in messages)
 
 
-def test_logit_scales_stay_within_the_clamp(learned: TrainingResult) -> None:
+def test_logit_scale_a_is_learned_within_the_clamp_and_scale_t_untouched(
+    learned: TrainingResult, tiny_model_dir: Path, store: str
+) -> None:
+    initial = load_clap(tiny_model_dir).model
     for r in learned.epochs:
         assert 0.0 <= r.logit_scale_a <= LOGIT_SCALE_MAX
-        assert 0.0 <= r.logit_scale_t <= LOGIT_SCALE_MAX
+        assert r.logit_scale_t == pytest.approx(initial.logit_scale_t.item())
+    assert learned.epochs[0].logit_scale_a != pytest.approx(initial.logit_scale_a.item())
+    logged = tracking.metric_history(store, learned.run_id, "logit_scale_a")
+    assert [v for _, v in logged] == pytest.approx([r.logit_scale_a for r in learned.epochs])
 
 
 # ----------------------------------------------------------------------------- registry

@@ -18,7 +18,7 @@ AUDIO_DIR=$(setting audio_dir)
 
 if [[ ! -f "$TRACKS_CSV" ]]; then
   echo "==> no $TRACKS_CSV: generating the FMA-format demo dataset (clap-pipeline demo-data)"
-  "$CLI" demo-data --tracks "${DEMO_TRACKS:-120}"
+  "$CLI" demo-data --tracks "${DEMO_TRACKS:-500}"
 elif [[ ! -d "$AUDIO_DIR" ]]; then
   echo "error: $TRACKS_CSV exists but the audio folder $AUDIO_DIR does not (set FMA_AUDIO_DIR)" >&2
   exit 2
@@ -47,6 +47,7 @@ else
 fi
 echo "==> evaluation, track_embeddings, model_comparison"
 materialize --select evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
-"$PY" -m clap_pipeline.evaluation show
 echo
 echo "Try: $CLI search \"folk country music\" -k 5"
+echo
+"$PY" -m clap_pipeline.evaluation show  # ends with the verdict

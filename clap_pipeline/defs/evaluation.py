@@ -32,11 +32,13 @@ from clap_pipeline.evaluation import (
     comparison_chart_png,
     evaluate,
     genre_markdown,
+    genre_search_markdown,
     load_manifest,
     load_report,
     qualitative_markdown,
     range_problems,
     retrieval_markdown,
+    verdict_lines,
 )
 from clap_pipeline.metrics import KS
 
@@ -81,7 +83,8 @@ def _report_path(clap_settings: ClapSettings) -> Path:
     kinds={"pytorch", "mlflow"},
     description="Zero-shot vs fine-tuned CLAP on the test (and validation) split: R@1/5/10, "
     "median/mean rank, mAP@10 both ways with bootstrap 95 % intervals next to random; "
-    "top-1 examples per epoch; zero-shot genres. reports/evaluation.json + the MLflow run.",
+    "top-1 examples per epoch; zero-shot genres; genre search precision@10 and mAP vs the "
+    "genre prior; a verdict. reports/evaluation.json + the MLflow run.",
 )
 def evaluation(
     context: AssetExecutionContext,
@@ -101,6 +104,8 @@ def evaluation(
         "retrieval": MetadataValue.md(retrieval_markdown(report)),
         "qualitative": MetadataValue.md(qualitative_markdown(report)),
         "genre_classification": MetadataValue.md(genre_markdown(report)),
+        "genre_search": MetadataValue.md(genre_search_markdown(report)),
+        "verdict": MetadataValue.md("\n".join(verdict_lines(report))),
         "device": report["device"],
         "seconds": report["seconds"],
     }
@@ -116,6 +121,13 @@ def evaluation(
             metadata[f"test_{key}"] = test["models"]["fine_tuned"][key]["value"]
             metadata[f"zeroshot_test_{key}"] = test["models"]["zero_shot"][key]["value"]
             metadata[f"random_test_recall_at_{k}"] = test["random"]["exact"][key]
+    test_search = report["genre_search"]["splits"]["test"]
+    if test_search["models"]:
+        score = f"precision_at_{report['genre_search']['k']}"
+        for key, prefix in (("fine_tuned", ""), ("zero_shot", "zeroshot_")):
+            value = test_search["models"][key]["genre_music"][score]["value"]
+            metadata[f"{prefix}test_genre_search_{score}"] = value
+        metadata[f"prior_test_genre_search_{score}"] = test_search["prior"][score]["value"]
     return MaterializeResult(metadata=metadata)
 
 

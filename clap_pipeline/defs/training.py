@@ -34,6 +34,8 @@ class ClapTrainingConfig(Config):
     batch_size: int = Field(_D.batch_size, description=_help("batch_size"))
     learning_rate: float = Field(_D.learning_rate, description=_help("learning_rate"))
     weight_decay: float = Field(_D.weight_decay, description=_help("weight_decay"))
+    lr_schedule: str = Field(_D.lr_schedule, description=_help("lr_schedule"))
+    warmup_steps: int = Field(_D.warmup_steps, description=_help("warmup_steps"))
     max_epochs: int = Field(_D.max_epochs, description=_help("max_epochs"))
     patience: int = Field(_D.patience, description=_help("patience"))
     seed: int = Field(_D.seed, description=_help("seed"))
