@@ -76,6 +76,7 @@ retrain_job = define_asset_job(
         "waveforms",
         "clap_model",
         "evaluation",
+        "feedback_evaluation",
         "track_embeddings",
         "model_comparison",
     ],
