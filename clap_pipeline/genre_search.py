@@ -77,6 +77,12 @@ def _macro(
     return out[0], out[1]
 
 
+def _mean_present(values: np.ndarray) -> float:
+    """Mean over the genres present (NaN marks an absent one); NaN when none is."""
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if len(present) else float("nan")
+
+
 @dataclass(frozen=True)
 class GenreSearchConfig:
     n_bootstrap: int = 1000
@@ -118,7 +124,7 @@ def model_genre_search(
     for b in range(config.n_bootstrap):
         pick = rng.integers(0, n, n)
         p_b, ap_b = _macro(scores[:, pick], labels_arr[pick], genres, config.k)
-        boot[:, b] = np.nanmean(p_b), np.nanmean(ap_b)
+        boot[:, b] = _mean_present(p_b), _mean_present(ap_b)
     name_p, name_ap = SCORE_NAMES
     return {
         name_p: _stat(np.mean(precision), boot[0], config.confidence),

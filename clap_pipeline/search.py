@@ -32,6 +32,14 @@ import numpy as np
 import pyarrow as pa
 
 from clap_pipeline.config import Settings
+from clap_pipeline.evaluation import read_genres
+from clap_pipeline.genre_search import (
+    GENRE_QUERIES,
+    GenreSearchConfig,
+    eligible_genres,
+    model_genre_search,
+    prior_genre_search,
+)
 from clap_pipeline.selection import audio_path as fma_audio_path
 from clap_pipeline.storage import atomic_path, duckdb_connection, table_exists, write_text_atomic
 
@@ -200,6 +208,7 @@ class BuildSummary:
     model: ModelChoice
     seconds: float
     clips_per_s: float
+    genre_search: dict[str, object] | None = None  # collection_genre_search()
 
 
 def build_track_embeddings(
@@ -226,9 +235,37 @@ def build_track_embeddings(
     count = write_track_embeddings(
         duckdb_path, embedded.track_ids, embedded.embeddings, paths, embedded.source_sizes, model
     )
-    # Warm the query cache so the first search does not pay the DuckDB read.
-    load_index(duckdb_path)
-    return BuildSummary(count, embedded.dim, model, embedded.seconds, embedded.clips_per_s)
+    # Warms the query cache too, so the first search does not pay the DuckDB read.
+    genre_search = collection_genre_search(clap, duckdb_path)
+    return BuildSummary(
+        count, embedded.dim, model, embedded.seconds, embedded.clips_per_s, genre_search
+    )
+
+
+def collection_genre_search(
+    clap, duckdb_path: str | Path, config: GenreSearchConfig | None = None
+) -> dict[str, object] | None:
+    """Genre search over the whole index: "<genre> music" for every genre with >= 3 tracks.
+
+    What a person searching the collection sees (precision@10 of the genre's tracks vs
+    its share), as ``genre_search`` defines it; None when no genre qualifies.
+    """
+    config = config or GenreSearchConfig(n_bootstrap=200, random_rounds=200)
+    index = load_index(duckdb_path)
+    genre_of = read_genres(Path(duckdb_path), index.track_ids.tolist())
+    labels = [genre_of.get(int(t)) for t in index.track_ids]
+    genres = eligible_genres(labels)
+    if not genres:
+        return None
+    template = GENRE_QUERIES["genre_music"]
+    queries = np.stack([encode_query(clap, template.format(genre=g)) for g in genres])
+    return {
+        "query": template,
+        "genres": genres,
+        "n": len(labels),
+        "model": model_genre_search(queries, index.matrix, labels, genres, config),
+        "prior": prior_genre_search(labels, genres, config),
+    }
 
 
 def embeddings_health(duckdb_path: str | Path) -> dict[str, float | int]:

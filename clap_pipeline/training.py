@@ -134,6 +134,13 @@ class TrainConfig:
     shuffle_buffer: int = field(
         default=128, metadata={"help": "clips held for shuffling (memory ~1 MB per clip)"}
     )
+    feature_cache_mb: int = field(
+        default=1024,
+        metadata={
+            "help": "keep the log-mel features of up to this many MB of clips (256 KB each) "
+            "in memory across epochs; 0 recomputes them every batch"
+        },
+    )
     registered_model: str = field(
         default=tracking.MODEL_NAME, metadata={"help": "MLflow registered model name"}
     )
@@ -155,6 +162,7 @@ class TrainConfig:
         "resume",
         "registered_model",
         "cpu_threads",
+        "feature_cache_mb",
     )
 
     def validate(self) -> None:
@@ -173,6 +181,8 @@ class TrainConfig:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if not 0 <= self.feedback_weight <= 1:
             problems.append(f"feedback_weight must be in [0, 1], got {self.feedback_weight}")
+        if self.feature_cache_mb < 0:
+            problems.append(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
         if self.cpu_threads < 0:
             problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         if self.precision not in PRECISIONS:
@@ -497,13 +507,55 @@ def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> byte
 # --------------------------------------------------------------------------- one epoch
 
 
+class CachedFeatures:
+    """Log-mel features by track id, computed once and kept on the CPU within a budget.
+
+    A stored clip no longer than the 10-s window is tiled, never randomly cropped, so its
+    features are a pure function of its samples: reusing them in later epochs changes no
+    number and saves the STFT of every clip after the first epoch.
+    """
+
+    def __init__(self, features: torch.nn.Module, budget_mb: int) -> None:
+        self.features = features
+        self.budget_bytes = budget_mb * 2**20
+        self.store: dict[int, torch.Tensor] = {}
+        self.bytes = 0
+
+    def __call__(self, batch: ClipBatch, device: torch.device) -> torch.Tensor:
+        ids = [int(t) for t in batch.track_ids]
+        missing = [i for i, t in enumerate(ids) if t not in self.store]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            waves = torch.from_numpy(batch.waveforms[missing]).to(device, non_blocking=True)
+            with torch.no_grad():
+                computed = self.features(waves)
+            cacheable = waves.shape[-1] <= getattr(self.features, "max_samples", 0)
+            for j, i in enumerate(missing):
+                fresh[i] = computed[j]
+                size = computed[j].numel() * computed[j].element_size()
+                if cacheable and self.bytes + size <= self.budget_bytes:
+                    self.store[ids[i]] = computed[j].to("cpu", copy=True)
+                    self.bytes += size
+            if len(missing) == len(ids):
+                return computed
+        return torch.stack(
+            [fresh[i] if i in fresh else self.store[t].to(device) for i, t in enumerate(ids)]
+        )
+
+
 def batch_tensors(
-    batch: ClipBatch, features: torch.nn.Module, tokenizer, device: torch.device
+    batch: ClipBatch,
+    features: torch.nn.Module | CachedFeatures,
+    tokenizer,
+    device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Log-mel features (B, 1, 1001, 64) computed on ``device`` + the tokenized prompts."""
-    waves = torch.from_numpy(batch.waveforms).to(device, non_blocking=True)
-    with torch.no_grad():
-        input_features = features(waves)
+    """Log-mel features (B, 1, 1001, 64) computed on ``device`` (or cached) + the prompts."""
+    if isinstance(features, CachedFeatures):
+        input_features = features(batch, device)
+    else:
+        waves = torch.from_numpy(batch.waveforms).to(device, non_blocking=True)
+        with torch.no_grad():
+            input_features = features(waves)
     return input_features, tokenize(tokenizer, batch.texts, device)
 
 
@@ -542,7 +594,7 @@ def train_step(
 @torch.no_grad()
 def evaluate_split(
     model,
-    features: torch.nn.Module,
+    features: torch.nn.Module | CachedFeatures,
     tokenizer,
     data: TrainingData,
     split: str,
@@ -596,7 +648,7 @@ def _train_epoch(
     *,
     model,
     optimizer: torch.optim.Optimizer,
-    features: torch.nn.Module,
+    features: torch.nn.Module | CachedFeatures,
     tokenizer,
     data: TrainingData,
     config: TrainConfig,
@@ -915,7 +967,9 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     config, data, device, history = session.config, session.data, session.device, session.history
     session.run_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model.to(device)
-    features = _features_module(loaded.feature_extractor, device)
+    features = CachedFeatures(
+        _features_module(loaded.feature_extractor, device), config.feature_cache_mb
+    )
     tokenizer = loaded.tokenizer
     prepare_logit_scales(model)
     optimizer = torch.optim.AdamW(

@@ -30,6 +30,7 @@ from clap_pipeline.evaluation import (
     main,
     mlflow_metrics,
     range_problems,
+    verdict_lines,
 )
 from clap_pipeline.metrics import (
     KS,
@@ -176,6 +177,43 @@ def test_metrics_agree_with_an_independent_computation(
     assert any(models["zero_shot"][k]["value"] != models["fine_tuned"][k]["value"] for k in best)
 
 
+def test_genre_search_matches_an_independent_ranking(
+    setup: EvalSetup,
+    evaluated: tuple[dict[str, Any], list[str]],
+    reference_features: dict[int, torch.Tensor],
+) -> None:
+    report, _ = evaluated
+    search = report["genre_search"]
+    test = search["splits"]["test"]
+    labels = [setup.genre_of[t] for t in TEST_IDS]
+    expected_genres = sorted(
+        g for g in set(labels) - {None} if labels.count(g) >= search["min_tracks"]
+    )
+    assert test["genres"] == expected_genres and test["n"] == len(TEST_IDS)
+    queries = [search["queries"]["genre_music"].format(genre=g) for g in expected_genres]
+    query_text, audio = reference_embeddings(
+        setup.checkpoints[3], reference_features, queries, TEST_IDS
+    )
+    tuned = test["models"]["fine_tuned"]["genre_music"]
+    for g, genre in enumerate(expected_genres):
+        order = np.argsort(-(audio @ query_text[g]), kind="stable")
+        hits = [labels[i] == genre for i in order]
+        k = min(search["k"], len(hits))
+        precision = sum(hits[:k]) / k
+        ap = np.mean([sum(hits[: r + 1]) / (r + 1) for r, hit in enumerate(hits) if hit])
+        assert tuned["per_genre"][genre]["precision_at_10"] == pytest.approx(precision)
+        assert tuned["per_genre"][genre]["average_precision"] == pytest.approx(ap)
+    p10 = tuned["precision_at_10"]
+    assert p10["value"] == pytest.approx(
+        np.mean([v["precision_at_10"] for v in tuned["per_genre"].values()])
+    )
+    assert p10["ci_low"] <= p10["value"] <= p10["ci_high"]
+    shares = [labels.count(g) / len(labels) for g in expected_genres]
+    assert test["prior"]["precision_at_10"]["value"] == pytest.approx(np.mean(shares))
+    assert set(test["models"]) == {"zero_shot", "fine_tuned"}
+    assert set(test["models"]["zero_shot"]) == set(search["queries"])
+
+
 def test_genre_classification_over_the_genres_present(
     setup: EvalSetup,
     evaluated: tuple[dict[str, Any], list[str]],
@@ -292,7 +330,13 @@ def test_terminal_table_and_show_command(
     assert f"{1 / 12:.3f}" in t2a_r1  # random k/N
     assert "genre classification" in table
     ok, detail = beats_random(report)
-    assert lines[-1] == ("OK: " if ok else "WARNING: ") + detail
+    assert ("OK: " if ok else "WARNING: ") + detail in lines
+    assert "genre search, test split" in table
+    # The verdict closes the table.
+    verdict = verdict_lines(report)
+    assert lines[-len(verdict) :] == verdict
+    assert verdict[0].startswith("Verdict on the test split (12 clips")
+    assert any("searching '<genre> music'" in line for line in verdict)
 
     assert main(["show", "--data-dir", str(setup.data_dir)]) == 0
     assert capsys.readouterr().out.strip() == table.strip()

@@ -23,6 +23,7 @@ from clap_pipeline.metrics import random_recall, retrieval_metrics
 from clap_pipeline.model import load_clap, tokenize
 from clap_pipeline.training import (
     LOGIT_SCALE_MAX,
+    CachedFeatures,
     EpochRecord,
     NonFiniteLossError,
     TrainConfig,
@@ -333,6 +334,25 @@ def test_fine_tune_beats_untrained_model_and_random(
     # noise, and a different batch composition may flip those ties.
     t2a = {k: v for k, v in best.metrics.items() if k.startswith("text_to_audio")}
     assert {k: after[k] for k in t2a} == pytest.approx(t2a)
+
+
+def test_cached_features_change_no_number(synthetic: SyntheticData, tiny_model_dir: Path) -> None:
+    data = _synthetic_training_data(synthetic, batch_size=8)
+    loaded = load_clap(tiny_model_dir)
+    device = torch.device("cpu")
+    plain = _features_module(loaded.feature_extractor, device)
+    cached = CachedFeatures(plain, budget_mb=1024)
+    args = (loaded.tokenizer, data, "validation", 8, device)
+    expected = evaluate_split(loaded.model, plain, *args)
+    assert evaluate_split(loaded.model, cached, *args) == expected  # fills the cache
+    assert set(cached.store) == set(synthetic.ids("validation"))
+    assert evaluate_split(loaded.model, cached, *args) == expected  # served from it
+    # The budget bounds what is kept: room for 3 clips keeps 3.
+    one_clip = next(iter(cached.store.values()))
+    small = CachedFeatures(plain, budget_mb=0)
+    small.budget_bytes = 3 * one_clip.numel() * one_clip.element_size()
+    assert evaluate_split(loaded.model, small, *args) == expected
+    assert len(small.store) == 3
 
 
 def test_manifest_follows_the_contract(learned: TrainingResult, synthetic: SyntheticData) -> None:

@@ -51,8 +51,21 @@ def track_embeddings(
         device=config.device,
         log=context.log.info,
     )
+    metadata: dict = {}
+    if summary.genre_search:
+        found, prior = summary.genre_search["model"], summary.genre_search["prior"]
+        p10, share = found["precision_at_10"], prior["precision_at_10"]["value"]
+        context.log.info(
+            f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
+            f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
+            f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"
+        )
+        metadata["genre_search_precision_at_10"] = p10["value"]
+        metadata["genre_search_prior_precision_at_10"] = share
+        metadata["genre_search_per_genre"] = MetadataValue.json(found["per_genre"])
     return MaterializeResult(
         metadata={
+            **metadata,
             "count": summary.count,
             "dim": summary.dim,
             "model_version": str(summary.model.version),

@@ -16,18 +16,19 @@ import yaml
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from clap_pipeline import tracking
-from clap_pipeline.config import Settings
+from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.definitions import build_defs
 from clap_pipeline.defs.automation import NEW_TRACKS_TAG, new_tracks_sensor
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.demo import add_demo_tracks, write_demo_dataset
 
-# The tiny model starts from random weights: larger steps than the reference recipe.
-TINY_TRAINING = {"batch_size": 8, "learning_rate": 2e-3, "patience": 4, "cpu_threads": 1}
+# The tiny model's recipe, as `make demo` and `make dev` use it.
+TINY_RUN_CONFIG = REPO_ROOT / "scripts" / "tiny_model_run_config.yaml"
 
 
 def _write_run_config(path: Path, max_epochs: int) -> None:
-    config = {"ops": {"clap_model": {"config": {**TINY_TRAINING, "max_epochs": max_epochs}}}}
+    config = yaml.safe_load(TINY_RUN_CONFIG.read_text())
+    config["ops"]["clap_model"]["config"].update(max_epochs=max_epochs, cpu_threads=1)
     path.write_text(yaml.safe_dump(config))
 
 
@@ -59,9 +60,13 @@ def _metadata(run, node: str) -> dict:
 @pytest.mark.slow
 def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
-    write_demo_dataset(data, n_tracks=120, seed=0, log=None)
+    # Large enough that the test split (about 24 clips) can show what fine-tuning does.
+    write_demo_dataset(data, n_tracks=240, seed=0, log=None)
     run_config = tmp_path / "retrain.yaml"
-    _write_run_config(run_config, max_epochs=12)
+    max_epochs = yaml.safe_load(TINY_RUN_CONFIG.read_text())["ops"]["clap_model"]["config"][
+        "max_epochs"
+    ]
+    _write_run_config(run_config, max_epochs=max_epochs)
     settings = Settings.build(
         data_dir=data,
         model=str(tiny_model_dir),
@@ -78,7 +83,7 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
     assert instance.get_dynamic_partitions("audio_folders") == ["000", "001"]
     waveforms1 = _metadata(run1, "waveforms")
     # Every selected clip was decoded; the demo's defective ones are recorded failures.
-    assert waveforms1["decoded"] == waveforms1["selected"] > 100
+    assert waveforms1["decoded"] == waveforms1["selected"] > 200
     assert waveforms1["rows"] == waveforms1["selected"] - waveforms1["failures"]
     assert waveforms1["failures"] >= 2
 
@@ -88,8 +93,28 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
     validation = report["splits"]["validation"]
     untrained = validation["models"]["zero_shot"]["text_to_audio_recall_at_5"]["value"]
     random_r5 = validation["random"]["exact"]["text_to_audio_recall_at_5"]
-    # Fine-tuning learned something measurable: better than untrained and than random.
+    # Fine-tuning learned something measurable: better than untrained and than random...
     assert best["val_text_to_audio_recall_at_5"] > max(untrained, random_r5), (best, untrained)
+    # ... also on the test split, which chose nothing: both directions, and genre search.
+    test = report["splits"]["test"]
+    assert test["n"] >= 20
+    for direction in ("text_to_audio", "audio_to_text"):
+        key = f"{direction}_recall_at_5"
+        tuned = test["models"]["fine_tuned"][key]
+        zero_shot = test["models"]["zero_shot"][key]["value"]
+        chance = test["random"]["exact"][key]
+        assert tuned["value"] >= 1.5 * chance and tuned["value"] > zero_shot, (key, tuned)
+        assert tuned["ci_low"] > chance, (key, tuned)
+    search = report["genre_search"]["splits"]["test"]
+    tuned_p10 = search["models"]["fine_tuned"]["genre_music"]["precision_at_10"]
+    prior_p10 = search["prior"]["precision_at_10"]["value"]
+    assert tuned_p10["value"] > 1.5 * prior_p10, (tuned_p10, prior_p10)
+    # Searching the whole collection for "<genre> music" finds that genre well above its share.
+    embeddings = _metadata(run1, "track_embeddings")
+    assert (
+        embeddings["genre_search_precision_at_10"]
+        > 1.5 * embeddings["genre_search_prior_precision_at_10"]
+    ), embeddings
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         n_embeddings = con.execute("SELECT count(*) FROM track_embeddings").fetchone()[0]
     assert n_embeddings == waveforms1["rows"]
@@ -119,7 +144,7 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     runs = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
     assert len(runs) == 2
-    assert [r.data.params["config.max_epochs"] for r in runs] == ["12", "4"]
+    assert [r.data.params["config.max_epochs"] for r in runs] == [str(max_epochs), "4"]
     best_epochs = [int(r.data.metrics["best_epoch"]) for r in runs]
     assert 1 <= best_epochs[1] <= 4
     assert runs[1].data.params["n_train"] != runs[0].data.params["n_train"]
