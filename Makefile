@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: install demo test lint dev mlflow-ui bench clean-data
+.PHONY: install demo test lint dev mlflow-ui serve bench clean-data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ dev: install
 mlflow-ui: install
 	$(PY) -m clap_pipeline.tracking ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
+serve: install
+	$(VENV)/bin/clap-pipeline serve --host 127.0.0.1 --port $${SERVE_PORT:-8000}
+
 bench: install
 	$(PY) benchmarks/bench_demo.py
 	$(PY) benchmarks/bench_metadata.py
@@ -38,3 +41,4 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_sensor.py
+	$(PY) benchmarks/bench_serve.py

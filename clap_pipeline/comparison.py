@@ -7,6 +7,7 @@ wrappers. Everything is read back from MLflow, as training and evaluation wrote 
 * params ``config.*``, ``n_train``, ``best_epoch``, ``data_version`` (optional);
 * per-epoch metrics (step = epoch) ``val_loss`` and ``val_text_to_audio_recall_at_{1,5,10}``;
 * test metrics ``test_text_to_audio_recall_at_{1,5,10}`` logged by the evaluation;
+* ``feedback_heldout_pairwise_accuracy`` (and ``..._served``) logged by ``feedback_evaluation``;
 * the registry: which version of ``clap-fma`` each run registered and which run holds
   ``@champion`` now (the run tag ``registered_model_alias`` is only the alias at the time).
 
@@ -50,6 +51,9 @@ def _val_key(k: int) -> str:
     return f"val_text_to_audio_recall_at_{k}"
 
 
+FEEDBACK_KEY = "feedback_heldout_pairwise_accuracy"  # logged by asset feedback_evaluation
+
+
 def _test_key(k: int) -> str:
     return f"test_text_to_audio_recall_at_{k}"
 
@@ -75,6 +79,10 @@ class RunSummary:
     test_recall: dict[int, float] | None = None  # k -> test text->audio R@k; None: not evaluated
     registered_version: str | None = None
     aliases: list[str] = field(default_factory=list)  # current registry aliases of that version
+    # Held-out search feedback (asset feedback_evaluation): share of liked-above-disliked
+    # pairs for this run's version and for the version that served the feedback.
+    feedback_accuracy: float | None = None
+    feedback_accuracy_served: float | None = None
     is_champion: bool = False
 
     @property
@@ -195,6 +203,8 @@ def _summary(
         registered_version=version,
         aliases=sorted(aliases.get(version or "", [])),
         is_champion=champion_run_id is not None and run.info.run_id == champion_run_id,
+        feedback_accuracy=metrics.get(FEEDBACK_KEY),
+        feedback_accuracy_served=metrics.get(FEEDBACK_KEY + "_served"),
     )
 
 
@@ -337,6 +347,22 @@ def run_rows(runs: Sequence[RunSummary], mark: str) -> list[list[str]]:
     return rows
 
 
+FEEDBACK_HEADERS = ["run", "model", "feedback acc.", "served model's acc."]
+FEEDBACK_TITLE = (
+    "Held-out search feedback (asset feedback_evaluation): share of (query, liked, "
+    "disliked) pairs ranked liked first, by the run's model and by the model that served them"
+)
+
+
+def feedback_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    """Runs whose model was scored on held-out search feedback (empty: no section)."""
+    return [
+        [r.run_name, _model_cell(r), _fmt(r.feedback_accuracy), _fmt(r.feedback_accuracy_served)]
+        for r in runs
+        if r.feedback_accuracy is not None
+    ]
+
+
 def epoch_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """One row per run and epoch; the best epoch is suffixed with `(best)`."""
     rows = []
@@ -410,6 +436,8 @@ def comparison_markdown(
     ]
     if rec.max_epochs is not None:
         parts += ["```yaml", _run_config_yaml(rec.max_epochs).rstrip(), "```"]
+    if feedback := feedback_rows(runs):
+        parts += ["", f"**{FEEDBACK_TITLE}**", "", markdown_table(FEEDBACK_HEADERS, feedback)]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -442,6 +470,8 @@ def comparison_text(
     ]
     if rec.max_epochs is not None:
         parts += ["", _run_config_yaml(rec.max_epochs).rstrip()]
+    if feedback := feedback_rows(runs):
+        parts += ["", FEEDBACK_TITLE, _text_table(FEEDBACK_HEADERS, feedback)]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -16,6 +16,7 @@ DEFAULT_MODEL = "laion/clap-htsat-unfused"
 DEFAULT_MAX_TRACKS = 500
 DEFAULT_EXPERIMENT = "clap-fma"
 DEFAULT_RETRAIN_MIN_NEW_TRACKS = 1
+DEFAULT_RETRAIN_MIN_FEEDBACK = 20
 DEFAULT_RETRAIN_CRON = "0 3 * * *"  # nightly_retrain: 03:00 every day
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,7 @@ class Settings:
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = DEFAULT_EXPERIMENT
     retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
+    retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK
     retrain_cron: str = DEFAULT_RETRAIN_CRON
     retrain_run_config: Path | None = None  # YAML run config of automated `retrain` runs
 
@@ -79,6 +81,7 @@ class Settings:
             retrain_min_new_tracks=get_int(
                 "CLAP_RETRAIN_MIN_NEW_TRACKS", DEFAULT_RETRAIN_MIN_NEW_TRACKS
             ),
+            retrain_min_feedback=get_int("CLAP_RETRAIN_MIN_FEEDBACK", DEFAULT_RETRAIN_MIN_FEEDBACK),
             retrain_cron=get("CLAP_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
             retrain_run_config=get("CLAP_RETRAIN_RUN_CONFIG"),
         )
@@ -94,6 +97,7 @@ class Settings:
         mlflow_tracking_uri: str | None = None,
         mlflow_experiment: str = DEFAULT_EXPERIMENT,
         retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS,
+        retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK,
         retrain_cron: str = DEFAULT_RETRAIN_CRON,
         retrain_run_config: str | Path | None = None,
     ) -> Settings:
@@ -104,6 +108,8 @@ class Settings:
             raise ConfigError(
                 f"CLAP_RETRAIN_MIN_NEW_TRACKS must be >= 1, got {retrain_min_new_tracks}"
             )
+        if retrain_min_feedback < 1:
+            raise ConfigError(f"CLAP_RETRAIN_MIN_FEEDBACK must be >= 1, got {retrain_min_feedback}")
         if not _is_cron(retrain_cron):
             raise ConfigError(
                 f"CLAP_RETRAIN_CRON must be a cron expression with five fields such as "
@@ -121,6 +127,7 @@ class Settings:
             mlflow_tracking_uri=mlflow_tracking_uri or default_tracking_uri(),
             mlflow_experiment=mlflow_experiment,
             retrain_min_new_tracks=retrain_min_new_tracks,
+            retrain_min_feedback=retrain_min_feedback,
             retrain_cron=retrain_cron,
             retrain_run_config=Path(retrain_run_config).expanduser().resolve()
             if retrain_run_config

@@ -10,13 +10,14 @@ from clap_pipeline.defs import (
     automation,
     comparison,
     evaluation,
+    feedback,
     metadata,
     search,
     training,
 )
 from clap_pipeline.defs.resources import resources_for
 
-_asset_modules = [metadata, audio, training, evaluation, search, comparison]
+_asset_modules = [metadata, audio, training, evaluation, feedback, search, comparison]
 
 
 def build_defs(settings: Settings | None = None) -> Definitions:

@@ -222,12 +222,13 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_clap_config(vocab_size: int = 1024) -> ClapConfig:
+def tiny_clap_config(vocab_size: int = 1024, projection_dim: int = 32) -> ClapConfig:
     """A small CLAP (~120k parameters) that accepts the real (B, 1, 1001, 64) unfused features.
 
     Sized by measurement (README, "The tiny model's recipe"): 8x8 audio patches make the
     HTSAT tower 4x cheaper than the default 4x4 with a width of 32 that learns, where
-    16 stayed near random; a wider text tower learned more slowly.
+    16 stayed near random; a wider text tower learned more slowly. ``projection_dim`` 512
+    gives the real model's embedding size (for benchmarks of search).
     """
     audio = ClapAudioConfig(
         num_mel_bins=64,
@@ -250,10 +251,12 @@ def tiny_clap_config(vocab_size: int = 1024) -> ClapConfig:
         max_position_embeddings=TEXT_MAX_LENGTH + 3,
         pad_token_id=1,
     )
-    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=32)
+    return ClapConfig(
+        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim
+    )
 
 
-def save_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny_model(out_dir: str | Path, seed: int = 0, projection_dim: int = 32) -> Path:
     """Build the tiny CLAP with its processor and ``save_pretrained`` it into ``out_dir``."""
     from clap_pipeline.storage import atomic_path
 
@@ -265,7 +268,7 @@ def save_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         processor = ClapProcessor(
             feature_extractor=unfused_feature_extractor(), tokenizer=tokenizer
         )
-        model = ClapModel(tiny_clap_config(vocab_size=len(tokenizer)))
+        model = ClapModel(tiny_clap_config(len(tokenizer), projection_dim))
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
     return out_dir

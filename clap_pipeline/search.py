@@ -389,7 +389,7 @@ def _missing_table_error(duckdb_path: Path, why: str) -> SearchError:
     )
 
 
-def _index_info(con: duckdb.DuckDBPyConnection, duckdb_path: Path) -> IndexInfo:
+def read_index_info(con: duckdb.DuckDBPyConnection, duckdb_path: Path) -> IndexInfo:
     if not table_exists(con, TABLE):
         raise _missing_table_error(duckdb_path, f"no `{TABLE}` table")
     # Everything that changes when the table is rebuilt: count, ids, build time, model.
@@ -411,7 +411,7 @@ def index_info(duckdb_path: str | Path) -> IndexInfo:
     if not duckdb_path.exists():
         raise _missing_table_error(duckdb_path, "no DuckDB file")
     with duckdb_connection(duckdb_path, read_only=True) as con:
-        return _index_info(con, duckdb_path)
+        return read_index_info(con, duckdb_path)
 
 
 def _cache_path(duckdb_path: Path, info: IndexInfo) -> Path:
@@ -450,7 +450,7 @@ def open_index(duckdb_path: str | Path, *, use_cache: bool = True) -> Iterator[E
     if not duckdb_path.exists():
         raise _missing_table_error(duckdb_path, "no DuckDB file")
     with duckdb_connection(duckdb_path, read_only=True) as con:
-        info = _index_info(con, duckdb_path)
+        info = read_index_info(con, duckdb_path)
         ids = con.execute(f"SELECT track_id FROM {TABLE} ORDER BY track_id").fetchnumpy()
         track_ids = np.asarray(ids["track_id"], dtype=np.int64)
         cache = _cache_path(duckdb_path, info)
@@ -477,10 +477,16 @@ def load_index(duckdb_path: str | Path, *, use_cache: bool = True) -> EmbeddingI
 # Queries
 
 
+MAX_QUERY_CHARS = 1000  # CLAP reads 77 tokens anyway; longer text is a mistake or abuse
+
+
 def validate_query(query: str) -> str:
+    """The query as searched and stored: stripped, 1..MAX_QUERY_CHARS characters."""
     text = (query or "").strip()
     if not text:
         raise ValueError('empty query: describe the music, e.g. "folk country music"')
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"query has {len(text)} characters, at most {MAX_QUERY_CHARS} allowed")
     return text
 
 
@@ -490,7 +496,9 @@ def encode_query(clap, text: str) -> np.ndarray:
 
     from clap_pipeline.model import text_embeddings, tokenize
 
-    model = clap.model.to("cpu").eval()
+    model = clap.model
+    if model.training or next(model.parameters()).device.type != "cpu":
+        model = model.to("cpu").eval()  # a no-op move still costs ~1 ms a query: skip it
     with torch.inference_mode():
         emb = text_embeddings(model, tokenize(clap.tokenizer, [text]))
     return emb[0].float().numpy()
@@ -575,7 +583,7 @@ def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
 # CLI commands (wired in cli.py)
 
 
-def _quiet_model_loading() -> None:
+def quiet_model_loading() -> None:
     """One query: transformers' per-load progress bars are noise in a terminal command."""
     from transformers.utils import logging as hf_logging
 
@@ -583,14 +591,14 @@ def _quiet_model_loading() -> None:
 
 
 def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
-    _quiet_model_loading()
+    quiet_model_loading()
     hits = search(settings, args.query, args.k, args.model)
     print(hits_json(hits) if args.json else format_table(hits))
     return 0
 
 
 def run_playlist_command(args: argparse.Namespace, settings: Settings) -> int:
-    _quiet_model_loading()
+    quiet_model_loading()
     hits = search(settings, args.query, args.n, args.model)
     out = write_m3u(args.m3u, hits)
     print(f"wrote {len(hits)} tracks to {out}", file=sys.stderr)

@@ -33,6 +33,7 @@ TAG_LOCAL_CHECKPOINT = "local_checkpoint"
 TAG_VAL_R5 = "val_text_to_audio_recall_at_5"
 TAG_VAL_FINGERPRINT = "validation_fingerprint"
 TAG_EPOCH = "epoch"
+PYFUNC_ARTIFACT = "pyfunc"  # run artifact folder of the registered versions' pyfunc models
 
 
 class ChampionNotFoundError(RuntimeError):
@@ -143,8 +144,27 @@ def register_checkpoint(
     for mv in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if mv.tags.get(TAG_EPOCH) == tags.get(TAG_EPOCH):
             return str(mv.version)
+    checkpoint = Path(tags.get(TAG_LOCAL_CHECKPOINT, ""))
+    if checkpoint.name and (checkpoint / "config.json").exists():
+        source = log_pyfunc_model(mlflow_client, run_id, checkpoint, tags.get(TAG_EPOCH, "best"))
     mv = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags))
     return str(mv.version)
+
+
+def log_pyfunc_model(mlflow_client, run_id: str, checkpoint: Path, epoch: str) -> str:
+    """Log ``checkpoint`` as a pyfunc model (see pyfunc_model.py) in the run; return its URI.
+
+    The registered version's source is then a standard MLflow model:
+    ``mlflow.pyfunc.load_model("models:/clap-fma@champion")`` and ``mlflow models serve``
+    load it, and ``version_local_dir`` finds the save_pretrained folder inside it.
+    """
+    from clap_pipeline.pyfunc_model import save_pyfunc
+
+    artifact_path = f"{PYFUNC_ARTIFACT}/epoch-{epoch}"
+    with tempfile.TemporaryDirectory(prefix="clap-pyfunc-") as tmp:
+        save_pyfunc(checkpoint, Path(tmp) / "model")
+        mlflow_client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path)
+    return f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
 
 
 def choose_alias(candidate_r5: float, champion_r5: float | None) -> str:
@@ -161,13 +181,16 @@ def version_local_dir(mv, cache_dir: Path | None = None, tracking_uri: str | Non
         return Path(local)
     import mlflow.artifacts
 
+    from clap_pipeline.pyfunc_model import checkpoint_in
+
     dst = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="clap-champion-"))
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(
+    downloaded = Path(
         mlflow.artifacts.download_artifacts(
             artifact_uri=mv.source, dst_path=str(dst), tracking_uri=tracking_uri
         )
     )
+    return checkpoint_in(downloaded) or downloaded  # a pyfunc model holds the checkpoint
 
 
 def resolve_champion(

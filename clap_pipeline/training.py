@@ -106,6 +106,14 @@ class TrainConfig:
         default=False,
         metadata={"help": "draw each epoch's prompt from the stored template renderings"},
     )
+    feedback_weight: float = field(
+        default=0.25,
+        metadata={
+            "help": "chance per epoch that a training track liked in search feedback "
+            "(DuckDB search_feedback, training part) is paired with a liked query instead "
+            "of its prompt; 0 ignores feedback"
+        },
+    )
     device: str = field(
         default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
     )
@@ -171,6 +179,8 @@ class TrainConfig:
             problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience < 1:
             problems.append(f"patience must be >= 1, got {self.patience}")
+        if not 0 <= self.feedback_weight <= 1:
+            problems.append(f"feedback_weight must be in [0, 1], got {self.feedback_weight}")
         if self.feature_cache_mb < 0:
             problems.append(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
         if self.cpu_threads < 0:
@@ -840,6 +850,7 @@ def train(
         split_mode=config.split,
         seed=config.seed,
         batch_size=config.batch_size,
+        feedback_weight=config.feedback_weight,
     )
     report(TrainingProgress(message=f"data: {data.describe_counts()}"))
     device = pick_device(config.device)

@@ -12,7 +12,7 @@ import json
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,10 @@ class Prompts:
 
     prompt: dict[int, str]
     renderings: dict[int, tuple[str | None, ...]]
+    # Listeners' liked queries per track (feedback.py) and the chance that one of them is
+    # a training track's text in an epoch instead of its prompt.
+    feedback: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    feedback_weight: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> Prompts:
@@ -150,12 +154,29 @@ class Prompts:
         return cls(prompt=prompt, renderings=rendered)
 
     def text_for(self, track_id: int, *, seed: int, epoch: int, resample: bool) -> str:
-        """The stored prompt, or (``resample``) one of its renderings chosen by (seed, epoch, id)."""
+        """The stored prompt, or (``resample``) one of its renderings chosen by (seed, epoch, id).
+
+        A track with liked queries gets one of them instead with probability
+        ``feedback_weight`` per epoch (drawn from the same kind of hash).
+        """
+        liked = self.feedback.get(track_id, ())
+        if liked and self.feedback_weight > 0:
+            digest = hashlib.sha256(f"feedback:{seed}:{epoch}:{track_id}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 < self.feedback_weight:
+                return liked[int.from_bytes(digest[8:16], "big") % len(liked)]
         options = [t for t in self.renderings.get(track_id, ()) if t]
         if not resample or not options:
             return self.prompt[track_id]
         digest = hashlib.sha256(f"{seed}:{epoch}:{track_id}".encode()).digest()
         return options[int.from_bytes(digest[:8], "big") % len(options)]
+
+
+def _feedback_version(prompts: Prompts) -> str:
+    """Suffix of the prompts' data version when liked queries join them ('' without)."""
+    if not prompts.feedback or prompts.feedback_weight <= 0:
+        return ""
+    payload = json.dumps([prompts.feedback_weight, sorted(prompts.feedback.items())])
+    return "+feedback-" + hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
 def file_fingerprint(path: Path) -> str:
@@ -388,8 +409,14 @@ class TrainingData:
         split_mode: str,
         seed: int,
         batch_size: int,
+        feedback_weight: float = 0.0,
     ) -> TrainingData:
         prompts = Prompts.load(Path(prompts_path))
+        if feedback_weight > 0 and duckdb_path is not None:
+            from clap_pipeline.feedback import feedback_sets
+
+            liked = feedback_sets(duckdb_path).liked
+            prompts = replace(prompts, feedback=liked, feedback_weight=feedback_weight)
         index = WaveformIndex.build(Path(waveforms_dir))
         usable = sorted(set(prompts.prompt) & set(index.locations))
         fma = read_fma_splits(duckdb_path, usable) if split_mode == "fma" else {}
@@ -398,7 +425,7 @@ class TrainingData:
             prompts=prompts,
             index=index,
             splits=splits,
-            prompts_version=file_fingerprint(Path(prompts_path)),
+            prompts_version=file_fingerprint(Path(prompts_path)) + _feedback_version(prompts),
             n_prompts=len(prompts.prompt),
             n_waveforms=len(index.locations),
         )
@@ -407,9 +434,17 @@ class TrainingData:
 
     def describe_counts(self) -> str:
         usable = len(self.splits.train) + len(self.splits.validation) + len(self.splits.test)
+        train = set(self.splits.train)
+        liked = sum(len(q) for t, q in self.prompts.feedback.items() if t in train)
+        feedback = (
+            f"; {liked} liked (query, track) pairs from search feedback at weight "
+            f"{self.prompts.feedback_weight:g}"
+            if liked
+            else ""
+        )
         return (
             f"{self.n_prompts} prompts, {self.n_waveforms} waveforms, {usable} usable clips "
-            f"(in both), split {self.splits.mode!r}: {self.splits.counts()}"
+            f"(in both), split {self.splits.mode!r}: {self.splits.counts()}{feedback}"
         )
 
     def check_sizes(self, batch_size: int) -> None:

@@ -321,3 +321,22 @@ def test_cli_runs_unreadable_store_is_an_error(
     assert "not a database" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["runs", "--recent", "0"])
+
+
+def test_feedback_section_shows_the_run_and_the_served_model(tmp_path: Path) -> None:
+    store = build_runs_store(tmp_path)
+    client = tracking.client(store.tracking_uri)
+    runs = collect_runs(store.tracking_uri, store.experiment)
+    kwargs = {"experiment": store.experiment, "tracking_uri": store.tracking_uri}
+    plain = comparison_markdown(runs, recommend_max_epochs(runs), **kwargs)
+    assert "Held-out search feedback" not in plain  # no run was scored on feedback
+    client.log_metric(store.run_ids["r2"], comparison.FEEDBACK_KEY, 0.75)
+    client.log_metric(store.run_ids["r2"], comparison.FEEDBACK_KEY + "_served", 0.5)
+    client.log_metric(store.run_ids["r4"], comparison.FEEDBACK_KEY, 0.625)
+    runs = collect_runs(store.tracking_uri, store.experiment)
+    markdown = comparison_markdown(runs, recommend_max_epochs(runs), **kwargs)
+    section = markdown[markdown.index("Held-out search feedback") :]
+    assert "| r2 | v2 @champion | 0.750 | 0.500 |" in section
+    assert "| r4 | v3 @challenger | 0.625 | - |" in section
+    text = comparison_text(runs, recommend_max_epochs(runs), **kwargs)
+    assert re.search(r"r2\s+v2 @champion\s+0\.750\s+0\.500", text)

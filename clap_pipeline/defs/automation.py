@@ -7,6 +7,10 @@
   data never launches twice; new audio folders are added as ``waveforms`` partitions.
 - ``nightly_retrain`` (stopped by default; ``CLAP_RETRAIN_CRON``) requests the same run
   when the data changed at all since the last successful training.
+- ``feedback_sensor`` (on by default, every 60 s) requests ``retrain`` once at least
+  ``CLAP_RETRAIN_MIN_FEEDBACK`` rows arrived in DuckDB ``search_feedback`` (the search
+  page's thumbs) since its last request; liked pairs join the training texts
+  (``clap_model`` config ``feedback_weight``).
 - ``run_failure_summary`` logs job, failed step and error of every failed run.
 
 The decisions are made by ``clap_pipeline.new_tracks``; this module wires them to Dagster.
@@ -43,12 +47,15 @@ from dagster import (
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.feedback import count_feedback
 from clap_pipeline.fma import FmaFormatError
 from clap_pipeline.new_tracks import CsvHash, RawInputs, decide, last_training, raw_inputs
 from clap_pipeline.selection import inputs_state
+from clap_pipeline.storage import DuckDBLockTimeout
 
 DATA_VERSION_TAG = "clap/data_version"
 NEW_TRACKS_TAG = "clap/new_tracks"
+NEW_FEEDBACK_TAG = "clap/new_feedback"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 _ACTIVE = [
@@ -69,6 +76,7 @@ retrain_job = define_asset_job(
         "waveforms",
         "clap_model",
         "evaluation",
+        "feedback_evaluation",
         "track_embeddings",
         "model_comparison",
     ],
@@ -209,6 +217,54 @@ def new_tracks_sensor(context: SensorEvaluationContext, clap_settings: ClapSetti
     )
 
 
+@sensor(
+    job=retrain_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests `retrain` when at least CLAP_RETRAIN_MIN_FEEDBACK search feedback "
+    "rows (DuckDB search_feedback) arrived since its last request.",
+)
+def feedback_sensor(context: SensorEvaluationContext, clap_settings: ClapSettings):
+    settings = clap_settings.settings()
+    try:
+        count = count_feedback(settings.duckdb_path)
+    except DuckDBLockTimeout as exc:
+        return SkipReason(f"the DuckDB file is busy, next tick: {exc}")
+    seen = int(context.cursor) if (context.cursor or "").isdigit() else 0
+    seen = seen if seen <= count else 0  # the table was recreated: count from zero
+    new = count - seen
+    if new < settings.retrain_min_feedback:
+        return SkipReason(
+            f"{new} new feedback row(s) since the last request, waiting for "
+            f"CLAP_RETRAIN_MIN_FEEDBACK={settings.retrain_min_feedback}"
+        )
+    running = active_retrain_run(context.instance)
+    if running is not None:
+        return _busy(running)  # cursor kept: these rows count after the run
+    if not (settings.tracks_csv.is_file() and settings.audio_dir.is_dir()):
+        return SkipReason(f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir}")
+    try:
+        inputs = raw_inputs(settings.tracks_csv, settings.audio_dir, settings.max_tracks)
+    except (OSError, ValueError, FmaFormatError) as exc:
+        return SkipReason(f"cannot read the inputs: {exc}")
+    new_folders, range_tags = _partition_range(context.instance, inputs)
+    version = inputs.selection.data_version
+    context.log.info(f"requesting retrain: {new} new feedback rows ({count} in all)")
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=f"retrain-{version}-feedback-{count}",
+                run_config=retrain_run_config(settings.retrain_run_config),
+                tags={**range_tags, DATA_VERSION_TAG: version, NEW_FEEDBACK_TAG: str(new)},
+            )
+        ],
+        dynamic_partitions_requests=(
+            [audio_folder_partitions.build_add_request(new_folders)] if new_folders else []
+        ),
+        cursor=str(count),
+    )
+
+
 def nightly_retrain_schedule(cron: str) -> ScheduleDefinition:
     """`nightly_retrain` on ``cron`` (CLAP_RETRAIN_CRON); stopped until started in the UI."""
 
@@ -280,7 +336,7 @@ def run_failure_summary(context: RunFailureSensorContext) -> None:
 
 
 JOBS = [retrain_job, decode_job]
-SENSORS = [new_tracks_sensor, run_failure_summary]
+SENSORS = [new_tracks_sensor, feedback_sensor, run_failure_summary]
 
 
 def schedules(settings: Settings) -> list[ScheduleDefinition]:

@@ -35,7 +35,7 @@ class ModelComparisonConfig(Config):
 
 @asset(
     group_name="training",
-    deps=["clap_model", "evaluation"],
+    deps=["clap_model", "evaluation", "feedback_evaluation"],
     kinds={"mlflow"},
     description="Every training run of the MLflow experiment side by side (params, data version, "
     "per-epoch validation recall, test recall, champion) with a chart and the recommended "

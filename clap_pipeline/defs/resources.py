@@ -16,6 +16,7 @@ from clap_pipeline.config import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MAX_TRACKS,
     DEFAULT_MODEL,
+    DEFAULT_RETRAIN_MIN_FEEDBACK,
     DEFAULT_RETRAIN_MIN_NEW_TRACKS,
     Settings,
 )
@@ -31,6 +32,7 @@ class ClapSettings(ConfigurableResource):
     model: str = DEFAULT_MODEL
     max_tracks: int = DEFAULT_MAX_TRACKS
     retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
+    retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK
     retrain_run_config: str | None = None
 
     def settings(self) -> Settings:
@@ -41,6 +43,7 @@ class ClapSettings(ConfigurableResource):
             model=self.model,
             max_tracks=self.max_tracks,
             retrain_min_new_tracks=self.retrain_min_new_tracks,
+            retrain_min_feedback=self.retrain_min_feedback,
             retrain_run_config=self.retrain_run_config,
         )
 
@@ -77,6 +80,7 @@ def resources_for(s: Settings) -> dict[str, ConfigurableResource]:
             model=s.model,
             max_tracks=s.max_tracks,
             retrain_min_new_tracks=s.retrain_min_new_tracks,
+            retrain_min_feedback=s.retrain_min_feedback,
             retrain_run_config=str(s.retrain_run_config) if s.retrain_run_config else None,
         ),
         "duckdb": DuckDBDatabase(path=str(s.duckdb_path)),

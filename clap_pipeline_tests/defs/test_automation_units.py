@@ -102,7 +102,7 @@ def test_definitions_wire_sensors_schedule_and_job(tmp_path: Path) -> None:
     schedule = defs.resolve_schedule_def("nightly_retrain")
     assert schedule.cron_schedule == "15 2 * * 1"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
-    for name in ("new_tracks_sensor", "run_failure_summary"):
+    for name in ("new_tracks_sensor", "feedback_sensor", "run_failure_summary"):
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
     job = defs.resolve_job_def("retrain")
     assets = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
@@ -112,6 +112,7 @@ def test_definitions_wire_sensors_schedule_and_job(tmp_path: Path) -> None:
         "waveforms",
         "clap_model",
         "evaluation",
+        "feedback_evaluation",
         "track_embeddings",
         "model_comparison",
     }

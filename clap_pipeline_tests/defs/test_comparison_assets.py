@@ -46,7 +46,11 @@ def test_asset_definition() -> None:
     (spec,) = assets.specs
     assert spec.key.to_user_string() == "model_comparison"
     assert spec.group_name == "training"
-    assert {d.asset_key.to_user_string() for d in spec.deps} == {"clap_model", "evaluation"}
+    assert {d.asset_key.to_user_string() for d in spec.deps} == {
+        "clap_model",
+        "evaluation",
+        "feedback_evaluation",
+    }
     assert {"clap_settings", "mlflow"} <= assets.required_resource_keys
 
 

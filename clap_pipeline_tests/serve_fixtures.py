@@ -1,0 +1,158 @@
+"""A served collection on disk and the real `clap-pipeline serve` process on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clap_pipeline.search import ModelChoice, write_track_embeddings
+from clap_pipeline.selection import audio_path
+from clap_pipeline.storage import duckdb_connection
+from clap_pipeline_tests.audio_fixtures import run_ffmpeg
+from clap_pipeline_tests.search_fixtures import unit_rows, write_tracks_table
+
+TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]
+TINY_DIM = 32  # projection_dim of the tiny CLAP
+HOSTILE_ID = 26
+HOSTILE_TITLE = '<b>Bold</b> <img src=x onerror="window.__xss=1">'
+
+
+@dataclass
+class Collection:
+    data_dir: Path
+    track_ids: list[int]
+    matrix: np.ndarray  # rows in TRACK_IDS order
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "clap.duckdb"
+
+    def clip(self, track_id: int) -> Path:
+        return audio_path(self.data_dir / "fma_audio", track_id)
+
+
+def write_clips(ffmpeg: str, collection: Collection, seconds: float = 3.0) -> None:
+    """A real MP3 (a tone) per track, so a browser can load and seek it."""
+    source = collection.data_dir / "tone.mp3"
+    run_ffmpeg(
+        ffmpeg,
+        *("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}:sample_rate=44100"),
+        *("-c:a", "libmp3lame", "-b:a", "128k", str(source)),
+    )
+    for tid in collection.track_ids:
+        target = collection.clip(tid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def write_embeddings(
+    collection: Collection, track_ids: list[int], matrix: np.ndarray, version: str
+) -> None:
+    write_track_embeddings(
+        collection.duckdb_path,
+        np.array(track_ids, np.int64),
+        matrix,
+        [str(collection.clip(t)) for t in track_ids],
+        np.full(len(track_ids), 48_000),
+        ModelChoice("tiny", version, f"run-{version}"),
+    )
+
+
+def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4) -> Collection:
+    """`tracks` (one hostile title), MP3 clips and `track_embeddings` (version 1)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    collection = Collection(data_dir, list(TRACK_IDS), unit_rows(len(TRACK_IDS), TINY_DIM, seed))
+    write_tracks_table(collection.duckdb_path, TRACK_IDS)
+    with duckdb_connection(collection.duckdb_path) as con:
+        con.execute(
+            "UPDATE tracks SET track_title = ? WHERE track_id = ?", [HOSTILE_TITLE, HOSTILE_ID]
+        )
+    write_clips(ffmpeg, collection)
+    write_embeddings(collection, TRACK_IDS, collection.matrix, "1")
+    return collection
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 30) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+@contextlib.contextmanager
+def running_server(
+    collection: Collection,
+    model_dir: Path | None,
+    *,
+    poll_s: float = 0.5,
+    startup_s: float = 120,
+) -> Iterator[str]:
+    """`clap-pipeline serve` on 127.0.0.1:<free port>; yields its base URL, stops it after.
+
+    ``model_dir`` None: the server takes the model from the registry (the version that
+    built `track_embeddings`).
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "CLAP_DATA_DIR": str(collection.data_dir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{collection.data_dir / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    for var in ("FMA_AUDIO_DIR", "FMA_METADATA_DIR"):
+        env.pop(var, None)
+    cli = Path(sys.executable).with_name("clap-pipeline")
+    command = [str(cli), "serve", "--port", str(port), "--poll-s", str(poll_s)]
+    if model_dir is not None:
+        command += ["--model", str(model_dir)]
+    log_path = collection.data_dir / f"serve-{port}.log"
+    with open(log_path, "w+", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"server exited early:\n{log_path.read_text()}")
+                try:
+                    if get_json(f"{base}/api/health", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not healthy in {startup_s} s:\n{log_path.read_text()}")
+                time.sleep(0.3)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

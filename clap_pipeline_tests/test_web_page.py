@@ -1,0 +1,141 @@
+"""The web page in headless Chromium (Debian's `chromium`, driven by Playwright's Python API).
+
+Playwright's own browser download is not used: the test launches the system Chromium at
+``CHROMIUM``; `.ci/run` installs it with apt. Without that binary the test is skipped
+and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from clap_pipeline_tests.serve_fixtures import (
+    HOSTILE_ID,
+    HOSTILE_TITLE,
+    TRACK_IDS,
+    Collection,
+    make_collection,
+    running_server,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (as .ci/run does)",
+)
+
+
+@pytest.fixture(scope="module")
+def site(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ffmpeg: str
+) -> Iterator[tuple[Collection, str]]:
+    collection = make_collection(tmp_path_factory.mktemp("page") / "data", ffmpeg)
+    with running_server(collection, tiny_model_dir) as base:
+        yield collection, base
+
+
+@pytest.fixture
+def page(site: tuple[Collection, str]):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(site[1] + "/")
+            yield page
+        finally:
+            browser.close()
+
+
+def search(page, query: str, k: str) -> None:
+    page.fill("#q", query)
+    page.select_option("#k", k)
+    page.click("button[type=submit]")
+    page.wait_for_selector("li.result")
+
+
+def test_search_shows_players_with_a_seekable_source(page, site) -> None:
+    _, base = site
+    audio_responses: list[tuple[str, int, str | None]] = []
+    page.on(
+        "response",
+        lambda r: (
+            audio_responses.append((r.url, r.status, r.request.headers.get("range")))
+            if "/audio" in r.url
+            else None
+        ),
+    )
+    search(page, "folk country music", "5")
+    assert page.locator("li.result").count() == 5
+    assert page.locator("#status").text_content() == "5 results for “folk country music”"
+    players = page.locator("li.result audio")
+    assert players.count() >= 3
+    srcs = [players.nth(i).get_attribute("src") for i in range(players.count())]
+    assert all(s and s.startswith("/api/tracks/") and s.endswith("/audio") for s in srcs)
+    # The browser loads the clip's metadata: it decodes it (duration of the 3-s tone).
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('li.result audio')].every(a => a.readyState >= 1)"
+    )
+    duration = page.evaluate("document.querySelector('li.result audio').duration")
+    assert 2.5 < duration < 3.5
+    # Seeking: the player's source answers a Range request with 206.
+    with httpx.Client(base_url=base) as http:
+        part = http.get(srcs[0], headers={"Range": "bytes=1000-1999"})
+    assert part.status_code == 206 and len(part.content) == 1000
+    assert any(status in (200, 206) for _, status, _ in audio_responses)
+
+
+def test_metadata_is_rendered_as_text(page) -> None:
+    search(page, "music", "20")
+    assert page.locator("li.result").count() == len(TRACK_IDS)
+    item = page.locator(f"li.result[data-track-id='{HOSTILE_ID}']")
+    assert item.locator(".title").text_content() == HOSTILE_TITLE  # shown literally
+    assert item.locator(".title b, .title img").count() == 0
+    assert page.evaluate("window.__xss === undefined")
+
+
+def test_thumbs_up_stores_a_feedback_row(page, site) -> None:
+    collection, _ = site
+    search(page, "slow piano", "5")
+    first = page.locator("li.result").first
+    track_id = int(first.get_attribute("data-track-id"))
+    first.locator("button.up").click()
+    page.wait_for_function(
+        "() => document.querySelector('li.result .feedback-status').textContent"
+        " === 'saved: relevant'"
+    )
+    page.locator("li.result").nth(1).locator("button.down").click()
+    page.wait_for_selector("li.result:nth-child(2) .feedback-status.saved")
+    second = int(page.locator("li.result").nth(1).get_attribute("data-track-id"))
+    with duckdb.connect(str(collection.duckdb_path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT track_id, relevant, model_version FROM search_feedback "
+            "WHERE query = 'slow piano' ORDER BY created_at"
+        ).fetchall()
+    assert rows == [(track_id, True, "1"), (second, False, "1")]
+
+
+def test_more_like_this_lists_neighbours(page) -> None:
+    search(page, "rock", "5")
+    first = page.locator("li.result").first
+    track_id = first.get_attribute("data-track-id")
+    first.locator("button.more").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('sound like')"
+    )
+    ids = [
+        page.locator("li.result").nth(i).get_attribute("data-track-id")
+        for i in range(page.locator("li.result").count())
+    ]
+    assert len(ids) == 5 and track_id not in ids
+    assert page.locator("li.result button.up").count() == 0  # verdicts only on text queries
+    assert page.locator("li.result audio").count() == 5
