@@ -48,6 +48,6 @@ fi
 echo "==> evaluation, track_embeddings, model_comparison"
 materialize --select evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
 echo
-echo "Try: $CLI search \"folk country music\" -k 5"
+echo "Try: $CLI search \"folk country music\" -k 5   (or make serve: a web page with playback)"
 echo
 "$PY" -m clap_pipeline.evaluation show  # ends with the verdict
