@@ -1,0 +1,297 @@
+"""Runs that died without telling Dagster (``kill -9``, OOM kill, reboot) and the pool slots they hold.
+
+A run killed this way stays STARTED in the instance, and the slot it claimed in a
+concurrency pool (``gpu``) stays claimed: every later step of that pool would wait for
+it forever. Dagster frees slots only of runs that *ended* (run monitoring's
+``free_slots_after_run_end_seconds``), and its default run launcher cannot tell that a
+local run worker died. This module can, for runs of this host:
+
+- ``guarded_multiprocess_executor`` (the code location's executor) tags each run with its
+  host and worker pid and, before any step claims a slot (and again whenever a step is
+  blocked by a pool), marks runs whose processes are all gone FAILED and frees their slots;
+- ``LocalRunLauncher`` (``run_launcher`` in ``.dagster/dagster.yaml``) is the default
+  launcher plus a worker health check, so the daemon's run monitoring (``make dev``)
+  marks such runs FAILED and then frees their slots.
+
+A run is dead when it carries this host's tag and none of the processes it recorded
+(the run worker and every step worker, each with its pid and start time) exists any
+more. Runs of other hosts or executors are never judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import psutil
+from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, executor
+from dagster import multiprocess_executor as dagster_multiprocess_executor
+from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.events import EngineEventData
+from dagster._core.executor.base import Executor
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRun, RunsFilter
+
+HOST_TAG = "clap/worker_host"
+PID_TAG = "clap/worker_pid"
+PID_START_TAG = "clap/worker_started_at"
+# Process start times and event timestamps come from different clocks' roundings.
+_CLOCK_SLACK_S = 2.0
+_IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+_PID_EVENTS = {DagsterEventType.ENGINE_EVENT, DagsterEventType.STEP_WORKER_STARTED}
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+@dataclass(frozen=True)
+class RunProcess:
+    pid: int
+    seen_at: float  # a time at which the process existed (it started before)
+
+
+def _process_alive(proc: RunProcess) -> bool:
+    """True when ``pid`` runs and is the process that was seen (not a reused pid)."""
+    try:
+        p = psutil.Process(proc.pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return p.create_time() <= proc.seen_at + _CLOCK_SLACK_S
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return False
+
+
+def run_processes(instance: DagsterInstance, run: DagsterRun) -> list[RunProcess]:
+    """The run worker (tag) and every process whose pid the run's events recorded."""
+    found: list[RunProcess] = []
+    if PID_TAG in run.tags:
+        found.append(RunProcess(int(run.tags[PID_TAG]), float(run.tags.get(PID_START_TAG, 0))))
+    for entry in instance.all_logs(run.run_id, of_type=_PID_EVENTS):
+        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        value = getattr(data, "metadata", {}).get("pid") if data is not None else None
+        text = getattr(value, "value", None)
+        if text is not None and str(text).isdigit():
+            found.append(RunProcess(int(text), entry.timestamp))
+    return found
+
+
+def dead_run_reason(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Why ``run`` (in progress) is dead, or None when it may be alive or is not ours to judge."""
+    if run.tags.get(HOST_TAG) != this_host():
+        return None  # another host's or another executor's run: we cannot see its processes
+    processes = run_processes(instance, run)
+    if not processes or any(_process_alive(p) for p in processes):
+        return None
+    pids = ", ".join(str(p) for p in sorted({p.pid for p in processes}))
+    return (
+        f"run {run.run_id} is {run.status.value} but none of its processes (pid {pids} on "
+        f"{this_host()}) exists any more: it was killed (kill -9, OOM kill or reboot)"
+    )
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    run_id: str
+    status: str  # status before this module touched it
+    reason: str
+    freed_pools: tuple[str, ...]
+
+    def message(self) -> str:
+        freed = (
+            f"; freed its slot(s) in pool(s) {', '.join(self.freed_pools)}"
+            if self.freed_pools
+            else ""
+        )
+        return f"{self.reason}; marked FAILED{freed}"
+
+
+def free_stale_runs(
+    instance: DagsterInstance, pools: Iterable[str], *, own_run_id: str | None = None
+) -> list[StaleRun]:
+    """Mark dead in-progress runs FAILED; free slots in ``pools`` held by dead or ended runs."""
+    pools = sorted(set(pools))
+    holders: dict[str, set[str]] = {}
+    if pools and instance.event_log_storage.supports_global_concurrency_limits:
+        for pool in pools:
+            info = instance.event_log_storage.get_concurrency_info(pool)
+            for run_id in info.active_run_ids:
+                holders.setdefault(run_id, set()).add(pool)
+    candidates = {r.run_id: r for r in instance.get_runs(filters=RunsFilter(statuses=_IN_PROGRESS))}
+    for run_id in holders:
+        if run_id not in candidates:
+            run = instance.get_run_by_id(run_id)
+            if run is not None:
+                candidates[run_id] = run
+    stale: list[StaleRun] = []
+    for run_id, run in sorted(candidates.items()):
+        if run_id == own_run_id:
+            continue
+        if run.status in FINISHED_STATUSES:
+            reason = f"run {run_id} ended ({run.status.value}) but still held a pool slot"
+        else:
+            dead = dead_run_reason(instance, run)
+            if dead is None:
+                continue
+            reason = dead
+            instance.report_run_failed(run, f"{dead}; marked FAILED by a later run's check")
+        freed = tuple(sorted(holders.get(run_id, ())))
+        if freed:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        stale.append(StaleRun(run_id, run.status.value, reason, freed))
+    return stale
+
+
+def slot_holders_text(instance: DagsterInstance, pool: str, own_run_id: str) -> str:
+    """Who holds ``pool`` (for the log line of a blocked step)."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    others = sorted(info.active_run_ids - {own_run_id})
+    if not others:
+        return f"pool {pool}: no other run holds a slot"
+    return (
+        f"pool {pool} ({len(info.claimed_slots)}/{info.slot_count} slots) is held by run(s) "
+        f"{', '.join(others)}, whose processes are alive or on another host: waiting. If one "
+        "of them is dead, `python -m clap_pipeline.defs.run_health free RUN_ID` marks it "
+        "FAILED and frees its slots"
+    )
+
+
+# --------------------------------------------------------------------------- executor
+
+
+def _step_pools(execution_plan) -> list[str]:
+    return sorted(
+        {
+            step.pool
+            for step in execution_plan.get_steps_to_execute_in_topo_order()
+            if getattr(step, "pool", None)
+        }
+    )
+
+
+def _is_blocked_event(event: DagsterEvent) -> bool:
+    return event.event_type == DagsterEventType.ENGINE_EVENT and "blocked by limit for pool" in (
+        event.message or ""
+    )
+
+
+class StaleSlotGuardExecutor(Executor):
+    """Dagster's multiprocess executor, preceded by the dead-run check of this module."""
+
+    def __init__(self, inner: Executor) -> None:
+        self._inner = inner
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
+    def get_step_event_or_retry_event(self, *args, **kwargs):
+        return self._inner.get_step_event_or_retry_event(*args, **kwargs)
+
+    def execute(self, plan_context, execution_plan) -> Iterator[DagsterEvent]:
+        instance: DagsterInstance = plan_context.instance
+        run_id = plan_context.dagster_run.run_id
+        me = psutil.Process(os.getpid())
+        instance.add_run_tags(
+            run_id,
+            {HOST_TAG: this_host(), PID_TAG: str(me.pid), PID_START_TAG: f"{me.create_time():.3f}"},
+        )
+        pools = _step_pools(execution_plan)
+
+        def check(log_holders: Sequence[str] = ()) -> Iterator[DagsterEvent]:
+            for stale in free_stale_runs(instance, pools, own_run_id=run_id):
+                yield DagsterEvent.engine_event(plan_context, stale.message(), EngineEventData())
+            for pool in log_holders:
+                yield DagsterEvent.engine_event(
+                    plan_context, slot_holders_text(instance, pool, run_id), EngineEventData()
+                )
+
+        yield from check()
+        for event in self._inner.execute(plan_context, execution_plan):
+            yield event
+            if _is_blocked_event(event):
+                pool = getattr(event.event_specific_data, "metadata", {}).get("pool")
+                yield from check([str(getattr(pool, "value", pool))] if pool else [])
+
+
+@executor(
+    name="multiprocess",
+    config_schema=dagster_multiprocess_executor.config_schema,
+    requirements=multiple_process_executor_requirements(),
+)
+def guarded_multiprocess_executor(init_context) -> Executor:
+    """``multiprocess_executor`` (same config) that frees pool slots of dead runs first."""
+    inner: Callable = dagster_multiprocess_executor.executor_creation_fn  # type: ignore[assignment]
+    return StaleSlotGuardExecutor(inner(init_context))
+
+
+# --------------------------------------------------------------------------- run launcher
+
+
+class LocalRunLauncher(DefaultRunLauncher):
+    """The default run launcher plus a worker health check for the daemon's run monitoring."""
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        instance = self._instance
+        reason = dead_run_reason(instance, run) if instance is not None else None
+        if reason is None:
+            # Alive, not yet started, or another host's run: monitoring must leave it alone.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "")
+        return CheckRunHealthResult(WorkerStatus.FAILED, reason)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def free_run(instance: DagsterInstance, run_id: str) -> str:
+    """Mark ``run_id`` FAILED (when in progress) and free every pool slot it holds."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id} in the Dagster instance {instance.root_directory}")
+    if run.status not in FINISHED_STATUSES:
+        instance.report_run_failed(run, f"run {run_id} marked FAILED by hand (run_health free)")
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return f"run {run_id}: was {run.status.value}, now FAILED or ended; its pool slots are free"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clap_pipeline.defs.run_health",
+        description="Runs of the Dagster instance ($DAGSTER_HOME) that died, and their pool slots.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="mark dead runs FAILED and free their slots in POOL(s)")
+    p.add_argument("pools", nargs="*", default=["gpu"])
+    p = sub.add_parser("free", help="mark RUN_ID FAILED and free its slots (a dead run elsewhere)")
+    p.add_argument("run_id")
+    args = parser.parse_args(argv)
+    with DagsterInstance.get() as instance:
+        if args.command == "free":
+            try:
+                print(free_run(instance, args.run_id))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            return 0
+        stale = free_stale_runs(instance, args.pools)
+        for s in stale:
+            print(s.message())
+        for pool in args.pools:
+            print(slot_holders_text(instance, pool, own_run_id=""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
