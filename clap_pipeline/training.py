@@ -26,6 +26,7 @@ import io
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -615,6 +616,21 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     ]
 
 
+def resume_tensors_path(run_dir: Path, name: object) -> Path:
+    """``run_dir / name`` for a resume tensors file name from resume.json, refusing any other.
+
+    The name must be ``resume-state-epoch-<N>.pt`` itself: no folder part, so a crafted
+    resume.json cannot point the trainer at a file outside its run folder.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"resume-state-epoch-\d+\.pt", name):
+        raise TrainingError(
+            f"{run_dir / RESUME_FILE}: refusing tensors file name {name!r} (expected "
+            f"{RESUME_TENSORS.format(epoch='<N>')} inside {run_dir}); delete that resume.json "
+            "to start over"
+        )
+    return run_dir / name
+
+
 def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The newest unfinished run with this fingerprint whose tensors file is present."""
     candidates = []
@@ -626,8 +642,15 @@ def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any
         if (
             state.get("fingerprint") == fingerprint
             and state.get("status") == "in_progress"
-            and (path.parent / str(state.get("tensors"))).exists()
+            and resume_tensors_path(path.parent, state.get("tensors")).exists()
         ):
+            for record in state.get("history", []):
+                checkpoint = Path(str(record.get("checkpoint")))
+                if checkpoint.parent.resolve() != path.parent.resolve():
+                    raise TrainingError(
+                        f"{path}: refusing checkpoint {str(checkpoint)!r} outside the run "
+                        f"folder {path.parent}; delete that resume.json to start over"
+                    )
             candidates.append((path.stat().st_mtime, state))
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
@@ -765,6 +788,7 @@ def train(
             run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"mlflow.source.name": "clap_pipeline.training"},
         ).info.run_id
+    tracking.close_abandoned_runs(mlflow_client, experiment_id, run_id)  # after kill -9
     session = _Session(
         config=config,
         inputs=inputs,
@@ -858,7 +882,8 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     )
     set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
     if resume_tensors:
-        saved = torch.load(session.run_dir / resume_tensors, weights_only=False)
+        # weights_only: tensors and plain containers only, never unpickled code.
+        saved = torch.load(resume_tensors_path(session.run_dir, resume_tensors), weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():

@@ -21,13 +21,10 @@ more. Runs of other hosts or executors are never judged.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import psutil
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, executor
 from dagster import multiprocess_executor as dagster_multiprocess_executor
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
@@ -36,47 +33,27 @@ from dagster._core.executor.base import Executor
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRun, RunsFilter
 
+from clap_pipeline.processes import ProcessRef, this_host
+
 HOST_TAG = "clap/worker_host"
 PID_TAG = "clap/worker_pid"
 PID_START_TAG = "clap/worker_started_at"
-# Process start times and event timestamps come from different clocks' roundings.
-_CLOCK_SLACK_S = 2.0
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 _PID_EVENTS = {DagsterEventType.ENGINE_EVENT, DagsterEventType.STEP_WORKER_STARTED}
 
 
-def this_host() -> str:
-    return socket.gethostname()
-
-
-@dataclass(frozen=True)
-class RunProcess:
-    pid: int
-    seen_at: float  # a time at which the process existed (it started before)
-
-
-def _process_alive(proc: RunProcess) -> bool:
-    """True when ``pid`` runs and is the process that was seen (not a reused pid)."""
-    try:
-        p = psutil.Process(proc.pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return p.create_time() <= proc.seen_at + _CLOCK_SLACK_S
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
-def run_processes(instance: DagsterInstance, run: DagsterRun) -> list[RunProcess]:
-    """The run worker (tag) and every process whose pid the run's events recorded."""
-    found: list[RunProcess] = []
+def run_processes(instance: DagsterInstance, run: DagsterRun) -> list[ProcessRef]:
+    """The run worker (tags) and every process whose pid the run's events recorded."""
+    host = run.tags.get(HOST_TAG, "")
+    found: list[ProcessRef] = []
     if PID_TAG in run.tags:
-        found.append(RunProcess(int(run.tags[PID_TAG]), float(run.tags.get(PID_START_TAG, 0))))
+        found.append(ProcessRef(int(run.tags[PID_TAG]), float(run.tags[PID_START_TAG]), host))
     for entry in instance.all_logs(run.run_id, of_type=_PID_EVENTS):
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
         value = getattr(data, "metadata", {}).get("pid") if data is not None else None
         text = getattr(value, "value", None)
         if text is not None and str(text).isdigit():
-            found.append(RunProcess(int(text), entry.timestamp))
+            found.append(ProcessRef(int(text), entry.timestamp, host))
     return found
 
 
@@ -85,7 +62,7 @@ def dead_run_reason(instance: DagsterInstance, run: DagsterRun) -> str | None:
     if run.tags.get(HOST_TAG) != this_host():
         return None  # another host's or another executor's run: we cannot see its processes
     processes = run_processes(instance, run)
-    if not processes or any(_process_alive(p) for p in processes):
+    if not processes or any(p.is_alive() is not False for p in processes):
         return None
     pids = ", ".join(str(p) for p in sorted({p.pid for p in processes}))
     return (
@@ -199,10 +176,9 @@ class StaleSlotGuardExecutor(Executor):
     def execute(self, plan_context, execution_plan) -> Iterator[DagsterEvent]:
         instance: DagsterInstance = plan_context.instance
         run_id = plan_context.dagster_run.run_id
-        me = psutil.Process(os.getpid())
+        me = ProcessRef.current()
         instance.add_run_tags(
-            run_id,
-            {HOST_TAG: this_host(), PID_TAG: str(me.pid), PID_START_TAG: f"{me.create_time():.3f}"},
+            run_id, {HOST_TAG: me.host, PID_TAG: str(me.pid), PID_START_TAG: f"{me.seen_at:.3f}"}
         )
         pools = _step_pools(execution_plan)
 
