@@ -10,7 +10,8 @@ How a partition is (re)built:
 
 - Incremental: a track whose file has the same path, size and mtime as its row in
   the current file keeps that row (streamed over from the old file); a track
-  that failed before with an unchanged file keeps its failure (except timeouts,
+  that failed before with an unchanged file keeps its failure (except timeouts and
+  unreadable files,
   which are retried). Only new or changed files are decoded. Rows of tracks that
   left the selection are not copied, so they disappear. If nothing changed the
   file is left untouched.
@@ -50,6 +51,7 @@ import pyarrow.parquet as pq
 from clap_pipeline.audio import (
     DEFAULT_TIMEOUT_S,
     N_SAMPLES,
+    RETRIED_REASONS,
     SAMPLE_RATE,
     DecodedWindow,
     DecodeFailure,
@@ -383,7 +385,7 @@ def _plan(
         failure = old_failures.get(tid)
         if (
             failure is not None
-            and failure.reason != "timeout"
+            and failure.reason not in RETRIED_REASONS
             and (failure.path, failure.source_size, failure.source_mtime) == s.key
             and failure.window_offset_s == window_offset_s
         ):
