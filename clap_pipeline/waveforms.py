@@ -790,16 +790,15 @@ def remove_unselected_partitions(
                 table_exists(con, FAILURES_TABLE)
                 and con.execute(
                     f"SELECT count(*) FROM {FAILURES_TABLE} "
-                    "WHERE NOT list_contains(?, lpad(CAST(track_id // 1000 AS VARCHAR), 3, '0'))",
-                    [sorted(keep)],
+                    "WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
                 ).fetchone()[0]
             )
         if stale:
             with duckdb_connection(duckdb_path) as con:
                 con.execute(
-                    f"DELETE FROM {FAILURES_TABLE} "
-                    "WHERE NOT list_contains(?, lpad(CAST(track_id // 1000 AS VARCHAR), 3, '0'))",
-                    [sorted(keep)],
+                    f"DELETE FROM {FAILURES_TABLE} WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
                 )
     return removed
 
