@@ -20,23 +20,28 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import duckdb
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, claim: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; rename it over ``target`` on success.
 
     The temp name starts with ``.`` and ends with ``.tmp`` so dataset readers
     (pyarrow ignores ``.``/``_`` prefixed files) never see a partial file.
     Works for files and directories.
+
+    ``claim`` (files only) creates the temp file and holds an exclusive ``flock`` on it
+    until it is renamed: :func:`remove_orphaned_temps` then tells the temp file of a
+    live writer from one left by a killed process, at any age.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    claim_fd = _claim_new(tmp) if claim else None
     try:
         yield tmp
         if tmp.is_dir() and target.is_dir():
@@ -53,6 +58,39 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if claim_fd is not None:
+            os.close(claim_fd)  # releases the claim, after the rename
+
+
+def _claim_new(path: Path) -> int:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def remove_orphaned_temps(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temp files among ``paths`` that no live process claims; return them.
+
+    A writer using ``atomic_path(..., claim=True)`` holds a lock on its temp file for as
+    long as it lives; the kernel drops it when the process dies, even by ``kill -9``.
+    """
+    removed: list[Path] = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live writer's
+        try:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,7 +1,11 @@
-"""DuckDB connections: the write turn serialises writers and holds new readers back."""
+"""Atomic writes and DuckDB connections (the write turn serialises writers, readers queue)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,7 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from clap_pipeline.storage import DuckDBLockTimeout, duckdb_connection
+from clap_pipeline.storage import (
+    DuckDBLockTimeout,
+    atomic_path,
+    duckdb_connection,
+    remove_orphaned_temps,
+)
 
 
 def _make_db(path: Path) -> None:
@@ -62,3 +71,42 @@ def test_a_waiting_reader_gets_in_once_the_writer_is_done(tmp_path: Path) -> Non
         writer.execute("INSERT INTO t VALUES (2)")
     reader.join(timeout=10)
     assert seen == [2]  # it saw the write, whole
+
+
+_CLAIMER = """
+import sys, time
+from pathlib import Path
+from clap_pipeline.storage import atomic_path
+with atomic_path(Path(sys.argv[1]), claim=True) as tmp:
+    tmp.write_bytes(b"partial")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_claimed_temp_files_are_removed_only_once_their_writer_is_dead(tmp_path: Path) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, str(tmp_path / "part.parquet")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        tmp = Path(writer.stdout.readline().strip())
+        assert tmp.name.startswith(".part.parquet.") and tmp.read_bytes() == b"partial"
+        assert remove_orphaned_temps(tmp_path.glob(".*.tmp")) == []  # a live writer's
+        assert tmp.exists()
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    # Seconds old, but nobody claims it any more.
+    assert remove_orphaned_temps(tmp_path.glob(".*.tmp")) == [tmp]
+    assert not tmp.exists() and not (tmp_path / "part.parquet").exists()
+
+
+def test_a_claimed_atomic_write_renames_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    with atomic_path(target, claim=True) as tmp:
+        assert tmp.exists()  # created, so that the claim holds from the start
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]

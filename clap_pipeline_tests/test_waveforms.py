@@ -316,6 +316,8 @@ def test_kill_9_mid_run_leaves_the_previous_file_and_rerun_completes(
     scratch = from_scratch(s, tmp_path / "scratch")
     assert s.table().equals(scratch.table())
     assert s.failures() == scratch.failures() == EXPECTED_FAILURES
+    # The killed run's temp file is gone although it is seconds old.
+    assert sorted(p.name for p in s.out.iterdir()) == ["000.parquet", "001.parquet"]
 
 
 def test_partitions_built_by_parallel_processes_share_the_failures_table(
