@@ -73,16 +73,18 @@ def _claim_new(path: Path) -> int:
 
 
 def remove_orphaned_temps(paths: Iterable[Path]) -> list[Path]:
-    """Delete the temp files among ``paths`` that no live process claims; return them.
+    """Delete the temp files (or folders) among ``paths`` that no live process claims.
 
     A writer using ``atomic_path(..., claim=True)`` holds a lock on its temp file for as
     long as it lives; the kernel drops it when the process dies, even by ``kill -9``.
+    Unclaimed temps (folders, or files of writers that do not claim) count as orphaned:
+    call this only where no other live process writes without a claim. Returns them.
     """
     removed: list[Path] = []
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, IsADirectoryError):
+        except FileNotFoundError:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,7 +92,10 @@ def remove_orphaned_temps(paths: Iterable[Path]) -> list[Path]:
             os.close(fd)
             continue  # a live writer's
         try:
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
         finally:
             os.close(fd)

@@ -45,7 +45,7 @@ from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.metrics import retrieval_metrics
 from clap_pipeline.model import load_clap, pick_device, tokenize
 from clap_pipeline.selection import Selection, current_selection
-from clap_pipeline.storage import atomic_path, write_text_atomic
+from clap_pipeline.storage import atomic_path, remove_orphaned_temps, write_text_atomic
 from clap_pipeline.training_data import SPLIT_MODES, ClipBatch, TrainingData, prefetch
 
 LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to <= 100
@@ -874,6 +874,7 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     """The epochs (from the last completed one), then registration and the report."""
     config, data, device, history = session.config, session.data, session.device, session.history
     session.run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temps(session.run_dir.glob(".*.tmp"))  # of a trainer killed mid-save
     model = loaded.model.to(device)
     features = _features_module(loaded.feature_extractor, device)
     tokenizer = loaded.tokenizer
