@@ -15,7 +15,7 @@ from clap_pipeline.defs import (
     training,
 )
 from clap_pipeline.defs.resources import resources_for
-from clap_pipeline.defs.run_health import guarded_multiprocess_executor
+from clap_pipeline.defs.run_health import guarded_executor
 
 _asset_modules = [metadata, audio, training, evaluation, search, comparison]
 
@@ -31,7 +31,7 @@ def build_defs(settings: Settings | None = None) -> Definitions:
         schedules=automation.schedules(settings),
         resources=resources_for(settings),
         # Frees pool slots held by runs that were killed (kill -9) before any step waits.
-        executor=guarded_multiprocess_executor,
+        executor=guarded_executor,
     )
 
 

@@ -6,7 +6,7 @@ it forever. Dagster frees slots only of runs that *ended* (run monitoring's
 ``free_slots_after_run_end_seconds``), and its default run launcher cannot tell that a
 local run worker died. This module can, for runs of this host:
 
-- ``guarded_multiprocess_executor`` (the code location's executor) tags each run with its
+- ``guarded_executor`` (the code location's executor) tags each run with its
   host and worker pid and, before any step claims a slot (and again whenever a step is
   blocked by a pool), marks runs whose processes are all gone FAILED and frees their slots;
 - ``LocalRunLauncher`` (``run_launcher`` in ``.dagster/dagster.yaml``) is the default
@@ -21,12 +21,14 @@ more. Runs of other hosts or executors are never judged.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, executor
-from dagster import multiprocess_executor as dagster_multiprocess_executor
+from dagster import multi_or_in_process_executor as dagster_default_executor
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import EngineEventData
 from dagster._core.executor.base import Executor
@@ -157,7 +159,7 @@ def _is_blocked_event(event: DagsterEvent) -> bool:
 
 
 class StaleSlotGuardExecutor(Executor):
-    """Dagster's multiprocess executor, preceded by the dead-run check of this module."""
+    """Dagster's executor, preceded (and, when a step is blocked, followed) by the dead-run check."""
 
     def __init__(self, inner: Executor) -> None:
         self._inner = inner
@@ -191,21 +193,74 @@ class StaleSlotGuardExecutor(Executor):
                 )
 
         yield from check()
-        for event in self._inner.execute(plan_context, execution_plan):
-            yield event
-            if _is_blocked_event(event):
-                pool = getattr(event.event_specific_data, "metadata", {}).get("pool")
-                yield from check([str(getattr(pool, "value", pool))] if pool else [])
+        watcher = _BlockedRunWatcher(instance, run_id, pools)
+        try:
+            for event in self._inner.execute(plan_context, execution_plan):
+                yield event
+                if _is_blocked_event(event):
+                    pool = getattr(event.event_specific_data, "metadata", {}).get("pool")
+                    yield from check([str(getattr(pool, "value", pool))] if pool else [])
+                    watcher.start()
+        finally:
+            watcher.stop()
+
+
+class _BlockedRunWatcher:
+    """While a step waits for a pool, checks the holders again every ``interval_s``.
+
+    The executor yields nothing while it waits (Dagster repeats "still blocked" only every
+    5 minutes), so a holder that dies meanwhile is noticed by this thread, which uses its
+    own instance object and reports what it freed as engine events of the waiting run.
+    """
+
+    def __init__(
+        self, instance: DagsterInstance, run_id: str, pools: Sequence[str], interval_s: float = 10.0
+    ) -> None:
+        self._ref = instance.get_ref()
+        self._run_id = run_id
+        self._pools = list(pools)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None and self._pools:
+            self._thread = threading.Thread(
+                target=self._watch, name="stale-slot-watch", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        with DagsterInstance.from_ref(self._ref) as instance:
+            while not self._stop.wait(self._interval_s):
+                try:
+                    stale = free_stale_runs(instance, self._pools, own_run_id=self._run_id)
+                    run = instance.get_run_by_id(self._run_id) if stale else None
+                    for found in stale:
+                        if run is not None:
+                            instance.report_engine_event(found.message(), run)
+                except Exception:  # never let the watch fail the run it serves
+                    logging.getLogger(__name__).exception("checking pool slot holders failed")
+
+
+def _requirements(executor_config) -> list:
+    return multiple_process_executor_requirements() if "multiprocess" in executor_config else []
 
 
 @executor(
-    name="multiprocess",
-    config_schema=dagster_multiprocess_executor.config_schema,
-    requirements=multiple_process_executor_requirements(),
+    name="multi_or_in_process_executor",
+    config_schema=dagster_default_executor.config_schema,
+    requirements=_requirements,
 )
-def guarded_multiprocess_executor(init_context) -> Executor:
-    """``multiprocess_executor`` (same config) that frees pool slots of dead runs first."""
-    inner: Callable = dagster_multiprocess_executor.executor_creation_fn  # type: ignore[assignment]
+def guarded_executor(init_context) -> Executor:
+    """Dagster's default executor (same config: ``multiprocess`` or ``in_process``) that
+    frees the pool slots of dead runs before any step waits for one."""
+    inner: Callable = dagster_default_executor.executor_creation_fn  # type: ignore[assignment]
     return StaleSlotGuardExecutor(inner(init_context))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dagster import Definitions, asset
 
-from clap_pipeline.defs.run_health import guarded_multiprocess_executor
+from clap_pipeline.defs.run_health import guarded_executor
 
 
 @asset(pool="gpu")
@@ -21,4 +21,4 @@ def pooled() -> None:
     time.sleep(float(os.environ.get("CLAP_TEST_SLEEP_S", "0")))
 
 
-defs = Definitions(assets=[pooled], executor=guarded_multiprocess_executor)
+defs = Definitions(assets=[pooled], executor=guarded_executor)

@@ -31,7 +31,10 @@ def _instance_home(tmp_path: Path) -> Path:
     return home
 
 
-def _materialize(home: Path, marker: Path, sleep_s: float) -> subprocess.Popen:
+IN_PROCESS = ["--config-json", '{"execution": {"config": {"in_process": {}}}}']
+
+
+def _materialize(home: Path, marker: Path, sleep_s: float, *extra: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -39,7 +42,7 @@ def _materialize(home: Path, marker: Path, sleep_s: float) -> subprocess.Popen:
         "CLAP_TEST_SLEEP_S": str(sleep_s),
     }
     return subprocess.Popen(
-        [DAGSTER, "asset", "materialize", "-m", POOL_DEFS, "--select", "pooled"],
+        [DAGSTER, "asset", "materialize", "-m", POOL_DEFS, "--select", "pooled", *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -74,7 +77,8 @@ def test_killed_run_frees_its_pool_slot_for_the_next_run(tmp_path: Path) -> None
         assert health.status == WorkerStatus.FAILED
         assert dead.run_id in health.msg and "kill -9" in health.msg
 
-    second = _materialize(home, tmp_path / "second.pid", sleep_s=0)
+    # In-process execution (`make demo`'s run config) goes through the same check.
+    second = _materialize(home, tmp_path / "second.pid", 0, *IN_PROCESS)
     try:
         output, _ = second.communicate(timeout=300)
     finally:
@@ -110,3 +114,30 @@ def test_a_live_run_is_left_alone(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -> None:
+    home = _instance_home(tmp_path)
+    holder = _materialize(home, tmp_path / "holder.pid", sleep_s=600)
+    _wait_for(tmp_path / "holder.pid", holder, timeout_s=180)
+    waiter = _materialize(home, tmp_path / "waiter.pid", sleep_s=0)
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 180
+            while not instance.event_log_storage.get_concurrency_info("gpu").pending_steps:
+                assert waiter.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)  # the waiter's step now waits for the holder's slot
+        assert not (tmp_path / "waiter.pid").exists()
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        output, _ = waiter.communicate(timeout=120)  # not the 5 minutes of "still blocked"
+        assert waiter.returncode == 0, output
+    finally:
+        for proc in (holder, waiter):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert "whose processes are alive or on another host: waiting" in output
+    with DagsterInstance.from_config(str(home)) as instance:
+        statuses = sorted(r.status for r in instance.get_runs())
+        assert statuses == sorted([DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS])
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
