@@ -124,7 +124,7 @@ def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -
     try:
         with DagsterInstance.from_config(str(home)) as instance:
             deadline = time.monotonic() + 180
-            while not instance.event_log_storage.get_concurrency_info("gpu").pending_steps:
+            while not instance.event_log_storage.get_concurrency_info("gpu").pending_run_ids:
                 assert waiter.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)  # the waiter's step now waits for the holder's slot
         assert not (tmp_path / "waiter.pid").exists()
@@ -136,8 +136,7 @@ def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -
         for proc in (holder, waiter):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    assert "whose processes are alive or on another host: waiting" in output
+    assert "whose processes are alive or on another host: waiting" in output, output
     with DagsterInstance.from_config(str(home)) as instance:
-        statuses = sorted(r.status for r in instance.get_runs())
-        assert statuses == sorted([DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS])
+        assert sorted(r.status.value for r in instance.get_runs()) == ["FAILURE", "SUCCESS"]
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
