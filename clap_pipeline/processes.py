@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -44,3 +45,28 @@ class ProcessRef:
             return proc.create_time() <= self.seen_at + CLOCK_SLACK_S
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
+
+
+def stop_processes(processes: Sequence[ProcessRef], grace_s: float = 5.0) -> list[int]:
+    """SIGTERM the live ones among ``processes`` (this host), SIGKILL after ``grace_s``.
+
+    Returns the pids that were running. Each is checked to still be the recorded process
+    (pid and start time) just before it is signalled.
+    """
+    targets: list[psutil.Process] = []
+    for ref in processes:
+        if ref.is_alive():
+            try:
+                proc = psutil.Process(ref.pid)
+                proc.terminate()
+                targets.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+    _, alive = psutil.wait_procs(targets, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()  # e.g. blocked at exit flushing a queue nobody reads
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+    return sorted(p.pid for p in targets)

@@ -13,9 +13,10 @@ local run worker died. This module can, for runs of this host:
   launcher plus a worker health check, so the daemon's run monitoring (``make dev``)
   marks such runs FAILED and then frees their slots.
 
-A run is dead when it carries this host's tag and none of the processes it recorded
-(the run worker and every step worker, each with its pid and start time) exists any
-more. Runs of other hosts or executors are never judged.
+A run is dead when it carries this host's tag and its run worker (pid and start time)
+no longer exists; step processes it left behind (they survive a run worker killed
+alone, and may hang at exit) are stopped before its slot is freed. Runs of other hosts
+or executors are never judged.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dagster._core.executor.base import Executor
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRun, RunsFilter
 
-from clap_pipeline.processes import ProcessRef, this_host
+from clap_pipeline.processes import ProcessRef, stop_processes, this_host
 
 HOST_TAG = "clap/worker_host"
 PID_TAG = "clap/worker_pid"
@@ -59,18 +60,66 @@ def run_processes(instance: DagsterInstance, run: DagsterRun) -> list[ProcessRef
     return found
 
 
-def dead_run_reason(instance: DagsterInstance, run: DagsterRun) -> str | None:
-    """Why ``run`` (in progress) is dead, or None when it may be alive or is not ours to judge."""
+@dataclass(frozen=True)
+class DeadRun:
+    """An in-progress run whose run worker is gone, and its step processes still running.
+
+    Step processes outlive a run worker killed alone (``kill -9`` of `dagster asset
+    materialize`): nobody will ever collect their results or free their slots, and they
+    may hang at exit. They are stopped before the slot goes to another run, so that two
+    trainings never share the GPU or a resume folder.
+    """
+
+    reason: str
+    orphans: tuple[ProcessRef, ...]
+
+    def stop_orphans(self) -> str:
+        """Stop the orphaned step processes; the words to add to the reason."""
+        stopped = stop_processes(self.orphans)
+        if not stopped:
+            return ""
+        return f"; stopped its orphaned step process(es) (pid {', '.join(map(str, stopped))})"
+
+
+def find_dead_run(instance: DagsterInstance, run: DagsterRun) -> DeadRun | None:
+    """``run`` (in progress) when it is dead; None when it may be alive or is not ours to judge.
+
+    Dead: its run worker (tagged by ``guarded_executor``) no longer exists; for a run without
+    that tag, none of the processes its events recorded exists.
+    """
     if run.tags.get(HOST_TAG) != this_host():
         return None  # another host's or another executor's run: we cannot see its processes
     processes = run_processes(instance, run)
-    if not processes or any(p.is_alive() is not False for p in processes):
+    if not processes:
+        return None
+    if PID_TAG in run.tags:
+        worker = processes[0]
+        if worker.is_alive() is not False:
+            return None
+        seen: dict[int, ProcessRef] = {}
+        for p in processes[1:]:
+            if p.pid != worker.pid and p.is_alive():
+                seen.setdefault(p.pid, p)
+        what = f"its run worker (pid {worker.pid} on {worker.host}) no longer exists"
+        return DeadRun(
+            f"run {run.run_id} is {run.status.value} but {what}: it was killed (kill -9, "
+            "OOM kill or reboot)",
+            tuple(seen.values()),
+        )
+    if any(p.is_alive() is not False for p in processes):
         return None
     pids = ", ".join(str(p) for p in sorted({p.pid for p in processes}))
-    return (
+    return DeadRun(
         f"run {run.run_id} is {run.status.value} but none of its processes (pid {pids} on "
-        f"{this_host()}) exists any more: it was killed (kill -9, OOM kill or reboot)"
+        f"{this_host()}) exists any more: it was killed (kill -9, OOM kill or reboot)",
+        (),
     )
+
+
+def dead_run_reason(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Why ``run`` is dead (see :func:`find_dead_run`), or None."""
+    dead = find_dead_run(instance, run)
+    return dead.reason if dead else None
 
 
 @dataclass(frozen=True)
@@ -113,11 +162,11 @@ def free_stale_runs(
         if run.status in FINISHED_STATUSES:
             reason = f"run {run_id} ended ({run.status.value}) but still held a pool slot"
         else:
-            dead = dead_run_reason(instance, run)
+            dead = find_dead_run(instance, run)
             if dead is None:
                 continue
-            reason = dead
-            instance.report_run_failed(run, f"{dead}; marked FAILED by a later run's check")
+            reason = dead.reason + dead.stop_orphans()
+            instance.report_run_failed(run, f"{reason}; marked FAILED by a later run's check")
         freed = tuple(sorted(holders.get(run_id, ())))
         if freed:
             instance.event_log_storage.free_concurrency_slots_for_run(run_id)
@@ -276,11 +325,12 @@ class LocalRunLauncher(DefaultRunLauncher):
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         instance = self._instance
-        reason = dead_run_reason(instance, run) if instance is not None else None
-        if reason is None:
+        dead = find_dead_run(instance, run) if instance is not None else None
+        if dead is None:
             # Alive, not yet started, or another host's run: monitoring must leave it alone.
             return CheckRunHealthResult(WorkerStatus.RUNNING, "")
-        return CheckRunHealthResult(WorkerStatus.FAILED, reason)
+        # Monitoring marks it FAILED and then frees its slots: its steps must be gone first.
+        return CheckRunHealthResult(WorkerStatus.FAILED, dead.reason + dead.stop_orphans())
 
 
 # --------------------------------------------------------------------------- command line

@@ -142,7 +142,7 @@ def test_waveforms_killed_mid_partition_then_rerun_equals_an_uninterrupted_build
     assert _temps(waves)
     assert not (waves / "001.parquet").exists()
     output = loc.finish(loc.start(*args))
-    assert "is STARTED but none of its processes" in output  # the killed run was noticed
+    assert "is STARTED but its run worker" in output  # the killed run was noticed
     assert (waves / "000.parquet").read_bytes() == first_000  # unchanged: not rewritten
 
     reference = tmp_path / "reference"
@@ -201,7 +201,7 @@ def test_clap_model_killed_in_epoch_1_and_after_epoch_2_then_rerun_finishes(
     with loc.instance() as instance:  # both killed Dagster runs still hold their place
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids
     output = loc.finish(loc.start(*args))
-    assert "is STARTED but none of its processes" in output
+    assert "is STARTED but its run worker" in output
     assert "resuming MLflow run" in output
 
     manifest = json.loads((loc.data / "reports" / "training.json").read_text())

@@ -6,6 +6,7 @@ started, killed (the whole process group, as an OOM kill or reboot would), and r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.launcher import WorkerStatus
 
@@ -85,7 +87,7 @@ def test_killed_run_frees_its_pool_slot_for_the_next_run(tmp_path: Path) -> None
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
     assert second.returncode == 0, output
-    assert f"run {dead.run_id} is STARTED but none of its processes" in output
+    assert f"run {dead.run_id} is STARTED but its run worker" in output
 
     with DagsterInstance.from_config(str(home)) as instance:
         runs = {r.run_id: r for r in instance.get_runs()}
@@ -140,3 +142,23 @@ def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -
     with DagsterInstance.from_config(str(home)) as instance:
         assert sorted(r.status.value for r in instance.get_runs()) == ["FAILURE", "SUCCESS"]
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
+
+
+def test_a_run_worker_killed_alone_leaves_a_step_process_that_is_stopped(tmp_path: Path) -> None:
+    """`kill -9` of the CLI process only: its step process lives on and keeps the slot."""
+    home = _instance_home(tmp_path)
+    first = _materialize(home, tmp_path / "step.pid", sleep_s=600)
+    _wait_for(tmp_path / "step.pid", first, timeout_s=180)
+    step = int((tmp_path / "step.pid").read_text())
+    os.kill(first.pid, signal.SIGKILL)  # the run worker, not its process group
+    first.wait()
+    try:
+        assert psutil.Process(step).is_running()  # orphaned, still holding the slot
+        second = _materialize(home, tmp_path / "second.pid", sleep_s=0)
+        output, _ = second.communicate(timeout=300)
+        assert second.returncode == 0, output
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    assert f"stopped its orphaned step process(es) (pid {step})" in output
+    assert not psutil.pid_exists(step) or psutil.Process(step).status() == psutil.STATUS_ZOMBIE
