@@ -6,9 +6,9 @@ it forever. Dagster frees slots only of runs that *ended* (run monitoring's
 ``free_slots_after_run_end_seconds``), and its default run launcher cannot tell that a
 local run worker died. This module can, for runs of this host:
 
-- ``guarded_executor`` (the code location's executor) tags each run with its
-  host and worker pid and, before any step claims a slot (and again whenever a step is
-  blocked by a pool), marks runs whose processes are all gone FAILED and frees their slots;
+- ``guarded_executor`` (the code location's executor) tags each run with its host and
+  run worker pid and, before any step claims a slot (and every 10 s while a step waits
+  for a pool), marks dead runs FAILED and frees their slots;
 - ``LocalRunLauncher`` (``run_launcher`` in ``.dagster/dagster.yaml``) is the default
   launcher plus a worker health check, so the daemon's run monitoring (``make dev``)
   marks such runs FAILED and then frees their slots.
