@@ -23,6 +23,9 @@ Reasons (``DecodeFailure.reason``):
   window (for instance a 0.5-s clip, or a window offset past the clip's end).
 - ``silent``: the window is digital silence (peak below ``SILENCE_PEAK``, -90 dBFS).
 - ``timeout``: ffmpeg did not finish within the timeout and was killed.
+- ``unreadable``: the operating system refused the file (no read permission, a symlink
+  loop, an I/O error...); the detail names the error. Like ``timeout``, retried on the
+  next run even when the file did not change (permissions change without touching it).
 """
 
 from __future__ import annotations
@@ -47,7 +50,17 @@ TRUNCATION_TOLERANCE_S = 1.0
 DEFAULT_TIMEOUT_S = 60.0
 STDERR_TAIL_LINES = 12
 
-REASONS = ("missing", "empty", "truncated", "not_audio", "too_short", "silent", "timeout")
+REASONS = (
+    "missing",
+    "empty",
+    "truncated",
+    "not_audio",
+    "too_short",
+    "silent",
+    "timeout",
+    "unreadable",
+)
+RETRIED_REASONS = ("timeout", "unreadable")  # may pass next time with the same file
 
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # ffmpeg's mp3 demuxer: the Xing/Info header's byte count exceeds the file by > 1/16.
@@ -123,13 +136,25 @@ def decode_window(
 ) -> DecodedWindow:
     """Decode ``WINDOW_SECONDS`` from ``offset_s``; pad with zeros to exactly ``N_SAMPLES``.
 
-    Raises :class:`DecodeFailure` (see the module docstring for the reasons).
+    Raises :class:`DecodeFailure` (see the module docstring for the reasons), also for
+    any error the operating system raises about this one file.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        return _decode_window(path, offset_s, timeout_s, exe)
     except FileNotFoundError:
         raise DecodeFailure("missing", path, "file does not exist") from None
+    except OSError as exc:
+        raise DecodeFailure("unreadable", path, _os_error_text(exc)) from None
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``PermissionError: Permission denied`` (the file is named by DecodeFailure)."""
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | None) -> DecodedWindow:
+    size = path.stat().st_size
     if not path.is_file():
         raise DecodeFailure("missing", path, "not a regular file")
     if size == 0:

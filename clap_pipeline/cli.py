@@ -229,9 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return int(args.func(args, settings) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, ValueError, RuntimeError) as exc:
         print(f"clap-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command reads or writes: one line, never a traceback
+        print(f"clap-pipeline {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<file>: <reason>`` (``[Errno 21] Is a directory: 'x'`` reads worse)."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{names}: {exc.strerror}"
 
 
 if __name__ == "__main__":

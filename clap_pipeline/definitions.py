@@ -16,6 +16,7 @@ from clap_pipeline.defs import (
     training,
 )
 from clap_pipeline.defs.resources import resources_for
+from clap_pipeline.defs.run_health import guarded_executor
 
 _asset_modules = [metadata, audio, training, evaluation, feedback, search, comparison]
 
@@ -30,6 +31,8 @@ def build_defs(settings: Settings | None = None) -> Definitions:
         sensors=automation.SENSORS,
         schedules=automation.schedules(settings),
         resources=resources_for(settings),
+        # Frees pool slots held by runs that were killed (kill -9) before any step waits.
+        executor=guarded_executor,
     )
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from clap_pipeline.selection import audio_path
 from clap_pipeline.storage import atomic_path
 
 Log = Callable[[str], None]
@@ -541,7 +542,7 @@ def extract_clips(
 
     todo: list[tuple[Path, zipfile.ZipInfo, str]] = []
     for track_id, info in selected:
-        relative = f"{track_id:06d}"[:3] + f"/{track_id:06d}.mp3"
+        relative = audio_path(Path(), track_id).as_posix()
         target = _inside(audio_dir, relative)
         if target.is_file() and target.stat().st_size == info.file_size:
             summary.skipped += 1

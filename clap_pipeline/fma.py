@@ -25,8 +25,9 @@ import ast
 import codecs
 import csv
 import hashlib
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,8 @@ _INT32 = (-(2**31), 2**31 - 1)
 _WS_SQL = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 _WS_PY = " \t\n\v\f\r"
 _MAX_LISTED = 20
+# FMA's audio layout NNN/NNNNNN.mp3 has room for six digits: larger ids have no file.
+MAX_TRACK_ID = 999_999
 
 
 class FmaFormatError(ValueError):
@@ -364,11 +367,58 @@ def _parse_expr(column: str, kind: str) -> str:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
+def track_id_sql(raw: str = "track_id") -> str:
+    """SQL parsing a raw track_id cell: plain decimal digits up to MAX_TRACK_ID, else NULL.
+
+    ``TRY_CAST`` alone would take ``0x10`` as 16, ``1e3`` as 1000 and round ``1.5`` to 2.
+    """
+    return (
+        f"CASE WHEN regexp_full_match({raw}, '[0-9]{{1,{len(str(MAX_TRACK_ID))}}}') "
+        f"THEN CAST({raw} AS BIGINT) END"
+    )
+
+
+def _records(path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """(record number, physical line it starts on, cells) of each CSV record, headers included.
+
+    DuckDB numbers records ("CSV Error on Line: N"); quoted fields may span lines, so
+    record N can start further down the file. For messages only: stops quietly where
+    Python's csv module cannot go on.
+    """
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        start = 1
+        try:
+            for number, row in enumerate(reader, start=1):
+                yield number, start, row
+                start = reader.line_num + 1
+        except csv.Error:
+            return
+
+
+def record_line(path: Path, record: int) -> int | None:
+    """The physical line on which CSV record ``record`` (1-based) starts."""
+    return next((line for number, line, _ in _records(path) if number == record), None)
+
+
+def _bad_id_lines(path: Path, values: Sequence[str], header_lines: int = 3) -> dict[str, int]:
+    """The physical line of the first record whose track_id cell is each of ``values``."""
+    wanted = set(values)
+    found: dict[str, int] = {}
+    for number, line, row in _records(path):
+        cell = row[0] if row else ""
+        if number > header_lines and cell in wanted and cell not in found:
+            found[cell] = line
+            if len(found) == len(wanted):
+                break
+    return found
+
+
 def _tracks_select(tracks_csv: Path, names: Sequence[str]) -> str:
     """SELECT producing the `tracks` columns plus ``_problems`` (cells that did not parse)."""
     present = [n for n in names if n in COLUMN_KINDS]
     parsed = ",\n  ".join(
-        ["TRY_CAST(track_id AS BIGINT) AS p__track_id"]
+        [f"{track_id_sql()} AS p__track_id"]
         + [f"{_parse_expr(n, COLUMN_KINDS[n])} AS {_q('p__' + n)}" for n in present]
     )
     outputs = ["p__track_id AS track_id"]
@@ -400,16 +450,28 @@ def _tracks_select(tracks_csv: Path, names: Sequence[str]) -> str:
     )
 
 
+_DUCKDB_RECORD = re.compile(r"(?:Invalid Input Error: )?CSV Error on Line: (\d+)")
+
+
 def _csv_error(path: Path, exc: duckdb.Error) -> FmaFormatError:
-    # Keep DuckDB's diagnosis (record number, original line, expected columns), drop its
-    # "possible fixes" and option dump.
+    # Keep DuckDB's diagnosis (original line, expected columns), drop its "possible fixes"
+    # and option dump. Its "Line: N" counts records: report the file line like every
+    # other message (a quoted field can span lines).
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     head = []
     for ln in lines:
         if ln.startswith(("Possible", "*", "  ")):
             break
         head.append(ln.strip())
-    return FmaFormatError(f"{path}: {' | '.join(head)[:2000]}")
+    text = " | ".join(head)[:2000]
+    match = _DUCKDB_RECORD.search(text)
+    if match:
+        record = int(match.group(1))
+        line = record_line(path, record)
+        where = f"line {line}" if line is not None else f"record {record}"
+        text = _DUCKDB_RECORD.sub("CSV error", text, count=1)
+        return FmaFormatError(f"{path} {where}: {text}")
+    return FmaFormatError(f"{path}: {text}")
 
 
 def _ids_text(ids: Sequence[object]) -> str:
@@ -529,9 +591,13 @@ def _validate_tracks(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, t
         ).fetchall()
     ]
     if bad_ids:
+        values = [b.removeprefix("track_id=") for b in bad_ids]
+        lines = _bad_id_lines(path, values)
+        values.sort(key=lambda v: lines.get(v, 0))
+        shown = [f"line {lines[v]}: {v!r}" if v in lines else repr(v) for v in values]
         raise FmaFormatError(
-            f"{path}: track_id must be an integer, got "
-            + _ids_text([repr(b.removeprefix("track_id=")) for b in bad_ids])
+            f"{path}: track_id must be a plain decimal integer from 0 to {MAX_TRACK_ID:,} "
+            f"(FMA's NNN/NNNNNN.mp3 layout), got {_ids_text(shown)}"
         )
     dups = _duplicate_keys(con, staging, "track_id")
     if dups:
@@ -621,8 +687,7 @@ def read_track_ids(tracks_csv: Path) -> list[int]:
     con = duckdb.connect()  # in memory: never touches the project's DuckDB file
     try:
         column = con.execute(
-            "SELECT TRY_CAST(track_id AS BIGINT) AS id "
-            f"FROM {_csv_source(tracks_csv, names, 3, False)}"
+            f"SELECT {track_id_sql()} AS id FROM {_csv_source(tracks_csv, names, 3, False)}"
         ).fetchnumpy()["id"]
     except duckdb.Error as exc:
         raise _csv_error(tracks_csv, exc) from exc

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline.fma import file_sha256, read_track_ids
-from clap_pipeline.selection import Selection, folder_of
+from clap_pipeline.selection import Selection, audio_name_id, folder_of
 
 _FOLDER = re.compile(r"\d{3}")
-_CLIP = re.compile(r"(\d{6})\.mp3")
 _LISTED_IDS = 10
 
 
@@ -32,9 +31,9 @@ def audio_track_ids(audio_dir: str | Path) -> set[int]:
         if not (folder.is_dir() and _FOLDER.fullmatch(folder.name)):
             continue
         for name in os.listdir(folder.path):
-            match = _CLIP.fullmatch(name)
-            if match and folder_of(int(match[1])) == folder.name:
-                ids.add(int(match[1]))
+            track_id = audio_name_id(folder.name, name)
+            if track_id is not None:
+                ids.add(track_id)
     return ids
 
 

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -538,8 +539,20 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
 # Output
 
 
+# Characters a terminal acts on instead of showing: C0/C1 controls (ESC starts colour and
+# cursor sequences, CSI is \x9b), DEL, and the bidirectional overrides that reorder text.
+_NOT_C0 = "\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[\x00-\x1f{_NOT_C0}]")
+_UNPRINTABLE_IN_JSON = re.compile(f"[{_NOT_C0}]")  # json.dumps escapes C0 itself
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters written as escapes (``\x1b``, ``\u202e``)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _cell(value: object, width: int = 40) -> str:
-    text = "" if value is None else " ".join(str(value).split())
+    text = "" if value is None else printable(" ".join(str(value).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -562,7 +575,10 @@ def format_table(hits: Sequence[SearchHit]) -> str:
 
 
 def hits_json(hits: Sequence[SearchHit]) -> str:
-    return json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False)
+    # json escapes C0 controls itself; C1 controls and bidi overrides are valid JSON text
+    # that a terminal would act on, so they are written as \u escapes too.
+    text = json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False)
+    return _UNPRINTABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def m3u_text(hits: Sequence[SearchHit]) -> str:
@@ -575,8 +591,30 @@ def m3u_text(hits: Sequence[SearchHit]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def m3u_target(path: str | Path) -> Path:
+    """The playlist path, refused when something other than a regular file is there.
+
+    The playlist is written aside and renamed into place, which would replace a symlink,
+    a FIFO or a device node (``/dev/stdout``) instead of writing to it: such targets,
+    folders and an empty path are refused, so the link and what it points to stay as
+    they are. An existing regular file is replaced.
+    """
+    if not str(path).strip():
+        raise ValueError("--m3u is empty: give the playlist's file name, e.g. --m3u warm.m3u")
+    target = Path(path).expanduser()
+    if target.is_symlink():
+        raise ValueError(
+            f"--m3u {target} is a symbolic link (to {os.readlink(target)}): refusing to replace "
+            "it; give the path of a regular file"
+        )
+    if target.exists() and not target.is_file():
+        kind = "a folder" if target.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise ValueError(f"--m3u {target} is {kind}: give the path of a regular file")
+    return target
+
+
 def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
-    return write_text_atomic(Path(path).expanduser(), m3u_text(hits))
+    return write_text_atomic(m3u_target(path), m3u_text(hits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,6 +636,7 @@ def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_playlist_command(args: argparse.Namespace, settings: Settings) -> int:
+    m3u_target(args.m3u)  # before the search: a wrong target fails at once
     quiet_model_loading()
     hits = search(settings, args.query, args.n, args.model)
     out = write_m3u(args.m3u, hits)

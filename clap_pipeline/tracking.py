@@ -102,6 +102,63 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
     return sorted((m.step, m.value) for m in history)
 
 
+# --------------------------------------------------------------------------- abandoned runs
+
+TAG_TRAINER_PID = "clap.trainer_pid"
+TAG_TRAINER_HOST = "clap.trainer_host"
+TAG_TRAINER_STARTED = "clap.trainer_started_at"
+TAG_KILLED_NOTE = "clap.killed"
+
+
+def close_abandoned_runs(mlflow_client, experiment_id: str, current_run_id: str) -> list[str]:
+    """Record this process as ``current_run_id``'s trainer; mark abandoned RUNNING runs KILLED.
+
+    A run is abandoned when the process that trained it is gone (``kill -9``, OOM kill,
+    reboot: nothing could end the run) or unknown (a run from before trainers were
+    recorded). Runs trained on another host are left alone. Each killed run gets a
+    ``clap.killed`` tag saying why. Returns their ids.
+    """
+    from mlflow.entities import ViewType
+
+    from clap_pipeline.processes import ProcessRef
+
+    me = ProcessRef.current()
+    for key, value in (
+        (TAG_TRAINER_PID, str(me.pid)),
+        (TAG_TRAINER_HOST, me.host),
+        (TAG_TRAINER_STARTED, f"{me.seen_at:.3f}"),
+    ):
+        mlflow_client.set_tag(current_run_id, key, value)
+    killed: list[str] = []
+    for run in mlflow_client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY
+    ):
+        run_id, tags = run.info.run_id, run.data.tags
+        if run_id == current_run_id:
+            continue
+        if TAG_TRAINER_PID in tags:
+            trainer = ProcessRef(
+                int(tags[TAG_TRAINER_PID]),
+                float(tags.get(TAG_TRAINER_STARTED, 0)),
+                tags.get(TAG_TRAINER_HOST, ""),
+            )
+            if trainer.is_alive() is not False:
+                continue  # still training, or on another host
+            why = f"its trainer (pid {trainer.pid} on {trainer.host}) no longer exists"
+        else:
+            why = "no trainer process was recorded for it"
+        note = (
+            f"abandoned: still RUNNING when run {current_run_id} started, but {why} "
+            "(killed, e.g. kill -9, OOM kill or reboot); marked KILLED"
+        )
+        mlflow_client.set_tag(run_id, TAG_KILLED_NOTE, note)
+        if "mlflow.note.content" not in tags:  # the run's description in the MLflow UI
+            mlflow_client.set_tag(run_id, "mlflow.note.content", note)
+        mlflow_client.set_terminated(run_id, status="KILLED")
+        killed.append(run_id)
+    return killed
+
+
 # --------------------------------------------------------------------------- registry
 
 

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.metrics import retrieval_metrics
 from clap_pipeline.model import load_clap, pick_device, tokenize
 from clap_pipeline.selection import Selection, current_selection
-from clap_pipeline.storage import atomic_path, write_text_atomic
+from clap_pipeline.storage import atomic_path, remove_orphaned_temps, write_text_atomic
 from clap_pipeline.training_data import SPLIT_MODES, ClipBatch, TrainingData, prefetch
 
 LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to <= 100
@@ -730,6 +731,21 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     ]
 
 
+def resume_tensors_path(run_dir: Path, name: object) -> Path:
+    """``run_dir / name`` for a resume tensors file name from resume.json, refusing any other.
+
+    The name must be ``resume-state-epoch-<N>.pt`` itself: no folder part, so a crafted
+    resume.json cannot point the trainer at a file outside its run folder.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"resume-state-epoch-\d+\.pt", name):
+        raise TrainingError(
+            f"{run_dir / RESUME_FILE}: refusing tensors file name {name!r} (expected "
+            f"{RESUME_TENSORS.format(epoch='<N>')} inside {run_dir}); delete that resume.json "
+            "to start over"
+        )
+    return run_dir / name
+
+
 def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The newest unfinished run with this fingerprint whose tensors file is present."""
     candidates = []
@@ -741,8 +757,15 @@ def _load_resume_state(checkpoints_dir: Path, fingerprint: str) -> dict[str, Any
         if (
             state.get("fingerprint") == fingerprint
             and state.get("status") == "in_progress"
-            and (path.parent / str(state.get("tensors"))).exists()
+            and resume_tensors_path(path.parent, state.get("tensors")).exists()
         ):
+            for record in state.get("history", []):
+                checkpoint = Path(str(record.get("checkpoint")))
+                if checkpoint.parent.resolve() != path.parent.resolve():
+                    raise TrainingError(
+                        f"{path}: refusing checkpoint {str(checkpoint)!r} outside the run "
+                        f"folder {path.parent}; delete that resume.json to start over"
+                    )
             candidates.append((path.stat().st_mtime, state))
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
@@ -881,6 +904,7 @@ def train(
             run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"mlflow.source.name": "clap_pipeline.training"},
         ).info.run_id
+    tracking.close_abandoned_runs(mlflow_client, experiment_id, run_id)  # after kill -9
     session = _Session(
         config=config,
         inputs=inputs,
@@ -966,6 +990,7 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     """The epochs (from the last completed one), then registration and the report."""
     config, data, device, history = session.config, session.data, session.device, session.history
     session.run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temps(session.run_dir.glob(".*.tmp"))  # of a trainer killed mid-save
     model = loaded.model.to(device)
     features = CachedFeatures(
         _features_module(loaded.feature_extractor, device), config.feature_cache_mb
@@ -977,7 +1002,8 @@ def _fit(session: _Session, loaded, *, resume_tensors: str | None) -> TrainingRe
     )
     set_seed(config.seed)  # after loading: from_pretrained may draw random numbers
     if resume_tensors:
-        saved = torch.load(session.run_dir / resume_tensors, weights_only=False)
+        # weights_only: tensors and plain containers only, never unpickled code.
+        saved = torch.load(resume_tensors_path(session.run_dir, resume_tensors), weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():

@@ -10,7 +10,8 @@ How a partition is (re)built:
 
 - Incremental: a track whose file has the same path, size and mtime as its row in
   the current file keeps that row (streamed over from the old file); a track
-  that failed before with an unchanged file keeps its failure (except timeouts,
+  that failed before with an unchanged file keeps its failure (except timeouts and
+  unreadable files,
   which are retried). Only new or changed files are decoded. Rows of tracks that
   left the selection are not copied, so they disappear. If nothing changed the
   file is left untouched.
@@ -25,7 +26,8 @@ How a partition is (re)built:
   partition boundary.
 - Atomic: rows go to a hidden temp file (``.NNN.parquet.<id>.tmp``, ignored by
   ``pyarrow.dataset``) renamed over ``NNN.parquet`` when complete; a crash or
-  ``kill -9`` leaves the previous file. Then the partition's rows of the DuckDB
+  ``kill -9`` leaves the previous file, and the next run deletes the temp file that
+  no live process claims (a writer holds a lock on its own). Then the partition's rows of the DuckDB
   table ``decode_failures`` are replaced in one transaction.
 """
 
@@ -50,6 +52,7 @@ import pyarrow.parquet as pq
 from clap_pipeline.audio import (
     DEFAULT_TIMEOUT_S,
     N_SAMPLES,
+    RETRIED_REASONS,
     SAMPLE_RATE,
     DecodedWindow,
     DecodeFailure,
@@ -57,12 +60,16 @@ from clap_pipeline.audio import (
     ensure_ffmpeg,
 )
 from clap_pipeline.selection import SelectedTrack, folder_of
-from clap_pipeline.storage import atomic_path, duckdb_connection, table_exists
+from clap_pipeline.storage import (
+    atomic_path,
+    duckdb_connection,
+    remove_orphaned_temps,
+    table_exists,
+)
 
 FORMAT_VERSION = "1"
 ROW_GROUP_ROWS = 64
 FAILURES_TABLE = "decode_failures"
-STALE_TEMP_S = 600.0  # a temp file untouched this long belongs to a dead run
 _PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
 
 FAILURES_DDL = f"""
@@ -383,7 +390,7 @@ def _plan(
         failure = old_failures.get(tid)
         if (
             failure is not None
-            and failure.reason != "timeout"
+            and failure.reason not in RETRIED_REASONS
             and (failure.path, failure.source_size, failure.source_mtime) == s.key
             and failure.window_offset_s == window_offset_s
         ):
@@ -589,7 +596,7 @@ def _write_partition(
     summary = PartitionSummary(folder=plan.folder, path=plan.target, selected=len(plan.sources))
     old_rows = _OldRows(plan.target, options.row_group_rows) if plan.reuse_ids else None
     try:
-        with atomic_path(plan.target) as tmp:
+        with atomic_path(plan.target, claim=True) as tmp:
             writer = _RowGroupWriter(tmp, schema)
             try:
                 batch: list[pa.RecordBatch] = []
@@ -688,14 +695,12 @@ def replace_failures(
 
 
 def _remove_stale_temps(waveforms_dir: Path, folder: str) -> None:
-    """Temp files of runs killed mid-write (invisible to readers, but they take disk)."""
-    now = time.time()
-    for tmp in waveforms_dir.glob(f".{folder}.parquet.*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > STALE_TEMP_S:
-                tmp.unlink()
-        except FileNotFoundError:
-            pass
+    """Temp files of runs killed mid-write (invisible to readers, but they take disk).
+
+    A running writer claims its temp file (``atomic_path(claim=True)``): only files that
+    no live process claims are removed, however young.
+    """
+    remove_orphaned_temps(waveforms_dir.glob(f".{folder}.parquet.*.tmp"))
 
 
 def build_waveforms(
@@ -788,16 +793,15 @@ def remove_unselected_partitions(
                 table_exists(con, FAILURES_TABLE)
                 and con.execute(
                     f"SELECT count(*) FROM {FAILURES_TABLE} "
-                    "WHERE NOT list_contains(?, lpad(CAST(track_id // 1000 AS VARCHAR), 3, '0'))",
-                    [sorted(keep)],
+                    "WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
                 ).fetchone()[0]
             )
         if stale:
             with duckdb_connection(duckdb_path) as con:
                 con.execute(
-                    f"DELETE FROM {FAILURES_TABLE} "
-                    "WHERE NOT list_contains(?, lpad(CAST(track_id // 1000 AS VARCHAR), 3, '0'))",
-                    [sorted(keep)],
+                    f"DELETE FROM {FAILURES_TABLE} WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
                 )
     return removed
 

@@ -123,6 +123,16 @@ def test_missing_file_and_offset_past_the_end(audio: AudioFactory, tmp_path: Pat
     assert info.value.reason == "too_short"
 
 
+def test_os_errors_are_unreadable_failures(tmp_path: Path) -> None:
+    loop = tmp_path / "000001.mp3"
+    loop.symlink_to(loop.name)
+    with pytest.raises(DecodeFailure) as info:
+        decode_window(loop)
+    assert info.value.reason == "unreadable"
+    assert info.value.detail == "OSError: Too many levels of symbolic links"
+    assert str(loop) in str(info.value)
+
+
 def test_ffmpeg_that_hangs_is_killed_at_the_timeout(audio: AudioFactory) -> None:
     with pytest.raises(DecodeFailure) as info:
         decode_window(audio.source("cbr128"), timeout_s=0.001)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import csv
 import datetime as dt
+import io
 import random
 import signal
 import subprocess
@@ -29,6 +31,7 @@ from clap_pipeline.fma import (
     lookup_key,
     parse_list_literal,
     profile_tracks,
+    read_track_ids,
     track_id_problems,
 )
 from clap_pipeline_tests.fma_fixtures import (
@@ -340,17 +343,41 @@ def test_non_integer_track_id_is_named(tmp_path: Path) -> None:
     path = write_tracks_csv(quirky_tracks(), tmp_path / "tracks.csv")
     write_genres_csv(tmp_path / "genres.csv")
     path.write_bytes(path.read_bytes().replace(b"\n10,", b"\nten,", 1))
-    with duckdb.connect() as con, pytest.raises(FmaFormatError, match="integer, got 'ten'"):
+    with (
+        duckdb.connect() as con,
+        pytest.raises(FmaFormatError, match=r"integer .*, got line \d+: 'ten'"),
+    ):
         load_metadata(con, path, tmp_path / "genres.csv")
 
 
-def test_record_with_wrong_field_count_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", ["0x10", "1e3", "1.5", "-3", "1234567", " 12", "+5", "１２"])
+def test_loose_track_ids_are_refused_with_line_and_value(tmp_path: Path, value: str) -> None:
+    """Only plain decimal ids 0..999999: TRY_CAST would read 0x10 as 16 and round 1.5 to 2."""
     path = write_tracks_csv(quirky_tracks(), tmp_path / "tracks.csv")
     write_genres_csv(tmp_path / "genres.csv")
-    path.write_bytes(path.read_bytes() + b"155321,1,2,3\n")
+    data = path.read_bytes()
+    at = data.index(b"\n10,") + 1
+    path.write_bytes(data[:at] + value.encode() + data[at + 2 :])
+    line = data.count(b"\n", 0, at) + 1
     with duckdb.connect() as con, pytest.raises(FmaFormatError) as err:
         load_metadata(con, path, tmp_path / "genres.csv")
-    assert str(path) in str(err.value) and "155321,1,2,3" in str(err.value)
+    assert str(path) in str(err.value)
+    assert f"line {line}: {value!r}" in str(err.value)
+    assert value.strip() not in [str(i) for i in read_track_ids(path)]
+
+
+def test_record_with_wrong_field_count_names_the_file_and_its_line(tmp_path: Path) -> None:
+    path = write_tracks_csv(quirky_tracks(), tmp_path / "tracks.csv")
+    write_genres_csv(tmp_path / "genres.csv")
+    data = path.read_bytes()
+    path.write_bytes(data + b"155321,1,2,3\n")
+    line = data.count(b"\n") + 1
+    records = len(list(csv.reader(io.StringIO(data.decode("utf-8")))))
+    assert records + 1 < line  # quoted fields span lines: DuckDB's record number differs
+    with duckdb.connect() as con, pytest.raises(FmaFormatError) as err:
+        load_metadata(con, path, tmp_path / "genres.csv")
+    assert str(err.value).startswith(f"{path} line {line}: CSV error")
+    assert "155321,1,2,3" in str(err.value)
 
 
 def test_bad_genres_file(tmp_path: Path) -> None:

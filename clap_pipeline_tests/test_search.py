@@ -15,8 +15,12 @@ from clap_pipeline.search import (
     TABLE,
     ModelChoice,
     SearchError,
+    SearchHit,
     encode_query,
+    format_table,
+    hits_json,
     load_index,
+    m3u_text,
     top_k,
     write_track_embeddings,
 )
@@ -247,3 +251,61 @@ def test_playlist_writes_extended_m3u(
         assert Path(path).is_absolute()
         assert path == str(audio_path(data_env / "fma_audio", tid))
     assert [p.name for p in out.parent.iterdir()] == ["out.m3u"]  # no temp file left
+
+
+def _playlist_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_playlist_refuses_targets_that_are_not_regular_files(
+    data_env: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    make_data_dir(data_env)
+    base = ["playlist", "folk", "-n", "2", "--model", str(tiny_model_dir), "--m3u"]
+    target = data_env / "precious.txt"
+    target.write_text("keep me")
+    link = data_env / "link.m3u"
+    link.symlink_to(target)
+    err = _playlist_refused([*base, str(link)], capsys)
+    assert "symbolic link" in err and str(target) in err
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "keep me"
+
+    fifo = data_env / "pipe.m3u"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _playlist_refused([*base, str(fifo)], capsys)
+    assert "a folder" in _playlist_refused([*base, str(data_env)], capsys)
+    assert "--m3u is empty" in _playlist_refused([*base, ""], capsys)
+    # An OSError while writing (the parent is a file) is one line too, naming the path.
+    err = _playlist_refused([*base, str(target / "out.m3u")], capsys)
+    assert f"error: {target}: File exists" in err  # mkdir of the parent folder
+    assert target.read_text() == "keep me"
+    # A regular file is replaced.
+    ok = data_env / "ok.m3u"
+    ok.write_text("old")
+    assert main([*base, str(ok)]) == 0
+    assert ok.read_text().startswith("#EXTM3U")
+
+
+def test_control_characters_from_metadata_are_escaped() -> None:
+    hit = SearchHit(
+        rank=1,
+        track_id=2,
+        score=0.5,
+        title="Red\x1b[31m\x07 title\u202e",
+        artist="A\x9b2J",
+        genre="Rock\r\nX",
+        license=None,
+        audio_path="/a/000/000002.mp3",
+        duration_s=30.0,
+    )
+    for text in (format_table([hit]), hits_json([hit]), m3u_text([hit])):
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e\r"), text
+    table = format_table([hit])
+    assert "Red\\x1b[31m\\x07 title\\u202e" in table and "A\\x9b2J" in table
+    assert json.loads(hits_json([hit]))[0]["title"] == hit.title  # JSON keeps the value

@@ -1,7 +1,11 @@
-"""DuckDB connections: the write turn serialises writers and holds new readers back."""
+"""Atomic writes and DuckDB connections (the write turn serialises writers, readers queue)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,7 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from clap_pipeline.storage import DuckDBLockTimeout, duckdb_connection
+from clap_pipeline.storage import (
+    DuckDBLockTimeout,
+    atomic_path,
+    duckdb_connection,
+    remove_orphaned_temps,
+)
 
 
 def _make_db(path: Path) -> None:
@@ -17,12 +26,74 @@ def _make_db(path: Path) -> None:
         con.execute("CREATE TABLE t AS SELECT 1 AS x")
 
 
-def test_readers_do_not_create_the_write_turn_file(tmp_path: Path) -> None:
+def test_connections_leave_no_turn_behind(tmp_path: Path) -> None:
     db = tmp_path / "clap.duckdb"
     _make_db(db)
     with duckdb_connection(db, read_only=True) as con:
         assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
-    assert not (tmp_path / "clap.duckdb.write.lock").exists()
+    with duckdb_connection(db) as con:
+        con.execute("INSERT INTO t VALUES (2)")
+    assert [p.name for p in (tmp_path / "clap.duckdb.turns").iterdir()] == ["counter"]
+
+
+def test_a_killed_writer_does_not_hold_its_turn(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+    _make_db(db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_TURN, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "connected"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert len(list((tmp_path / "clap.duckdb.turns").iterdir())) == 2  # counter + its entry
+    with duckdb_connection(db, lock_timeout_s=5) as con:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    assert [p.name for p in (tmp_path / "clap.duckdb.turns").iterdir()] == ["counter"]
+
+
+_HOLD_WRITE_TURN = """
+import sys, time
+from clap_pipeline.storage import duckdb_connection
+with duckdb_connection(sys.argv[1]) as con:
+    print("connected", flush=True)
+    time.sleep(600)
+"""
+
+_WRITE_BACK_TO_BACK = """
+import sys, time
+from clap_pipeline.storage import duckdb_connection
+stop = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop:
+    with duckdb_connection(sys.argv[1], lock_timeout_s=60) as con:
+        con.execute("INSERT INTO t VALUES (2)")
+        time.sleep(0.05)  # a short write transaction, then straight back in line
+"""
+
+
+def test_readers_get_their_turn_between_writers_that_come_back_at_once(tmp_path: Path) -> None:
+    """First come, first served: a reader waits for the writers ahead of it, not for all."""
+    db = tmp_path / "clap.duckdb"
+    _make_db(db)
+    seconds = 8.0
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITE_BACK_TO_BACK, str(db), str(seconds)])
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(2.0)  # both writers started and alternating
+        waits = []
+        stop = time.monotonic() + seconds - 3.0
+        while time.monotonic() < stop:
+            t0 = time.monotonic()
+            with duckdb_connection(db, read_only=True, lock_timeout_s=30) as con:
+                con.execute("SELECT count(*) FROM t").fetchone()
+            waits.append(time.monotonic() - t0)
+    finally:
+        for writer in writers:
+            assert writer.wait(timeout=60) == 0
+    # Before the turns were fair this reader got 1 read in 30 s (one wait of 30.3 s).
+    assert len(waits) >= 10, waits
+    assert max(waits) < 2.0, max(waits)
 
 
 def test_a_writer_holds_back_readers_and_writers_until_it_closes(tmp_path: Path) -> None:
@@ -62,3 +133,42 @@ def test_a_waiting_reader_gets_in_once_the_writer_is_done(tmp_path: Path) -> Non
         writer.execute("INSERT INTO t VALUES (2)")
     reader.join(timeout=10)
     assert seen == [2]  # it saw the write, whole
+
+
+_CLAIMER = """
+import sys, time
+from pathlib import Path
+from clap_pipeline.storage import atomic_path
+with atomic_path(Path(sys.argv[1]), claim=True) as tmp:
+    tmp.write_bytes(b"partial")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_claimed_temp_files_are_removed_only_once_their_writer_is_dead(tmp_path: Path) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, str(tmp_path / "part.parquet")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        tmp = Path(writer.stdout.readline().strip())
+        assert tmp.name.startswith(".part.parquet.") and tmp.read_bytes() == b"partial"
+        assert remove_orphaned_temps(tmp_path.glob(".*.tmp")) == []  # a live writer's
+        assert tmp.exists()
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    # Seconds old, but nobody claims it any more.
+    assert remove_orphaned_temps(tmp_path.glob(".*.tmp")) == [tmp]
+    assert not tmp.exists() and not (tmp_path / "part.parquet").exists()
+
+
+def test_a_claimed_atomic_write_renames_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    with atomic_path(target, claim=True) as tmp:
+        assert tmp.exists()  # created, so that the claim holds from the start
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]

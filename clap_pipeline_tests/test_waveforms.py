@@ -316,6 +316,8 @@ def test_kill_9_mid_run_leaves_the_previous_file_and_rerun_completes(
     scratch = from_scratch(s, tmp_path / "scratch")
     assert s.table().equals(scratch.table())
     assert s.failures() == scratch.failures() == EXPECTED_FAILURES
+    # The killed run's temp file is gone although it is seconds old.
+    assert sorted(p.name for p in s.out.iterdir()) == ["000.parquet", "001.parquet"]
 
 
 def test_partitions_built_by_parallel_processes_share_the_failures_table(
@@ -355,3 +357,32 @@ def test_timeouts_are_retried_other_failures_are_kept(tmp_path: Path, audio: Aud
     summary = s.build()
     assert sorted(summary.decoded_ids) == sorted(set(LIBRARY) - {26})
     assert s.failures() == EXPECTED_FAILURES
+
+
+def test_os_errors_of_one_clip_are_failure_rows_and_the_rest_decode(
+    tmp_path: Path, audio: AudioFactory
+) -> None:
+    """A self-looping symlink (ELOOP) and a path through a file (ENOTDIR) are per-clip."""
+    s = make_setup(tmp_path, audio)
+    folder = s.audio_dir / "000"
+    loop = folder / "000008.mp3"
+    loop.symlink_to(loop.name)  # points at itself: "Too many levels of symbolic links"
+    through_file = folder / "000009.mp3"
+    through_file.symlink_to(folder / "000002.mp3" / "x.mp3")  # NotADirectoryError
+    make_tracks_db(s.db, [*LIBRARY, 7, 8, 9])
+
+    summary = s.build()
+
+    failures = {f.track_id: f for f in read_failures(s.db)}
+    assert {tid: failures[tid].reason for tid in failures} == {
+        **EXPECTED_FAILURES,
+        8: "unreadable",
+        9: "unreadable",
+    }
+    assert "symbolic links" in failures[8].detail and failures[8].path == str(loop)
+    assert failures[9].detail.startswith("NotADirectoryError")
+    assert s.table().column("track_id").to_pylist() == sorted(set(LIBRARY) - set(EXPECTED_FAILURES))
+    assert {8, 9} <= set(summary.decoded_ids)
+    # Unreadable files are tried again (permissions change without touching the file).
+    again = s.build()
+    assert sorted(again.decoded_ids) == [8, 9]

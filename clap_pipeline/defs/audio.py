@@ -32,7 +32,7 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.audio import DEFAULT_TIMEOUT_S, N_SAMPLES
-from clap_pipeline.selection import select_tracks
+from clap_pipeline.selection import select_tracks, stray_audio_files
 from clap_pipeline.waveforms import (
     ROW_GROUP_ROWS,
     DecodeOptions,
@@ -47,6 +47,7 @@ from .resources import ClapSettings
 
 FAILURE_WARN_FRACTION = 0.05
 MAX_LOGGED_FAILURES = 20
+MAX_LISTED_STRAY = 20  # names per folder in the log and metadata
 
 
 class WaveformsConfig(Config):
@@ -91,6 +92,14 @@ def waveforms(
         f"waveforms: {n_tracks} selected tracks in {len(folders)} audio folder partition(s) "
         f"{_folders_label(folders)}"
     )
+    stray = stray_audio_files(settings.audio_dir, folders)
+    for folder, names in stray.items():
+        shown = ", ".join(names[:MAX_LISTED_STRAY])
+        more = f" ... ({len(names)} in all)" if len(names) > MAX_LISTED_STRAY else ""
+        context.log.warning(
+            f"audio folder {settings.audio_dir / folder}: {len(names)} file(s) not named like "
+            f"FMA clips of this folder ({folder}NNN.mp3), ignored: {shown}{more}"
+        )
     options = DecodeOptions(
         window_offset_s=config.window_offset_s,
         timeout_s=config.decode_timeout_s,
@@ -135,6 +144,10 @@ def waveforms(
             "window_offset_s": config.window_offset_s,
             "path": MetadataValue.path(str(settings.waveforms_dir)),
             "removed_partitions": MetadataValue.json(removed),
+            "stray_files": sum(len(names) for names in stray.values()),
+            "stray_file_names": MetadataValue.json(
+                {folder: names[:MAX_LISTED_STRAY] for folder, names in stray.items()}
+            ),
         }
     )
 

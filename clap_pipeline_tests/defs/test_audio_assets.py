@@ -61,6 +61,9 @@ def test_asset_definition() -> None:
 
 def test_one_run_materializes_a_partition_range(tmp_path: Path, audio: AudioFactory) -> None:
     settings = _data(tmp_path, audio, LIBRARY)
+    stray = ["000477.MP3", "001002.mp3", "42.mp3", "foo.mp3"]  # ignored, but said so
+    for name in stray:
+        (tmp_path / "fma_audio" / "000" / name).write_bytes(b"x")
     instance = _instance("000", "001")
     result = materialize(
         [waveforms, *CHECKS],
@@ -76,6 +79,8 @@ def test_one_run_materializes_a_partition_range(tmp_path: Path, audio: AudioFact
     assert meta["selected"].value == 5 and meta["rows"].value == 3
     assert meta["failures"].value == 2 and meta["decoded"].value == 5
     assert meta["failure_reasons"].value == {"empty": 1, "silent": 1}
+    assert meta["stray_files"].value == 4
+    assert meta["stray_file_names"].value == {"000": stray}
 
     table = ds.dataset(tmp_path / "waveforms", format="parquet").to_table()
     assert sorted(table.column("track_id").to_pylist()) == [2, 5, 1000]
@@ -95,6 +100,11 @@ def test_one_run_materializes_a_partition_range(tmp_path: Path, audio: AudioFact
     progress = [m for m in logs if "tracks/s" in m]
     assert progress and "5/5 tracks" in progress[-1] and "2 failures" in progress[-1]
     assert any("track 26 skipped (empty)" in m for m in logs)
+    assert any(
+        "4 file(s) not named like FMA clips of this folder (000NNN.mp3), ignored: "
+        "000477.MP3, 001002.mp3, 42.mp3, foo.mp3" in m
+        for m in logs
+    )
 
 
 def test_single_partition_run_and_scoped_checks(tmp_path: Path, audio: AudioFactory) -> None:

@@ -1,0 +1,72 @@
+"""Is a process that some record names (pid, host, start time) still running?
+
+Used to tell work that died without a word (``kill -9``, OOM kill, reboot) from work in
+progress: Dagster runs holding a pool slot (``defs/run_health.py``) and MLflow runs left
+RUNNING (``tracking.close_abandoned_runs``). A pid alone is not enough, since pids are
+reused: the process must also have started no later than it was seen.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+# Process start times and the recorded times are rounded differently.
+CLOCK_SLACK_S = 2.0
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    pid: int
+    seen_at: float  # a time (epoch seconds) at which the process existed
+    host: str
+
+    @classmethod
+    def current(cls) -> ProcessRef:
+        pid = os.getpid()
+        return cls(pid, psutil.Process(pid).create_time(), this_host())
+
+    def is_alive(self) -> bool | None:
+        """True/False for a process of this host; None when it runs elsewhere (unknowable)."""
+        if self.host != this_host():
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return proc.create_time() <= self.seen_at + CLOCK_SLACK_S
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+
+def stop_processes(processes: Sequence[ProcessRef], grace_s: float = 5.0) -> list[int]:
+    """SIGTERM the live ones among ``processes`` (this host), SIGKILL after ``grace_s``.
+
+    Returns the pids that were running. Each is checked to still be the recorded process
+    (pid and start time) just before it is signalled.
+    """
+    targets: list[psutil.Process] = []
+    for ref in processes:
+        if ref.is_alive():
+            try:
+                proc = psutil.Process(ref.pid)
+                proc.terminate()
+                targets.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+    _, alive = psutil.wait_procs(targets, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()  # e.g. blocked at exit flushing a queue nobody reads
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+    return sorted(p.pid for p in targets)
