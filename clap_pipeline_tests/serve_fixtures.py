@@ -85,6 +85,16 @@ def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4) -> Collection:
     return collection
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server process, killing it if it does not exit within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,9 +160,4 @@ def running_server(
                 time.sleep(0.3)
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)

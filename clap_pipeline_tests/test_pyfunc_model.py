@@ -23,7 +23,7 @@ from clap_pipeline.features import LogMelFeatures
 from clap_pipeline.model import audio_embeddings, load_clap
 from clap_pipeline.search import encode_query
 from clap_pipeline_tests.audio_fixtures import run_ffmpeg
-from clap_pipeline_tests.serve_fixtures import free_port
+from clap_pipeline_tests.serve_fixtures import free_port, stop_process
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
 CHAMPION_URI = f"models:/{tracking.MODEL_NAME}@{tracking.CHAMPION}"
@@ -139,12 +139,7 @@ def test_mlflow_models_serve_answers_on_loopback(
                 assert time.monotonic() < deadline, f"no answer in 180 s:\n{log_path.read_text()}"
                 time.sleep(0.5)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     reference = load_clap(tiny_model_dir)
     assert np.array(predictions).shape == (2, 32)
     for row, text in zip(predictions, TEXTS, strict=True):
