@@ -38,10 +38,9 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def build_database(path: Path, n: int, dim: int) -> None:
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((n, dim), dtype=np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+def write_collection(path: Path, embeddings: np.ndarray) -> None:
+    """A synthetic `tracks` table and `track_embeddings` (the project's writer) of N rows."""
+    n = len(embeddings)
     with duckdb_connection(path) as con:
         con.execute(
             """CREATE TABLE tracks AS SELECT range AS track_id,
@@ -51,11 +50,21 @@ def build_database(path: Path, n: int, dim: int) -> None:
                FROM range(?)""",
             [n],
         )
-    ids = np.arange(n, dtype=np.int64)
-    paths = [f"/music/{i:06d}.mp3" for i in range(n)]
     write_track_embeddings(
-        path, ids, emb, paths, np.full(n, 960_000), ModelChoice("bench", "1", "bench")
+        path,
+        np.arange(n, dtype=np.int64),
+        embeddings,
+        [f"/music/{i:06d}.mp3" for i in range(n)],
+        np.full(n, 960_000),
+        ModelChoice("bench", "1", "bench"),
     )
+
+
+def build_database(path: Path, n: int, dim: int) -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((n, dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    write_collection(path, emb)
 
 
 def main() -> None:

@@ -40,9 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from clap_pipeline.model import save_tiny_model
-from clap_pipeline.search import ModelChoice, top_k, write_track_embeddings
-from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.search import top_k
 from clap_pipeline.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import write_collection as write_synthetic_collection
 
 DIM = 512
 CENTRES = 1_000
@@ -113,23 +115,7 @@ def bench_top_k(n: int, queries: int, centres: np.ndarray) -> None:
 
 
 def write_collection(db: Path, n: int, centres: np.ndarray) -> None:
-    with duckdb_connection(db) as con:
-        con.execute(
-            """CREATE TABLE tracks AS SELECT range AS track_id,
-                   'title ' || range AS track_title, 'artist ' || (range % 997) AS artist_name,
-                   'Rock' AS track_genre_top, 'CC BY' AS track_license,
-                   200 AS track_duration, 256000 AS track_bit_rate
-               FROM range(?)""",
-            [n],
-        )
-    write_track_embeddings(
-        db,
-        np.arange(n, dtype=np.int64),
-        clustered(n, 3, centres),
-        [f"/music/{i:06d}.mp3" for i in range(n)],
-        np.full(n, 960_000),
-        ModelChoice("bench", "1", "bench"),
-    )
+    write_synthetic_collection(db, clustered(n, 3, centres))
 
 
 def free_port() -> int:

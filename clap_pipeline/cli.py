@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.config import DEFAULT_MAX_TRACKS, ConfigError, Settings
 from clap_pipeline.tracking import MODEL_NAME  # stdlib-only module: cheap to import
 
 
@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", help="write an FMA-format demo dataset (metadata + MP3s)")
-    p.add_argument("--tracks", type=int, default=500, help="number of tracks (default 500)")
+    p.add_argument(
+        "--tracks",
+        type=int,
+        default=DEFAULT_MAX_TRACKS,
+        help=f"number of tracks (default {DEFAULT_MAX_TRACKS}, CLAP_MAX_TRACKS' default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output root (default $CLAP_DATA_DIR)")
     p.add_argument(

@@ -42,6 +42,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from clap_pipeline.config import DEFAULT_MAX_TRACKS
 from clap_pipeline.demo_audio import (
     CLIP_SECONDS,
     REGISTER_TAGS,
@@ -846,7 +847,7 @@ def check_replaceable(out_root: Path) -> None:
 
 def write_demo_dataset(
     out_root: Path,
-    n_tracks: int = 500,
+    n_tracks: int = DEFAULT_MAX_TRACKS,
     seed: int = 0,
     *,
     workers: int | None = None,

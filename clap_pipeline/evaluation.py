@@ -471,6 +471,7 @@ def evaluate(
         "fine_tuned": str(manifest["best_checkpoint"]),
     }
     splits_report: dict[str, Any] = {}
+    prompt_groups_of: dict[str, np.ndarray] = {}  # split -> one id per distinct prompt
     for name, split in clips.items():
         n = len(split.track_ids)
         splits_report[name] = {
@@ -480,7 +481,7 @@ def evaluate(
             "models": {},
             "random": _random_baselines(n, config) if n else None,
         }
-        groups = prompt_groups(split.prompts)
+        groups = prompt_groups_of[name] = prompt_groups(split.prompts)
         splits_report[name]["identical_prompts"] = {
             "n_clips_sharing": int(np.isin(groups, np.flatnonzero(np.bincount(groups) > 1)).sum())
             if n
@@ -548,9 +549,8 @@ def evaluate(
             splits_report[name]["models"][model_key] = {"source": sources[model_key], **metrics}
             merged = splits_report[name]["identical_prompts"]
             if merged["n_clips_sharing"]:
-                groups = prompt_groups(split.prompts)
                 merged["models"][model_key] = _retrieval(
-                    run.text[name], run.audio[name], config, groups
+                    run.text[name], run.audio[name], config, prompt_groups_of[name]
                 )
             r5 = metrics["text_to_audio_recall_at_5"]["value"]
             say(f"{model_key} {name}: text->audio R@5 {r5:.3f} (N={len(split.track_ids)})")

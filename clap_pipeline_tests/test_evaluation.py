@@ -212,6 +212,9 @@ def test_genre_search_matches_an_independent_ranking(
     assert test["prior"]["precision_at_10"]["value"] == pytest.approx(np.mean(shares))
     assert set(test["models"]) == {"zero_shot", "fine_tuned"}
     assert set(test["models"]["zero_shot"]) == set(search["queries"])
+    # Every prompt of the fixture is distinct: nothing to merge, the strict numbers stand.
+    merged = report["splits"]["test"]["identical_prompts"]
+    assert (merged["n_clips_sharing"], merged["models"]) == (0, {})
 
 
 def test_genre_classification_over_the_genres_present(

@@ -50,6 +50,7 @@ from clap_pipeline_tests.training_fixtures import (
     SyntheticData,
     mlflow_store,
     one_torch_thread,  # noqa: F401 (autouse fixture)
+    training_inputs,
     write_training_dataset,
 )
 
@@ -204,17 +205,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def make_inputs(synthetic: SyntheticData, model_dir: Path, store: str, out: Path) -> TrainInputs:
-    data = synthetic.data_dir
-    return TrainInputs(
-        model_source=str(model_dir),
-        prompts_path=data / "prompts.parquet",
-        waveforms_dir=data / "waveforms",
-        duckdb_path=data / "clap.duckdb",
-        checkpoints_dir=out / "checkpoints",
-        manifest_path=out / "reports" / "training.json",
-        tracking_uri=store,
-        experiment="training-tests",
-    )
+    return training_inputs(synthetic.data_dir, model_dir, store, out)
 
 
 @pytest.fixture(scope="module")

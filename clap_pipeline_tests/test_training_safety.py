@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from clap_pipeline import tracking
-from clap_pipeline.training import TrainConfig, TrainingError, TrainingHooks, TrainInputs, train
+from clap_pipeline.training import TrainConfig, TrainingError, TrainingHooks, train
 from clap_pipeline_tests.training_fixtures import (
     mlflow_store,
     one_torch_thread,  # noqa: F401 (autouse fixture)
+    training_inputs,
     write_training_dataset,
 )
 
@@ -46,16 +47,8 @@ def killed_after_epoch_1(tmp_path_factory: pytest.TempPathFactory, tiny_model_di
     """A run interrupted after epoch 1: its folder holds resume.json and the tensors file."""
     root = tmp_path_factory.mktemp("resume")
     data = write_training_dataset(root / "data").data_dir
-    inputs = TrainInputs(
-        model_source=str(tiny_model_dir),
-        prompts_path=data / "prompts.parquet",
-        waveforms_dir=data / "waveforms",
-        duckdb_path=data / "clap.duckdb",
-        checkpoints_dir=root / "checkpoints",
-        manifest_path=root / "reports" / "training.json",
-        tracking_uri=mlflow_store(root / "mlruns"),
-        experiment="safety-tests",
-    )
+    store = mlflow_store(root / "mlruns")
+    inputs = training_inputs(data, tiny_model_dir, store, root, experiment="safety-tests")
 
     def kill(record) -> None:
         if record.epoch == 1:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.training import TrainInputs
 
 SR = 48_000
 SAMPLES = 240_000
@@ -89,6 +90,22 @@ def one_torch_thread():
 
 
 _EMPTY_STORE: Path | None = None
+
+
+def training_inputs(
+    data_dir: Path, model_dir: Path, store: str, out: Path, experiment: str = "training-tests"
+) -> TrainInputs:
+    """Where a test training reads (a written dataset) and writes (``out``)."""
+    return TrainInputs(
+        model_source=str(model_dir),
+        prompts_path=data_dir / "prompts.parquet",
+        waveforms_dir=data_dir / "waveforms",
+        duckdb_path=data_dir / "clap.duckdb",
+        checkpoints_dir=out / "checkpoints",
+        manifest_path=out / "reports" / "training.json",
+        tracking_uri=store,
+        experiment=experiment,
+    )
 
 
 def mlflow_store(directory: Path) -> str:

@@ -18,7 +18,7 @@ AUDIO_DIR=$(setting audio_dir)
 
 if [[ ! -f "$TRACKS_CSV" ]]; then
   echo "==> no $TRACKS_CSV: generating the FMA-format demo dataset (clap-pipeline demo-data)"
-  "$CLI" demo-data --tracks "${DEMO_TRACKS:-500}"
+  "$CLI" demo-data ${DEMO_TRACKS:+--tracks "$DEMO_TRACKS"}  # default: CLAP_MAX_TRACKS' default
 elif [[ ! -d "$AUDIO_DIR" ]]; then
   echo "error: $TRACKS_CSV exists but the audio folder $AUDIO_DIR does not (set FMA_AUDIO_DIR)" >&2
   exit 2

@@ -53,8 +53,8 @@ def track_embeddings(
     )
     metadata: dict = {}
     if summary.genre_search:
-        found, prior = summary.genre_search["model"], summary.genre_search["prior"]
-        p10, share = found["precision_at_10"], prior["precision_at_10"]["value"]
+        found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
+        p10 = found["precision_at_10"]
         context.log.info(
             f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
             f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
