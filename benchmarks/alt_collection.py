@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline import demo  # noqa: E402
-from clap_pipeline.demo_audio import SR, AudioParams  # noqa: E402
-from clap_pipeline.selection import audio_path  # noqa: E402
+from clap_pipeline.audio.demo import collection as demo  # noqa: E402
+from clap_pipeline.audio.demo.synth import SR, AudioParams  # noqa: E402
+from clap_pipeline.metadata.selection import audio_path  # noqa: E402
 from clap_pipeline.storage import atomic_path  # noqa: E402
 
 LOOP_SECONDS = 4.0

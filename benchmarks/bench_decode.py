@@ -39,15 +39,15 @@ sys.path.insert(0, str(REPO))
 
 import ffmpeg  # noqa: E402
 
-from clap_pipeline.audio import (  # noqa: E402
+from clap_pipeline.audio.decode import (  # noqa: E402
     N_SAMPLES,
     SAMPLE_RATE,
     decode_window,
     ensure_ffmpeg,
     window_command,
 )
-from clap_pipeline.selection import SelectedTrack, audio_path  # noqa: E402
-from clap_pipeline.waveforms import DecodeOptions, build_waveforms, default_workers  # noqa: E402
+from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, default_workers  # noqa: E402
+from clap_pipeline.metadata.selection import SelectedTrack, audio_path  # noqa: E402
 
 DISTINCT_CLIPS = 8
 

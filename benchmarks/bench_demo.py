@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline import demo  # noqa: E402
-from clap_pipeline.demo_audio import SR, render_loop  # noqa: E402
-from clap_pipeline.selection import audio_path  # noqa: E402
+from clap_pipeline.audio.demo import collection as demo  # noqa: E402
+from clap_pipeline.audio.demo.synth import SR, render_loop  # noqa: E402
+from clap_pipeline.metadata.selection import audio_path  # noqa: E402
 
 
 def cpu_seconds() -> float:

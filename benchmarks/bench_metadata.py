@@ -56,7 +56,7 @@ def worker_generate(metadata_dir: Path, n_tracks: int, seed: int) -> dict:
 def worker_ours(metadata_dir: Path, db_path: Path) -> dict:
     import duckdb
 
-    from clap_pipeline.fma import load_metadata
+    from clap_pipeline.metadata.fma import load_metadata
 
     db_path.unlink(missing_ok=True)
     started, cpu = time.perf_counter(), _cpu_s()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.search import (
+from clap_pipeline.search.query import (
     TABLE,
     EmbeddingIndex,
     ModelChoice,

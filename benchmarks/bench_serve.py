@@ -1,7 +1,7 @@
 """Search service speed: top-k at 100,000 and 1,000,000 tracks, and the real server over loopback.
 
 Part 1, top-k alone (``--sizes``, default 100,000 and 1,000,000 x 512): the server's
-``VectorIndex`` (faiss IVF with calibrated ``nprobe``, see clap_pipeline/vector_index.py)
+``VectorIndex`` (faiss IVF with calibrated ``nprobe``, see clap_pipeline/search/vector_index.py)
 against the exact scan the CLI uses (``search.top_k``: numpy matmul + partition), query by
 query and interleaved so both see the same machine load; recall@10 of the index against
 the exact result. The embeddings are synthetic: unit vectors around 1,000 centres (real
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.model import save_tiny_model
-from clap_pipeline.search import top_k
-from clap_pipeline.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
+from clap_pipeline.search.query import top_k
+from clap_pipeline.search.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
+from clap_pipeline.training.model import save_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import write_collection as write_synthetic_collection

@@ -47,15 +47,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from clap_pipeline.features import LogMelFeatures
-from clap_pipeline.model import (
+from clap_pipeline.training.data import CLIP_SAMPLES, ClipBatch, TrainingData, prefetch
+from clap_pipeline.training.features import LogMelFeatures
+from clap_pipeline.training.loop import TrainConfig, clamp_logit_scale, contrastive_loss
+from clap_pipeline.training.model import (
     byte_level_tokenizer,
     tiny_clap_config,
     tokenize,
     unfused_feature_extractor,
 )
-from clap_pipeline.training import TrainConfig, clamp_logit_scale, contrastive_loss
-from clap_pipeline.training_data import CLIP_SAMPLES, ClipBatch, TrainingData, prefetch
 
 SR = 48_000
 ROW_GROUP = 64

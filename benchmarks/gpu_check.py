@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clap_pipeline import training
-from clap_pipeline.model import load_clap, save_tiny_model
-from clap_pipeline.training import TrainConfig, TrainingHooks
-from clap_pipeline.training_data import TrainingData
+from clap_pipeline.training.data import TrainingData
+from clap_pipeline.training.loop import TrainConfig, TrainingHooks
+from clap_pipeline.training.loop import loop as training
+from clap_pipeline.training.model import load_clap, save_tiny_model
 from clap_pipeline_tests.training_fixtures import write_training_dataset
 
 

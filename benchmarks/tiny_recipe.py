@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO))
 
 from transformers import ClapConfig, ClapModel  # noqa: E402
 
-from clap_pipeline import training  # noqa: E402
-from clap_pipeline.features import LogMelFeatures  # noqa: E402
-from clap_pipeline.metrics import random_recall, retrieval_metrics  # noqa: E402
-from clap_pipeline.model import load_clap, save_tiny_model, tiny_clap_config, tokenize  # noqa: E402
-from clap_pipeline.training_data import TrainingData  # noqa: E402
+from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics  # noqa: E402
+from clap_pipeline.training.data import TrainingData  # noqa: E402
+from clap_pipeline.training.features import LogMelFeatures  # noqa: E402
+from clap_pipeline.training.loop import loop as training  # noqa: E402
+from clap_pipeline.training.model import load_clap, save_tiny_model, tiny_clap_config, tokenize  # noqa: E402
 
 
 def candidate_config(args: argparse.Namespace, vocab_size: int) -> ClapConfig:

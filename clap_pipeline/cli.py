@@ -14,7 +14,7 @@ from clap_pipeline.tracking import MODEL_NAME  # stdlib-only module: cheap to im
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.demo import add_demo_tracks, write_demo_dataset
+    from clap_pipeline.audio.demo.collection import add_demo_tracks, write_demo_dataset
 
     out = Path(args.out) if args.out else settings.data_dir
     if args.add:
@@ -40,7 +40,7 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.model import save_tiny_model
+    from clap_pipeline.training.model import save_tiny_model
 
     out = save_tiny_model(Path(args.out_dir), seed=args.seed)
     print(f"tiny CLAP saved to {out}; use it with CLAP_MODEL={out}")
@@ -48,7 +48,7 @@ def _cmd_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.fetch import fetch_fma
+    from clap_pipeline.metadata.fetch import fetch_fma
 
     summary = fetch_fma(
         subset=args.subset,
@@ -65,13 +65,13 @@ def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.search import run_search_command
+    from clap_pipeline.search.query import run_search_command
 
     return run_search_command(args, settings)
 
 
 def _cmd_playlist(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.search import run_playlist_command
+    from clap_pipeline.search.query import run_playlist_command
 
     return run_playlist_command(args, settings)
 
@@ -81,9 +81,9 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     import torch
 
-    from clap_pipeline.search import quiet_model_loading
-    from clap_pipeline.service import SearchService
-    from clap_pipeline.webapp import serve
+    from clap_pipeline.search.query import quiet_model_loading
+    from clap_pipeline.search.service import SearchService
+    from clap_pipeline.search.webapp import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_model_loading()
@@ -105,7 +105,11 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from clap_pipeline.comparison import collect_runs, comparison_text, recommend_max_epochs
+    from clap_pipeline.evaluation.comparison import (
+        collect_runs,
+        comparison_text,
+        recommend_max_epochs,
+    )
 
     uri, experiment = settings.mlflow_tracking_uri, settings.mlflow_experiment
     try:

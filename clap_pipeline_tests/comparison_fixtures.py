@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clap_pipeline import tracking
-from clap_pipeline.comparison import TRAINING_SOURCE
+from clap_pipeline.evaluation.comparison import TRAINING_SOURCE
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
 EXPERIMENT = "comparison-test"

@@ -16,13 +16,13 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny CLAP, saved once per test session with ``save_pretrained``."""
-    from clap_pipeline.model import save_tiny_model
+    from clap_pipeline.training.model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-clap", seed=0)
 
 
 @pytest.fixture(scope="session")
 def ffmpeg() -> str:
-    from clap_pipeline.ffmpeg_bin import ffmpeg_exe
+    from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
 
     return ffmpeg_exe()

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clap_pipeline import tracking
-from clap_pipeline.model import save_tiny_model
 from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.training.model import save_tiny_model
 
 SR, SAMPLES = 48_000, 240_000
 GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop")

@@ -1,6 +1,6 @@
 """Asset `waveforms` (one partition per FMA audio folder) and its checks.
 
-The work is in ``clap_pipeline.waveforms``; this module passes configuration,
+The work is in ``clap_pipeline.audio.waveforms``; this module passes configuration,
 logs progress and reports metadata.
 
 ``backfill_policy=BackfillPolicy.single_run()`` lets one run materialize many
@@ -31,9 +31,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.audio import DEFAULT_TIMEOUT_S, N_SAMPLES
-from clap_pipeline.selection import select_tracks, stray_audio_files
-from clap_pipeline.waveforms import (
+from clap_pipeline.audio.decode import DEFAULT_TIMEOUT_S, N_SAMPLES
+from clap_pipeline.audio.waveforms import (
     ROW_GROUP_ROWS,
     DecodeOptions,
     build_waveforms,
@@ -41,6 +40,7 @@ from clap_pipeline.waveforms import (
     group_by_folder,
     remove_unselected_partitions,
 )
+from clap_pipeline.metadata.selection import select_tracks, stray_audio_files
 
 from .partitions import audio_folder_partitions
 from .resources import ClapSettings

@@ -1,4 +1,4 @@
-"""Asset `model_comparison`: a thin wrapper over ``clap_pipeline.comparison``.
+"""Asset `model_comparison`: a thin wrapper over ``clap_pipeline.evaluation.comparison``.
 
 Reads every training run of the experiment back from MLflow (the ``mlflow``
 resource), writes ``reports/model_comparison.{md,png,json}`` under the data dir
@@ -12,14 +12,14 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from clap_pipeline import tracking
-from clap_pipeline.comparison import (
+from clap_pipeline.defs.resources import ClapSettings, MlflowTracking
+from clap_pipeline.evaluation.comparison import (
     DEFAULT_RECENT,
     collect_runs,
     comparison_png,
     recommend_max_epochs,
     write_comparison,
 )
-from clap_pipeline.defs.resources import ClapSettings, MlflowTracking
 
 
 class ModelComparisonConfig(Config):

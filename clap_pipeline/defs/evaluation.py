@@ -1,4 +1,4 @@
-"""Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation``.
+"""Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation.evaluate``.
 
 Paths come from the ``clap_settings`` resource, the DuckDB file from ``duckdb``
 and the MLflow store from ``mlflow``; the knobs are run config
@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
-from clap_pipeline.evaluation import (
+from clap_pipeline.evaluation.evaluate import (
     REPORT_NAME,
     EvalConfig,
     EvalInputs,
@@ -40,7 +40,7 @@ from clap_pipeline.evaluation import (
     retrieval_markdown,
     verdict_lines,
 )
-from clap_pipeline.metrics import KS
+from clap_pipeline.evaluation.metrics import KS
 
 _DEFAULTS = EvalConfig()
 

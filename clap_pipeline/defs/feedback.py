@@ -4,12 +4,12 @@ import json
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from clap_pipeline.evaluation import load_manifest
-from clap_pipeline.feedback import feedback_sets
-from clap_pipeline.feedback_eval import evaluate_feedback, served_version, verdict
-from clap_pipeline.markdown import markdown_table
-from clap_pipeline.search import SearchError, resolve_model
+from clap_pipeline.evaluation.evaluate import load_manifest
+from clap_pipeline.evaluation.feedback_eval import evaluate_feedback, served_version, verdict
+from clap_pipeline.search.feedback import feedback_sets
+from clap_pipeline.search.query import SearchError, resolve_model
 from clap_pipeline.storage import write_text_atomic
+from clap_pipeline.tables import markdown_table
 from clap_pipeline.tracking import MODEL_NAME, client
 
 from .resources import ClapSettings, MlflowTracking

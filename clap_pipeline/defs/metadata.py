@@ -1,6 +1,6 @@
 """Assets `tracks` (DuckDB) and `prompts` (Parquet) of group `metadata`, and their checks.
 
-The work is in ``clap_pipeline.fma`` and ``clap_pipeline.prompts``; this module
+The work is in ``clap_pipeline.metadata.fma`` and ``clap_pipeline.metadata.prompts``; this module
 passes configuration, logs and reports metadata. Checks open DuckDB read-only.
 """
 
@@ -21,9 +21,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.fma import load_metadata, profile_tracks, track_id_problems
-from clap_pipeline.markdown import markdown_table
-from clap_pipeline.prompts import (
+from clap_pipeline.metadata.fma import load_metadata, profile_tracks, track_id_problems
+from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
     PROMPTS_SCHEMA,
     TEMPLATE_NAMES,
@@ -37,8 +36,9 @@ from clap_pipeline.prompts import (
     read_track_texts,
     write_prompts,
 )
-from clap_pipeline.selection import select_tracks
+from clap_pipeline.metadata.selection import select_tracks
 from clap_pipeline.storage import table_exists
+from clap_pipeline.tables import markdown_table
 
 from .partitions import sync_audio_folder_partitions
 from .resources import ClapSettings, DuckDBDatabase

@@ -12,8 +12,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.embeddings import count_waveform_rows
-from clap_pipeline.search import TABLE, build_track_embeddings, champion_model, embeddings_health
+from clap_pipeline.search.embeddings import count_waveform_rows
+from clap_pipeline.search.query import (
+    TABLE,
+    build_track_embeddings,
+    champion_model,
+    embeddings_health,
+)
 
 from .resources import ClapSettings, DuckDBDatabase, MlflowTracking
 

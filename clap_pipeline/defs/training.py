@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
-from clap_pipeline.training import TrainConfig, TrainingResult, TrainInputs, train
+from clap_pipeline.training.loop import TrainConfig, TrainingResult, TrainInputs, train
 
 _D = TrainConfig()  # defaults and help texts live in the core module
 _help = TrainConfig.help

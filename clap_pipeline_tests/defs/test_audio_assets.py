@@ -15,6 +15,7 @@ from dagster import (
     materialize,
 )
 
+from clap_pipeline.audio.waveforms import read_failures
 from clap_pipeline.defs.audio import (
     waveforms,
     waveforms_failure_rate,
@@ -23,7 +24,6 @@ from clap_pipeline.defs.audio import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.waveforms import read_failures
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 
 LIBRARY = {2: "cbr128", 5: "short2s", 26: "empty", 1000: "mono", 1001: "silent"}

@@ -24,10 +24,15 @@ import pytest
 from dagster import DagsterInstance
 
 from clap_pipeline import tracking
+from clap_pipeline.audio.waveforms import (
+    DecodeOptions,
+    build_waveforms,
+    group_by_folder,
+    read_failures,
+)
 from clap_pipeline.defs.partitions import audio_folder_partitions
-from clap_pipeline.selection import select_tracks
-from clap_pipeline.training import TrainConfig, TrainInputs, train
-from clap_pipeline.waveforms import DecodeOptions, build_waveforms, group_by_folder, read_failures
+from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.training.loop import TrainConfig, TrainInputs, train
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 from clap_pipeline_tests.training_fixtures import (
     mlflow_store,

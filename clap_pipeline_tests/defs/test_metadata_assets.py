@@ -21,8 +21,8 @@ from clap_pipeline.defs.metadata import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase
-from clap_pipeline.prompts import PROMPTS_SCHEMA, content_hash, read_prompts, write_prompts
-from clap_pipeline.selection import audio_path
+from clap_pipeline.metadata.prompts import PROMPTS_SCHEMA, content_hash, read_prompts, write_prompts
+from clap_pipeline.metadata.selection import audio_path
 from clap_pipeline_tests.fma_fixtures import quirky_tracks, write_metadata
 
 CHECKS = [

@@ -1,0 +1,253 @@
+"""Decode one 5-s window of an audio file to 48 kHz mono float32 with ffmpeg.
+
+Only the window is decoded: ``-ss``/``-t`` are *input* options, so ffmpeg seeks
+and stops reading after the window instead of decoding the whole clip.
+Stereo is averaged to mono (``-ac 1`` with ``rematrix_maxval=1``: plain ``-ac 1``
+on float input mixes L and R at 0.707 each, which is louder than the mean).
+
+A file that cannot give a usable window raises :class:`DecodeFailure` with one of
+the reasons below; callers record it and move on.
+
+Reasons (``DecodeFailure.reason``):
+
+- ``missing``: the path does not exist (or is not a regular file).
+- ``empty``: the file has 0 bytes.
+- ``truncated``: the file holds less than its own headers declare: an ID3v2 tag
+  longer than the file; ffmpeg's warning that the MP3 (Xing/Info) header's size
+  and the file size disagree by more than 1/16; or the decoded window ends early
+  although the header's duration says audio continues at least
+  ``TRUNCATION_TOLERANCE_S`` past that point.
+- ``not_audio``: ffmpeg found no decodable audio stream (random bytes, an image,
+  an unsupported codec...), i.e. it exited with an error.
+- ``too_short``: fewer than ``MIN_DECODED_SAMPLES`` (1 s) of real audio in the
+  window (for instance a 0.5-s clip, or a window offset past the clip's end).
+- ``silent``: the window is digital silence (peak below ``SILENCE_PEAK``, -90 dBFS).
+- ``timeout``: ffmpeg did not finish within the timeout and was killed.
+- ``unreadable``: the operating system refused the file (no read permission, a symlink
+  loop, an I/O error...); the detail names the error. Like ``timeout``, retried on the
+  next run even when the file did not change (permissions change without touching it).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from clap_pipeline.audio.ffmpeg_bin import FfmpegNotFoundError, ffmpeg_exe
+
+SAMPLE_RATE = 48_000
+WINDOW_SECONDS = 5
+N_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS  # 240,000: the `waveforms` contract
+MIN_DECODED_SAMPLES = SAMPLE_RATE  # less than 1 s of real audio is a failure
+SILENCE_PEAK = 10 ** (-90 / 20)  # about 3.2e-5
+TRUNCATION_TOLERANCE_S = 1.0
+DEFAULT_TIMEOUT_S = 60.0
+STDERR_TAIL_LINES = 12
+
+REASONS = (
+    "missing",
+    "empty",
+    "truncated",
+    "not_audio",
+    "too_short",
+    "silent",
+    "timeout",
+    "unreadable",
+)
+RETRIED_REASONS = ("timeout", "unreadable")  # may pass next time with the same file
+
+_DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+# ffmpeg's mp3 demuxer: the Xing/Info header's byte count exceeds the file by > 1/16.
+_SIZE_MISMATCH = "filesize and duration do not match"
+_LEVEL_RE = re.compile(r"\[(warning|error|fatal|panic)\]")
+
+
+class DecodeFailure(Exception):
+    """A file that yields no usable window; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, path: Path, detail: str, stderr_tail: str = "") -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{path}: {reason}: {detail}")
+        self.reason = reason
+        self.path = path
+        self.detail = detail
+        self.stderr_tail = stderr_tail
+
+
+@dataclass(frozen=True)
+class DecodedWindow:
+    samples: np.ndarray  # float32, exactly N_SAMPLES, zero-padded after n_samples_decoded
+    n_samples_decoded: int  # real audio before padding (<= N_SAMPLES)
+
+
+def ensure_ffmpeg(timeout_s: float = 30.0) -> str:
+    """Path of a working ffmpeg, or one clear :class:`FfmpegNotFoundError` before any work."""
+    return _checked_ffmpeg(ffmpeg_exe(), timeout_s)
+
+
+@functools.cache
+def _checked_ffmpeg(exe: str, timeout_s: float) -> str:
+    try:
+        proc = subprocess.run(
+            [exe, "-hide_banner", "-version"], capture_output=True, timeout=timeout_s
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FfmpegNotFoundError(f"ffmpeg at {exe} cannot be run: {exc}") from exc
+    if proc.returncode != 0:
+        raise FfmpegNotFoundError(
+            f"ffmpeg at {exe} failed `-version` (exit {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-500:]}"
+        )
+    return exe
+
+
+def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = None) -> list[str]:
+    """The ffmpeg argv that writes the window as raw f32le 48 kHz mono to stdout."""
+    # Without an offset no seek at all: the window starts at the file's first sample.
+    seek = {"ss": offset_s} if offset_s > 0 else {}
+    stream = ffmpeg.input(f"file:{path}", t=WINDOW_SECONDS, **seek)
+    out = ffmpeg.output(
+        stream["a:0"],
+        "pipe:",
+        format="f32le",
+        acodec="pcm_f32le",
+        ac=1,
+        ar=SAMPLE_RATE,
+        rematrix_maxval=1.0,
+    )
+    args = out.compile(cmd=exe or ffmpeg_exe())
+    # Global options first; -nostdin keeps a pool of ffmpegs from fighting over the tty;
+    # "level+info" tags each line with its level so warnings can be told from chatter
+    # (the info lines carry the header's duration, needed to spot truncation).
+    return [args[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", *args[1:]]
+
+
+def decode_window(
+    path: str | Path,
+    offset_s: float = 0.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    exe: str | None = None,
+) -> DecodedWindow:
+    """Decode ``WINDOW_SECONDS`` from ``offset_s``; pad with zeros to exactly ``N_SAMPLES``.
+
+    Raises :class:`DecodeFailure` (see the module docstring for the reasons), also for
+    any error the operating system raises about this one file.
+    """
+    path = Path(path)
+    try:
+        return _decode_window(path, offset_s, timeout_s, exe)
+    except FileNotFoundError:
+        raise DecodeFailure("missing", path, "file does not exist") from None
+    except OSError as exc:
+        raise DecodeFailure("unreadable", path, _os_error_text(exc)) from None
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``PermissionError: Permission denied`` (the file is named by DecodeFailure)."""
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | None) -> DecodedWindow:
+    size = path.stat().st_size
+    if not path.is_file():
+        raise DecodeFailure("missing", path, "not a regular file")
+    if size == 0:
+        raise DecodeFailure("empty", path, "file has 0 bytes")
+    tag_size = id3v2_size(path)
+    if tag_size > size:
+        raise DecodeFailure(
+            "truncated", path, f"ID3v2 tag declares {tag_size} bytes but the file has {size}"
+        )
+
+    cmd = window_command(path, offset_s, exe)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise DecodeFailure(
+            "timeout", path, f"ffmpeg killed after {timeout_s:g} s", _tail(exc.stderr or b"")
+        ) from None
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    raw = proc.stdout
+    decoded = np.frombuffer(raw, dtype="<f4", count=len(raw) // 4)
+    if proc.returncode != 0:
+        raise DecodeFailure(
+            "not_audio", path, f"ffmpeg exited with {proc.returncode}", _tail(stderr)
+        )
+    decoded = decoded[:N_SAMPLES]
+    n = int(decoded.size)
+    if _SIZE_MISMATCH in stderr:
+        raise DecodeFailure(
+            "truncated", path, "file is smaller than its MP3 header declares", _tail(stderr)
+        )
+    header_s = header_duration_s(stderr)
+    decoded_end_s = offset_s + n / SAMPLE_RATE
+    if n < N_SAMPLES and header_s is not None and header_s - decoded_end_s > TRUNCATION_TOLERANCE_S:
+        raise DecodeFailure(
+            "truncated",
+            path,
+            f"audio stops at {decoded_end_s:.2f} s but the header says {header_s:.2f} s",
+            _tail(stderr),
+        )
+    if n < MIN_DECODED_SAMPLES:
+        raise DecodeFailure(
+            "too_short",
+            path,
+            f"{n / SAMPLE_RATE:.2f} s of audio from {offset_s:g} s (need >= 1 s)",
+            _tail(stderr),
+        )
+    peak = float(np.max(np.abs(decoded)))
+    if not peak > SILENCE_PEAK:  # also catches NaN
+        raise DecodeFailure("silent", path, f"peak {peak:.3g} is silence", _tail(stderr))
+    samples = np.zeros(N_SAMPLES, dtype=np.float32)
+    samples[:n] = decoded
+    return DecodedWindow(samples=samples, n_samples_decoded=n)
+
+
+def header_duration_s(stderr: str) -> float | None:
+    """The input's duration as ffmpeg reports it from the headers (None for ``N/A``)."""
+    match = _DURATION_RE.search(stderr)
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def id3v2_size(path: Path) -> int:
+    """Bytes an ID3v2 tag at the start of the file claims (header + body), 0 without one."""
+    with path.open("rb") as f:
+        head = f.read(10)
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    body = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    footer = 10 if head[5] & 0x10 else 0
+    return 10 + body + footer
+
+
+def _tail(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
+    """The last warning/error lines of ffmpeg's stderr (all lines if it has none).
+
+    Consecutive repeats are folded into one line with a count.
+    """
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", errors="replace")
+    all_lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    problems = [line for line in all_lines if _LEVEL_RE.search(line)]
+    folded: list[str] = []
+    count = 0
+    for line in problems or all_lines:
+        if folded and line == folded[-1]:
+            count += 1
+            continue
+        if count:
+            folded[-1] += f" (x{count + 1})"
+        folded.append(line)
+        count = 0
+    if count:
+        folded[-1] += f" (x{count + 1})"
+    return "\n".join(folded[-lines:])

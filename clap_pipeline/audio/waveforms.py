@@ -1,0 +1,940 @@
+"""Build and update the `waveforms` Parquet dataset, one file per FMA audio folder.
+
+``<waveforms_dir>/NNN.parquet`` holds the decoded 5-s windows of the selected
+tracks of folder ``NNN``, sorted by track_id, in row groups of at most
+``row_group_rows`` (64) rows. Columns: ``track_id`` int64, ``input_values``
+list<float32> of exactly 240,000, ``n_samples_decoded`` int64, ``source_path``,
+``source_size`` int64, ``source_mtime`` float64.
+
+How a partition is (re)built:
+
+- Incremental: a track whose file has the same path, size and mtime as its row in
+  the current file keeps that row (streamed over from the old file); a track
+  that failed before with an unchanged file keeps its failure (except timeouts and
+  unreadable files,
+  which are retried). Only new or changed files are decoded. Rows of tracks that
+  left the selection are not copied, so they disappear. If nothing changed the
+  file is left untouched.
+- Memory is bounded by a row group: decoded rows stream into a ``ParquetWriter``
+  (one row group being written by a background thread while the next is
+  collected), old rows stream from the old file one row group at a time, and at
+  most a few windows per worker wait to be written. Nothing grows with the
+  number of tracks.
+- Parallel: ffmpeg does the work in child processes, so a thread pool of
+  ``workers`` threads (default: all cores) keeps that many ffmpegs busy. Jobs of
+  all requested partitions form one ordered stream, so workers never idle at a
+  partition boundary.
+- Atomic: rows go to a hidden temp file (``.NNN.parquet.<id>.tmp``, ignored by
+  ``pyarrow.dataset``) renamed over ``NNN.parquet`` when complete; a crash or
+  ``kill -9`` leaves the previous file, and the next run deletes the temp file that
+  no live process claims (a writer holds a lock on its own). Then the partition's rows of the DuckDB
+  table ``decode_failures`` are replaced in one transaction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clap_pipeline.audio.decode import (
+    DEFAULT_TIMEOUT_S,
+    N_SAMPLES,
+    RETRIED_REASONS,
+    SAMPLE_RATE,
+    DecodedWindow,
+    DecodeFailure,
+    decode_window,
+    ensure_ffmpeg,
+)
+from clap_pipeline.metadata.selection import SelectedTrack, folder_of
+from clap_pipeline.storage import (
+    atomic_path,
+    duckdb_connection,
+    remove_orphaned_temps,
+    table_exists,
+)
+
+FORMAT_VERSION = "1"
+ROW_GROUP_ROWS = 64
+FAILURES_TABLE = "decode_failures"
+_PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
+
+FAILURES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {FAILURES_TABLE} (
+    track_id BIGINT,
+    path VARCHAR,
+    reason VARCHAR,
+    stderr_tail VARCHAR,
+    failed_at TIMESTAMP,
+    detail VARCHAR,
+    source_size BIGINT,
+    source_mtime DOUBLE,
+    window_offset_s DOUBLE
+)
+"""
+# Beyond the contract's five columns: what lets a re-run keep an unchanged failure.
+_EXTRA_FAILURE_COLUMNS = {
+    "detail": "VARCHAR",
+    "source_size": "BIGINT",
+    "source_mtime": "DOUBLE",
+    "window_offset_s": "DOUBLE",
+}
+_FAILURE_COLUMNS = "track_id, path, reason, stderr_tail, failed_at, " + ", ".join(
+    _EXTRA_FAILURE_COLUMNS
+)
+
+
+def waveforms_schema(window_offset_s: float) -> pa.Schema:
+    """The dataset's schema; the metadata says which window the rows hold."""
+    return pa.schema(
+        [
+            pa.field("track_id", pa.int64(), nullable=False),
+            # "element" is the child name Parquet stores and reads back (compliant nested type).
+            pa.field("input_values", pa.list_(pa.field("element", pa.float32())), nullable=False),
+            pa.field("n_samples_decoded", pa.int64(), nullable=False),
+            pa.field("source_path", pa.string(), nullable=False),
+            pa.field("source_size", pa.int64(), nullable=False),
+            pa.field("source_mtime", pa.float64(), nullable=False),
+        ],
+        metadata={
+            b"clap.waveforms.version": FORMAT_VERSION.encode(),
+            b"clap.window_offset_s": repr(float(window_offset_s)).encode(),
+            b"clap.sample_rate": str(SAMPLE_RATE).encode(),
+        },
+    )
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    window_offset_s: float = 0.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    workers: int = 0  # 0: all cores
+    row_group_rows: int = ROW_GROUP_ROWS
+    progress_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.window_offset_s < 0:
+            raise ValueError(f"window_offset_s must be >= 0, got {self.window_offset_s}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not 1 <= self.row_group_rows <= ROW_GROUP_ROWS:
+            raise ValueError(f"row_group_rows must be in 1..{ROW_GROUP_ROWS}")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers if self.workers > 0 else default_workers()
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One row of ``decode_failures``."""
+
+    track_id: int
+    path: str
+    reason: str
+    stderr_tail: str
+    failed_at: datetime
+    detail: str
+    source_size: int | None
+    source_mtime: float | None
+    window_offset_s: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # tracks written or failed, reused ones included
+    total: int
+    to_decode: int
+    decoded: int  # decode attempts finished (successes and failures)
+    failures: int
+    elapsed_s: float
+
+    @property
+    def tracks_per_s(self) -> float:
+        return self.decoded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.tracks_per_s
+        return (self.to_decode - self.decoded) / rate if rate > 0 else None
+
+    def __str__(self) -> str:
+        eta = "?" if self.eta_s is None else f"{self.eta_s:.0f} s"
+        speed = f"{self.tracks_per_s:.1f} tracks/s, ETA {eta}" if self.to_decode else "no changes"
+        return (
+            f"waveforms: {self.done}/{self.total} tracks "
+            f"({self.decoded}/{self.to_decode} decoded, {self.done - self.decoded} unchanged), "
+            f"{speed}, {self.failures} failures"
+        )
+
+
+@dataclass
+class PartitionSummary:
+    folder: str
+    path: Path
+    selected: int = 0
+    rows: int = 0
+    reused: int = 0
+    decoded_ids: list[int] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    rewritten: bool = False
+
+
+@dataclass
+class WaveformsSummary:
+    partitions: list[PartitionSummary]
+    seconds: float
+
+    @property
+    def selected(self) -> int:
+        return sum(p.selected for p in self.partitions)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.partitions)
+
+    @property
+    def decoded(self) -> int:
+        return sum(len(p.decoded_ids) for p in self.partitions)
+
+    @property
+    def decoded_ids(self) -> list[int]:
+        return [tid for p in self.partitions for tid in p.decoded_ids]
+
+    @property
+    def reused(self) -> int:
+        return sum(p.reused for p in self.partitions)
+
+    @property
+    def failures(self) -> list[FailureRecord]:
+        return [f for p in self.partitions for f in p.failures]
+
+    @property
+    def new_failures(self) -> list[FailureRecord]:
+        """Failures found by this run (the others were kept: their files did not change)."""
+        decoded = set(self.decoded_ids)
+        return [f for f in self.failures if f.track_id in decoded]
+
+    @property
+    def tracks_per_s(self) -> float:
+        return self.decoded / self.seconds if self.seconds > 0 else 0.0
+
+    def failure_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for f in self.failures:
+            counts[f.reason] = counts.get(f.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def partition_path(waveforms_dir: str | Path, folder: str) -> Path:
+    return Path(waveforms_dir) / f"{folder}.parquet"
+
+
+def group_by_folder(tracks: Iterable[SelectedTrack]) -> dict[str, list[SelectedTrack]]:
+    groups: dict[str, list[SelectedTrack]] = {}
+    for track in sorted(tracks, key=lambda t: t.track_id):
+        groups.setdefault(track.folder, []).append(track)
+    return groups
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class _Source:
+    track: SelectedTrack
+    size: int | None  # None when the file could not be stat-ed (decode records why)
+    mtime: float | None
+
+    @property
+    def key(self) -> tuple[str, int | None, float | None]:
+        return (str(self.track.path), self.size, self.mtime)
+
+
+@dataclass
+class _Plan:
+    folder: str
+    target: Path
+    sources: list[_Source]
+    old_file_ok: bool  # the old file exists and holds the same window
+    old_ids: set[int]
+    reuse_ids: set[int]
+    carried_failures: dict[int, FailureRecord]
+    old_failure_ids: set[int]
+
+    @property
+    def to_decode(self) -> list[_Source]:
+        return [
+            s
+            for s in self.sources
+            if s.track.track_id not in self.reuse_ids
+            and s.track.track_id not in self.carried_failures
+        ]
+
+    @property
+    def file_unchanged(self) -> bool:
+        return self.old_file_ok and not self.to_decode and self.old_ids == self.reuse_ids
+
+    @property
+    def failures_unchanged(self) -> bool:
+        return not self.to_decode and self.old_failure_ids == set(self.carried_failures)
+
+
+def _stat(track: SelectedTrack) -> _Source:
+    try:
+        st = track.path.stat()
+    except OSError:
+        return _Source(track, None, None)
+    return _Source(track, st.st_size, st.st_mtime)
+
+
+def _old_index(path: Path, window_offset_s: float) -> dict[int, tuple[str, int, float]] | None:
+    """Fingerprints of the rows of the current file, or None if it is absent or incompatible."""
+    if not path.exists():
+        return None
+    try:
+        pf = pq.ParquetFile(path)
+        if not pf.schema_arrow.equals(waveforms_schema(window_offset_s), check_metadata=True):
+            return None  # another window offset or format version: decode everything again
+        table = pf.read(columns=["track_id", "source_path", "source_size", "source_mtime"])
+    except (OSError, pa.ArrowException):
+        return None  # unreadable: rebuilt from scratch
+    return {
+        tid: (sp, size, mtime)
+        for tid, sp, size, mtime in zip(
+            table.column("track_id").to_pylist(),
+            table.column("source_path").to_pylist(),
+            table.column("source_size").to_pylist(),
+            table.column("source_mtime").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _folder_bounds(folder: str) -> tuple[int, int]:
+    lo = int(folder) * 1000
+    return lo, lo + 1000
+
+
+def _failure_select(con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT list for ``FailureRecord``; NULL for extra columns a foreign table lacks."""
+    present = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            [FAILURES_TABLE],
+        ).fetchall()
+    }
+    extras = [c if c in present else f"NULL AS {c}" for c in _EXTRA_FAILURE_COLUMNS]
+    return ", ".join(["track_id", "path", "reason", "stderr_tail", "failed_at", *extras])
+
+
+def _query_failures(
+    duckdb_path: Path, where: str = "", params: Sequence[object] = ()
+) -> list[FailureRecord]:
+    if not duckdb_path.exists():
+        return []
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, FAILURES_TABLE):
+            return []
+        rows = con.execute(
+            f"SELECT {_failure_select(con)} FROM {FAILURES_TABLE} {where} ORDER BY track_id",
+            list(params),
+        ).fetchall()
+    return [FailureRecord(*r) for r in rows]
+
+
+def _old_failures(duckdb_path: Path, folder: str) -> dict[int, FailureRecord]:
+    lo, hi = _folder_bounds(folder)
+    records = _query_failures(duckdb_path, "WHERE track_id >= ? AND track_id < ?", [lo, hi])
+    return {r.track_id: r for r in records}
+
+
+def _plan(
+    folder: str,
+    tracks: Sequence[SelectedTrack],
+    waveforms_dir: Path,
+    duckdb_path: Path,
+    window_offset_s: float,
+) -> _Plan:
+    target = partition_path(waveforms_dir, folder)
+    sources = [_stat(t) for t in tracks]
+    old = _old_index(target, window_offset_s)
+    old_failures = _old_failures(duckdb_path, folder)
+    reuse: set[int] = set()
+    carried: dict[int, FailureRecord] = {}
+    for s in sources:
+        tid = s.track.track_id
+        if s.size is None:
+            continue  # vanished since selection: decode records it as missing
+        if old is not None and old.get(tid) == s.key:
+            reuse.add(tid)
+            continue
+        failure = old_failures.get(tid)
+        if (
+            failure is not None
+            and failure.reason not in RETRIED_REASONS
+            and (failure.path, failure.source_size, failure.source_mtime) == s.key
+            and failure.window_offset_s == window_offset_s
+        ):
+            carried[tid] = failure
+    return _Plan(
+        folder=folder,
+        target=target,
+        sources=sources,
+        old_file_ok=old is not None,
+        old_ids=set(old or {}),
+        reuse_ids=reuse,
+        carried_failures=carried,
+        old_failure_ids=set(old_failures),
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode_job(src: _Source, options: DecodeOptions, exe: str) -> DecodedWindow | DecodeFailure:
+    try:
+        return decode_window(src.track.path, options.window_offset_s, options.timeout_s, exe)
+    except DecodeFailure as failure:
+        return failure
+
+
+class _OrderedDecoder:
+    """Decodes jobs on a thread pool ahead of the consumer, handing results back in order.
+
+    At most ``max_ahead`` results exist at once, which bounds memory.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[_Source],
+        options: DecodeOptions,
+        exe: str,
+        executor: ThreadPoolExecutor,
+        max_ahead: int,
+    ) -> None:
+        self._jobs = iter(jobs)
+        self._options = options
+        self._exe = exe
+        self._executor = executor
+        self._max_ahead = max_ahead
+        self._pending: deque[tuple[_Source, Future[DecodedWindow | DecodeFailure]]] = deque()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while len(self._pending) < self._max_ahead:
+            src = next(self._jobs, None)
+            if src is None:
+                return
+            fut = self._executor.submit(_decode_job, src, self._options, self._exe)
+            self._pending.append((src, fut))
+
+    def next(self, track_id: int) -> tuple[_Source, DecodedWindow | DecodeFailure]:
+        src, fut = self._pending.popleft()
+        assert src.track.track_id == track_id, (src.track.track_id, track_id)
+        result = fut.result()
+        self._top_up()
+        return src, result
+
+    def cancel(self) -> None:
+        for _, fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+
+
+class _OldRows:
+    """Streams one-row slices out of the previous partition file, in track_id order."""
+
+    def __init__(self, path: Path, batch_rows: int) -> None:
+        self._path = path
+        self._file = pq.ParquetFile(path)
+        self._batches = self._file.iter_batches(batch_size=batch_rows)
+        self._batch: pa.RecordBatch | None = None
+        self._ids: list[int] = []
+        self._pos = 0
+
+    def take(self, track_id: int) -> pa.RecordBatch:
+        while True:
+            while self._pos < len(self._ids):
+                i = self._pos
+                self._pos += 1
+                if self._ids[i] == track_id:
+                    assert self._batch is not None
+                    return self._batch.slice(i, 1)
+            batch = next(self._batches, None)
+            if batch is None:
+                raise RuntimeError(f"track {track_id} vanished from {self._path} while reading it")
+            self._batch = batch
+            self._ids = batch.column("track_id").to_pylist()
+            self._pos = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _RowGroupWriter:
+    """Writes row groups on a background thread: one being written while the next fills."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._schema = schema
+        # Uncompressed audio: floats barely compress and writing must keep up with
+        # all cores decoding; statistics only where they help filtering.
+        self._writer = pq.ParquetWriter(
+            path,
+            schema,
+            compression="none",
+            use_dictionary=False,
+            write_statistics=["track_id", "n_samples_decoded"],
+        )
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending: Future[None] | None = None
+
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        table = pa.Table.from_batches(batches, schema=self._schema)
+        self._pending = self._thread.submit(self._writer.write_table, table, len(batches))
+
+    def close(self) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.result()
+        finally:
+            self._thread.shutdown(wait=True)
+            self._writer.close()
+
+
+def _row(schema: pa.Schema, src: _Source, window: DecodedWindow) -> pa.RecordBatch:
+    values = pa.ListArray.from_arrays(
+        pa.array(np.array([0, N_SAMPLES], dtype=np.int32)),
+        pa.array(window.samples),
+        type=schema.field("input_values").type,
+    )
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([src.track.track_id], pa.int64()),
+            values,
+            pa.array([window.n_samples_decoded], pa.int64()),
+            pa.array([str(src.track.path)], pa.string()),
+            pa.array([src.size], pa.int64()),
+            pa.array([src.mtime], pa.float64()),
+        ],
+        schema=schema,
+    )
+
+
+def _failure(src: _Source, failure: DecodeFailure, window_offset_s: float) -> FailureRecord:
+    return FailureRecord(
+        track_id=src.track.track_id,
+        path=str(src.track.path),
+        reason=failure.reason,
+        stderr_tail=failure.stderr_tail,
+        failed_at=datetime.now(UTC).replace(tzinfo=None),
+        detail=failure.detail,
+        source_size=src.size,
+        source_mtime=src.mtime,
+        window_offset_s=window_offset_s,
+    )
+
+
+class _ProgressReporter:
+    def __init__(
+        self, total: int, to_decode: int, interval_s: float, callback: Callable[[Progress], None]
+    ) -> None:
+        self.total, self.to_decode = total, to_decode
+        self.done = self.decoded = self.failures = 0
+        self._interval = interval_s
+        self._callback = callback
+        self._start = time.monotonic()
+        self._last = self._start
+
+    def step(self, *, decoded: bool, failed: bool) -> None:
+        self.done += 1
+        self.decoded += int(decoded)
+        self.failures += int(failed)
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._callback(self.snapshot())
+
+    def snapshot(self) -> Progress:
+        return Progress(
+            done=self.done,
+            total=self.total,
+            to_decode=self.to_decode,
+            decoded=self.decoded,
+            failures=self.failures,
+            elapsed_s=time.monotonic() - self._start,
+        )
+
+
+def _write_partition(
+    plan: _Plan,
+    decoder: _OrderedDecoder,
+    options: DecodeOptions,
+    progress: _ProgressReporter,
+) -> PartitionSummary:
+    schema = waveforms_schema(options.window_offset_s)
+    summary = PartitionSummary(folder=plan.folder, path=plan.target, selected=len(plan.sources))
+    old_rows = _OldRows(plan.target, options.row_group_rows) if plan.reuse_ids else None
+    try:
+        with atomic_path(plan.target, claim=True) as tmp:
+            writer = _RowGroupWriter(tmp, schema)
+            try:
+                batch: list[pa.RecordBatch] = []
+                for src in plan.sources:
+                    tid = src.track.track_id
+                    if tid in plan.reuse_ids:
+                        assert old_rows is not None
+                        batch.append(old_rows.take(tid))
+                        summary.reused += 1
+                        progress.step(decoded=False, failed=False)
+                    elif tid in plan.carried_failures:
+                        summary.failures.append(plan.carried_failures[tid])
+                        progress.step(decoded=False, failed=True)
+                        continue
+                    else:
+                        src, result = decoder.next(tid)
+                        summary.decoded_ids.append(tid)
+                        if isinstance(result, DecodeFailure):
+                            summary.failures.append(_failure(src, result, options.window_offset_s))
+                            progress.step(decoded=True, failed=True)
+                            continue
+                        batch.append(_row(schema, src, result))
+                        progress.step(decoded=True, failed=False)
+                    summary.rows += 1
+                    if len(batch) >= options.row_group_rows:
+                        writer.write(batch)
+                        batch = []
+                if batch:
+                    writer.write(batch)
+            finally:
+                writer.close()
+            if old_rows is not None:
+                old_rows.close()
+                old_rows = None
+    finally:
+        if old_rows is not None:
+            old_rows.close()
+    summary.rewritten = True
+    return summary
+
+
+def _skip_partition(plan: _Plan, progress: _ProgressReporter) -> PartitionSummary:
+    for _ in plan.sources:
+        progress.step(decoded=False, failed=False)
+    failures = sorted(plan.carried_failures.values(), key=lambda f: f.track_id)
+    progress.failures += len(failures)
+    return PartitionSummary(
+        folder=plan.folder,
+        path=plan.target,
+        selected=len(plan.sources),
+        rows=len(plan.reuse_ids),
+        reused=len(plan.reuse_ids),
+        failures=failures,
+    )
+
+
+def replace_failures(
+    duckdb_path: str | Path, folder: str, records: Sequence[FailureRecord]
+) -> None:
+    """Replace the folder's rows of ``decode_failures`` in one transaction."""
+    lo, hi = _folder_bounds(folder)
+    with duckdb_connection(duckdb_path) as con:
+        con.execute(FAILURES_DDL)
+        for column, sql_type in _EXTRA_FAILURE_COLUMNS.items():
+            con.execute(
+                f"ALTER TABLE {FAILURES_TABLE} ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+            )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                f"DELETE FROM {FAILURES_TABLE} WHERE track_id >= ? AND track_id < ?", [lo, hi]
+            )
+            if records:
+                con.executemany(
+                    f"INSERT INTO {FAILURES_TABLE} ({_FAILURE_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [
+                            r.track_id,
+                            r.path,
+                            r.reason,
+                            r.stderr_tail,
+                            r.failed_at,
+                            r.detail,
+                            r.source_size,
+                            r.source_mtime,
+                            r.window_offset_s,
+                        ]
+                        for r in records
+                    ],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def _remove_stale_temps(waveforms_dir: Path, folder: str) -> None:
+    """Temp files of runs killed mid-write (invisible to readers, but they take disk).
+
+    A running writer claims its temp file (``atomic_path(claim=True)``): only files that
+    no live process claims are removed, however young.
+    """
+    remove_orphaned_temps(waveforms_dir.glob(f".{folder}.parquet.*.tmp"))
+
+
+def build_waveforms(
+    tracks_by_folder: Mapping[str, Sequence[SelectedTrack]],
+    waveforms_dir: str | Path,
+    duckdb_path: str | Path,
+    options: DecodeOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> WaveformsSummary:
+    """(Re)build the partition file of every folder in ``tracks_by_folder``.
+
+    ``tracks_by_folder[folder]`` is that folder's part of the selection (possibly
+    empty: the file then holds no rows). Failures are recorded, never raised;
+    ffmpeg missing raises ``FfmpegNotFoundError`` before anything is touched.
+    """
+    options = options or DecodeOptions()
+    started = time.monotonic()
+    exe = ensure_ffmpeg()
+    waveforms_dir = Path(waveforms_dir)
+    duckdb_path = Path(duckdb_path)
+    waveforms_dir.mkdir(parents=True, exist_ok=True)
+    for folder, tracks in tracks_by_folder.items():
+        if not folder.isdigit():
+            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
+        wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
+        if wrong:
+            raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
+
+    plans = [
+        _plan(
+            folder,
+            sorted(tracks, key=lambda t: t.track_id),
+            waveforms_dir,
+            duckdb_path,
+            options.window_offset_s,
+        )
+        for folder, tracks in sorted(tracks_by_folder.items())
+    ]
+    jobs = [src for plan in plans if not plan.file_unchanged for src in plan.to_decode]
+    reporter = _ProgressReporter(
+        total=sum(len(p.sources) for p in plans),
+        to_decode=len(jobs),
+        interval_s=options.progress_interval_s,
+        callback=progress or (lambda _: None),
+    )
+    workers = options.n_workers
+    summaries: list[PartitionSummary] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffmpeg") as executor:
+        # Enough decodes ahead to keep every worker busy while a row group is written.
+        decoder = _OrderedDecoder(jobs, options, exe, executor, max_ahead=max(16, 4 * workers))
+        try:
+            for plan in plans:
+                _remove_stale_temps(waveforms_dir, plan.folder)
+                if plan.file_unchanged:
+                    summary = _skip_partition(plan, reporter)
+                else:
+                    summary = _write_partition(plan, decoder, options, reporter)
+                failures_changed = not (plan.file_unchanged and plan.failures_unchanged)
+                if failures_changed and (summary.failures or plan.old_failure_ids):
+                    replace_failures(duckdb_path, plan.folder, summary.failures)
+                summaries.append(summary)
+        finally:
+            decoder.cancel()
+    if progress is not None:
+        progress(reporter.snapshot())
+    return WaveformsSummary(partitions=summaries, seconds=time.monotonic() - started)
+
+
+def remove_unselected_partitions(
+    waveforms_dir: str | Path, duckdb_path: str | Path, selected_folders: Iterable[str]
+) -> list[str]:
+    """Delete partition files and failure rows of folders without any selected track.
+
+    These hold only tracks that left the selection (for instance after lowering
+    ``CLAP_MAX_TRACKS``). Returns the folders removed.
+    """
+    keep = set(selected_folders)
+    removed: list[str] = []
+    waveforms_dir = Path(waveforms_dir)
+    if waveforms_dir.is_dir():
+        for path in sorted(waveforms_dir.iterdir()):
+            match = _PARTITION_FILE.match(path.name)
+            if match and match.group(1) not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(match.group(1))
+    duckdb_path = Path(duckdb_path)
+    if duckdb_path.exists():
+        with duckdb_connection(duckdb_path, read_only=True) as con:
+            stale = (
+                table_exists(con, FAILURES_TABLE)
+                and con.execute(
+                    f"SELECT count(*) FROM {FAILURES_TABLE} "
+                    "WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
+                ).fetchone()[0]
+            )
+        if stale:
+            with duckdb_connection(duckdb_path) as con:
+                con.execute(
+                    f"DELETE FROM {FAILURES_TABLE} WHERE NOT list_contains(?, track_id // 1000)",
+                    [sorted(int(f) for f in keep)],
+                )
+    return removed
+
+
+def read_failures(duckdb_path: str | Path) -> list[FailureRecord]:
+    """All rows of ``decode_failures`` (empty when the table does not exist yet)."""
+    return _query_failures(Path(duckdb_path))
+
+
+@dataclass
+class DatasetHealth:
+    """What the asset checks look at, over some partitions (memory: one row group)."""
+
+    folders: list[str]
+    selected: int = 0
+    failures: int = 0  # recorded failures of selected tracks
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    missing_partitions: list[str] = field(default_factory=list)
+    absent_ids: list[int] = field(default_factory=list)  # selected, not failed, no row
+    unexpected_ids: list[int] = field(default_factory=list)  # rows that should not be there
+    unsorted_partitions: list[str] = field(default_factory=list)  # or with duplicate ids
+    bad_length_ids: list[int] = field(default_factory=list)
+    non_finite_ids: list[int] = field(default_factory=list)
+    max_row_group_rows: int = 0
+
+    def row_problems(self) -> list[str]:
+        problems = []
+        if self.missing_partitions:
+            problems.append(f"partitions not materialized: {_ids(self.missing_partitions)}")
+        if self.rows != self.selected - self.failures:
+            problems.append(
+                f"{self.rows} rows != {self.selected} selected - {self.failures} failures"
+            )
+        if self.absent_ids:
+            problems.append(f"selected tracks without row or failure: {_ids(self.absent_ids)}")
+        if self.unexpected_ids:
+            problems.append(f"rows of unselected or failed tracks: {_ids(self.unexpected_ids)}")
+        return problems
+
+    def sample_problems(self) -> list[str]:
+        problems = []
+        if self.bad_length_ids:
+            problems.append(
+                f"rows without exactly {N_SAMPLES} samples: {_ids(self.bad_length_ids)}"
+            )
+        if self.non_finite_ids:
+            problems.append(f"rows with NaN/inf samples: {_ids(self.non_finite_ids)}")
+        if self.unsorted_partitions:
+            problems.append(
+                f"partitions not sorted by unique track_id: {_ids(self.unsorted_partitions)}"
+            )
+        if self.max_row_group_rows > ROW_GROUP_ROWS:
+            problems.append(f"row groups of {self.max_row_group_rows} rows (> {ROW_GROUP_ROWS})")
+        return problems
+
+
+def _ids(values: Sequence[object], limit: int = 10) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def dataset_health(
+    waveforms_dir: str | Path,
+    duckdb_path: str | Path,
+    selected_by_folder: Mapping[str, Sequence[SelectedTrack]],
+    folders: Sequence[str] | None = None,
+    scan_samples: bool = False,
+) -> DatasetHealth:
+    """Compare partition files with the selection and ``decode_failures``.
+
+    ``folders`` None means the whole dataset: every folder with selected tracks
+    or a partition file. ``scan_samples`` also reads every sample (row group by
+    row group) to check lengths and finiteness.
+    """
+    present = dict(iter_partition_files(waveforms_dir))
+    if folders is None:
+        folders = sorted(set(selected_by_folder) | set(present))
+    failed: dict[int, str] = {f.track_id: f.reason for f in read_failures(duckdb_path)}
+    health = DatasetHealth(folders=list(folders))
+    for folder in health.folders:
+        tracks = selected_by_folder.get(folder, [])
+        selected_ids = {t.track_id for t in tracks}
+        failed_ids = {tid for tid in selected_ids if tid in failed}
+        health.selected += len(selected_ids)
+        health.failures += len(failed_ids)
+        for tid in sorted(failed_ids):
+            health.failure_reasons[failed[tid]] = health.failure_reasons.get(failed[tid], 0) + 1
+        path = present.get(folder)
+        if path is None:
+            if selected_ids:
+                health.missing_partitions.append(folder)
+            continue
+        ids = _scan_partition(path, health) if scan_samples else _partition_ids(path)
+        health.rows += len(ids)
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            health.unsorted_partitions.append(folder)
+        expected = selected_ids - failed_ids
+        health.absent_ids += sorted(expected - set(ids))
+        health.unexpected_ids += sorted(set(ids) - expected)
+    health.failure_reasons = dict(sorted(health.failure_reasons.items()))
+    return health
+
+
+def _partition_ids(path: Path) -> list[int]:
+    return pq.read_table(path, columns=["track_id"]).column("track_id").to_pylist()
+
+
+def _scan_partition(path: Path, health: DatasetHealth) -> list[int]:
+    ids: list[int] = []
+    with pq.ParquetFile(path) as pf:
+        for i in range(pf.num_row_groups):
+            table = pf.read_row_group(i, columns=["track_id", "input_values"])
+            health.max_row_group_rows = max(health.max_row_group_rows, table.num_rows)
+            group_ids = table.column("track_id").to_pylist()
+            ids += group_ids
+            values = table.column("input_values").combine_chunks()
+            flat = values.values.to_numpy(zero_copy_only=False)
+            offsets = values.offsets.to_numpy()
+            for j, tid in enumerate(group_ids):
+                row = flat[offsets[j] : offsets[j + 1]]
+                if row.size != N_SAMPLES:
+                    health.bad_length_ids.append(tid)
+                if not np.isfinite(row).all():
+                    health.non_finite_ids.append(tid)
+    return ids
+
+
+def iter_partition_files(waveforms_dir: str | Path) -> Iterator[tuple[str, Path]]:
+    waveforms_dir = Path(waveforms_dir)
+    if not waveforms_dir.is_dir():
+        return
+    for path in sorted(waveforms_dir.iterdir()):
+        match = _PARTITION_FILE.match(path.name)
+        if match:
+            yield match.group(1), path

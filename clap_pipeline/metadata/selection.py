@@ -1,0 +1,180 @@
+"""Which tracks the experiment uses, computed once for `prompts` and `waveforms`.
+
+The experiment's tracks are the first ``max_tracks`` by track_id (from the
+DuckDB ``tracks`` table) whose audio file exists in FMA's layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clap_pipeline.metadata.fma import MAX_TRACK_ID, loaded_tracks_sha256
+from clap_pipeline.storage import duckdb_connection
+
+# FMA's file names: six digits, lower-case extension (``000002.mp3``).
+_AUDIO_NAME = re.compile(r"(\d{6})\.mp3")
+
+
+def _checked_id(track_id: int) -> int:
+    tid = int(track_id)
+    if not 0 <= tid <= MAX_TRACK_ID:
+        raise ValueError(
+            f"track_id {tid} is outside FMA's audio layout NNN/NNNNNN.mp3 (0 to {MAX_TRACK_ID:,})"
+        )
+    return tid
+
+
+def folder_of(track_id: int) -> str:
+    """FMA audio folder (and waveforms partition key) of a track: ``000002`` -> ``000``.
+
+    The one definition of the layout, with :func:`audio_path` and :func:`audio_name_id`.
+    """
+    return f"{_checked_id(track_id):06d}"[:3]
+
+
+def audio_path(audio_dir: str | Path, track_id: int) -> Path:
+    """``<audio_dir>/NNN/NNNNNN.mp3`` as in FMA's releases."""
+    return Path(audio_dir) / folder_of(track_id) / f"{_checked_id(track_id):06d}.mp3"
+
+
+def audio_name_id(folder: str, name: str) -> int | None:
+    """The track id of a file name in an audio folder, or None when the layout has no such file.
+
+    ``foo.mp3``, ``42.mp3``, ``000477.MP3`` and a ``001000.mp3`` inside folder ``000`` are
+    not FMA clips (the assets ignore them).
+    """
+    match = _AUDIO_NAME.fullmatch(name)
+    if match is None:
+        return None
+    tid = int(match.group(1))
+    return tid if folder_of(tid) == folder else None
+
+
+def stray_audio_files(audio_dir: str | Path, folders: Sequence[str]) -> dict[str, list[str]]:
+    """Per audio folder, the names the assets ignore: not ``NNNNNN.mp3`` of that folder.
+
+    For instance ``foo.mp3``, ``42.mp3``, ``000477.MP3`` (upper-case extension) or a
+    sub-folder. Folders that do not exist are skipped.
+    """
+    stray: dict[str, list[str]] = {}
+    for folder in folders:
+        path = Path(audio_dir) / folder
+        if not path.is_dir():
+            continue
+        names = sorted(p.name for p in path.iterdir() if audio_name_id(folder, p.name) is None)
+        if names:
+            stray[folder] = names
+    return stray
+
+
+@dataclass(frozen=True)
+class SelectedTrack:
+    track_id: int
+    path: Path
+
+    @property
+    def folder(self) -> str:
+        return folder_of(self.track_id)
+
+
+def select_tracks(
+    duckdb_path: str | Path, audio_dir: str | Path, max_tracks: int
+) -> list[SelectedTrack]:
+    """The first ``max_tracks`` tracks by id whose MP3 exists (one stat per candidate)."""
+    audio_dir = Path(audio_dir)
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(
+            f"audio folder {audio_dir} does not exist: set FMA_AUDIO_DIR, or run "
+            "`clap-pipeline demo-data` / `clap-pipeline fetch-fma`"
+        )
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        ids = [
+            row[0]
+            for row in con.execute("SELECT track_id FROM tracks ORDER BY track_id").fetchall()
+        ]
+    # Listing each folder once is far cheaper than stat-ing 106k paths that mostly don't exist.
+    present: dict[str, set[str]] = {}
+    selected: list[SelectedTrack] = []
+    for track_id in ids:
+        folder = folder_of(track_id)
+        if folder not in present:
+            folder_path = audio_dir / folder
+            present[folder] = (
+                {p.name for p in folder_path.iterdir()} if folder_path.is_dir() else set()
+            )
+        path = audio_path(audio_dir, track_id)
+        if path.name in present[folder]:
+            selected.append(SelectedTrack(track_id, path))
+            if len(selected) >= max_tracks:
+                break
+    return selected
+
+
+def data_version(tracks_sha256: str | None, track_ids: Sequence[int]) -> str:
+    """What a training run was trained on: tracks.csv's content and the selected track ids.
+
+    Computed the same way from the raw files (the new-tracks sensor) and from the
+    DuckDB table plus the audio folder (training), so equal versions mean equal data.
+    """
+    digest = hashlib.sha256(f"{tracks_sha256 or ''};".encode())
+    digest.update(",".join(str(int(i)) for i in sorted(track_ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The experiment's tracks and the data version they make."""
+
+    track_ids: tuple[int, ...]
+    tracks_sha256: str | None
+    data_version: str
+
+    @classmethod
+    def of(cls, track_ids: Sequence[int], tracks_sha256: str | None) -> Selection:
+        ids = tuple(sorted(int(i) for i in track_ids))
+        return cls(ids, tracks_sha256, data_version(tracks_sha256, ids))
+
+
+def current_selection(duckdb_path: str | Path, audio_dir: str | Path, max_tracks: int) -> Selection:
+    """The selection as the assets see it: table ``tracks`` (and its source's sha256) + audio."""
+    tracks = select_tracks(duckdb_path, audio_dir, max_tracks)
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        sha = loaded_tracks_sha256(con)
+    return Selection.of([t.track_id for t in tracks], sha)
+
+
+@dataclass(frozen=True)
+class InputsState:
+    """A cheap fingerprint of the raw inputs, for noticing that new tracks arrived."""
+
+    fingerprint: str
+    newest_mtime: float
+    exists: bool
+
+
+def inputs_state(metadata_dir: str | Path, audio_dir: str | Path) -> InputsState:
+    """Hash of tracks.csv/genres.csv (size, mtime) and the audio folders' names and mtimes.
+
+    Adding or replacing a clip changes its folder's mtime, so this costs one stat
+    per folder (157 at most for FMA), not one per file.
+    """
+    digest = hashlib.sha256()
+    newest = 0.0
+    entries: list[Path] = [Path(metadata_dir) / "tracks.csv", Path(metadata_dir) / "genres.csv"]
+    audio_dir = Path(audio_dir)
+    if audio_dir.is_dir():
+        entries += sorted(p for p in audio_dir.iterdir() if p.is_dir())
+    exists = entries[0].is_file() and audio_dir.is_dir()
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            digest.update(f"{entry.name}:missing;".encode())
+            continue
+        digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        newest = max(newest, st.st_mtime)
+    return InputsState(fingerprint=digest.hexdigest()[:16], newest_mtime=newest, exists=exists)

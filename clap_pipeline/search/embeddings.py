@@ -1,0 +1,165 @@
+"""Audio embeddings of every decoded track, streamed from the `waveforms` Parquet dataset.
+
+Memory is bounded by one batch of waveforms (plus the N x d result): rows are
+read fragment by fragment and re-batched to ``batch_size``. Features are the
+batched torch log-mel (``clap_pipeline.training.features.LogMelFeatures``) on the model's
+device, so the numpy feature extractor never runs per clip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+
+from clap_pipeline.progress import ProgressLog
+from clap_pipeline.training.model import LoadedClap, audio_embeddings, pick_device
+
+WAVEFORM_SAMPLES = 240_000  # 5 s at 48 kHz, the `waveforms` contract
+WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
+
+
+@dataclass
+class WaveformBatch:
+    track_ids: np.ndarray  # int64 (B,)
+    waveforms: np.ndarray  # float32 (B, 240000)
+    source_paths: list[str]
+    source_sizes: np.ndarray  # int64 (B,)
+
+
+@dataclass
+class TrackEmbeddings:
+    """Embeddings in waveform-dataset order, with where each clip came from."""
+
+    track_ids: np.ndarray  # int64 (N,)
+    embeddings: np.ndarray  # float32 (N, d), rows L2-normalised
+    source_paths: list[str]
+    source_sizes: np.ndarray  # int64 (N,)
+    seconds: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def clips_per_s(self) -> float:
+        return len(self.track_ids) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _waveforms_dataset(waveforms_dir: Path) -> ds.Dataset:
+    if not waveforms_dir.is_dir() or not any(waveforms_dir.glob("*.parquet")):
+        raise FileNotFoundError(
+            f"no waveforms dataset at {waveforms_dir}: materialize the `waveforms` asset first"
+        )
+    return ds.dataset(waveforms_dir, format="parquet")
+
+
+def count_waveform_rows(waveforms_dir: str | Path) -> int:
+    return _waveforms_dataset(Path(waveforms_dir)).count_rows()
+
+
+def _to_batch(table: pa.Table, origin: str) -> WaveformBatch:
+    values = table.column("input_values").combine_chunks()
+    lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    ids = table.column("track_id").to_numpy().astype(np.int64)
+    bad = np.flatnonzero(lengths != WAVEFORM_SAMPLES)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{origin}: track {ids[i]} has {lengths[i]} samples in `input_values`, "
+            f"expected {WAVEFORM_SAMPLES} (48 kHz x 5 s); re-materialize `waveforms`"
+        )
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    return WaveformBatch(
+        track_ids=ids,
+        waveforms=np.array(flat, dtype=np.float32).reshape(-1, WAVEFORM_SAMPLES),  # writable
+        source_paths=[str(p) for p in table.column("source_path").to_pylist()],
+        source_sizes=table.column("source_size").to_numpy().astype(np.int64),
+    )
+
+
+def iter_waveform_batches(waveforms_dir: str | Path, batch_size: int) -> Iterator[WaveformBatch]:
+    """Batches of exactly ``batch_size`` rows (the last may be smaller), one file at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = _waveforms_dataset(Path(waveforms_dir))
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    origin = str(waveforms_dir)
+    for fragment in dataset.get_fragments():
+        origin = fragment.path
+        for record_batch in fragment.to_batches(columns=WAVEFORM_COLUMNS, batch_size=batch_size):
+            pending.append(record_batch)
+            pending_rows += record_batch.num_rows
+            while pending_rows >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield _to_batch(table.slice(0, batch_size), origin)
+                rest = table.slice(batch_size)
+                pending = rest.to_batches()
+                pending_rows = rest.num_rows
+    if pending_rows:
+        yield _to_batch(pa.Table.from_batches(pending), origin)
+
+
+def clip_embeddings(
+    model: torch.nn.Module, features: torch.nn.Module, waveforms: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """L2-normalised fp32 audio embeddings (B, d) of a (B, 240000) waveform batch.
+
+    ``features`` is a ``LogMelFeatures`` on ``device``; call under ``torch.inference_mode()``.
+    """
+    waves = torch.from_numpy(np.ascontiguousarray(waveforms)).to(device)
+    return audio_embeddings(model, features(waves)).float().cpu().numpy()
+
+
+def embed_waveforms(
+    clap: LoadedClap,
+    waveforms_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> TrackEmbeddings:
+    """L2-normalised audio embeddings of every row of the waveforms dataset."""
+    from clap_pipeline.training.features import LogMelFeatures
+
+    total = count_waveform_rows(waveforms_dir)
+    if total == 0:
+        raise ValueError(
+            f"the waveforms dataset {waveforms_dir} has no rows: materialize `waveforms` "
+            "(every clip failed to decode? see the DuckDB table `decode_failures`)"
+        )
+    dev = pick_device(device)
+    model = clap.model.to(dev).eval()
+    features = LogMelFeatures(clap.feature_extractor).to(dev)
+    progress = ProgressLog("embedded", total, log, every_s=10.0)
+    ids, embs, paths, sizes = [], [], [], []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in iter_waveform_batches(waveforms_dir, batch_size):
+            embs.append(clip_embeddings(model, features, batch.waveforms, dev))
+            ids.append(batch.track_ids)
+            paths.extend(batch.source_paths)
+            sizes.append(batch.source_sizes)
+            progress.update(sum(len(i) for i in ids))
+    track_ids = np.concatenate(ids)
+    unique, counts = np.unique(track_ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"track {unique[counts > 1][0]} appears more than once in {waveforms_dir}: "
+            "each track must be in exactly one waveforms partition"
+        )
+    return TrackEmbeddings(
+        track_ids=track_ids,
+        embeddings=np.ascontiguousarray(np.concatenate(embs), dtype=np.float32),
+        source_paths=paths,
+        source_sizes=np.concatenate(sizes),
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,7 @@
+"""``python -m clap_pipeline.training`` (and ``torchrun … -m clap_pipeline.training``)."""
+
+import sys
+
+from clap_pipeline.training.loop import main
+
+sys.exit(main())

@@ -1,0 +1,490 @@
+"""Training data: splits, prompts and a streaming reader over the `waveforms/` Parquet dataset.
+
+Memory is bounded by a shuffle buffer of a few batches plus one Parquet row
+group (<= 64 clips), never by the dataset: the reader keeps an index of where
+each track's row lives and reads row groups one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from clap_pipeline.storage import duckdb_connection, table_exists
+
+CLIP_SAMPLES = 240_000  # 5 s at 48 kHz, the waveforms contract
+SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_MODES = ("fma", "hash", "random_80_20")
+# FMA's `set.split` values -> our split names.
+FMA_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
+REFERENCE_POOL = 100  # the reference recipe: random 80/20 of the first 100 clips
+
+
+class TrainingDataError(ValueError):
+    """The training inputs are missing, malformed or too small; the message names the file/counts."""
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def hash_split(track_id: int) -> str:
+    """80/10/10 from a hash of the id alone: a track keeps its split when others arrive."""
+    bucket = int.from_bytes(hashlib.sha256(str(int(track_id)).encode()).digest()[:8], "big") % 100
+    if bucket < 80:
+        return "train"
+    return "validation" if bucket < 90 else "test"
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[int, ...]
+    validation: tuple[int, ...]
+    test: tuple[int, ...]
+    mode: str
+    # How many tracks took FMA's own split (the rest fell back to the hash).
+    n_from_fma: int = 0
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {name: list(getattr(self, name)) for name in SPLIT_NAMES}
+
+    def counts(self) -> str:
+        return f"train/validation/test = {len(self.train)}/{len(self.validation)}/{len(self.test)}"
+
+
+def read_fma_splits(duckdb_path: Path | None, track_ids: Iterable[int]) -> dict[int, str]:
+    """FMA `set_split` of the given tracks from DuckDB `tracks` (read-only); {} when unavailable."""
+    if duckdb_path is None or not Path(duckdb_path).exists():
+        return {}
+    wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, "tracks"):
+            return {}
+        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+        if "set_split" not in columns:
+            return {}
+        con.register("wanted_ids", wanted)
+        rows = con.execute(
+            "SELECT t.track_id, t.set_split FROM tracks t JOIN wanted_ids w USING (track_id)"
+        ).fetchall()
+    return {int(tid): FMA_SPLITS[s] for tid, s in rows if s in FMA_SPLITS}
+
+
+def assign_splits(
+    track_ids: Sequence[int], fma_splits: Mapping[int, str], mode: str, seed: int
+) -> Splits:
+    """Split usable tracks: FMA's split where known (else hash), hash only, or the 80/20 recipe."""
+    if mode not in SPLIT_MODES:
+        raise TrainingDataError(f"split must be one of {SPLIT_MODES}, got {mode!r}")
+    ids = sorted(int(t) for t in track_ids)
+    if mode == "random_80_20":
+        pool = np.asarray(ids[:REFERENCE_POOL], dtype=np.int64)
+        order = np.random.default_rng(seed).permutation(len(pool))
+        n_train = round(0.8 * len(pool))
+        return Splits(
+            train=tuple(sorted(int(t) for t in pool[order[:n_train]])),
+            validation=tuple(sorted(int(t) for t in pool[order[n_train:]])),
+            test=(),
+            mode=mode,
+        )
+    buckets: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    n_fma = 0
+    for tid in ids:
+        if mode == "fma" and tid in fma_splits:
+            buckets[fma_splits[tid]].append(tid)
+            n_fma += 1
+        else:
+            buckets[hash_split(tid)].append(tid)
+    return Splits(
+        train=tuple(buckets["train"]),
+        validation=tuple(buckets["validation"]),
+        test=tuple(buckets["test"]),
+        mode=mode,
+        n_from_fma=n_fma,
+    )
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Text side of each track: the stored prompt and the template renderings (None = n/a)."""
+
+    prompt: dict[int, str]
+    renderings: dict[int, tuple[str | None, ...]]
+    # Listeners' liked queries per track (feedback.py) and the chance that one of them is
+    # a training track's text in an epoch instead of its prompt.
+    feedback: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    feedback_weight: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path) -> Prompts:
+        if not path.exists():
+            raise TrainingDataError(f"{path} does not exist: materialize the `prompts` asset first")
+        table = pq.read_table(path)
+        missing = {"track_id", "prompt"} - set(table.column_names)
+        if missing:
+            raise TrainingDataError(f"{path} lacks column(s) {sorted(missing)}")
+        ids = table.column("track_id").to_pylist()
+        texts = table.column("prompt").to_pylist()
+        renderings = (
+            table.column("renderings").to_pylist()
+            if "renderings" in table.column_names
+            else [None] * len(ids)
+        )
+        prompt: dict[int, str] = {}
+        rendered: dict[int, tuple[str | None, ...]] = {}
+        for row, (tid, text, options) in enumerate(zip(ids, texts, renderings, strict=True)):
+            if tid is None or not text:
+                raise TrainingDataError(f"{path} row {row}: empty track_id or prompt")
+            if tid in prompt:
+                raise TrainingDataError(f"{path}: track_id {tid} appears twice")
+            prompt[int(tid)] = str(text)
+            rendered[int(tid)] = tuple(options) if options else ()
+        return cls(prompt=prompt, renderings=rendered)
+
+    def text_for(self, track_id: int, *, seed: int, epoch: int, resample: bool) -> str:
+        """The stored prompt, or (``resample``) one of its renderings chosen by (seed, epoch, id).
+
+        A track with liked queries gets one of them instead with probability
+        ``feedback_weight`` per epoch (drawn from the same kind of hash).
+        """
+        liked = self.feedback.get(track_id, ())
+        if liked and self.feedback_weight > 0:
+            digest = hashlib.sha256(f"feedback:{seed}:{epoch}:{track_id}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 < self.feedback_weight:
+                return liked[int.from_bytes(digest[8:16], "big") % len(liked)]
+        options = [t for t in self.renderings.get(track_id, ()) if t]
+        if not resample or not options:
+            return self.prompt[track_id]
+        digest = hashlib.sha256(f"{seed}:{epoch}:{track_id}".encode()).digest()
+        return options[int.from_bytes(digest[:8], "big") % len(options)]
+
+
+def _feedback_version(prompts: Prompts) -> str:
+    """Suffix of the prompts' data version when liked queries join them ('' without)."""
+    if not prompts.feedback or prompts.feedback_weight <= 0:
+        return ""
+    payload = json.dumps([prompts.feedback_weight, sorted(prompts.feedback.items())])
+    return "+feedback-" + hashlib.sha256(payload.encode()).hexdigest()[:8]
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- waveforms
+
+
+@dataclass(frozen=True)
+class RowLocation:
+    file_index: int
+    row_group: int
+    row: int
+
+
+@dataclass
+class WaveformIndex:
+    """Where each track's waveform lives in the Parquet dataset (file, row group, row)."""
+
+    root: Path
+    files: list[Path]
+    locations: dict[int, RowLocation]
+    data_version: str
+
+    @classmethod
+    def build(cls, root: Path) -> WaveformIndex:
+        root = Path(root)
+        if not root.is_dir():
+            raise TrainingDataError(
+                f"{root} does not exist: materialize the `waveforms` asset first"
+            )
+        # pyarrow's discovery skips hidden ("."/"_") temp files of in-flight writes.
+        files = sorted(Path(f) for f in ds.dataset(root, format="parquet").files)
+        locations: dict[int, RowLocation] = {}
+        version = hashlib.sha256()
+        for file_index, path in enumerate(files):
+            pf = pq.ParquetFile(path)
+            names = set(pf.schema_arrow.names)
+            if not {"track_id", "input_values"} <= names:
+                raise TrainingDataError(f"{path} lacks track_id/input_values columns")
+            provenance = [c for c in ("source_size", "source_mtime") if c in names]
+            version.update(f"{path.name}:{path.stat().st_size}".encode())
+            for rg in range(pf.num_row_groups):
+                small = pf.read_row_group(rg, columns=["track_id", *provenance])
+                ids = small.column("track_id").to_pylist()
+                for row, tid in enumerate(ids):
+                    if tid in locations:
+                        other = files[locations[tid].file_index]
+                        raise TrainingDataError(
+                            f"track_id {tid} appears twice in the waveforms: {other} and {path}"
+                        )
+                    locations[int(tid)] = RowLocation(file_index, rg, row)
+                version.update(json.dumps(small.to_pydict(), sort_keys=True).encode())
+        return cls(
+            root=root, files=files, locations=locations, data_version=version.hexdigest()[:16]
+        )
+
+    def read_rows(
+        self, file_index: int, row_group: int, rows: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(track_ids, float32 waveforms (n, 240000)) for the given rows of one row group."""
+        path = self.files[file_index]
+        table = pq.ParquetFile(path).read_row_group(row_group, columns=["track_id", "input_values"])
+        ids = table.column("track_id").to_numpy()
+        column = table.column("input_values").combine_chunks()
+        if isinstance(column, pa.ChunkedArray):  # combine_chunks may keep one chunk
+            column = column.chunk(0)
+        offsets = column.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        bad = np.flatnonzero(lengths != CLIP_SAMPLES)
+        if len(bad) and np.isin(bad, rows).any():
+            i = int(bad[np.isin(bad, rows)][0])
+            raise TrainingDataError(
+                f"{path}: track_id {ids[i]} has {lengths[i]} samples, expected {CLIP_SAMPLES}"
+            )
+        # Offsets index the unsliced child array (`.values`), so no rebasing is needed.
+        values = column.values.to_numpy(zero_copy_only=False)
+        rows_arr = np.asarray(rows, dtype=np.int64)
+        waves = np.stack(
+            [values[offsets[r] : offsets[r] + CLIP_SAMPLES] for r in rows_arr.tolist()]
+        ).astype(np.float32, copy=False)
+        return ids[rows_arr], waves
+
+    def groups_of(self, track_ids: Iterable[int]) -> dict[tuple[int, int], list[int]]:
+        """Rows to read per (file, row group) for the given tracks, in dataset order."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for tid in track_ids:
+            loc = self.locations[tid]
+            groups.setdefault((loc.file_index, loc.row_group), []).append(loc.row)
+        return {key: sorted(groups[key]) for key in sorted(groups)}
+
+
+@dataclass
+class ClipBatch:
+    track_ids: np.ndarray
+    waveforms: np.ndarray  # (B, 240000) float32
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+
+def shuffled_batches(
+    index: WaveformIndex,
+    track_ids: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    buffer_clips: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Full batches in an order fixed by (seed, epoch), reading each row group once.
+
+    Row groups are visited in a shuffled order and their clips pass through a
+    shuffle buffer of ``buffer_clips``; the last partial batch is dropped (a tiny
+    contrastive batch has almost no negatives).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    groups = index.groups_of(track_ids)
+    keys = list(groups)
+    order = rng.permutation(len(keys))
+    capacity = max(buffer_clips, batch_size)
+    buf_ids: list[int] = []
+    buf_waves: list[np.ndarray] = []
+
+    def take(n: int) -> tuple[np.ndarray, np.ndarray]:
+        picks = sorted(rng.choice(len(buf_ids), size=n, replace=False).tolist(), reverse=True)
+        ids = [buf_ids.pop(i) for i in picks]
+        waves = [buf_waves.pop(i) for i in picks]
+        return np.asarray(ids[::-1], dtype=np.int64), np.stack(waves[::-1])
+
+    for k in order.tolist():
+        file_index, row_group = keys[k]
+        ids, waves = index.read_rows(file_index, row_group, groups[keys[k]])
+        buf_ids.extend(int(t) for t in ids)
+        buf_waves.extend(w.copy() for w in waves)  # copies: the row group can be freed
+        del waves
+        while len(buf_ids) >= capacity:
+            yield take(batch_size)
+    while len(buf_ids) >= batch_size:
+        yield take(batch_size)
+
+
+def ordered_batches(
+    index: WaveformIndex, track_ids: Sequence[int], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """All clips of ``track_ids`` in dataset order (= track_id order), last batch partial."""
+    buf_ids: list[np.ndarray] = []
+    buf_waves: list[np.ndarray] = []
+    n = 0
+    for (file_index, row_group), rows in index.groups_of(sorted(track_ids)).items():
+        ids, waves = index.read_rows(file_index, row_group, rows)
+        buf_ids.append(ids)
+        buf_waves.append(waves)
+        n += len(ids)
+        while n >= batch_size:
+            all_ids, all_waves = np.concatenate(buf_ids), np.concatenate(buf_waves)
+            yield all_ids[:batch_size], all_waves[:batch_size]
+            buf_ids, buf_waves = [all_ids[batch_size:]], [all_waves[batch_size:]]
+            n -= batch_size
+    if n:
+        yield np.concatenate(buf_ids), np.concatenate(buf_waves)
+
+
+def prefetch(batches: Iterator[ClipBatch], depth: int = 2) -> Iterator[ClipBatch]:
+    """Read the next batches in a thread while the model computes (pyarrow releases the GIL)."""
+    if depth <= 0:
+        yield from batches
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True, name="clap-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- all together
+
+
+@dataclass
+class TrainingData:
+    """Prompts, waveform index and splits of the usable tracks (in prompts AND waveforms)."""
+
+    prompts: Prompts
+    index: WaveformIndex
+    splits: Splits
+    prompts_version: str
+    n_prompts: int
+    n_waveforms: int
+
+    @classmethod
+    def load(
+        cls,
+        prompts_path: Path,
+        waveforms_dir: Path,
+        duckdb_path: Path | None,
+        *,
+        split_mode: str,
+        seed: int,
+        batch_size: int,
+        feedback_weight: float = 0.0,
+    ) -> TrainingData:
+        prompts = Prompts.load(Path(prompts_path))
+        if feedback_weight > 0 and duckdb_path is not None:
+            from clap_pipeline.search.feedback import feedback_sets
+
+            liked = feedback_sets(duckdb_path).liked
+            prompts = replace(prompts, feedback=liked, feedback_weight=feedback_weight)
+        index = WaveformIndex.build(Path(waveforms_dir))
+        usable = sorted(set(prompts.prompt) & set(index.locations))
+        fma = read_fma_splits(duckdb_path, usable) if split_mode == "fma" else {}
+        splits = assign_splits(usable, fma, split_mode, seed)
+        data = cls(
+            prompts=prompts,
+            index=index,
+            splits=splits,
+            prompts_version=file_fingerprint(Path(prompts_path)) + _feedback_version(prompts),
+            n_prompts=len(prompts.prompt),
+            n_waveforms=len(index.locations),
+        )
+        data.check_sizes(batch_size)
+        return data
+
+    def describe_counts(self) -> str:
+        usable = len(self.splits.train) + len(self.splits.validation) + len(self.splits.test)
+        train = set(self.splits.train)
+        liked = sum(len(q) for t, q in self.prompts.feedback.items() if t in train)
+        feedback = (
+            f"; {liked} liked (query, track) pairs from search feedback at weight "
+            f"{self.prompts.feedback_weight:g}"
+            if liked
+            else ""
+        )
+        return (
+            f"{self.n_prompts} prompts, {self.n_waveforms} waveforms, {usable} usable clips "
+            f"(in both), split {self.splits.mode!r}: {self.splits.counts()}{feedback}"
+        )
+
+    def check_sizes(self, batch_size: int) -> None:
+        if len(self.splits.train) < batch_size:
+            raise TrainingDataError(
+                f"too few training clips for one batch: {len(self.splits.train)} < batch_size "
+                f"{batch_size} ({self.describe_counts()}). Lower batch_size or add tracks "
+                "(CLAP_MAX_TRACKS)."
+            )
+        if not self.splits.validation:
+            raise TrainingDataError(
+                f"the validation split is empty ({self.describe_counts()}): it chooses the "
+                "epoch, so add tracks (CLAP_MAX_TRACKS) or use split 'hash'."
+            )
+
+    def validation_fingerprint(self) -> str:
+        """Identifies the validation set (ids + prompts), to compare models on the same set."""
+        payload = [[tid, self.prompts.prompt[tid]] for tid in self.splits.validation]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int, resample: bool, buffer_clips: int
+    ) -> Iterator[ClipBatch]:
+        for ids, waves in shuffled_batches(
+            self.index,
+            self.splits.train,
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            buffer_clips=buffer_clips,
+        ):
+            texts = [
+                self.prompts.text_for(int(t), seed=seed, epoch=epoch, resample=resample)
+                for t in ids
+            ]
+            yield ClipBatch(ids, waves, texts)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[ClipBatch]:
+        for ids, waves in ordered_batches(self.index, getattr(self.splits, split), batch_size):
+            yield ClipBatch(ids, waves, [self.prompts.prompt[int(t)] for t in ids])
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return len(self.splits.train) // batch_size
