@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.storage import duckdb_connection
-from clap_pipeline.training.loop import TrainInputs
+from clap_pipeline.training.config import TrainInputs
 
 SR = 48_000
 SAMPLES = 240_000

@@ -3,17 +3,27 @@
 All training settings are run config (``ClapTrainingConfig``); paths come from
 the ``clap_settings`` resource, the DuckDB file from ``duckdb`` and the MLflow
 store from ``mlflow``. The work, the MLflow run and ``reports/training.json``
-are done by the training module, which also runs standalone.
+are done by the training package, which also runs standalone.
+
+``launcher`` picks where the training runs: ``in_process`` (in the Dagster run's
+process, the default), ``torchrun`` (``torchrun -m clap_pipeline.training`` as a
+child process through Dagster Pipes, ``nproc_per_node`` data-parallel ranks) or
+``k8s`` (the same command in a Kubernetes pod through dagster-k8s'
+``PipesK8sClient``). Either way the progress lines arrive as Dagster logs and the
+same materialization metadata is recorded.
 """
 
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
     Config,
     MaterializeResult,
     MetadataValue,
+    PipesSubprocessClient,
     TableColumn,
     TableRecord,
     TableSchema,
@@ -21,11 +31,15 @@ from dagster import (
 )
 from pydantic import Field
 
+from clap_pipeline.config import Settings
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
-from clap_pipeline.training.loop import TrainConfig, TrainingResult, TrainInputs, train
+from clap_pipeline.training.config import TrainConfig, TrainInputs
+from clap_pipeline.training.loop import train
+from clap_pipeline.training.report import result_metadata
 
 _D = TrainConfig()  # defaults and help texts live in the core module
 _help = TrainConfig.help
+LAUNCHERS = ("in_process", "torchrun", "k8s")
 
 
 class ClapTrainingConfig(Config):
@@ -51,6 +65,28 @@ class ClapTrainingConfig(Config):
     log_checkpoints: bool = Field(_D.log_checkpoints, description=_help("log_checkpoints"))
     system_metrics: bool = Field(_D.system_metrics, description=_help("system_metrics"))
     resume: bool = Field(_D.resume, description=_help("resume"))
+    launcher: str = Field(
+        "in_process",
+        description="in_process: train in this run's process | torchrun: a torchrun child "
+        "process through Dagster Pipes | k8s: torchrun in a Kubernetes pod through Pipes "
+        "(dagster-k8s)",
+    )
+    nproc_per_node: int = Field(
+        1, description="torchrun/k8s: training processes (one per GPU) per node"
+    )
+    torchrun_args: list[str] = Field(
+        default_factory=lambda: ["--standalone"],
+        description="torchrun/k8s: rendezvous arguments before -m, e.g. ['--nnodes', '2', "
+        "'--rdzv-backend', 'c10d', '--rdzv-endpoint', 'head:29400', '--rdzv-id', 'clap']",
+    )
+    k8s_image: str = Field("", description="k8s: container image with this project installed")
+    k8s_namespace: str = Field("default", description="k8s: namespace of the training pod")
+    k8s_gpus: int = Field(0, description="k8s: nvidia.com/gpu limit of the pod (0: none)")
+    k8s_data_claim: str = Field(
+        "",
+        description="k8s: PersistentVolumeClaim mounted at the data dir's path in the pod "
+        "(waveforms, prompts, checkpoints, and a SQLite MLflow store under it)",
+    )
 
     def to_train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -58,40 +94,124 @@ class ClapTrainingConfig(Config):
         )
 
 
-def _epochs_table(result: TrainingResult) -> MetadataValue:
-    names = [
-        ("epoch", "int"),
-        ("train_loss", "float"),
-        ("val_loss", "float"),
-        ("val_t2a_R@1", "float"),
-        ("val_t2a_R@5", "float"),
-        ("val_t2a_R@10", "float"),
-        ("val_a2t_R@1", "float"),
-        ("val_a2t_R@5", "float"),
-        ("val_a2t_R@10", "float"),
-        ("best", "bool"),
-    ]
-    records = []
-    for r in result.epochs:
-        m = r.metrics
-        records.append(
-            TableRecord(
-                {
-                    "epoch": r.epoch,
-                    "train_loss": round(r.train_loss, 4),
-                    "val_loss": round(r.val_loss, 4),
-                    "val_t2a_R@1": m["text_to_audio_recall_at_1"],
-                    "val_t2a_R@5": m["text_to_audio_recall_at_5"],
-                    "val_t2a_R@10": m["text_to_audio_recall_at_10"],
-                    "val_a2t_R@1": m["audio_to_text_recall_at_1"],
-                    "val_a2t_R@5": m["audio_to_text_recall_at_5"],
-                    "val_a2t_R@10": m["audio_to_text_recall_at_10"],
-                    "best": r.epoch == result.best_epoch,
-                }
+def dagster_metadata(values: dict[str, dict[str, Any]]) -> dict[str, MetadataValue]:
+    """Pipes-format metadata (``report.result_metadata``) as Dagster metadata values."""
+    plain = {
+        "path": MetadataValue.path,
+        "int": MetadataValue.int,
+        "float": MetadataValue.float,
+        "md": MetadataValue.md,
+        "text": MetadataValue.text,
+        "url": MetadataValue.url,
+        "bool": MetadataValue.bool,
+    }
+    out: dict[str, MetadataValue] = {}
+    for name, value in values.items():
+        kind, raw = value["type"], value["raw_value"]
+        if kind == "table":
+            out[name] = MetadataValue.table(
+                records=[TableRecord(r) for r in raw["records"]],
+                schema=TableSchema(
+                    columns=[TableColumn(c["name"], c["type"]) for c in raw["schema"]]
+                ),
             )
+        else:
+            out[name] = plain[kind](raw)
+    return out
+
+
+def training_arguments(config: ClapTrainingConfig) -> list[str]:
+    """``python -m clap_pipeline.training`` flags for every training setting of ``config``."""
+    args: list[str] = []
+    for name in TrainConfig.__dataclass_fields__:
+        value, flag = getattr(config, name), "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def settings_environment(settings: Settings, inputs: TrainInputs) -> dict[str, str]:
+    """The env vars ``Settings.from_env`` reads, so the child sees this run's settings."""
+    return {
+        "CLAP_DATA_DIR": str(settings.data_dir),
+        "FMA_METADATA_DIR": str(settings.metadata_dir),
+        "FMA_AUDIO_DIR": str(settings.audio_dir),
+        "CLAP_MODEL": inputs.model_source,
+        "CLAP_MAX_TRACKS": str(settings.max_tracks),
+        "MLFLOW_TRACKING_URI": inputs.tracking_uri,
+        "CLAP_MLFLOW_EXPERIMENT": inputs.experiment,
+    }
+
+
+def torchrun_command(
+    config: ClapTrainingConfig,
+    inputs: TrainInputs,
+    dagster_run_id: str,
+    python: str = sys.executable,
+) -> list[str]:
+    """``torchrun [rendezvous] --nproc_per_node N -m clap_pipeline.training <settings>``.
+
+    ``python -m torch.distributed.run`` is torchrun itself, from the same environment.
+    """
+    if config.nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be >= 1, got {config.nproc_per_node}")
+    return [
+        python, "-m", "torch.distributed.run", *config.torchrun_args,
+        "--nproc_per_node", str(config.nproc_per_node),
+        "-m", "clap_pipeline.training", *training_arguments(config),
+        "--duckdb", str(inputs.duckdb_path), "--dagster-run-id", dagster_run_id,
+    ]  # fmt: skip
+
+
+def k8s_pod_spec(config: ClapTrainingConfig, settings: Settings) -> dict[str, Any]:
+    """``base_pod_spec`` for ``PipesK8sClient``: GPUs and the data volume at the same path."""
+    container: dict[str, Any] = {"name": "clap-training"}
+    if config.k8s_gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": config.k8s_gpus}}
+    spec: dict[str, Any] = {"containers": [container], "restart_policy": "Never"}
+    if config.k8s_data_claim:
+        container["volume_mounts"] = [{"name": "clap-data", "mount_path": str(settings.data_dir)}]
+        spec["volumes"] = [
+            {
+                "name": "clap-data",
+                "persistent_volume_claim": {"claim_name": config.k8s_data_claim},
+            }
+        ]
+    return spec
+
+
+def _launch(
+    context: AssetExecutionContext,
+    config: ClapTrainingConfig,
+    settings: Settings,
+    inputs: TrainInputs,
+) -> MaterializeResult:
+    """Run ``torchrun`` through Pipes; rank 0 reports the logs and the materialization."""
+    command = torchrun_command(config, inputs, context.run_id)
+    env = settings_environment(settings, inputs)
+    if config.launcher == "torchrun":
+        invocation = PipesSubprocessClient().run(context=context, command=command, env=env)
+    else:
+        try:
+            from dagster_k8s import PipesK8sClient
+        except ImportError as exc:
+            raise RuntimeError(
+                "launcher 'k8s' needs dagster-k8s: pip install 'clap-pipeline[k8s]'"
+            ) from exc
+        if not config.k8s_image:
+            raise ValueError("launcher 'k8s' needs k8s_image (an image with clap-pipeline)")
+        command[0] = "python"  # the image's interpreter, not this one's path
+        invocation = PipesK8sClient().run(
+            context=context,
+            image=config.k8s_image,
+            command=command,
+            namespace=config.k8s_namespace,
+            env=env,
+            base_pod_spec=k8s_pod_spec(config, settings),
         )
-    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in names])
-    return MetadataValue.table(records=records, schema=schema)
+    return invocation.get_materialize_result()
 
 
 @asset(
@@ -109,40 +229,20 @@ def clap_model(
     duckdb: DuckDBDatabase,
     mlflow: MlflowTracking,
 ) -> MaterializeResult:
+    if config.launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {config.launcher!r}")
     settings = clap_settings.settings()
     inputs = replace(
         TrainInputs.from_settings(settings, mlflow.tracking_uri, mlflow.experiment),
         duckdb_path=Path(duckdb.path),
     )
+    if config.launcher != "in_process":
+        return _launch(context, config, settings, inputs)
     result = train(
         config.to_train_config(),
         inputs,
         dagster_run_id=context.run_id,
         on_progress=lambda p: context.log.info(p.message),
     )
-    best = next(r for r in result.epochs if r.epoch == result.best_epoch)
-    return MaterializeResult(
-        metadata={
-            "best_checkpoint": MetadataValue.path(str(result.best_checkpoint)),
-            "best_epoch": result.best_epoch,
-            "best_val_text_to_audio_recall_at_5": best.val_recall_at_5,
-            "best_val_loss": best.val_loss,
-            "epochs": _epochs_table(result),
-            "training_curve": MetadataValue.md(result.curve_markdown()),
-            "mlflow_run_id": result.run_id,
-            "mlflow_run": MetadataValue.url(result.run_url),
-            "registered_model": (
-                f"{result.manifest['registered_model']['name']} "
-                f"v{result.registered_version} @{result.alias}"
-            ),
-            "device": result.device,
-            "n_train": result.n_train,
-            "n_val": result.n_val,
-            "n_test": result.n_test,
-            "wall_time_s": round(result.wall_time_s, 2),
-            "train_clips_per_second": round(result.clips_per_second, 2),
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "stopped_early": result.stopped_early,
-            "manifest": MetadataValue.path(str(result.manifest_path)),
-        }
-    )
+    assert result is not None  # one process: rank 0
+    return MaterializeResult(metadata=dagster_metadata(result_metadata(result)))

@@ -2,6 +2,6 @@
 
 import sys
 
-from clap_pipeline.training.loop import main
+from clap_pipeline.training.command import main
 
 sys.exit(main())

@@ -284,6 +284,11 @@ class ClipBatch:
         return len(self.track_ids)
 
 
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of rank ``rank``'s contiguous share of ``n`` items (sizes differ by <= 1)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 def shuffled_batches(
     index: WaveformIndex,
     track_ids: Sequence[int],
@@ -292,17 +297,29 @@ def shuffled_batches(
     seed: int,
     epoch: int,
     buffer_clips: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Full batches in an order fixed by (seed, epoch), reading each row group once.
 
     Row groups are visited in a shuffled order and their clips pass through a
     shuffle buffer of ``buffer_clips``; the last partial batch is dropped (a tiny
-    contrastive batch has almost no negatives).
+    contrastive batch has almost no negatives). With ``world_size`` > 1, rank
+    ``rank`` reads only its contiguous share of the clips in that epoch's row-group
+    order (other row groups are never opened) and shuffles it with its own buffer.
     """
     rng = np.random.default_rng([seed, epoch])
     groups = index.groups_of(track_ids)
     keys = list(groups)
-    order = rng.permutation(len(keys))
+    visits = [(keys[k], groups[keys[k]]) for k in rng.permutation(len(keys)).tolist()]
+    if world_size > 1:
+        clips = [(key, row) for key, rows in visits for row in rows]
+        start, end = shard_bounds(len(clips), rank, world_size)
+        shard: dict[tuple[int, int], list[int]] = {}
+        for key, row in clips[start:end]:
+            shard.setdefault(key, []).append(row)
+        visits = list(shard.items())
+        rng = np.random.default_rng([seed, epoch, rank])
     capacity = max(buffer_clips, batch_size)
     buf_ids: list[int] = []
     buf_waves: list[np.ndarray] = []
@@ -313,9 +330,8 @@ def shuffled_batches(
         waves = [buf_waves.pop(i) for i in picks]
         return np.asarray(ids[::-1], dtype=np.int64), np.stack(waves[::-1])
 
-    for k in order.tolist():
-        file_index, row_group = keys[k]
-        ids, waves = index.read_rows(file_index, row_group, groups[keys[k]])
+    for (file_index, row_group), rows in visits:
+        ids, waves = index.read_rows(file_index, row_group, rows)
         buf_ids.extend(int(t) for t in ids)
         buf_waves.extend(w.copy() for w in waves)  # copies: the row group can be freed
         del waves
@@ -466,8 +482,17 @@ class TrainingData:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
     def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int, resample: bool, buffer_clips: int
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        resample: bool,
+        buffer_clips: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[ClipBatch]:
+        """This rank's training batches of an epoch (all of them for one process)."""
         for ids, waves in shuffled_batches(
             self.index,
             self.splits.train,
@@ -475,6 +500,8 @@ class TrainingData:
             seed=seed,
             epoch=epoch,
             buffer_clips=buffer_clips,
+            rank=rank,
+            world_size=world_size,
         ):
             texts = [
                 self.prompts.text_for(int(t), seed=seed, epoch=epoch, resample=resample)
@@ -486,5 +513,15 @@ class TrainingData:
         for ids, waves in ordered_batches(self.index, getattr(self.splits, split), batch_size):
             yield ClipBatch(ids, waves, [self.prompts.prompt[int(t)] for t in ids])
 
-    def n_train_batches(self, batch_size: int) -> int:
-        return len(self.splits.train) // batch_size
+    def n_train_batches(self, batch_size: int, world_size: int = 1) -> int:
+        """Optimiser steps per epoch: full per-rank batches of the smallest shard."""
+        return len(self.splits.train) // world_size // batch_size
+
+    def check_shards(self, batch_size: int, world_size: int) -> None:
+        """Every rank's shard must fill one batch (one process: ``check_sizes`` did)."""
+        if world_size > 1 and self.n_train_batches(batch_size, world_size) < 1:
+            raise TrainingDataError(
+                f"too few training clips for {world_size} ranks: {len(self.splits.train)} "
+                f"clips give each rank {len(self.splits.train) // world_size} < batch_size "
+                f"{batch_size} ({self.describe_counts()}). Lower batch_size or nproc_per_node."
+            )

@@ -37,6 +37,9 @@ buffer, and when every clip of a batch has the same length (our stored 5-s
 clips), frames that recur with the tile period are computed once and copied
 (504 of 1001 frames for a clip tiled twice); results agree with the full
 computation to float rounding. Benchmark: ``benchmarks/bench_train.py``.
+
+``CachedFeatures`` keeps a clip's features across epochs (they are a pure function
+of its samples).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from clap_pipeline.training.data import ClipBatch
 
 PADDINGS = ("repeatpad", "repeat", "pad")
 MEL_FLOOR = 1e-10  # the extractor's mel_floor and power_to_db min_value (-100 dB)
@@ -386,3 +391,39 @@ def _autocast_off(device: torch.device) -> contextlib.ExitStack:
 def features_for_model(loaded_clap, device: torch.device | str = "cpu", **kwargs) -> LogMelFeatures:
     """``LogMelFeatures`` for a ``LoadedClap`` (its own processor's extractor), on ``device``, eval mode."""
     return LogMelFeatures(loaded_clap.feature_extractor, **kwargs).to(device).eval()
+
+
+class CachedFeatures:
+    """Log-mel features by track id, computed once and kept on the CPU within a budget.
+
+    A stored clip no longer than the 10-s window is tiled, never randomly cropped, so its
+    features are a pure function of its samples: reusing them in later epochs changes no
+    number and saves the STFT of every clip after the first epoch.
+    """
+
+    def __init__(self, features: torch.nn.Module, budget_mb: int) -> None:
+        self.features = features
+        self.budget_bytes = budget_mb * 2**20
+        self.store: dict[int, torch.Tensor] = {}
+        self.bytes = 0
+
+    def __call__(self, batch: ClipBatch, device: torch.device) -> torch.Tensor:
+        ids = [int(t) for t in batch.track_ids]
+        missing = [i for i, t in enumerate(ids) if t not in self.store]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            waves = torch.from_numpy(batch.waveforms[missing]).to(device, non_blocking=True)
+            with torch.no_grad():
+                computed = self.features(waves)
+            cacheable = waves.shape[-1] <= getattr(self.features, "max_samples", 0)
+            for j, i in enumerate(missing):
+                fresh[i] = computed[j]
+                size = computed[j].numel() * computed[j].element_size()
+                if cacheable and self.bytes + size <= self.budget_bytes:
+                    self.store[ids[i]] = computed[j].to("cpu", copy=True)
+                    self.bytes += size
+            if len(missing) == len(ids):
+                return computed
+        return torch.stack(
+            [fresh[i] if i in fresh else self.store[t].to(device) for i, t in enumerate(ids)]
+        )

@@ -32,7 +32,8 @@ from clap_pipeline.audio.waveforms import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.metadata.selection import select_tracks
-from clap_pipeline.training.loop import TrainConfig, TrainInputs, train
+from clap_pipeline.training.config import TrainConfig, TrainInputs
+from clap_pipeline.training.loop import train
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 from clap_pipeline_tests.training_fixtures import (
     mlflow_store,

@@ -13,7 +13,7 @@ from clap_pipeline import tracking
 from clap_pipeline.defs import training as training_defs
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
-from clap_pipeline.training.loop import TrainConfig
+from clap_pipeline.training.config import TrainConfig
 from clap_pipeline_tests.training_fixtures import (
     mlflow_store,
     one_torch_thread,  # noqa: F401 (autouse fixture)

@@ -20,32 +20,30 @@ import torch.nn.functional as F
 
 from clap_pipeline import tracking
 from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics
-from clap_pipeline.training.data import TrainingData, TrainingDataError
-from clap_pipeline.training.loop import (
-    LOGIT_SCALE_MAX,
-    CachedFeatures,
-    EpochRecord,
+from clap_pipeline.registry import champion_recall
+from clap_pipeline.training.command import main
+from clap_pipeline.training.config import (
     NonFiniteLossError,
     TrainConfig,
     TrainingError,
-    TrainingHooks,
-    TrainingResult,
     TrainInputs,
-    _autocast,
-    _features_module,
+    learning_rate_at,
+)
+from clap_pipeline.training.data import TrainingData, TrainingDataError
+from clap_pipeline.training.features import CachedFeatures, features_for_model
+from clap_pipeline.training.loop import TrainingHooks, _autocast, evaluate_split, train
+from clap_pipeline.training.loss import (
+    LOGIT_SCALE_MAX,
+    EpochRecord,
     best_epoch,
-    champion_recall,
     clamp_logit_scale,
     contrastive_loss,
-    evaluate_split,
-    learning_rate_at,
-    main,
     optimizer_groups,
     prepare_logit_scales,
     should_stop,
-    train,
 )
 from clap_pipeline.training.model import load_clap, tokenize
+from clap_pipeline.training.report import TrainingResult
 from clap_pipeline_tests.training_fixtures import (
     SyntheticData,
     mlflow_store,
@@ -304,7 +302,7 @@ def test_fine_tune_beats_untrained_model_and_random(
 ) -> None:
     data = _synthetic_training_data(synthetic, batch_size=8)
     untrained = load_clap(tiny_model_dir)
-    features = _features_module(untrained.feature_extractor, torch.device("cpu"))
+    features = features_for_model(untrained, torch.device("cpu"))
     _, before = evaluate_split(
         untrained.model, features, untrained.tokenizer, data, "validation", 8, torch.device("cpu")
     )
@@ -331,7 +329,7 @@ def test_cached_features_change_no_number(synthetic: SyntheticData, tiny_model_d
     data = _synthetic_training_data(synthetic, batch_size=8)
     loaded = load_clap(tiny_model_dir)
     device = torch.device("cpu")
-    plain = _features_module(loaded.feature_extractor, device)
+    plain = features_for_model(loaded, device)
     cached = CachedFeatures(plain, budget_mb=1024)
     args = (loaded.tokenizer, data, "validation", 8, device)
     expected = evaluate_split(loaded.model, plain, *args)
@@ -435,7 +433,7 @@ def test_champion_is_rescored_when_the_validation_set_changed(
     def score(folder: Path) -> float:
         scored.append(folder)
         loaded = load_clap(folder)
-        features = _features_module(loaded.feature_extractor, torch.device("cpu"))
+        features = features_for_model(loaded, torch.device("cpu"))
         _, metrics = evaluate_split(
             loaded.model, features, loaded.tokenizer, data, "validation", LEARN.batch_size,
             torch.device("cpu"),
@@ -619,7 +617,9 @@ def test_core_modules_do_not_import_dagster() -> None:
     import clap_pipeline
 
     package = Path(clap_pipeline.__file__).parent
-    for name in ("training/loop.py", "training/data.py", "tracking.py"):
+    names = [str(p.relative_to(package)) for p in sorted(package.glob("training/*.py"))]
+    assert "training/distributed.py" in names
+    for name in [*names, "registry.py", "tracking.py"]:
         tree = ast.parse((package / name).read_text())
         imported = {
             alias.name.split(".")[0]

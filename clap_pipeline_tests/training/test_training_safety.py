@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from clap_pipeline import tracking
-from clap_pipeline.training.loop import TrainConfig, TrainingError, TrainingHooks, train
+from clap_pipeline.training.config import TrainConfig, TrainingError
+from clap_pipeline.training.loop import TrainingHooks, train
 from clap_pipeline_tests.training_fixtures import (
     mlflow_store,
     one_torch_thread,  # noqa: F401 (autouse fixture)

@@ -1,0 +1,151 @@
+"""``python -m clap_pipeline.training``: the standalone trainer, also what torchrun launches.
+
+Settings come from the environment (``Settings.from_env``) with the command line's
+overrides. Under torchrun every rank runs this; rank 0 prints progress and the
+result. Started by Dagster through Pipes (the `clap_model` asset's ``torchrun``
+launcher), rank 0 sends its progress lines as Dagster logs and the result as the
+asset's materialization metadata; ``dagster_pipes`` is imported only then, so the
+core never imports Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
+from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
+from clap_pipeline.training.distributed import Ranks
+from clap_pipeline.training.loop import train
+from clap_pipeline.training.model import ModelLoadError
+from clap_pipeline.training.report import TrainingResult, result_metadata
+
+PIPES_CONTEXT_VARIABLE = "DAGSTER_PIPES_CONTEXT"  # set by Dagster's Pipes clients
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clap_pipeline.training",
+        description="Fine-tune CLAP on the prompts + waveforms under $CLAP_DATA_DIR "
+        "(the `clap_model` asset without Dagster). Data-parallel under "
+        "`torchrun --nproc_per_node N -m clap_pipeline.training ...`.",
+    )
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default {f.default})"
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        elif f.name == "split":
+            parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
+    parser.add_argument("--data-dir", help="default $CLAP_DATA_DIR (or ./data)")
+    parser.add_argument("--model", help="hub id or save_pretrained folder (default $CLAP_MODEL)")
+    parser.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or mlruns/mlflow.db")
+    parser.add_argument("--experiment", help="default $CLAP_MLFLOW_EXPERIMENT")
+    parser.add_argument(
+        "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
+    )
+    parser.add_argument("--dagster-run-id", help="recorded on the MLflow run (set by Dagster)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """``Settings.from_env()`` with the command line's overrides."""
+    settings = Settings.from_env(environ)
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = Path(args.data_dir).expanduser().resolve()
+    if args.model:
+        overrides["model"] = args.model
+    if args.tracking_uri:
+        overrides["mlflow_tracking_uri"] = args.tracking_uri
+    if args.experiment:
+        overrides["mlflow_experiment"] = args.experiment
+    return replace(settings, **overrides)
+
+
+class _Reporter:
+    """Where rank 0's lines and result go: stdout (+ Dagster through Pipes when it started us)."""
+
+    def __init__(self, ranks: Ranks, quiet: bool, pipes: Any = None) -> None:
+        self.ranks, self.quiet, self.pipes = ranks, quiet, pipes
+
+    def line(self, message: str) -> None:
+        if self.quiet or not self.ranks.is_main:
+            return
+        print(message, flush=True)
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+
+    def error(self, message: str) -> None:
+        print(f"training failed (rank {self.ranks.rank}): {message}", file=sys.stderr, flush=True)
+        if self.pipes is not None:
+            self.pipes.log.error(f"training failed: {message}")
+
+    def result(self, result: TrainingResult) -> None:
+        print(json.dumps(_summary(result), indent=1), flush=True)
+        if self.pipes is not None:
+            self.pipes.report_asset_materialization(metadata=result_metadata(result))
+
+
+@contextlib.contextmanager
+def _reporter(ranks: Ranks, quiet: bool) -> Iterator[_Reporter]:
+    """Only rank 0 opens Pipes: one log stream and one materialization per launch."""
+    if not (ranks.is_main and os.environ.get(PIPES_CONTEXT_VARIABLE)):
+        yield _Reporter(ranks, quiet)
+        return
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        yield _Reporter(ranks, quiet, pipes)
+
+
+def _summary(result: TrainingResult) -> dict[str, Any]:
+    return {
+        "mlflow_run_id": result.run_id,
+        "run_url": result.run_url,
+        "best_epoch": result.best_epoch,
+        "best_checkpoint": str(result.best_checkpoint),
+        "registered_model": result.manifest["registered_model"],
+        "manifest": str(result.manifest_path),
+        "world_size": result.manifest.get("world_size", 1),
+        "wall_time_s": round(result.wall_time_s, 1),
+        "train_clips_per_second": round(result.clips_per_second, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ranks = Ranks.from_env()
+    with _reporter(ranks, args.quiet) as reporter:
+        try:
+            settings = settings_from_args(args)
+            config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+            inputs = TrainInputs.from_settings(settings)
+            if args.duckdb:
+                inputs = replace(inputs, duckdb_path=Path(args.duckdb))
+            result = train(
+                config,
+                inputs,
+                dagster_run_id=args.dagster_run_id,
+                on_progress=lambda p: reporter.line(p.message),
+                ranks=ranks,
+            )
+        except (ConfigError, ModelLoadError, TrainingDataError, TrainingError) as exc:
+            reporter.error(str(exc))
+            return 2
+        if result is not None:
+            reporter.result(result)
+    return 0

@@ -1,0 +1,216 @@
+"""Training settings (``TrainConfig``), where training reads and writes (``TrainInputs``), errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clap_pipeline import tracking
+from clap_pipeline.config import Settings
+from clap_pipeline.metadata.selection import Selection, current_selection
+from clap_pipeline.training.data import SPLIT_MODES
+
+PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says where and what to change."""
+
+
+class NonFiniteLossError(TrainingError):
+    def __init__(self, epoch: int, step: int | None, value: float, phase: str = "train"):
+        where = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch} ({phase})"
+        super().__init__(
+            f"non-finite {phase} loss ({value}) at {where}: training stopped, the MLflow run is "
+            "marked FAILED and the last good checkpoint is kept. Lower learning_rate or check the "
+            "waveforms for NaN/inf samples."
+        )
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting (the reference recipe as defaults)."""
+
+    batch_size: int = field(default=16, metadata={"help": "clips per contrastive batch"})
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "AdamW weight decay (not on biases, norms and the logit scale)"},
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata={"help": "constant | cosine (decay to 0 at the last step of max_epochs)"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "optimiser steps of linear learning-rate warm-up"}
+    )
+    max_epochs: int = field(default=3, metadata={"help": "upper bound on epochs"})
+    patience: int = field(
+        default=1, metadata={"help": "epochs without a better val R@5 before stopping"}
+    )
+    seed: int = field(default=0, metadata={"help": "shuffling, dropout and the 80/20 split"})
+    split: str = field(
+        default="fma",
+        metadata={
+            "help": "fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 by "
+            "hash of track_id | random_80_20: the reference recipe (first 100 clips)"
+        },
+    )
+    resample_templates: bool = field(
+        default=False,
+        metadata={"help": "draw each epoch's prompt from the stored template renderings"},
+    )
+    feedback_weight: float = field(
+        default=0.25,
+        metadata={
+            "help": "chance per epoch that a training track liked in search feedback "
+            "(DuckDB search_feedback, training part) is paired with a liked query instead "
+            "of its prompt; 0 ignores feedback"
+        },
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 autocast on CUDA cards that support it, else fp32), bf16 "
+            "(CUDA only), fp32"
+        },
+    )
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch CPU threads, 0 = torch's default (1 is often faster for the tiny "
+            "model on a busy machine)"
+        },
+    )
+    shuffle_buffer: int = field(
+        default=128, metadata={"help": "clips held for shuffling (memory ~1 MB per clip)"}
+    )
+    feature_cache_mb: int = field(
+        default=1024,
+        metadata={
+            "help": "keep the log-mel features of up to this many MB of clips (256 KB each) "
+            "in memory across epochs; 0 recomputes them every batch"
+        },
+    )
+    registered_model: str = field(
+        default=tracking.MODEL_NAME, metadata={"help": "MLflow registered model name"}
+    )
+    log_checkpoints: bool = field(
+        default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}
+    )
+    system_metrics: bool = field(
+        default=True, metadata={"help": "CPU/GPU/memory metrics in MLflow (needs psutil)"}
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "continue an interrupted run with the same config and data"},
+    )
+
+    # Settings that change no number: they may differ between a run and its resumption.
+    NON_NUMERIC = (
+        "log_checkpoints",
+        "system_metrics",
+        "resume",
+        "registered_model",
+        "cpu_threads",
+        "feature_cache_mb",
+    )
+
+    def validate(self) -> None:
+        problems = []
+        if self.batch_size < 2:
+            problems.append(f"batch_size must be >= 2 (contrastive), got {self.batch_size}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_epochs < 1:
+            problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.patience < 1:
+            problems.append(f"patience must be >= 1, got {self.patience}")
+        if not 0 <= self.feedback_weight <= 1:
+            problems.append(f"feedback_weight must be in [0, 1], got {self.feedback_weight}")
+        if self.feature_cache_mb < 0:
+            problems.append(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        if self.cpu_threads < 0:
+            problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.split not in SPLIT_MODES:
+            problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
+        if problems:
+            raise TrainingError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def help(name: str) -> str:
+        return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+    def numeric_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self.NON_NUMERIC}
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """Where training reads and writes (from ``Settings`` + the MLflow resource)."""
+
+    model_source: str
+    prompts_path: Path
+    waveforms_dir: Path
+    duckdb_path: Path | None
+    checkpoints_dir: Path
+    manifest_path: Path
+    tracking_uri: str
+    experiment: str
+    # The experiment's tracks and data version, recorded so that the new-tracks sensor
+    # and `model_comparison` know what each run was trained on (None: not recorded).
+    selection: Selection | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, tracking_uri: str | None = None, experiment: str | None = None
+    ) -> TrainInputs:
+        try:
+            selection = current_selection(
+                settings.duckdb_path, settings.audio_dir, settings.max_tracks
+            )
+        except FileNotFoundError:
+            selection = None  # no tracks table or audio folder: TrainingData.load says so
+        return cls(
+            model_source=settings.model,
+            prompts_path=settings.prompts_path,
+            waveforms_dir=settings.waveforms_dir,
+            duckdb_path=settings.duckdb_path,
+            checkpoints_dir=settings.checkpoints_dir,
+            manifest_path=settings.training_manifest_path,
+            tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
+            experiment=experiment or settings.mlflow_experiment,
+            selection=selection,
+        )
+
+
+def learning_rate_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global optimiser step ``step`` (1-based).
+
+    Linear warm-up over ``warmup_steps``, then constant or a cosine decay to zero at
+    ``max_epochs * steps_per_epoch`` (open_clip's schedule). A pure function of the step,
+    so a resumed run continues the same schedule.
+    """
+    if config.warmup_steps and step <= config.warmup_steps:
+        return config.learning_rate * step / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    total = max(config.max_epochs * steps_per_epoch - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / total, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * config.learning_rate

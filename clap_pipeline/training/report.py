@@ -1,0 +1,362 @@
+"""What a training run reports: progress lines, MLflow params/metrics, the curve, ``training.json``.
+
+Only rank 0 calls the MLflow functions here (one run per launch).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib.util
+import io
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clap_pipeline import tracking
+from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.metadata.selection import Selection
+from clap_pipeline.storage import atomic_path, write_text_atomic
+from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
+
+if TYPE_CHECKING:
+    from clap_pipeline.training.loop import Session
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    message: str
+    epoch: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+@dataclass
+class TrainingResult:
+    run_id: str
+    experiment_id: str
+    run_url: str
+    device: str
+    best_epoch: int
+    best_checkpoint: Path
+    epochs: list[EpochRecord]
+    registered_version: str
+    alias: str
+    manifest_path: Path
+    curve_png: bytes
+    wall_time_s: float
+    clips_per_second: float
+    resumed_from_epoch: int
+    stopped_early: bool
+    n_train: int
+    n_val: int
+    n_test: int
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def curve_markdown(self) -> str:
+        b64 = base64.b64encode(self.curve_png).decode()
+        return f"![training curve](data:image/png;base64,{b64})"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    ax_loss.plot(epochs, [r.train_loss for r in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [r.val_loss for r in history], "s-", label="val loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("symmetric InfoNCE")
+    for k, marker in ((1, "o"), (5, "s"), (10, "^")):
+        t2a = [r.metrics[f"text_to_audio_recall_at_{k}"] for r in history]
+        a2t = [r.metrics[f"audio_to_text_recall_at_{k}"] for r in history]
+        (line,) = ax_r.plot(epochs, t2a, marker=marker, label=f"text→audio R@{k}")
+        ax_r.plot(epochs, a2t, marker=marker, linestyle="--", alpha=0.45, color=line.get_color(),
+                  label=f"audio→text R@{k}")  # fmt: skip
+    ax_r.set_ylim(0, 1.02)
+    ax_r.set_xlabel("epoch")
+    ax_r.set_title("validation recall")
+    for ax in (ax_loss, ax_r):
+        ax.set_xticks(epochs)
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _selection_json(selection: Selection | None) -> dict[str, Any] | None:
+    if selection is None:
+        return None
+    return {
+        "data_version": selection.data_version,
+        "tracks_sha256": selection.tracks_sha256,
+        "track_ids": list(selection.track_ids),
+    }
+
+
+def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
+    """Params (the whole config, data versions, sizes, world size, commit) and tags of the run."""
+    from mlflow.entities import Param, RunTag
+
+    config, data, mlflow_client, run_id = (
+        session.config,
+        session.data,
+        session.client,
+        session.run_id,
+    )
+    params = {
+        **{f"config.{k}": v for k, v in config.to_dict().items()},
+        "model_source": session.inputs.model_source,
+        "device": str(session.device),
+        "world_size": session.ranks.world_size,
+        "global_batch_size": config.batch_size * session.ranks.world_size,
+        "n_train": len(data.splits.train),
+        "n_val": len(data.splits.validation),
+        "n_test": len(data.splits.test),
+        "n_from_fma_split": data.splits.n_from_fma,
+        "data_version_prompts": data.prompts_version,
+        "data_version_waveforms": data.index.data_version,
+        "git_commit": git_commit(),
+    }
+    if session.inputs.selection is not None:
+        params["data_version"] = session.inputs.selection.data_version
+        params["n_selected"] = len(session.inputs.selection.track_ids)
+    # A resumed run already has its params; non-numeric settings may have changed.
+    existing = mlflow_client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    tags = {
+        "training_fingerprint": session.fingerprint,
+        tracking.TAG_VAL_FINGERPRINT: session.val_fingerprint,
+        "mlflow.source.git.commit": params["git_commit"],
+    }
+    if dagster_run_id:
+        tags["dagster_run_id"] = dagster_run_id
+        previous = mlflow_client.get_run(run_id).data.tags.get("dagster_run_ids", "")
+        ids = [i for i in previous.split(",") if i]
+        tags["dagster_run_ids"] = ",".join(
+            [*ids, dagster_run_id] if dagster_run_id not in ids else ids
+        )
+    if session.resumed_from_epoch:
+        tags["resumed_from_epoch"] = str(session.resumed_from_epoch)
+    mlflow_client.log_batch(run_id, params=new, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def start_system_metrics(enabled: bool, run_id: str, tracking_uri: str, resumed: bool):
+    """MLflow's CPU/GPU/memory monitor on the run (best effort; None when off or unavailable)."""
+    if not enabled or importlib.util.find_spec("psutil") is None:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception:  # monitoring is best effort; training goes on
+        return None
+
+
+def stop_system_metrics(monitor) -> None:
+    if monitor is not None:
+        with contextlib.suppress(Exception):
+            monitor.finish()
+
+
+def log_epoch(mlflow_client, run_id: str, record: EpochRecord, log_checkpoint: bool) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, record.epoch) for k, v in record.mlflow_metrics().items()]
+    mlflow_client.log_batch(run_id, metrics=metrics)
+    if log_checkpoint and record.checkpoint:
+        mlflow_client.log_artifacts(run_id, record.checkpoint, f"checkpoints/epoch-{record.epoch}")
+
+
+def epoch_summary(record: EpochRecord) -> str:
+    """The progress line that closes an epoch."""
+    m = record.metrics
+    return (
+        f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, val loss "
+        f"{record.val_loss:.4f}, val R@1/5/10 text→audio "
+        f"{m['text_to_audio_recall_at_1']:.3f}/{m['text_to_audio_recall_at_5']:.3f}/"
+        f"{m['text_to_audio_recall_at_10']:.3f}, "
+        f"{record.train_clips / max(record.train_seconds, 1e-9):.1f} clips/s"
+    )
+
+
+def checkpoint_source(session: Session, best: EpochRecord) -> str:
+    """Where the registry version points: the run's artifact copy, else the local folder."""
+    if not session.config.log_checkpoints:
+        return str(best.checkpoint)
+    run = session.client.get_run(session.run_id)
+    return f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
+
+
+def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_s: float) -> None:
+    from mlflow.entities import Metric, Param
+
+    client, now = session.client, int(time.time() * 1000)
+    existing = client.get_run(session.run_id).data.params
+    client.log_batch(
+        session.run_id,
+        metrics=[
+            Metric("best_epoch", best.epoch, now, 0),
+            Metric(f"best_val_{SELECTION_METRIC}", best.val_recall_at_5, now, 0),
+            Metric("best_val_loss", best.val_loss, now, 0),
+            Metric("wall_time_s", wall_time_s, now, 0),
+            Metric("train_clips_per_second", clips_per_s, now, 0),
+        ],
+        params=[Param("best_epoch", str(best.epoch))] if "best_epoch" not in existing else [],
+    )
+
+
+def write_report(session: Session, best: EpochRecord, version: str, alias: str) -> TrainingResult:
+    """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
+    config, data, inputs, client = session.config, session.data, session.inputs, session.client
+    history = session.history
+    wall_time_s = session.wall_time_s()
+    clips_per_second = sum(r.train_clips for r in history) / max(
+        sum(r.train_seconds for r in history), 1e-9
+    )
+    log_best(session, best, wall_time_s, clips_per_second)
+    png = training_curve_png(history, best.epoch)
+    manifest = {
+        "mlflow_run_id": session.run_id,
+        "model_source": inputs.model_source,
+        "device": str(session.device),
+        "best_epoch": best.epoch,
+        "best_checkpoint": str(best.checkpoint),
+        "epochs": [r.manifest_row() for r in history],
+        "splits": data.splits.as_dict(),
+        "registered_model": {"name": config.registered_model, "version": version, "alias": alias},
+        "config": config.to_dict(),
+        # Extras beyond the contract, for reports and the comparison asset.
+        "mlflow_tracking_uri": inputs.tracking_uri,
+        "mlflow_experiment_id": session.experiment_id,
+        "split_mode": data.splits.mode,
+        "validation_fingerprint": session.val_fingerprint,
+        "data_versions": {"prompts": data.prompts_version, "waveforms": data.index.data_version},
+        "selection": _selection_json(inputs.selection),
+        "world_size": session.ranks.world_size,
+        "stopped_early": history[-1].epoch < config.max_epochs,
+        "wall_time_s": wall_time_s,
+        "train_clips_per_second": clips_per_second,
+    }
+    write_text_atomic(inputs.manifest_path, json.dumps(manifest, indent=1))
+    with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
+        tmp.write_bytes(png)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        png_path = Path(tmp_dir) / "training_curve.png"
+        png_path.write_bytes(png)
+        client.log_artifact(session.run_id, str(png_path))
+    client.log_artifact(session.run_id, str(inputs.manifest_path))
+
+    return TrainingResult(
+        run_id=session.run_id,
+        experiment_id=session.experiment_id,
+        run_url=tracking.run_url(inputs.tracking_uri, session.experiment_id, session.run_id),
+        device=str(session.device),
+        best_epoch=best.epoch,
+        best_checkpoint=Path(best.checkpoint or ""),
+        epochs=list(history),
+        registered_version=version,
+        alias=alias,
+        manifest_path=inputs.manifest_path,
+        curve_png=png,
+        wall_time_s=wall_time_s,
+        clips_per_second=clips_per_second,
+        resumed_from_epoch=session.resumed_from_epoch,
+        stopped_early=manifest["stopped_early"],
+        n_train=len(data.splits.train),
+        n_val=len(data.splits.validation),
+        n_test=len(data.splits.test),
+        manifest=manifest,
+    )
+
+
+# Column name, type and the epoch value behind each column of the `epochs` table.
+_EPOCH_COLUMNS: tuple[tuple[str, str, Callable[[EpochRecord], Any]], ...] = (
+    ("epoch", "int", lambda r: r.epoch),
+    ("train_loss", "float", lambda r: round(r.train_loss, 4)),
+    ("val_loss", "float", lambda r: round(r.val_loss, 4)),
+    *(
+        (f"val_{short}_R@{k}", "float", lambda r, key=f"{long}_recall_at_{k}": r.metrics[key])
+        for short, long in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
+        for k in (1, 5, 10)
+    ),
+)
+
+
+def result_metadata(result: TrainingResult) -> dict[str, dict[str, Any]]:
+    """The `clap_model` materialization metadata as Dagster Pipes values (``type``, ``raw_value``).
+
+    Plain JSON, so the in-process asset and a torchrun child reporting through Pipes
+    show the same entries in the Dagster UI.
+    """
+    best = next(r for r in result.epochs if r.epoch == result.best_epoch)
+    records = [
+        {
+            **{name: value(r) for name, _, value in _EPOCH_COLUMNS},
+            "best": r.epoch == result.best_epoch,
+        }
+        for r in result.epochs
+    ]
+    schema = [{"name": name, "type": kind} for name, kind, _ in _EPOCH_COLUMNS]
+    registered = result.manifest["registered_model"]["name"]
+
+    def typed(kind: str, value: Any) -> dict[str, Any]:
+        return {"type": kind, "raw_value": value}
+
+    return {
+        "best_checkpoint": typed("path", str(result.best_checkpoint)),
+        "best_epoch": typed("int", result.best_epoch),
+        "best_val_text_to_audio_recall_at_5": typed("float", best.val_recall_at_5),
+        "best_val_loss": typed("float", best.val_loss),
+        "epochs": typed(
+            "table", {"records": records, "schema": [*schema, {"name": "best", "type": "bool"}]}
+        ),
+        "training_curve": typed("md", result.curve_markdown()),
+        "mlflow_run_id": typed("text", result.run_id),
+        "mlflow_run": typed("url", result.run_url),
+        "registered_model": typed(
+            "text", f"{registered} v{result.registered_version} @{result.alias}"
+        ),
+        "device": typed("text", result.device),
+        "world_size": typed("int", int(result.manifest.get("world_size", 1))),
+        "n_train": typed("int", result.n_train),
+        "n_val": typed("int", result.n_val),
+        "n_test": typed("int", result.n_test),
+        "wall_time_s": typed("float", round(result.wall_time_s, 2)),
+        "train_clips_per_second": typed("float", round(result.clips_per_second, 2)),
+        "resumed_from_epoch": typed("int", result.resumed_from_epoch),
+        "stopped_early": typed("bool", result.stopped_early),
+        "manifest": typed("path", str(result.manifest_path)),
+    }
