@@ -375,6 +375,7 @@ def train(
     """
     ranks = ranks or Ranks.single()
     session = _set_up(config, inputs, on_progress, hooks, ranks)
+    state: _Model | None = None
     try:
         with _mlflow_run(session, dagster_run_id):
             state = _build_model(session)
@@ -389,6 +390,9 @@ def train(
             session.status = "FINISHED"
             return result
     finally:
+        # DDP's reducer must go while the process group lives: freed after it, gloo's
+        # destructor waits for a thread that waits for the GIL (the process hangs at exit).
+        state = None
         distributed.destroy_process_group(ranks)
 
 
