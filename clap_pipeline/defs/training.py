@@ -169,7 +169,7 @@ def k8s_pod_spec(config: ClapTrainingConfig, settings: Settings) -> dict[str, An
     """``base_pod_spec`` for ``PipesK8sClient``: GPUs and the data volume at the same path."""
     container: dict[str, Any] = {"name": "clap-training"}
     if config.k8s_gpus:
-        container["resources"] = {"limits": {"nvidia.com/gpu": config.k8s_gpus}}
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(config.k8s_gpus)}}
     spec: dict[str, Any] = {"containers": [container], "restart_policy": "Never"}
     if config.k8s_data_claim:
         container["volume_mounts"] = [{"name": "clap-data", "mount_path": str(settings.data_dir)}]
