@@ -47,9 +47,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from clap_pipeline.training.config import TrainConfig
 from clap_pipeline.training.data import CLIP_SAMPLES, ClipBatch, TrainingData, prefetch
 from clap_pipeline.training.features import LogMelFeatures
-from clap_pipeline.training.loop import TrainConfig, clamp_logit_scale, contrastive_loss
+from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
 from clap_pipeline.training.model import (
     byte_level_tokenizer,
     tiny_clap_config,

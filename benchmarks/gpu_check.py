@@ -28,9 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from clap_pipeline.training import loop as training
+from clap_pipeline.training.config import TrainConfig
 from clap_pipeline.training.data import TrainingData
-from clap_pipeline.training.loop import TrainConfig, TrainingHooks
-from clap_pipeline.training.loop import loop as training
+from clap_pipeline.training.distributed import Ranks
+from clap_pipeline.training.features import features_for_model
+from clap_pipeline.training.loop import TrainingHooks
+from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
 from clap_pipeline.training.model import load_clap, save_tiny_model
 from clap_pipeline_tests.training_fixtures import write_training_dataset
 
@@ -39,7 +43,7 @@ def fine_tune(model_dir: Path, data: TrainingData, device: torch.device, epochs:
     torch.manual_seed(0)
     loaded = load_clap(model_dir)
     model = loaded.model.to(device)
-    features = training._features_module(loaded.feature_extractor, device)
+    features = features_for_model(loaded, device)
     config = TrainConfig(batch_size=8, learning_rate=2e-3, max_epochs=epochs, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rows = []
@@ -54,8 +58,8 @@ def fine_tune(model_dir: Path, data: TrainingData, device: torch.device, epochs:
             epoch=epoch,
             device=device,
             hooks=TrainingHooks(),
-            report=lambda p: None,
-            epochs_left_after=epochs - epoch,
+            report_progress=lambda p: None,
+            ranks=Ranks.single(),
         )
         val_loss, metrics = training.evaluate_split(
             model, features, loaded.tokenizer, data, "validation", 8, device
@@ -70,8 +74,8 @@ def feature_parity(model_dir: Path, data: TrainingData) -> float:
     loaded = load_clap(model_dir)
     batch = next(iter(data.eval_batches("validation", 8)))
     waves = torch.as_tensor(batch.waveforms)
-    cpu = training._features_module(loaded.feature_extractor, torch.device("cpu"))(waves)
-    gpu = training._features_module(loaded.feature_extractor, torch.device("cuda"))
+    cpu = features_for_model(loaded, torch.device("cpu"))(waves)
+    gpu = features_for_model(loaded, torch.device("cuda"))
     on_gpu = gpu(waves.to("cuda")).cpu()
     return float((cpu - on_gpu).abs().max())
 
@@ -95,11 +99,11 @@ def full_size_steps(
         start = time.perf_counter()
         with training._autocast(device, precision)():
             out = model(input_ids=ids, attention_mask=mask, input_features=features)
-        loss = training.contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
+        loss = contrastive_loss(out.text_embeds, out.audio_embeds, model.logit_scale_a)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        training.clamp_logit_scale(model)
+        clamp_logit_scale(model)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

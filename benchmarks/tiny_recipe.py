@@ -30,9 +30,11 @@ sys.path.insert(0, str(REPO))
 from transformers import ClapConfig, ClapModel  # noqa: E402
 
 from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics  # noqa: E402
+from clap_pipeline.training.config import LR_SCHEDULES, TrainConfig, learning_rate_at  # noqa: E402
 from clap_pipeline.training.data import TrainingData  # noqa: E402
 from clap_pipeline.training.features import LogMelFeatures  # noqa: E402
-from clap_pipeline.training.loop import loop as training  # noqa: E402
+from clap_pipeline.training.loop import train_step  # noqa: E402
+from clap_pipeline.training.loss import optimizer_groups, prepare_logit_scales  # noqa: E402
 from clap_pipeline.training.model import load_clap, save_tiny_model, tiny_clap_config, tokenize  # noqa: E402
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=40, help="warm-up steps")
-    parser.add_argument("--schedule", choices=training.LR_SCHEDULES, default="cosine")
+    parser.add_argument("--schedule", choices=LR_SCHEDULES, default="cosine")
     parser.add_argument("--temperature-init", type=float, default=1 / 0.07, help="exp(scale)")
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--audio-width", type=int, default=32)
@@ -107,15 +109,15 @@ def main() -> None:
         flush=True,
     )
 
-    config = training.TrainConfig(
+    config = TrainConfig(
         batch_size=args.batch_size,
         learning_rate=args.lr,
         max_epochs=args.epochs,
         warmup_steps=args.warmup,
         lr_schedule=args.schedule,
     )
-    training.prepare_logit_scales(model)
-    optimizer = torch.optim.AdamW(training.optimizer_groups(model, args.weight_decay))
+    prepare_logit_scales(model)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay))
     train_ids = list(data.splits.train)
     steps = len(train_ids) // args.batch_size
     rng = np.random.default_rng(args.seed)
@@ -141,10 +143,10 @@ def main() -> None:
                 data.prompts.text_for(t, seed=0, epoch=epoch, resample=not args.no_resample)
                 for t in ids
             ]
-            lr = training.learning_rate_at(config, (epoch - 1) * steps + step + 1, steps)
+            lr = learning_rate_at(config, (epoch - 1) * steps + step + 1, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum += training.train_step(
+            loss_sum += train_step(
                 model,
                 optimizer,
                 torch.stack([cache[t] for t in ids]),
