@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path
 
 TONE_HZ = 1000.0
 AMPLITUDE = 0.5

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clap_pipeline.metadata.selection import audio_path, folder_of
+from clap_pipeline.dataset import audio_path, folder_of
 from clap_pipeline.storage import duckdb_connection
 
 GENRES = ["Folk", "Rock", "Electronic", "Hip-Hop", "Jazz"]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.storage import atomic_path
 
 Log = Callable[[str], None]

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from clap_pipeline.config import Settings
+from clap_pipeline.dataset import audio_path as fma_audio_path
 from clap_pipeline.evaluation.evaluate import read_genres
 from clap_pipeline.evaluation.genre_search import (
     GENRE_QUERIES,
@@ -40,8 +41,13 @@ from clap_pipeline.evaluation.genre_search import (
     eligible_genres,
     model_genre_search,
 )
-from clap_pipeline.metadata.selection import audio_path as fma_audio_path
-from clap_pipeline.storage import atomic_path, duckdb_connection, table_exists, write_text_atomic
+from clap_pipeline.storage import (
+    atomic_path,
+    duckdb_connection,
+    table_exists,
+    transaction,
+    write_text_atomic,
+)
 
 TABLE = "track_embeddings"
 STAGING_TABLE = "track_embeddings__staging"
@@ -190,14 +196,9 @@ def write_track_embeddings(
             con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")  # leave no half-built table
             raise
         # ... then swap in one transaction: readers see the old set or the new one.
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(f"DROP TABLE IF EXISTS {TABLE}")
             con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     return n
 
 
