@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from clap_pipeline.metadata.fma import DATE, FMA_COLUMNS, INT
+from clap_pipeline.dataset import DATE, FMA_COLUMNS, INT
 
 LIST_COLUMNS = [
     ("track", "tags"),

@@ -17,9 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from clap_pipeline.dataset import (
+    PROMPTS_SCHEMA,
+    audio_path,
+    folder_of,
+    partition_path,
+    tracks_ddl,
+    waveform_batch,
+    write_partition,
+    write_prompts,
+)
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.loop import TrainInputs
 
@@ -61,20 +70,14 @@ def write_waveforms_file(
     path: Path, track_ids: list[int], waves: list[np.ndarray], row_group_size: int = 16
 ) -> None:
     """One `waveforms/NNN.parquet` file following the contract (lengths are not checked here)."""
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
-    flat = pa.array(np.concatenate(waves).astype(np.float32), pa.float32())
-    table = pa.table(
-        {
-            "track_id": pa.array(track_ids, pa.int64()),
-            "input_values": pa.ListArray.from_arrays(offsets, flat),
-            "n_samples_decoded": pa.array(lengths, pa.int64()),
-            "source_path": pa.array([f"{t // 1000:03d}/{t:06d}.mp3" for t in track_ids]),
-            "source_size": pa.array([1000 + t for t in track_ids], pa.int64()),
-            "source_mtime": pa.array([1.0e9 + t for t in track_ids], pa.float64()),
-        }
+    rows = waveform_batch(
+        track_ids,
+        waves,
+        source_paths=[audio_path("", t) for t in track_ids],
+        source_sizes=[1000 + t for t in track_ids],
+        source_mtimes=[1.0e9 + t for t in track_ids],
     )
-    pq.write_table(table, path, row_group_size=row_group_size)
+    write_partition(path, rows, row_group_rows=row_group_size)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -170,29 +173,28 @@ def write_training_dataset(
         template_ids.append(template)
         prompts.append(rendered[template])
         renderings.append(rendered)
-    pq.write_table(
+    write_prompts(
         pa.table(
             {
-                "track_id": pa.array(ids, pa.int64()),
-                "prompt": pa.array(prompts, pa.string()),
-                "template_id": pa.array(template_ids, pa.int32()),
-                "renderings": pa.array(renderings, pa.list_(pa.string())),
-            }
+                "track_id": ids,
+                "prompt": prompts,
+                "template_id": template_ids,
+                "renderings": renderings,
+            },
+            schema=PROMPTS_SCHEMA,
         ),
         data_dir / "prompts.parquet",
     )
 
     wave_dir = data_dir / "waveforms"
     wave_dir.mkdir(exist_ok=True)
-    for folder in sorted({tid // 1000 for tid in ids}):
-        folder_ids = [t for t in ids if t // 1000 == folder]
+    for folder in sorted({folder_of(tid) for tid in ids}):
+        folder_ids = [t for t in ids if folder_of(t) == folder]
         waves = [genre_audio(genre_of[t], np.random.default_rng([seed, t])) for t in folder_ids]
-        write_waveforms_file(wave_dir / f"{folder:03d}.parquet", folder_ids, waves)
+        write_waveforms_file(partition_path(wave_dir, folder), folder_ids, waves)
 
     with duckdb_connection(data_dir / "clap.duckdb") as con:
-        con.execute(
-            "CREATE OR REPLACE TABLE tracks (track_id BIGINT PRIMARY KEY, set_split VARCHAR)"
-        )
+        con.execute(tracks_ddl(["set_split"]))
         con.executemany("INSERT INTO tracks VALUES (?, ?)", [[t, split_of[t]] for t in ids])
     fma_to_ours = {"training": "train", "validation": "validation", "test": "test"}
     return SyntheticData(
