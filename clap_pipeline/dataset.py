@@ -280,10 +280,17 @@ def waveform_batch(
 
     Lengths are not checked here, so tests can write rows that break the contract.
     """
-    waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)
+    if isinstance(waveforms, np.ndarray) and waveforms.ndim == 2:  # (n, samples): no copy
+        flat = np.ascontiguousarray(waveforms, dtype=np.float32).reshape(-1)
+        lengths = np.full(len(waveforms), waveforms.shape[1], dtype=np.int64)
+    else:
+        waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        flat = np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if offsets[-1] > np.iinfo(np.int32).max:  # Arrow's list offsets are int32
+        raise ValueError(f"{len(lengths)} clips are too many for one batch: write fewer at a time")
+    offsets = offsets.astype(np.int32)
     schema = schema or waveforms_schema()
     values = pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()), pa.array(flat, pa.float32()), type=_VALUES_TYPE

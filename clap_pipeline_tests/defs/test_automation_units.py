@@ -44,8 +44,8 @@ from clap_pipeline.defs.automation import (
     run_failure_summary,
 )
 from clap_pipeline.defs.resources import resources_for
+from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import CsvHash, raw_inputs
-from clap_pipeline_tests.fma_fixtures import default_row, tracks_frame, write_metadata
 
 FIRST_IDS = [2, 5, 10, 1000, 1001]
 

@@ -22,8 +22,8 @@ from clap_pipeline.defs.metadata import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase
+from clap_pipeline.metadata.fma_synthetic import quirky_tracks, write_metadata
 from clap_pipeline.metadata.prompts import content_hash
-from clap_pipeline_tests.fma_fixtures import quirky_tracks, write_metadata
 
 CHECKS = [
     tracks_track_ids_valid,

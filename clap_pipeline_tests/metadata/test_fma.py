@@ -38,7 +38,7 @@ from clap_pipeline.metadata.fma import (
     read_track_ids,
     track_id_problems,
 )
-from clap_pipeline_tests.fma_fixtures import (
+from clap_pipeline.metadata.fma_synthetic import (
     DATE_COLUMNS,
     LIST_COLUMNS,
     QUOTED_TAGS,

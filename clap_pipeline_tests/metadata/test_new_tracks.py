@@ -11,6 +11,7 @@ import pytest
 
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.metadata.fma import load_metadata
+from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import (
     CsvHash,
     TrainedSelection,
@@ -20,7 +21,6 @@ from clap_pipeline.metadata.new_tracks import (
     raw_inputs,
 )
 from clap_pipeline.metadata.selection import Selection, current_selection, data_version
-from clap_pipeline_tests.fma_fixtures import default_row, tracks_frame, write_metadata
 
 METADATA_IDS = [2, 3, 5, 10, 1000, 1001, 2004]
 AUDIO_IDS = [2, 5, 10, 1000, 2004, 3000]  # 3 and 1001 have no clip, 3000 no metadata

@@ -13,6 +13,7 @@ import pytest
 
 from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts, tracks_ddl, write_prompts
 from clap_pipeline.metadata.fma import load_metadata
+from clap_pipeline.metadata.fma_synthetic import write_metadata
 from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
     TEMPLATE_NAMES,
@@ -30,7 +31,6 @@ from clap_pipeline.metadata.prompts import (
     render_all,
     track_text,
 )
-from clap_pipeline_tests.fma_fixtures import write_metadata
 
 FOOD = TrackText(2, "Food", "AWOL", "AWOL - A Way Of Life", "Hip-Hop", ("lo-fi", "boom bap"))
 

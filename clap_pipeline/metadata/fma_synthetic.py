@@ -1,4 +1,4 @@
-"""FMA-format metadata files for tests and benchmarks, and the dataset's reference loader.
+"""FMA-format metadata files (tests, benchmarks) and the dataset's reference loader (pandas).
 
 Files are written the way FMA wrote them: pandas ``to_csv`` of a frame with two
 column levels (three header lines), Python-repr lists, ``-1`` integer gaps,
