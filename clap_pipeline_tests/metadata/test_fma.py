@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from clap_pipeline.config import REPO_ROOT
 from clap_pipeline.dataset import (
     COLUMN_KINDS,
     DATE,
@@ -51,8 +52,6 @@ from clap_pipeline.metadata.fma_synthetic import (
     write_metadata,
     write_tracks_csv,
 )
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _load(root: Path, frame: pd.DataFrame | None = None, db: Path | None = None):
@@ -463,7 +462,7 @@ def test_killed_load_leaves_previous_tables(tmp_path: Path) -> None:
     meta = write_metadata(tmp_path / "new", synthetic_tracks(300, seed=2))
     proc = subprocess.run(
         [sys.executable, "-c", KILLER, str(db), str(meta / "tracks.csv"), str(meta / "genres.csv")],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,

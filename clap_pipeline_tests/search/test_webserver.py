@@ -11,7 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from clap_pipeline.config import REPO_ROOT
+
 EXPECTED_ASSETS = {"tracks", "prompts", "waveforms", "clap_model", "evaluation", "track_embeddings"}
 
 
@@ -42,7 +43,7 @@ def test_webserver_serves_the_asset_graph(tmp_path: Path) -> None:
     webserver = Path(sys.executable).with_name("dagster-webserver")
     proc = subprocess.Popen(
         [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
