@@ -215,14 +215,6 @@ def read_prompts(path: str | Path) -> pa.Table:
 
 WAVEFORMS_FORMAT_VERSION = "1"
 ROW_GROUP_ROWS = 64  # at most, per row group: what a reader holds in memory at once
-WAVEFORM_COLUMNS = (
-    "track_id",
-    "input_values",
-    "n_samples_decoded",
-    "source_path",
-    "source_size",
-    "source_mtime",
-)
 # "element" is the child name Parquet stores and reads back (compliant nested type).
 _VALUES_TYPE = pa.list_(pa.field("element", pa.float32()))
 _PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
@@ -411,9 +403,3 @@ class WaveformRows:
         for k, start in enumerate(starts.tolist()):
             out[k] = self._values[start : start + CLIP_SAMPLES]
         return out
-
-
-def read_row_group(path: str | Path, row_group: int, columns: Sequence[str]) -> pa.Table:
-    """One row group of a partition file (at most ``ROW_GROUP_ROWS`` rows in memory)."""
-    with pq.ParquetFile(path) as pf:
-        return pf.read_row_group(row_group, columns=list(columns))

@@ -2,9 +2,10 @@
 
 ``<waveforms_dir>/NNN.parquet`` holds the decoded 5-s windows of the selected
 tracks of folder ``NNN``, sorted by track_id, in row groups of at most
-``row_group_rows`` (64) rows. Columns: ``track_id`` int64, ``input_values``
-list<float32> of exactly 240,000, ``n_samples_decoded`` int64, ``source_path``,
-``source_size`` int64, ``source_mtime`` float64.
+``row_group_rows`` (64) rows; the schema and the row writer are the data contract's
+(``clap_pipeline.dataset.waveforms_schema``, ``waveform_batch``, ``PartitionWriter``).
+Failures go to the DuckDB table of ``decode_failures``; the asset checks read
+``waveform_health``.
 
 How a partition is (re)built:
 
