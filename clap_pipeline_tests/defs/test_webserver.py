@@ -11,8 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from clap_pipeline.config import REPO_ROOT
-
+REPO = Path(__file__).resolve().parents[2]
 EXPECTED_ASSETS = {"tracks", "prompts", "waveforms", "clap_model", "evaluation", "track_embeddings"}
 
 
@@ -43,7 +42,7 @@ def test_webserver_serves_the_asset_graph(tmp_path: Path) -> None:
     webserver = Path(sys.executable).with_name("dagster-webserver")
     proc = subprocess.Popen(
         [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
