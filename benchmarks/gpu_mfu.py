@@ -25,7 +25,6 @@ Usage: python benchmarks/gpu_mfu.py [--device cuda] [--batch 64] [--steps 20]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -67,12 +66,12 @@ def save_full_size_model(out_dir: Path) -> Path:
 
 def dagster_run(args: argparse.Namespace, root: Path) -> None:
     """Materialize `clap_model` through the torchrun launcher; print what Dagster recorded."""
-    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
     from dagster import DagsterInstance, RunConfig, materialize
 
-    from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+    from clap_pipeline.audio.demo.training_set import write_training_dataset
+    from clap_pipeline.config import Settings
+    from clap_pipeline.defs.resources import ClapSettings
     from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
-    from clap_pipeline_tests.training_fixtures import mlflow_store, write_training_dataset
 
     data_dir = root / "data"
     per_split = {"training": 8, "validation": 4, "test": 1}
@@ -80,7 +79,12 @@ def dagster_run(args: argparse.Namespace, root: Path) -> None:
         per_split = {"training": max(2 * args.batch // 4, 8), "validation": 8, "test": 1}
     write_training_dataset(data_dir, per_genre=per_split)
     model_dir = save_tiny_model(root / "tiny") if args.tiny else save_full_size_model(root / "full")
-    store = mlflow_store(root / "mlruns")
+    settings = Settings.build(
+        data_dir=data_dir,
+        model=str(model_dir),
+        mlflow_tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        mlflow_experiment="gpu-mfu",
+    )
     config = ClapTrainingConfig(
         launcher="torchrun",
         nproc_per_node=args.nproc,
@@ -96,11 +100,7 @@ def dagster_run(args: argparse.Namespace, root: Path) -> None:
     start = time.perf_counter()
     result = materialize(
         [clap_model],
-        resources={
-            "clap_settings": ClapSettings(data_dir=str(data_dir), model=str(model_dir)),
-            "duckdb": DuckDBDatabase(path=str(data_dir / "clap.duckdb")),
-            "mlflow": MlflowTracking(tracking_uri=store, experiment="gpu-mfu"),
-        },
+        resources={"clap_settings": ClapSettings.from_settings(settings)},
         run_config=RunConfig(ops={"clap_model": config}),
         instance=instance,
         raise_on_error=False,

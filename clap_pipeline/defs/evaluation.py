@@ -6,7 +6,6 @@ and the MLflow store from ``mlflow``; the knobs are run config
 logging are done by the evaluation module, which also runs standalone.
 """
 
-from dataclasses import replace
 from pathlib import Path
 
 from dagster import (
@@ -21,7 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.evaluate import (
     REPORT_NAME,
     EvalConfig,
@@ -90,13 +89,8 @@ def evaluation(
     context: AssetExecutionContext,
     config: EvaluationConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
-    inputs = replace(
-        EvalInputs.from_settings(clap_settings.settings(), mlflow.tracking_uri),
-        duckdb_path=Path(duckdb.path),
-    )
+    inputs = EvalInputs.from_settings(clap_settings.settings())
     report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
     metadata: dict = {
         "report": MetadataValue.path(str(inputs.report_path)),

@@ -14,8 +14,6 @@ same materialization metadata is recorded.
 """
 
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -32,7 +30,7 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.config import Settings
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
 from clap_pipeline.training.report import result_metadata
@@ -142,6 +140,8 @@ def settings_environment(settings: Settings, inputs: TrainInputs) -> dict[str, s
         "CLAP_MAX_TRACKS": str(settings.max_tracks),
         "MLFLOW_TRACKING_URI": inputs.tracking_uri,
         "CLAP_MLFLOW_EXPERIMENT": inputs.experiment,
+        "CLAP_REGISTERED_MODEL": settings.registered_model,
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": str(settings.system_metrics).lower(),
     }
 
 
@@ -226,16 +226,11 @@ def clap_model(
     context: AssetExecutionContext,
     config: ClapTrainingConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
     if config.launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {config.launcher!r}")
     settings = clap_settings.settings()
-    inputs = replace(
-        TrainInputs.from_settings(settings, mlflow.tracking_uri, mlflow.experiment),
-        duckdb_path=Path(duckdb.path),
-    )
+    inputs = TrainInputs.from_settings(settings)
     if config.launcher != "in_process":
         return _launch(context, config, settings, inputs)
     result = train(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline import tracking
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.tables import markdown_table
 
@@ -209,7 +210,7 @@ def _summary(
 
 
 def collect_runs(
-    tracking_uri: str, experiment: str, model_name: str = tracking.MODEL_NAME
+    tracking_uri: str, experiment: str, model_name: str = DEFAULT_REGISTERED_MODEL
 ) -> list[RunSummary]:
     """Every training run of ``experiment``, oldest first ([] when there is none yet)."""
     from mlflow.entities import ViewType
@@ -412,7 +413,7 @@ def comparison_markdown(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
 ) -> str:
     if not runs:
@@ -447,7 +448,7 @@ def comparison_text(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
 ) -> str:
     """The Markdown report's content as aligned plain text for a terminal."""
@@ -543,7 +544,7 @@ def comparison_json(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
 ) -> dict[str, Any]:
     champ = next((r for r in runs if r.is_champion), None)
     return {
@@ -564,7 +565,7 @@ def write_comparison(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
     png: bytes | None = None,
     log_to_mlflow: bool = True,

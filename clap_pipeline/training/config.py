@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline import tracking
-from clap_pipeline.config import Settings
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
 from clap_pipeline.metadata.selection import Selection, current_selection
 from clap_pipeline.training.data import SPLIT_MODES
 
@@ -100,7 +99,7 @@ class TrainConfig:
         },
     )
     registered_model: str = field(
-        default=tracking.MODEL_NAME, metadata={"help": "MLflow registered model name"}
+        default=DEFAULT_REGISTERED_MODEL, metadata={"help": "MLflow registered model name"}
     )
     log_checkpoints: bool = field(
         default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}
@@ -176,6 +175,9 @@ class TrainInputs:
     # The experiment's tracks and data version, recorded so that the new-tracks sensor
     # and `model_comparison` know what each run was trained on (None: not recorded).
     selection: Selection | None = None
+    # MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING (Settings.system_metrics); the run config's
+    # `system_metrics` can only turn the monitor off as well.
+    system_metrics: bool = True
 
     @classmethod
     def from_settings(
@@ -197,6 +199,7 @@ class TrainInputs:
             tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
             experiment=experiment or settings.mlflow_experiment,
             selection=selection,
+            system_metrics=settings.system_metrics,
         )
 
 

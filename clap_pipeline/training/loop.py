@@ -501,7 +501,7 @@ def _mlflow_run(session: Session, dagster_run_id: str | None):
     if session.ranks.is_main:
         report.log_run_setup(session, dagster_run_id)
         session.monitor = report.start_system_metrics(
-            config.system_metrics,
+            config.system_metrics and session.inputs.system_metrics,
             run_id,
             session.inputs.tracking_uri,
             resumed=session.resumed_from_epoch > 0 or session.resume_tensors is not None,

@@ -19,7 +19,7 @@ from dagster import (
 
 from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT, Settings
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.training import (
     ClapTrainingConfig,
     clap_model,
@@ -38,9 +38,12 @@ RUN_CONFIGS = ("torchrun_run_config.yaml", "k8s_run_config.yaml", "tiny_model_ru
 
 def _materialize(data_dir: Path, model_dir: Path, store: str, config: ClapTrainingConfig):
     resources = {
-        "clap_settings": ClapSettings(data_dir=str(data_dir), model=str(model_dir)),
-        "duckdb": DuckDBDatabase(path=str(data_dir / "clap.duckdb")),
-        "mlflow": MlflowTracking(tracking_uri=store, experiment="launchers"),
+        "clap_settings": ClapSettings(
+            data_dir=str(data_dir),
+            model=str(model_dir),
+            mlflow_tracking_uri=store,
+            mlflow_experiment="launchers",
+        )
     }
     instance = DagsterInstance.ephemeral()
     result = materialize(
@@ -104,11 +107,7 @@ def test_documented_run_configs_validate_against_the_asset(name: str) -> None:
     job = Definitions(
         assets=[clap_model],
         jobs=[define_asset_job("train", selection="clap_model")],
-        resources={
-            "clap_settings": ClapSettings(),
-            "duckdb": DuckDBDatabase(path="clap.duckdb"),
-            "mlflow": MlflowTracking(tracking_uri="sqlite:///mlflow.db"),
-        },
+        resources={"clap_settings": ClapSettings()},
     ).resolve_job_def("train")
     validate_run_config(job, run_config)  # raises on an unknown or mistyped setting
 
