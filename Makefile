@@ -39,6 +39,7 @@ bench: install
 	$(PY) benchmarks/bench_metadata.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_sensor.py
 	$(PY) benchmarks/bench_serve.py
