@@ -239,5 +239,6 @@ def clap_model(
         dagster_run_id=context.run_id,
         on_progress=lambda p: context.log.info(p.message),
     )
-    assert result is not None  # one process: rank 0
+    if result is None:  # only ranks other than 0 of a torchrun launch return None
+        raise RuntimeError("in-process training returned no result")
     return MaterializeResult(metadata=dagster_metadata(result_metadata(result)))

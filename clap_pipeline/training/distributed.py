@@ -89,17 +89,6 @@ def broadcast_object(ranks: Ranks, value: Any = None) -> Any:
     return box[0]
 
 
-def all_ranks_ok(ranks: Ranks, ok: bool) -> bool:
-    """False on every rank when any rank says False (so all ranks stop together)."""
-    if not ranks.distributed:
-        return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag)
-    return int(flag.item()) == 0
-
-
 def mean_over_ranks(ranks: Ranks, value: torch.Tensor) -> torch.Tensor:
     """The mean of a (detached) tensor over all ranks."""
     if not ranks.distributed:
