@@ -220,10 +220,10 @@ def test_text_has_the_same_content_aligned(store: RunsStore, runs: list[RunSumma
 def test_no_runs_says_so(tmp_path: Path) -> None:
     rec = recommend_max_epochs([])
     names = {"experiment": "empty", "tracking_uri": "sqlite:///x.db"}
-    for render in (comparison_markdown, comparison_text):
+    for render, asset in ((comparison_markdown, "`clap_model`"), (comparison_text, "clap_model")):
         out = render([], rec, **names)
         assert "No training runs in MLflow experiment 'empty'" in out
-        assert "materialize the `clap_model` asset" in out
+        assert f"materialize the {asset} asset" in out
     assert _png_size(comparison_png([])) == (900, 360)
     files = write_comparison([], rec, tmp_path, **names)
     assert files.mlflow_run_id is None  # nothing to log to
