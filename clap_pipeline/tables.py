@@ -71,11 +71,8 @@ class Table:
 
 
 def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """Shorthand for ``Table(headers, rows).markdown()``."""
     return Table(headers, rows).markdown()
-
-
-def text_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
-    return Table(headers, rows, indent=indent).text()
 
 
 # --------------------------------------------------------------------------- documents

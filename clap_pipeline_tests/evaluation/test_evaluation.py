@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -352,6 +354,12 @@ def test_terminal_table_and_show_command(
     assert capsys.readouterr().out.strip() == table.strip()
     assert main(["show", "--data-dir", str(tmp_path)]) == 2
     assert "materialize the `evaluation` asset" in capsys.readouterr().err
+    # The package runs as a command too (what scripts/demo.sh calls).
+    shown = subprocess.run(
+        [sys.executable, "-m", "clap_pipeline.evaluation", "show", "--data-dir", str(setup.data_dir)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout.strip() == table.strip()
 
 
 def edited(
