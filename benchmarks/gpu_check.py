@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from clap_pipeline.training import loop as training
 from clap_pipeline.training.data import TrainingData
 from clap_pipeline.training.loop import TrainConfig, TrainingHooks
-from clap_pipeline.training import loop as training
 from clap_pipeline.training.model import load_clap, save_tiny_model
 from clap_pipeline_tests.training_fixtures import write_training_dataset
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 from transformers import ClapConfig, ClapModel  # noqa: E402
 
 from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics  # noqa: E402
+from clap_pipeline.training import loop as training  # noqa: E402
 from clap_pipeline.training.data import TrainingData  # noqa: E402
 from clap_pipeline.training.features import LogMelFeatures  # noqa: E402
-from clap_pipeline.training import loop as training  # noqa: E402
 from clap_pipeline.training.model import load_clap, save_tiny_model, tiny_clap_config, tokenize  # noqa: E402
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.config import DEFAULT_MAX_TRACKS, ConfigError, Settings
-from clap_pipeline.tracking import MODEL_NAME  # stdlib-only module: cheap to import
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,7 +113,7 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     uri, experiment = settings.mlflow_tracking_uri, settings.mlflow_experiment
     try:
-        runs = collect_runs(uri, experiment, args.registered_model)
+        runs = collect_runs(uri, experiment, settings.registered_model)
     except (MlflowException, SQLAlchemyError, OSError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(
@@ -125,7 +125,7 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             recommend_max_epochs(runs, args.recent),
             experiment=experiment,
             tracking_uri=uri,
-            model_name=args.registered_model,
+            model_name=settings.registered_model,
             retrain_run_config=settings.retrain_run_config,
         ),
         end="",
@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="latest finished runs whose median best epoch is recommended (default 5)",
     )
     p.add_argument(
-        "--registered-model", default=MODEL_NAME, help="registry model whose champion is marked"
+        "--registered-model",
+        help="registry model whose champion is marked (default: CLAP_REGISTERED_MODEL, clap-fma)",
     )
     p.set_defaults(func=_cmd_runs)
     return parser
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if getattr(args, "registered_model", None):
+            settings = replace(settings, registered_model=args.registered_model)
         return int(args.func(args, settings) or 0)
     except (ConfigError, ValueError, RuntimeError) as exc:
         print(f"clap-pipeline {args.command}: error: {exc}", file=sys.stderr)

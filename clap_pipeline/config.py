@@ -1,7 +1,9 @@
-"""The project's settings: one place that turns the documented env vars into paths.
+"""The project's settings: the one module that reads the documented env vars.
 
-Dagster resources (``clap_pipeline.defs.resources``) and the CLI both build a
-``Settings`` from here, so defaults live only in this module.
+``Settings.from_env()`` is the whole configuration: the Dagster resource
+(``clap_pipeline.defs.resources.ClapSettings``) carries one, and the CLIs build one and
+override single fields with ``dataclasses.replace``. The process-wide switches that
+libraries also read (``CLAP_FFMPEG``, ``HF_HUB_OFFLINE``) have their readers here too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 DEFAULT_MODEL = "laion/clap-htsat-unfused"
 DEFAULT_MAX_TRACKS = 500
 DEFAULT_EXPERIMENT = "clap-fma"
+DEFAULT_REGISTERED_MODEL = "clap-fma"  # MLflow registered model of the fine-tuned versions
 DEFAULT_RETRAIN_MIN_NEW_TRACKS = 1
 DEFAULT_RETRAIN_MIN_FEEDBACK = 20
 DEFAULT_RETRAIN_CRON = "0 3 * * *"  # nightly_retrain: 03:00 every day
@@ -30,8 +33,15 @@ def default_tracking_uri(root: Path = REPO_ROOT) -> str:
     return f"sqlite:///{(root / 'mlruns' / 'mlflow.db').as_posix()}"
 
 
-def default_artifact_root(root: Path = REPO_ROOT) -> Path:
-    return root / "mlruns" / "artifacts"
+def ffmpeg_override(environ: Mapping[str, str] | None = None) -> str | None:
+    """``CLAP_FFMPEG``: an ffmpeg binary to use instead of searching PATH / imageio-ffmpeg."""
+    value = (os.environ if environ is None else environ).get("CLAP_FFMPEG", "").strip()
+    return value or None
+
+
+def hf_hub_offline(environ: Mapping[str, str] | None = None) -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it: set and not "0" means no downloads."""
+    return (os.environ if environ is None else environ).get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def _is_cron(text: str) -> bool:
@@ -49,6 +59,9 @@ class Settings:
     max_tracks: int = DEFAULT_MAX_TRACKS
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = DEFAULT_EXPERIMENT
+    registered_model: str = DEFAULT_REGISTERED_MODEL
+    # MLflow system metrics (CPU/GPU/memory) of training runs; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    system_metrics: bool = True
     retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
     retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK
     retrain_cron: str = DEFAULT_RETRAIN_CRON
@@ -78,6 +91,9 @@ class Settings:
             max_tracks=get_int("CLAP_MAX_TRACKS", DEFAULT_MAX_TRACKS),
             mlflow_tracking_uri=get("MLFLOW_TRACKING_URI"),
             mlflow_experiment=get("CLAP_MLFLOW_EXPERIMENT") or DEFAULT_EXPERIMENT,
+            registered_model=get("CLAP_REGISTERED_MODEL") or DEFAULT_REGISTERED_MODEL,
+            system_metrics=(get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING") or "true").lower()
+            not in ("false", "0"),
             retrain_min_new_tracks=get_int(
                 "CLAP_RETRAIN_MIN_NEW_TRACKS", DEFAULT_RETRAIN_MIN_NEW_TRACKS
             ),
@@ -96,6 +112,8 @@ class Settings:
         max_tracks: int = DEFAULT_MAX_TRACKS,
         mlflow_tracking_uri: str | None = None,
         mlflow_experiment: str = DEFAULT_EXPERIMENT,
+        registered_model: str = DEFAULT_REGISTERED_MODEL,
+        system_metrics: bool = True,
         retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS,
         retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK,
         retrain_cron: str = DEFAULT_RETRAIN_CRON,
@@ -126,6 +144,8 @@ class Settings:
             max_tracks=max_tracks,
             mlflow_tracking_uri=mlflow_tracking_uri or default_tracking_uri(),
             mlflow_experiment=mlflow_experiment,
+            registered_model=registered_model,
+            system_metrics=system_metrics,
             retrain_min_new_tracks=retrain_min_new_tracks,
             retrain_min_feedback=retrain_min_feedback,
             retrain_cron=retrain_cron,

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-MODEL_NAME = "clap-fma"
+from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.processes import ProcessRef
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves
@@ -119,8 +121,6 @@ def close_abandoned_runs(mlflow_client, experiment_id: str, current_run_id: str)
     ``clap.killed`` tag saying why. Returns their ids.
     """
     from mlflow.entities import ViewType
-
-    from clap_pipeline.processes import ProcessRef
 
     me = ProcessRef.current()
     for key, value in (
@@ -250,9 +250,7 @@ def version_local_dir(mv, cache_dir: Path | None = None, tracking_uri: str | Non
     return checkpoint_in(downloaded) or downloaded  # a pyfunc model holds the checkpoint
 
 
-def resolve_champion(
-    tracking_uri: str, name: str = MODEL_NAME, cache_dir: Path | None = None
-) -> ChampionModel:
+def resolve_champion(tracking_uri: str, name: str, cache_dir: Path | None = None) -> ChampionModel:
     """The `champion` version of ``name`` with a local save_pretrained folder."""
     mlflow_client = client(tracking_uri)
     mv = alias_version(mlflow_client, name, CHAMPION)
@@ -288,8 +286,6 @@ def ui_command(host: str, port: int, tracking_uri: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clap_pipeline.config import ConfigError, Settings
-
     parser = argparse.ArgumentParser(prog="python -m clap_pipeline.tracking", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ui", help="serve the project's MLflow store (mlflow server)")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clap_pipeline import tracking
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.evaluation.comparison import TRAINING_SOURCE
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
@@ -135,12 +136,12 @@ def _log_run(mlflow_client, experiment_id: str, i: int, run: FakeRun) -> str:
         source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/checkpoints/epoch-1"
         version = tracking.register_checkpoint(
             mlflow_client,
-            tracking.MODEL_NAME,
+            DEFAULT_REGISTERED_MODEL,
             run_id=run_id,
             source=source,
             tags={tracking.TAG_EPOCH: str(run.best_epoch)},
         )
-        mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, run.alias, version)
+        mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, run.alias, version)
         mlflow_client.log_batch(
             run_id,
             tags=[

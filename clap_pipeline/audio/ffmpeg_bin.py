@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
+
+from clap_pipeline.config import ffmpeg_override
 
 
 class FfmpegNotFoundError(RuntimeError):
@@ -14,7 +15,7 @@ class FfmpegNotFoundError(RuntimeError):
 @functools.cache
 def ffmpeg_exe() -> str:
     """Path of a usable ffmpeg. ``CLAP_FFMPEG`` overrides the search."""
-    override = os.environ.get("CLAP_FFMPEG", "").strip()
+    override = ffmpeg_override()
     if override:
         if shutil.which(override) is None:
             raise FfmpegNotFoundError(f"CLAP_FFMPEG={override!r} is not an executable")

@@ -11,8 +11,7 @@ import base64
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from clap_pipeline import tracking
-from clap_pipeline.defs.resources import ClapSettings, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.comparison import (
     DEFAULT_RECENT,
     collect_runs,
@@ -28,9 +27,6 @@ class ModelComparisonConfig(Config):
         ge=1,
         description="latest finished runs whose median best epoch is the recommended max_epochs",
     )
-    registered_model: str = Field(
-        tracking.MODEL_NAME, description="MLflow registered model whose champion is marked"
-    )
 
 
 @asset(
@@ -45,15 +41,14 @@ def model_comparison(
     context: AssetExecutionContext,
     config: ModelComparisonConfig,
     clap_settings: ClapSettings,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
     settings = clap_settings.settings()
     names = {
-        "experiment": mlflow.experiment,
-        "tracking_uri": mlflow.tracking_uri,
-        "model_name": config.registered_model,
+        "experiment": settings.mlflow_experiment,
+        "tracking_uri": settings.mlflow_tracking_uri,
+        "model_name": settings.registered_model,
     }
-    runs = collect_runs(mlflow.tracking_uri, mlflow.experiment, config.registered_model)
+    runs = collect_runs(**names)
     rec = recommend_max_epochs(runs, config.recent)
     png = comparison_png(runs)
     files = write_comparison(

@@ -1,12 +1,10 @@
 """Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation``.
 
-Paths come from the ``clap_settings`` resource, the DuckDB file from ``duckdb``
-and the MLflow store from ``mlflow``; the knobs are run config
-(``EvaluationConfig``). The work, ``reports/evaluation.json`` and the MLflow
+Paths, the DuckDB file and the MLflow store come from the ``clap_settings`` resource;
+the knobs are run config (``EvaluationConfig``). The work, ``reports/evaluation.json`` and the MLflow
 logging are done by the evaluation module, which also runs standalone.
 """
 
-from dataclasses import replace
 from pathlib import Path
 
 from dagster import (
@@ -21,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.checks import beats_random, range_problems
 from clap_pipeline.evaluation.evaluate import evaluate
 from clap_pipeline.evaluation.inputs import (
@@ -91,13 +89,8 @@ def evaluation(
     context: AssetExecutionContext,
     config: EvaluationConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
-    inputs = replace(
-        EvalInputs.from_settings(clap_settings.settings(), mlflow.tracking_uri),
-        duckdb_path=Path(duckdb.path),
-    )
+    inputs = EvalInputs.from_settings(clap_settings.settings())
     report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
     metadata: dict = {
         "report": MetadataValue.path(str(inputs.report_path)),

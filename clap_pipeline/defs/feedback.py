@@ -10,9 +10,9 @@ from clap_pipeline.search.feedback import feedback_sets
 from clap_pipeline.search.query import SearchError, resolve_model
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
-from clap_pipeline.tracking import MODEL_NAME, client
+from clap_pipeline.tracking import client
 
-from .resources import ClapSettings, MlflowTracking
+from .resources import ClapSettings
 
 REPORT_NAME = "feedback_evaluation.json"
 METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
@@ -30,7 +30,7 @@ METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
     ),
 )
 def feedback_evaluation(
-    context: AssetExecutionContext, clap_settings: ClapSettings, mlflow: MlflowTracking
+    context: AssetExecutionContext, clap_settings: ClapSettings
 ) -> MaterializeResult:
     settings = clap_settings.settings()
     manifest = load_manifest(settings.training_manifest_path)
@@ -40,7 +40,11 @@ def feedback_evaluation(
     served = served_version(heldout)
     if served is not None and served != new_version:
         try:
-            model = resolve_model(f"models:/{MODEL_NAME}/{served}", mlflow.tracking_uri)
+            model = resolve_model(
+                f"models:/{settings.registered_model}/{served}",
+                settings.mlflow_tracking_uri,
+                settings.registered_model,
+            )
             models.append(("served", served, model.source))
         except SearchError as exc:
             context.log.warning(f"cannot load the served version {served}: {exc}")
@@ -61,7 +65,7 @@ def feedback_evaluation(
                     metrics[f"{METRIC_PREFIX}{key}{suffix}"] = value
         run_id = manifest["mlflow_run_id"]
         for key, value in metrics.items():
-            client(mlflow.tracking_uri).log_metric(run_id, key, float(value))
+            client(settings.mlflow_tracking_uri).log_metric(run_id, key, float(value))
     headers = [
         "model",
         "version",

@@ -41,7 +41,7 @@ from clap_pipeline.storage import table_exists
 from clap_pipeline.tables import markdown_table
 
 from .partitions import sync_audio_folder_partitions
-from .resources import ClapSettings, DuckDBDatabase
+from .resources import ClapSettings
 
 MAX_LOGGED = 20
 SAMPLE_PROMPTS = 10
@@ -65,11 +65,9 @@ def _listed(items: list, limit: int = MAX_LOGGED) -> str:
         "audio-folder partitions of `waveforms` for the experiment's tracks."
     ),
 )
-def tracks(
-    context: AssetExecutionContext, clap_settings: ClapSettings, duckdb: DuckDBDatabase
-) -> MaterializeResult:
+def tracks(context: AssetExecutionContext, clap_settings: ClapSettings) -> MaterializeResult:
     settings = clap_settings.settings()
-    with duckdb.connect() as con:
+    with clap_settings.connect() as con:
         summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=context.log.info)
         profile = profile_tracks(con)
     for cell in summary.bad_cells[:MAX_LOGGED]:
@@ -137,8 +135,8 @@ def tracks(
     blocking=True,
     description="`tracks` has at least one row and unique, non-null track_ids.",
 )
-def tracks_track_ids_valid(duckdb: DuckDBDatabase) -> AssetCheckResult:
-    with duckdb.connect(read_only=True) as con:
+def tracks_track_ids_valid(clap_settings: ClapSettings) -> AssetCheckResult:
+    with clap_settings.connect(read_only=True) as con:
         problems = track_id_problems(con)
         rows = (
             con.execute("SELECT count(*) FROM tracks").fetchone()[0]
@@ -175,7 +173,6 @@ def prompts(
     context: AssetExecutionContext,
     config: PromptsConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
 ) -> MaterializeResult:
     settings = clap_settings.settings()
     selected = select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
@@ -183,7 +180,7 @@ def prompts(
         raise FileNotFoundError(
             f"no track of `tracks` has an MP3 under {settings.audio_dir}: nothing to prompt"
         )
-    with duckdb.connect(read_only=True) as con:
+    with clap_settings.connect(read_only=True) as con:
         texts = read_track_texts(con, [t.track_id for t in selected])
     result = build_prompts(texts, config.seed)
     if result.skipped:
@@ -235,10 +232,10 @@ def prompts(
     blocking=True,
     description="Every prompt's track_id exists in the DuckDB table `tracks`.",
 )
-def prompts_tracks_exist(clap_settings: ClapSettings, duckdb: DuckDBDatabase) -> AssetCheckResult:
+def prompts_tracks_exist(clap_settings: ClapSettings) -> AssetCheckResult:
     table = read_prompts(clap_settings.settings().prompts_path)
     ids = table.column("track_id").to_pylist()
-    with duckdb.connect(read_only=True) as con:
+    with clap_settings.connect(read_only=True) as con:
         missing = missing_track_ids(con, ids)
     return AssetCheckResult(
         passed=not missing,
@@ -256,12 +253,10 @@ def prompts_tracks_exist(clap_settings: ClapSettings, duckdb: DuckDBDatabase) ->
         'quotes (""), an empty "Tags: ." / "Genre: ." or a double space.'
     ),
 )
-def prompts_no_placeholder_text(
-    clap_settings: ClapSettings, duckdb: DuckDBDatabase
-) -> AssetCheckResult:
+def prompts_no_placeholder_text(clap_settings: ClapSettings) -> AssetCheckResult:
     table = read_prompts(clap_settings.settings().prompts_path)
     rows = table.to_pylist()
-    with duckdb.connect(read_only=True) as con:
+    with clap_settings.connect(read_only=True) as con:
         texts = {t.track_id: t for t in read_track_texts(con, [r["track_id"] for r in rows])}
     bad: list[str] = []
     for row in rows:

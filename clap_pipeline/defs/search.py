@@ -20,7 +20,7 @@ from clap_pipeline.search.query import (
     embeddings_health,
 )
 
-from .resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from .resources import ClapSettings
 
 
 class TrackEmbeddingsConfig(Config):
@@ -41,17 +41,17 @@ def track_embeddings(
     context: AssetExecutionContext,
     config: TrackEmbeddingsConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
     settings = clap_settings.settings()
-    model = champion_model(mlflow.tracking_uri)
-    context.log.info(f"embedding with clap-fma version {model.version} from {model.source}")
+    model = champion_model(settings.mlflow_tracking_uri, settings.registered_model)
+    context.log.info(
+        f"embedding with {settings.registered_model} version {model.version} from {model.source}"
+    )
     summary = build_track_embeddings(
         model=model,
         waveforms_dir=settings.waveforms_dir,
         audio_dir=settings.audio_dir,
-        duckdb_path=duckdb.path,
+        duckdb_path=settings.duckdb_path,
         batch_size=config.batch_size,
         device=config.device,
         log=context.log.info,
@@ -76,7 +76,7 @@ def track_embeddings(
             "model_version": str(summary.model.version),
             "model_run_id": str(summary.model.run_id),
             "model_dir": MetadataValue.path(summary.model.source),
-            "table": f"{duckdb.path}:{TABLE}",
+            "table": f"{settings.duckdb_path}:{TABLE}",
             "seconds": round(summary.seconds, 2),
             "clips_per_s": round(summary.clips_per_s, 2),
         }
@@ -87,11 +87,10 @@ def track_embeddings(
     asset=track_embeddings,
     description="One row per waveform, unit-norm finite embeddings, a single model version.",
 )
-def track_embeddings_complete_and_normalised(
-    clap_settings: ClapSettings, duckdb: DuckDBDatabase
-) -> AssetCheckResult:
-    health = embeddings_health(duckdb.path)
-    waveform_rows = count_waveform_rows(clap_settings.settings().waveforms_dir)
+def track_embeddings_complete_and_normalised(clap_settings: ClapSettings) -> AssetCheckResult:
+    settings = clap_settings.settings()
+    health = embeddings_health(settings.duckdb_path)
+    waveform_rows = count_waveform_rows(settings.waveforms_dir)
     problems = []
     if health["rows"] != waveform_rows:
         problems.append(f"{health['rows']} rows for {waveform_rows} waveforms")

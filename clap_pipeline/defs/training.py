@@ -6,9 +6,6 @@ store from ``mlflow``. The work, the MLflow run and ``reports/training.json``
 are done by the training module, which also runs standalone.
 """
 
-from dataclasses import replace
-from pathlib import Path
-
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -21,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.training.loop import TrainConfig, TrainingResult, TrainInputs, train
 
 _D = TrainConfig()  # defaults and help texts live in the core module
@@ -106,14 +103,9 @@ def clap_model(
     context: AssetExecutionContext,
     config: ClapTrainingConfig,
     clap_settings: ClapSettings,
-    duckdb: DuckDBDatabase,
-    mlflow: MlflowTracking,
 ) -> MaterializeResult:
     settings = clap_settings.settings()
-    inputs = replace(
-        TrainInputs.from_settings(settings, mlflow.tracking_uri, mlflow.experiment),
-        duckdb_path=Path(duckdb.path),
-    )
+    inputs = TrainInputs.from_settings(settings)
     result = train(
         config.to_train_config(),
         inputs,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline import tracking
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.evaluation.mlflow_log import eval_metric_name
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.tables import (
@@ -219,7 +220,7 @@ def _summary(
 
 
 def collect_runs(
-    tracking_uri: str, experiment: str, model_name: str = tracking.MODEL_NAME
+    tracking_uri: str, experiment: str, model_name: str = DEFAULT_REGISTERED_MODEL
 ) -> list[RunSummary]:
     """Every training run of ``experiment``, oldest first ([] when there is none yet)."""
     from mlflow.entities import ViewType
@@ -412,7 +413,7 @@ def comparison_blocks(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
     unicode: bool = True,
 ) -> list[Block]:
@@ -520,7 +521,7 @@ def comparison_json(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
 ) -> dict[str, Any]:
     champ = next((r for r in runs if r.is_champion), None)
     return {
@@ -541,7 +542,7 @@ def write_comparison(
     *,
     experiment: str,
     tracking_uri: str,
-    model_name: str = tracking.MODEL_NAME,
+    model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
     png: bytes | None = None,
     log_to_mlflow: bool = True,

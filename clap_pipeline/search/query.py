@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.evaluation.genre_search import (
     GENRE_QUERIES,
@@ -47,7 +48,6 @@ from clap_pipeline.tables import UNPRINTABLE_IN_JSON, Table, printable
 TABLE = "track_embeddings"
 STAGING_TABLE = "track_embeddings__staging"
 CACHE_DIR_NAME = "cache"
-REGISTERED_MODEL = "clap-fma"
 
 
 class SearchError(RuntimeError):
@@ -70,40 +70,36 @@ class ModelChoice:
         return self.label or self.source
 
 
-def champion_model(tracking_uri: str) -> ModelChoice:
-    """The registry's `champion` of `clap-fma`, as a local folder (tracking.py downloads it)."""
-    from clap_pipeline.tracking import resolve_champion
-
-    champion = resolve_champion(tracking_uri, name=REGISTERED_MODEL)
+def champion_model(tracking_uri: str, model_name: str) -> ModelChoice:
+    """The registry's `champion` of ``model_name``, as a local folder (tracking.py downloads it)."""
+    champion = tracking.resolve_champion(tracking_uri, name=model_name)
     return ModelChoice(
         source=str(champion.local_dir),
         version=str(champion.version),
         run_id=champion.run_id,
-        label=f"the champion ({REGISTERED_MODEL} version {champion.version})",
+        label=f"the champion ({model_name} version {champion.version})",
     )
 
 
-_MODELS_URI = re.compile(rf"^models:/{REGISTERED_MODEL}(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
-def registry_model(model_uri: str, tracking_uri: str) -> ModelChoice:
-    """``models:/clap-fma/<version>`` or ``models:/clap-fma@<alias>`` from the MLflow registry."""
+def registry_model(model_uri: str, tracking_uri: str, model_name: str) -> ModelChoice:
+    """``models:/<model_name>/<version>`` or ``models:/<model_name>@<alias>`` from the registry."""
     match = _MODELS_URI.match(model_uri)
-    if match is None:
+    if match is None or match["name"] != model_name:
         raise ValueError(
-            f"--model {model_uri!r}: expected models:/{REGISTERED_MODEL}/<version>, "
-            f"models:/{REGISTERED_MODEL}@<alias> or a save_pretrained folder"
+            f"--model {model_uri!r}: expected models:/{model_name}/<version>, "
+            f"models:/{model_name}@<alias> or a save_pretrained folder"
         )
     from mlflow.exceptions import MlflowException
-
-    from clap_pipeline import tracking
 
     client = tracking.client(tracking_uri)
     try:
         if match["version"]:
-            mv = client.get_model_version(REGISTERED_MODEL, match["version"])
+            mv = client.get_model_version(model_name, match["version"])
         else:
-            mv = client.get_model_version_by_alias(REGISTERED_MODEL, match["alias"])
+            mv = client.get_model_version_by_alias(model_name, match["alias"])
     except MlflowException as exc:
         raise SearchError(
             f"--model {model_uri}: not in the MLflow registry at {tracking_uri} "
@@ -113,12 +109,12 @@ def registry_model(model_uri: str, tracking_uri: str) -> ModelChoice:
     return ModelChoice(str(local), str(mv.version), mv.run_id, label=model_uri)
 
 
-def resolve_model(model_arg: str | None, tracking_uri: str) -> ModelChoice:
-    """--model as given (a folder, or a models:/ URI), else the champion."""
+def resolve_model(model_arg: str | None, tracking_uri: str, model_name: str) -> ModelChoice:
+    """--model as given (a folder, or a models:/ URI of ``model_name``), else the champion."""
     if not model_arg:
-        return champion_model(tracking_uri)
+        return champion_model(tracking_uri, model_name)
     if model_arg.startswith("models:/"):
-        return registry_model(model_arg, tracking_uri)
+        return registry_model(model_arg, tracking_uri, model_name)
     return ModelChoice(source=model_arg)
 
 
@@ -514,14 +510,14 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
     text = validate_query(query)
     if k < 1:
         raise ValueError(f"the number of results must be >= 1, got {k}")
-    model = resolve_model(model_arg, settings.mlflow_tracking_uri)
+    model = resolve_model(model_arg, settings.mlflow_tracking_uri, settings.registered_model)
     # Fail before the (slow) model load when the embeddings are missing or stale.
     info = index_info(settings.duckdb_path)
     if model.version is not None and info.model_version not in (None, model.version):
         raise SearchError(
-            f"`{TABLE}` was computed with {REGISTERED_MODEL} version {info.model_version}, "
+            f"`{TABLE}` was computed with {settings.registered_model} version {info.model_version}, "
             f"the query model is {model.name}: materialize `{TABLE}` again (it uses the "
-            f"champion) or pass --model models:/{REGISTERED_MODEL}/{info.model_version}"
+            f"champion) or pass --model models:/{settings.registered_model}/{info.model_version}"
         )
     clap = load_clap(model.source)
     query_emb = encode_query(clap, text)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.search.feedback import Feedback, record_feedback
 from clap_pipeline.search.query import (
@@ -171,14 +172,12 @@ class SearchService:
 
     def _model_for(self, info: IndexInfo) -> ModelChoice:
         """``--model`` when given, else the registry version that built the table."""
-        from clap_pipeline.tracking import MODEL_NAME
-
-        uri = self.settings.mlflow_tracking_uri
+        uri, name = self.settings.mlflow_tracking_uri, self.settings.registered_model
         if self.model_arg:
-            return resolve_model(self.model_arg, uri)
+            return resolve_model(self.model_arg, uri, name)
         if info.model_version is not None:
-            return resolve_model(f"models:/{MODEL_NAME}/{info.model_version}", uri)
-        return resolve_model(None, uri)
+            return resolve_model(f"models:/{name}/{info.model_version}", uri, name)
+        return resolve_model(None, uri, name)
 
     def _build_snapshot(self, previous: Snapshot | None) -> Snapshot:
         from clap_pipeline.training.model import load_clap
@@ -230,10 +229,12 @@ class SearchService:
     def _refresh_champion(self) -> None:
         if self.model_arg:
             return
-        from clap_pipeline.tracking import CHAMPION, MODEL_NAME, alias_version, client
-
         try:
-            mv = alias_version(client(self.settings.mlflow_tracking_uri), MODEL_NAME, CHAMPION)
+            mv = tracking.alias_version(
+                tracking.client(self.settings.mlflow_tracking_uri),
+                self.settings.registered_model,
+                tracking.CHAMPION,
+            )
         except Exception as exc:  # the registry is only informative here
             log.warning("cannot read the champion alias: %s", exc)
             return

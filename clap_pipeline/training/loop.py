@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from clap_pipeline import tracking
-from clap_pipeline.config import REPO_ROOT, Settings
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, REPO_ROOT, Settings
 from clap_pipeline.evaluation.metrics import retrieval_metrics
 from clap_pipeline.metadata.selection import Selection, current_selection
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps, write_text_atomic
@@ -143,7 +143,7 @@ class TrainConfig:
         },
     )
     registered_model: str = field(
-        default=tracking.MODEL_NAME, metadata={"help": "MLflow registered model name"}
+        default=DEFAULT_REGISTERED_MODEL, metadata={"help": "MLflow registered model name"}
     )
     log_checkpoints: bool = field(
         default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}

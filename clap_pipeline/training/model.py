@@ -6,7 +6,6 @@ tiny model saved by ``clap-pipeline tiny-model``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from transformers import (
     ClapTextConfig,
     PreTrainedTokenizerFast,
 )
+
+from clap_pipeline.config import hf_hub_offline
 
 TEXT_MAX_LENGTH = 77  # CLAP's RoBERTa text tower was trained on 77 tokens
 
@@ -51,7 +52,7 @@ def load_clap(source: str | Path) -> LoadedClap:
         model = ClapModel.from_pretrained(source)
         processor = ClapProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = hf_hub_offline()
         hint = (
             f"cannot load CLAP model {source!r} (setting CLAP_MODEL): {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. "

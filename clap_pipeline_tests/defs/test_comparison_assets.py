@@ -51,7 +51,7 @@ def test_asset_definition() -> None:
         "evaluation",
         "feedback_evaluation",
     }
-    assert {"clap_settings", "mlflow"} <= assets.required_resource_keys
+    assert assets.required_resource_keys - {"io_manager"} == {"clap_settings"}
 
 
 def test_materialize_model_comparison(store: RunsStore, tmp_path: Path) -> None:

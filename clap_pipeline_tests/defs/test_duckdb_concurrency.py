@@ -14,7 +14,7 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 
 from clap_pipeline.defs.metadata import tracks
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline_tests.fma_fixtures import synthetic_tracks, write_metadata
 
@@ -40,7 +40,6 @@ def test_readers_never_fail_while_tracks_is_rewritten(tmp_path: Path) -> None:
     meta = tmp_path / "fma_metadata"
     resources = {
         "clap_settings": ClapSettings(data_dir=str(tmp_path)),
-        "duckdb": DuckDBDatabase(path=str(tmp_path / "clap.duckdb")),
     }
     instance = DagsterInstance.ephemeral()
     write_metadata(meta, small)
@@ -49,7 +48,7 @@ def test_readers_never_fail_while_tracks_is_rewritten(tmp_path: Path) -> None:
     ctx = mp.get_context("spawn")  # fresh interpreters, like the webserver and the daemon
     stop, results = ctx.Event(), ctx.Queue()
     readers = [
-        ctx.Process(target=_read_until_stopped, args=(resources["duckdb"].path, stop, results))
+        ctx.Process(target=_read_until_stopped, args=(str(tmp_path / "clap.duckdb"), stop, results))
         for _ in range(N_READERS)
     ]
     for reader in readers:

@@ -18,7 +18,7 @@ from clap_pipeline.defs.evaluation import (
     evaluation_beats_random,
     evaluation_metrics_in_range,
 )
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.report import load_report
 from clap_pipeline_tests.evaluation_fixtures import TEST_IDS, EvalSetup, build_evaluation_setup
 
@@ -30,9 +30,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Eva
 
 def resources_for(setup: EvalSetup) -> dict:
     return {
-        "clap_settings": ClapSettings(data_dir=str(setup.data_dir)),
-        "duckdb": DuckDBDatabase(path=str(setup.duckdb_path)),
-        "mlflow": MlflowTracking(tracking_uri=setup.tracking_uri, experiment="evaluation-test"),
+        "clap_settings": ClapSettings(
+            data_dir=str(setup.data_dir),
+            mlflow_tracking_uri=setup.tracking_uri,
+            mlflow_experiment="evaluation-test",
+        ),
     }
 
 

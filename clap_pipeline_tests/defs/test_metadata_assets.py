@@ -20,7 +20,7 @@ from clap_pipeline.defs.metadata import (
     tracks_track_ids_valid,
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.metadata.prompts import PROMPTS_SCHEMA, content_hash, read_prompts, write_prompts
 from clap_pipeline.metadata.selection import audio_path
 from clap_pipeline_tests.fma_fixtures import quirky_tracks, write_metadata
@@ -38,7 +38,6 @@ AUDIO_IDS = [2, 5, 26, 1000, 1001, 155320]
 def _resources(root: Path, max_tracks: int = 4) -> dict:
     return {
         "clap_settings": ClapSettings(data_dir=str(root), max_tracks=max_tracks),
-        "duckdb": DuckDBDatabase(path=str(root / "clap.duckdb")),
     }
 
 
@@ -61,7 +60,7 @@ def test_definitions() -> None:
         key = assets_def.key
         assert assets_def.group_names_by_key[key] == "metadata"
     assert AssetKey("tracks") in prompts.asset_deps[AssetKey("prompts")]
-    assert tracks.required_resource_keys >= {"clap_settings", "duckdb"}
+    assert tracks.required_resource_keys - {"io_manager"} == {"clap_settings"}
     check_names = {
         (spec.asset_key.to_user_string(), spec.name)
         for check in CHECKS
@@ -171,9 +170,9 @@ def test_checks_catch_bad_outputs(tmp_path: Path) -> None:
     _data(tmp_path)
     resources = _resources(tmp_path)
     assert materialize([tracks, prompts], resources=resources).success
-    settings, db = resources["clap_settings"], resources["duckdb"]
-    assert prompts_tracks_exist(clap_settings=settings, duckdb=db).passed
-    assert prompts_no_placeholder_text(clap_settings=settings, duckdb=db).passed
+    settings = resources["clap_settings"]
+    assert prompts_tracks_exist(clap_settings=settings).passed
+    assert prompts_no_placeholder_text(clap_settings=settings).passed
     assert prompts_match_contract(clap_settings=settings).passed
 
     path = tmp_path / "prompts.parquet"
@@ -194,9 +193,9 @@ def test_checks_catch_bad_outputs(tmp_path: Path) -> None:
         schema=PROMPTS_SCHEMA,
     )
     write_prompts(bad, path)
-    exist = prompts_tracks_exist(clap_settings=settings, duckdb=db)
+    exist = prompts_tracks_exist(clap_settings=settings)
     assert not exist.passed and "999" in exist.description
-    leaks = prompts_no_placeholder_text(clap_settings=settings, duckdb=db)
+    leaks = prompts_no_placeholder_text(clap_settings=settings)
     assert not leaks.passed
     assert "track 2 prompt: contains 'None'" in leaks.description
     assert 'track 5 prompt: contains empty quotes ""' in leaks.description
@@ -208,12 +207,12 @@ def test_checks_catch_bad_outputs(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "clap.duckdb")) as con:
         con.execute("CREATE OR REPLACE TABLE tracks (track_id BIGINT)")
         con.execute("INSERT INTO tracks VALUES (1), (1), (NULL)")
-    ids = tracks_track_ids_valid(duckdb=db)
+    ids = tracks_track_ids_valid(clap_settings=settings)
     assert not ids.passed
     assert ids.description == "1 row(s) with a NULL track_id; duplicate track_id(s): 1"
     with duckdb.connect(str(tmp_path / "clap.duckdb")) as con:
         con.execute("DELETE FROM tracks")
-    assert tracks_track_ids_valid(duckdb=db).description == "table `tracks` is empty"
+    assert tracks_track_ids_valid(clap_settings=settings).description == "table `tracks` is empty"
 
 
 def test_prompts_without_audio_fails_clearly(tmp_path: Path) -> None:

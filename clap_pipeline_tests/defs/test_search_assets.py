@@ -14,7 +14,8 @@ from dagster import DagsterInstance, RunConfig, materialize
 
 from clap_pipeline import tracking
 from clap_pipeline.cli import main
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.search import (
     TrackEmbeddingsConfig,
     track_embeddings,
@@ -35,12 +36,12 @@ def register_champion(tracking_uri: str, model_dir: Path) -> str:
     client.set_terminated(run.info.run_id)
     version = tracking.register_checkpoint(
         client,
-        tracking.MODEL_NAME,
+        DEFAULT_REGISTERED_MODEL,
         run_id=run.info.run_id,
         source=str(model_dir),
         tags={tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: "1"},
     )
-    client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
+    client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, version)
     return version
 
 
@@ -87,9 +88,12 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     write_tracks_table(duckdb_path, TRACK_IDS)
     write_waveforms(data_dir / "waveforms", audio_dir, TRACK_IDS)
     resources = {
-        "clap_settings": ClapSettings(data_dir=str(data_dir), audio_dir=str(audio_dir)),
-        "duckdb": DuckDBDatabase(path=str(duckdb_path)),
-        "mlflow": MlflowTracking(tracking_uri=tracking_uri, experiment="search-test"),
+        "clap_settings": ClapSettings(
+            data_dir=str(data_dir),
+            audio_dir=str(audio_dir),
+            mlflow_tracking_uri=tracking_uri,
+            mlflow_experiment="search-test",
+        ),
     }
     instance = DagsterInstance.ephemeral()
 

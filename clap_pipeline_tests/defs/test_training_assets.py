@@ -11,7 +11,7 @@ from dagster import DagsterInstance, RunConfig, load_assets_from_modules, materi
 
 from clap_pipeline import tracking
 from clap_pipeline.defs import training as training_defs
-from clap_pipeline.defs.resources import ClapSettings, DuckDBDatabase, MlflowTracking
+from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
 from clap_pipeline.training.loop import TrainConfig
 from clap_pipeline_tests.training_fixtures import (
@@ -43,9 +43,12 @@ def test_materialize_clap_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     write_training_dataset(data_dir)
     store = mlflow_store(tmp_path / "mlruns")
     resources = {
-        "clap_settings": ClapSettings(data_dir=str(data_dir), model=str(tiny_model_dir)),
-        "duckdb": DuckDBDatabase(path=str(data_dir / "clap.duckdb")),
-        "mlflow": MlflowTracking(tracking_uri=store, experiment="dagster-training"),
+        "clap_settings": ClapSettings(
+            data_dir=str(data_dir),
+            model=str(tiny_model_dir),
+            mlflow_tracking_uri=store,
+            mlflow_experiment="dagster-training",
+        ),
     }
     config = ClapTrainingConfig(
         batch_size=16, learning_rate=1e-3, max_epochs=1, cpu_threads=1, system_metrics=False

@@ -10,7 +10,7 @@ import numpy as np
 from dagster import materialize
 
 from clap_pipeline import tracking
-from clap_pipeline.config import Settings
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
 from clap_pipeline.defs.feedback import feedback_evaluation
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.evaluation.feedback_eval import score_rankings, served_version, verdict
@@ -67,7 +67,7 @@ def test_asset_compares_the_new_version_with_the_served_one(
         versions.append(
             tracking.register_checkpoint(
                 mlflow_client,
-                tracking.MODEL_NAME,
+                DEFAULT_REGISTERED_MODEL,
                 run_id=run_id,
                 source=str(folder),
                 tags={tracking.TAG_LOCAL_CHECKPOINT: str(folder), tracking.TAG_EPOCH: str(epoch)},
@@ -78,7 +78,7 @@ def test_asset_compares_the_new_version_with_the_served_one(
     manifest = {
         "mlflow_run_id": run_id,
         "best_checkpoint": str(other),
-        "registered_model": {"name": tracking.MODEL_NAME, "version": versions[1]},
+        "registered_model": {"name": DEFAULT_REGISTERED_MODEL, "version": versions[1]},
         "splits": {"training": [], "validation": [], "test": []},
         "epochs": [],
         "best_epoch": 2,

@@ -48,7 +48,7 @@ from clap_pipeline_tests.fma_fixtures import (
     write_tracks_csv,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(root: Path, frame: pd.DataFrame | None = None, db: Path | None = None):

@@ -19,6 +19,7 @@ import torch
 
 from clap_pipeline import tracking
 from clap_pipeline.audio.decode import decode_window
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.search.query import encode_query
 from clap_pipeline.training.features import LogMelFeatures
 from clap_pipeline.training.model import audio_embeddings, load_clap
@@ -26,7 +27,7 @@ from clap_pipeline_tests.audio_fixtures import run_ffmpeg
 from clap_pipeline_tests.serve_fixtures import free_port, stop_process
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
-CHAMPION_URI = f"models:/{tracking.MODEL_NAME}@{tracking.CHAMPION}"
+CHAMPION_URI = f"models:/{DEFAULT_REGISTERED_MODEL}@{tracking.CHAMPION}"
 TEXTS = ["folk country music", "warm lo-fi guitar"]
 
 
@@ -41,12 +42,12 @@ def champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     run_id = mlflow_client.create_run(tracking.configure(store, "pyfunc-test")).info.run_id
     version = tracking.register_checkpoint(
         mlflow_client,
-        tracking.MODEL_NAME,
+        DEFAULT_REGISTERED_MODEL,
         run_id=run_id,
         source=str(checkpoint),
         tags={tracking.TAG_LOCAL_CHECKPOINT: str(checkpoint), tracking.TAG_EPOCH: "3"},
     )
-    mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
+    mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, version)
     shutil.rmtree(checkpoint)  # loading must not rely on the training machine's folder
     return store, root
 
@@ -86,7 +87,9 @@ def test_champion_loads_with_the_standard_client_and_embeds_text_and_audio(
         model.predict(pd.DataFrame({"text": ["   "]}))
 
     # The search code finds the save_pretrained folder inside the downloaded model.
-    local = tracking.resolve_champion(store, cache_dir=root / "cache").local_dir
+    local = tracking.resolve_champion(
+        store, DEFAULT_REGISTERED_MODEL, cache_dir=root / "cache"
+    ).local_dir
     assert (local / "config.json").exists() and (local / "model.safetensors").exists()
 
 

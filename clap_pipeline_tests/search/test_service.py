@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
+from clap_pipeline import tracking
 from clap_pipeline.cli import build_parser
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.search.query import encode_query
 from clap_pipeline.training.model import load_clap
 from clap_pipeline_tests.search_fixtures import unit_rows
@@ -209,20 +211,18 @@ def test_rebuilt_index_is_swapped_in_without_a_failed_request(
 
 def register_tiny(store: str, model_dir: Path, epoch: int) -> str:
     """A registry version of ``clap-fma`` backed by a local tiny-CLAP folder."""
-    from clap_pipeline import tracking
 
     mlflow_client = tracking.client(store)
     run_id = mlflow_client.create_run(tracking.configure(store, "serve-test")).info.run_id
     tags = {tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: str(epoch)}
     return tracking.register_checkpoint(
-        mlflow_client, tracking.MODEL_NAME, run_id=run_id, source=str(model_dir), tags=tags
+        mlflow_client, DEFAULT_REGISTERED_MODEL, run_id=run_id, source=str(model_dir), tags=tags
     )
 
 
 def test_champion_alias_is_served_once_its_embeddings_are_built(
     tmp_path: Path, tiny_model_dir: Path, ffmpeg: str
 ) -> None:
-    from clap_pipeline import tracking
     from clap_pipeline.training.model import save_tiny_model
     from clap_pipeline_tests.training_fixtures import mlflow_store
 
@@ -230,18 +230,18 @@ def test_champion_alias_is_served_once_its_embeddings_are_built(
     store = mlflow_store(collection.data_dir)  # where running_server points MLFLOW_TRACKING_URI
     v1 = register_tiny(store, tiny_model_dir, 1)
     mlflow_client = tracking.client(store)
-    mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, v1)
+    mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, v1)
     other_model = save_tiny_model(tmp_path / "tiny-2", seed=1)
 
     with running_server(collection, None, poll_s=0.2) as base, httpx.Client(base_url=base) as http:
         health = http.get("/api/health").json()
         assert (health["model_version"], health["champion_version"]) == ("1", "1")
-        assert health["model"] == f"models:/{tracking.MODEL_NAME}/1"
+        assert health["model"] == f"models:/{DEFAULT_REGISTERED_MODEL}/1"
         assert health["note"] is None
 
         # The alias moves before `track_embeddings` is rebuilt: keep serving version 1.
         v2 = register_tiny(store, other_model, 2)
-        mlflow_client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, v2)
+        mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, v2)
         deadline = time.monotonic() + 60
         while http.get("/api/health").json()["champion_version"] != "2":
             assert time.monotonic() < deadline
@@ -256,7 +256,7 @@ def test_champion_alias_is_served_once_its_embeddings_are_built(
             assert time.monotonic() < deadline, "no swap to version 2 within 60 s"
             time.sleep(0.2)
         health = http.get("/api/health").json()
-        assert health["model"] == f"models:/{tracking.MODEL_NAME}/2" and health["note"] is None
+        assert health["model"] == f"models:/{DEFAULT_REGISTERED_MODEL}/2" and health["note"] is None
         response = http.get("/api/search", params={"q": "jazz", "k": 3})
     assert response.headers["x-model-version"] == "2"
     query = encode_query(load_clap(other_model), "jazz")

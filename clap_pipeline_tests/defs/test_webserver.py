@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXPECTED_ASSETS = {"tracks", "prompts", "waveforms", "clap_model", "evaluation", "track_embeddings"}
 
 

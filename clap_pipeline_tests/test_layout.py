@@ -1,0 +1,42 @@
+"""The package's layout rules, checked over every module (README "Layout")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import clap_pipeline
+
+PACKAGE = Path(clap_pipeline.__file__).parent
+MODULES = sorted(PACKAGE.rglob("*.py"))
+# The orchestration layer; everything else is core and runs without Dagster
+# (training also standalone on a GPU host, through torchrun or Dagster Pipes).
+ORCHESTRATION = {PACKAGE / "definitions.py", *PACKAGE.joinpath("defs").rglob("*.py")}
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_package_has_the_stage_folders() -> None:
+    stages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert stages == {"metadata", "audio", "training", "evaluation", "search", "defs"}
+    assert len(MODULES) > 30  # the walk below sees the whole package
+
+
+def test_core_modules_import_no_dagster() -> None:
+    core = [m for m in MODULES if m not in ORCHESTRATION]
+    for module in core:
+        imported = imported_modules(ast.parse(module.read_text()))
+        offending = {
+            n
+            for n in imported
+            if n == "dagster" or n.startswith(("dagster.", "clap_pipeline.defs"))
+        }
+        assert not offending, f"{module.relative_to(PACKAGE)} imports {sorted(offending)}"
