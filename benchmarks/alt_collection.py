@@ -27,9 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline.audio.demo import collection as demo  # noqa: E402
+from clap_pipeline.audio.demo import encode  # noqa: E402
+from clap_pipeline.audio.demo import plan as demo  # noqa: E402
 from clap_pipeline.audio.demo.synth import SR, AudioParams  # noqa: E402
-from clap_pipeline.metadata.selection import audio_path  # noqa: E402
+from clap_pipeline.dataset import audio_path  # noqa: E402
 from clap_pipeline.storage import atomic_path  # noqa: E402
 
 LOOP_SECONDS = 4.0
@@ -131,10 +132,10 @@ def write_clip(plan: demo.TrackPlan, audio_root: Path, seconds: float) -> None:
     path = audio_path(audio_root, plan.track_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if plan.defect == demo.DEFECT_EMPTY:
-        demo._run_ffmpeg(np.zeros((0, 2), "<i2"), 0, path, plan)
+        encode.encode_mp3(np.zeros((0, 2), "<i2"), 0, path, plan)
         return
-    length = demo.SHORT_CLIP_SECONDS if plan.defect == demo.DEFECT_SHORT else seconds
-    demo._run_ffmpeg(render(plan.params), round(length * SR), path, plan)
+    length = encode.SHORT_CLIP_SECONDS if plan.defect == demo.DEFECT_SHORT else seconds
+    encode.encode_mp3(render(plan.params), round(length * SR), path, plan)
 
 
 def main() -> None:

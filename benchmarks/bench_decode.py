@@ -40,14 +40,18 @@ sys.path.insert(0, str(REPO))
 import ffmpeg  # noqa: E402
 
 from clap_pipeline.audio.decode import (  # noqa: E402
-    N_SAMPLES,
-    SAMPLE_RATE,
     decode_window,
     ensure_ffmpeg,
     window_command,
 )
-from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, default_workers  # noqa: E402
-from clap_pipeline.metadata.selection import SelectedTrack, audio_path  # noqa: E402
+from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms  # noqa: E402
+from clap_pipeline.dataset import (  # noqa: E402
+    CLIP_SAMPLES,
+    SAMPLE_RATE,
+    audio_path,
+)
+from clap_pipeline.metadata.selection import SelectedTrack  # noqa: E402
+from clap_pipeline.processes import usable_cpus  # noqa: E402
 
 DISTINCT_CLIPS = 8
 
@@ -134,8 +138,8 @@ def whole_file_then_truncate(exe: str) -> Callable[[SelectedTrack], object]:
         )  # fmt: skip
         proc = subprocess.run([args[0], "-nostdin", "-hide_banner", *args[1:]],
                               capture_output=True, check=True, timeout=60)  # fmt: skip
-        samples = np.frombuffer(proc.stdout, dtype="<f4")[:N_SAMPLES]
-        out = np.zeros(N_SAMPLES, dtype=np.float32)
+        samples = np.frombuffer(proc.stdout, dtype="<f4")[:CLIP_SAMPLES]
+        out = np.zeros(CLIP_SAMPLES, dtype=np.float32)
         out[: samples.size] = samples
         return out
 
@@ -177,7 +181,7 @@ def main() -> None:
     parser.add_argument("--audio-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workers = args.workers or default_workers()
+    workers = args.workers or usable_cpus()
     if args.child_rss is not None:
         child_rss(args.child_rss, args.audio_dir, args.out, workers)
         return

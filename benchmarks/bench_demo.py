@@ -28,9 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline.audio.demo import collection as demo  # noqa: E402
-from clap_pipeline.audio.demo.synth import SR, render_loop  # noqa: E402
-from clap_pipeline.metadata.selection import audio_path  # noqa: E402
+from clap_pipeline.audio.demo.collection import write_demo_dataset  # noqa: E402
+from clap_pipeline.audio.demo.encode import encode_mp3  # noqa: E402
+from clap_pipeline.audio.demo.plan import plan_dataset  # noqa: E402
+from clap_pipeline.audio.demo.synth import CLIP_SECONDS, SR, render_loop  # noqa: E402
+from clap_pipeline.dataset import audio_path  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -55,13 +57,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         root = Path(tmp)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
-        summary = demo.write_demo_dataset(
-            root / "demo", n_tracks=args.tracks, seed=args.seed, log=None
-        )
+        summary = write_demo_dataset(root / "demo", n_tracks=args.tracks, seed=args.seed, log=None)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         clips = summary.n_clips
 
-        plans = [p for p in demo.plan_dataset(args.tracks, args.seed) if p.defect is None]
+        plans = [p for p in plan_dataset(args.tracks, args.seed) if p.defect is None]
         plans = plans[: args.reference]
         loops = [render_loop(p.params) for p in plans]  # rendered before the clock starts
         out = root / "ffmpeg-only"
@@ -69,7 +69,7 @@ def main() -> None:
         def encode(i: int) -> None:
             path = audio_path(out, plans[i].track_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            demo._run_ffmpeg(loops[i], round(demo.CLIP_SECONDS * SR), path, plans[i])
+            encode_mp3(loops[i], round(CLIP_SECONDS * SR), path, plans[i])
 
         cpu1, t1 = cpu_seconds(), time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:

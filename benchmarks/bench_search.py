@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clap_pipeline.dataset import tracks_ddl
 from clap_pipeline.search.query import (
     TABLE,
     EmbeddingIndex,
@@ -42,11 +43,11 @@ def write_collection(path: Path, embeddings: np.ndarray) -> None:
     """A synthetic `tracks` table and `track_embeddings` (the project's writer) of N rows."""
     n = len(embeddings)
     with duckdb_connection(path) as con:
+        columns = ["track_title", "artist_name", "track_genre_top", "track_license"]
+        con.execute(tracks_ddl([*columns, "track_duration", "track_bit_rate"]))
         con.execute(
-            """CREATE TABLE tracks AS SELECT range AS track_id,
-                   'title ' || range AS track_title, 'artist ' || (range % 997) AS artist_name,
-                   'Rock' AS track_genre_top, 'CC BY' AS track_license,
-                   200 AS track_duration, 256000 AS track_bit_rate
+            """INSERT INTO tracks SELECT range, 'title ' || range, 'artist ' || (range % 997),
+                   'Rock', 'CC BY', 200, 256000
                FROM range(?)""",
             [n],
         )

@@ -44,10 +44,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from clap_pipeline.training.data import CLIP_SAMPLES, ClipBatch, TrainingData, prefetch
+from clap_pipeline.dataset import (
+    CLIP_SAMPLES,
+    PROMPTS_SCHEMA,
+    ROW_GROUP_ROWS,
+    SAMPLE_RATE,
+    audio_path,
+    partition_path,
+    waveform_batch,
+    write_partition,
+    write_prompts,
+)
+from clap_pipeline.training.data import ClipBatch, TrainingData, prefetch
 from clap_pipeline.training.features import LogMelFeatures
 from clap_pipeline.training.loop import TrainConfig, clamp_logit_scale, contrastive_loss
 from clap_pipeline.training.model import (
@@ -57,8 +67,8 @@ from clap_pipeline.training.model import (
     unfused_feature_extractor,
 )
 
-SR = 48_000
-ROW_GROUP = 64
+SR = SAMPLE_RATE
+ROW_GROUP = ROW_GROUP_ROWS
 GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop", "Experimental", "Jazz", "Classical", "Pop")
 TAGS = ("guitar", "lo-fi", "ambient", "live", "drums", "piano", "synth", "vocal")
 
@@ -71,7 +81,6 @@ def write_dataset(root: Path, n_clips: int, seed: int = 0) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     ids = np.arange(2, 2 + n_clips, dtype=np.int64)
     waves_dir = root / "waveforms"
-    waves_dir.mkdir(parents=True)
     decoded = np.where(
         rng.random(n_clips) < 0.2, rng.integers(SR, CLIP_SAMPLES, n_clips), CLIP_SAMPLES
     )
@@ -81,35 +90,32 @@ def write_dataset(root: Path, n_clips: int, seed: int = 0) -> tuple[Path, Path]:
     )
     for i, n in enumerate(decoded):
         values[i, n:] = 0.0
-    offsets = pa.array(np.arange(n_clips + 1, dtype=np.int32) * CLIP_SAMPLES, pa.int32())
-    table = pa.table(
-        {
-            "track_id": pa.array(ids, pa.int64()),
-            "input_values": pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1))),
-            "n_samples_decoded": pa.array(decoded.astype(np.int64), pa.int64()),
-            "source_path": pa.array([f"/fma/{t // 1000:03d}/{t:06d}.mp3" for t in ids]),
-            "source_size": pa.array(np.full(n_clips, 5_000_000, dtype=np.int64)),
-            "source_mtime": pa.array(np.full(n_clips, 1.7e9)),
-        }
+    rows = waveform_batch(
+        ids,
+        values,
+        n_samples_decoded=decoded,
+        source_paths=[audio_path("/fma", t) for t in ids],
+        source_sizes=np.full(n_clips, 5_000_000, dtype=np.int64),
+        source_mtimes=np.full(n_clips, 1.7e9),
     )
-    pq.write_table(table, waves_dir / "000.parquet", row_group_size=ROW_GROUP)
+    write_partition(partition_path(waves_dir, "000"), rows, row_group_rows=ROW_GROUP)
     prompts, renderings = [], []
     for t in ids:
         genre, tags = GENRES[t % len(GENRES)], rng.choice(TAGS, size=2, replace=False)
         text = f"{genre} track 'Song {t}' by Artist {t % 37}, tags: {tags[0]}, {tags[1]}"
         prompts.append(text)
         renderings.append([text, f"{genre} music", None, None, None])
-    prompts_path = root / "prompts.parquet"
-    pq.write_table(
+    prompts_path = write_prompts(
         pa.table(
             {
-                "track_id": pa.array(ids, pa.int64()),
-                "prompt": pa.array(prompts),
-                "template_id": pa.array(np.zeros(n_clips, dtype=np.int32)),
-                "renderings": pa.array(renderings, pa.list_(pa.string())),
-            }
+                "track_id": ids,
+                "prompt": prompts,
+                "template_id": np.zeros(n_clips, dtype=np.int32),
+                "renderings": renderings,
+            },
+            schema=PROMPTS_SCHEMA,
         ),
-        prompts_path,
+        root / "prompts.parquet",
     )
     return prompts_path, waves_dir
 

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from clap_pipeline.audio.demo.training_set import write_training_dataset
 from clap_pipeline.training import loop as training
 from clap_pipeline.training.data import TrainingData
 from clap_pipeline.training.loop import TrainConfig, TrainingHooks
 from clap_pipeline.training.model import load_clap, save_tiny_model
-from clap_pipeline_tests.training_fixtures import write_training_dataset
 
 
 def fine_tune(model_dir: Path, data: TrainingData, device: torch.device, epochs: int) -> list:

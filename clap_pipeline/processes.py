@@ -70,3 +70,9 @@ def stop_processes(processes: Sequence[ProcessRef], grace_s: float = 5.0) -> lis
             continue
     psutil.wait_procs(alive, timeout=grace_s)
     return sorted(p.pid for p in targets)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (Linux honours taskset/cgroup affinity), at least 1."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return max(1, len(affinity(0)) if affinity else os.cpu_count() or 1)

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path, tracks_ddl
 
 TONE_HZ = 1000.0
 AMPLITUDE = 0.5
@@ -154,10 +154,7 @@ def make_tracks_db(duckdb_path: Path, track_ids: Iterable[int]) -> None:
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(duckdb_path))
     try:
-        con.execute(
-            "CREATE OR REPLACE TABLE tracks (track_id BIGINT PRIMARY KEY, "
-            "track_title VARCHAR, artist_name VARCHAR, track_genre_top VARCHAR)"
-        )
+        con.execute(tracks_ddl(["track_title", "artist_name", "track_genre_top"]))
         con.executemany(
             "INSERT INTO tracks VALUES (?, ?, ?, ?)",
             [[tid, f"title {tid}", f"artist {tid % 7}", "Rock"] for tid in sorted(track_ids)],

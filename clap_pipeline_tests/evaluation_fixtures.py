@@ -15,13 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clap_pipeline import tracking
+from clap_pipeline.dataset import (
+    CLIP_SAMPLES,
+    PROMPTS_SCHEMA,
+    SAMPLE_RATE,
+    audio_path,
+    folder_of,
+    partition_path,
+    tracks_ddl,
+    waveform_batch,
+    write_partition,
+    write_prompts,
+)
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.model import save_tiny_model
 
-SR, SAMPLES = 48_000, 240_000
+SR, SAMPLES = SAMPLE_RATE, CLIP_SAMPLES
 GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop")
 BASE_HZ = {"Rock": 110.0, "Folk": 330.0, "Electronic": 1760.0, "Hip-Hop": 55.0}
 MOODS = ("calm", "loud", "dark", "bright", "slow", "fast")
@@ -62,28 +73,18 @@ def clip(track_id: int, genre: str | None) -> np.ndarray:
 
 
 def write_waveforms(waveforms_dir: Path, waves: dict[int, np.ndarray]) -> None:
-    waveforms_dir.mkdir(parents=True, exist_ok=True)
-    by_folder: dict[int, list[int]] = {}
+    by_folder: dict[str, list[int]] = {}
     for tid in sorted(waves):
-        by_folder.setdefault(tid // 1000, []).append(tid)
+        by_folder.setdefault(folder_of(tid), []).append(tid)
     for folder, ids in by_folder.items():
-        lengths = np.array([len(waves[t]) for t in ids], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        values = pa.ListArray.from_arrays(
-            pa.array(offsets, pa.int32()),
-            pa.array(np.concatenate([waves[t] for t in ids]), pa.float32()),
+        rows = waveform_batch(
+            ids,
+            [waves[t] for t in ids],
+            source_paths=[audio_path("", t) for t in ids],
+            source_sizes=[10_000 + t for t in ids],
+            source_mtimes=[1.7e9 + t for t in ids],
         )
-        table = pa.table(
-            {
-                "track_id": pa.array(ids, pa.int64()),
-                "input_values": values,
-                "n_samples_decoded": pa.array(lengths, pa.int64()),
-                "source_path": pa.array([f"{t // 1000:03d}/{t:06d}.mp3" for t in ids]),
-                "source_size": pa.array([10_000 + t for t in ids], pa.int64()),
-                "source_mtime": pa.array([1.7e9 + t for t in ids], pa.float64()),
-            }
-        )
-        pq.write_table(table, waveforms_dir / f"{folder:03d}.parquet", row_group_size=4)
+        write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=4)
 
 
 def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
@@ -97,27 +98,22 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         for i, t in enumerate(all_ids)
     }
     data_dir.mkdir(parents=True)
-    pq.write_table(
+    write_prompts(
         pa.table(
             {
-                "track_id": pa.array(all_ids, pa.int64()),
-                "prompt": pa.array([prompt_of[t] for t in all_ids]),
-                "template_id": pa.array([0] * len(all_ids), pa.int32()),
-                "renderings": pa.array(
-                    [[prompt_of[t], None, None, None, None] for t in all_ids],
-                    pa.list_(pa.string()),
-                ),
-            }
+                "track_id": all_ids,
+                "prompt": [prompt_of[t] for t in all_ids],
+                "template_id": [0] * len(all_ids),
+                "renderings": [[prompt_of[t], None, None, None, None] for t in all_ids],
+            },
+            schema=PROMPTS_SCHEMA,
         ),
         data_dir / "prompts.parquet",
     )
     write_waveforms(data_dir / "waveforms", {t: clip(t, genre_of[t]) for t in all_ids})
     split_of = {t: "test" for t in TEST_IDS} | {t: "validation" for t in VALIDATION_IDS}
     with duckdb_connection(data_dir / "clap.duckdb") as con:
-        con.execute(
-            "CREATE TABLE tracks (track_id BIGINT PRIMARY KEY, track_genre_top VARCHAR, "
-            "set_split VARCHAR)"
-        )
+        con.execute(tracks_ddl(["track_genre_top", "set_split"]))
         con.executemany(
             "INSERT INTO tracks VALUES (?, ?, ?)",
             [[t, genre_of[t], split_of.get(t, "training")] for t in all_ids],

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from clap_pipeline.metadata.selection import audio_path, folder_of
+from clap_pipeline.dataset import (
+    CLIP_SAMPLES,
+    SAMPLE_RATE,
+    audio_path,
+    folder_of,
+    partition_path,
+    tracks_ddl,
+    waveform_batch,
+    write_partition,
+)
 from clap_pipeline.storage import duckdb_connection
 
 GENRES = ["Folk", "Rock", "Electronic", "Hip-Hop", "Jazz"]
@@ -32,13 +39,9 @@ def track_rows(track_ids: list[int]) -> list[tuple]:
 
 def write_tracks_table(duckdb_path: Path, track_ids: list[int]) -> None:
     """The `tracks` columns search reads (the real table has all 52 FMA columns)."""
+    columns = ["track_title", "artist_name", "track_genre_top", "track_license"]
     with duckdb_connection(duckdb_path) as con:
-        con.execute(
-            """CREATE OR REPLACE TABLE tracks (
-                track_id BIGINT PRIMARY KEY, track_title VARCHAR, artist_name VARCHAR,
-                track_genre_top VARCHAR, track_license VARCHAR, track_duration BIGINT,
-                track_bit_rate BIGINT)"""
-        )
+        con.execute(tracks_ddl([*columns, "track_duration", "track_bit_rate"]))
         con.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?)", track_rows(track_ids))
 
 
@@ -50,7 +53,7 @@ def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def write_waveforms(waveforms_dir: Path, audio_dir: Path, track_ids: list[int]) -> None:
     """One Parquet file per audio folder, as the `waveforms` contract says (tones, 5 s)."""
-    t = np.arange(240_000, dtype=np.float32) / 48_000
+    t = np.arange(CLIP_SAMPLES, dtype=np.float32) / SAMPLE_RATE
     by_folder: dict[str, list[int]] = {}
     for tid in sorted(track_ids):
         by_folder.setdefault(folder_of(tid), []).append(tid)
@@ -60,14 +63,11 @@ def write_waveforms(waveforms_dir: Path, audio_dir: Path, track_ids: list[int]) 
             (0.3 * np.sin(2 * np.pi * (110.0 * (1 + tid % 7)) * t)).astype(np.float32)
             for tid in ids
         ]
-        table = pa.table(
-            {
-                "track_id": pa.array(ids, pa.int64()),
-                "input_values": pa.array(waves, pa.list_(pa.float32())),
-                "n_samples_decoded": pa.array([240_000] * len(ids), pa.int64()),
-                "source_path": pa.array([str(audio_path(audio_dir, tid)) for tid in ids]),
-                "source_size": pa.array([960_000] * len(ids), pa.int64()),
-                "source_mtime": pa.array([0.0] * len(ids), pa.float64()),
-            }
+        rows = waveform_batch(
+            ids,
+            waves,
+            source_paths=[audio_path(audio_dir, tid) for tid in ids],
+            source_sizes=[960_000] * len(ids),
+            source_mtimes=[0.0] * len(ids),
         )
-        pq.write_table(table, waveforms_dir / f"{folder}.parquet", row_group_size=2)
+        write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=2)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.search.query import ModelChoice, write_track_embeddings
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline_tests.audio_fixtures import run_ffmpeg

@@ -18,6 +18,7 @@ from clap_pipeline.storage import (
     atomic_path,
     duckdb_connection,
     remove_orphaned_temps,
+    transaction,
 )
 
 
@@ -172,3 +173,16 @@ def test_a_claimed_atomic_write_renames_and_leaves_nothing(tmp_path: Path) -> No
         tmp.write_bytes(b"done")
     assert target.read_bytes() == b"done"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+def test_transaction_commits_or_rolls_back_everything(tmp_path: Path) -> None:
+    with duckdb_connection(tmp_path / "t.duckdb") as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (1)")
+            con.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(KeyboardInterrupt), transaction(con):
+            con.execute("DELETE FROM t")
+            con.execute("INSERT INTO t VALUES (3)")
+            raise KeyboardInterrupt  # Ctrl-C mid-way: nothing of the block stays
+        assert con.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]

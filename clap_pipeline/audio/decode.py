@@ -40,10 +40,8 @@ import ffmpeg
 import numpy as np
 
 from clap_pipeline.audio.ffmpeg_bin import FfmpegNotFoundError, ffmpeg_exe
+from clap_pipeline.dataset import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
 
-SAMPLE_RATE = 48_000
-WINDOW_SECONDS = 5
-N_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS  # 240,000: the `waveforms` contract
 MIN_DECODED_SAMPLES = SAMPLE_RATE  # less than 1 s of real audio is a failure
 SILENCE_PEAK = 10 ** (-90 / 20)  # about 3.2e-5
 TRUNCATION_TOLERANCE_S = 1.0
@@ -82,8 +80,8 @@ class DecodeFailure(Exception):
 
 @dataclass(frozen=True)
 class DecodedWindow:
-    samples: np.ndarray  # float32, exactly N_SAMPLES, zero-padded after n_samples_decoded
-    n_samples_decoded: int  # real audio before padding (<= N_SAMPLES)
+    samples: np.ndarray  # float32, exactly CLIP_SAMPLES, zero-padded after n_samples_decoded
+    n_samples_decoded: int  # real audio before padding (<= CLIP_SAMPLES)
 
 
 def ensure_ffmpeg(timeout_s: float = 30.0) -> str:
@@ -111,7 +109,7 @@ def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = No
     """The ffmpeg argv that writes the window as raw f32le 48 kHz mono to stdout."""
     # Without an offset no seek at all: the window starts at the file's first sample.
     seek = {"ss": offset_s} if offset_s > 0 else {}
-    stream = ffmpeg.input(f"file:{path}", t=WINDOW_SECONDS, **seek)
+    stream = ffmpeg.input(f"file:{path}", t=CLIP_SECONDS, **seek)
     out = ffmpeg.output(
         stream["a:0"],
         "pipe:",
@@ -134,7 +132,7 @@ def decode_window(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     exe: str | None = None,
 ) -> DecodedWindow:
-    """Decode ``WINDOW_SECONDS`` from ``offset_s``; pad with zeros to exactly ``N_SAMPLES``.
+    """Decode ``CLIP_SECONDS`` from ``offset_s``; pad with zeros to exactly ``CLIP_SAMPLES``.
 
     Raises :class:`DecodeFailure` (see the module docstring for the reasons), also for
     any error the operating system raises about this one file.
@@ -179,7 +177,7 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
         raise DecodeFailure(
             "not_audio", path, f"ffmpeg exited with {proc.returncode}", _tail(stderr)
         )
-    decoded = decoded[:N_SAMPLES]
+    decoded = decoded[:CLIP_SAMPLES]
     n = int(decoded.size)
     if _SIZE_MISMATCH in stderr:
         raise DecodeFailure(
@@ -187,7 +185,11 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
         )
     header_s = header_duration_s(stderr)
     decoded_end_s = offset_s + n / SAMPLE_RATE
-    if n < N_SAMPLES and header_s is not None and header_s - decoded_end_s > TRUNCATION_TOLERANCE_S:
+    if (
+        n < CLIP_SAMPLES
+        and header_s is not None
+        and header_s - decoded_end_s > TRUNCATION_TOLERANCE_S
+    ):
         raise DecodeFailure(
             "truncated",
             path,
@@ -204,7 +206,7 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
     peak = float(np.max(np.abs(decoded)))
     if not peak > SILENCE_PEAK:  # also catches NaN
         raise DecodeFailure("silent", path, f"peak {peak:.3g} is silence", _tail(stderr))
-    samples = np.zeros(N_SAMPLES, dtype=np.float32)
+    samples = np.zeros(CLIP_SAMPLES, dtype=np.float32)
     samples[:n] = decoded
     return DecodedWindow(samples=samples, n_samples_decoded=n)
 

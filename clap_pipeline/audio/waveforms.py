@@ -2,9 +2,10 @@
 
 ``<waveforms_dir>/NNN.parquet`` holds the decoded 5-s windows of the selected
 tracks of folder ``NNN``, sorted by track_id, in row groups of at most
-``row_group_rows`` (64) rows. Columns: ``track_id`` int64, ``input_values``
-list<float32> of exactly 240,000, ``n_samples_decoded`` int64, ``source_path``,
-``source_size`` int64, ``source_mtime`` float64.
+``row_group_rows`` (64) rows; the schema and the row writer are the data contract's
+(``clap_pipeline.dataset.waveforms_schema``, ``waveform_batch``, ``PartitionWriter``).
+Failures go to the DuckDB table of ``decode_failures``; the asset checks read
+``waveform_health``.
 
 How a partition is (re)built:
 
@@ -33,92 +34,44 @@ How a partition is (re)built:
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clap_pipeline.audio.decode import (
     DEFAULT_TIMEOUT_S,
-    N_SAMPLES,
     RETRIED_REASONS,
-    SAMPLE_RATE,
     DecodedWindow,
     DecodeFailure,
     decode_window,
     ensure_ffmpeg,
 )
-from clap_pipeline.metadata.selection import SelectedTrack, folder_of
-from clap_pipeline.storage import (
-    atomic_path,
-    duckdb_connection,
-    remove_orphaned_temps,
-    table_exists,
+from clap_pipeline.audio.decode_failures import (
+    FailureRecord,
+    folder_failures,
+    remove_failures_outside,
+    replace_failures,
 )
-
-FORMAT_VERSION = "1"
-ROW_GROUP_ROWS = 64
-FAILURES_TABLE = "decode_failures"
-_PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
-
-FAILURES_DDL = f"""
-CREATE TABLE IF NOT EXISTS {FAILURES_TABLE} (
-    track_id BIGINT,
-    path VARCHAR,
-    reason VARCHAR,
-    stderr_tail VARCHAR,
-    failed_at TIMESTAMP,
-    detail VARCHAR,
-    source_size BIGINT,
-    source_mtime DOUBLE,
-    window_offset_s DOUBLE
+from clap_pipeline.dataset import (
+    ROW_GROUP_ROWS,
+    PartitionWriter,
+    folder_of,
+    iter_partition_files,
+    partition_path,
+    waveform_batch,
+    waveforms_schema,
 )
-"""
-# Beyond the contract's five columns: what lets a re-run keep an unchanged failure.
-_EXTRA_FAILURE_COLUMNS = {
-    "detail": "VARCHAR",
-    "source_size": "BIGINT",
-    "source_mtime": "DOUBLE",
-    "window_offset_s": "DOUBLE",
-}
-_FAILURE_COLUMNS = "track_id, path, reason, stderr_tail, failed_at, " + ", ".join(
-    _EXTRA_FAILURE_COLUMNS
-)
-
-
-def waveforms_schema(window_offset_s: float) -> pa.Schema:
-    """The dataset's schema; the metadata says which window the rows hold."""
-    return pa.schema(
-        [
-            pa.field("track_id", pa.int64(), nullable=False),
-            # "element" is the child name Parquet stores and reads back (compliant nested type).
-            pa.field("input_values", pa.list_(pa.field("element", pa.float32())), nullable=False),
-            pa.field("n_samples_decoded", pa.int64(), nullable=False),
-            pa.field("source_path", pa.string(), nullable=False),
-            pa.field("source_size", pa.int64(), nullable=False),
-            pa.field("source_mtime", pa.float64(), nullable=False),
-        ],
-        metadata={
-            b"clap.waveforms.version": FORMAT_VERSION.encode(),
-            b"clap.window_offset_s": repr(float(window_offset_s)).encode(),
-            b"clap.sample_rate": str(SAMPLE_RATE).encode(),
-        },
-    )
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from clap_pipeline.metadata.selection import SelectedTrack
+from clap_pipeline.processes import usable_cpus
+from clap_pipeline.progress import Throttle, rate_and_eta
+from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 
 
 @dataclass(frozen=True)
@@ -139,22 +92,7 @@ class DecodeOptions:
 
     @property
     def n_workers(self) -> int:
-        return self.workers if self.workers > 0 else default_workers()
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    """One row of ``decode_failures``."""
-
-    track_id: int
-    path: str
-    reason: str
-    stderr_tail: str
-    failed_at: datetime
-    detail: str
-    source_size: int | None
-    source_mtime: float | None
-    window_offset_s: float
+        return self.workers if self.workers > 0 else usable_cpus()
 
 
 @dataclass(frozen=True)
@@ -168,12 +106,11 @@ class Progress:
 
     @property
     def tracks_per_s(self) -> float:
-        return self.decoded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return rate_and_eta(self.decoded, self.to_decode, self.elapsed_s)[0]
 
     @property
     def eta_s(self) -> float | None:
-        rate = self.tracks_per_s
-        return (self.to_decode - self.decoded) / rate if rate > 0 else None
+        return rate_and_eta(self.decoded, self.to_decode, self.elapsed_s)[1]
 
     def __str__(self) -> str:
         eta = "?" if self.eta_s is None else f"{self.eta_s:.0f} s"
@@ -241,10 +178,6 @@ class WaveformsSummary:
         for f in self.failures:
             counts[f.reason] = counts.get(f.reason, 0) + 1
         return dict(sorted(counts.items()))
-
-
-def partition_path(waveforms_dir: str | Path, folder: str) -> Path:
-    return Path(waveforms_dir) / f"{folder}.parquet"
 
 
 def group_by_folder(tracks: Iterable[SelectedTrack]) -> dict[str, list[SelectedTrack]]:
@@ -328,45 +261,6 @@ def _old_index(path: Path, window_offset_s: float) -> dict[int, tuple[str, int, 
     }
 
 
-def _folder_bounds(folder: str) -> tuple[int, int]:
-    lo = int(folder) * 1000
-    return lo, lo + 1000
-
-
-def _failure_select(con: duckdb.DuckDBPyConnection) -> str:
-    """SELECT list for ``FailureRecord``; NULL for extra columns a foreign table lacks."""
-    present = {
-        row[0]
-        for row in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-            [FAILURES_TABLE],
-        ).fetchall()
-    }
-    extras = [c if c in present else f"NULL AS {c}" for c in _EXTRA_FAILURE_COLUMNS]
-    return ", ".join(["track_id", "path", "reason", "stderr_tail", "failed_at", *extras])
-
-
-def _query_failures(
-    duckdb_path: Path, where: str = "", params: Sequence[object] = ()
-) -> list[FailureRecord]:
-    if not duckdb_path.exists():
-        return []
-    with duckdb_connection(duckdb_path, read_only=True) as con:
-        if not table_exists(con, FAILURES_TABLE):
-            return []
-        rows = con.execute(
-            f"SELECT {_failure_select(con)} FROM {FAILURES_TABLE} {where} ORDER BY track_id",
-            list(params),
-        ).fetchall()
-    return [FailureRecord(*r) for r in rows]
-
-
-def _old_failures(duckdb_path: Path, folder: str) -> dict[int, FailureRecord]:
-    lo, hi = _folder_bounds(folder)
-    records = _query_failures(duckdb_path, "WHERE track_id >= ? AND track_id < ?", [lo, hi])
-    return {r.track_id: r for r in records}
-
-
 def _plan(
     folder: str,
     tracks: Sequence[SelectedTrack],
@@ -377,7 +271,7 @@ def _plan(
     target = partition_path(waveforms_dir, folder)
     sources = [_stat(t) for t in tracks]
     old = _old_index(target, window_offset_s)
-    old_failures = _old_failures(duckdb_path, folder)
+    old_failures = folder_failures(duckdb_path, folder)
     reuse: set[int] = set()
     carried: dict[int, FailureRecord] = {}
     for s in sources:
@@ -490,53 +384,14 @@ class _OldRows:
         self._file.close()
 
 
-class _RowGroupWriter:
-    """Writes row groups on a background thread: one being written while the next fills."""
-
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self._schema = schema
-        # Uncompressed audio: floats barely compress and writing must keep up with
-        # all cores decoding; statistics only where they help filtering.
-        self._writer = pq.ParquetWriter(
-            path,
-            schema,
-            compression="none",
-            use_dictionary=False,
-            write_statistics=["track_id", "n_samples_decoded"],
-        )
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
-        self._pending: Future[None] | None = None
-
-    def write(self, batches: list[pa.RecordBatch]) -> None:
-        if self._pending is not None:
-            self._pending.result()
-        table = pa.Table.from_batches(batches, schema=self._schema)
-        self._pending = self._thread.submit(self._writer.write_table, table, len(batches))
-
-    def close(self) -> None:
-        try:
-            if self._pending is not None:
-                self._pending.result()
-        finally:
-            self._thread.shutdown(wait=True)
-            self._writer.close()
-
-
 def _row(schema: pa.Schema, src: _Source, window: DecodedWindow) -> pa.RecordBatch:
-    values = pa.ListArray.from_arrays(
-        pa.array(np.array([0, N_SAMPLES], dtype=np.int32)),
-        pa.array(window.samples),
-        type=schema.field("input_values").type,
-    )
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([src.track.track_id], pa.int64()),
-            values,
-            pa.array([window.n_samples_decoded], pa.int64()),
-            pa.array([str(src.track.path)], pa.string()),
-            pa.array([src.size], pa.int64()),
-            pa.array([src.mtime], pa.float64()),
-        ],
+    return waveform_batch(
+        [src.track.track_id],
+        [window.samples],
+        n_samples_decoded=[window.n_samples_decoded],
+        source_paths=[src.track.path],
+        source_sizes=[src.size],
+        source_mtimes=[src.mtime],
         schema=schema,
     )
 
@@ -561,18 +416,14 @@ class _ProgressReporter:
     ) -> None:
         self.total, self.to_decode = total, to_decode
         self.done = self.decoded = self.failures = 0
-        self._interval = interval_s
+        self._throttle = Throttle(interval_s)
         self._callback = callback
-        self._start = time.monotonic()
-        self._last = self._start
 
     def step(self, *, decoded: bool, failed: bool) -> None:
         self.done += 1
         self.decoded += int(decoded)
         self.failures += int(failed)
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
+        if self._throttle.due():
             self._callback(self.snapshot())
 
     def snapshot(self) -> Progress:
@@ -582,7 +433,7 @@ class _ProgressReporter:
             to_decode=self.to_decode,
             decoded=self.decoded,
             failures=self.failures,
-            elapsed_s=time.monotonic() - self._start,
+            elapsed_s=self._throttle.elapsed_s,
         )
 
 
@@ -597,7 +448,7 @@ def _write_partition(
     old_rows = _OldRows(plan.target, options.row_group_rows) if plan.reuse_ids else None
     try:
         with atomic_path(plan.target, claim=True) as tmp:
-            writer = _RowGroupWriter(tmp, schema)
+            writer = PartitionWriter(tmp, schema)
             try:
                 batch: list[pa.RecordBatch] = []
                 for src in plan.sources:
@@ -651,47 +502,6 @@ def _skip_partition(plan: _Plan, progress: _ProgressReporter) -> PartitionSummar
         reused=len(plan.reuse_ids),
         failures=failures,
     )
-
-
-def replace_failures(
-    duckdb_path: str | Path, folder: str, records: Sequence[FailureRecord]
-) -> None:
-    """Replace the folder's rows of ``decode_failures`` in one transaction."""
-    lo, hi = _folder_bounds(folder)
-    with duckdb_connection(duckdb_path) as con:
-        con.execute(FAILURES_DDL)
-        for column, sql_type in _EXTRA_FAILURE_COLUMNS.items():
-            con.execute(
-                f"ALTER TABLE {FAILURES_TABLE} ADD COLUMN IF NOT EXISTS {column} {sql_type}"
-            )
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(
-                f"DELETE FROM {FAILURES_TABLE} WHERE track_id >= ? AND track_id < ?", [lo, hi]
-            )
-            if records:
-                con.executemany(
-                    f"INSERT INTO {FAILURES_TABLE} ({_FAILURE_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        [
-                            r.track_id,
-                            r.path,
-                            r.reason,
-                            r.stderr_tail,
-                            r.failed_at,
-                            r.detail,
-                            r.source_size,
-                            r.source_mtime,
-                            r.window_offset_s,
-                        ]
-                        for r in records
-                    ],
-                )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
 
 def _remove_stale_temps(waveforms_dir: Path, folder: str) -> None:
@@ -779,162 +589,9 @@ def remove_unselected_partitions(
     """
     keep = set(selected_folders)
     removed: list[str] = []
-    waveforms_dir = Path(waveforms_dir)
-    if waveforms_dir.is_dir():
-        for path in sorted(waveforms_dir.iterdir()):
-            match = _PARTITION_FILE.match(path.name)
-            if match and match.group(1) not in keep:
-                path.unlink(missing_ok=True)
-                removed.append(match.group(1))
-    duckdb_path = Path(duckdb_path)
-    if duckdb_path.exists():
-        with duckdb_connection(duckdb_path, read_only=True) as con:
-            stale = (
-                table_exists(con, FAILURES_TABLE)
-                and con.execute(
-                    f"SELECT count(*) FROM {FAILURES_TABLE} "
-                    "WHERE NOT list_contains(?, track_id // 1000)",
-                    [sorted(int(f) for f in keep)],
-                ).fetchone()[0]
-            )
-        if stale:
-            with duckdb_connection(duckdb_path) as con:
-                con.execute(
-                    f"DELETE FROM {FAILURES_TABLE} WHERE NOT list_contains(?, track_id // 1000)",
-                    [sorted(int(f) for f in keep)],
-                )
+    for folder, path in iter_partition_files(waveforms_dir):
+        if folder not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(folder)
+    remove_failures_outside(duckdb_path, keep)
     return removed
-
-
-def read_failures(duckdb_path: str | Path) -> list[FailureRecord]:
-    """All rows of ``decode_failures`` (empty when the table does not exist yet)."""
-    return _query_failures(Path(duckdb_path))
-
-
-@dataclass
-class DatasetHealth:
-    """What the asset checks look at, over some partitions (memory: one row group)."""
-
-    folders: list[str]
-    selected: int = 0
-    failures: int = 0  # recorded failures of selected tracks
-    failure_reasons: dict[str, int] = field(default_factory=dict)
-    rows: int = 0
-    missing_partitions: list[str] = field(default_factory=list)
-    absent_ids: list[int] = field(default_factory=list)  # selected, not failed, no row
-    unexpected_ids: list[int] = field(default_factory=list)  # rows that should not be there
-    unsorted_partitions: list[str] = field(default_factory=list)  # or with duplicate ids
-    bad_length_ids: list[int] = field(default_factory=list)
-    non_finite_ids: list[int] = field(default_factory=list)
-    max_row_group_rows: int = 0
-
-    def row_problems(self) -> list[str]:
-        problems = []
-        if self.missing_partitions:
-            problems.append(f"partitions not materialized: {_ids(self.missing_partitions)}")
-        if self.rows != self.selected - self.failures:
-            problems.append(
-                f"{self.rows} rows != {self.selected} selected - {self.failures} failures"
-            )
-        if self.absent_ids:
-            problems.append(f"selected tracks without row or failure: {_ids(self.absent_ids)}")
-        if self.unexpected_ids:
-            problems.append(f"rows of unselected or failed tracks: {_ids(self.unexpected_ids)}")
-        return problems
-
-    def sample_problems(self) -> list[str]:
-        problems = []
-        if self.bad_length_ids:
-            problems.append(
-                f"rows without exactly {N_SAMPLES} samples: {_ids(self.bad_length_ids)}"
-            )
-        if self.non_finite_ids:
-            problems.append(f"rows with NaN/inf samples: {_ids(self.non_finite_ids)}")
-        if self.unsorted_partitions:
-            problems.append(
-                f"partitions not sorted by unique track_id: {_ids(self.unsorted_partitions)}"
-            )
-        if self.max_row_group_rows > ROW_GROUP_ROWS:
-            problems.append(f"row groups of {self.max_row_group_rows} rows (> {ROW_GROUP_ROWS})")
-        return problems
-
-
-def _ids(values: Sequence[object], limit: int = 10) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (f" ... ({len(values)} in all)" if len(values) > limit else "")
-
-
-def dataset_health(
-    waveforms_dir: str | Path,
-    duckdb_path: str | Path,
-    selected_by_folder: Mapping[str, Sequence[SelectedTrack]],
-    folders: Sequence[str] | None = None,
-    scan_samples: bool = False,
-) -> DatasetHealth:
-    """Compare partition files with the selection and ``decode_failures``.
-
-    ``folders`` None means the whole dataset: every folder with selected tracks
-    or a partition file. ``scan_samples`` also reads every sample (row group by
-    row group) to check lengths and finiteness.
-    """
-    present = dict(iter_partition_files(waveforms_dir))
-    if folders is None:
-        folders = sorted(set(selected_by_folder) | set(present))
-    failed: dict[int, str] = {f.track_id: f.reason for f in read_failures(duckdb_path)}
-    health = DatasetHealth(folders=list(folders))
-    for folder in health.folders:
-        tracks = selected_by_folder.get(folder, [])
-        selected_ids = {t.track_id for t in tracks}
-        failed_ids = {tid for tid in selected_ids if tid in failed}
-        health.selected += len(selected_ids)
-        health.failures += len(failed_ids)
-        for tid in sorted(failed_ids):
-            health.failure_reasons[failed[tid]] = health.failure_reasons.get(failed[tid], 0) + 1
-        path = present.get(folder)
-        if path is None:
-            if selected_ids:
-                health.missing_partitions.append(folder)
-            continue
-        ids = _scan_partition(path, health) if scan_samples else _partition_ids(path)
-        health.rows += len(ids)
-        if any(a >= b for a, b in itertools.pairwise(ids)):
-            health.unsorted_partitions.append(folder)
-        expected = selected_ids - failed_ids
-        health.absent_ids += sorted(expected - set(ids))
-        health.unexpected_ids += sorted(set(ids) - expected)
-    health.failure_reasons = dict(sorted(health.failure_reasons.items()))
-    return health
-
-
-def _partition_ids(path: Path) -> list[int]:
-    return pq.read_table(path, columns=["track_id"]).column("track_id").to_pylist()
-
-
-def _scan_partition(path: Path, health: DatasetHealth) -> list[int]:
-    ids: list[int] = []
-    with pq.ParquetFile(path) as pf:
-        for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i, columns=["track_id", "input_values"])
-            health.max_row_group_rows = max(health.max_row_group_rows, table.num_rows)
-            group_ids = table.column("track_id").to_pylist()
-            ids += group_ids
-            values = table.column("input_values").combine_chunks()
-            flat = values.values.to_numpy(zero_copy_only=False)
-            offsets = values.offsets.to_numpy()
-            for j, tid in enumerate(group_ids):
-                row = flat[offsets[j] : offsets[j + 1]]
-                if row.size != N_SAMPLES:
-                    health.bad_length_ids.append(tid)
-                if not np.isfinite(row).all():
-                    health.non_finite_ids.append(tid)
-    return ids
-
-
-def iter_partition_files(waveforms_dir: str | Path) -> Iterator[tuple[str, Path]]:
-    waveforms_dir = Path(waveforms_dir)
-    if not waveforms_dir.is_dir():
-        return
-    for path in sorted(waveforms_dir.iterdir()):
-        match = _PARTITION_FILE.match(path.name)
-        if match:
-            yield match.group(1), path

@@ -31,15 +31,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.audio.decode import DEFAULT_TIMEOUT_S, N_SAMPLES
+from clap_pipeline.audio.decode import DEFAULT_TIMEOUT_S
+from clap_pipeline.audio.waveform_health import dataset_health
 from clap_pipeline.audio.waveforms import (
-    ROW_GROUP_ROWS,
     DecodeOptions,
     build_waveforms,
-    dataset_health,
     group_by_folder,
     remove_unselected_partitions,
 )
+from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
 from clap_pipeline.metadata.selection import select_tracks, stray_audio_files
 
 from .partitions import audio_folder_partitions
@@ -204,7 +204,7 @@ def waveforms_rows_match_selection(
     asset=waveforms,
     partitions_def=audio_folder_partitions,
     blocking=True,
-    description=f"Every row has exactly {N_SAMPLES:,} finite samples; files sorted by track_id "
+    description=f"Every row has exactly {CLIP_SAMPLES:,} finite samples; files sorted by track_id "
     f"with row groups of at most {ROW_GROUP_ROWS} rows.",
 )
 def waveforms_samples_valid(

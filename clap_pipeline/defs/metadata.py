@@ -21,10 +21,10 @@ from dagster import (
 )
 from pydantic import Field
 
+from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts, write_prompts
 from clap_pipeline.metadata.fma import load_metadata, profile_tracks, track_id_problems
 from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
-    PROMPTS_SCHEMA,
     TEMPLATE_NAMES,
     TEMPLATE_PATTERNS,
     allowed_leak_words,
@@ -32,9 +32,7 @@ from clap_pipeline.metadata.prompts import (
     content_hash,
     leak_problems,
     missing_track_ids,
-    read_prompts,
     read_track_texts,
-    write_prompts,
 )
 from clap_pipeline.metadata.selection import select_tracks
 from clap_pipeline.storage import table_exists

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.search.feedback import Feedback
 
 
@@ -52,7 +53,7 @@ def served_version(heldout: Sequence[Feedback]) -> str | None:
 
 
 def pool_waveforms(waveforms_dir: Path, track_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, waveforms (n, 240000)) of the given tracks found in the waveforms dataset."""
+    """(ids, waveforms (n, CLIP_SAMPLES)) of the given tracks found in the waveforms dataset."""
     dataset = ds.dataset(waveforms_dir, format="parquet")
     table = dataset.to_table(
         columns=["track_id", "input_values"],
@@ -61,8 +62,7 @@ def pool_waveforms(waveforms_dir: Path, track_ids: Sequence[int]) -> tuple[np.nd
     ids = table.column("track_id").to_numpy().astype(np.int64)
     if not len(ids):
         return ids, np.zeros((0, 0), dtype=np.float32)
-    flat = table.column("input_values").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return ids, np.array(flat, dtype=np.float32).reshape(len(ids), -1)  # writable for torch
+    return ids, WaveformRows(table, waveforms_dir).clips()  # writable for torch
 
 
 def score_rankings(

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path
+from clap_pipeline.progress import DownloadProgress, ProgressLog, human_bytes
 from clap_pipeline.storage import atomic_path
 
 Log = Callable[[str], None]
@@ -78,102 +79,6 @@ def subset_zip_name(subset: str) -> str:
 
 def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_duration(seconds: float) -> str:
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-class DownloadProgress:
-    """A one-line progress bar (bytes, %, MB/s, ETA) on a stream, stderr by default.
-
-    On a terminal the line is redrawn in place a few times a second; elsewhere
-    (logs, CI) a full line is printed at most every ``log_interval`` seconds so
-    a 93 GiB download does not write a million lines. The rate counts only the
-    bytes fetched by this process, not the part already on disk.
-    """
-
-    def __init__(
-        self,
-        label: str,
-        total: int | None,
-        initial: int = 0,
-        stream: IO[str] | None = None,
-        *,
-        is_tty: bool | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        log_interval: float = 10.0,
-    ) -> None:
-        self.label = label
-        self.total = total
-        self.initial = initial
-        self.done = initial
-        self.stream = stream if stream is not None else sys.stderr
-        if is_tty is None:
-            isatty = getattr(self.stream, "isatty", None)
-            is_tty = bool(isatty and isatty())
-        self.is_tty = is_tty
-        self.clock = clock
-        self.interval = 0.2 if is_tty else log_interval
-        self.start = clock()
-        self.last_draw = float("-inf")
-        self.lines = 0
-
-    def line(self) -> str:
-        elapsed = max(self.clock() - self.start, 1e-9)
-        rate = (self.done - self.initial) / elapsed
-        parts = [self.label]
-        if self.total:
-            fraction = min(self.done / self.total, 1.0)
-            width = 24
-            filled = int(fraction * width)
-            parts.append(f"[{'#' * filled}{'.' * (width - filled)}]")
-            parts.append(f"{human_bytes(self.done)}/{human_bytes(self.total)}")
-            parts.append(f"{fraction * 100:5.1f}%")
-        else:
-            parts.append(human_bytes(self.done))
-        parts.append(f"{rate / 1e6:.2f} MB/s")
-        if self.total and rate > 0:
-            parts.append(f"ETA {human_duration(max(self.total - self.done, 0) / rate)}")
-        return "  ".join(parts)
-
-    def update(self, done: int) -> None:
-        self.done = done
-        now = self.clock()
-        if now - self.last_draw >= self.interval:
-            self.last_draw = now
-            self._draw()
-
-    def finish(self) -> None:
-        self._draw()
-        if self.is_tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self) -> None:
-        self.lines += 1
-        if self.is_tty:
-            self.stream.write("\r\x1b[K" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
 
 
 # --------------------------------------------------------------------------- download
@@ -582,8 +487,8 @@ def extract_clips(
         return expected is not None
 
     start = time.monotonic()
-    last_log = start
     done = 0
+    progress = ProgressLog("extracted", len(todo), log, every_s=log_interval)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fma-extract")
     try:
         pending: set[Future[bool]] = {pool.submit(extract_one, *item) for item in todo}
@@ -592,15 +497,8 @@ def extract_clips(
             for future in finished:
                 summary.verified += future.result()  # re-raises a worker's error
                 done += 1
-            now = time.monotonic()
-            if pending and now - last_log >= log_interval:
-                last_log = now
-                rate = done / (now - start)
-                eta = human_duration(len(pending) / rate) if rate else "?"
-                log(
-                    f"extracted {done}/{len(todo)} clips ({done / len(todo):.0%}), "
-                    f"{rate:.1f} clips/s, ETA {eta}"
-                )
+            if pending:  # the summary line below says when all are done
+                progress.update(done)
     except BaseException:
         # An error or Ctrl-C: drop the queued clips instead of extracting them all first.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -700,7 +598,6 @@ __all__ = [
     "FMA_SHA1",
     "ChecksumError",
     "ClipExtraction",
-    "DownloadProgress",
     "DownloadResult",
     "FetchError",
     "FetchSummary",

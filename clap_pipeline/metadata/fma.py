@@ -34,81 +34,25 @@ from pathlib import Path
 
 import duckdb
 
-from clap_pipeline.storage import table_exists
+from clap_pipeline.dataset import (
+    COLUMN_KINDS,
+    DATE,
+    FLOAT,
+    FMA_COLUMNS,
+    INT,
+    INT_LIST,
+    MAX_TRACK_ID,
+    STR,
+    STR_LIST,
+    TRACKS_TABLE,
+)
+from clap_pipeline.storage import table_exists, transaction
 
 Log = Callable[[str], None]
 
-# Column kinds and their DuckDB types.
-STR, INT, FLOAT, DATE, STR_LIST, INT_LIST = "str", "int", "float", "date", "str_list", "int_list"
-SQL_TYPES = {
-    STR: "VARCHAR",
-    INT: "BIGINT",
-    FLOAT: "DOUBLE",
-    DATE: "TIMESTAMP",
-    STR_LIST: "VARCHAR[]",
-    INT_LIST: "INTEGER[]",
-}
-
-# (group, field, kind) of the 52 data columns, in the file's order (group, then field).
-FMA_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("album", "comments", INT),
-    ("album", "date_created", DATE),
-    ("album", "date_released", DATE),
-    ("album", "engineer", STR),
-    ("album", "favorites", INT),
-    ("album", "id", INT),
-    ("album", "information", STR),
-    ("album", "listens", INT),
-    ("album", "producer", STR),
-    ("album", "tags", STR_LIST),
-    ("album", "title", STR),
-    ("album", "tracks", INT),
-    ("album", "type", STR),
-    ("artist", "active_year_begin", DATE),
-    ("artist", "active_year_end", DATE),
-    ("artist", "associated_labels", STR),
-    ("artist", "bio", STR),
-    ("artist", "comments", INT),
-    ("artist", "date_created", DATE),
-    ("artist", "favorites", INT),
-    ("artist", "id", INT),
-    ("artist", "latitude", FLOAT),
-    ("artist", "location", STR),
-    ("artist", "longitude", FLOAT),
-    ("artist", "members", STR),
-    ("artist", "name", STR),
-    ("artist", "related_projects", STR),
-    ("artist", "tags", STR_LIST),
-    ("artist", "website", STR),
-    ("artist", "wikipedia_page", STR),
-    ("set", "split", STR),
-    ("set", "subset", STR),
-    ("track", "bit_rate", INT),
-    ("track", "comments", INT),
-    ("track", "composer", STR),
-    ("track", "date_created", DATE),
-    ("track", "date_recorded", DATE),
-    ("track", "duration", INT),
-    ("track", "favorites", INT),
-    ("track", "genre_top", STR),
-    ("track", "genres", INT_LIST),
-    ("track", "genres_all", INT_LIST),
-    ("track", "information", STR),
-    ("track", "interest", INT),
-    ("track", "language_code", STR),
-    ("track", "license", STR),
-    ("track", "listens", INT),
-    ("track", "lyricist", STR),
-    ("track", "number", INT),
-    ("track", "publisher", STR),
-    ("track", "tags", STR_LIST),
-    ("track", "title", STR),
-)
-COLUMN_KINDS: dict[str, str] = {f"{g}_{f}": kind for g, f, kind in FMA_COLUMNS}
-TRACK_COLUMNS: tuple[str, ...] = ("track_id", *COLUMN_KINDS, "lookup_key")
 GENRES_COLUMNS = ("genre_id", "#tracks", "parent", "title", "top_level")
 
-TRACKS_TABLE, GENRES_TABLE = "tracks", "genres"
+GENRES_TABLE = "genres"
 STAGING = {TRACKS_TABLE: "tracks_new", GENRES_TABLE: "genres_new"}
 # One row: the sha256 of the tracks.csv the tables were loaded from (the data version
 # that retraining compares against), replaced in the same transaction as the tables.
@@ -126,8 +70,6 @@ _INT32 = (-(2**31), 2**31 - 1)
 _WS_SQL = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 _WS_PY = " \t\n\v\f\r"
 _MAX_LISTED = 20
-# FMA's audio layout NNN/NNNNNN.mp3 has room for six digits: larger ids have no file.
-MAX_TRACK_ID = 999_999
 
 
 class FmaFormatError(ValueError):
@@ -652,8 +594,7 @@ def _duplicate_keys(con: duckdb.DuckDBPyConnection, table: str, column: str) -> 
 
 def _swap(con: duckdb.DuckDBPyConnection, tracks_csv: Path, tracks_sha256: str) -> None:
     """Replace both tables in one transaction: readers see the old pair or the new one."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table, staging in STAGING.items():
             con.execute(f"DROP TABLE IF EXISTS {table}")
             con.execute(f"ALTER TABLE {staging} RENAME TO {table}")
@@ -662,10 +603,6 @@ def _swap(con: duckdb.DuckDBPyConnection, tracks_csv: Path, tracks_sha256: str) 
             "?::VARCHAR AS tracks_sha256, now() AS loaded_at",
             [str(tracks_csv), tracks_sha256],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def loaded_tracks_sha256(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clap_pipeline.dataset import audio_name_id, folder_of
 from clap_pipeline.metadata.fma import file_sha256, read_track_ids
-from clap_pipeline.metadata.selection import Selection, audio_name_id, folder_of
+from clap_pipeline.metadata.selection import Selection
 
 _FOLDER = re.compile(r"\d{3}")
 _LISTED_IDS = 10

@@ -23,13 +23,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from clap_pipeline.storage import atomic_path, table_exists
+from clap_pipeline.dataset import PROMPTS_SCHEMA
+from clap_pipeline.storage import table_exists
 
 MAX_TAGS = 5
 TEMPLATE_NAMES = ("reference", "genre_track", "genre_artist", "album", "tagged")
@@ -41,15 +40,6 @@ TEMPLATE_PATTERNS = (
     '"{title}", from the album "{album}" by {artist}.',
     "Music by {artist}, tagged {tags}.",
 )
-PROMPTS_SCHEMA = pa.schema(
-    [
-        pa.field("track_id", pa.int64(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("template_id", pa.int32(), nullable=False),
-        pa.field("renderings", pa.list_(pa.string()), nullable=False),
-    ]
-)
-
 _MISSING = {"nan", "none", "null", "n/a"}
 _INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -294,21 +284,6 @@ def build_prompts(texts: Iterable[TrackText], seed: int) -> PromptSet:
         schema=PROMPTS_SCHEMA,
     )
     return PromptSet(table=table, skipped=tuple(skipped))
-
-
-def write_prompts(table: pa.Table, path: Path) -> Path:
-    """Write the Parquet file aside and rename it into place."""
-    if table.schema != PROMPTS_SCHEMA:
-        raise ValueError(f"prompts table schema {table.schema} is not {PROMPTS_SCHEMA}")
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return Path(path)
-
-
-def read_prompts(path: Path) -> pa.Table:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist: materialize the `prompts` asset first")
-    return pq.read_table(path)
 
 
 def content_hash(table: pa.Table) -> str:

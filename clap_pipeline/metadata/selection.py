@@ -7,51 +7,13 @@ DuckDB ``tracks`` table) whose audio file exists in FMA's layout.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.metadata.fma import MAX_TRACK_ID, loaded_tracks_sha256
+from clap_pipeline.dataset import TRACKS_TABLE, audio_name_id, audio_path, folder_of
+from clap_pipeline.metadata.fma import loaded_tracks_sha256
 from clap_pipeline.storage import duckdb_connection
-
-# FMA's file names: six digits, lower-case extension (``000002.mp3``).
-_AUDIO_NAME = re.compile(r"(\d{6})\.mp3")
-
-
-def _checked_id(track_id: int) -> int:
-    tid = int(track_id)
-    if not 0 <= tid <= MAX_TRACK_ID:
-        raise ValueError(
-            f"track_id {tid} is outside FMA's audio layout NNN/NNNNNN.mp3 (0 to {MAX_TRACK_ID:,})"
-        )
-    return tid
-
-
-def folder_of(track_id: int) -> str:
-    """FMA audio folder (and waveforms partition key) of a track: ``000002`` -> ``000``.
-
-    The one definition of the layout, with :func:`audio_path` and :func:`audio_name_id`.
-    """
-    return f"{_checked_id(track_id):06d}"[:3]
-
-
-def audio_path(audio_dir: str | Path, track_id: int) -> Path:
-    """``<audio_dir>/NNN/NNNNNN.mp3`` as in FMA's releases."""
-    return Path(audio_dir) / folder_of(track_id) / f"{_checked_id(track_id):06d}.mp3"
-
-
-def audio_name_id(folder: str, name: str) -> int | None:
-    """The track id of a file name in an audio folder, or None when the layout has no such file.
-
-    ``foo.mp3``, ``42.mp3``, ``000477.MP3`` and a ``001000.mp3`` inside folder ``000`` are
-    not FMA clips (the assets ignore them).
-    """
-    match = _AUDIO_NAME.fullmatch(name)
-    if match is None:
-        return None
-    tid = int(match.group(1))
-    return tid if folder_of(tid) == folder else None
 
 
 def stray_audio_files(audio_dir: str | Path, folders: Sequence[str]) -> dict[str, list[str]]:
@@ -94,7 +56,9 @@ def select_tracks(
     with duckdb_connection(duckdb_path, read_only=True) as con:
         ids = [
             row[0]
-            for row in con.execute("SELECT track_id FROM tracks ORDER BY track_id").fetchall()
+            for row in con.execute(
+                f"SELECT track_id FROM {TRACKS_TABLE} ORDER BY track_id"
+            ).fetchall()
         ]
     # Listing each folder once is far cheaper than stat-ing 106k paths that mostly don't exist.
     present: dict[str, set[str]] = {}

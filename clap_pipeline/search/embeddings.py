@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
+from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.training.model import LoadedClap, audio_embeddings, pick_device
 
-WAVEFORM_SAMPLES = 240_000  # 5 s at 48 kHz, the `waveforms` contract
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
 
 
@@ -66,20 +65,10 @@ def count_waveform_rows(waveforms_dir: str | Path) -> int:
 
 
 def _to_batch(table: pa.Table, origin: str) -> WaveformBatch:
-    values = table.column("input_values").combine_chunks()
-    lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
-    ids = table.column("track_id").to_numpy().astype(np.int64)
-    bad = np.flatnonzero(lengths != WAVEFORM_SAMPLES)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{origin}: track {ids[i]} has {lengths[i]} samples in `input_values`, "
-            f"expected {WAVEFORM_SAMPLES} (48 kHz x 5 s); re-materialize `waveforms`"
-        )
-    flat = values.flatten().to_numpy(zero_copy_only=False)
+    rows = WaveformRows(table, origin)
     return WaveformBatch(
-        track_ids=ids,
-        waveforms=np.array(flat, dtype=np.float32).reshape(-1, WAVEFORM_SAMPLES),  # writable
+        track_ids=rows.track_ids,
+        waveforms=rows.clips(),  # raises naming the file and track on a wrong length
         source_paths=[str(p) for p in table.column("source_path").to_pylist()],
         source_sizes=table.column("source_size").to_numpy().astype(np.int64),
     )

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
+from clap_pipeline.dataset import audio_path as fma_audio_path
 from clap_pipeline.evaluation.genre_search import (
     GENRE_QUERIES,
     GenreSearchConfig,
@@ -41,8 +42,13 @@ from clap_pipeline.evaluation.genre_search import (
     model_genre_search,
 )
 from clap_pipeline.evaluation.inputs import read_genres
-from clap_pipeline.metadata.selection import audio_path as fma_audio_path
-from clap_pipeline.storage import atomic_path, duckdb_connection, table_exists, write_text_atomic
+from clap_pipeline.storage import (
+    atomic_path,
+    duckdb_connection,
+    table_exists,
+    transaction,
+    write_text_atomic,
+)
 from clap_pipeline.tables import UNPRINTABLE_IN_JSON, Table, printable
 
 TABLE = "track_embeddings"
@@ -187,14 +193,9 @@ def write_track_embeddings(
             con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")  # leave no half-built table
             raise
         # ... then swap in one transaction: readers see the old set or the new one.
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(f"DROP TABLE IF EXISTS {TABLE}")
             con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     return n
 
 

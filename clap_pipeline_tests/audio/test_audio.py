@@ -9,14 +9,13 @@ import pytest
 
 from clap_pipeline.audio import ffmpeg_bin
 from clap_pipeline.audio.decode import (
-    N_SAMPLES,
-    SAMPLE_RATE,
     DecodeFailure,
     decode_window,
     ensure_ffmpeg,
     id3v2_size,
     window_command,
 )
+from clap_pipeline.dataset import CLIP_SAMPLES, SAMPLE_RATE
 from clap_pipeline_tests.audio_fixtures import (
     AMPLITUDE,
     TONE_HZ,
@@ -37,8 +36,8 @@ def test_mp3_variants_give_exactly_five_seconds_of_the_tone_at_48k(
 ) -> None:
     window = decode_window(audio.source(kind))
     assert window.samples.dtype == np.float32
-    assert window.samples.shape == (N_SAMPLES,)
-    assert window.n_samples_decoded == N_SAMPLES
+    assert window.samples.shape == (CLIP_SAMPLES,)
+    assert window.n_samples_decoded == CLIP_SAMPLES
     # A file left at 44.1/22.05 kHz but read as 48 kHz would put the tone at 1088/2177 Hz.
     assert dominant_frequency(window.samples) == pytest.approx(TONE_HZ, abs=0.5)
     # Equal L and R average to the same tone (low bitrates lose a few % in the encoder).
@@ -49,7 +48,7 @@ def test_mp3_variants_give_exactly_five_seconds_of_the_tone_at_48k(
 def test_short_clip_is_padded_and_keeps_its_real_length(audio: AudioFactory) -> None:
     window = decode_window(audio.source("short2s"))
     assert window.n_samples_decoded == 2 * SAMPLE_RATE
-    assert window.samples.shape == (N_SAMPLES,)
+    assert window.samples.shape == (CLIP_SAMPLES,)
     assert not window.samples[2 * SAMPLE_RATE :].any()
     tail = window.samples[SAMPLE_RATE : 2 * SAMPLE_RATE]  # the clip's last second is real audio
     assert tone_amplitude(tail, TONE_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
@@ -59,7 +58,7 @@ def test_wav_named_mp3_is_decoded_and_stereo_is_averaged(audio: AudioFactory) ->
     path = audio.source("wav")
     assert path.suffix == ".mp3" and path.read_bytes()[:4] == b"RIFF"
     window = decode_window(path)
-    assert window.n_samples_decoded == N_SAMPLES
+    assert window.n_samples_decoded == CLIP_SAMPLES
     # Left 1 kHz and right 3 kHz at amplitude A: their mean holds each at A/2.
     assert tone_amplitude(window.samples, 1000) == pytest.approx(AMPLITUDE / 2, rel=0.01)
     assert tone_amplitude(window.samples, 3000) == pytest.approx(AMPLITUDE / 2, rel=0.01)
@@ -76,7 +75,7 @@ def test_window_offset_seeks_on_the_input_side(audio: AudioFactory) -> None:
     assert dominant_frequency(decode_window(path).samples) == pytest.approx(1000, abs=0.5)
     later = decode_window(path, offset_s=5.0)
     assert dominant_frequency(later.samples) == pytest.approx(2000, abs=0.5)
-    assert later.n_samples_decoded == N_SAMPLES
+    assert later.n_samples_decoded == CLIP_SAMPLES
     tail = decode_window(path, offset_s=7.5)  # only 2.5 s left: padded
     assert abs(tail.n_samples_decoded - int(2.5 * SAMPLE_RATE)) <= 1152  # one MP3 frame
     assert not tail.samples[tail.n_samples_decoded :].any()

@@ -15,17 +15,20 @@ import pandas as pd
 import pytest
 
 from clap_pipeline.audio.demo import collection as demo
-from clap_pipeline.audio.demo.collection import (
-    MARKER_NAME,
+from clap_pipeline.audio.demo import encode
+from clap_pipeline.audio.demo.collection import MARKER_NAME, write_demo_dataset
+from clap_pipeline.audio.demo.encode import DemoDataError
+from clap_pipeline.audio.demo.plan import (
     STYLE_OF_TOP,
-    DemoDataError,
+    TrackPlan,
     audio_params,
-    write_demo_dataset,
+    plan_dataset,
+    tracks_csv_text,
 )
 from clap_pipeline.audio.demo.synth import CLIP_SECONDS, STYLES, TONE_TAGS, AudioParams, render_clip
 from clap_pipeline.cli import main
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.metadata.fma import load_metadata
-from clap_pipeline.metadata.selection import audio_path
 from clap_pipeline_tests.demo_fixtures import (
     FMA_COLUMN_TUPLES,
     FMA_TOP_LEVEL,
@@ -230,7 +233,7 @@ def test_defects_are_present_and_reported(generated: Generated, ffmpeg: str) -> 
     assert abs(len(short) / SR - 0.5) < 0.03
 
     truncated = generated.path(defects["truncated_file"])
-    frames = demo.mp3_frames(truncated.read_bytes())
+    frames = encode.mp3_frames(truncated.read_bytes())
     offset, length = frames[-1]
     assert offset < truncated.stat().st_size < offset + length  # cut inside a frame
     seconds = len(decode(ffmpeg, truncated)) / SR
@@ -341,7 +344,7 @@ def _digests(root: Path) -> dict[str, str]:
 def test_same_seed_same_bytes(generated: Generated, tmp_path: Path) -> None:
     write_demo_dataset(tmp_path, n_tracks=N_TRACKS, seed=SEED, log=None)
     assert _digests(tmp_path) == _digests(generated.root)
-    other = demo.tracks_csv_text(demo.plan_dataset(N_TRACKS, SEED + 1))
+    other = tracks_csv_text(plan_dataset(N_TRACKS, SEED + 1))
     assert other != (tmp_path / "fma_metadata" / "tracks.csv").read_text(encoding="utf-8")
 
 
@@ -394,16 +397,16 @@ def test_failed_run_leaves_the_previous_dataset(
     write_demo_dataset(out, n_tracks=8, seed=3, log=None)
     before = _digests(out)
     calls = 0
-    real_write_clip = demo._write_clip
+    real_write_clip = encode.write_clip
 
-    def failing_write_clip(plan: demo.TrackPlan, audio_root: Path) -> float:
+    def failing_write_clip(plan: TrackPlan, audio_root: Path) -> float:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise DemoDataError("simulated encoder crash")
         return real_write_clip(plan, audio_root)
 
-    monkeypatch.setattr(demo, "_write_clip", failing_write_clip)
+    monkeypatch.setattr(encode, "write_clip", failing_write_clip)
     with pytest.raises(DemoDataError, match="simulated"):
         write_demo_dataset(out, n_tracks=8, seed=4, log=None)
     assert _digests(out) == before

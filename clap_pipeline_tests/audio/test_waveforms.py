@@ -20,18 +20,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.audio import ffmpeg_bin
-from clap_pipeline.audio.decode import N_SAMPLES
+from clap_pipeline.audio.decode_failures import read_failures
+from clap_pipeline.audio.waveform_health import dataset_health
 from clap_pipeline.audio.waveforms import (
     DecodeOptions,
     Progress,
     WaveformsSummary,
     build_waveforms,
-    dataset_health,
     group_by_folder,
-    read_failures,
     remove_unselected_partitions,
 )
 from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.dataset import CLIP_SAMPLES
 from clap_pipeline.metadata.selection import select_tracks
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 
@@ -128,9 +128,9 @@ def test_build_writes_the_contract(tmp_path: Path, audio: AudioFactory) -> None:
     assert table.schema.field("source_path").type == pa.string()
     assert table.schema.field("source_size").type == pa.int64()
     assert table.schema.field("source_mtime").type == pa.float64()
-    assert pc.list_value_length(table.column("input_values")).to_pylist() == [N_SAMPLES] * 7
+    assert pc.list_value_length(table.column("input_values")).to_pylist() == [CLIP_SAMPLES] * 7
     decoded = dict(zip(expected_ids, table.column("n_samples_decoded").to_pylist(), strict=True))
-    assert decoded == {tid: 96_000 if tid == 10 else N_SAMPLES for tid in expected_ids}
+    assert decoded == {tid: 96_000 if tid == 10 else CLIP_SAMPLES for tid in expected_ids}
     for row in table.select(["track_id", "source_path", "source_size", "source_mtime"]).to_pylist():
         st = Path(row["source_path"]).stat()
         assert row["source_path"] == str(s.audio_dir / f"{row['track_id']:06d}"[:3]

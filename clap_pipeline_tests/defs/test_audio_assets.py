@@ -15,7 +15,7 @@ from dagster import (
     materialize,
 )
 
-from clap_pipeline.audio.waveforms import read_failures
+from clap_pipeline.audio.decode_failures import read_failures
 from clap_pipeline.defs.audio import (
     waveforms,
     waveforms_failure_rate,

@@ -29,6 +29,7 @@ from dagster import (
 )
 
 from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.definitions import build_defs
 from clap_pipeline.defs.automation import (
     DATA_VERSION_TAG,
@@ -43,9 +44,8 @@ from clap_pipeline.defs.automation import (
     run_failure_summary,
 )
 from clap_pipeline.defs.resources import resources_for
+from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import CsvHash, raw_inputs
-from clap_pipeline.metadata.selection import audio_path
-from clap_pipeline_tests.fma_fixtures import default_row, tracks_frame, write_metadata
 
 FIRST_IDS = [2, 5, 10, 1000, 1001]
 

@@ -24,12 +24,8 @@ import pytest
 from dagster import DagsterInstance
 
 from clap_pipeline import tracking
-from clap_pipeline.audio.waveforms import (
-    DecodeOptions,
-    build_waveforms,
-    group_by_folder,
-    read_failures,
-)
+from clap_pipeline.audio.decode_failures import read_failures
+from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, group_by_folder
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.metadata.selection import select_tracks
 from clap_pipeline.training.loop import TrainConfig, TrainInputs, train

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from clap_pipeline.dataset import PROMPTS_SCHEMA, audio_path, read_prompts, write_prompts
 from clap_pipeline.defs.metadata import (
     prompts,
     prompts_match_contract,
@@ -21,9 +22,8 @@ from clap_pipeline.defs.metadata import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.metadata.prompts import PROMPTS_SCHEMA, content_hash, read_prompts, write_prompts
-from clap_pipeline.metadata.selection import audio_path
-from clap_pipeline_tests.fma_fixtures import quirky_tracks, write_metadata
+from clap_pipeline.metadata.fma_synthetic import quirky_tracks, write_metadata
+from clap_pipeline.metadata.prompts import content_hash
 
 CHECKS = [
     tracks_track_ids_valid,

@@ -15,13 +15,13 @@ from dagster import DagsterInstance, RunConfig, materialize
 from clap_pipeline import tracking
 from clap_pipeline.cli import main
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.search import (
     TrackEmbeddingsConfig,
     track_embeddings,
     track_embeddings_complete_and_normalised,
 )
-from clap_pipeline.metadata.selection import audio_path
 from clap_pipeline.search.query import encode_query
 from clap_pipeline.training.model import audio_embeddings, load_clap, save_tiny_model
 from clap_pipeline_tests.search_fixtures import write_tracks_table, write_waveforms

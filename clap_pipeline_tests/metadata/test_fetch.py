@@ -26,12 +26,12 @@ from clap_pipeline.cli import main as cli_main
 from clap_pipeline.metadata import fetch
 from clap_pipeline.metadata.fetch import (
     ChecksumError,
-    DownloadProgress,
     FetchError,
     extract_clips,
     fetch_fma,
     parse_checksums,
 )
+from clap_pipeline.progress import DownloadProgress
 
 TRACKS_CSV = (
     b",album,artist,set,set,track,track\n"

@@ -17,12 +17,17 @@ import duckdb
 import pandas as pd
 import pytest
 
-from clap_pipeline.metadata.fma import (
+from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.dataset import (
     COLUMN_KINDS,
     DATE,
     FMA_COLUMNS,
     INT_LIST,
     STR_LIST,
+    TRACK_COLUMN_TYPES,
+    tracks_ddl,
+)
+from clap_pipeline.metadata.fma import (
     BadCell,
     FmaFormatError,
     check_utf8,
@@ -34,7 +39,7 @@ from clap_pipeline.metadata.fma import (
     read_track_ids,
     track_id_problems,
 )
-from clap_pipeline_tests.fma_fixtures import (
+from clap_pipeline.metadata.fma_synthetic import (
     DATE_COLUMNS,
     LIST_COLUMNS,
     QUOTED_TAGS,
@@ -47,8 +52,6 @@ from clap_pipeline_tests.fma_fixtures import (
     write_metadata,
     write_tracks_csv,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(root: Path, frame: pd.DataFrame | None = None, db: Path | None = None):
@@ -459,7 +462,7 @@ def test_killed_load_leaves_previous_tables(tmp_path: Path) -> None:
     meta = write_metadata(tmp_path / "new", synthetic_tracks(300, seed=2))
     proc = subprocess.run(
         [sys.executable, "-c", KILLER, str(db), str(meta / "tracks.csv"), str(meta / "genres.csv")],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -489,3 +492,21 @@ def test_profile(tmp_path: Path) -> None:
     assert profile.genre_top_counts[:2] == (("Rock", 4), ("Hip-Hop", 3))
     assert sum(c for _, c in profile.genre_top_counts) == 13
     assert [name for name, _ in profile.columns] == ["track_id", *COLUMN_KINDS, "lookup_key"]
+
+
+def test_tracks_ddl_gives_the_loaded_tables_types(tmp_path: Path) -> None:
+    """Fixtures build `tracks` with ``tracks_ddl``: the same types as the real load."""
+    _, _, db = _load(tmp_path)
+    with duckdb.connect(str(db), read_only=True) as con:
+        loaded = dict(profile_tracks(con).columns)
+        con_mem = duckdb.connect()
+        con_mem.execute(tracks_ddl())
+        declared = dict(
+            con_mem.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'tracks' ORDER BY ordinal_position"
+            ).fetchall()
+        )
+    assert declared == loaded == TRACK_COLUMN_TYPES
+    with pytest.raises(ValueError, match=r"not columns of `tracks`.*'track_titel'"):
+        tracks_ddl(["track_titel"])

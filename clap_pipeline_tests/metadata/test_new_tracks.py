@@ -9,7 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.metadata.fma import load_metadata
+from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import (
     CsvHash,
     TrainedSelection,
@@ -18,8 +20,7 @@ from clap_pipeline.metadata.new_tracks import (
     last_training,
     raw_inputs,
 )
-from clap_pipeline.metadata.selection import Selection, audio_path, current_selection, data_version
-from clap_pipeline_tests.fma_fixtures import default_row, tracks_frame, write_metadata
+from clap_pipeline.metadata.selection import Selection, current_selection, data_version
 
 METADATA_IDS = [2, 3, 5, 10, 1000, 1001, 2004]
 AUDIO_IDS = [2, 5, 10, 1000, 2004, 3000]  # 3 and 1001 have no clip, 3000 no metadata

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts, tracks_ddl, write_prompts
 from clap_pipeline.metadata.fma import load_metadata
+from clap_pipeline.metadata.fma_synthetic import write_metadata
 from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
-    PROMPTS_SCHEMA,
     TEMPLATE_NAMES,
     TEMPLATE_PATTERNS,
     TrackText,
@@ -26,13 +27,10 @@ from clap_pipeline.metadata.prompts import (
     content_hash,
     leak_problems,
     missing_track_ids,
-    read_prompts,
     read_track_texts,
     render_all,
     track_text,
-    write_prompts,
 )
-from clap_pipeline_tests.fma_fixtures import write_metadata
 
 FOOD = TrackText(2, "Food", "AWOL", "AWOL - A Way Of Life", "Hip-Hop", ("lo-fi", "boom bap"))
 
@@ -262,10 +260,7 @@ def test_read_track_texts_from_duckdb(tmp_path: Path) -> None:
 def test_read_track_texts_with_a_minimal_tracks_table(tmp_path: Path) -> None:
     # Other parts' tests build a `tracks` table with a few columns only.
     with duckdb.connect(str(tmp_path / "db.duckdb")) as con:
-        con.execute(
-            "CREATE TABLE tracks (track_id BIGINT PRIMARY KEY, track_title VARCHAR, "
-            "artist_name VARCHAR, track_genre_top VARCHAR)"
-        )
+        con.execute(tracks_ddl(["track_title", "artist_name", "track_genre_top"]))
         con.execute("INSERT INTO tracks VALUES (1, 'T', 'A', 'Rock'), (2, NULL, 'B', NULL)")
         texts = read_track_texts(con, [1, 2])
     assert texts == [

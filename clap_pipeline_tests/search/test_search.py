@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clap_pipeline.cli import main
-from clap_pipeline.metadata.selection import audio_path
+from clap_pipeline.dataset import audio_path
 from clap_pipeline.search.query import (
     TABLE,
     ModelChoice,

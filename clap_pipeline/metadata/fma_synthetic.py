@@ -1,4 +1,4 @@
-"""FMA-format metadata files for tests and benchmarks, and the dataset's reference loader.
+"""FMA-format metadata files (tests, benchmarks) and the dataset's reference loader (pandas).
 
 Files are written the way FMA wrote them: pandas ``to_csv`` of a frame with two
 column levels (three header lines), Python-repr lists, ``-1`` integer gaps,
@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from clap_pipeline.metadata.fma import DATE, FMA_COLUMNS, INT
+from clap_pipeline.dataset import DATE, FMA_COLUMNS, INT
 
 LIST_COLUMNS = [
     ("track", "tags"),
