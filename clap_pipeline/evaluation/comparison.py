@@ -62,11 +62,20 @@ def _val_key(k: int) -> str:
     return f"val_text_to_audio_recall_at_{k}"
 
 
+LEGACY_TEST_KEY = "test_text_to_audio_recall_at_{k}"  # evaluations before the eval_* names
 FEEDBACK_KEY = "feedback_heldout_pairwise_accuracy"  # logged by asset feedback_evaluation
 
 
-def _test_key(k: int) -> str:
-    return eval_metric_name("test", f"text_to_audio_recall_at_{k}")
+def _test_key(k: int, metrics: dict[str, float]) -> str | None:
+    """The run's test text->audio R@k metric; runs evaluated before the ``eval_*`` names
+    carry ``test_text_to_audio_recall_at_k`` instead (None: not evaluated)."""
+    for key in (
+        eval_metric_name("test", f"text_to_audio_recall_at_{k}"),
+        LEGACY_TEST_KEY.format(k=k),
+    ):
+        if key in metrics:
+            return key
+    return None
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ def _summary(
     best = _int(params.get("best_epoch"))
     if best is None and "best_epoch" in metrics:
         best = _int(metrics["best_epoch"])
-    test = {k: metrics[_test_key(k)] for k in KS if _test_key(k) in metrics}
+    test = {k: metrics[key] for k in KS if (key := _test_key(k, metrics)) is not None}
     # The version this run registered in ``model_name`` (the tag may name another model's).
     tagged = tags.get("registered_model_version")
     mv = next((v for v in versions if str(v.version) == tagged), None)

@@ -341,3 +341,16 @@ def test_feedback_section_shows_the_run_and_the_served_model(tmp_path: Path) -> 
     assert "| r4 | v3 @challenger | 0.625 | - |" in section
     text = comparison_text(runs, recommend_max_epochs(runs), **kwargs)
     assert re.search(r"r2\s+v2 @champion\s+0\.750\s+0\.500", text)
+
+
+def test_runs_evaluated_under_the_old_metric_names_keep_their_test_recall(
+    tmp_path: Path,
+) -> None:
+    store = build_runs_store(tmp_path)
+    client = tracking.client(store.tracking_uri)
+    for k, value in ((1, 0.25), (5, 0.5), (10, 0.75)):  # r4 was never evaluated (eval_*)
+        client.log_metric(store.run_ids["r4"], f"test_text_to_audio_recall_at_{k}", value)
+    by_name = {r.run_name: r for r in collect_runs(store.tracking_uri, store.experiment)}
+    assert by_name["r4"].test_recall == {1: 0.25, 5: 0.5, 10: 0.75}
+    assert by_name["r1"].test_recall == {1: 0.125, 5: 0.375, 10: 0.625}  # eval_* names
+    assert by_name["r5"].test_recall is None
