@@ -128,10 +128,7 @@ def _log_run(mlflow_client, experiment_id: str, i: int, run: FakeRun) -> str:
         ]
     if run.test is not None:
         for k, value in zip((1, 5, 10), run.test, strict=True):
-            metrics += [
-                Metric(f"test_text_to_audio_recall_at_{k}", value, start, 0),
-                Metric(f"test_recall_at_{k}", value, start, 0),
-            ]
+            metrics.append(Metric(f"eval_test_text_to_audio_recall_at_{k}", value, start, 0))
     mlflow_client.log_batch(
         run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()]
     )

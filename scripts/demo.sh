@@ -50,4 +50,4 @@ materialize --select evaluation,track_embeddings,model_comparison --config-json 
 echo
 echo "Try: $CLI search \"folk country music\" -k 5   (or make serve: a web page with playback)"
 echo
-"$PY" -m clap_pipeline.evaluation.evaluate show  # ends with the verdict
+"$PY" -m clap_pipeline.evaluation show  # ends with the verdict

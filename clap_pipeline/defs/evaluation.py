@@ -1,8 +1,7 @@
-"""Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation.evaluate``.
+"""Asset `evaluation` and its checks: thin wrappers over ``clap_pipeline.evaluation``.
 
-Paths come from the ``clap_settings`` resource, the DuckDB file from ``duckdb``
-and the MLflow store from ``mlflow``; the knobs are run config
-(``EvaluationConfig``). The work, ``reports/evaluation.json`` and the MLflow
+Paths, the DuckDB file and the MLflow store come from the ``clap_settings`` resource;
+the knobs are run config (``EvaluationConfig``). The work, ``reports/evaluation.json`` and the MLflow
 logging are done by the evaluation module, which also runs standalone.
 """
 
@@ -21,25 +20,26 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.evaluation.evaluate import (
-    REPORT_NAME,
+from clap_pipeline.evaluation.checks import beats_random, range_problems
+from clap_pipeline.evaluation.evaluate import evaluate
+from clap_pipeline.evaluation.inputs import (
     EvalConfig,
     EvalInputs,
     EvaluationError,
-    beats_random,
+    load_manifest,
+    report_path,
+)
+from clap_pipeline.evaluation.metrics import KS
+from clap_pipeline.evaluation.render import (
     chart_markdown,
     comparison_chart_png,
-    evaluate,
     genre_markdown,
     genre_search_markdown,
-    load_manifest,
-    load_report,
     qualitative_markdown,
-    range_problems,
     retrieval_markdown,
     verdict_lines,
 )
-from clap_pipeline.evaluation.metrics import KS
+from clap_pipeline.evaluation.report import load_report
 
 _DEFAULTS = EvalConfig()
 
@@ -72,7 +72,7 @@ class EvaluationConfig(Config):
 
 
 def _report_path(clap_settings: ClapSettings) -> Path:
-    return clap_settings.settings().reports_dir / REPORT_NAME
+    return report_path(clap_settings.settings())
 
 
 @asset(
@@ -94,34 +94,35 @@ def evaluation(
     report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
     metadata: dict = {
         "report": MetadataValue.path(str(inputs.report_path)),
-        "mlflow_run_id": report["mlflow_run_id"],
+        "mlflow_run_id": report.mlflow_run_id,
         "retrieval": MetadataValue.md(retrieval_markdown(report)),
         "qualitative": MetadataValue.md(qualitative_markdown(report)),
         "genre_classification": MetadataValue.md(genre_markdown(report)),
         "genre_search": MetadataValue.md(genre_search_markdown(report)),
         "verdict": MetadataValue.md("\n".join(verdict_lines(report))),
-        "device": report["device"],
-        "seconds": report["seconds"],
+        "device": report.device,
+        "seconds": report.seconds,
     }
-    for split, block in report["splits"].items():
-        metadata[f"n_{split}"] = block["n"]
-    test = report["splits"]["test"]
-    if test["n"]:
+    for split, block in report.splits.items():
+        metadata[f"n_{split}"] = block.n
+    test = report.evaluated("test")
+    if test is not None:
         metadata["comparison_chart"] = MetadataValue.md(
             chart_markdown(comparison_chart_png(report))
         )
         for k in KS:
             key = f"text_to_audio_recall_at_{k}"
-            metadata[f"test_{key}"] = test["models"]["fine_tuned"][key]["value"]
-            metadata[f"zeroshot_test_{key}"] = test["models"]["zero_shot"][key]["value"]
-            metadata[f"random_test_recall_at_{k}"] = test["random"]["exact"][key]
-    test_search = report["genre_search"]["splits"]["test"]
-    if test_search["models"]:
-        score = f"precision_at_{report['genre_search']['k']}"
+            metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
+            metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
+            metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]
+    search = report.genre_search
+    test_search = search.splits["test"]
+    if test_search.prior is not None:
+        score = search.precision_name
         for key, prefix in (("fine_tuned", ""), ("zero_shot", "zeroshot_")):
-            value = test_search["models"][key]["genre_music"][score]["value"]
+            value = test_search.models[key]["genre_music"].scores[score].value
             metadata[f"{prefix}test_genre_search_{score}"] = value
-        metadata[f"prior_test_genre_search_{score}"] = test_search["prior"][score]["value"]
+        metadata[f"prior_test_genre_search_{score}"] = test_search.prior.scores[score].value
     return MaterializeResult(metadata=metadata)
 
 
@@ -143,7 +144,7 @@ def evaluation_metrics_in_range(clap_settings: ClapSettings) -> AssetCheckResult
         severity=AssetCheckSeverity.ERROR,
         description=None if not problems else f"{len(problems)} problem(s): {problems[0]}",
         metadata={
-            "n_test": report["splits"]["test"]["n"],
+            "n_test": report.splits["test"].n,
             "test_split_size": len(manifest["splits"]["test"]),
             "problems": MetadataValue.md(
                 "\n".join(f"- {p}" for p in problems) if problems else "none"
@@ -165,13 +166,11 @@ def evaluation_beats_random(clap_settings: ClapSettings) -> AssetCheckResult:
             passed=False, severity=AssetCheckSeverity.WARN, metadata={"problem": str(exc)}
         )
     ok, detail = beats_random(report)
-    test = report["splits"]["test"]
+    test = report.evaluated("test")
     metadata: dict = {"detail": detail}
-    if test["n"]:
-        metadata["fine_tuned_r5"] = test["models"]["fine_tuned"]["text_to_audio_recall_at_5"][
-            "value"
-        ]
-        metadata["random_r5"] = test["random"]["exact"]["text_to_audio_recall_at_5"]
+    if test is not None:
+        metadata["fine_tuned_r5"] = test.stat("fine_tuned", "text_to_audio_recall_at_5").value
+        metadata["random_r5"] = test.random.exact["text_to_audio_recall_at_5"]
     return AssetCheckResult(
         passed=ok, severity=AssetCheckSeverity.WARN, description=detail, metadata=metadata
     )

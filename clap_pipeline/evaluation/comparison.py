@@ -6,7 +6,8 @@ wrappers. Everything is read back from MLflow, as training and evaluation wrote 
 * runs tagged ``mlflow.source.name = clap_pipeline.training`` (deleted runs are skipped);
 * params ``config.*``, ``n_train``, ``best_epoch``, ``data_version`` (optional);
 * per-epoch metrics (step = epoch) ``val_loss`` and ``val_text_to_audio_recall_at_{1,5,10}``;
-* test metrics ``test_text_to_audio_recall_at_{1,5,10}`` logged by the evaluation;
+* test metrics ``eval_test_text_to_audio_recall_at_{1,5,10}`` logged by the evaluation
+  (names: ``clap_pipeline.evaluation.mlflow_log``);
 * ``feedback_heldout_pairwise_accuracy`` (and ``..._served``) logged by ``feedback_evaluation``;
 * the registry: which version of ``clap-fma`` each run registered and which run holds
   ``@champion`` now (the run tag ``registered_model_alias`` is only the alias at the time).
@@ -29,8 +30,17 @@ from typing import Any
 
 from clap_pipeline import tracking
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
+from clap_pipeline.evaluation.mlflow_log import eval_metric_name
 from clap_pipeline.storage import atomic_path, write_text_atomic
-from clap_pipeline.tables import markdown_table
+from clap_pipeline.tables import (
+    Block,
+    Code,
+    Heading,
+    Paragraph,
+    Table,
+    render_markdown,
+    render_text,
+)
 
 TRAINING_SOURCE = "clap_pipeline.training"  # the mlflow.source.name tag of training runs
 KS = (1, 5, 10)
@@ -52,11 +62,20 @@ def _val_key(k: int) -> str:
     return f"val_text_to_audio_recall_at_{k}"
 
 
+LEGACY_TEST_KEY = "test_text_to_audio_recall_at_{k}"  # evaluations before the eval_* names
 FEEDBACK_KEY = "feedback_heldout_pairwise_accuracy"  # logged by asset feedback_evaluation
 
 
-def _test_key(k: int) -> str:
-    return f"test_text_to_audio_recall_at_{k}"
+def _test_key(k: int, metrics: dict[str, float]) -> str | None:
+    """The run's test text->audio R@k metric; runs evaluated before the ``eval_*`` names
+    carry ``test_text_to_audio_recall_at_k`` instead (None: not evaluated)."""
+    for key in (
+        eval_metric_name("test", f"text_to_audio_recall_at_{k}"),
+        LEGACY_TEST_KEY.format(k=k),
+    ):
+        if key in metrics:
+            return key
+    return None
 
 
 @dataclass(frozen=True)
@@ -183,7 +202,7 @@ def _summary(
     best = _int(params.get("best_epoch"))
     if best is None and "best_epoch" in metrics:
         best = _int(metrics["best_epoch"])
-    test = {k: metrics[_test_key(k)] for k in KS if _test_key(k) in metrics}
+    test = {k: metrics[key] for k in KS if (key := _test_key(k, metrics)) is not None}
     # The version this run registered in ``model_name`` (the tag may name another model's).
     tagged = tags.get("registered_model_version")
     mv = next((v for v in versions if str(v.version) == tagged), None)
@@ -380,16 +399,6 @@ def epoch_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     return rows
 
 
-def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "\n".join(lines)
-
-
 def _no_runs(experiment: str, tracking_uri: str) -> str:
     return (
         f"No training runs in MLflow experiment {experiment!r} ({tracking_uri}) yet: "
@@ -407,7 +416,7 @@ def _champion_line(runs: Sequence[RunSummary], model_name: str) -> str:
     )
 
 
-def comparison_markdown(
+def comparison_blocks(
     runs: Sequence[RunSummary],
     rec: Recommendation,
     *,
@@ -415,65 +424,42 @@ def comparison_markdown(
     tracking_uri: str,
     model_name: str = DEFAULT_REGISTERED_MODEL,
     retrain_run_config: Path | None = None,
-) -> str:
+    unicode: bool = True,
+) -> list[Block]:
+    """The report once, for both renderings; ``unicode=False`` keeps it ASCII (terminal)."""
     if not runs:
-        return _no_runs(experiment, tracking_uri)
-    parts = [
-        f"**{len(runs)} training run(s) of experiment `{experiment}`**, oldest first. "
-        "★ = champion; val R@k = validation text→audio recall at the best epoch; "
-        "test R@k = the evaluation's text→audio recall (- = not evaluated).",
-        "",
-        markdown_table(RUN_HEADERS, run_rows(runs, "★")),
-        "",
-        _champion_line(runs, model_name),
-        "",
-        "**Validation per epoch** (text→audio)",
-        "",
-        markdown_table(EPOCH_HEADERS, epoch_rows(runs))
+        return [Paragraph(_no_runs(experiment, tracking_uri))]
+    star, arrow = ("★", "→") if unicode else ("*", "->")
+    blocks: list[Block] = [
+        Paragraph(
+            f"**{len(runs)} training run(s) of MLflow experiment `{experiment}`** "
+            f"({tracking_uri}), oldest first. {star} = champion; val R@k = validation "
+            f"text{arrow}audio recall at the best epoch; test R@k = the evaluation's "
+            f"text{arrow}audio recall (- = not evaluated)."
+        ),
+        Table(RUN_HEADERS, run_rows(runs, star)),
+        Paragraph(_champion_line(runs, model_name)),
+        Heading(f"Validation per epoch (text{arrow}audio)"),
+        Table(EPOCH_HEADERS, epoch_rows(runs))
         if any(r.epochs for r in runs)
-        else "(none)",
-        "",
-        *(line + "\n" for line in recommendation_lines(rec, retrain_run_config)),
+        else Paragraph("(none)"),
+        *(Paragraph(line) for line in recommendation_lines(rec, retrain_run_config)),
     ]
     if rec.max_epochs is not None:
-        parts += ["```yaml", _run_config_yaml(rec.max_epochs).rstrip(), "```"]
+        blocks.append(Code(_run_config_yaml(rec.max_epochs), "yaml"))
     if feedback := feedback_rows(runs):
-        parts += ["", f"**{FEEDBACK_TITLE}**", "", markdown_table(FEEDBACK_HEADERS, feedback)]
-    return "\n".join(parts).rstrip() + "\n"
+        blocks += [Heading(FEEDBACK_TITLE), Table(FEEDBACK_HEADERS, feedback)]
+    return blocks
 
 
-def comparison_text(
-    runs: Sequence[RunSummary],
-    rec: Recommendation,
-    *,
-    experiment: str,
-    tracking_uri: str,
-    model_name: str = DEFAULT_REGISTERED_MODEL,
-    retrain_run_config: Path | None = None,
-) -> str:
-    """The Markdown report's content as aligned plain text for a terminal."""
-    if not runs:
-        return _no_runs(experiment, tracking_uri) + "\n"
-    parts = [
-        f"{len(runs)} training run(s) of MLflow experiment {experiment!r} ({tracking_uri}), "
-        "oldest first.",
-        "* = champion; val R@k = validation text->audio recall at the best epoch; "
-        "test R@k = the evaluation's (- = not evaluated).",
-        "",
-        _text_table(RUN_HEADERS, run_rows(runs, "*")),
-        "",
-        _champion_line(runs, model_name).replace("`", ""),
-        "",
-        "Validation per epoch (text->audio)",
-        _text_table(EPOCH_HEADERS, epoch_rows(runs)) if any(r.epochs for r in runs) else "(none)",
-        "",
-        *(line.replace("`", "") for line in recommendation_lines(rec, retrain_run_config)),
-    ]
-    if rec.max_epochs is not None:
-        parts += ["", _run_config_yaml(rec.max_epochs).rstrip()]
-    if feedback := feedback_rows(runs):
-        parts += ["", FEEDBACK_TITLE, _text_table(FEEDBACK_HEADERS, feedback)]
-    return "\n".join(parts).rstrip() + "\n"
+def comparison_markdown(runs: Sequence[RunSummary], rec: Recommendation, **names: Any) -> str:
+    """The report for files and Dagster (keywords as ``comparison_blocks``)."""
+    return render_markdown(comparison_blocks(runs, rec, **names))
+
+
+def comparison_text(runs: Sequence[RunSummary], rec: Recommendation, **names: Any) -> str:
+    """The same report as aligned plain text for a terminal."""
+    return render_text(comparison_blocks(runs, rec, unicode=False, **names))
 
 
 # --------------------------------------------------------------------------- chart

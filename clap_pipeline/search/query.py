@@ -35,13 +35,13 @@ import pyarrow as pa
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
-from clap_pipeline.evaluation.evaluate import read_genres
 from clap_pipeline.evaluation.genre_search import (
     GENRE_QUERIES,
     GenreSearchConfig,
     eligible_genres,
     model_genre_search,
 )
+from clap_pipeline.evaluation.inputs import read_genres
 from clap_pipeline.storage import (
     atomic_path,
     duckdb_connection,
@@ -49,6 +49,7 @@ from clap_pipeline.storage import (
     transaction,
     write_text_atomic,
 )
+from clap_pipeline.tables import UNPRINTABLE_IN_JSON, Table, printable
 
 TABLE = "track_embeddings"
 STAGING_TABLE = "track_embeddings__staging"
@@ -539,44 +540,27 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
 
 # Characters a terminal acts on instead of showing: C0/C1 controls (ESC starts colour and
 # cursor sequences, CSI is \x9b), DEL, and the bidirectional overrides that reorder text.
-_NOT_C0 = "\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_UNPRINTABLE = re.compile(f"[\x00-\x1f{_NOT_C0}]")
-_UNPRINTABLE_IN_JSON = re.compile(f"[{_NOT_C0}]")  # json.dumps escapes C0 itself
-
-
-def printable(text: str) -> str:
-    """``text`` with terminal control characters written as escapes (``\x1b``, ``\u202e``)."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
 def _cell(value: object, width: int = 40) -> str:
     text = "" if value is None else printable(" ".join(str(value).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def format_table(hits: Sequence[SearchHit]) -> str:
-    header = ("rank", "title", "artist", "genre", "score")
     rows = [
-        (str(h.rank), _cell(h.title), _cell(h.artist), _cell(h.genre, 24), f"{h.score:.4f}")
+        (h.rank, _cell(h.title), _cell(h.artist), _cell(h.genre, 24), f"{h.score:.4f}")
         for h in hits
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {0, 4}  # numbers right-aligned
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    # Numbers (rank, score) right-aligned.
+    return Table(
+        ("rank", "title", "artist", "genre", "score"), rows, right=frozenset({0, 4})
+    ).text()
 
 
 def hits_json(hits: Sequence[SearchHit]) -> str:
     # json escapes C0 controls itself; C1 controls and bidi overrides are valid JSON text
     # that a terminal would act on, so they are written as \u escapes too.
     text = json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False)
-    return _UNPRINTABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return UNPRINTABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def m3u_text(hits: Sequence[SearchHit]) -> str:

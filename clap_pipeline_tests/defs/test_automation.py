@@ -21,6 +21,7 @@ from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.definitions import build_defs
 from clap_pipeline.defs.automation import NEW_TRACKS_TAG, new_tracks_sensor
 from clap_pipeline.defs.resources import resources_for
+from clap_pipeline.evaluation.report import load_report
 
 # The tiny model's recipe, as `make demo` and `make dev` use it.
 TINY_RUN_CONFIG = REPO_ROOT / "scripts" / "tiny_model_run_config.yaml"
@@ -89,28 +90,28 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
 
     manifest = json.loads(settings.training_manifest_path.read_text())
     best = next(e for e in manifest["epochs"] if e["epoch"] == manifest["best_epoch"])
-    report = json.loads((settings.reports_dir / "evaluation.json").read_text())
-    validation = report["splits"]["validation"]
-    untrained = validation["models"]["zero_shot"]["text_to_audio_recall_at_5"]["value"]
-    random_r5 = validation["random"]["exact"]["text_to_audio_recall_at_5"]
+    report = load_report(settings.reports_dir / "evaluation.json")
+    validation = report.splits["validation"]
+    untrained = validation.stat("zero_shot", "text_to_audio_recall_at_5").value
+    random_r5 = validation.random.exact["text_to_audio_recall_at_5"]
     # Fine-tuning learned something measurable: better than untrained and than random...
     assert best["val_text_to_audio_recall_at_5"] > max(untrained, random_r5), (best, untrained)
     # ... also on the test split, which chose nothing: both directions, and genre search.
-    test = report["splits"]["test"]
-    assert test["n"] >= 20
+    test = report.splits["test"]
+    assert test.n >= 20
     for direction in ("text_to_audio", "audio_to_text"):
         key = f"{direction}_recall_at_5"
-        tuned = test["models"]["fine_tuned"][key]
-        zero_shot = test["models"]["zero_shot"][key]["value"]
-        chance = test["random"]["exact"][key]
-        assert tuned["value"] >= 1.5 * chance and tuned["value"] > zero_shot, (key, tuned)
+        tuned = test.stat("fine_tuned", key)
+        zero_shot = test.stat("zero_shot", key).value
+        chance = test.random.exact[key]
+        assert tuned.value >= 1.5 * chance and tuned.value > zero_shot, (key, tuned)
     # The headline direction's interval clears chance even on ~24 clips.
-    t2a = test["models"]["fine_tuned"]["text_to_audio_recall_at_5"]
-    assert t2a["ci_low"] > test["random"]["exact"]["text_to_audio_recall_at_5"], t2a
-    search = report["genre_search"]["splits"]["test"]
-    tuned_p10 = search["models"]["fine_tuned"]["genre_music"]["precision_at_10"]
-    prior_p10 = search["prior"]["precision_at_10"]["value"]
-    assert tuned_p10["value"] > 1.5 * prior_p10, (tuned_p10, prior_p10)
+    t2a = test.stat("fine_tuned", "text_to_audio_recall_at_5")
+    assert t2a.ci_low > test.random.exact["text_to_audio_recall_at_5"], t2a
+    search = report.genre_search.splits["test"]
+    tuned_p10 = search.models["fine_tuned"]["genre_music"].scores["precision_at_10"]
+    prior_p10 = search.prior.scores["precision_at_10"].value
+    assert tuned_p10.value > 1.5 * prior_p10, (tuned_p10, prior_p10)
     # Searching the whole collection for "<genre> music" finds that genre well above its share.
     embeddings = _metadata(run1, "track_embeddings")
     assert (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from clap_pipeline.defs.evaluation import (
     evaluation_metrics_in_range,
 )
 from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.evaluation.report import load_report
 from clap_pipeline_tests.evaluation_fixtures import TEST_IDS, EvalSetup, build_evaluation_setup
 
 
@@ -55,21 +57,21 @@ def materialized(setup: EvalSetup):
 def test_asset_metadata_report_and_mlflow(setup: EvalSetup, materialized) -> None:
     assert materialized.success
     meta = materialized.asset_materializations_for_node("evaluation")[0].metadata
-    report = json.loads((setup.data_dir / "reports" / "evaluation.json").read_text())
+    report = load_report(setup.data_dir / "reports" / "evaluation.json")
     assert meta["report"].value == str(setup.data_dir / "reports" / "evaluation.json")
     assert (meta["n_test"].value, meta["n_validation"].value) == (12, 6)
-    assert report["config"]["n_bootstrap"] == 200  # run config reached the work
-    test = report["splits"]["test"]
+    assert report.config.n_bootstrap == 200  # run config reached the work
+    test = report.splits["test"]
     for k in (1, 5, 10):
         key = f"text_to_audio_recall_at_{k}"
-        assert meta[f"test_{key}"].value == test["models"]["fine_tuned"][key]["value"]
-        assert meta[f"zeroshot_test_{key}"].value == test["models"]["zero_shot"][key]["value"]
+        assert meta[f"test_{key}"].value == test.stat("fine_tuned", key).value
+        assert meta[f"zeroshot_test_{key}"].value == test.stat("zero_shot", key).value
         assert meta[f"random_test_recall_at_{k}"].value == pytest.approx(min(k, 12) / 12)
 
     table = meta["retrieval"].value
-    r5 = test["models"]["fine_tuned"]["text_to_audio_recall_at_5"]
+    r5 = test.stat("fine_tuned", "text_to_audio_recall_at_5")
     row = next(line for line in table.splitlines() if line.startswith("| text->audio | R@5 |"))
-    assert f"{r5['value']:.3f} [{r5['ci_low']:.3f}, {r5['ci_high']:.3f}]" in row
+    assert f"{r5.value:.3f} [{r5.ci_low:.3f}, {r5.ci_high:.3f}]" in row
     assert "**test split (N = 12 of 12)**" in table and "**validation split" in table
 
     chart = meta["comparison_chart"].value
@@ -84,8 +86,8 @@ def test_asset_metadata_report_and_mlflow(setup: EvalSetup, materialized) -> Non
     assert "This audio is a {genre} song." in meta["genre_classification"].value
 
     logged = tracking.client(setup.tracking_uri).get_run(setup.run_id).data.metrics
-    assert logged["test_recall_at_5"] == r5["value"]
-    assert logged["test_n"] == 12
+    assert logged["eval_test_text_to_audio_recall_at_5"] == r5.value
+    assert logged["eval_test_n"] == 12 and logged["eval_val_n"] == 6
 
 
 def test_checks_in_range_and_random_warning(setup: EvalSetup, materialized) -> None:
@@ -95,8 +97,8 @@ def test_checks_in_range_and_random_warning(setup: EvalSetup, materialized) -> N
     assert in_range.passed and in_range.severity == AssetCheckSeverity.ERROR
     assert in_range.metadata["n_test"].value == in_range.metadata["test_split_size"].value == 12
 
-    report = json.loads((setup.data_dir / "reports" / "evaluation.json").read_text())
-    r5 = report["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_recall_at_5"]["value"]
+    report = load_report(setup.data_dir / "reports" / "evaluation.json")
+    r5 = report.splits["test"].stat("fine_tuned", "text_to_audio_recall_at_5").value
     vs_random = checks["evaluation_beats_random"]
     assert vs_random.severity == AssetCheckSeverity.WARN
     assert vs_random.passed == (r5 > 5 / 12)
@@ -121,9 +123,11 @@ def test_checks_on_a_changed_split_and_a_better_model(
         assert "test N = 12 but the test split has 13 clips" in result.description
 
         # A fine-tuned model well above 5/N passes the random check.
-        report = json.loads(report_text)
-        report["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_recall_at_5"]["value"] = 1
-        report_path.write_text(json.dumps(report))
+        report = load_report(report_path)
+        metrics = report.splits["test"].models["fine_tuned"].metrics
+        key = "text_to_audio_recall_at_5"
+        metrics[key] = replace(metrics[key], value=1.0)
+        report.write(report_path)
         result = evaluation_beats_random(clap_settings=settings)
         assert result.passed and "beats random 0.417" in result.description
     finally:

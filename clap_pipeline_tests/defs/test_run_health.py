@@ -118,6 +118,17 @@ def test_a_live_run_is_left_alone(tmp_path: Path) -> None:
         proc.wait()
 
 
+WAITING = "whose processes are alive or on another host: waiting"
+
+
+def _logged(instance: DagsterInstance, text: str) -> bool:
+    return any(
+        text in (entry.message or "")
+        for run in instance.get_runs()
+        for entry in instance.all_logs(run.run_id)
+    )
+
+
 def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -> None:
     home = _instance_home(tmp_path)
     holder = _materialize(home, tmp_path / "holder.pid", sleep_s=600)
@@ -126,9 +137,14 @@ def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -
     try:
         with DagsterInstance.from_config(str(home)) as instance:
             deadline = time.monotonic() + 180
-            while not instance.event_log_storage.get_concurrency_info("gpu").pending_run_ids:
+            # The waiter's step waits for the holder's slot and has said who holds it (a
+            # kill before that line would let its first check free the slot silently).
+            while not (
+                instance.event_log_storage.get_concurrency_info("gpu").pending_run_ids
+                and _logged(instance, WAITING)
+            ):
                 assert waiter.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)  # the waiter's step now waits for the holder's slot
+                time.sleep(0.2)
         assert not (tmp_path / "waiter.pid").exists()
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
@@ -138,7 +154,7 @@ def test_a_waiting_run_gets_the_slot_when_its_holder_is_killed(tmp_path: Path) -
         for proc in (holder, waiter):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    assert "whose processes are alive or on another host: waiting" in output, output
+    assert WAITING in output, output
     with DagsterInstance.from_config(str(home)) as instance:
         assert sorted(r.status.value for r in instance.get_runs()) == ["FAILURE", "SUCCESS"]
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()

@@ -220,10 +220,10 @@ def test_text_has_the_same_content_aligned(store: RunsStore, runs: list[RunSumma
 def test_no_runs_says_so(tmp_path: Path) -> None:
     rec = recommend_max_epochs([])
     names = {"experiment": "empty", "tracking_uri": "sqlite:///x.db"}
-    for render in (comparison_markdown, comparison_text):
+    for render, asset in ((comparison_markdown, "`clap_model`"), (comparison_text, "clap_model")):
         out = render([], rec, **names)
         assert "No training runs in MLflow experiment 'empty'" in out
-        assert "materialize the `clap_model` asset" in out
+        assert f"materialize the {asset} asset" in out
     assert _png_size(comparison_png([])) == (900, 360)
     files = write_comparison([], rec, tmp_path, **names)
     assert files.mlflow_run_id is None  # nothing to log to
@@ -341,3 +341,16 @@ def test_feedback_section_shows_the_run_and_the_served_model(tmp_path: Path) -> 
     assert "| r4 | v3 @challenger | 0.625 | - |" in section
     text = comparison_text(runs, recommend_max_epochs(runs), **kwargs)
     assert re.search(r"r2\s+v2 @champion\s+0\.750\s+0\.500", text)
+
+
+def test_runs_evaluated_under_the_old_metric_names_keep_their_test_recall(
+    tmp_path: Path,
+) -> None:
+    store = build_runs_store(tmp_path)
+    client = tracking.client(store.tracking_uri)
+    for k, value in ((1, 0.25), (5, 0.5), (10, 0.75)):  # r4 was never evaluated (eval_*)
+        client.log_metric(store.run_ids["r4"], f"test_text_to_audio_recall_at_{k}", value)
+    by_name = {r.run_name: r for r in collect_runs(store.tracking_uri, store.experiment)}
+    assert by_name["r4"].test_recall == {1: 0.25, 5: 0.5, 10: 0.75}
+    assert by_name["r1"].test_recall == {1: 0.125, 5: 0.375, 10: 0.625}  # eval_* names
+    assert by_name["r5"].test_recall is None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -18,20 +19,10 @@ import torch
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
-from clap_pipeline.evaluation.evaluate import (
-    GENRE_PROMPT,
-    EvalConfig,
-    EvalInputs,
-    EvaluationError,
-    beats_random,
-    evaluate,
-    format_evaluation_table,
-    load_manifest,
-    main,
-    mlflow_metrics,
-    range_problems,
-    verdict_lines,
-)
+from clap_pipeline.evaluation.checks import beats_random, range_problems
+from clap_pipeline.evaluation.evaluate import evaluate, main
+from clap_pipeline.evaluation.genres import GENRE_PROMPT
+from clap_pipeline.evaluation.inputs import EvalConfig, EvalInputs, EvaluationError, load_manifest
 from clap_pipeline.evaluation.metrics import (
     KS,
     METRIC_NAMES,
@@ -39,6 +30,10 @@ from clap_pipeline.evaluation.metrics import (
     random_expected_metrics,
     retrieval_metrics,
 )
+from clap_pipeline.evaluation.mlflow_log import mlflow_metrics
+from clap_pipeline.evaluation.qualitative import sample_epochs
+from clap_pipeline.evaluation.render import format_evaluation_table, verdict_lines
+from clap_pipeline.evaluation.report import EvaluationReport, Interval, load_report
 from clap_pipeline.training.model import audio_embeddings, load_clap, text_embeddings, tokenize
 from clap_pipeline_tests.evaluation_fixtures import (
     NO_GENRE,
@@ -62,7 +57,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Eva
 
 
 @pytest.fixture(scope="module")
-def evaluated(setup: EvalSetup) -> tuple[dict[str, Any], list[str]]:
+def evaluated(setup: EvalSetup) -> tuple[EvaluationReport, list[str]]:
     messages: list[str] = []
     report = evaluate(FAST, inputs_for(setup), log=messages.append)
     return report, messages
@@ -118,45 +113,53 @@ def metric_bounds(sim: np.ndarray, eps: float) -> tuple[dict[str, float], dict[s
 
 
 def test_report_structure_values_in_range_and_file_on_disk(
-    setup: EvalSetup, evaluated: tuple[dict[str, Any], list[str]]
+    setup: EvalSetup, evaluated: tuple[EvaluationReport, list[str]]
 ) -> None:
     report, _ = evaluated
-    assert report["mlflow_run_id"] == setup.run_id
-    assert report["model_source"] == str(setup.model_source)
-    assert report["best_epoch"] == 3
-    assert set(report["splits"]) == {"test", "validation"}
+    assert report.mlflow_run_id == setup.run_id
+    assert report.model_source == str(setup.model_source)
+    assert report.best_epoch == 3
+    assert set(report.splits) == {"test", "validation"}
     expected_keys = set(retrieval_metrics(np.eye(3)))
     for split, ids in (("test", TEST_IDS), ("validation", VALIDATION_IDS)):
-        block = report["splits"][split]
+        block = report.splits[split]
         n = len(ids)
-        assert (block["n"], block["n_expected"], block["missing_track_ids"]) == (n, n, [])
-        assert set(block["models"]) == {"zero_shot", "fine_tuned"}
-        for model in block["models"].values():
-            assert set(model) - {"source"} == expected_keys
-            for key, stat in model.items():
-                if key == "source":
-                    continue
-                assert stat["ci_low"] <= stat["value"] <= stat["ci_high"], key
+        assert (block.n, block.n_expected, block.missing_track_ids) == (n, n, [])
+        assert set(block.models) == {"zero_shot", "fine_tuned"}
+        for model in block.models.values():
+            assert set(model.metrics) == expected_keys
+            for key, stat in model.metrics.items():
+                assert stat.ci_low <= stat.value <= stat.ci_high, key
                 if "rank" in key:
-                    assert 1 <= stat["value"] <= n
+                    assert 1 <= stat.value <= n
                 else:
-                    assert stat["ci_low"] >= 0 and stat["ci_high"] <= 1
+                    assert stat.ci_low >= 0 and stat.ci_high <= 1
         exact = random_expected_metrics(n)
         for k in KS:
-            assert block["random"]["exact"][f"text_to_audio_recall_at_{k}"] == min(k, n) / n
-        for key, stat in block["random"]["empirical"].items():
+            assert block.random.exact[f"text_to_audio_recall_at_{k}"] == min(k, n) / n
+        for key, stat in block.random.empirical.items():
             metric = key.split("_", 3)[-1]
-            assert stat["ci_low"] <= exact[metric] <= stat["ci_high"], key
+            assert stat.ci_low <= exact[metric] <= stat.ci_high, key
     assert range_problems(report, load_manifest(setup.manifest_path)) == []
     on_disk = json.loads((setup.data_dir / "reports" / "evaluation.json").read_text())
-    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk == report.to_json()  # what the file holds is the report, field for field
+    assert EvaluationReport.from_json(on_disk) == report
+    assert load_report(setup.data_dir / "reports" / "evaluation.json") == report
+    # The file keeps its long-standing shape: a model's metrics sit next to its source.
+    tuned = on_disk["splits"]["test"]["models"]["fine_tuned"]
+    assert tuned["source"] == report.best_checkpoint
+    assert tuned["text_to_audio_recall_at_5"] == {
+        "value": report.splits["test"].stat("fine_tuned", "text_to_audio_recall_at_5").value,
+        "ci_low": report.splits["test"].stat("fine_tuned", "text_to_audio_recall_at_5").ci_low,
+        "ci_high": report.splits["test"].stat("fine_tuned", "text_to_audio_recall_at_5").ci_high,
+    }
     leftovers = [p.name for p in (setup.data_dir / "reports").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
 
 def test_metrics_agree_with_an_independent_computation(
     setup: EvalSetup,
-    evaluated: tuple[dict[str, Any], list[str]],
+    evaluated: tuple[EvaluationReport, list[str]],
     reference_features: dict[int, torch.Tensor],
 ) -> None:
     report, _ = evaluated
@@ -166,151 +169,157 @@ def test_metrics_agree_with_an_independent_computation(
     for model_key, model_dir in sources.items():
         text, audio = reference_embeddings(model_dir, reference_features, prompts, TEST_IDS)
         best, worst = metric_bounds(text.astype(np.float64) @ audio.T, eps=1e-5)
-        got = report["splits"]["test"]["models"][model_key]
+        got = report.splits["test"].models[model_key].metrics
         for key in best:
             low, high = sorted((best[key], worst[key]))
-            assert low - 1e-9 <= got[key]["value"] <= high + 1e-9, (model_key, key)
+            assert low - 1e-9 <= got[key].value <= high + 1e-9, (model_key, key)
             n_exact += low == high
     assert n_exact >= 12  # most metrics are pinned exactly, not just bracketed
     # The two models are different networks: their rankings differ somewhere.
-    models = report["splits"]["test"]["models"]
-    assert any(models["zero_shot"][k]["value"] != models["fine_tuned"][k]["value"] for k in best)
+    test = report.splits["test"]
+    assert any(test.stat("zero_shot", k).value != test.stat("fine_tuned", k).value for k in best)
 
 
 def test_genre_search_matches_an_independent_ranking(
     setup: EvalSetup,
-    evaluated: tuple[dict[str, Any], list[str]],
+    evaluated: tuple[EvaluationReport, list[str]],
     reference_features: dict[int, torch.Tensor],
 ) -> None:
     report, _ = evaluated
-    search = report["genre_search"]
-    test = search["splits"]["test"]
+    search = report.genre_search
+    test = search.splits["test"]
     labels = [setup.genre_of[t] for t in TEST_IDS]
     expected_genres = sorted(
-        g for g in set(labels) - {None} if labels.count(g) >= search["min_tracks"]
+        g for g in set(labels) - {None} if labels.count(g) >= search.min_tracks
     )
-    assert test["genres"] == expected_genres and test["n"] == len(TEST_IDS)
-    queries = [search["queries"]["genre_music"].format(genre=g) for g in expected_genres]
+    assert test.genres == expected_genres and test.n == len(TEST_IDS)
+    queries = [search.queries["genre_music"].format(genre=g) for g in expected_genres]
     query_text, audio = reference_embeddings(
         setup.checkpoints[3], reference_features, queries, TEST_IDS
     )
-    tuned = test["models"]["fine_tuned"]["genre_music"]
+    tuned = test.models["fine_tuned"]["genre_music"]
     for g, genre in enumerate(expected_genres):
         order = np.argsort(-(audio @ query_text[g]), kind="stable")
         hits = [labels[i] == genre for i in order]
-        k = min(search["k"], len(hits))
+        k = min(search.k, len(hits))
         precision = sum(hits[:k]) / k
         ap = np.mean([sum(hits[: r + 1]) / (r + 1) for r, hit in enumerate(hits) if hit])
-        assert tuned["per_genre"][genre]["precision_at_10"] == pytest.approx(precision)
-        assert tuned["per_genre"][genre]["average_precision"] == pytest.approx(ap)
-    p10 = tuned["precision_at_10"]
-    assert p10["value"] == pytest.approx(
-        np.mean([v["precision_at_10"] for v in tuned["per_genre"].values()])
+        assert tuned.per_genre[genre]["precision_at_10"] == pytest.approx(precision)
+        assert tuned.per_genre[genre]["average_precision"] == pytest.approx(ap)
+    p10 = tuned.scores["precision_at_10"]
+    assert p10.value == pytest.approx(
+        np.mean([v["precision_at_10"] for v in tuned.per_genre.values()])
     )
-    assert p10["ci_low"] <= p10["value"] <= p10["ci_high"]
+    assert p10.ci_low <= p10.value <= p10.ci_high
     shares = [labels.count(g) / len(labels) for g in expected_genres]
-    assert test["prior"]["precision_at_10"]["value"] == pytest.approx(np.mean(shares))
-    assert set(test["models"]) == {"zero_shot", "fine_tuned"}
-    assert set(test["models"]["zero_shot"]) == set(search["queries"])
+    assert test.prior.scores["precision_at_10"].value == pytest.approx(np.mean(shares))
+    assert set(test.models) == {"zero_shot", "fine_tuned"}
+    assert set(test.models["zero_shot"]) == set(search.queries)
     # Every prompt of the fixture is distinct: nothing to merge, the strict numbers stand.
-    merged = report["splits"]["test"]["identical_prompts"]
-    assert (merged["n_clips_sharing"], merged["models"]) == (0, {})
+    merged = report.splits["test"].identical_prompts
+    assert (merged.n_clips_sharing, merged.models) == (0, {})
 
 
 def test_genre_classification_over_the_genres_present(
     setup: EvalSetup,
-    evaluated: tuple[dict[str, Any], list[str]],
+    evaluated: tuple[EvaluationReport, list[str]],
     reference_features: dict[int, torch.Tensor],
 ) -> None:
     report, _ = evaluated
-    genre = report["genre"]
+    genre = report.genre
     present = {setup.genre_of[t] for t in TEST_IDS + VALIDATION_IDS} - {None}
-    assert genre["genres"] == sorted(present)
-    assert genre["prompt_template"] == GENRE_PROMPT
+    assert genre.genres == sorted(present)
+    assert genre.prompt_template == GENRE_PROMPT
     labelled = [t for t in TEST_IDS if t not in NO_GENRE]
-    test = genre["splits"]["test"]
-    assert (test["n"], test["n_without_genre"]) == (len(labelled), len(TEST_IDS) - len(labelled))
-    assert test["chance_accuracy"] == pytest.approx(1 / len(present))
+    test = genre.splits["test"]
+    assert (test.n, test.n_without_genre) == (len(labelled), len(TEST_IDS) - len(labelled))
+    assert test.chance_accuracy == pytest.approx(1 / len(present))
     # Independent prediction with the reference embeddings of the fine-tuned model.
-    genre_prompts = [GENRE_PROMPT.format(genre=g) for g in genre["genres"]]
+    genre_prompts = [GENRE_PROMPT.format(genre=g) for g in genre.genres]
     genre_text, audio = reference_embeddings(
         setup.checkpoints[3], reference_features, genre_prompts, labelled
     )
     genre_scores = np.sort(audio @ genre_text.T, axis=1)
     assert (genre_scores[:, -1] - genre_scores[:, -2]).min() > 1e-5  # clear decisions
     predicted = np.argmax(audio @ genre_text.T, axis=1)
-    truth = np.array([genre["genres"].index(setup.genre_of[t]) for t in labelled])
-    tuned = test["models"]["fine_tuned"]
-    assert tuned["accuracy"] == pytest.approx(float(np.mean(predicted == truth)))
-    confusion = np.array(tuned["confusion"])
+    truth = np.array([genre.genres.index(setup.genre_of[t]) for t in labelled])
+    tuned = test.models["fine_tuned"]
+    assert tuned.accuracy == pytest.approx(float(np.mean(predicted == truth)))
+    confusion = np.array(tuned.confusion)
     expected_confusion = np.zeros_like(confusion)
     np.add.at(expected_confusion, (truth, predicted), 1)
     np.testing.assert_array_equal(confusion, expected_confusion)
-    for model in test["models"].values():
-        c = np.array(model["confusion"])
+    for model in test.models.values():
+        c = np.array(model.confusion)
         assert c.sum() == len(labelled)
-        assert np.trace(c) / c.sum() == pytest.approx(model["accuracy"])
-        assert model["ci_low"] <= model["accuracy"] <= model["ci_high"]
+        assert np.trace(c) / c.sum() == pytest.approx(model.accuracy)
+        assert model.ci_low <= model.accuracy <= model.ci_high
 
 
 def test_qualitative_table_per_kept_epoch(
     setup: EvalSetup,
-    evaluated: tuple[dict[str, Any], list[str]],
+    evaluated: tuple[EvaluationReport, list[str]],
     reference_features: dict[int, torch.Tensor],
 ) -> None:
     report, _ = evaluated
-    qual = report["qualitative"]
-    assert qual["split"] == "test"
-    assert [(c["name"], c["kept"]) for c in qual["columns"]] == [
+    qual = report.qualitative
+    assert qual.split == "test" and qual.n_epochs == 3
+    assert [(c.name, c.kept) for c in qual.columns] == [
         ("zero-shot", True),
         ("epoch 1", True),
         ("epoch 2", False),
         ("epoch 3 (best)", True),
     ]
-    assert [r["track_id"] for r in qual["rows"]] == TEST_IDS[:10]
+    assert [r.track_id for r in qual.rows] == TEST_IDS[:10]
     # Epoch 1 checks the per-epoch path against the reference embeddings of its checkpoint.
     prompts = [setup.prompt_of[t] for t in TEST_IDS]
     text, audio = reference_embeddings(setup.checkpoints[1], reference_features, prompts, TEST_IDS)
     scores = audio[:10] @ text.T
-    for i, row in enumerate(qual["rows"]):
-        assert row["prompt"] == setup.prompt_of[row["track_id"]]
-        assert row["results"]["epoch 2"] is None
-        epoch1 = row["results"]["epoch 1"]
-        j = TEST_IDS.index(epoch1["top1_track_id"])
-        assert epoch1["score"] == pytest.approx(scores[i, j], abs=1e-5)
+    for i, row in enumerate(qual.rows):
+        assert row.prompt == setup.prompt_of[row.track_id]
+        assert row.results["epoch 2"] is None
+        epoch1 = row.results["epoch 1"]
+        j = TEST_IDS.index(epoch1.top1_track_id)
+        assert epoch1.score == pytest.approx(scores[i, j], abs=1e-5)
         assert scores[i, j] >= scores[i].max() - 1e-5  # the top-1 (up to feature-path noise)
         for name in ("zero-shot", "epoch 1", "epoch 3 (best)"):
-            result = row["results"][name]
-            assert result["top1_prompt"] == setup.prompt_of[result["top1_track_id"]]
-            assert result["correct"] == (result["top1_prompt"] == row["prompt"])
+            result = row.results[name]
+            assert result.top1_prompt == setup.prompt_of[result.top1_track_id]
+            assert result.correct == (result.top1_prompt == row.prompt)
 
 
 def test_metrics_are_logged_to_the_training_run(
-    setup: EvalSetup, evaluated: tuple[dict[str, Any], list[str]]
+    setup: EvalSetup, evaluated: tuple[EvaluationReport, list[str]]
 ) -> None:
     report, messages = evaluated
     client = tracking.client(setup.tracking_uri)
     logged = client.get_run(setup.run_id).data.metrics
-    test = report["splits"]["test"]
-    tuned = test["models"]["fine_tuned"]
+    test = report.splits["test"]
+    tuned = test.models["fine_tuned"].metrics
     for k in KS:
-        assert logged[f"test_recall_at_{k}"] == tuned[f"text_to_audio_recall_at_{k}"]["value"]
-        assert logged[f"test_audio_to_text_recall_at_{k}"] == pytest.approx(
-            tuned[f"audio_to_text_recall_at_{k}"]["value"]
+        t2a, a2t = f"text_to_audio_recall_at_{k}", f"audio_to_text_recall_at_{k}"
+        assert logged[f"eval_test_{t2a}"] == tuned[t2a].value
+        assert logged[f"eval_test_{a2t}"] == pytest.approx(tuned[a2t].value)
+        assert logged[f"eval_random_test_{t2a}"] == pytest.approx(min(k, 12) / 12)
+        assert (
+            logged[f"eval_val_{t2a}"] == report.splits["validation"].stat("fine_tuned", t2a).value
         )
-        assert logged[f"random_test_recall_at_{k}"] == pytest.approx(min(k, 12) / 12)
     for name in METRIC_NAMES:
         key = f"text_to_audio_{name}"
-        assert logged[f"zeroshot_test_{key}"] == pytest.approx(
-            test["models"]["zero_shot"][key]["value"]
+        assert logged[f"eval_zeroshot_test_{key}"] == pytest.approx(
+            test.stat("zero_shot", key).value
         )
-        assert logged[f"test_{key}_ci_high"] == pytest.approx(tuned[key]["ci_high"])
-    assert logged["test_n"] == 12 and logged["validation_n"] == 6
-    assert logged["test_genre_accuracy"] == pytest.approx(
-        report["genre"]["splits"]["test"]["models"]["fine_tuned"]["accuracy"]
+        assert logged[f"eval_test_{key}_ci_high"] == pytest.approx(tuned[key].ci_high)
+    assert logged["eval_test_n"] == 12 and logged["eval_val_n"] == 6
+    assert logged["eval_test_genre_accuracy"] == pytest.approx(
+        report.genre.splits["test"].models["fine_tuned"].accuracy
     )
     assert logged["val_text_to_audio_recall_at_5"] == 0.5  # training's own metric untouched
-    assert set(report["mlflow"]["metrics"]) == set(mlflow_metrics(report)) <= set(logged)
+    # One scheme: every evaluation metric is eval_*, none uses training's other split name.
+    assert set(report.mlflow.metrics) == set(mlflow_metrics(report)) <= set(logged)
+    assert all(m.startswith("eval_") and "validation" not in m for m in report.mlflow.metrics)
+    history = client.get_metric_history(setup.run_id, "val_text_to_audio_recall_at_5")
+    assert [m.value for m in history] == [0.5]  # evaluation wrote nothing into it
     artifacts = {a.path for a in client.list_artifacts(setup.run_id, "evaluation")}
     assert artifacts == {"evaluation/evaluation.json", "evaluation/evaluation_chart.png"}
     assert any("logged" in m and setup.run_id in m for m in messages)
@@ -319,7 +328,7 @@ def test_metrics_are_logged_to_the_training_run(
 
 def test_terminal_table_and_show_command(
     setup: EvalSetup,
-    evaluated: tuple[dict[str, Any], list[str]],
+    evaluated: tuple[EvaluationReport, list[str]],
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
@@ -327,9 +336,9 @@ def test_terminal_table_and_show_command(
     table = format_evaluation_table(report)
     lines = table.splitlines()
     assert "test split (N = 12 of 12)" in table and "validation split (N = 6 of 6)" in table
-    r1 = report["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_recall_at_1"]
+    r1 = report.splits["test"].stat("fine_tuned", "text_to_audio_recall_at_1")
     t2a_r1 = next(line for line in lines if "text->audio  R@1 " in line)
-    assert f"{r1['value']:.3f} [{r1['ci_low']:.3f}, {r1['ci_high']:.3f}]" in t2a_r1
+    assert f"{r1.value:.3f} [{r1.ci_low:.3f}, {r1.ci_high:.3f}]" in t2a_r1
     assert f"{1 / 12:.3f}" in t2a_r1  # random k/N
     assert "genre classification" in table
     ok, detail = beats_random(report)
@@ -345,26 +354,37 @@ def test_terminal_table_and_show_command(
     assert capsys.readouterr().out.strip() == table.strip()
     assert main(["show", "--data-dir", str(tmp_path)]) == 2
     assert "materialize the `evaluation` asset" in capsys.readouterr().err
+    # The package runs as a command too (what scripts/demo.sh calls).
+    shown = subprocess.run(
+        [sys.executable, "-m", "clap_pipeline.evaluation", "show", "--data-dir", str(setup.data_dir)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout.strip() == table.strip()
+
+
+def edited(
+    report: EvaluationReport, split: str, model: str, key: str, **change: float
+) -> EvaluationReport:
+    """A copy of ``report`` with one metric's value or bound changed."""
+    out = copy.deepcopy(report)
+    metrics = out.splits[split].models[model].metrics
+    metrics[key] = replace(metrics[key], **change)
+    return out
 
 
 def test_beats_random_and_range_problems_on_edited_reports(
-    setup: EvalSetup, evaluated: tuple[dict[str, Any], list[str]]
+    setup: EvalSetup, evaluated: tuple[EvaluationReport, list[str]]
 ) -> None:
     report, _ = evaluated
     manifest = load_manifest(setup.manifest_path)
-    better = copy.deepcopy(report)
-    better["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_recall_at_5"]["value"] = 0.9
+    r5 = "text_to_audio_recall_at_5"
+    better = edited(report, "test", "fine_tuned", r5, value=0.9)
     assert beats_random(better)[0] is True
-    worse = copy.deepcopy(report)
-    worse["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_recall_at_5"]["value"] = 5 / 12
-    ok, detail = beats_random(worse)
+    ok, detail = beats_random(edited(report, "test", "fine_tuned", r5, value=5 / 12))
     assert ok is False and "does NOT beat random 0.417" in detail
 
-    broken = copy.deepcopy(report)
-    broken["splits"]["validation"]["models"]["zero_shot"]["audio_to_text_map_at_10"]["ci_high"] = (
-        1.5
-    )
-    broken["splits"]["test"]["models"]["fine_tuned"]["text_to_audio_mean_rank"]["value"] = 13.0
+    broken = edited(report, "validation", "zero_shot", "audio_to_text_map_at_10", ci_high=1.5)
+    broken = edited(broken, "test", "fine_tuned", "text_to_audio_mean_rank", value=13.0)
     assert sorted(range_problems(broken, manifest)) == [
         "test fine_tuned text_to_audio_mean_rank value = 13.0 outside [1.0, 12.0]",
         "validation zero_shot audio_to_text_map_at_10 ci_high = 1.5 outside [0.0, 1.0]",
@@ -392,11 +412,12 @@ def test_a_test_clip_without_waveform_is_reported_not_hidden(
     )  # fmt: skip
     settings = Settings.build(data_dir=data_dir, mlflow_tracking_uri=setup.tracking_uri)
     report = evaluate(config, EvalInputs.from_settings(settings))
-    test = report["splits"]["test"]
-    assert (test["n"], test["n_expected"], test["missing_track_ids"]) == (11, 12, [1004])
-    assert test["random"]["exact"]["text_to_audio_recall_at_1"] == pytest.approx(1 / 11)
-    assert "validation" not in report["splits"] and "mlflow" not in report
-    assert report["qualitative"]["rows"] == []
+    test = report.splits["test"]
+    assert (test.n, test.n_expected, test.missing_track_ids) == (11, 12, [1004])
+    assert test.random.exact["text_to_audio_recall_at_1"] == pytest.approx(1 / 11)
+    assert "validation" not in report.splits and report.mlflow is None
+    assert "mlflow" not in json.loads((data_dir / "reports" / "evaluation.json").read_text())
+    assert report.qualitative.rows == []
     problems = range_problems(report, load_manifest(data_dir / "reports" / "training.json"))
     assert problems == ["test N = 11 but the test split has 12 clips"]
 
@@ -438,12 +459,40 @@ def test_empty_test_split_of_the_80_20_recipe_evaluates_validation(
     settings = Settings.build(data_dir=data_dir, mlflow_tracking_uri=setup.tracking_uri)
     config = EvalConfig(n_bootstrap=50, random_rounds=50, qualitative_clips=2, log_to_mlflow=False)
     report = evaluate(config, EvalInputs.from_settings(settings))
-    assert report["splits"]["test"]["n"] == 0 and report["splits"]["test"]["models"] == {}
-    assert set(report["splits"]["validation"]["models"]) == {"zero_shot", "fine_tuned"}
-    assert report["qualitative"]["split"] == "validation"
-    assert [r["track_id"] for r in report["qualitative"]["rows"]] == VALIDATION_IDS[:2]
+    assert report.splits["test"].n == 0 and report.splits["test"].models == {}
+    assert set(report.splits["validation"].models) == {"zero_shot", "fine_tuned"}
+    assert report.qualitative.split == "validation"
+    assert [r.track_id for r in report.qualitative.rows] == VALIDATION_IDS[:2]
     assert beats_random(report) == (False, "no test clips: the split is empty, nothing to compare")
     assert range_problems(report, manifest) == []
     table = format_evaluation_table(report)
     assert "test split (N = 0 of 0)\n  (no clips)" in table
     assert "validation split (N = 6 of 6)" in table
+
+
+def test_qualitative_epochs_are_sampled_first_best_last_and_between() -> None:
+    assert sample_epochs([1, 2, 3], best=3) == [1, 2, 3]
+    forty = sample_epochs(list(range(1, 41)), best=17)
+    assert len(forty) == 6 and {1, 17, 40} <= set(forty)
+    assert forty == sorted(forty) and len(set(forty)) == 6
+    # A best epoch missing from the per-epoch list is still shown.
+    assert 9 in sample_epochs(list(range(1, 8)), best=9)
+
+
+def test_report_json_round_trip_and_shape_errors(
+    evaluated: tuple[EvaluationReport, list[str]], tmp_path: Path
+) -> None:
+    report, _ = evaluated
+    path = report.write(tmp_path / "evaluation.json")
+    assert load_report(path) == report
+    assert isinstance(
+        load_report(path).splits["test"].stat("zero_shot", "text_to_audio_recall_at_1"), Interval
+    )
+    broken = report.to_json()
+    del broken["splits"]["test"]["random"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(EvaluationError, match=r"does not match the report's shape.*re-materialize"):
+        load_report(path)
+    path.write_text("{")
+    with pytest.raises(EvaluationError, match="is not valid JSON"):
+        load_report(path)

@@ -1,0 +1,159 @@
+"""What evaluation reads: its knobs, the paths, training's manifest, the clips, the genres.
+
+Inputs are what training left behind: ``reports/training.json`` (splits, the
+pre-trained ``model_source``, the best and per-epoch checkpoints, the MLflow run),
+``prompts.parquet``, the ``waveforms/`` dataset and DuckDB ``tracks`` (read-only, for
+``track_genre_top``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from clap_pipeline.config import Settings
+from clap_pipeline.storage import duckdb_connection, table_exists
+from clap_pipeline.training.data import Prompts, WaveformIndex
+
+REPORT_NAME = "evaluation.json"
+SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them
+MODELS = ("zero_shot", "fine_tuned")
+Log = Callable[[str], None]
+MANIFEST_KEYS = ("mlflow_run_id", "model_source", "best_epoch", "best_checkpoint", "splits")
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot run; the message names the file, setting or asset to fix."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 32  # clips per forward pass (memory bound)
+    device: str = "auto"  # auto = CUDA, else MPS, else CPU
+    n_bootstrap: int = 1000  # bootstrap resamples per interval
+    random_rounds: int = 1000  # random rankings for the empirical baseline
+    confidence: float = 0.95
+    seed: int = 0  # bootstrap and random baseline
+    qualitative_clips: int = 10  # first test clips shown with their top-1 prompt per epoch
+    include_validation: bool = True
+    log_to_mlflow: bool = True
+
+    def validate(self) -> None:
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.n_bootstrap < 1 or self.random_rounds < 1:
+            problems.append("n_bootstrap and random_rounds must be >= 1")
+        if not 0 < self.confidence < 1:
+            problems.append(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.qualitative_clips < 0:
+            problems.append(f"qualitative_clips must be >= 0, got {self.qualitative_clips}")
+        if problems:
+            raise EvaluationError("invalid evaluation config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    manifest_path: Path
+    prompts_path: Path
+    waveforms_dir: Path
+    duckdb_path: Path
+    report_path: Path
+    tracking_uri: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, tracking_uri: str | None = None) -> EvalInputs:
+        return cls(
+            manifest_path=settings.training_manifest_path,
+            prompts_path=settings.prompts_path,
+            waveforms_dir=settings.waveforms_dir,
+            duckdb_path=settings.duckdb_path,
+            report_path=report_path(settings),
+            tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
+        )
+
+
+def report_path(settings: Settings) -> Path:
+    """Where ``evaluation.json`` lives for these settings."""
+    return settings.reports_dir / REPORT_NAME
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """``reports/training.json`` with its contract checked (clear error naming the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise EvaluationError(
+            f"{path} does not exist: materialize the `clap_model` asset first (training writes it)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(
+            f"{path} is not valid JSON ({exc}): re-materialize `clap_model`"
+        ) from exc
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise EvaluationError(f"{path} lacks key(s) {missing}: re-materialize `clap_model`")
+    for split in SPLITS:
+        if not isinstance(manifest["splits"].get(split), list):
+            raise EvaluationError(f"{path}: splits.{split} must be a list of track ids")
+    best = Path(manifest["best_checkpoint"])
+    if not (best / "config.json").exists():
+        raise EvaluationError(
+            f"{path}: best_checkpoint {best} is not a save_pretrained folder (missing or "
+            "deleted?): re-materialize `clap_model`"
+        )
+    return manifest
+
+
+@dataclass
+class SplitClips:
+    """The clips of one split that have both a prompt and a waveform (in track_id order)."""
+
+    name: str
+    track_ids: list[int]
+    prompts: list[str]
+    expected: int  # size of the split in the manifest
+    missing: list[int]  # split ids without a prompt or a waveform
+
+
+def split_clips(
+    name: str, ids: Sequence[int], prompts: Prompts, index: WaveformIndex
+) -> SplitClips:
+    wanted = sorted(int(t) for t in ids)
+    usable = [t for t in wanted if t in prompts.prompt and t in index.locations]
+    present = set(usable)
+    return SplitClips(
+        name=name,
+        track_ids=usable,
+        prompts=[prompts.prompt[t] for t in usable],
+        expected=len(wanted),
+        missing=[t for t in wanted if t not in present],
+    )
+
+
+def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | None]:
+    """``track_genre_top`` of the given tracks from DuckDB ``tracks`` (read-only)."""
+    duckdb_path = Path(duckdb_path)
+    if not duckdb_path.exists():
+        raise EvaluationError(f"{duckdb_path} does not exist: materialize the `tracks` asset")
+    wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, "tracks"):
+            raise EvaluationError(f"{duckdb_path} has no table `tracks`: materialize `tracks`")
+        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+        if "track_genre_top" not in columns:
+            raise EvaluationError(
+                f"{duckdb_path}: table `tracks` has no column track_genre_top: "
+                "re-materialize `tracks`"
+            )
+        con.register("wanted_ids", wanted)
+        rows = con.execute(
+            "SELECT t.track_id, t.track_genre_top FROM tracks t JOIN wanted_ids USING (track_id)"
+        ).fetchall()
+    return {int(t): (g if g else None) for t, g in rows}

@@ -1,0 +1,117 @@
+"""The evaluation's metrics and files on the training's MLflow run.
+
+Metric names (one scheme, no clash with training's per-epoch ``val_*`` history)::
+
+    eval_<split>_<direction>_<metric>            fine-tuned, e.g. eval_test_text_to_audio_recall_at_5
+    eval_<split>_<direction>_<metric>_ci_low     its bootstrap interval (and _ci_high)
+    eval_zeroshot_<split>_<direction>_<metric>   the pre-trained model
+    eval_random_<split>_<direction>_<metric>     random ranking (exact: k/N, expected ranks)
+    eval_<split>_n                               clips evaluated
+    eval_[zeroshot_]<split>_genre_accuracy       zero-shot genre classification
+    eval_[zeroshot_|prior_]<split>_genre_search_<query>_<score>   genre search (prior: no query)
+
+``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
+``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from clap_pipeline import tracking
+from clap_pipeline.evaluation import genre_search
+from clap_pipeline.evaluation.inputs import EvaluationError
+from clap_pipeline.evaluation.metrics import DIRECTIONS, METRIC_NAMES
+from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
+from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged
+
+PREFIX = "eval_"
+SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name
+ARTIFACT_DIR = "evaluation"
+
+
+def eval_metric_name(split: str, key: str, model: str = "") -> str:
+    """``eval_[<model>_]<split>_<key>``; ``split`` as the report or training names it."""
+    split = SPLIT_NAMES.get(split, split)
+    return f"{PREFIX}{model + '_' if model else ''}{split}_{key}"
+
+
+def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
+    """The flat metric names logged on the training run (scheme in the module docstring)."""
+    out: dict[str, float] = {}
+    for split, block in report.splits.items():
+        if not block.n:
+            continue
+        out[eval_metric_name(split, "n")] = float(block.n)
+        tuned, zero = block.models["fine_tuned"], block.models["zero_shot"]
+        for direction in DIRECTIONS:
+            for name in METRIC_NAMES:
+                key = f"{direction}_{name}"
+                stat = tuned.metrics[key]
+                out[eval_metric_name(split, key)] = stat.value
+                out[eval_metric_name(split, f"{key}_ci_low")] = stat.ci_low
+                out[eval_metric_name(split, f"{key}_ci_high")] = stat.ci_high
+                out[eval_metric_name(split, key, "zeroshot")] = zero.metrics[key].value
+                out[eval_metric_name(split, key, "random")] = block.random.exact[key]
+        search = report.genre_search.splits.get(split)
+        if search is not None and search.prior is not None:
+            for model_key, model in (("fine_tuned", ""), ("zero_shot", "zeroshot")):
+                for query_name, result in search.models[model_key].items():
+                    for score in genre_search.SCORE_NAMES:
+                        key = f"genre_search_{query_name}_{score}"
+                        out[eval_metric_name(split, key, model)] = result.scores[score].value
+            for score in genre_search.SCORE_NAMES:
+                key = f"genre_search_{score}"
+                out[eval_metric_name(split, key, "prior")] = search.prior.scores[score].value
+        genre = report.genre.splits.get(split)
+        if genre is not None and "fine_tuned" in genre.models:
+            out[eval_metric_name(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
+            out[eval_metric_name(split, "genre_accuracy", "zeroshot")] = genre.models[
+                "zero_shot"
+            ].accuracy
+    return out
+
+
+def check_mlflow_run(tracking_uri: str, run_id: str):
+    """The MLflow client, once the training run is known to exist in the store."""
+    from mlflow.exceptions import MlflowException  # mlflow loads lazily (start-up time)
+
+    client = tracking.client(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        raise EvaluationError(
+            f"MLflow run {run_id} (mlflow_run_id in training.json) is not in the tracking store "
+            f"{tracking_uri}: point the `mlflow` resource / MLFLOW_TRACKING_URI at the store "
+            "training used, or re-materialize `clap_model`"
+        ) from exc
+    return client
+
+
+def log_metrics(report: EvaluationReport, tracking_uri: str) -> MlflowLogged:
+    """Every metric of ``mlflow_metrics`` and the tag ``evaluation_created_at`` on the run."""
+    from mlflow.entities import Metric
+
+    run_id = report.mlflow_run_id
+    client = check_mlflow_run(tracking_uri, run_id)
+    metrics = mlflow_metrics(report)
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, 0) for key, value in sorted(metrics.items())]
+    for start in range(0, len(batch), 500):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(run_id, metrics=batch[start : start + 500])
+    client.set_tag(run_id, "evaluation_created_at", report.created_at)
+    return MlflowLogged(run_id=run_id, tracking_uri=tracking_uri, metrics=sorted(metrics))
+
+
+def log_artifacts(report: EvaluationReport, report_path: Path, tracking_uri: str) -> None:
+    """``evaluation.json`` and the chart under ``evaluation/`` in the run's artifacts."""
+    client = tracking.client(tracking_uri)
+    run_id = report.mlflow_run_id
+    client.log_artifact(run_id, str(report_path), artifact_path=ARTIFACT_DIR)
+    if report.evaluated("test"):
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / CHART_NAME
+            png.write_bytes(comparison_chart_png(report))
+            client.log_artifact(run_id, str(png), artifact_path=ARTIFACT_DIR)

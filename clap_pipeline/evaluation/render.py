@@ -1,0 +1,348 @@
+"""The evaluation report for people: tables (text for the terminal, Markdown for Dagster),
+a verdict in plain sentences and a bar chart. Each table is built once (``tables.Table``)
+and rendered either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+from clap_pipeline.evaluation import genre_search
+from clap_pipeline.evaluation.checks import beats_random
+from clap_pipeline.evaluation.inputs import MODELS
+from clap_pipeline.evaluation.metrics import DIRECTIONS, METRIC_NAMES, RANK_METRICS
+from clap_pipeline.evaluation.report import EvaluationReport, Interval, SplitRetrieval
+from clap_pipeline.tables import Table
+
+CHART_NAME = "evaluation_chart.png"
+SHORT_DIRECTION = {"text_to_audio": "text->audio", "audio_to_text": "audio->text"}
+SHORT_METRIC = {
+    "recall_at_1": "R@1",
+    "recall_at_5": "R@5",
+    "recall_at_10": "R@10",
+    "median_rank": "median rank",
+    "mean_rank": "mean rank",
+    "map_at_10": "mAP@10",
+}
+MODEL_LABELS = {"zero_shot": "zero-shot", "fine_tuned": "fine-tuned"}
+GENRE_SEARCH_HEADERS = ["query", "score", "zero-shot", "fine-tuned", "genre prior (random)"]
+
+
+def fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if metric in RANK_METRICS else f"{value:.3f}"
+
+
+def fmt_ci(metric: str, stat: Interval | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{fmt(metric, stat.value)} [{fmt(metric, stat.ci_low)}, {fmt(metric, stat.ci_high)}]"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def retrieval_table(report: EvaluationReport, block: SplitRetrieval, indent: str = "") -> Table:
+    headers = [
+        "direction",
+        "metric",
+        "zero-shot",
+        f"fine-tuned (epoch {report.best_epoch})",
+        "random (exact)",
+        "random (empirical)",
+    ]
+    rows = []
+    for direction in DIRECTIONS:
+        for name in METRIC_NAMES:
+            key = f"{direction}_{name}"
+            model_cells = [
+                fmt_ci(name, block.models[m].metrics.get(key) if m in block.models else None)
+                for m in MODELS
+            ]
+            rows.append(
+                [
+                    SHORT_DIRECTION[direction],
+                    SHORT_METRIC[name],
+                    *model_cells,
+                    fmt(name, block.random.exact[key]),
+                    fmt_ci(name, block.random.empirical[key]),
+                ]
+            )
+    return Table(headers, rows, indent=indent)
+
+
+def genre_search_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
+    search = report.genre_search
+    block = search.splits[split]
+    rows = []
+    for query_name, template in search.queries.items():
+        for score in genre_search.SCORE_NAMES:
+            rows.append(
+                [
+                    template.format(genre="<genre>"),
+                    score.replace("_at_", "@").replace("_", " "),
+                    *(fmt_ci("s", block.models[m][query_name].scores[score]) for m in MODELS),
+                    fmt_ci("s", block.prior.scores[score]),
+                ]
+            )
+    return Table(GENRE_SEARCH_HEADERS, rows, indent=indent)
+
+
+def qualitative_table(report: EvaluationReport) -> Table:
+    qual = report.qualitative
+    names = [c.name for c in qual.columns]
+    rows = []
+    for row in qual.rows:
+        cells: list[object] = [row.track_id, row.prompt]
+        for name in names:
+            r = row.results.get(name)
+            cells.append(
+                "not kept"
+                if r is None
+                else f"{'✓' if r.correct else '✗'} {r.top1_prompt} ({r.score:.3f})"
+            )
+        rows.append(cells)
+    return Table(["track", "true prompt", *names], rows)
+
+
+def _split_title(block: SplitRetrieval, split: str) -> str:
+    missing = f", {len(block.missing_track_ids)} missing" if block.missing_track_ids else ""
+    return f"{split} split (N = {block.n} of {block.n_expected}{missing})"
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def format_evaluation_table(report: EvaluationReport) -> str:
+    """The report as plain text for the terminal (``make demo`` prints it)."""
+    conf = report.config.confidence
+    lines = [
+        f"Evaluation of {report.model_source} (zero-shot) vs the fine-tuned best epoch "
+        f"{report.best_epoch} (MLflow run {report.mlflow_run_id})",
+        f"values with bootstrap {conf:.0%} intervals [low, high]; ranks are 1-based, "
+        "ties count against the match",
+    ]
+    for split, block in report.splits.items():
+        lines += ["", _split_title(block, split)]
+        if not block.n:
+            lines.append("  (no clips)")
+            continue
+        lines.append(retrieval_table(report, block, indent="  ").text())
+    genre = report.genre
+    if genre.genres:
+        lines += ["", f"zero-shot genre classification, prompt {genre.prompt_template!r}:"]
+        for split, gblock in genre.splits.items():
+            if not gblock.models:
+                continue
+            zero, tuned = gblock.models["zero_shot"], gblock.models["fine_tuned"]
+            lines.append(
+                f"  {split}: {len(genre.genres)} genres, N = {gblock.n}: accuracy "
+                f"zero-shot {fmt_ci('acc', zero.interval)}, "
+                f"fine-tuned {fmt_ci('acc', tuned.interval)}, "
+                f"chance {gblock.chance_accuracy:.3f}, majority {gblock.majority_accuracy:.3f}"
+            )
+    search = report.genre_search
+    search_lines = []
+    for split, sblock in search.splits.items():
+        if not sblock.models:
+            continue
+        search_lines.append(
+            f"genre search, {split} split: each genre with >= {search.min_tracks} clips "
+            f"({len(sblock.genres)}) queried, averaged over genres"
+        )
+        search_lines.append(genre_search_table(report, split, indent="  ").text())
+    if search_lines:
+        lines += ["", *search_lines]
+    ok, detail = beats_random(report)
+    lines += ["", ("OK: " if ok else "WARNING: ") + detail, "", *verdict_lines(report)]
+    return "\n".join(lines)
+
+
+def _beats(stat: Interval, reference: float) -> bool:
+    return stat.ci_low > reference
+
+
+def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
+    """A few sentences a newcomer can read: does fine-tuning help, and how sure are we."""
+    block = report.evaluated(split)
+    if block is None:
+        return [f"Verdict: no {split} clips, nothing to judge."]
+    conf = f"{report.config.confidence:.0%}"
+    n = block.n
+    lines = [f"Verdict on the {split} split ({n} clips the model never trained on):"]
+    helps = True
+    for direction, what in (
+        ("text_to_audio", "finding a clip from its own description"),
+        ("audio_to_text", "finding the description of a clip"),
+    ):
+        key = f"{direction}_recall_at_5"
+        tuned = block.stat("fine_tuned", key)
+        zero = block.stat("zero_shot", key).value
+        chance = block.random.exact[key]
+        ok = _beats(tuned, chance) and tuned.value > zero
+        helps &= ok
+        lines.append(
+            f"  - {what} (R@5, {SHORT_DIRECTION[direction]}): fine-tuned {fmt_ci('r', tuned)} "
+            f"vs zero-shot {zero:.3f} vs random {chance:.3f}"
+            + ("" if ok else "  <- not clearly better")
+        )
+    merged = block.identical_prompts
+    if merged.models.get("fine_tuned"):
+        tuned_merged = merged.models["fine_tuned"]
+        lines.append(
+            f"    ({merged.n_clips_sharing} of {n} clips share their exact prompt with another "
+            "clip; counting those as hits too: fine-tuned R@5 text->audio "
+            f"{tuned_merged['text_to_audio_recall_at_5'].value:.3f}, audio->text "
+            f"{tuned_merged['audio_to_text_recall_at_5'].value:.3f})"
+        )
+    search = report.genre_search
+    sblock = search.splits.get(split)
+    if sblock is not None and sblock.models.get("fine_tuned"):
+        score = search.precision_name
+        template = search.queries["genre_music"]
+        tuned = sblock.models["fine_tuned"]["genre_music"].scores[score]
+        zero = sblock.models["zero_shot"]["genre_music"].scores[score].value
+        prior = sblock.prior.scores[score].value
+        ok = _beats(tuned, sblock.prior.scores[score].ci_high) and tuned.value > zero
+        helps &= ok
+        lines.append(
+            f"  - searching {template.format(genre='<genre>')!r} over {len(sblock.genres)} "
+            f"genres: {tuned.value:.0%} of the top {search.k} are of that "
+            f"genre [{tuned.ci_low:.0%}, {tuned.ci_high:.0%}], vs {zero:.0%} zero-shot "
+            f"and {prior:.0%} by chance (the genres' share)"
+            + ("" if ok else "  <- not clearly better")
+        )
+    lines.append(
+        f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
+        "interval lies above chance."
+        if helps
+        else f"  => not shown: at least one number above is not clearly better (its {conf} "
+        "interval reaches chance, or zero-shot is as good). More tracks or epochs may help."
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def retrieval_markdown(report: EvaluationReport) -> str:
+    parts = []
+    for split, block in report.splits.items():
+        parts.append(f"**{_split_title(block, split)}**\n")
+        parts.append(retrieval_table(report, block).markdown() if block.n else "(none)")
+        parts.append("")
+    parts.append(
+        f"Bootstrap {report.config.confidence:.0%} intervals over per-query ranks; random "
+        "(exact) = k/N, random (empirical) = seeded random rankings of the same N."
+    )
+    return "\n".join(parts)
+
+
+def qualitative_markdown(report: EvaluationReport) -> str:
+    qual = report.qualitative
+    if not qual.rows:
+        return "(no clips)"
+    shown = len(qual.columns) - 1
+    sampled = (
+        f", at {shown} of {qual.n_epochs} epochs (first, best, last and evenly spaced between)"
+        if qual.n_epochs > shown
+        else ""
+    )
+    title = f"Top-1 retrieved prompt for the first {len(qual.rows)} {qual.split} clips{sampled}\n\n"
+    return title + qualitative_table(report).markdown()
+
+
+def genre_markdown(report: EvaluationReport) -> str:
+    genre = report.genre
+    if not genre.genres:
+        return "(no genre_top among the evaluated tracks)"
+    parts = [f"Prompt: `{genre.prompt_template}` over {len(genre.genres)} genres\n"]
+    for split, block in genre.splits.items():
+        if not block.models:
+            continue
+        acc_rows = [[MODEL_LABELS[m], fmt_ci("acc", block.models[m].interval)] for m in MODELS]
+        acc_rows += [
+            ["chance (1/G)", f"{block.chance_accuracy:.3f}"],
+            ["majority class", f"{block.majority_accuracy:.3f}"],
+        ]
+        parts += [
+            f"**{split}** (N = {block.n})\n",
+            Table(["model", "accuracy"], acc_rows).markdown(),
+        ]
+        for m in MODELS:
+            confusion = block.models[m].confusion
+            rows = [[g, *counts] for g, counts in zip(genre.genres, confusion, strict=True)]
+            parts += [
+                f"\n{MODEL_LABELS[m]} confusion (rows = true genre, columns = predicted)\n",
+                Table(["true \\ predicted", *genre.genres], rows).markdown(),
+            ]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def genre_search_markdown(report: EvaluationReport) -> str:
+    search = report.genre_search
+    if not any(b.models for b in search.splits.values()):
+        return f"(no genre with >= {search.min_tracks} clips in a split)"
+    parts = []
+    for split, block in search.splits.items():
+        if not block.models:
+            continue
+        parts += [
+            f"**{split}** (N = {block.n}, genres: {', '.join(block.genres)})\n",
+            genre_search_table(report, split).markdown(),
+            "",
+        ]
+    parts.append(
+        f"Precision@{search.k} and average precision of the genre's clips among the split's "
+        "clips, macro-averaged over genres; bootstrap intervals over clips; the prior is a "
+        "random ranking (precision@k = the genre's share)."
+    )
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def comparison_chart_png(report: EvaluationReport, split: str = "test") -> bytes:
+    """Grouped bars of R@1/5/10 and mAP@10, zero-shot vs fine-tuned vs random, per direction."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    block = report.splits[split]
+    names = ["recall_at_1", "recall_at_5", "recall_at_10", "map_at_10"]
+    fig = Figure(figsize=(9, 3.4), dpi=90)
+    axes = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(names))
+    width = 0.27
+    for ax, direction in zip(axes, DIRECTIONS, strict=True):
+        series = [
+            ("zero-shot", block.models["zero_shot"].metrics, "tab:gray"),
+            (f"fine-tuned (epoch {report.best_epoch})", block.models["fine_tuned"].metrics,
+             "tab:blue"),
+            ("random (empirical)", block.random.empirical, "tab:red"),
+        ]  # fmt: skip
+        for i, (label, stats, color) in enumerate(series):
+            picked = [stats[f"{direction}_{n}"] for n in names]
+            values = np.array([s.value for s in picked])
+            lows = np.array([s.ci_low for s in picked])
+            highs = np.array([s.ci_high for s in picked])
+            ax.bar(x + (i - 1) * width, values, width, label=label, color=color,
+                   yerr=[values - lows, highs - values], capsize=2)  # fmt: skip
+        exact = [block.random.exact[f"{direction}_{n}"] for n in names]
+        ax.scatter(x + width, exact, marker="_", s=200, color="black", label="random k/N", zorder=3)
+        ax.set_xticks(x, [SHORT_METRIC[n] for n in names])
+        ax.set_title(f"{SHORT_DIRECTION[direction]} ({split}, N={block.n})")
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def chart_markdown(png: bytes) -> str:
+    return f"![zero-shot vs fine-tuned vs random](data:image/png;base64,{base64.b64encode(png).decode()})"
