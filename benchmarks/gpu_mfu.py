@@ -37,6 +37,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dagster import DagsterInstance, RunConfig, materialize
+
+from clap_pipeline.audio.demo.training_set import write_training_dataset
+from clap_pipeline.config import Settings
+from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
 from clap_pipeline.training.model import (
     byte_level_tokenizer,
@@ -66,13 +72,6 @@ def save_full_size_model(out_dir: Path) -> Path:
 
 def dagster_run(args: argparse.Namespace, root: Path) -> None:
     """Materialize `clap_model` through the torchrun launcher; print what Dagster recorded."""
-    from dagster import DagsterInstance, RunConfig, materialize
-
-    from clap_pipeline.audio.demo.training_set import write_training_dataset
-    from clap_pipeline.config import Settings
-    from clap_pipeline.defs.resources import ClapSettings
-    from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
-
     data_dir = root / "data"
     per_split = {"training": 8, "validation": 4, "test": 1}
     if not args.tiny:  # enough clips for full batches of the full-size recipe

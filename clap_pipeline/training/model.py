@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from clap_pipeline.config import hf_hub_offline
+from clap_pipeline.storage import atomic_path
 
 TEXT_MAX_LENGTH = 77  # CLAP's RoBERTa text tower was trained on 77 tokens
 
@@ -259,8 +260,6 @@ def tiny_clap_config(vocab_size: int = 1024, projection_dim: int = 32) -> ClapCo
 
 def save_tiny_model(out_dir: str | Path, seed: int = 0, projection_dim: int = 32) -> Path:
     """Build the tiny CLAP with its processor and ``save_pretrained`` it into ``out_dir``."""
-    from clap_pipeline.storage import atomic_path
-
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     with atomic_path(out_dir) as tmp:
