@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_train import load_data, write_dataset
 
-from clap_pipeline.training.data import CLIP_SAMPLES, TrainingData
+from clap_pipeline.dataset import CLIP_SAMPLES
+from clap_pipeline.training.data import TrainingData
 from clap_pipeline.training.features import LogMelFeatures
 from clap_pipeline.training.model import unfused_feature_extractor
 

@@ -44,6 +44,29 @@ def hf_hub_offline(environ: Mapping[str, str] | None = None) -> bool:
     return (os.environ if environ is None else environ).get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
+# Set by the launchers, not by users: torchrun's ranks for each process it starts, and the
+# Pipes context of a process that a Dagster Pipes client started.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+PIPES_CONTEXT_VARIABLE = "DAGSTER_PIPES_CONTEXT"
+
+
+def torchrun_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun exports them; None when torchrun did not."""
+    env = os.environ if environ is None else environ
+    if not all(name in env for name in TORCHRUN_VARIABLES):
+        return None
+    try:
+        rank, world_size, local_rank = (int(env[name]) for name in TORCHRUN_VARIABLES)
+    except ValueError as exc:
+        values = {name: env[name] for name in TORCHRUN_VARIABLES}
+        raise ConfigError(f"malformed torchrun variables {values}: {exc}") from exc
+    return rank, world_size, local_rank
+
+
+def started_by_dagster_pipes(environ: Mapping[str, str] | None = None) -> bool:
+    return bool((os.environ if environ is None else environ).get(PIPES_CONTEXT_VARIABLE))
+
+
 def _is_cron(text: str) -> bool:
     # Five fields of the usual characters; Dagster's own parser checks the rest.
     fields = text.split()

@@ -215,7 +215,7 @@ def log_pyfunc_model(mlflow_client, run_id: str, checkpoint: Path, epoch: str) -
     ``mlflow.pyfunc.load_model("models:/clap-fma@champion")`` and ``mlflow models serve``
     load it, and ``version_local_dir`` finds the save_pretrained folder inside it.
     """
-    from clap_pipeline.search.pyfunc_model import save_pyfunc
+    from clap_pipeline.pyfunc_model import save_pyfunc
 
     artifact_path = f"{PYFUNC_ARTIFACT}/epoch-{epoch}"
     with tempfile.TemporaryDirectory(prefix="clap-pyfunc-") as tmp:
@@ -238,7 +238,7 @@ def version_local_dir(mv, cache_dir: Path | None = None, tracking_uri: str | Non
         return Path(local)
     import mlflow.artifacts
 
-    from clap_pipeline.search.pyfunc_model import checkpoint_in
+    from clap_pipeline.pyfunc_model import checkpoint_in
 
     dst = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="clap-champion-"))
     dst.mkdir(parents=True, exist_ok=True)

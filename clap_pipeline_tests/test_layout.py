@@ -11,6 +11,7 @@ PACKAGE = Path(clap_pipeline.__file__).parent
 MODULES = sorted(PACKAGE.rglob("*.py"))
 # The orchestration layer; everything else is core and runs without Dagster
 # (training also standalone on a GPU host, through torchrun or Dagster Pipes).
+MAX_MODULE_LINES = 700
 ORCHESTRATION = {PACKAGE / "definitions.py", *PACKAGE.joinpath("defs").rglob("*.py")}
 
 
@@ -40,3 +41,33 @@ def test_core_modules_import_no_dagster() -> None:
             if n == "dagster" or n.startswith(("dagster.", "clap_pipeline.defs"))
         }
         assert not offending, f"{module.relative_to(PACKAGE)} imports {sorted(offending)}"
+
+
+def test_env_vars_are_read_only_in_config() -> None:
+    readers = []
+    for module in MODULES:
+        if module == PACKAGE / "config.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            # os.getenv(...), os.environ.get(...), os.environ[...], `env = os.environ`
+            # (setdefault for a child process's environment is a write, not a read)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = ast.unparse(node.func)
+                if target in {"os.getenv", "os.environ.get"}:
+                    readers.append(f"{module.relative_to(PACKAGE)}:{node.lineno}")
+            if (
+                isinstance(node, ast.Subscript)
+                and ast.unparse(node.value) == "os.environ"
+                and isinstance(node.ctx, ast.Load)
+            ):
+                readers.append(f"{module.relative_to(PACKAGE)}:{node.lineno}")
+            if isinstance(node, ast.Assign | ast.IfExp) and "os.environ" in {
+                ast.unparse(n) for n in ast.iter_child_nodes(node)
+            }:
+                readers.append(f"{module.relative_to(PACKAGE)}:{node.lineno}")
+    assert readers == []
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {m.relative_to(PACKAGE): len(m.read_text().splitlines()) for m in MODULES}
+    assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}

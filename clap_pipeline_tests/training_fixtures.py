@@ -11,14 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from clap_pipeline.audio.demo.training_set import (  # noqa: F401 (re-exported for the tests)
     SyntheticData,
     write_training_dataset,
 )
-from clap_pipeline.dataset import audio_path, waveform_batch, write_partition
 from clap_pipeline.training.config import TrainInputs
 
 
@@ -71,17 +69,3 @@ def mlflow_store(directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_EMPTY_STORE, directory / "mlflow.db")
     return f"sqlite:///{directory / 'mlflow.db'}"
-
-
-def write_waveforms_file(
-    path: Path, track_ids: list[int], waves: list[np.ndarray], row_group_size: int = 16
-) -> None:
-    """One `waveforms/NNN.parquet` file following the contract (lengths are not checked here)."""
-    rows = waveform_batch(
-        track_ids,
-        waves,
-        source_paths=[audio_path("", t) for t in track_ids],
-        source_sizes=[1000 + t for t in track_ids],
-        source_mtimes=[1.0e9 + t for t in track_ids],
-    )
-    write_partition(path, rows, row_group_rows=row_group_size)

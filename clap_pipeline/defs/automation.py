@@ -47,10 +47,10 @@ from dagster import (
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.feedback import count_feedback
 from clap_pipeline.metadata.fma import FmaFormatError
 from clap_pipeline.metadata.new_tracks import CsvHash, RawInputs, decide, last_training, raw_inputs
 from clap_pipeline.metadata.selection import inputs_state
-from clap_pipeline.search.feedback import count_feedback
 from clap_pipeline.storage import DuckDBLockTimeout
 
 DATA_VERSION_TAG = "clap/data_version"

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from clap_pipeline.evaluation.feedback_eval import evaluate_feedback, served_version, verdict
 from clap_pipeline.evaluation.inputs import load_manifest
-from clap_pipeline.search.feedback import feedback_sets
+from clap_pipeline.feedback import feedback_sets
 from clap_pipeline.search.query import SearchError, resolve_model
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table

@@ -59,7 +59,6 @@ class ClapTrainingConfig(Config):
     cpu_threads: int = Field(_D.cpu_threads, description=_help("cpu_threads"))
     shuffle_buffer: int = Field(_D.shuffle_buffer, description=_help("shuffle_buffer"))
     feature_cache_mb: int = Field(_D.feature_cache_mb, description=_help("feature_cache_mb"))
-    registered_model: str = Field(_D.registered_model, description=_help("registered_model"))
     log_checkpoints: bool = Field(_D.log_checkpoints, description=_help("log_checkpoints"))
     system_metrics: bool = Field(_D.system_metrics, description=_help("system_metrics"))
     resume: bool = Field(_D.resume, description=_help("resume"))

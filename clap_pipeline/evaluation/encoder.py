@@ -17,7 +17,7 @@ from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.search.embeddings import clip_embeddings
 from clap_pipeline.training.data import WaveformIndex, ordered_batches
-from clap_pipeline.training.features import LogMelFeatures
+from clap_pipeline.training.features import features_for_model
 from clap_pipeline.training.model import (
     ModelLoadError,
     load_clap,
@@ -37,7 +37,7 @@ class ClapEncoder:
         self.device = device
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
-        self.features = LogMelFeatures(loaded.feature_extractor).to(device).eval()
+        self.features = features_for_model(loaded, device)
 
     def texts(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         out = []

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from clap_pipeline.dataset import WaveformRows
-from clap_pipeline.search.feedback import Feedback
+from clap_pipeline.feedback import Feedback
 
 
 @dataclass(frozen=True)
@@ -108,13 +108,13 @@ def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str
     import torch
 
     from clap_pipeline.search.embeddings import clip_embeddings
-    from clap_pipeline.training.features import LogMelFeatures
+    from clap_pipeline.training.features import features_for_model
     from clap_pipeline.training.model import load_clap, text_embeddings, tokenize
 
     clap = load_clap(model_dir)
     model = clap.model.eval()
     device = torch.device("cpu")
-    features = LogMelFeatures(clap.feature_extractor, seed=0)
+    features = features_for_model(clap, device, seed=0)
     with torch.inference_mode():
         audio = np.concatenate(
             [

@@ -20,6 +20,7 @@ import torch
 
 from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.training.features import features_for_model
 from clap_pipeline.training.model import LoadedClap, audio_embeddings, pick_device
 
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
@@ -117,8 +118,6 @@ def embed_waveforms(
     log: Callable[[str], None] | None = None,
 ) -> TrackEmbeddings:
     """L2-normalised audio embeddings of every row of the waveforms dataset."""
-    from clap_pipeline.training.features import LogMelFeatures
-
     total = count_waveform_rows(waveforms_dir)
     if total == 0:
         raise ValueError(
@@ -127,7 +126,7 @@ def embed_waveforms(
         )
     dev = pick_device(device)
     model = clap.model.to(dev).eval()
-    features = LogMelFeatures(clap.feature_extractor).to(dev)
+    features = features_for_model(clap, dev)
     progress = ProgressLog("embedded", total, log, every_s=10.0)
     ids, embs, paths, sizes = [], [], [], []
     start = time.perf_counter()

@@ -42,6 +42,7 @@ from clap_pipeline.evaluation.genre_search import (
     model_genre_search,
 )
 from clap_pipeline.evaluation.inputs import read_genres
+from clap_pipeline.feedback import validate_query
 from clap_pipeline.storage import (
     atomic_path,
     duckdb_connection,
@@ -475,19 +476,6 @@ def load_index(duckdb_path: str | Path, *, use_cache: bool = True) -> EmbeddingI
 
 # ---------------------------------------------------------------------------------------------
 # Queries
-
-
-MAX_QUERY_CHARS = 1000  # CLAP reads 77 tokens anyway; longer text is a mistake or abuse
-
-
-def validate_query(query: str) -> str:
-    """The query as searched and stored: stripped, 1..MAX_QUERY_CHARS characters."""
-    text = (query or "").strip()
-    if not text:
-        raise ValueError('empty query: describe the music, e.g. "folk country music"')
-    if len(text) > MAX_QUERY_CHARS:
-        raise ValueError(f"query has {len(text)} characters, at most {MAX_QUERY_CHARS} allowed")
-    return text
 
 
 def encode_query(clap, text: str) -> np.ndarray:

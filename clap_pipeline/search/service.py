@@ -33,7 +33,7 @@ import numpy as np
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
-from clap_pipeline.search.feedback import Feedback, record_feedback
+from clap_pipeline.feedback import Feedback, record_feedback, validate_query
 from clap_pipeline.search.query import (
     TABLE,
     IndexInfo,
@@ -44,7 +44,6 @@ from clap_pipeline.search.query import (
     open_index,
     read_index_info,
     resolve_model,
-    validate_query,
 )
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
 

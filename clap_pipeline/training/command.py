@@ -13,22 +13,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.config import ConfigError, Settings, started_by_dagster_pipes
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
 from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.loop import train
 from clap_pipeline.training.model import ModelLoadError
 from clap_pipeline.training.report import TrainingResult, result_metadata
-
-PIPES_CONTEXT_VARIABLE = "DAGSTER_PIPES_CONTEXT"  # set by Dagster's Pipes clients
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="hub id or save_pretrained folder (default $CLAP_MODEL)")
     parser.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or mlruns/mlflow.db")
     parser.add_argument("--experiment", help="default $CLAP_MLFLOW_EXPERIMENT")
+    parser.add_argument("--registered-model", help="default $CLAP_REGISTERED_MODEL (clap-fma)")
     parser.add_argument(
         "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
     )
@@ -73,6 +71,8 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         overrides["mlflow_tracking_uri"] = args.tracking_uri
     if args.experiment:
         overrides["mlflow_experiment"] = args.experiment
+    if args.registered_model:
+        overrides["registered_model"] = args.registered_model
     return replace(settings, **overrides)
 
 
@@ -103,7 +103,7 @@ class _Reporter:
 @contextlib.contextmanager
 def _reporter(ranks: Ranks, quiet: bool) -> Iterator[_Reporter]:
     """Only rank 0 opens Pipes: one log stream and one materialization per launch."""
-    if not (ranks.is_main and os.environ.get(PIPES_CONTEXT_VARIABLE)):
+    if not (ranks.is_main and started_by_dagster_pipes()):
         yield _Reporter(ranks, quiet)
         return
     from dagster_pipes import open_dagster_pipes

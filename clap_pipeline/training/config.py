@@ -98,9 +98,6 @@ class TrainConfig:
             "in memory across epochs; 0 recomputes them every batch"
         },
     )
-    registered_model: str = field(
-        default=DEFAULT_REGISTERED_MODEL, metadata={"help": "MLflow registered model name"}
-    )
     log_checkpoints: bool = field(
         default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}
     )
@@ -117,7 +114,6 @@ class TrainConfig:
         "log_checkpoints",
         "system_metrics",
         "resume",
-        "registered_model",
         "cpu_threads",
         "feature_cache_mb",
     )
@@ -162,7 +158,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainInputs:
-    """Where training reads and writes (from ``Settings`` + the MLflow resource)."""
+    """Where training reads and writes, and the MLflow names it uses (from ``Settings``)."""
 
     model_source: str
     prompts_path: Path
@@ -172,6 +168,7 @@ class TrainInputs:
     manifest_path: Path
     tracking_uri: str
     experiment: str
+    registered_model: str = DEFAULT_REGISTERED_MODEL  # CLAP_REGISTERED_MODEL
     # The experiment's tracks and data version, recorded so that the new-tracks sensor
     # and `model_comparison` know what each run was trained on (None: not recorded).
     selection: Selection | None = None
@@ -180,9 +177,7 @@ class TrainInputs:
     system_metrics: bool = True
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, tracking_uri: str | None = None, experiment: str | None = None
-    ) -> TrainInputs:
+    def from_settings(cls, settings: Settings) -> TrainInputs:
         try:
             selection = current_selection(
                 settings.duckdb_path, settings.audio_dir, settings.max_tracks
@@ -196,8 +191,9 @@ class TrainInputs:
             duckdb_path=settings.duckdb_path,
             checkpoints_dir=settings.checkpoints_dir,
             manifest_path=settings.training_manifest_path,
-            tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
-            experiment=experiment or settings.mlflow_experiment,
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment=settings.mlflow_experiment,
+            registered_model=settings.registered_model,
             selection=selection,
             system_metrics=settings.system_metrics,
         )

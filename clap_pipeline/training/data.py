@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from clap_pipeline.dataset import WaveformContractError, WaveformRows
+from clap_pipeline.feedback import feedback_sets
 from clap_pipeline.storage import duckdb_connection, table_exists
 
-CLIP_SAMPLES = 240_000  # 5 s at 48 kHz, the waveforms contract
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_MODES = ("fma", "hash", "random_80_20")
 # FMA's `set.split` values -> our split names.
@@ -245,25 +246,12 @@ class WaveformIndex:
         """(track_ids, float32 waveforms (n, 240000)) for the given rows of one row group."""
         path = self.files[file_index]
         table = pq.ParquetFile(path).read_row_group(row_group, columns=["track_id", "input_values"])
-        ids = table.column("track_id").to_numpy()
-        column = table.column("input_values").combine_chunks()
-        if isinstance(column, pa.ChunkedArray):  # combine_chunks may keep one chunk
-            column = column.chunk(0)
-        offsets = column.offsets.to_numpy()
-        lengths = np.diff(offsets)
-        bad = np.flatnonzero(lengths != CLIP_SAMPLES)
-        if len(bad) and np.isin(bad, rows).any():
-            i = int(bad[np.isin(bad, rows)][0])
-            raise TrainingDataError(
-                f"{path}: track_id {ids[i]} has {lengths[i]} samples, expected {CLIP_SAMPLES}"
-            )
-        # Offsets index the unsliced child array (`.values`), so no rebasing is needed.
-        values = column.values.to_numpy(zero_copy_only=False)
         rows_arr = np.asarray(rows, dtype=np.int64)
-        waves = np.stack(
-            [values[offsets[r] : offsets[r] + CLIP_SAMPLES] for r in rows_arr.tolist()]
-        ).astype(np.float32, copy=False)
-        return ids[rows_arr], waves
+        waveforms = WaveformRows(table, path)
+        try:
+            return waveforms.track_ids[rows_arr], waveforms.clips(rows_arr)
+        except WaveformContractError as exc:
+            raise TrainingDataError(str(exc)) from exc
 
     def groups_of(self, track_ids: Iterable[int]) -> dict[tuple[int, int], list[int]]:
         """Rows to read per (file, row group) for the given tracks, in dataset order."""
@@ -429,8 +417,6 @@ class TrainingData:
     ) -> TrainingData:
         prompts = Prompts.load(Path(prompts_path))
         if feedback_weight > 0 and duckdb_path is not None:
-            from clap_pipeline.search.feedback import feedback_sets
-
             liked = feedback_sets(duckdb_path).liked
             prompts = replace(prompts, feedback=liked, feedback_weight=feedback_weight)
         index = WaveformIndex.build(Path(waveforms_dir))

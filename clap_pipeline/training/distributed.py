@@ -13,7 +13,6 @@ global-batch loss (see ``loss.contrastive_loss_rows``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+from clap_pipeline.config import torchrun_ranks
 
 
 @dataclass(frozen=True)
@@ -48,14 +47,8 @@ class Ranks:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Ranks:
         """The ranks torchrun exported (one process without them)."""
-        env = os.environ if environ is None else environ
-        if not all(name in env for name in TORCHRUN_VARIABLES):
-            return cls.single()
-        try:
-            return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
-        except ValueError as exc:
-            values = {name: env[name] for name in TORCHRUN_VARIABLES}
-            raise RuntimeError(f"malformed torchrun variables {values}: {exc}") from exc
+        ranks = torchrun_ranks(environ)
+        return cls.single() if ranks is None else cls(*ranks)
 
 
 def device_for(ranks: Ranks, device: torch.device) -> torch.device:

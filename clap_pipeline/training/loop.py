@@ -665,7 +665,7 @@ def _register(session: Session, best: EpochRecord, state: _Model) -> tuple[str, 
     )
     return registry.register_candidate(
         session.client,
-        config.registered_model,
+        session.inputs.registered_model,
         candidate,
         source=report.checkpoint_source(session, best),
         score=score,

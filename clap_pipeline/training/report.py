@@ -256,7 +256,7 @@ def write_report(session: Session, best: EpochRecord, version: str, alias: str) 
         "best_checkpoint": str(best.checkpoint),
         "epochs": [r.manifest_row() for r in history],
         "splits": data.splits.as_dict(),
-        "registered_model": {"name": config.registered_model, "version": version, "alias": alias},
+        "registered_model": {"name": inputs.registered_model, "version": version, "alias": alias},
         "config": config.to_dict(),
         # Extras beyond the contract, for reports and the comparison asset.
         "mlflow_tracking_uri": inputs.tracking_uri,

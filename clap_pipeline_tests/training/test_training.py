@@ -58,9 +58,9 @@ LEARN = TrainConfig(
     batch_size=4,
     learning_rate=5e-3,
     max_epochs=3,
-    registered_model="clap-fma-test",
     system_metrics=False,
 )
+TEST_MODEL = "clap-fma-test"  # the registered model of these tests' runs
 # Cheap runs for the fault and resume tests (2 steps per epoch).
 QUICK = TrainConfig(
     batch_size=16, learning_rate=1e-3, max_epochs=2, patience=5, system_metrics=False
@@ -203,7 +203,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def make_inputs(synthetic: SyntheticData, model_dir: Path, store: str, out: Path) -> TrainInputs:
-    return training_inputs(synthetic.data_dir, model_dir, store, out)
+    return replace(
+        training_inputs(synthetic.data_dir, model_dir, store, out), registered_model=TEST_MODEL
+    )
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +357,7 @@ def test_manifest_follows_the_contract(learned: TrainingResult, synthetic: Synth
         name: synthetic.ids(name) for name in ("train", "validation", "test")
     }
     assert manifest["registered_model"] == {
-        "name": "clap-fma-test",
+        "name": TEST_MODEL,
         "version": learned.registered_version,
         "alias": "champion",
     }
@@ -444,11 +446,11 @@ def test_champion_is_rescored_when_the_validation_set_changed(
     best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
     # Same validation set: the tagged value, no re-scoring.
     same = data.validation_fingerprint()
-    champion, r5 = champion_recall(client, LEARN.registered_model, same, score, tracking_uri=store)
+    champion, r5 = champion_recall(client, TEST_MODEL, same, score, tracking_uri=store)
     assert str(champion.version) == learned.registered_version
     assert (r5, scored) == (best.val_recall_at_5, [])
     # Another validation set (new tracks): the champion's checkpoint is scored on it.
-    _, r5 = champion_recall(client, LEARN.registered_model, "other", score, tracking_uri=store)
+    _, r5 = champion_recall(client, TEST_MODEL, "other", score, tracking_uri=store)
     assert scored == [learned.best_checkpoint]
     assert r5 == pytest.approx(best.val_recall_at_5)  # here the set is in fact the same
     assert champion_recall(client, "no-such-model", same, score) == (None, None)
@@ -514,8 +516,10 @@ def test_reproducible_and_resumes_after_a_kill(
 def test_nan_loss_stops_marks_the_run_failed_and_keeps_the_last_checkpoint(
     synthetic: SyntheticData, tiny_model_dir: Path, store: str, tmp_path: Path
 ) -> None:
-    config = replace(QUICK, max_epochs=3, registered_model="clap-fma-nan")
-    inputs = make_inputs(synthetic, tiny_model_dir, store, tmp_path)
+    config = replace(QUICK, max_epochs=3)
+    inputs = replace(
+        make_inputs(synthetic, tiny_model_dir, store, tmp_path), registered_model="clap-fma-nan"
+    )
 
     def poison(epoch: int, step: int, model: torch.nn.Module) -> None:
         if (epoch, step) == (2, 2):

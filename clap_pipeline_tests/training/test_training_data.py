@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clap_pipeline.audio.demo.training_set import write_waveforms_file
+from clap_pipeline.dataset import CLIP_SAMPLES
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.data import (
-    CLIP_SAMPLES,
     Prompts,
     TrainingData,
     TrainingDataError,
@@ -24,7 +25,6 @@ from clap_pipeline.training.data import (
     read_fma_splits,
     shuffled_batches,
 )
-from clap_pipeline_tests.training_fixtures import write_waveforms_file
 
 # ----------------------------------------------------------------------------- splits
 
@@ -138,8 +138,8 @@ def constant_clips(ids: list[int]) -> list[np.ndarray]:
 def wave_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("waveforms")
     first, second = list(range(1, 24)), list(range(1000, 1017))
-    write_waveforms_file(root / "000.parquet", first, constant_clips(first), row_group_size=5)
-    write_waveforms_file(root / "001.parquet", second, constant_clips(second), row_group_size=5)
+    write_waveforms_file(root / "000.parquet", first, constant_clips(first), row_group_rows=5)
+    write_waveforms_file(root / "001.parquet", second, constant_clips(second), row_group_rows=5)
     (root / ".001.parquet.abc.tmp").write_bytes(b"partial write")  # ignored: hidden
     return root
 

@@ -72,6 +72,20 @@ class SyntheticData:
         return sorted(t for t, s in self.split_of.items() if s == split)
 
 
+def write_waveforms_file(
+    path: Path, track_ids: list[int], waves: list[np.ndarray], row_group_rows: int = 16
+) -> None:
+    """One `waveforms/NNN.parquet` file of synthetic clips (lengths are not checked here)."""
+    rows = waveform_batch(
+        track_ids,
+        waves,
+        source_paths=[audio_path("", t) for t in track_ids],
+        source_sizes=[1000 + t for t in track_ids],
+        source_mtimes=[1.0e9 + t for t in track_ids],
+    )
+    write_partition(path, rows, row_group_rows=row_group_rows)
+
+
 def write_training_dataset(
     data_dir: Path,
     *,
@@ -122,14 +136,7 @@ def write_training_dataset(
     for folder in sorted({folder_of(tid) for tid in ids}):
         folder_ids = [t for t in ids if folder_of(t) == folder]
         waves = [genre_audio(genre_of[t], np.random.default_rng([seed, t])) for t in folder_ids]
-        rows = waveform_batch(
-            folder_ids,
-            waves,
-            source_paths=[audio_path("", t) for t in folder_ids],
-            source_sizes=[1000 + t for t in folder_ids],
-            source_mtimes=[1.0e9 + t for t in folder_ids],
-        )
-        write_partition(partition_path(wave_dir, folder), rows, row_group_rows=16)
+        write_waveforms_file(partition_path(wave_dir, folder), folder_ids, waves)
 
     with duckdb_connection(data_dir / "clap.duckdb") as con:
         con.execute(tracks_ddl(["set_split"]))

@@ -19,8 +19,20 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.search.query import validate_query
 from clap_pipeline.storage import duckdb_connection, table_exists
+
+MAX_QUERY_CHARS = 1000  # CLAP reads 77 tokens anyway; longer text is a mistake or abuse
+
+
+def validate_query(query: str) -> str:
+    """The query as searched and stored: stripped, 1..MAX_QUERY_CHARS characters."""
+    text = (query or "").strip()
+    if not text:
+        raise ValueError('empty query: describe the music, e.g. "folk country music"')
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"query has {len(text)} characters, at most {MAX_QUERY_CHARS} allowed")
+    return text
+
 
 TABLE = "search_feedback"
 HELDOUT_SHARE = 0.2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline.search.feedback import (
+from clap_pipeline.feedback import (
     HELDOUT_SHARE,
     count_feedback,
     feedback_sets,

@@ -38,12 +38,12 @@ class ClapEmbedder(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from clap_pipeline.training.features import LogMelFeatures
+        from clap_pipeline.training.features import features_for_model
         from clap_pipeline.training.model import load_clap
 
         self.clap = load_clap(context.artifacts[CHECKPOINT_ARTIFACT])
         self.clap.model.eval()
-        self.features = LogMelFeatures(self.clap.feature_extractor, seed=0)
+        self.features = features_for_model(self.clap, seed=0)
         self.torch = torch
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
