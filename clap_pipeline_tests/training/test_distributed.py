@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -183,11 +187,8 @@ def test_resume_with_another_world_size_is_refused(
 # ----------------------------------------------------------------------------- torchrun
 
 
-def test_torchrun_two_processes_make_one_mlflow_run(
-    synthetic: SyntheticData, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """The real `torchrun --standalone --nproc_per_node 2 -m clap_pipeline.training` on CPU."""
-    store = mlflow_store(tmp_path / "mlruns")
+def torchrun_command(synthetic: SyntheticData, model_dir: Path, store: str, *extra: str):
+    """`torchrun --standalone --nproc_per_node 2 -m clap_pipeline.training` on CPU, and its env."""
     env = {
         **os.environ,
         "CLAP_DATA_DIR": str(synthetic.data_dir),
@@ -197,11 +198,20 @@ def test_torchrun_two_processes_make_one_mlflow_run(
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "clap_pipeline.training", "--data-dir", str(synthetic.data_dir),
-        "--model", str(tiny_model_dir), "--tracking-uri", store, "--experiment", "ddp",
-        "--device", "cpu", "--batch-size", "4", "--max-epochs", "2", "--patience", "5",
+        "--model", str(model_dir), "--tracking-uri", store, "--experiment", "ddp",
+        "--device", "cpu", "--batch-size", "4", "--patience", "5",
         "--learning-rate", "5e-3", "--no-log-checkpoints", "--no-system-metrics",
-        "--cpu-threads", "1",
+        "--cpu-threads", "1", *extra,
     ]  # fmt: skip
+    return command, env
+
+
+def test_torchrun_two_processes_make_one_mlflow_run(
+    synthetic: SyntheticData, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The real `torchrun --standalone --nproc_per_node 2 -m clap_pipeline.training` on CPU."""
+    store = mlflow_store(tmp_path / "mlruns")
+    command, env = torchrun_command(synthetic, tiny_model_dir, store, "--max-epochs", "2")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("\n{\n") :])
@@ -223,3 +233,59 @@ def test_torchrun_two_processes_make_one_mlflow_run(
     manifest = json.loads(Path(summary["manifest"]).read_text())
     assert manifest["world_size"] == 2
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
+
+
+def _resumable(checkpoints: Path) -> bool:
+    for path in checkpoints.glob(f"*/{RESUME_FILE}"):
+        state = json.loads(path.read_text())
+        if state.get("status") == "in_progress" and state.get("world_size") == 2:
+            return True
+    return False
+
+
+def test_a_killed_torchrun_launch_resumes_with_the_same_world_size(
+    synthetic: SyntheticData, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """kill -9 of the launch (torchrun and its ranks) mid-training; the same command resumes."""
+    store = mlflow_store(tmp_path / "mlruns")
+    # Epochs take about a second here: 8 leave time to kill the launch in the middle.
+    command, env = torchrun_command(
+        synthetic, tiny_model_dir, store, "--max-epochs", "8", "--patience", "8"
+    )
+    first = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("epoch 1 done"):
+                break
+        assert any(line.startswith("epoch 1 done") for line in seen), "".join(seen)[-3000:]
+        deadline = time.monotonic() + 60  # until rank 0 has saved the resume state
+        while not _resumable(synthetic.data_dir / "checkpoints"):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        # torchrun starts each rank in a session of its own: kill the ranks, then torchrun.
+        for proc in [*psutil.Process(first.pid).children(recursive=True), first]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                proc.kill()
+        first.wait()
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = re.search(r"after epoch (\d+)", done.stdout)
+    assert resumed is not None, done.stdout[-3000:] + done.stderr[-3000:]
+    resumed_after = int(resumed[1])
+    assert 1 <= resumed_after < 8 and "epoch 1 done" not in done.stdout
+    assert f"epoch {resumed_after + 1} done" in done.stdout
+    summary = json.loads(done.stdout[done.stdout.index("\n{\n") :])
+    client = tracking.client(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "val_text_to_audio_recall_at_5")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    manifest = json.loads(Path(summary["manifest"]).read_text())
+    assert manifest["world_size"] == 2
+    assert [e["epoch"] for e in manifest["epochs"]] == list(range(1, 9))
