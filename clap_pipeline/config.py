@@ -48,6 +48,10 @@ def hf_hub_offline(environ: Mapping[str, str] | None = None) -> bool:
 # Pipes context of a process that a Dagster Pipes client started.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 PIPES_CONTEXT_VARIABLE = "DAGSTER_PIPES_CONTEXT"
+# Carried by the processes a Dagster run starts outside its own process tree (torchrun and
+# its ranks each run in a session of their own), so that `defs/run_health` can find and
+# stop them when the run is found dead.
+LAUNCHED_BY_RUN_VARIABLE = "CLAP_DAGSTER_RUN_ID"
 
 
 def torchrun_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:

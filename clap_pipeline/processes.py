@@ -47,6 +47,18 @@ class ProcessRef:
             return False
 
 
+def processes_with_env(name: str, value: str) -> list[ProcessRef]:
+    """This host's processes whose environment has ``name=value`` (those we may read)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if proc.environ().get(name) == value:
+                found.append(ProcessRef(proc.info["pid"], proc.info["create_time"], this_host()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def stop_processes(processes: Sequence[ProcessRef], grace_s: float = 5.0) -> list[int]:
     """SIGTERM the live ones among ``processes`` (this host), SIGKILL after ``grace_s``.
 

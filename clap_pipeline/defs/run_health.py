@@ -36,7 +36,8 @@ from dagster._core.executor.base import Executor
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRun, RunsFilter
 
-from clap_pipeline.processes import ProcessRef, stop_processes, this_host
+from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE
+from clap_pipeline.processes import ProcessRef, processes_with_env, stop_processes, this_host
 
 HOST_TAG = "clap/worker_host"
 PID_TAG = "clap/worker_pid"
@@ -66,7 +67,9 @@ class DeadRun:
 
     Step processes outlive a run worker killed alone (``kill -9`` of `dagster asset
     materialize`): nobody will ever collect their results or free their slots, and they
-    may hang at exit. They are stopped before the slot goes to another run, so that two
+    may hang at exit. So do the processes it launched outside its tree (the torchrun
+    launcher's torchrun and ranks, found by ``LAUNCHED_BY_RUN_VARIABLE`` in their
+    environment). They are stopped before the slot goes to another run, so that two
     trainings never share the GPU or a resume folder.
     """
 
@@ -97,7 +100,8 @@ def find_dead_run(instance: DagsterInstance, run: DagsterRun) -> DeadRun | None:
         if worker.is_alive() is not False:
             return None
         seen: dict[int, ProcessRef] = {}
-        for p in processes[1:]:
+        launched = processes_with_env(LAUNCHED_BY_RUN_VARIABLE, run.run_id)
+        for p in [*processes[1:], *launched]:
             if p.pid != worker.pid and p.is_alive():
                 seen.setdefault(p.pid, p)
         what = f"its run worker (pid {worker.pid} on {worker.host}) no longer exists"

@@ -29,7 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.config import Settings
+from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE, Settings
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
@@ -189,7 +189,7 @@ def _launch(
 ) -> MaterializeResult:
     """Run ``torchrun`` through Pipes; rank 0 reports the logs and the materialization."""
     command = torchrun_command(config, inputs, context.run_id)
-    env = settings_environment(settings, inputs)
+    env = {**settings_environment(settings, inputs), LAUNCHED_BY_RUN_VARIABLE: context.run_id}
     if config.launcher == "torchrun":
         invocation = PipesSubprocessClient().run(context=context, command=command, env=env)
     else:

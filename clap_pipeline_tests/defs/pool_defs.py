@@ -1,23 +1,34 @@
 """A one-asset code location in pool `gpu` for the kill -9 tests (see test_run_health.py).
 
 The asset writes its pid to ``$CLAP_TEST_MARKER`` and then sleeps
-``$CLAP_TEST_SLEEP_S`` seconds, so a test can kill the run while it holds the slot.
+``$CLAP_TEST_SLEEP_S`` seconds, so a test can kill the run while it holds the slot. With
+``$CLAP_TEST_LAUNCH`` set it first starts a sleeper in a session of its own, marked with
+the run id the way the torchrun launcher marks torchrun (its pid in ``<marker>.launched``).
 """
 
-from __future__ import annotations
-
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from dagster import Definitions, asset
+from dagster import AssetExecutionContext, Definitions, asset
 
+from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE
 from clap_pipeline.defs.run_health import guarded_executor
 
 
 @asset(pool="gpu")
-def pooled() -> None:
-    Path(os.environ["CLAP_TEST_MARKER"]).write_text(str(os.getpid()))
+def pooled(context: AssetExecutionContext) -> None:
+    marker = Path(os.environ["CLAP_TEST_MARKER"])
+    if os.environ.get("CLAP_TEST_LAUNCH"):
+        launched = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env={**os.environ, LAUNCHED_BY_RUN_VARIABLE: context.run_id},
+            start_new_session=True,
+        )
+        marker.with_suffix(".launched").write_text(str(launched.pid))
+    marker.write_text(str(os.getpid()))
     time.sleep(float(os.environ.get("CLAP_TEST_SLEEP_S", "0")))
 
 

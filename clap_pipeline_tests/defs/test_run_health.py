@@ -36,13 +36,17 @@ def _instance_home(tmp_path: Path) -> Path:
 IN_PROCESS = ["--config-json", '{"execution": {"config": {"in_process": {}}}}']
 
 
-def _materialize(home: Path, marker: Path, sleep_s: float, *extra: str) -> subprocess.Popen:
+def _materialize(
+    home: Path, marker: Path, sleep_s: float, *extra: str, launch: bool = False
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "CLAP_TEST_MARKER": str(marker),
         "CLAP_TEST_SLEEP_S": str(sleep_s),
     }
+    if launch:
+        env["CLAP_TEST_LAUNCH"] = "1"
     return subprocess.Popen(
         [DAGSTER, "asset", "materialize", "-m", POOL_DEFS, "--select", "pooled", *extra],
         cwd=REPO,
@@ -178,3 +182,24 @@ def test_a_run_worker_killed_alone_leaves_a_step_process_that_is_stopped(tmp_pat
             os.killpg(first.pid, signal.SIGKILL)
     assert f"stopped its orphaned step process(es) (pid {step})" in output
     assert not psutil.pid_exists(step) or psutil.Process(step).status() == psutil.STATUS_ZOMBIE
+
+
+def test_processes_a_killed_run_launched_are_stopped_before_the_next_run(tmp_path: Path) -> None:
+    """Like torchrun's ranks: their own session, so killing the run's process group misses them."""
+    home = _instance_home(tmp_path)
+    first = _materialize(home, tmp_path / "first.pid", 600, launch=True)
+    _wait_for(tmp_path / "first.pid", first, timeout_s=180)
+    launched = psutil.Process(int((tmp_path / "first.launched").read_text()))
+    try:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert launched.is_running() and launched.status() != psutil.STATUS_ZOMBIE
+
+        second = _materialize(home, tmp_path / "second.pid", 0)
+        output, _ = second.communicate(timeout=300)
+        assert second.returncode == 0, output
+        assert f"orphaned step process(es) (pid {launched.pid})" in output
+        launched.wait(timeout=10)  # stopped (and reaped by init), not still sleeping
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            launched.kill()
