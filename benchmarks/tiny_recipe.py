@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from transformers import ClapConfig, ClapModel  # noqa: E402
 
-from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics  # noqa: E402
+from clap_pipeline.metrics import random_recall, retrieval_metrics  # noqa: E402
 from clap_pipeline.training.config import LR_SCHEDULES, TrainConfig, learning_rate_at  # noqa: E402
 from clap_pipeline.training.data import TrainingData  # noqa: E402
 from clap_pipeline.training.features import LogMelFeatures  # noqa: E402

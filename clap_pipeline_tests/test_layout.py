@@ -71,3 +71,30 @@ def test_env_vars_are_read_only_in_config() -> None:
 def test_no_module_is_over_the_size_limit() -> None:
     sizes = {m.relative_to(PACKAGE): len(m.read_text().splitlines()) for m in MODULES}
     assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+# floor < metadata < audio < training < evaluation < search < the entry points
+STAGE_ORDER = ["metadata", "audio", "training", "evaluation", "search"]
+ENTRY_POINTS = {"defs", "cli", "definitions"}
+# The MLflow pyfunc model is the trained model as MLflow loads it: it needs the model code.
+UPWARD_ALLOWED = {"pyfunc_model.py"}
+
+
+def _rank(first_part: str) -> int:
+    if first_part in ENTRY_POINTS:
+        return len(STAGE_ORDER) + 1
+    return STAGE_ORDER.index(first_part) + 1 if first_part in STAGE_ORDER else 0
+
+
+def test_imports_go_one_way_through_the_stages() -> None:
+    upward = []
+    for module in MODULES:
+        relative = module.relative_to(PACKAGE)
+        if str(relative) in UPWARD_ALLOWED:
+            continue
+        rank = _rank(relative.parts[0].removesuffix(".py"))
+        for name in imported_modules(ast.parse(module.read_text())):
+            parts = name.split(".")
+            if parts[0] == "clap_pipeline" and len(parts) > 1 and _rank(parts[1]) > rank:
+                upward.append(f"{relative} imports {name}")
+    assert upward == []

@@ -29,7 +29,6 @@ from clap_pipeline.evaluation.inputs import (
     load_manifest,
     report_path,
 )
-from clap_pipeline.evaluation.metrics import KS
 from clap_pipeline.evaluation.render import (
     chart_markdown,
     comparison_chart_png,
@@ -40,6 +39,7 @@ from clap_pipeline.evaluation.render import (
     verdict_lines,
 )
 from clap_pipeline.evaluation.report import load_report
+from clap_pipeline.metrics import KS
 
 _DEFAULTS = EvalConfig()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from clap_pipeline.evaluation.metrics import UNIT_INTERVAL_METRICS
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, metric_bounds
+from clap_pipeline.metrics import UNIT_INTERVAL_METRICS
 
 
 def _outside(stat: Interval, low: float, high: float) -> list[tuple[str, float]]:

@@ -15,11 +15,11 @@ import torch
 
 from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
 from clap_pipeline.progress import ProgressLog
-from clap_pipeline.search.embeddings import clip_embeddings
 from clap_pipeline.training.data import WaveformIndex, ordered_batches
 from clap_pipeline.training.features import features_for_model
 from clap_pipeline.training.model import (
     ModelLoadError,
+    clip_embeddings,
     load_clap,
     text_embeddings,
     tokenize,

@@ -107,9 +107,8 @@ def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str
     """Cosine scores of queries against the pool's clips with the model in ``model_dir``."""
     import torch
 
-    from clap_pipeline.search.embeddings import clip_embeddings
     from clap_pipeline.training.features import features_for_model
-    from clap_pipeline.training.model import load_clap, text_embeddings, tokenize
+    from clap_pipeline.training.model import clip_embeddings, load_clap, text_embeddings, tokenize
 
     clap = load_clap(model_dir)
     model = clap.model.eval()

@@ -16,7 +16,6 @@ import numpy as np
 
 from clap_pipeline.evaluation import genre_search
 from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
-from clap_pipeline.evaluation.metrics import bootstrap_mean_interval
 from clap_pipeline.evaluation.report import (
     GenreAccuracy,
     GenreClassification,
@@ -26,6 +25,7 @@ from clap_pipeline.evaluation.report import (
     GenreSearchSplit,
     GenreSplit,
 )
+from clap_pipeline.metrics import bootstrap_mean_interval
 
 if TYPE_CHECKING:  # the encoder module loads torch
     from clap_pipeline.evaluation.encoder import Embedded

@@ -23,9 +23,9 @@ from pathlib import Path
 from clap_pipeline import tracking
 from clap_pipeline.evaluation import genre_search
 from clap_pipeline.evaluation.inputs import EvaluationError
-from clap_pipeline.evaluation.metrics import DIRECTIONS, METRIC_NAMES
 from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
 from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged
+from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
 
 PREFIX = "eval_"
 SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name

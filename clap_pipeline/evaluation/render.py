@@ -13,8 +13,8 @@ import numpy as np
 from clap_pipeline.evaluation import genre_search
 from clap_pipeline.evaluation.checks import beats_random
 from clap_pipeline.evaluation.inputs import MODELS
-from clap_pipeline.evaluation.metrics import DIRECTIONS, METRIC_NAMES, RANK_METRICS
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, SplitRetrieval
+from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES, RANK_METRICS
 from clap_pipeline.tables import Table
 
 CHART_NAME = "evaluation_chart.png"

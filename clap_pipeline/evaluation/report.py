@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline.evaluation.inputs import EvalConfig, EvaluationError
-from clap_pipeline.evaluation.metrics import RANK_METRICS
+from clap_pipeline.metrics import RANK_METRICS
 from clap_pipeline.storage import write_text_atomic
 
 

@@ -1,6 +1,6 @@
 """Exact-pair retrieval per split: each model's metrics with intervals, next to random.
 
-Ranks follow LAION-AI/CLAP's conventions (``clap_pipeline.evaluation.metrics``:
+Ranks follow LAION-AI/CLAP's conventions (``clap_pipeline.metrics``:
 pessimistic ties, bootstrap over per-query ranks); the random baseline is exact (k/N)
 and empirical (seeded random rankings over the same N).
 """
@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, Log, SplitClips
-from clap_pipeline.evaluation.metrics import (
-    DIRECTIONS,
-    METRIC_NAMES,
-    bootstrap_rank_metrics,
-    empirical_random_metrics,
-    match_ranks_blockwise,
-    random_expected_metrics,
-)
 from clap_pipeline.evaluation.report import (
     IdenticalPrompts,
     Interval,
     ModelScores,
     RandomBaseline,
     SplitRetrieval,
+)
+from clap_pipeline.metrics import (
+    DIRECTIONS,
+    METRIC_NAMES,
+    bootstrap_rank_metrics,
+    empirical_random_metrics,
+    match_ranks_blockwise,
+    random_expected_metrics,
 )
 
 if TYPE_CHECKING:  # the encoder module loads torch

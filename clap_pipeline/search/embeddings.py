@@ -21,7 +21,7 @@ import torch
 from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.training.features import features_for_model
-from clap_pipeline.training.model import LoadedClap, audio_embeddings, pick_device
+from clap_pipeline.training.model import LoadedClap, clip_embeddings, pick_device
 
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
 
@@ -96,17 +96,6 @@ def iter_waveform_batches(waveforms_dir: str | Path, batch_size: int) -> Iterato
                 pending_rows = rest.num_rows
     if pending_rows:
         yield _to_batch(pa.Table.from_batches(pending), origin)
-
-
-def clip_embeddings(
-    model: torch.nn.Module, features: torch.nn.Module, waveforms: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """L2-normalised fp32 audio embeddings (B, d) of a (B, 240000) waveform batch.
-
-    ``features`` is a ``LogMelFeatures`` on ``device``; call under ``torch.inference_mode()``.
-    """
-    waves = torch.from_numpy(np.ascontiguousarray(waveforms)).to(device)
-    return audio_embeddings(model, features(waves)).float().cpu().numpy()
 
 
 def embed_waveforms(

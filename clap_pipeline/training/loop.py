@@ -38,7 +38,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from clap_pipeline import registry, tracking
-from clap_pipeline.evaluation.metrics import retrieval_metrics
+from clap_pipeline.metrics import retrieval_metrics
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 from clap_pipeline.training import distributed, report, resume

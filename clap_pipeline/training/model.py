@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import processors
 from transformers import (
@@ -313,3 +314,14 @@ def audio_embeddings(model: ClapModel, input_features: torch.Tensor) -> torch.Te
     out = model.get_audio_features(input_features=input_features)
     emb = out.pooler_output if hasattr(out, "pooler_output") else out
     return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def clip_embeddings(
+    model: torch.nn.Module, features: torch.nn.Module, waveforms: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """L2-normalised fp32 audio embeddings (B, d) of a (B, 240000) waveform batch.
+
+    ``features`` is a ``LogMelFeatures`` on ``device``; call under ``torch.inference_mode()``.
+    """
+    waves = torch.from_numpy(np.ascontiguousarray(waveforms)).to(device)
+    return audio_embeddings(model, features(waves)).float().cpu().numpy()

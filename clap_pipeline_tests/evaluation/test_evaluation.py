@@ -23,17 +23,17 @@ from clap_pipeline.evaluation.checks import beats_random, range_problems
 from clap_pipeline.evaluation.evaluate import evaluate, main
 from clap_pipeline.evaluation.genres import GENRE_PROMPT
 from clap_pipeline.evaluation.inputs import EvalConfig, EvalInputs, EvaluationError, load_manifest
-from clap_pipeline.evaluation.metrics import (
+from clap_pipeline.evaluation.mlflow_log import mlflow_metrics
+from clap_pipeline.evaluation.qualitative import sample_epochs
+from clap_pipeline.evaluation.render import format_evaluation_table, verdict_lines
+from clap_pipeline.evaluation.report import EvaluationReport, Interval, load_report
+from clap_pipeline.metrics import (
     KS,
     METRIC_NAMES,
     metrics_from_ranks,
     random_expected_metrics,
     retrieval_metrics,
 )
-from clap_pipeline.evaluation.mlflow_log import mlflow_metrics
-from clap_pipeline.evaluation.qualitative import sample_epochs
-from clap_pipeline.evaluation.render import format_evaluation_table, verdict_lines
-from clap_pipeline.evaluation.report import EvaluationReport, Interval, load_report
 from clap_pipeline.training.model import audio_embeddings, load_clap, text_embeddings, tokenize
 from clap_pipeline_tests.evaluation_fixtures import (
     NO_GENRE,

@@ -13,7 +13,7 @@ from clap_pipeline.evaluation.genre_search import (
     precision_and_ap,
     prior_genre_search,
 )
-from clap_pipeline.evaluation.metrics import match_ranks_blockwise
+from clap_pipeline.metrics import match_ranks_blockwise
 
 QUICK = GenreSearchConfig(n_bootstrap=200, random_rounds=300, seed=1)
 

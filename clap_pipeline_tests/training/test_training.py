@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from clap_pipeline import tracking
-from clap_pipeline.evaluation.metrics import random_recall, retrieval_metrics
+from clap_pipeline.metrics import random_recall, retrieval_metrics
 from clap_pipeline.registry import champion_recall
 from clap_pipeline.training.command import main
 from clap_pipeline.training.config import (

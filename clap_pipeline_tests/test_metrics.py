@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clap_pipeline.evaluation.metrics import (
+from clap_pipeline.metrics import (
     METRIC_NAMES,
     bootstrap_rank_metrics,
     empirical_random_metrics,
