@@ -1,6 +1,6 @@
 """A second FMA-format collection whose audio comes from a different synthesiser.
 
-The tiny model's training recipe (README, "The tiny model's recipe") was tuned on
+The tiny model's training recipe (docs/training.md, "The tiny model's recipe") was tuned on
 `clap-pipeline demo-data`. To check that it learns on data it was not tuned on, this
 script writes a collection with FMA's layout and tracks.csv (metadata planned by
 ``demo.plan_dataset`` with another seed) but audio from an independent, simpler

@@ -1,7 +1,7 @@
 """Search for the tiny CLAP's training recipe: one candidate, val and test R@5 per epoch.
 
 How the recipe in ``scripts/tiny_model_run_config.yaml`` and ``model.tiny_clap_config``
-was chosen (README, "The tiny model's recipe"). Uses the training module's own loss,
+was chosen (docs/training.md, "The tiny model's recipe"). Uses the training module's own loss,
 weight-decay groups, clamp and learning-rate schedule on a dataset the pipeline already
 prepared (``prompts.parquet``, ``waveforms/``, ``clap.duckdb`` under ``--data``), with
 the log-mel features computed once and kept in memory so that candidates are cheap to

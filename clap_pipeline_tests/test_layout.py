@@ -1,4 +1,4 @@
-"""The package's layout rules, checked over every module (README "Layout")."""
+"""The package's layout rules, checked over every module (docs/layout.md)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ retrain_job = define_asset_job(
     ],
     description="Ingest tracks.csv, decode new clips, fine-tune, evaluate, re-index, compare runs.",
 )
-# One folder per run: for spreading decoding over processes or pods (see README).
+# One folder per run: for spreading decoding over processes or pods (see docs/scaling.md).
 decode_job = define_asset_job(
     "decode_waveforms", selection=["waveforms"], partitions_def=audio_folder_partitions
 )

@@ -228,7 +228,7 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_clap_config(vocab_size: int = 1024, projection_dim: int = 32) -> ClapConfig:
     """A small CLAP (~120k parameters) that accepts the real (B, 1, 1001, 64) unfused features.
 
-    Sized by measurement (README, "The tiny model's recipe"): 8x8 audio patches make the
+    Sized by measurement (docs/training.md, "The tiny model's recipe"): 8x8 audio patches make the
     HTSAT tower 4x cheaper than the default 4x4 with a width of 32 that learns, where
     16 stayed near random; a wider text tower learned more slowly. ``projection_dim`` 512
     gives the real model's embedding size (for benchmarks of search).
