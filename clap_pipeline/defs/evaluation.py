@@ -145,7 +145,7 @@ def evaluation_metrics_in_range(clap_settings: ClapSettings) -> AssetCheckResult
         description=None if not problems else f"{len(problems)} problem(s): {problems[0]}",
         metadata={
             "n_test": report.splits["test"].n,
-            "test_split_size": len(manifest["splits"]["test"]),
+            "test_split_size": len(manifest.split("test")),
             "problems": MetadataValue.md(
                 "\n".join(f"- {p}" for p in problems) if problems else "none"
             ),

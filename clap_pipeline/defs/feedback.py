@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from clap_pipeline.evaluation.feedback_eval import evaluate_feedback, served_version, verdict
-from clap_pipeline.evaluation.inputs import load_manifest
+from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
 from clap_pipeline.feedback import feedback_sets
 from clap_pipeline.search.query import SearchError, resolve_model
 from clap_pipeline.storage import write_text_atomic
@@ -34,9 +34,11 @@ def feedback_evaluation(
 ) -> MaterializeResult:
     settings = clap_settings.settings()
     manifest = load_manifest(settings.training_manifest_path)
-    new_version = str(manifest["registered_model"]["version"])
+    if manifest.registered_model is None:
+        raise EvaluationError(f"{settings.training_manifest_path} names no registered model")
+    new_version = manifest.registered_model.version
     heldout = feedback_sets(settings.duckdb_path).heldout
-    models = [("new", new_version, manifest["best_checkpoint"])]
+    models = [("new", new_version, manifest.best_checkpoint)]
     served = served_version(heldout)
     if served is not None and served != new_version:
         try:
@@ -63,7 +65,7 @@ def feedback_evaluation(
                 value = getattr(score, key)
                 if value is not None:
                     metrics[f"{METRIC_PREFIX}{key}{suffix}"] = value
-        run_id = manifest["mlflow_run_id"]
+        run_id = manifest.mlflow_run_id
         for key, value in metrics.items():
             client(settings.mlflow_tracking_uri).log_metric(run_id, key, float(value))
     headers = [

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, metric_bounds
 from clap_pipeline.metrics import UNIT_INTERVAL_METRICS
+from clap_pipeline.training_report import TrainingReport
 
 
 def _outside(stat: Interval, low: float, high: float) -> list[tuple[str, float]]:
@@ -14,16 +14,16 @@ def _outside(stat: Interval, low: float, high: float) -> list[tuple[str, float]]
     return [(p, v) for p, v in parts if not (math.isfinite(v) and low <= v <= high)]
 
 
-def range_problems(report: EvaluationReport, manifest: dict[str, Any]) -> list[str]:
+def range_problems(report: EvaluationReport, manifest: TrainingReport) -> list[str]:
     """Why the report is out of range or stale ([] = fine): metrics in [0, 1], ranks in
     [1, N], N = the manifest's test split, the same training run."""
     problems = []
-    if report.mlflow_run_id != manifest.get("mlflow_run_id"):
+    if report.mlflow_run_id != manifest.mlflow_run_id:
         problems.append(
             f"report is for run {report.mlflow_run_id}, training.json for "
-            f"{manifest.get('mlflow_run_id')}: re-materialize `evaluation`"
+            f"{manifest.mlflow_run_id}: re-materialize `evaluation`"
         )
-    expected_test = len(manifest["splits"]["test"])
+    expected_test = len(manifest.split("test"))
     test = report.splits.get("test")
     test_n = test.n if test is not None else None
     if test_n != expected_test:

@@ -78,14 +78,14 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     started = time.perf_counter()
     manifest = load_manifest(inputs.manifest_path)
     if config.log_to_mlflow:  # fail before the expensive part
-        check_mlflow_run(inputs.tracking_uri, manifest["mlflow_run_id"])
+        check_mlflow_run(inputs.tracking_uri, manifest.mlflow_run_id)
     try:
         prompts = Prompts.load(inputs.prompts_path)
         index = WaveformIndex.build(inputs.waveforms_dir)
     except TrainingDataError as exc:
         raise EvaluationError(str(exc)) from exc
     names = SPLITS if config.include_validation else ("test",)
-    clips = {name: split_clips(name, manifest["splits"][name], prompts, index) for name in names}
+    clips = {name: split_clips(name, manifest.split(name), prompts, index) for name in names}
     for split in clips.values():
         if split.missing:
             say(
@@ -100,8 +100,8 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     genre_of = read_genres(inputs.duckdb_path, [t for s in clips.values() for t in s.track_ids])
     plan = GenrePlan.build(clips, genre_of)
     sources = {
-        "zero_shot": str(manifest["model_source"]),
-        "fine_tuned": str(manifest["best_checkpoint"]),
+        "zero_shot": manifest.model_source,
+        "fine_tuned": manifest.best_checkpoint,
     }
     embedded = {}
     for model_key in MODELS:
@@ -113,10 +113,10 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
 
     report = EvaluationReport(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        mlflow_run_id=manifest["mlflow_run_id"],
+        mlflow_run_id=manifest.mlflow_run_id,
         model_source=sources["zero_shot"],
         best_checkpoint=sources["fine_tuned"],
-        best_epoch=int(manifest["best_epoch"]),
+        best_epoch=manifest.best_epoch,
         device=str(device),
         config=config,
         conventions=conventions(config),

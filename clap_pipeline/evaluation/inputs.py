@@ -8,23 +8,21 @@ pre-trained ``model_source``, the best and per-epoch checkpoints, the MLflow run
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from clap_pipeline.config import Settings
 from clap_pipeline.storage import duckdb_connection, table_exists
 from clap_pipeline.training.data import Prompts, WaveformIndex
+from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, TrainingReportError
 
 REPORT_NAME = "evaluation.json"
 SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them
 MODELS = ("zero_shot", "fine_tuned")
 Log = Callable[[str], None]
-MANIFEST_KEYS = ("mlflow_run_id", "model_source", "best_epoch", "best_checkpoint", "splits")
 
 
 class EvaluationError(RuntimeError):
@@ -83,7 +81,7 @@ def report_path(settings: Settings) -> Path:
     return settings.reports_dir / REPORT_NAME
 
 
-def load_manifest(path: Path) -> dict[str, Any]:
+def load_manifest(path: Path) -> TrainingReport:
     """``reports/training.json`` with its contract checked (clear error naming the file)."""
     path = Path(path)
     if not path.exists():
@@ -91,18 +89,13 @@ def load_manifest(path: Path) -> dict[str, Any]:
             f"{path} does not exist: materialize the `clap_model` asset first (training writes it)"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EvaluationError(
-            f"{path} is not valid JSON ({exc}): re-materialize `clap_model`"
-        ) from exc
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise EvaluationError(f"{path} lacks key(s) {missing}: re-materialize `clap_model`")
+        manifest = TrainingReport.read(path, required=CONTRACT_KEYS)
+    except TrainingReportError as exc:
+        raise EvaluationError(f"{exc}: re-materialize `clap_model`") from exc
     for split in SPLITS:
-        if not isinstance(manifest["splits"].get(split), list):
+        if split not in manifest.splits:
             raise EvaluationError(f"{path}: splits.{split} must be a list of track ids")
-    best = Path(manifest["best_checkpoint"])
+    best = Path(manifest.best_checkpoint)
     if not (best / "config.json").exists():
         raise EvaluationError(
             f"{path}: best_checkpoint {best} is not a save_pretrained folder (missing or "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from clap_pipeline.evaluation.report import (
     Top1,
 )
 from clap_pipeline.training.data import WaveformIndex
+from clap_pipeline.training_report import TrainingReport
 
 if TYPE_CHECKING:  # the encoder module loads torch
     import torch
@@ -62,12 +63,12 @@ def sample_epochs(epochs: list[int], best: int, limit: int = MAX_EPOCH_COLUMNS) 
     return sorted(chosen)
 
 
-def _columns(manifest: dict[str, Any]) -> tuple[list[tuple[QualitativeColumn, str | None]], int]:
+def _columns(manifest: TrainingReport) -> tuple[list[tuple[QualitativeColumn, str | None]], int]:
     """(column, checkpoint) for zero-shot and the sampled epochs; the number of epochs."""
-    best_epoch = int(manifest["best_epoch"])
-    checkpoint_of = {int(r["epoch"]): r.get("checkpoint") for r in manifest.get("epochs", [])}
-    checkpoint_of[best_epoch] = manifest["best_checkpoint"]
-    columns = [(QualitativeColumn(ZERO_SHOT, 0, True), str(manifest["model_source"]))]
+    best_epoch = manifest.best_epoch
+    checkpoint_of = {r.epoch: r.checkpoint for r in manifest.epochs}
+    checkpoint_of[best_epoch] = manifest.best_checkpoint
+    columns = [(QualitativeColumn(ZERO_SHOT, 0, True), manifest.model_source)]
     for epoch in sample_epochs(list(checkpoint_of), best_epoch):
         checkpoint = checkpoint_of[epoch]
         kept = bool(checkpoint) and (Path(checkpoint) / "config.json").exists()
@@ -77,7 +78,7 @@ def _columns(manifest: dict[str, Any]) -> tuple[list[tuple[QualitativeColumn, st
 
 
 def evaluate_qualitative(
-    manifest: dict[str, Any],
+    manifest: TrainingReport,
     clips: Mapping[str, SplitClips],
     embedded: Mapping[str, Embedded],
     index: WaveformIndex,

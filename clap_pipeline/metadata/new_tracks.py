@@ -9,7 +9,6 @@ manifest that every successful training writes (``reports/training.json``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from clap_pipeline.dataset import audio_name_id, folder_of
 from clap_pipeline.metadata.fma import file_sha256, read_track_ids
 from clap_pipeline.metadata.selection import Selection
+from clap_pipeline.training_report import TrainingReport, TrainingReportError
 
 _FOLDER = re.compile(r"\d{3}")
 _LISTED_IDS = 10
@@ -104,22 +104,19 @@ class TrainedSelection:
 def last_training(manifest_path: Path) -> TrainedSelection | None:
     """The selection recorded by the latest training; None when nothing was trained yet."""
     try:
-        manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+        report = TrainingReport.read(manifest_path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, TrainingReportError) as exc:
         raise ValueError(f"{manifest_path} is not a readable training manifest: {exc}") from exc
-    selection = manifest.get("selection")
-    if selection:
+    if report.selection is not None:
         return TrainedSelection(
-            data_version=selection.get("data_version"),
-            track_ids=frozenset(int(i) for i in selection.get("track_ids", [])),
-            mlflow_run_id=manifest.get("mlflow_run_id"),
+            data_version=report.selection.data_version,
+            track_ids=frozenset(report.selection.track_ids),
+            mlflow_run_id=report.mlflow_run_id,
         )
     # Manifests written before the selection was recorded: the split members.
-    splits = manifest.get("splits", {})
-    ids = {int(i) for members in splits.values() if isinstance(members, list) for i in members}
-    return TrainedSelection(None, frozenset(ids), manifest.get("mlflow_run_id"))
+    return TrainedSelection(None, report.all_split_ids(), report.mlflow_run_id)
 
 
 @dataclass(frozen=True)

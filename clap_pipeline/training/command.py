@@ -15,7 +15,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +118,11 @@ def _summary(result: TrainingResult) -> dict[str, Any]:
         "run_url": result.run_url,
         "best_epoch": result.best_epoch,
         "best_checkpoint": str(result.best_checkpoint),
-        "registered_model": result.manifest["registered_model"],
+        "registered_model": asdict(result.report.registered_model)
+        if result.report.registered_model
+        else None,
         "manifest": str(result.manifest_path),
-        "world_size": result.manifest.get("world_size", 1),
+        "world_size": result.report.world_size,
         "wall_time_s": round(result.wall_time_s, 1),
         "train_clips_per_second": round(result.clips_per_second, 2),
     }

@@ -9,7 +9,6 @@ import base64
 import contextlib
 import importlib.util
 import io
-import json
 import subprocess
 import tempfile
 import time
@@ -20,9 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT
-from clap_pipeline.metadata.selection import Selection
-from clap_pipeline.storage import atomic_path, write_text_atomic
+from clap_pipeline.storage import atomic_path
 from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
+from clap_pipeline.training_report import (
+    EpochRow,
+    RegisteredVersion,
+    TrainedTracks,
+    TrainingReport,
+)
 
 if TYPE_CHECKING:
     from clap_pipeline.training.loop import Session
@@ -59,7 +63,7 @@ class TrainingResult:
     n_train: int
     n_val: int
     n_test: int
-    manifest: dict[str, Any] = field(default_factory=dict)
+    report: TrainingReport = field(default_factory=TrainingReport)
 
     def curve_markdown(self) -> str:
         b64 = base64.b64encode(self.curve_png).decode()
@@ -111,16 +115,6 @@ def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> byte
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _selection_json(selection: Selection | None) -> dict[str, Any] | None:
-    if selection is None:
-        return None
-    return {
-        "data_version": selection.data_version,
-        "tracks_sha256": selection.tracks_sha256,
-        "track_ids": list(selection.track_ids),
-    }
 
 
 def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
@@ -248,29 +242,33 @@ def write_report(session: Session, best: EpochRecord, version: str, alias: str) 
     )
     log_best(session, best, wall_time_s, clips_per_second)
     png = training_curve_png(history, best.epoch)
-    manifest = {
-        "mlflow_run_id": session.run_id,
-        "model_source": inputs.model_source,
-        "device": str(session.device),
-        "best_epoch": best.epoch,
-        "best_checkpoint": str(best.checkpoint),
-        "epochs": [r.manifest_row() for r in history],
-        "splits": data.splits.as_dict(),
-        "registered_model": {"name": inputs.registered_model, "version": version, "alias": alias},
-        "config": config.to_dict(),
-        # Extras beyond the contract, for reports and the comparison asset.
-        "mlflow_tracking_uri": inputs.tracking_uri,
-        "mlflow_experiment_id": session.experiment_id,
-        "split_mode": data.splits.mode,
-        "validation_fingerprint": session.val_fingerprint,
-        "data_versions": {"prompts": data.prompts_version, "waveforms": data.index.data_version},
-        "selection": _selection_json(inputs.selection),
-        "world_size": session.ranks.world_size,
-        "stopped_early": history[-1].epoch < config.max_epochs,
-        "wall_time_s": wall_time_s,
-        "train_clips_per_second": clips_per_second,
-    }
-    write_text_atomic(inputs.manifest_path, json.dumps(manifest, indent=1))
+    selection = inputs.selection
+    report = TrainingReport(
+        mlflow_run_id=session.run_id,
+        model_source=inputs.model_source,
+        device=str(session.device),
+        best_epoch=best.epoch,
+        best_checkpoint=str(best.checkpoint),
+        epochs=tuple(EpochRow.from_dict(r.manifest_row()) for r in history),
+        splits=data.splits.as_dict(),
+        registered_model=RegisteredVersion(inputs.registered_model, version, alias),
+        config=config.to_dict(),
+        mlflow_tracking_uri=inputs.tracking_uri,
+        mlflow_experiment_id=session.experiment_id,
+        split_mode=data.splits.mode,
+        validation_fingerprint=session.val_fingerprint,
+        data_versions={"prompts": data.prompts_version, "waveforms": data.index.data_version},
+        selection=None
+        if selection is None
+        else TrainedTracks(
+            selection.data_version, tuple(selection.track_ids), selection.tracks_sha256
+        ),
+        world_size=session.ranks.world_size,
+        stopped_early=history[-1].epoch < config.max_epochs,
+        wall_time_s=wall_time_s,
+        train_clips_per_second=clips_per_second,
+    )
+    report.write(inputs.manifest_path)
     with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
         tmp.write_bytes(png)
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -294,11 +292,11 @@ def write_report(session: Session, best: EpochRecord, version: str, alias: str) 
         wall_time_s=wall_time_s,
         clips_per_second=clips_per_second,
         resumed_from_epoch=session.resumed_from_epoch,
-        stopped_early=manifest["stopped_early"],
+        stopped_early=report.stopped_early,
         n_train=len(data.splits.train),
         n_val=len(data.splits.validation),
         n_test=len(data.splits.test),
-        manifest=manifest,
+        report=report,
     )
 
 
@@ -330,7 +328,7 @@ def result_metadata(result: TrainingResult) -> dict[str, dict[str, Any]]:
         for r in result.epochs
     ]
     schema = [{"name": name, "type": kind} for name, kind, _ in _EPOCH_COLUMNS]
-    registered = result.manifest["registered_model"]["name"]
+    registered = result.report.registered_model.name if result.report.registered_model else ""
 
     def typed(kind: str, value: Any) -> dict[str, Any]:
         return {"type": kind, "raw_value": value}
@@ -350,7 +348,7 @@ def result_metadata(result: TrainingResult) -> dict[str, dict[str, Any]]:
             "text", f"{registered} v{result.registered_version} @{result.alias}"
         ),
         "device": typed("text", result.device),
-        "world_size": typed("int", int(result.manifest.get("world_size", 1))),
+        "world_size": typed("int", result.report.world_size),
         "n_train": typed("int", result.n_train),
         "n_val": typed("int", result.n_val),
         "n_test": typed("int", result.n_test),

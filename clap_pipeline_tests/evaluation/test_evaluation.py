@@ -389,9 +389,11 @@ def test_beats_random_and_range_problems_on_edited_reports(
         "test fine_tuned text_to_audio_mean_rank value = 13.0 outside [1.0, 12.0]",
         "validation zero_shot audio_to_text_map_at_10 ci_high = 1.5 outside [0.0, 1.0]",
     ]
-    stale = copy.deepcopy(manifest)
-    stale["mlflow_run_id"] = "another-run"
-    stale["splits"]["test"] = TEST_IDS[:-1]
+    stale = replace(
+        manifest,
+        mlflow_run_id="another-run",
+        splits={**manifest.splits, "test": TEST_IDS[:-1]},
+    )
     problems = range_problems(report, stale)
     assert len(problems) == 2
     assert problems[0].startswith(f"report is for run {setup.run_id}, training.json for another")
@@ -464,7 +466,7 @@ def test_empty_test_split_of_the_80_20_recipe_evaluates_validation(
     assert report.qualitative.split == "validation"
     assert [r.track_id for r in report.qualitative.rows] == VALIDATION_IDS[:2]
     assert beats_random(report) == (False, "no test clips: the split is empty, nothing to compare")
-    assert range_problems(report, manifest) == []
+    assert range_problems(report, load_manifest(manifest_path)) == []
     table = format_evaluation_table(report)
     assert "test split (N = 0 of 0)\n  (no clips)" in table
     assert "validation split (N = 6 of 6)" in table

@@ -253,7 +253,7 @@ def test_mlflow_run_has_per_epoch_history_params_and_checkpoints(
 
     params = run.data.params
     assert params["config.learning_rate"] == "0.005" and params["config.batch_size"] == "4"
-    assert params["model_source"] == learned.manifest["model_source"]
+    assert params["model_source"] == learned.report.model_source
     assert params["device"] == "cpu"
     assert (params["n_train"], params["n_val"], params["n_test"]) == ("32", "16", "4")
     assert len(params["data_version_prompts"]) == 16 and len(params["data_version_waveforms"]) == 16
@@ -280,7 +280,7 @@ def test_best_epoch_follows_the_rule_and_stopping_the_patience(
     loss = dict(tracking.metric_history(store, learned.run_id, "val_loss"))
     expected = max(r5, key=lambda e: (r5[e], -loss[e], -e))
     assert learned.best_epoch == expected
-    assert learned.manifest["best_epoch"] == expected
+    assert learned.report.best_epoch == expected
     last = max(r5)
     if learned.stopped_early:
         assert last - expected == LEARN.patience
