@@ -16,6 +16,7 @@ partition per run (``--partition 042``) spreads folders over processes or pods.
 
 # No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
 from collections.abc import Sequence
+from typing import Literal
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -55,10 +56,14 @@ class WaveformsConfig(Config):
         default=0.0, ge=0.0, description="start of the 5-s window in each clip, in seconds"
     )
     decode_timeout_s: float = Field(
-        default=DEFAULT_TIMEOUT_S, gt=0.0, description="ffmpeg is killed after this long per file"
+        default=DEFAULT_TIMEOUT_S, gt=0.0, description="a clip's decode is stopped after this long"
     )
     workers: int = Field(
-        default=0, ge=0, description="parallel ffmpeg processes (0: one per CPU core)"
+        default=0, ge=0, description="parallel decode processes (0: one per CPU core)"
+    )
+    decoder: Literal["av", "cli"] = Field(
+        default="av",
+        description="av: FFmpeg libraries in worker processes (PyAV); cli: one ffmpeg per clip",
     )
     progress_interval_s: float = Field(
         default=5.0, gt=0.0, description="seconds between progress lines in the log"
@@ -104,6 +109,7 @@ def waveforms(
         window_offset_s=config.window_offset_s,
         timeout_s=config.decode_timeout_s,
         workers=config.workers,
+        decoder=config.decoder,
         progress_interval_s=config.progress_interval_s,
     )
     summary = build_waveforms(
