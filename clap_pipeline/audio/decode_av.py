@@ -8,8 +8,9 @@ path, kept as the reference and the fallback) without starting a process per cli
   dropped, as ffmpeg's input ``-ss`` (accurate seek) does; ``CLIP_SECONDS`` of input
   samples are kept, as input ``-t`` does;
 - the same conversion: libswresample to 48 kHz mono float32 with ``rematrix_maxval=1``
-  (the mean of L and R), through the same ``aresample`` filter the CLI inserts; on
-  FMA-like MP3s both paths agree sample for sample (see the tests and docs/decode.md);
+  (the mean of L and R), through the same ``aresample`` filter the CLI inserts, except
+  that stereo float input is averaged before resampling, not after (3x less
+  resampling; differences of float rounding only: see the tests and docs/decode.md);
 - the same failures: the file checks and the classification of the decoded window
   (``decode.check_file``, ``decode.checked_window``) are shared code; the MP3 demuxer's
   "filesize and duration do not match" warning is read from FFmpeg's log (captured per
@@ -161,10 +162,65 @@ def _window(path: Path, offset_s: float, deadline: float) -> tuple[np.ndarray, f
         start_us = (container.start_time or 0) + round(offset_s * _AV_TIME_BASE)
         if offset_s > 0:
             container.seek(start_us, backward=True, any_frame=False)
-        chunks, first = _collect(container, stream, start_us / _AV_TIME_BASE, offset_s, deadline)
-    if first is None or not chunks:
+        window = _collect(container, stream, start_us / _AV_TIME_BASE, offset_s, deadline)
+    if window is None or not window.kept:
         return np.zeros(0, dtype=np.float32), header_s
-    return _to_mono_48k(chunks, first), header_s
+    return window.to_mono_48k(), header_s
+
+
+class _InputSamples:
+    """The window's decoded samples, copied frame by frame into one array in the input format.
+
+    Laid out as PyAV's ``to_ndarray``: (channels, samples) for planar formats (MP3's
+    fltp), (1, samples * channels) for packed ones.
+    """
+
+    def __init__(self, first: av.AudioFrame) -> None:
+        self.key = (first.format.name, first.layout.name, first.sample_rate)
+        self.planar = first.format.is_planar
+        self.width = 1 if self.planar else first.layout.nb_channels  # values per sample and row
+        self.want = round(CLIP_SECONDS * first.sample_rate)
+        self.dtype = first.to_ndarray().dtype
+        rows = first.layout.nb_channels if self.planar else 1
+        self.array = np.empty((rows, self.want * self.width), dtype=self.dtype)
+        self.kept = 0
+
+    def add(self, frame: av.AudioFrame, skip: int) -> bool:
+        """Append ``frame`` from sample ``skip`` on; True once the window is complete."""
+        take = min(frame.samples - skip, self.want - self.kept)
+        w = self.width
+        for row, plane in enumerate(frame.planes[: self.array.shape[0]]):
+            values = np.frombuffer(plane, dtype=self.dtype, count=frame.samples * w)
+            self.array[row, self.kept * w : (self.kept + take) * w] = values[
+                skip * w : (skip + take) * w
+            ]
+        self.kept += take
+        return self.kept >= self.want
+
+    def to_mono_48k(self) -> np.ndarray:
+        """The kept samples through libswresample (one frame, then flushed), float32 mono.
+
+        Planar float stereo (MP3) is averaged here first, so that one channel instead
+        of two is resampled (3x faster); the CLI's libswresample resamples both and then
+        mixes them at 0.5 each. Both orders are exact in real numbers; in float32 they
+        differ by rounding only (about 1e-7, see docs/decode.md). Other layouts go
+        through libswresample's own mix, as in the CLI.
+        """
+        fmt, layout, rate = self.key
+        samples = self.array[:, : self.kept * self.width]
+        if layout == "stereo" and fmt == "fltp":
+            samples = ((samples[0] + samples[1]) * np.float32(0.5))[None, :]
+            layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=fmt, layout=layout)
+        frame.sample_rate = rate
+        resampler = AudioResampler(
+            format="flt", layout="mono", rate=SAMPLE_RATE, options={"rematrix_maxval": "1.0"}
+        )
+        out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        out += [f.to_ndarray()[0] for f in resampler.resample(None)]
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(out)[:CLIP_SAMPLES]
 
 
 def _collect(
@@ -173,12 +229,10 @@ def _collect(
     start_s: float,
     offset_s: float,
     deadline: float,
-) -> tuple[list[np.ndarray], av.AudioFrame | None]:
-    """The window's input samples (as ``to_ndarray`` chunks) and the first frame (format)."""
-    chunks: list[np.ndarray] = []
-    first: av.AudioFrame | None = None
-    kept = frames = errors = 0
-    want = 0
+) -> _InputSamples | None:
+    """The window's input samples (None when no frame decoded)."""
+    window: _InputSamples | None = None
+    frames = errors = 0
     for packet in container.demux(stream):
         if time.monotonic() > deadline:
             raise _DeadlineExceeded
@@ -189,59 +243,25 @@ def _collect(
             continue
         for frame in decoded:
             frames += 1
-            if first is None:
-                first = frame
-                want = round(CLIP_SECONDS * frame.sample_rate)
-            elif (frame.format.name, frame.layout.name, frame.sample_rate) != (
-                first.format.name,
-                first.layout.name,
-                first.sample_rate,
-            ):
+            if window is None:
+                window = _InputSamples(frame)
+            elif (frame.format.name, frame.layout.name, frame.sample_rate) != window.key:
                 raise _NotAudio("the audio format changes inside the window")
             skip = 0
             if offset_s > 0 and frame.pts is not None and frame.time_base is not None:
-                skip = round((start_s - float(frame.pts * frame.time_base)) * frame.sample_rate)
-            skip = max(skip, 0)
+                skip = max(
+                    round((start_s - float(frame.pts * frame.time_base)) * frame.sample_rate), 0
+                )
             if skip >= frame.samples:
                 continue  # before the window (the seek lands on a frame before it)
-            take = min(frame.samples - skip, want - kept)
-            chunks.append(_samples(frame, skip, take))
-            kept += take
-            if kept >= want:
-                return chunks, first
+            if window.add(frame, skip):
+                return window
     if errors and errors / (frames + errors) > MAX_ERROR_RATE:
         raise _NotAudio(
             f"{errors} of {frames + errors} packets failed to decode "
             f"(more than ffmpeg's maximum error rate {MAX_ERROR_RATE:.3g})"
         )
-    return chunks, first
-
-
-def _samples(frame: av.AudioFrame, skip: int, take: int) -> np.ndarray:
-    """``take`` samples of ``frame`` from ``skip``, in ``to_ndarray``'s layout."""
-    array = frame.to_ndarray()
-    if frame.format.is_planar:  # (channels, samples)
-        return array[:, skip : skip + take]
-    channels = frame.layout.nb_channels  # packed: (1, samples * channels)
-    return array[:, skip * channels : (skip + take) * channels]
-
-
-def _to_mono_48k(chunks: list[np.ndarray], first: av.AudioFrame) -> np.ndarray:
-    """One frame of the kept samples through libswresample, flushed, as float32 mono."""
-    frame = av.AudioFrame.from_ndarray(
-        np.ascontiguousarray(np.concatenate(chunks, axis=1)),
-        format=first.format.name,
-        layout=first.layout.name,
-    )
-    frame.sample_rate = first.sample_rate
-    resampler = AudioResampler(
-        format="flt", layout="mono", rate=SAMPLE_RATE, options={"rematrix_maxval": "1.0"}
-    )
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
-    if not out:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(out)[:CLIP_SAMPLES]
+    return window
 
 
 DECODERS = ("av", "cli")  # in-process FFmpeg libraries (default) or one ffmpeg CLI per clip
