@@ -1,9 +1,11 @@
 """A backfill of `waveforms` folders: one queued run per folder, launched under the run queue's limits.
 
 The instance is the project's own (`.dagster/dagster.yaml`, as `make dev` uses it); the
-backfill is submitted by the `dagster` CLI; the runs are dequeued by Dagster's own
-run-queue daemon (one iteration at a time, so that the limit can be watched) and run
-by the project's run launcher in run worker processes.
+backfill of the `decode_waveforms` job is submitted by the `dagster` CLI; the runs are
+dequeued by Dagster's own run-queue daemon (one iteration at a time, so that the limit
+can be watched) and run by the project's run launcher in run worker processes. The
+code location holds the project's asset, checks and job without the torch modules
+(decode_defs.py), which would take most of the test's time to import in every process.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
-MODULE = "clap_pipeline.definitions"
+MODULE = "clap_pipeline_tests.defs.decode_defs"  # the project's asset and job, no torch
 BACKFILL_RUNS_AT_ONCE = 2  # .dagster/dagster.yaml: tag_concurrency_limits of dagster/backfill
 LIBRARY = {2: "cbr128", 3: "mono", 1000: "vbr", 1001: "empty", 2000: "cbr256"}
 FOLDERS = ["000", "001", "002"]
