@@ -62,7 +62,7 @@ RETRIED_REASONS = ("timeout", "unreadable")  # may pass next time with the same 
 
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # ffmpeg's mp3 demuxer: the Xing/Info header's byte count exceeds the file by > 1/16.
-_SIZE_MISMATCH = "filesize and duration do not match"
+SIZE_MISMATCH_WARNING = "filesize and duration do not match"
 _LEVEL_RE = re.compile(r"\[(warning|error|fatal|panic)\]")
 
 
@@ -76,6 +76,10 @@ class DecodeFailure(Exception):
         self.path = path
         self.detail = detail
         self.stderr_tail = stderr_tail
+
+    def __reduce__(self) -> tuple[type[DecodeFailure], tuple[str, Path, str, str]]:
+        # Picklable, so that decode worker processes can hand failures back.
+        return (DecodeFailure, (self.reason, self.path, self.detail, self.stderr_tail))
 
 
 @dataclass(frozen=True)
@@ -143,15 +147,42 @@ def decode_window(
     except FileNotFoundError:
         raise DecodeFailure("missing", path, "file does not exist") from None
     except OSError as exc:
-        raise DecodeFailure("unreadable", path, _os_error_text(exc)) from None
+        raise DecodeFailure("unreadable", path, os_error_text(exc)) from None
 
 
-def _os_error_text(exc: OSError) -> str:
+def os_error_text(exc: OSError) -> str:
     """``PermissionError: Permission denied`` (the file is named by DecodeFailure)."""
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
 def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | None) -> DecodedWindow:
+    check_file(path)
+    cmd = window_command(path, offset_s, exe)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise DecodeFailure(
+            "timeout", path, f"ffmpeg killed after {timeout_s:g} s", tail_lines(exc.stderr or b"")
+        ) from None
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    raw = proc.stdout
+    decoded = np.frombuffer(raw, dtype="<f4", count=len(raw) // 4)
+    if proc.returncode != 0:
+        raise DecodeFailure(
+            "not_audio", path, f"ffmpeg exited with {proc.returncode}", tail_lines(stderr)
+        )
+    return checked_window(
+        path,
+        decoded,
+        offset_s,
+        header_s=header_duration_s(stderr),
+        size_mismatch=SIZE_MISMATCH_WARNING in stderr,
+        stderr_tail=tail_lines(stderr),
+    )
+
+
+def check_file(path: Path) -> None:
+    """The checks before decoding: a regular file, not empty, not shorter than its ID3v2 tag."""
     size = path.stat().st_size
     if not path.is_file():
         raise DecodeFailure("missing", path, "not a regular file")
@@ -163,27 +194,29 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
             "truncated", path, f"ID3v2 tag declares {tag_size} bytes but the file has {size}"
         )
 
-    cmd = window_command(path, offset_s, exe)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        raise DecodeFailure(
-            "timeout", path, f"ffmpeg killed after {timeout_s:g} s", _tail(exc.stderr or b"")
-        ) from None
-    stderr = proc.stderr.decode("utf-8", errors="replace")
-    raw = proc.stdout
-    decoded = np.frombuffer(raw, dtype="<f4", count=len(raw) // 4)
-    if proc.returncode != 0:
-        raise DecodeFailure(
-            "not_audio", path, f"ffmpeg exited with {proc.returncode}", _tail(stderr)
-        )
+
+def checked_window(
+    path: Path,
+    decoded: np.ndarray,
+    offset_s: float,
+    *,
+    header_s: float | None,
+    size_mismatch: bool,
+    stderr_tail: str,
+) -> DecodedWindow:
+    """The window padded to ``CLIP_SAMPLES``, or the :class:`DecodeFailure` it amounts to.
+
+    ``decoded`` is what the decoder gave from ``offset_s`` (48 kHz mono float32, may be
+    longer than the window); ``header_s`` the duration the headers declare (None if
+    unknown); ``size_mismatch`` whether the MP3 demuxer warned that the file is smaller
+    than its Xing/Info header says. One classification for the CLI and in-process paths.
+    """
     decoded = decoded[:CLIP_SAMPLES]
     n = int(decoded.size)
-    if _SIZE_MISMATCH in stderr:
+    if size_mismatch:
         raise DecodeFailure(
-            "truncated", path, "file is smaller than its MP3 header declares", _tail(stderr)
+            "truncated", path, "file is smaller than its MP3 header declares", stderr_tail
         )
-    header_s = header_duration_s(stderr)
     decoded_end_s = offset_s + n / SAMPLE_RATE
     if (
         n < CLIP_SAMPLES
@@ -194,18 +227,18 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
             "truncated",
             path,
             f"audio stops at {decoded_end_s:.2f} s but the header says {header_s:.2f} s",
-            _tail(stderr),
+            stderr_tail,
         )
     if n < MIN_DECODED_SAMPLES:
         raise DecodeFailure(
             "too_short",
             path,
             f"{n / SAMPLE_RATE:.2f} s of audio from {offset_s:g} s (need >= 1 s)",
-            _tail(stderr),
+            stderr_tail,
         )
     peak = float(np.max(np.abs(decoded)))
     if not peak > SILENCE_PEAK:  # also catches NaN
-        raise DecodeFailure("silent", path, f"peak {peak:.3g} is silence", _tail(stderr))
+        raise DecodeFailure("silent", path, f"peak {peak:.3g} is silence", stderr_tail)
     samples = np.zeros(CLIP_SAMPLES, dtype=np.float32)
     samples[:n] = decoded
     return DecodedWindow(samples=samples, n_samples_decoded=n)
@@ -231,7 +264,7 @@ def id3v2_size(path: Path) -> int:
     return 10 + body + footer
 
 
-def _tail(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
+def tail_lines(stderr: str | bytes, lines: int = STDERR_TAIL_LINES) -> str:
     """The last warning/error lines of ffmpeg's stderr (all lines if it has none).
 
     Consecutive repeats are folded into one line with a count.

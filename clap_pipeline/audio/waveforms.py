@@ -21,10 +21,14 @@ How a partition is (re)built:
   collected), old rows stream from the old file one row group at a time, and at
   most a few windows per worker wait to be written. Nothing grows with the
   number of tracks.
-- Parallel: ffmpeg does the work in child processes, so a thread pool of
-  ``workers`` threads (default: all cores) keeps that many ffmpegs busy. Jobs of
-  all requested partitions form one ordered stream, so workers never idle at a
-  partition boundary.
+- Parallel: ``workers`` (default: all cores) decode at once. The default decoder
+  (``decoder="av"``, ``decode_av``) runs the FFmpeg libraries in a pool of worker
+  processes (threads for fewer than ``process_pool_min_jobs`` clips, which start
+  instantly; PyAV releases the GIL while decoding); a worker that dies is replaced
+  and its clip judged by the ffmpeg CLI. ``decoder="cli"`` runs one ffmpeg
+  process per clip from a thread pool (the reference, and the fallback for files
+  the libraries cannot open). Jobs of all requested partitions form one ordered
+  stream, so workers never idle at a partition boundary.
 - Atomic: rows go to a hidden temp file (``.NNN.parquet.<id>.tmp``, ignored by
   ``pyarrow.dataset``) renamed over ``NNN.parquet`` when complete; a crash or
   ``kill -9`` leaves the previous file, and the next run deletes the temp file that
@@ -34,10 +38,12 @@ How a partition is (re)built:
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +56,9 @@ from clap_pipeline.audio.decode import (
     RETRIED_REASONS,
     DecodedWindow,
     DecodeFailure,
-    decode_window,
     ensure_ffmpeg,
 )
+from clap_pipeline.audio.decode_av import DECODERS, decode_job
 from clap_pipeline.audio.decode_failures import (
     FailureRecord,
     folder_failures,
@@ -81,8 +87,13 @@ class DecodeOptions:
     workers: int = 0  # 0: all cores
     row_group_rows: int = ROW_GROUP_ROWS
     progress_interval_s: float = 5.0
+    decoder: str = "av"  # one of decode_av.DECODERS
+    # "av" decodes fewer clips than this on threads (a process pool takes ~1 s to start)
+    process_pool_min_jobs: int = 64
 
     def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.window_offset_s < 0:
             raise ValueError(f"window_offset_s must be >= 0, got {self.window_offset_s}")
         if self.timeout_s <= 0:
@@ -304,54 +315,66 @@ def _plan(
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_job(src: _Source, options: DecodeOptions, exe: str) -> DecodedWindow | DecodeFailure:
-    try:
-        return decode_window(src.track.path, options.window_offset_s, options.timeout_s, exe)
-    except DecodeFailure as failure:
-        return failure
+def _new_executor(options: DecodeOptions, n_jobs: int) -> Executor:
+    workers = options.n_workers
+    if options.decoder == "av" and n_jobs >= options.process_pool_min_jobs:
+        # spawn: a fork of the multithreaded run worker could inherit a held lock
+        ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
 
 class _OrderedDecoder:
-    """Decodes jobs on a thread pool ahead of the consumer, handing results back in order.
+    """Decodes jobs on a worker pool ahead of the consumer, handing results back in order.
 
-    At most ``max_ahead`` results exist at once, which bounds memory.
+    At most ``max_ahead`` results exist at once, which bounds memory. When a worker
+    process dies (a crash inside the FFmpeg libraries), the clip being waited for is
+    decoded by the ffmpeg CLI (its verdict is recorded) and a fresh pool takes the rest.
     """
 
-    def __init__(
-        self,
-        jobs: Sequence[_Source],
-        options: DecodeOptions,
-        exe: str,
-        executor: ThreadPoolExecutor,
-        max_ahead: int,
-    ) -> None:
+    def __init__(self, jobs: Sequence[_Source], options: DecodeOptions, exe: str) -> None:
+        self._n_jobs = len(jobs)
         self._jobs = iter(jobs)
         self._options = options
         self._exe = exe
-        self._executor = executor
-        self._max_ahead = max_ahead
+        self._executor = _new_executor(options, self._n_jobs)
+        # Enough decodes ahead to keep every worker busy while a row group is written.
+        self._max_ahead = max(16, 4 * options.n_workers)
         self._pending: deque[tuple[_Source, Future[DecodedWindow | DecodeFailure]]] = deque()
         self._top_up()
+
+    def _submit(self, src: _Source) -> Future[DecodedWindow | DecodeFailure]:
+        o = self._options
+        return self._executor.submit(
+            decode_job, o.decoder, src.track.path, o.window_offset_s, o.timeout_s, self._exe
+        )
 
     def _top_up(self) -> None:
         while len(self._pending) < self._max_ahead:
             src = next(self._jobs, None)
             if src is None:
                 return
-            fut = self._executor.submit(_decode_job, src, self._options, self._exe)
-            self._pending.append((src, fut))
+            self._pending.append((src, self._submit(src)))
 
     def next(self, track_id: int) -> tuple[_Source, DecodedWindow | DecodeFailure]:
         src, fut = self._pending.popleft()
         assert src.track.track_id == track_id, (src.track.track_id, track_id)
-        result = fut.result()
+        try:
+            result = fut.result()
+        except BrokenProcessPool:
+            o = self._options
+            result = decode_job("cli", src.track.path, o.window_offset_s, o.timeout_s, self._exe)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = _new_executor(o, self._n_jobs)
+            self._pending = deque((s, self._submit(s)) for s, _ in self._pending)
         self._top_up()
         return src, result
 
-    def cancel(self) -> None:
+    def close(self) -> None:
         for _, fut in self._pending:
             fut.cancel()
         self._pending.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _OldRows:
@@ -556,24 +579,21 @@ def build_waveforms(
         interval_s=options.progress_interval_s,
         callback=progress or (lambda _: None),
     )
-    workers = options.n_workers
     summaries: list[PartitionSummary] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffmpeg") as executor:
-        # Enough decodes ahead to keep every worker busy while a row group is written.
-        decoder = _OrderedDecoder(jobs, options, exe, executor, max_ahead=max(16, 4 * workers))
-        try:
-            for plan in plans:
-                _remove_stale_temps(waveforms_dir, plan.folder)
-                if plan.file_unchanged:
-                    summary = _skip_partition(plan, reporter)
-                else:
-                    summary = _write_partition(plan, decoder, options, reporter)
-                failures_changed = not (plan.file_unchanged and plan.failures_unchanged)
-                if failures_changed and (summary.failures or plan.old_failure_ids):
-                    replace_failures(duckdb_path, plan.folder, summary.failures)
-                summaries.append(summary)
-        finally:
-            decoder.cancel()
+    decoder = _OrderedDecoder(jobs, options, exe)
+    try:
+        for plan in plans:
+            _remove_stale_temps(waveforms_dir, plan.folder)
+            if plan.file_unchanged:
+                summary = _skip_partition(plan, reporter)
+            else:
+                summary = _write_partition(plan, decoder, options, reporter)
+            failures_changed = not (plan.file_unchanged and plan.failures_unchanged)
+            if failures_changed and (summary.failures or plan.old_failure_ids):
+                replace_failures(duckdb_path, plan.folder, summary.failures)
+            summaries.append(summary)
+    finally:
+        decoder.close()
     if progress is not None:
         progress(reporter.snapshot())
     return WaveformsSummary(partitions=summaries, seconds=time.monotonic() - started)

@@ -3,19 +3,20 @@
 The work is in ``clap_pipeline.audio.waveforms``; this module passes configuration,
 logs progress and reports metadata.
 
-``backfill_policy=BackfillPolicy.single_run()`` lets one run materialize many
-partitions (``context.partition_keys``) with a single pool of ffmpeg workers, and
-lets the CLI take a range::
+A backfill (UI, or ``dagster asset backfill``) follows the backfill policy
+``multi_run(max_partitions_per_run=DECODE_PARTITIONS_PER_RUN)``: one run per audio
+folder, queued by the instance's run queue (``QueuedRunCoordinator``; limits in
+``.dagster/dagster.yaml``), so that a k8s run launcher runs one pod per folder.
+One run may still cover many folders (``context.partition_keys``) when it carries
+partition range tags, as ``retrain`` runs do, or as the ``decode_waveforms`` job::
 
-    dagster asset materialize -m clap_pipeline.definitions --select waveforms \\
-        --partition-range 000...155
-
-A backfill launched from the UI follows the same policy (one run); running one
-partition per run (``--partition 042``) spreads folders over processes or pods.
+    dagster job execute -m clap_pipeline.definitions -j decode_waveforms --tags \\
+        '{"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "155"}'
 """
 
 # No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
 from collections.abc import Sequence
+from typing import Literal
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -48,6 +49,7 @@ from .resources import ClapSettings
 FAILURE_WARN_FRACTION = 0.05
 MAX_LOGGED_FAILURES = 20
 MAX_LISTED_STRAY = 20  # names per folder in the log and metadata
+DECODE_PARTITIONS_PER_RUN = 1  # a backfill: one run (one pod) per audio folder
 
 
 class WaveformsConfig(Config):
@@ -55,10 +57,14 @@ class WaveformsConfig(Config):
         default=0.0, ge=0.0, description="start of the 5-s window in each clip, in seconds"
     )
     decode_timeout_s: float = Field(
-        default=DEFAULT_TIMEOUT_S, gt=0.0, description="ffmpeg is killed after this long per file"
+        default=DEFAULT_TIMEOUT_S, gt=0.0, description="a clip's decode is stopped after this long"
     )
     workers: int = Field(
-        default=0, ge=0, description="parallel ffmpeg processes (0: one per CPU core)"
+        default=0, ge=0, description="parallel decode processes (0: one per CPU core)"
+    )
+    decoder: Literal["av", "cli"] = Field(
+        default="av",
+        description="av: FFmpeg libraries in worker processes (PyAV); cli: one ffmpeg per clip",
     )
     progress_interval_s: float = Field(
         default=5.0, gt=0.0, description="seconds between progress lines in the log"
@@ -68,7 +74,7 @@ class WaveformsConfig(Config):
 @asset(
     group_name="audio",
     partitions_def=audio_folder_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=DECODE_PARTITIONS_PER_RUN),
     deps=["tracks"],
     kinds={"parquet", "duckdb"},
     description=(
@@ -104,6 +110,7 @@ def waveforms(
         window_offset_s=config.window_offset_s,
         timeout_s=config.decode_timeout_s,
         workers=config.workers,
+        decoder=config.decoder,
         progress_interval_s=config.progress_interval_s,
     )
     summary = build_waveforms(

@@ -55,7 +55,7 @@ def _checks(result) -> dict[str, object]:
 def test_asset_definition() -> None:
     assert waveforms.group_names_by_key[AssetKey("waveforms")] == "audio"
     assert waveforms.partitions_def == audio_folder_partitions
-    assert waveforms.backfill_policy == BackfillPolicy.single_run()
+    assert waveforms.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=1)
     assert AssetKey("tracks") in waveforms.asset_deps[AssetKey("waveforms")]
 
 
