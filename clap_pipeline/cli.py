@@ -20,7 +20,7 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     if args.add:
         print(add_demo_tracks(out, args.add))
         return 0
-    summary = write_demo_dataset(out, n_tracks=args.tracks, seed=args.seed)
+    summary = write_demo_dataset(out, n_tracks=args.tracks, seed=args.seed, renderer=args.renderer)
     print(summary)
     elsewhere = [
         f"{name}={configured}"
@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output root (default $CLAP_DATA_DIR)")
+    p.add_argument(
+        "--renderer",
+        choices=("synth", "fluidsynth"),
+        default="synth",
+        help="synth: synthesised timbres (default); fluidsynth: General-MIDI arrangements "
+        "played from real instrument samples (needs Debian's fluidsynth and "
+        "fluid-soundfont-gm); the instruments played are named in each track's tags",
+    )
     p.add_argument(
         "--add",
         type=int,

@@ -40,6 +40,7 @@ from clap_pipeline.audio.demo.plan import (
     plan_dataset,
     tracks_csv_text,
 )
+from clap_pipeline.audio.demo.rendered import fluidsynth_exe, soundfont
 from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
 from clap_pipeline.config import DEFAULT_MAX_TRACKS
 from clap_pipeline.dataset import MAX_TRACK_ID, TRACKS_PER_FOLDER, folder_of
@@ -86,13 +87,17 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _marker(seed: int, n_tracks: int, tracks_sha256: str | None = None) -> str:
+def _marker(
+    seed: int, n_tracks: int, tracks_sha256: str | None = None, renderer: str = "synth"
+) -> str:
     content: dict[str, object] = {
         "generator": GENERATOR,
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "n_tracks": n_tracks,
     }
+    if renderer != "synth":  # synthesised collections keep their marker bytes
+        content["renderer"] = renderer
     if tracks_sha256:
         content["tracks_csv_sha256"] = tracks_sha256
     return json.dumps(content, indent=2) + "\n"
@@ -134,6 +139,7 @@ def write_demo_dataset(
     n_tracks: int = DEFAULT_MAX_TRACKS,
     seed: int = 0,
     *,
+    renderer: str = "synth",
     workers: int | None = None,
     log: Log | None = _stderr_log,
 ) -> DemoSummary:
@@ -146,7 +152,7 @@ def write_demo_dataset(
     started = time.monotonic()
     out_root = Path(out_root)
     log = log or (lambda _message: None)
-    plans = plan_dataset(n_tracks, seed)  # validates n_tracks before touching the disk
+    plans = plan_dataset(n_tracks, seed, renderer)  # validates before touching the disk
     check_replaceable(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     leftovers = sorted(
@@ -159,20 +165,26 @@ def write_demo_dataset(
             f"demo-data: note: {out_root} holds temporary folders of an interrupted run, "
             f"safe to delete when nothing runs: {', '.join(leftovers)}"
         )
-    ffmpeg_exe()  # fail early and clearly when ffmpeg is missing
+    ffmpeg_exe()  # fail early and clearly when ffmpeg (or FluidSynth) is missing
+    if renderer == "fluidsynth":
+        fluidsynth_exe(), soundfont()
     workers = workers or usable_cpus() + 1  # one extra keeps every core encoding
     metadata_dir, audio_dir = out_root / "fma_metadata", out_root / "fma_audio"
 
     with atomic_path(metadata_dir) as meta_tmp, atomic_path(audio_dir) as audio_tmp:
         audio_tmp.mkdir()
         audio_seconds = encode_all(plans, audio_tmp, workers, log)
-        (audio_tmp / MARKER_NAME).write_text(_marker(seed, n_tracks), encoding="utf-8")
+        (audio_tmp / MARKER_NAME).write_text(
+            _marker(seed, n_tracks, None, renderer), encoding="utf-8"
+        )
         meta_tmp.mkdir()
         tracks_text = tracks_csv_text(plans).encode("utf-8")
         (meta_tmp / "tracks.csv").write_bytes(tracks_text)
         (meta_tmp / "genres.csv").write_text(genres_csv_text(plans), encoding="utf-8")
         digest = hashlib.sha256(tracks_text).hexdigest()
-        (meta_tmp / MARKER_NAME).write_text(_marker(seed, n_tracks, digest), encoding="utf-8")
+        (meta_tmp / MARKER_NAME).write_text(
+            _marker(seed, n_tracks, digest, renderer), encoding="utf-8"
+        )
         # Leaving the block renames audio into place first, then the metadata.
 
     genre_counts: dict[str, int] = {}
@@ -242,7 +254,10 @@ def add_demo_tracks(
     base = (max(existing) // TRACKS_PER_FOLDER + 1) * TRACKS_PER_FOLDER
     if base + n_new > MAX_TRACK_ID:
         raise DemoDataError(f"{tracks_csv}: no free audio folder left for new track ids")
-    batch = plan_dataset(max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=marker["seed"] + base)
+    renderer = str(marker.get("renderer", "synth"))
+    batch = plan_dataset(
+        max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=marker["seed"] + base, renderer=renderer
+    )
     plans = [p for p in batch if p.defect is None][:n_new]
     for k, plan in enumerate(plans):
         # Ids in the new folder; artist and album ids moved clear of the existing ones.
@@ -255,6 +270,7 @@ def add_demo_tracks(
             plan.row[("track", "genres")],  # type: ignore[arg-type]
             plan.row[("track", "tags")],  # type: ignore[arg-type]
             marker["seed"],
+            renderer,
         )
     folder = audio_dir / folder_of(base)
     with atomic_path(folder) as tmp:
@@ -273,7 +289,7 @@ def add_demo_tracks(
     write_text_atomic(tracks_csv, text)
     write_text_atomic(
         metadata_dir / MARKER_NAME,
-        _marker(marker["seed"], len(existing) + n_new, digest),
+        _marker(marker["seed"], len(existing) + n_new, digest, renderer),
     )
     return AddedTracks(
         tracks_csv=tracks_csv,

@@ -27,6 +27,7 @@ from clap_pipeline.audio.demo.plan import (
     DEFECT_TRUNCATED,
     TrackPlan,
 )
+from clap_pipeline.audio.demo.rendered import render_track
 from clap_pipeline.audio.demo.synth import CLIP_SECONDS, SR, render_loop
 from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
 from clap_pipeline.dataset import audio_path
@@ -154,7 +155,11 @@ def write_clip(plan: TrackPlan, audio_root: Path) -> float:
         jitter = np.random.default_rng([plan.params.seed, 3, plan.track_id]).uniform(-0.03, 0.03)
         seconds += float(jitter)
     n_frames = round(seconds * SR)  # render_clip(params, seconds) is this loop tiled
-    encode_mp3(render_loop(plan.params), n_frames, path, plan)
+    if plan.params.renderer == "fluidsynth":
+        loop = render_track(plan.params, seconds)
+    else:
+        loop = render_loop(plan.params)
+    encode_mp3(loop, n_frames, path, plan)
     if plan.defect == DEFECT_TRUNCATED:
         data = path.read_bytes()
         frames = mp3_frames(data)

@@ -11,10 +11,11 @@ import datetime as dt
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from clap_pipeline.audio.demo.rendered import INSTRUMENT_WORDS, RENDERERS, instruments_for
 from clap_pipeline.audio.demo.synth import (
     REGISTER_TAGS,
     STYLES,
@@ -138,10 +139,21 @@ def style_for_genres(genre_ids: Sequence[int]) -> str:
 
 
 def audio_params(
-    track_id: int, genre_ids: Sequence[int], tags: Iterable[str], seed: int
+    track_id: int,
+    genre_ids: Sequence[int],
+    tags: Iterable[str],
+    seed: int,
+    renderer: str = "synth",
 ) -> AudioParams:
     """How a track sounds, from its tracks.csv genres and tags (and the dataset's seed)."""
-    return AudioParams.from_tags(style_for_genres(genre_ids), tags, seed, track_id)
+    tags = [str(t).strip().lower() for t in tags]
+    params = AudioParams.from_tags(style_for_genres(genre_ids), tags, seed, track_id)
+    if renderer == "synth":
+        return params
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
+    instruments = tuple(t for t in tags if t in INSTRUMENT_WORDS)
+    return replace(params, instruments=instruments, renderer=renderer)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -369,7 +381,7 @@ def _descriptive_tags(rng: np.random.Generator) -> list[str]:
     return tags
 
 
-def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
+def plan_dataset(n_tracks: int, seed: int, renderer: str = "synth") -> list[TrackPlan]:
     """All tracks' metadata, audio parameters, encodings and defects (no I/O)."""
     if not MIN_TRACKS <= n_tracks <= MAX_TRACKS:
         raise ValueError(
@@ -432,6 +444,9 @@ def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
             noise.append(GENRE_BY_ID[top][2].lower())  # a genre name as a tag, as on FMA
         if "escaped_tag" in track_quirks:
             noise.insert(0, ESCAPED_TAG)
+        if renderer != "synth":  # the band plays what the tags name
+            band_rng = np.random.default_rng([seed, 9, track_id])
+            tags = [*instruments_for(style, band_rng), *tags]
         track_tags = tags + noise
 
         if "no_title" in track_quirks:
@@ -495,7 +510,7 @@ def plan_dataset(n_tracks: int, seed: int) -> list[TrackPlan]:
             TrackPlan(
                 track_id=track_id,
                 row=row,
-                params=audio_params(track_id, genres, track_tags, seed),
+                params=audio_params(track_id, genres, track_tags, seed, renderer),
                 encoding=encoding,
                 id3_version=4 if rng.random() < 0.7 else 3,
                 defect=defect,

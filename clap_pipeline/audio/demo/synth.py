@@ -42,6 +42,9 @@ class AudioParams:
     tone: str | None = None  # bright / dark / warm / lo-fi / None
     seed: int = 0
     track_id: int = 0
+    # The rendered-instrument collection only (``rendered.py``): its tags' instruments.
+    instruments: tuple[str, ...] = ()
+    renderer: str = "synth"  # synth (this module) / fluidsynth (rendered.py)
 
     @classmethod
     def from_tags(cls, style: str, tags: Iterable[str], seed: int, track_id: int) -> AudioParams:
