@@ -27,10 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline.audio.demo import encode  # noqa: E402
-from clap_pipeline.audio.demo import plan as demo  # noqa: E402
-from clap_pipeline.audio.demo.synth import SR, AudioParams  # noqa: E402
 from clap_pipeline.dataset import audio_path  # noqa: E402
+from clap_pipeline.demo import encode  # noqa: E402
+from clap_pipeline.demo import plan as demo  # noqa: E402
+from clap_pipeline.demo.synth import SR, AudioParams  # noqa: E402
 from clap_pipeline.storage import atomic_path  # noqa: E402
 
 LOOP_SECONDS = 4.0

@@ -28,11 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline.audio.demo.collection import write_demo_dataset  # noqa: E402
-from clap_pipeline.audio.demo.encode import encode_mp3  # noqa: E402
-from clap_pipeline.audio.demo.plan import plan_dataset  # noqa: E402
-from clap_pipeline.audio.demo.synth import CLIP_SECONDS, SR, render_loop  # noqa: E402
 from clap_pipeline.dataset import audio_path  # noqa: E402
+from clap_pipeline.demo.collection import write_demo_dataset  # noqa: E402
+from clap_pipeline.demo.encode import encode_mp3  # noqa: E402
+from clap_pipeline.demo.plan import plan_dataset  # noqa: E402
+from clap_pipeline.demo.synth import CLIP_SECONDS, SR, render_loop  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -47,7 +47,7 @@ def _cpu_s() -> float:
 
 
 def worker_generate(metadata_dir: Path, n_tracks: int, seed: int) -> dict:
-    from clap_pipeline.metadata.fma_synthetic import synthetic_tracks, write_metadata
+    from clap_pipeline.demo.fma_synthetic import synthetic_tracks, write_metadata
 
     write_metadata(metadata_dir, synthetic_tracks(n_tracks, seed=seed))
     return {"bytes": (metadata_dir / "tracks.csv").stat().st_size}
@@ -74,7 +74,7 @@ def worker_ours(metadata_dir: Path, db_path: Path) -> dict:
 
 
 def worker_reference(metadata_dir: Path) -> dict:
-    from clap_pipeline.metadata.fma_synthetic import reference_load
+    from clap_pipeline.demo.fma_synthetic import reference_load
 
     started, cpu = time.perf_counter(), _cpu_s()
     frame = reference_load(metadata_dir / "tracks.csv")
@@ -84,7 +84,7 @@ def worker_reference(metadata_dir: Path) -> dict:
 def worker_verify(metadata_dir: Path, db_path: Path) -> dict:
     import duckdb
 
-    from clap_pipeline.metadata.fma_synthetic import compare_with_reference, reference_load
+    from clap_pipeline.demo.fma_synthetic import compare_with_reference, reference_load
 
     frame = reference_load(metadata_dir / "tracks.csv")
     con = duckdb.connect(str(db_path), read_only=True)

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clap_pipeline.audio.demo.training_set import write_training_dataset
+from clap_pipeline.demo.training_set import write_training_dataset
 from clap_pipeline.training import loop as training
 from clap_pipeline.training.config import TrainConfig
 from clap_pipeline.training.data import TrainingData

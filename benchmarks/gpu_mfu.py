@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dagster import DagsterInstance, RunConfig, materialize
 
-from clap_pipeline.audio.demo.training_set import write_training_dataset
 from clap_pipeline.config import Settings
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
+from clap_pipeline.demo.training_set import write_training_dataset
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
 from clap_pipeline.training.model import (
     byte_level_tokenizer,

@@ -14,7 +14,7 @@ from clap_pipeline.config import DEFAULT_MAX_TRACKS, ConfigError, Settings
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.audio.demo.collection import add_demo_tracks, write_demo_dataset
+    from clap_pipeline.demo.collection import add_demo_tracks, write_demo_dataset
 
     out = Path(args.out) if args.out else settings.data_dir
     if args.add:

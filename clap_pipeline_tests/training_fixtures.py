@@ -1,7 +1,7 @@
 """Helpers for the training tests: MLflow stores, a one-thread torch, TrainInputs, waveform files.
 
 The synthetic training set itself (audio that depends on its text) is
-``clap_pipeline.audio.demo.training_set``, shared with the benchmarks.
+``clap_pipeline.demo.training_set``, shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline.audio.demo.training_set import (  # noqa: F401 (re-exported for the tests)
+from clap_pipeline.demo.training_set import (  # noqa: F401 (re-exported for the tests)
     SyntheticData,
     write_training_dataset,
 )

@@ -44,7 +44,7 @@ from clap_pipeline.defs.automation import (
     run_failure_summary,
 )
 from clap_pipeline.defs.resources import resources_for
-from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
+from clap_pipeline.demo.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import CsvHash, raw_inputs
 
 FIRST_IDS = [2, 5, 10, 1000, 1001]

@@ -15,7 +15,7 @@ from dagster import DagsterInstance, materialize
 
 from clap_pipeline.defs.metadata import tracks
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.metadata.fma_synthetic import synthetic_tracks, write_metadata
+from clap_pipeline.demo.fma_synthetic import synthetic_tracks, write_metadata
 from clap_pipeline.storage import duckdb_connection
 
 N_READERS = 3

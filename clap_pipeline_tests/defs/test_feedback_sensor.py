@@ -20,8 +20,8 @@ from clap_pipeline.dataset import audio_path
 from clap_pipeline.definitions import build_defs
 from clap_pipeline.defs.automation import DATA_VERSION_TAG, NEW_FEEDBACK_TAG, feedback_sensor
 from clap_pipeline.defs.resources import resources_for
+from clap_pipeline.demo.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.feedback import record_feedback
-from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import raw_inputs
 
 IDS = [2, 5, 10]

@@ -22,7 +22,7 @@ from clap_pipeline.defs.metadata import (
 )
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.metadata.fma_synthetic import quirky_tracks, write_metadata
+from clap_pipeline.demo.fma_synthetic import quirky_tracks, write_metadata
 from clap_pipeline.metadata.prompts import content_hash
 
 CHECKS = [

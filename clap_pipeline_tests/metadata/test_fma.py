@@ -27,19 +27,7 @@ from clap_pipeline.dataset import (
     TRACK_COLUMN_TYPES,
     tracks_ddl,
 )
-from clap_pipeline.metadata.fma import (
-    BadCell,
-    FmaFormatError,
-    check_utf8,
-    load_metadata,
-    loaded_tracks_sha256,
-    lookup_key,
-    parse_list_literal,
-    profile_tracks,
-    read_track_ids,
-    track_id_problems,
-)
-from clap_pipeline.metadata.fma_synthetic import (
+from clap_pipeline.demo.fma_synthetic import (
     DATE_COLUMNS,
     LIST_COLUMNS,
     QUOTED_TAGS,
@@ -51,6 +39,18 @@ from clap_pipeline.metadata.fma_synthetic import (
     write_genres_csv,
     write_metadata,
     write_tracks_csv,
+)
+from clap_pipeline.metadata.fma import (
+    BadCell,
+    FmaFormatError,
+    check_utf8,
+    load_metadata,
+    loaded_tracks_sha256,
+    lookup_key,
+    parse_list_literal,
+    profile_tracks,
+    read_track_ids,
+    track_id_problems,
 )
 
 

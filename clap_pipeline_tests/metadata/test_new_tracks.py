@@ -10,8 +10,8 @@ import duckdb
 import pytest
 
 from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.fma import load_metadata
-from clap_pipeline.metadata.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import (
     CsvHash,
     TrainedSelection,

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts, tracks_ddl, write_prompts
+from clap_pipeline.demo.fma_synthetic import write_metadata
 from clap_pipeline.metadata.fma import load_metadata
-from clap_pipeline.metadata.fma_synthetic import write_metadata
 from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
     TEMPLATE_NAMES,

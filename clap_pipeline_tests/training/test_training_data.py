@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clap_pipeline.audio.demo.training_set import write_waveforms_file
 from clap_pipeline.dataset import CLIP_SAMPLES
+from clap_pipeline.demo.training_set import write_waveforms_file
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.data import (
     Prompts,

@@ -28,8 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.audio.demo.encode import DemoDataError, encode_all
-from clap_pipeline.audio.demo.plan import (
+from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
+from clap_pipeline.config import DEFAULT_MAX_TRACKS
+from clap_pipeline.dataset import MAX_TRACK_ID, TRACKS_PER_FOLDER, folder_of
+from clap_pipeline.demo.encode import DemoDataError, encode_all
+from clap_pipeline.demo.plan import (
     DEFECT_KINDS,
     DEFECT_MISSING,
     GENRE_BY_ID,
@@ -40,10 +43,7 @@ from clap_pipeline.audio.demo.plan import (
     plan_dataset,
     tracks_csv_text,
 )
-from clap_pipeline.audio.demo.rendered import fluidsynth_exe, soundfont
-from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
-from clap_pipeline.config import DEFAULT_MAX_TRACKS
-from clap_pipeline.dataset import MAX_TRACK_ID, TRACKS_PER_FOLDER, folder_of
+from clap_pipeline.demo.rendered import fluidsynth_exe, soundfont
 from clap_pipeline.metadata.fma import read_track_ids
 from clap_pipeline.processes import usable_cpus
 from clap_pipeline.storage import atomic_path, write_text_atomic

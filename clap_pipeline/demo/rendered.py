@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.audio.demo.synth import (
+from clap_pipeline.demo.synth import (
     CLIP_SECONDS,
     SR,
     STYLE_BPM,

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clap_pipeline.audio.demo.collection import MARKER_NAME, add_demo_tracks, write_demo_dataset
-from clap_pipeline.audio.demo.plan import plan_dataset
-from clap_pipeline.audio.demo.rendered import (
+from clap_pipeline.demo.collection import MARKER_NAME, add_demo_tracks, write_demo_dataset
+from clap_pipeline.demo.plan import plan_dataset
+from clap_pipeline.demo.rendered import (
     DRUM_CHANNEL,
     INSTRUMENT_WORDS,
     INSTRUMENTS,
@@ -28,7 +28,7 @@ from clap_pipeline.audio.demo.rendered import (
     arrangement,
     render_track,
 )
-from clap_pipeline.audio.demo.synth import SR, STYLES, AudioParams
+from clap_pipeline.demo.synth import SR, STYLES, AudioParams
 
 HAVE_FLUIDSYNTH = shutil.which("fluidsynth") is not None and any(
     p.is_file() for p in SOUNDFONT_PATHS

@@ -14,20 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clap_pipeline.audio.demo import collection as demo
-from clap_pipeline.audio.demo import encode
-from clap_pipeline.audio.demo.collection import MARKER_NAME, write_demo_dataset
-from clap_pipeline.audio.demo.encode import DemoDataError
-from clap_pipeline.audio.demo.plan import (
+from clap_pipeline.cli import main
+from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo import collection as demo
+from clap_pipeline.demo import encode
+from clap_pipeline.demo.collection import MARKER_NAME, write_demo_dataset
+from clap_pipeline.demo.encode import DemoDataError
+from clap_pipeline.demo.plan import (
     STYLE_OF_TOP,
     TrackPlan,
     audio_params,
     plan_dataset,
     tracks_csv_text,
 )
-from clap_pipeline.audio.demo.synth import CLIP_SECONDS, STYLES, TONE_TAGS, AudioParams, render_clip
-from clap_pipeline.cli import main
-from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo.synth import CLIP_SECONDS, STYLES, TONE_TAGS, AudioParams, render_clip
 from clap_pipeline.metadata.fma import load_metadata
 from clap_pipeline_tests.demo_fixtures import (
     FMA_COLUMN_TUPLES,

@@ -20,17 +20,17 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from clap_pipeline.audio.demo.plan import (
+from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
+from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo.plan import (
     DEFECT_EMPTY,
     DEFECT_MISSING,
     DEFECT_SHORT,
     DEFECT_TRUNCATED,
     TrackPlan,
 )
-from clap_pipeline.audio.demo.rendered import render_track
-from clap_pipeline.audio.demo.synth import CLIP_SECONDS, SR, render_loop
-from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
-from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo.rendered import render_track
+from clap_pipeline.demo.synth import CLIP_SECONDS, SR, render_loop
 from clap_pipeline.progress import ProgressLog
 
 Log = Callable[[str], None]

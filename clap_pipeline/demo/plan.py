@@ -15,15 +15,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from clap_pipeline.audio.demo.rendered import INSTRUMENT_WORDS, RENDERERS, instruments_for
-from clap_pipeline.audio.demo.synth import (
+from clap_pipeline.dataset import FMA_COLUMNS
+from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, RENDERERS, instruments_for
+from clap_pipeline.demo.synth import (
     REGISTER_TAGS,
     STYLES,
     TEMPO_TAGS,
     TONE_TAGS,
     AudioParams,
 )
-from clap_pipeline.dataset import FMA_COLUMNS
 
 MIN_TRACKS = 8  # 4 defects + at least one playable track per split
 MAX_TRACKS = 200_000  # keeps ids within MAX_TRACK_ID (six digits, FMA's path format)
