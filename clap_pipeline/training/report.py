@@ -15,32 +15,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT
 from clap_pipeline.storage import atomic_path
 from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
+from clap_pipeline.training.session import Session
 from clap_pipeline.training_report import (
     EpochRow,
     RegisteredVersion,
     TrainedTracks,
     TrainingReport,
 )
-
-if TYPE_CHECKING:
-    from clap_pipeline.training.loop import Session
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    message: str
-    epoch: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-
-
-ProgressCallback = Callable[[TrainingProgress], None]
 
 
 @dataclass
