@@ -8,11 +8,13 @@ libraries also read (``CLAP_FFMPEG``, ``HF_HUB_OFFLINE``) have their readers her
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "laion/clap-htsat-unfused"
 DEFAULT_MAX_TRACKS = 500
@@ -77,109 +79,251 @@ def _is_cron(text: str) -> bool:
     return len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*/,\-?]+", f) for f in fields)
 
 
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting's declaration: its env variable, value type, help and rule."""
+
+    env: str
+    kind: type  # str, int, bool or Path
+    help: str
+    flag: str | None = None  # command-line flag, where a CLI offers one
+    rule: tuple[Callable[[Any], bool], str] | None = None  # (valid?, what it must be)
+
+
+def spec(
+    env: str,
+    kind: type,
+    help: str,
+    *,
+    flag: str | None = None,
+    rule: tuple[Callable[[Any], bool], str] | None = None,
+) -> dict[str, SettingSpec]:
+    """A settings field's metadata: ``field(default=..., metadata=spec(env, type, help))``."""
+    return {"setting": SettingSpec(env, kind, help, flag, rule)}
+
+
+def setting_specs(cls: type) -> list[tuple[str, Any, SettingSpec]]:
+    """(field name, default, spec) of every declared setting of ``cls``, in order."""
+    return [
+        (f.name, f.default, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata
+    ]
+
+
+def _parse(raw: str, spec: SettingSpec) -> Any:
+    if spec.kind is bool:
+        return raw.lower() not in ("false", "0", "no", "off")
+    if spec.kind is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.env} must be an integer, got {raw!r}") from exc
+    return spec.kind(raw)
+
+
+def values_from_env(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings of ``cls`` that the environment sets (an empty value counts as unset)."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for name, _, spec in setting_specs(cls):
+        raw = env.get(spec.env, "").strip()
+        if raw:
+            values[name] = _parse(raw, spec)
+    return values
+
+
+def check_rules(obj: Any) -> None:
+    """Raise ConfigError naming the env variable of the first setting that breaks its rule."""
+    for name, _, spec in setting_specs(type(obj)):
+        value = getattr(obj, name)
+        if spec.rule is not None and value is not None and not spec.rule[0](value):
+            raise ConfigError(f"{spec.env} must be {spec.rule[1]}, got {value!r}")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, cls: type | None = None) -> None:
+    """A flag for each setting that declares one; unset flags leave the env var's value."""
+    for name, _, spec in setting_specs(cls or Settings):
+        if spec.flag:
+            kind = str if spec.kind is Path else spec.kind
+            parser.add_argument(
+                spec.flag, dest=name, type=kind, help=f"{spec.help} (default ${spec.env})"
+            )
+
+
+def _at_least_one(value: int) -> bool:
+    return value >= 1
+
+
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path
-    metadata_dir: Path
-    audio_dir: Path
-    model: str = DEFAULT_MODEL
-    max_tracks: int = DEFAULT_MAX_TRACKS
-    mlflow_tracking_uri: str = ""
-    mlflow_experiment: str = DEFAULT_EXPERIMENT
-    registered_model: str = DEFAULT_REGISTERED_MODEL
-    # MLflow system metrics (CPU/GPU/memory) of training runs; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
-    system_metrics: bool = True
-    retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS
-    retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK
-    retrain_cron: str = DEFAULT_RETRAIN_CRON
-    retrain_run_config: Path | None = None  # YAML run config of automated `retrain` runs
+    """The project's settings. Paths are resolved; the derived defaults filled on creation."""
+
+    data_dir: Path = field(
+        default=Path("data"),
+        metadata=spec("CLAP_DATA_DIR", Path, "root of inputs and outputs", flag="--data-dir"),
+    )
+    metadata_dir: Path = field(
+        default=None,
+        metadata=spec(
+            "FMA_METADATA_DIR",
+            Path,
+            "holds FMA's `tracks.csv` and `genres.csv` (default `$CLAP_DATA_DIR/fma_metadata`)",
+        ),
+    )
+    audio_dir: Path = field(
+        default=None,
+        metadata=spec(
+            "FMA_AUDIO_DIR",
+            Path,
+            "clips in FMA's layout `NNN/NNNNNN.mp3` (default `$CLAP_DATA_DIR/fma_audio`)",
+        ),
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=spec(
+            "CLAP_MODEL",
+            str,
+            "hub id or local `save_pretrained` folder to fine-tune",
+            flag="--model",
+        ),
+    )
+    max_tracks: int = field(
+        default=DEFAULT_MAX_TRACKS,
+        metadata=spec(
+            "CLAP_MAX_TRACKS",
+            int,
+            "experiment size: the first N tracks by id whose audio exists",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    mlflow_tracking_uri: str = field(
+        default=None,
+        metadata=spec(
+            "MLFLOW_TRACKING_URI",
+            str,
+            "MLflow store (default `sqlite:///<repo>/mlruns/mlflow.db`, artifacts under "
+            "`mlruns/artifacts`), or a tracking server's `http://` URL",
+            flag="--tracking-uri",
+        ),
+    )
+    mlflow_experiment: str = field(
+        default=DEFAULT_EXPERIMENT,
+        metadata=spec(
+            "CLAP_MLFLOW_EXPERIMENT",
+            str,
+            "MLflow experiment name",
+            flag="--experiment",
+        ),
+    )
+    registered_model: str = field(
+        default=DEFAULT_REGISTERED_MODEL,
+        metadata=spec(
+            "CLAP_REGISTERED_MODEL",
+            str,
+            "MLflow registered model of the fine-tuned versions (training registers, search "
+            "and the service serve its `champion`)",
+            flag="--registered-model",
+        ),
+    )
+    system_metrics: bool = field(
+        default=True,
+        metadata=spec(
+            "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
+            bool,
+            "`false` turns off CPU/GPU/memory metrics of training runs",
+        ),
+    )
+    retrain_min_new_tracks: int = field(
+        default=DEFAULT_RETRAIN_MIN_NEW_TRACKS,
+        metadata=spec(
+            "CLAP_RETRAIN_MIN_NEW_TRACKS",
+            int,
+            "`new_tracks_sensor` retrains once this many selected tracks were not in the last "
+            "training",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    retrain_min_feedback: int = field(
+        default=DEFAULT_RETRAIN_MIN_FEEDBACK,
+        metadata=spec(
+            "CLAP_RETRAIN_MIN_FEEDBACK",
+            int,
+            "`feedback_sensor` retrains once this many rows arrived in `search_feedback` since "
+            "its last request",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    retrain_cron: str = field(
+        default=DEFAULT_RETRAIN_CRON,
+        metadata=spec(
+            "CLAP_RETRAIN_CRON",
+            str,
+            "cron of the `nightly_retrain` schedule (stopped by default)",
+            rule=(_is_cron, "a cron expression with five fields such as '0 3 * * *'"),
+        ),
+    )
+    retrain_run_config: Path | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_RETRAIN_RUN_CONFIG",
+            Path,
+            "YAML run config of automated `retrain` runs, e.g. `ops: {clap_model: {config: "
+            "{max_epochs: 4}}}`",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_rules(self)
+
+        def resolved(value: str | Path) -> Path:
+            return Path(value).expanduser().resolve()
+
+        data = resolved(self.data_dir)
+        derived = {
+            "data_dir": data,
+            "metadata_dir": resolved(self.metadata_dir)
+            if self.metadata_dir
+            else data / "fma_metadata",
+            "audio_dir": resolved(self.audio_dir) if self.audio_dir else data / "fma_audio",
+            "mlflow_tracking_uri": self.mlflow_tracking_uri or default_tracking_uri(),
+            "retrain_run_config": resolved(self.retrain_run_config)
+            if self.retrain_run_config
+            else None,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen: filled once, here
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        def get_int(name: str, default: int) -> int:
-            raw = get(name) or str(default)
-            try:
-                return int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-        data_dir = Path(get("CLAP_DATA_DIR") or "data")
-        return cls.build(
-            data_dir=data_dir,
-            metadata_dir=get("FMA_METADATA_DIR"),
-            audio_dir=get("FMA_AUDIO_DIR"),
-            model=get("CLAP_MODEL") or DEFAULT_MODEL,
-            max_tracks=get_int("CLAP_MAX_TRACKS", DEFAULT_MAX_TRACKS),
-            mlflow_tracking_uri=get("MLFLOW_TRACKING_URI"),
-            mlflow_experiment=get("CLAP_MLFLOW_EXPERIMENT") or DEFAULT_EXPERIMENT,
-            registered_model=get("CLAP_REGISTERED_MODEL") or DEFAULT_REGISTERED_MODEL,
-            system_metrics=(get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING") or "true").lower()
-            not in ("false", "0"),
-            retrain_min_new_tracks=get_int(
-                "CLAP_RETRAIN_MIN_NEW_TRACKS", DEFAULT_RETRAIN_MIN_NEW_TRACKS
-            ),
-            retrain_min_feedback=get_int("CLAP_RETRAIN_MIN_FEEDBACK", DEFAULT_RETRAIN_MIN_FEEDBACK),
-            retrain_cron=get("CLAP_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
-            retrain_run_config=get("CLAP_RETRAIN_RUN_CONFIG"),
-        )
+        return cls(**values_from_env(cls, environ))
 
     @classmethod
-    def build(
-        cls,
-        data_dir: str | Path = "data",
-        metadata_dir: str | Path | None = None,
-        audio_dir: str | Path | None = None,
-        model: str = DEFAULT_MODEL,
-        max_tracks: int = DEFAULT_MAX_TRACKS,
-        mlflow_tracking_uri: str | None = None,
-        mlflow_experiment: str = DEFAULT_EXPERIMENT,
-        registered_model: str = DEFAULT_REGISTERED_MODEL,
-        system_metrics: bool = True,
-        retrain_min_new_tracks: int = DEFAULT_RETRAIN_MIN_NEW_TRACKS,
-        retrain_min_feedback: int = DEFAULT_RETRAIN_MIN_FEEDBACK,
-        retrain_cron: str = DEFAULT_RETRAIN_CRON,
-        retrain_run_config: str | Path | None = None,
+    def build(cls, **values: Any) -> Settings:
+        """Settings from keyword values (paths as str or Path; None: the default)."""
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
     ) -> Settings:
-        """Fill the derived defaults (metadata/audio under the data dir, SQLite MLflow store)."""
-        if max_tracks < 1:
-            raise ConfigError(f"CLAP_MAX_TRACKS must be >= 1, got {max_tracks}")
-        if retrain_min_new_tracks < 1:
-            raise ConfigError(
-                f"CLAP_RETRAIN_MIN_NEW_TRACKS must be >= 1, got {retrain_min_new_tracks}"
-            )
-        if retrain_min_feedback < 1:
-            raise ConfigError(f"CLAP_RETRAIN_MIN_FEEDBACK must be >= 1, got {retrain_min_feedback}")
-        if not _is_cron(retrain_cron):
-            raise ConfigError(
-                f"CLAP_RETRAIN_CRON must be a cron expression with five fields such as "
-                f"'0 3 * * *', got {retrain_cron!r}"
-            )
-        data = Path(data_dir).expanduser().resolve()
-        return cls(
-            data_dir=data,
-            metadata_dir=Path(metadata_dir).expanduser().resolve()
-            if metadata_dir
-            else data / "fma_metadata",
-            audio_dir=Path(audio_dir).expanduser().resolve() if audio_dir else data / "fma_audio",
-            model=model,
-            max_tracks=max_tracks,
-            mlflow_tracking_uri=mlflow_tracking_uri or default_tracking_uri(),
-            mlflow_experiment=mlflow_experiment,
-            registered_model=registered_model,
-            system_metrics=system_metrics,
-            retrain_min_new_tracks=retrain_min_new_tracks,
-            retrain_min_feedback=retrain_min_feedback,
-            retrain_cron=retrain_cron,
-            retrain_run_config=Path(retrain_run_config).expanduser().resolve()
-            if retrain_run_config
-            else None,
-        )
+        """The env vars' settings with the flags of ``add_setting_flags`` that were given."""
+        given = {
+            name: getattr(args, name)
+            for name, _, spec in setting_specs(cls)
+            if spec.flag and getattr(args, name, None) is not None
+        }
+        return cls(**{**values_from_env(cls, environ), **given})
+
+    def environment(self) -> dict[str, str]:
+        """The env variables that make ``from_env`` give these settings (child processes)."""
+        out = {}
+        for name, _, spec in setting_specs(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                out[spec.env] = str(value).lower() if spec.kind is bool else str(value)
+        return out
 
     # Derived locations: every module asks here instead of joining paths itself.
     @property

@@ -14,6 +14,7 @@ same materialization metadata is recorded.
 """
 
 import sys
+from dataclasses import replace
 from typing import Any
 
 from dagster import (
@@ -131,17 +132,13 @@ def training_arguments(config: ClapTrainingConfig) -> list[str]:
 
 def settings_environment(settings: Settings, inputs: TrainInputs) -> dict[str, str]:
     """The env vars ``Settings.from_env`` reads, so the child sees this run's settings."""
-    return {
-        "CLAP_DATA_DIR": str(settings.data_dir),
-        "FMA_METADATA_DIR": str(settings.metadata_dir),
-        "FMA_AUDIO_DIR": str(settings.audio_dir),
-        "CLAP_MODEL": inputs.model_source,
-        "CLAP_MAX_TRACKS": str(settings.max_tracks),
-        "MLFLOW_TRACKING_URI": inputs.tracking_uri,
-        "CLAP_MLFLOW_EXPERIMENT": inputs.experiment,
-        "CLAP_REGISTERED_MODEL": settings.registered_model,
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": str(settings.system_metrics).lower(),
-    }
+    resolved = replace(
+        settings,
+        model=inputs.model_source,
+        mlflow_tracking_uri=inputs.tracking_uri,
+        mlflow_experiment=inputs.experiment,
+    )
+    return resolved.environment()
 
 
 def torchrun_command(

@@ -19,7 +19,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline.config import ConfigError, Settings, started_by_dagster_pipes
+from clap_pipeline.config import ConfigError, Settings, add_setting_flags, started_by_dagster_pipes
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
 from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
 from clap_pipeline.training.distributed import Ranks
@@ -46,11 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
-    parser.add_argument("--data-dir", help="default $CLAP_DATA_DIR (or ./data)")
-    parser.add_argument("--model", help="hub id or save_pretrained folder (default $CLAP_MODEL)")
-    parser.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or mlruns/mlflow.db")
-    parser.add_argument("--experiment", help="default $CLAP_MLFLOW_EXPERIMENT")
-    parser.add_argument("--registered-model", help="default $CLAP_REGISTERED_MODEL (clap-fma)")
+    add_setting_flags(parser)
     parser.add_argument(
         "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
     )
@@ -60,20 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """``Settings.from_env()`` with the command line's overrides."""
-    settings = Settings.from_env(environ)
-    overrides: dict[str, Any] = {}
-    if args.data_dir:
-        overrides["data_dir"] = Path(args.data_dir).expanduser().resolve()
-    if args.model:
-        overrides["model"] = args.model
-    if args.tracking_uri:
-        overrides["mlflow_tracking_uri"] = args.tracking_uri
-    if args.experiment:
-        overrides["mlflow_experiment"] = args.experiment
-    if args.registered_model:
-        overrides["registered_model"] = args.registered_model
-    return replace(settings, **overrides)
+    """The env vars' settings with the command line's flags over them."""
+    return Settings.from_args(args, environ)
 
 
 class _Reporter:
