@@ -114,6 +114,13 @@ def timed_pool(fn: Callable[[SelectedTrack], object], tracks: Sequence[SelectedT
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ffmpegs, decode workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def asset_path_seconds(
     tracks: Sequence[SelectedTrack], root: Path, workers: int, decoder: str
 ) -> float:
@@ -219,13 +226,20 @@ def main() -> None:
                 whole_file_then_truncate(exe), tracks, workers
             ),
         }
+        cpu: dict[str, float] = {}
         for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
             for name, run in methods.items():
+                cpu_before = cpu_seconds()
                 seconds = run()
+                used = cpu_seconds() - cpu_before
                 best[name] = min(best.get(name, float("inf")), seconds)
+                cpu[name] = min(cpu.get(name, float("inf")), used)
         rates = {name: n / seconds for name, seconds in best.items()}
         for name, rate in rates.items():
-            print(f"  {name:<58} {rate:8.1f} tracks/s")
+            print(f"  {name:<58} {rate:8.1f} tracks/s, {1000 * cpu[name] / n:5.1f} CPU-ms/track")
+        cpu_asset, _, cpu_bare, _ = cpu.values()
+        print(f"  CPU per track, bare ffmpeg CLI / asset path (in-process) = {cpu_bare / cpu_asset:5.2f}x"
+              "  (what the ratio of rates tends to when the cores are busy with other work)")  # fmt: skip
         asset, asset_cli, bare, whole = rates.values()
         print(f"  asset path (in-process) / bare ffmpeg CLI = {asset / bare:5.2f}x  (target >= 3)")
         print(f"  asset path (in-process) / asset path, cli = {asset / asset_cli:5.2f}x")
