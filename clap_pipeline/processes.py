@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,3 +90,19 @@ def usable_cpus() -> int:
     """CPUs this process may run on (Linux honours taskset/cgroup affinity), at least 1."""
     affinity = getattr(os, "sched_getaffinity", None)
     return max(1, len(affinity(0)) if affinity else os.cpu_count() or 1)
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this process exit once ``parent_pid`` is no longer its parent (killed, ``kill -9``).
+
+    For worker pools: a worker blocked on its task queue would otherwise wait forever
+    after its parent died (its siblings keep the queue's pipe open). Call it in the worker
+    (e.g. as the pool's ``initializer``); a daemon thread watches the parent.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -39,6 +39,7 @@ How a partition is (re)built:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,7 +76,7 @@ from clap_pipeline.dataset import (
     waveforms_schema,
 )
 from clap_pipeline.metadata.selection import SelectedTrack
-from clap_pipeline.processes import usable_cpus
+from clap_pipeline.processes import exit_with_parent, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 
@@ -320,7 +321,12 @@ def _new_executor(options: DecodeOptions, n_jobs: int) -> Executor:
     if options.decoder == "av" and n_jobs >= options.process_pool_min_jobs:
         # spawn: a fork of the multithreaded run worker could inherit a held lock
         ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=exit_with_parent,  # no orphaned workers after a kill -9 of the run
+            initargs=(os.getpid(),),
+        )
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
 
