@@ -92,17 +92,27 @@ def usable_cpus() -> int:
     return max(1, len(affinity(0)) if affinity else os.cpu_count() or 1)
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
-    """Make this process exit once ``parent_pid`` is no longer its parent (killed, ``kill -9``).
+def exit_with(pid: int, poll_s: float = 1.0) -> None:
+    """Make this process exit once process ``pid`` has ended (killed, ``kill -9``).
 
     For worker pools: a worker blocked on its task queue would otherwise wait forever
-    after its parent died (its siblings keep the queue's pipe open). Call it in the worker
-    (e.g. as the pool's ``initializer``); a daemon thread watches the parent.
+    after the process that feeds it died. Call it in the worker (e.g. as the pool's
+    ``initializer``); a daemon thread watches ``pid`` (with its start time: pids are reused).
     """
+    try:
+        watched = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        os._exit(1)
+
+    def ended() -> bool:
+        try:
+            return not watched.is_running() or watched.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while not ended():
             time.sleep(poll_s)
         os._exit(1)
 
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=watch, name="exit-with", daemon=True).start()

@@ -76,7 +76,7 @@ from clap_pipeline.dataset import (
     waveforms_schema,
 )
 from clap_pipeline.metadata.selection import SelectedTrack
-from clap_pipeline.processes import exit_with_parent, usable_cpus
+from clap_pipeline.processes import exit_with, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 
@@ -319,12 +319,17 @@ def _plan(
 def _new_executor(options: DecodeOptions, n_jobs: int) -> Executor:
     workers = options.n_workers
     if options.decoder == "av" and n_jobs >= options.process_pool_min_jobs:
-        # spawn: a fork of the multithreaded run worker could inherit a held lock
-        ctx = multiprocessing.get_context("spawn")
+        # Workers fork from a clean single-threaded server (a fork of the multithreaded run
+        # worker could inherit a held lock) that imported the decoder once: starting a
+        # worker costs no imports (spawn re-imports __main__, e.g. all of dagster, in each).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", decode_job.__module__])
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=ctx,
-            initializer=exit_with_parent,  # no orphaned workers after a kill -9 of the run
+            # Workers end with this process (no orphans after a kill -9 of the run); then
+            # the fork server, which lives as long as any worker, ends too.
+            initializer=exit_with,
             initargs=(os.getpid(),),
         )
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")

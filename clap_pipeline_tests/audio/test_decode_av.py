@@ -209,14 +209,15 @@ def test_decode_workers_exit_when_the_run_is_killed(tmp_path: Path, audio: Audio
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 120
         workers: list[psutil.Process] = []
-        while len(workers) < 2:  # the two decode workers (beside multiprocessing's tracker)
+        while len(workers) < 2:  # the two decode workers, children of the fork server
             assert proc.poll() is None and time.monotonic() < deadline
-            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
-            time.sleep(0.2)
+            descendants = parent.children(recursive=True)
+            workers = [p for p in descendants if p.ppid() != parent.pid]
+            time.sleep(0.1)
     finally:
         proc.kill()  # kill -9 of the process that runs build_waveforms
         proc.wait()
-    _, alive = psutil.wait_procs(workers, timeout=10)
+    _, alive = psutil.wait_procs(descendants, timeout=10)  # workers, fork server, tracker
     for orphan in alive:
         orphan.kill()
     assert not alive, [p.pid for p in alive]
