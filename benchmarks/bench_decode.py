@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -115,10 +116,18 @@ def timed_pool(fn: Callable[[SelectedTrack], object], tracks: Sequence[SelectedT
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (ffmpegs, decode workers)."""
+    """CPU time of this process, its finished children (ffmpegs) and its live children with
+    theirs (the decode pool's fork server reaps the workers it forked)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def asset_path_seconds(

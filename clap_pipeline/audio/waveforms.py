@@ -316,6 +316,9 @@ def _plan(
 # --------------------------------------------------------------------------- decoding
 
 
+MAX_POOL_RESTARTS = 3
+
+
 def _new_executor(options: DecodeOptions, n_jobs: int) -> Executor:
     workers = options.n_workers
     if options.decoder == "av" and n_jobs >= options.process_pool_min_jobs:
@@ -340,7 +343,9 @@ class _OrderedDecoder:
 
     At most ``max_ahead`` results exist at once, which bounds memory. When a worker
     process dies (a crash inside the FFmpeg libraries), the clip being waited for is
-    decoded by the ffmpeg CLI (its verdict is recorded) and a fresh pool takes the rest.
+    decoded by the ffmpeg CLI (its verdict is recorded) and a fresh pool takes the rest;
+    after ``MAX_POOL_RESTARTS`` (workers that cannot even start, e.g. under a ``__main__``
+    read from stdin) threads do.
     """
 
     def __init__(self, jobs: Sequence[_Source], options: DecodeOptions, exe: str) -> None:
@@ -349,6 +354,7 @@ class _OrderedDecoder:
         self._options = options
         self._exe = exe
         self._executor = _new_executor(options, self._n_jobs)
+        self._restarts = 0
         # Enough decodes ahead to keep every worker busy while a row group is written.
         self._max_ahead = max(16, 4 * options.n_workers)
         self._pending: deque[tuple[_Source, Future[DecodedWindow | DecodeFailure]]] = deque()
@@ -375,11 +381,22 @@ class _OrderedDecoder:
         except BrokenProcessPool:
             o = self._options
             result = decode_job("cli", src.track.path, o.window_offset_s, o.timeout_s, self._exe)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = _new_executor(o, self._n_jobs)
-            self._pending = deque((s, self._submit(s)) for s, _ in self._pending)
+            self._restart()
         self._top_up()
         return src, result
+
+    def _restart(self) -> None:
+        """A fresh pool (threads after ``MAX_POOL_RESTARTS``) for the pending jobs."""
+        while True:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._restarts += 1
+            n_jobs = self._n_jobs if self._restarts <= MAX_POOL_RESTARTS else 0  # 0: threads
+            self._executor = _new_executor(self._options, n_jobs)
+            try:
+                self._pending = deque((s, self._submit(s)) for s, _ in self._pending)
+                return
+            except BrokenProcessPool:
+                continue
 
     def close(self) -> None:
         for _, fut in self._pending:
