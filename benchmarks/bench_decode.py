@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -112,6 +113,21 @@ def timed_pool(fn: Callable[[SelectedTrack], object], tracks: Sequence[SelectedT
         for _ in pool.map(fn, tracks):
             pass
     return time.perf_counter() - start
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, its finished children (ffmpegs) and its live children with
+    theirs (the decode pool's fork server reaps the workers it forked)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def asset_path_seconds(
@@ -219,13 +235,20 @@ def main() -> None:
                 whole_file_then_truncate(exe), tracks, workers
             ),
         }
+        cpu: dict[str, float] = {}
         for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
             for name, run in methods.items():
+                cpu_before = cpu_seconds()
                 seconds = run()
+                used = cpu_seconds() - cpu_before
                 best[name] = min(best.get(name, float("inf")), seconds)
+                cpu[name] = min(cpu.get(name, float("inf")), used)
         rates = {name: n / seconds for name, seconds in best.items()}
         for name, rate in rates.items():
-            print(f"  {name:<58} {rate:8.1f} tracks/s")
+            print(f"  {name:<58} {rate:8.1f} tracks/s, {1000 * cpu[name] / n:5.1f} CPU-ms/track")
+        cpu_asset, _, cpu_bare, _ = cpu.values()
+        print(f"  CPU per track, bare ffmpeg CLI / asset path (in-process) = {cpu_bare / cpu_asset:5.2f}x"
+              "  (what the ratio of rates tends to when the cores are busy with other work)")  # fmt: skip
         asset, asset_cli, bare, whole = rates.values()
         print(f"  asset path (in-process) / bare ffmpeg CLI = {asset / bare:5.2f}x  (target >= 3)")
         print(f"  asset path (in-process) / asset path, cli = {asset / asset_cli:5.2f}x")

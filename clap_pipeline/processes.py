@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,3 +90,29 @@ def usable_cpus() -> int:
     """CPUs this process may run on (Linux honours taskset/cgroup affinity), at least 1."""
     affinity = getattr(os, "sched_getaffinity", None)
     return max(1, len(affinity(0)) if affinity else os.cpu_count() or 1)
+
+
+def exit_with(pid: int, poll_s: float = 1.0) -> None:
+    """Make this process exit once process ``pid`` has ended (killed, ``kill -9``).
+
+    For worker pools: a worker blocked on its task queue would otherwise wait forever
+    after the process that feeds it died. Call it in the worker (e.g. as the pool's
+    ``initializer``); a daemon thread watches ``pid`` (with its start time: pids are reused).
+    """
+    try:
+        watched = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        os._exit(1)
+
+    def ended() -> bool:
+        try:
+            return not watched.is_running() or watched.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def watch() -> None:
+        while not ended():
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with", daemon=True).start()

@@ -38,7 +38,12 @@ from dagster import DagsterInstance
 print(' '.join(DagsterInstance.get().get_dynamic_partitions('audio_folders')))")
 read -r -a KEYS <<<"$FOLDERS"
 echo "==> waveforms (${#KEYS[@]} audio folder partitions: ${KEYS[*]})"
-materialize --select waveforms --partition-range "${KEYS[0]}...${KEYS[-1]}" --config-json "$IN_PROCESS"
+# One run over all folders: job decode_waveforms with a partition range (a backfill of
+# `waveforms` would queue one run per folder, for the daemon of `make dev` to start).
+RANGE="{\"dagster/asset_partition_range_start\": \"${KEYS[0]}\", \"dagster/asset_partition_range_end\": \"${KEYS[-1]}\"}"
+IN_PROCESS_FILE="$DAGSTER_HOME/in_process.yaml"  # `job execute` reads config from files
+echo "$IN_PROCESS" >"$IN_PROCESS_FILE"
+"$DAGSTER" job execute -m clap_pipeline.definitions -j decode_waveforms --tags "$RANGE" -c "$IN_PROCESS_FILE"
 echo "==> clap_model"
 if [[ -n "$TINY_RUN_CONFIG" ]]; then
   materialize --select clap_model -c "$TINY_RUN_CONFIG"

@@ -39,6 +39,7 @@ How a partition is (re)built:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,7 +76,7 @@ from clap_pipeline.dataset import (
     waveforms_schema,
 )
 from clap_pipeline.metadata.selection import SelectedTrack
-from clap_pipeline.processes import usable_cpus
+from clap_pipeline.processes import exit_with, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 
@@ -315,12 +316,25 @@ def _plan(
 # --------------------------------------------------------------------------- decoding
 
 
+MAX_POOL_RESTARTS = 3
+
+
 def _new_executor(options: DecodeOptions, n_jobs: int) -> Executor:
     workers = options.n_workers
     if options.decoder == "av" and n_jobs >= options.process_pool_min_jobs:
-        # spawn: a fork of the multithreaded run worker could inherit a held lock
-        ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # Workers fork from a clean single-threaded server (a fork of the multithreaded run
+        # worker could inherit a held lock) that imported the decoder once: starting a
+        # worker costs no imports (spawn re-imports __main__, e.g. all of dagster, in each).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", decode_job.__module__])
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            # Workers end with this process (no orphans after a kill -9 of the run); then
+            # the fork server, which lives as long as any worker, ends too.
+            initializer=exit_with,
+            initargs=(os.getpid(),),
+        )
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
 
@@ -329,7 +343,9 @@ class _OrderedDecoder:
 
     At most ``max_ahead`` results exist at once, which bounds memory. When a worker
     process dies (a crash inside the FFmpeg libraries), the clip being waited for is
-    decoded by the ffmpeg CLI (its verdict is recorded) and a fresh pool takes the rest.
+    decoded by the ffmpeg CLI (its verdict is recorded) and a fresh pool takes the rest;
+    after ``MAX_POOL_RESTARTS`` (workers that cannot even start, e.g. under a ``__main__``
+    read from stdin) threads do.
     """
 
     def __init__(self, jobs: Sequence[_Source], options: DecodeOptions, exe: str) -> None:
@@ -338,6 +354,7 @@ class _OrderedDecoder:
         self._options = options
         self._exe = exe
         self._executor = _new_executor(options, self._n_jobs)
+        self._restarts = 0
         # Enough decodes ahead to keep every worker busy while a row group is written.
         self._max_ahead = max(16, 4 * options.n_workers)
         self._pending: deque[tuple[_Source, Future[DecodedWindow | DecodeFailure]]] = deque()
@@ -364,11 +381,22 @@ class _OrderedDecoder:
         except BrokenProcessPool:
             o = self._options
             result = decode_job("cli", src.track.path, o.window_offset_s, o.timeout_s, self._exe)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = _new_executor(o, self._n_jobs)
-            self._pending = deque((s, self._submit(s)) for s, _ in self._pending)
+            self._restart()
         self._top_up()
         return src, result
+
+    def _restart(self) -> None:
+        """A fresh pool (threads after ``MAX_POOL_RESTARTS``) for the pending jobs."""
+        while True:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._restarts += 1
+            n_jobs = self._n_jobs if self._restarts <= MAX_POOL_RESTARTS else 0  # 0: threads
+            self._executor = _new_executor(self._options, n_jobs)
+            try:
+                self._pending = deque((s, self._submit(s)) for s, _ in self._pending)
+                return
+            except BrokenProcessPool:
+                continue
 
     def close(self) -> None:
         for _, fut in self._pending:

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import pickle
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,3 +183,41 @@ def test_asset_path_in_a_process_pool_writes_what_the_cli_path_writes(
     ):
         max_abs, snr = agreement(np.asarray(ref, np.float32), np.asarray(got, np.float32))
         assert max_abs <= MAX_ABS_DIFF and snr >= MIN_SNR_DB
+
+
+_BUILD_IN_A_POOL = """
+import sys
+from pathlib import Path
+from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms
+from clap_pipeline.metadata.selection import SelectedTrack
+
+if __name__ == "__main__":
+    clip, out = Path(sys.argv[1]), Path(sys.argv[2])
+    tracks = [SelectedTrack(i, clip) for i in range(1, 1000)]  # one clip, many rows
+    options = DecodeOptions(workers=2, process_pool_min_jobs=1)
+    build_waveforms({"000": tracks}, out / "waveforms", out / "clap.duckdb", options)
+"""
+
+
+def test_decode_workers_exit_when_the_run_is_killed(tmp_path: Path, audio: AudioFactory) -> None:
+    script = tmp_path / "build.py"
+    script.write_text(_BUILD_IN_A_POOL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(audio.source("cbr128")), str(tmp_path)]
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        workers: list[psutil.Process] = []
+        while len(workers) < 2:  # the two decode workers, children of the fork server
+            assert proc.poll() is None and time.monotonic() < deadline
+            descendants = parent.children(recursive=True)
+            workers = [p for p in descendants if p.ppid() != parent.pid]
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # kill -9 of the process that runs build_waveforms
+        proc.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=10)  # workers, fork server, tracker
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, [p.pid for p in alive]

@@ -10,6 +10,7 @@ code location holds the project's asset, checks and job without the torch module
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -26,8 +27,10 @@ from dagster import (
     DagsterRunStatus,
     QueuedRunCoordinator,
 )
+from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import ModuleTarget
+from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
@@ -126,3 +129,44 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
         "001": [1000],  # 1001 is empty: a failure row
         "002": [2000],
     }
+
+
+def test_asset_backfill_of_waveforms_queues_one_run_per_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill of the asset (the UI's *Materialize all partitions*), planned by the daemon."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("CLAP_DATA_DIR", str(tmp_path / "data"))
+    target = ModuleTarget(
+        module_name=MODULE, attribute=None, working_directory=str(REPO), location_name=None
+    )
+    with _project_instance(home) as instance:
+        instance.add_dynamic_partitions(audio_folder_partitions.name, FOLDERS)
+        with WorkspaceProcessContext(instance, target) as context:
+            backfill = PartitionBackfill.from_asset_partitions(
+                backfill_id="decode",
+                asset_graph=context.create_request_context().asset_graph,
+                partition_names=FOLDERS,
+                asset_selection=[AssetKey("waveforms")],
+                backfill_timestamp=time.time(),
+                tags={},
+                dynamic_partitions_store=instance,
+                all_partitions=False,
+                title=None,
+                description=None,
+                run_config=None,
+            )
+            instance.add_backfill(backfill)
+            list(execute_backfill_iteration(context, logging.getLogger("backfill")))
+        runs = instance.get_runs()
+        # One run per folder (a one-folder range each); single_run() would make one run.
+        assert sorted(
+            (
+                r.tags["dagster/asset_partition_range_start"],
+                r.tags["dagster/asset_partition_range_end"],
+            )
+            for r in runs
+        ) == [(folder, folder) for folder in FOLDERS]
+        assert {r.status for r in runs} == {DagsterRunStatus.QUEUED}  # for the run queue
+        assert {r.tags["dagster/backfill"] for r in runs} == {"decode"}

@@ -72,12 +72,14 @@ class Location:
     def instance(self) -> DagsterInstance:
         return DagsterInstance.from_config(str(self.home))
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(
+        self, *args: str, cli: tuple[str, ...] = ("asset", "materialize")
+    ) -> subprocess.Popen:
         log = self.root / f"run-{len(self.logs)}.log"
         self.logs.append(log)
         with open(log, "wb") as out:
             return subprocess.Popen(
-                [DAGSTER, "asset", "materialize", "-m", "clap_pipeline.definitions", *args],
+                [DAGSTER, *cli, "-m", "clap_pipeline.definitions", *args],
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
@@ -131,19 +133,26 @@ def test_waveforms_killed_mid_partition_then_rerun_equals_an_uninterrupted_build
     with loc.instance() as instance:
         instance.add_dynamic_partitions(audio_folder_partitions.name, ["000", "001"])
     waves = loc.data / "waveforms"
-    args = ["--select", "waveforms", "--partition-range", "000...001"]
-    args += ["--config-json", json.dumps({"ops": {"waveforms": {"config": {"workers": 1}}}})]
+    # One run over both folders (a backfill would make one run per folder).
+    both = {
+        "dagster/asset_partition_range_start": "000",
+        "dagster/asset_partition_range_end": "001",
+    }
+    config = loc.root / "decode.yaml"  # `job execute` reads config from files (JSON is YAML)
+    config.write_text(json.dumps({"ops": {"waveforms": {"config": {"workers": 1}}}}))
+    args = ["-j", "decode_waveforms", "--tags", json.dumps(both), "-c", str(config)]
+    job = ("job", "execute")
 
     # Killed while folder 001 is being written, 000 being complete: 000 is kept as is.
     loc.kill_when(
-        loc.start(*args),
+        loc.start(*args, cli=job),
         lambda: (waves / "000.parquet").exists() and bool(list(waves.glob(".001.parquet.*.tmp"))),
         "folder 001 in progress",
     )
     first_000 = (waves / "000.parquet").read_bytes()
     assert _temps(waves)
     assert not (waves / "001.parquet").exists()
-    output = loc.finish(loc.start(*args))
+    output = loc.finish(loc.start(*args, cli=job))
     assert "is STARTED but its run worker" in output  # the killed run was noticed
     assert (waves / "000.parquet").read_bytes() == first_000  # unchanged: not rewritten
 
