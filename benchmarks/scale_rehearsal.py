@@ -183,10 +183,10 @@ def dagster_python(env: dict[str, str], code: str) -> str:
     return out.stdout.strip()
 
 
-def search_main() -> int:
-    """``--search-only``: the service's index load and 100 searches (its own process)."""
+def search_main(out: Path) -> int:
+    """``--search-only OUT``: the service's index load and 100 searches (its own process)."""
     from clap_pipeline.config import Settings
-    from clap_pipeline.search.service import SearchService
+    from clap_pipeline.search.service import SearchService, read_catalog
 
     started = time.perf_counter()
     service = SearchService(Settings.from_env())
@@ -196,7 +196,18 @@ def search_main() -> int:
     for i in range(100):
         service.search(QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}"), 10)
     searched = time.perf_counter() - started
-    print(json.dumps({"rows": len(snap.catalog.track_ids), "load_s": loaded, "search_s": searched}))
+    started = time.perf_counter()
+    read_catalog(service.settings.duckdb_path)  # again, timed alone (warm page cache)
+    catalog = time.perf_counter() - started
+    result = {
+        "rows": len(snap.catalog.track_ids),
+        "load_s": loaded,
+        "catalog_s": catalog,
+        "index_s": snap.index.build_seconds,
+        "search_s": searched,
+        "index": "IVF" if snap.index.ivf is not None else "exact",
+    }
+    out.write_text(json.dumps(result))
     return 0
 
 
@@ -230,24 +241,31 @@ print(json.dumps(out))
 # --------------------------------------------------------------------------- extrapolation
 
 
-def extrapolate(stages: list[Stage], n: int, cores: int, cores_per_gpu: int) -> Table:
+def extrapolate(
+    stages: list[Stage], n: int, cores: int, cores_per_gpu: int, search: dict[str, float]
+) -> Table:
     """fma_large time per stage on three machines from the measured per-item costs."""
     big = FMA_LARGE_TRACKS
     rows = []
     totals = [0.0, 0.0, 0.0]
     for s in stages:
-        scale = big / s.items if s.unit != "rows" else 1.0  # tracks.csv is already full size
+        # tracks.csv is already full size; the comparison reads MLflow runs, not tracks.
+        scale = 1.0 if s.unit in ("rows", "runs") else big / s.items
         here = s.wall_s * scale
+        if s.name.startswith("search"):  # start and model load fixed; catalog, index, queries
+            linear = search["catalog_s"] + search["search_s"]
+            fixed = s.wall_s - linear - search["index_s"] - search["catalog_s"]
+            here = fixed + linear * scale + search["index_s"] * scale**1.5
         if s.name == "waveforms":  # decoding: one process per core, linear in cores
             one, eight = here * cores / 16, here * cores / (8 * cores_per_gpu)
         elif s.name == "clap_model":
             epochs = s.items / (n * TRAIN_SHARE)
             one = big * TRAIN_SHARE * epochs / H200_TRAIN_CLIPS_S
             eight = one / 8
-        elif s.name in ("evaluation", "track_embeddings", "model_comparison"):
+        elif s.name in ("evaluation", "track_embeddings"):
             # Forward passes; taken as no faster than a training step (conservative), one GPU.
             one = eight = big / H200_TRAIN_CLIPS_S
-        else:  # metadata, prompts, search: single-process CPU work, same per-item cost
+        else:  # metadata, prompts, comparison, search: CPU work, same per-item cost
             one = eight = here
         for i, value in enumerate((here, one, eight)):
             totals[i] += value
@@ -272,7 +290,10 @@ def assumptions(n: int, cores: int, cores_per_gpu: int) -> str:
         f"than a training step on one GPU (the code does not shard them); metadata, prompts and "
         f"search as measured. (c) 8 H200 under torchrun with {cores_per_gpu} cores per GPU: "
         f"training / 8 (linear DDP scaling), decoding over {8 * cores_per_gpu} cores, the rest "
-        f"as (b)."
+        f"as (b). model_comparison reads MLflow runs (not tracks): as measured. Search: process "
+        f"start and model load as measured, catalog read and 100 queries x {FMA_LARGE_TRACKS}/N, "
+        f"index build x ({FMA_LARGE_TRACKS}/N)^1.5 (IVF: k-means cells ~ sqrt(N), every row "
+        f"assigned to one)."
     )
 
 
@@ -285,10 +306,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="clap_model max_epochs")
     parser.add_argument("--work", type=Path, default=None, help="folder (default: a temp dir)")
     parser.add_argument("--cores-per-gpu", type=int, default=16, help="for extrapolation (c)")
-    parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--search-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.search_only:
-        return search_main()
+        return search_main(args.search_only)
     from clap_pipeline.processes import usable_cpus
 
     n, cores = args.tracks, usable_cpus()
@@ -361,21 +382,31 @@ def main() -> int:
             env, round(n * TRAIN_SHARE) * args.epochs, "train clips", watch,
         )
     )  # fmt: skip
-    for name in ("evaluation", "track_embeddings", "model_comparison"):
+    for name, items, unit in (
+        ("evaluation", n, "tracks"),
+        ("track_embeddings", n, "tracks"),
+        ("model_comparison", 1, "runs"),
+    ):
         stages.append(
             run_stage(
                 name,
                 [*materialize, "--select", name, "--config-json", in_process],
-                env, n, "tracks", watch,
+                env, items, unit, watch,
             )
         )  # fmt: skip
     stages.append(
         run_stage(
             "search (load + 100 queries)",
-            [sys.executable, str(Path(__file__).resolve()), "--search-only"],
+            [sys.executable, str(Path(__file__).resolve()), "--search-only", str(run / "search.json")],
             env, n, "indexed tracks", watch,
         )
     )  # fmt: skip
+    search = json.loads((run / "search.json").read_text())
+    log(
+        f"    search: {search['rows']} rows, snapshot load (model + index) {search['load_s']:.1f} s, "
+        f"(catalog read {search['catalog_s']:.1f} s, {search['index']} index build "
+        f"{search['index_s']:.1f} s), 100 queries {search['search_s']:.2f} s"
+    )
     partitions = partition_queries(env)
 
     blocks = [
@@ -414,7 +445,7 @@ def main() -> int:
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in partitions.items() if k[0] != "_")
         ),
         Paragraph(assumptions(n, cores, args.cores_per_gpu)),
-        extrapolate(stages, n, cores, args.cores_per_gpu),
+        extrapolate(stages, n, cores, args.cores_per_gpu, search),
     ]
     print()
     print(render_text(blocks))

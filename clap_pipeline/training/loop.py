@@ -575,6 +575,7 @@ def _run_epochs(session: Session, state: _Model) -> None:
     epoch = history[-1].epoch if history else 0
     while epoch < config.max_epochs and not should_stop(history, config.patience):
         epoch += 1
+        state.features.keep_new = epoch < config.max_epochs  # no later epoch reads the last's
         stats = _train_epoch(
             model=state.model,
             optimizer=state.optimizer,
