@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,7 +319,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     log(f"scale rehearsal: N={n}, {args.epochs} epoch(s), {cores} cores, work {work}")
     log(f"load average at start: {loadavg()}")
-    meta, audio = write_collection(work / "collection", n)
+    # In a child process: the 106,574-row frame would stay in this process's heap (~1 GB).
+    with ProcessPoolExecutor(1) as pool:
+        meta, audio = pool.submit(write_collection, work / "collection", n).result()
 
     run = work / f"run-{n}"
     if run.exists():
