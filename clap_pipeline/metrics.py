@@ -118,6 +118,25 @@ def retrieval_metrics(similarity_text_audio: np.ndarray) -> dict[str, float]:
     return out
 
 
+def retrieval_metrics_blockwise(
+    text: np.ndarray, audio: np.ndarray, block_rows: int = 1024
+) -> dict[str, float]:
+    """``retrieval_metrics(text @ audio.T)`` from the embeddings, never holding the N x N matrix.
+
+    Memory ~ ``block_rows`` x N per direction instead of N x N (a 10,657-clip split:
+    85 MB per block instead of 0.9 GB of float64 scores plus a boolean copy).
+    """
+    out: dict[str, float] = {}
+    for direction, queries, candidates in (
+        ("text_to_audio", text, audio),
+        ("audio_to_text", audio, text),
+    ):
+        ranks = match_ranks_blockwise(queries, candidates, block_rows)
+        for name, value in metrics_from_ranks(ranks).items():
+            out[f"{direction}_{name}"] = value
+    return out
+
+
 def random_recall(k: int, n: int) -> float:
     """Expected R@k of a random ranking over n candidates: exactly min(k, n) / n."""
     return min(k, n) / n

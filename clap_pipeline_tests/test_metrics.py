@@ -15,6 +15,7 @@ from clap_pipeline.metrics import (
     random_rankings,
     random_recall,
     retrieval_metrics,
+    retrieval_metrics_blockwise,
     retrieval_metrics_with_ci,
 )
 
@@ -201,3 +202,18 @@ def test_bootstrap_resamples_pairs_jointly_and_rejects_bad_input() -> None:
         bootstrap_rank_metrics({"a": ranks}, confidence=95)
     with pytest.raises(ValueError, match="square"):
         match_ranks(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 1024])
+def test_blockwise_metrics_equal_the_dense_matrix_on_random_embeddings(block_rows: int) -> None:
+    """Validation's blockwise metrics = the dense N x N ones, ties included (quantized values)."""
+    rng = np.random.default_rng(3)
+    # Few distinct values per coordinate: many exact ties, which the pessimistic rule must see.
+    text = rng.integers(-2, 3, size=(301, 4)).astype(np.float32)
+    audio = rng.integers(-2, 3, size=(301, 4)).astype(np.float32)
+    dense = retrieval_metrics(text.astype(np.float64) @ audio.astype(np.float64).T)
+    blockwise = retrieval_metrics_blockwise(text, audio, block_rows=block_rows)
+    assert blockwise == dense
+    assert dense["text_to_audio_recall_at_10"] != dense["audio_to_text_recall_at_10"] or (
+        dense["text_to_audio_mean_rank"] != dense["audio_to_text_mean_rank"]
+    )  # the two directions are really computed apart

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 
 from clap_pipeline.dataset import WaveformRows
@@ -76,24 +77,34 @@ def _to_batch(table: pa.Table, origin: str) -> WaveformBatch:
 
 
 def iter_waveform_batches(waveforms_dir: str | Path, batch_size: int) -> Iterator[WaveformBatch]:
-    """Batches of exactly ``batch_size`` rows (the last may be smaller), one file at a time."""
+    """Batches of exactly ``batch_size`` rows (the last may be smaller), one row group at a time.
+
+    Row groups are read one after the other with ``ParquetFile.read_row_group``: memory
+    holds one row group (64 clips, 61 MB) plus the pending rows. A dataset scanner
+    (``Fragment.to_batches``) reads ahead several row groups and files to overlap I/O,
+    which cost about 1.6 GB more peak RSS on a 1,000-clip dataset.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dataset = _waveforms_dataset(Path(waveforms_dir))
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     origin = str(waveforms_dir)
-    for fragment in dataset.get_fragments():
-        origin = fragment.path
-        for record_batch in fragment.to_batches(columns=WAVEFORM_COLUMNS, batch_size=batch_size):
-            pending.append(record_batch)
-            pending_rows += record_batch.num_rows
+    for path in dataset.files:
+        origin = path
+        parquet = pq.ParquetFile(path)
+        for row_group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(row_group, columns=WAVEFORM_COLUMNS)
+            pending.extend(table.to_batches())
+            pending_rows += table.num_rows
+            del table
             while pending_rows >= batch_size:
                 table = pa.Table.from_batches(pending)
                 yield _to_batch(table.slice(0, batch_size), origin)
                 rest = table.slice(batch_size)
                 pending = rest.to_batches()
                 pending_rows = rest.num_rows
+                del table, rest
     if pending_rows:
         yield _to_batch(pa.Table.from_batches(pending), origin)
 

@@ -399,6 +399,10 @@ class CachedFeatures:
     A stored clip no longer than the 10-s window is tiled, never randomly cropped, so its
     features are a pure function of its samples: reusing them in later epochs changes no
     number and saves the STFT of every clip after the first epoch.
+
+    ``keep_new = False`` serves what is stored but stores nothing more: the training loop
+    sets it for the last epoch, whose clips no later epoch reads (a 1-epoch run on 25,000
+    tracks would otherwise fill the whole budget for nothing).
     """
 
     def __init__(self, features: torch.nn.Module, budget_mb: int) -> None:
@@ -406,6 +410,7 @@ class CachedFeatures:
         self.budget_bytes = budget_mb * 2**20
         self.store: dict[int, torch.Tensor] = {}
         self.bytes = 0
+        self.keep_new = True
 
     def __call__(self, batch: ClipBatch, device: torch.device) -> torch.Tensor:
         ids = [int(t) for t in batch.track_ids]
@@ -419,7 +424,7 @@ class CachedFeatures:
             for j, i in enumerate(missing):
                 fresh[i] = computed[j]
                 size = computed[j].numel() * computed[j].element_size()
-                if cacheable and self.bytes + size <= self.budget_bytes:
+                if cacheable and self.keep_new and self.bytes + size <= self.budget_bytes:
                     self.store[ids[i]] = computed[j].to("cpu", copy=True)
                     self.bytes += size
             if len(missing) == len(ids):

@@ -36,7 +36,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from clap_pipeline import registry, tracking
-from clap_pipeline.metrics import retrieval_metrics
+from clap_pipeline.metrics import retrieval_metrics_blockwise
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 from clap_pipeline.training import distributed, report, resume
@@ -195,8 +195,7 @@ def evaluate_split(
         text_embs.append(out.text_embeds.float().cpu())
         audio_embs.append(out.audio_embeds.float().cpu())
     text, audio = torch.cat(text_embs), torch.cat(audio_embs)
-    sim = text @ audio.T
-    n = sim.shape[0]
+    n = text.shape[0]
     logit_scale = model.logit_scale_a.detach().float().cpu()
     bounds = list(range(0, n, batch_size))
     if len(bounds) > 1 and n - bounds[-1] < batch_size:
@@ -207,7 +206,7 @@ def evaluate_split(
         loss_sum += float(contrastive_loss(text[start:end], audio[start:end], logit_scale)) * (
             end - start
         )
-    return loss_sum / n, retrieval_metrics(sim.numpy())
+    return loss_sum / n, retrieval_metrics_blockwise(text.numpy(), audio.numpy())
 
 
 @dataclass
@@ -528,6 +527,7 @@ def _run_epochs(session: Session, state: _Model) -> None:
     epoch = history[-1].epoch if history else 0
     while epoch < config.max_epochs and not should_stop(history, config.patience):
         epoch += 1
+        state.features.keep_new = epoch < config.max_epochs  # no later epoch reads the last's
         stats = _train_epoch(
             model=state.model,
             optimizer=state.optimizer,

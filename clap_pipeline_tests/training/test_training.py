@@ -346,6 +346,38 @@ def test_cached_features_change_no_number(synthetic: SyntheticData, tiny_model_d
     assert len(small.store) == 3
 
 
+def test_feature_cache_never_exceeds_its_budget_and_keeps_nothing_new_when_told(
+    synthetic: SyntheticData, tiny_model_dir: Path
+) -> None:
+    data = _synthetic_training_data(synthetic, batch_size=8)
+    loaded = load_clap(tiny_model_dir)
+    device = torch.device("cpu")
+    plain = features_for_model(loaded, device)
+    args = (loaded.tokenizer, data, "validation", 8, device)
+    expected = evaluate_split(loaded.model, plain, *args)
+    probe = CachedFeatures(plain, budget_mb=1024)
+    evaluate_split(loaded.model, probe, *args)
+    clip_bytes = next(iter(probe.store.values())).nbytes
+    n_val = len(synthetic.ids("validation"))
+    assert n_val >= 4
+    # A budget of 2.5 clips, over passes and over every split: never more than 2 stored.
+    bounded = CachedFeatures(plain, budget_mb=0)
+    bounded.budget_bytes = int(2.5 * clip_bytes)
+    for split in ("validation", "train", "validation"):
+        evaluate_split(loaded.model, bounded, loaded.tokenizer, data, split, 8, device)
+        stored = sum(t.nbytes for t in bounded.store.values())
+        assert stored == bounded.bytes <= bounded.budget_bytes
+    assert len(bounded.store) == 2
+    # The last epoch's mode: what is stored is served, nothing new is kept.
+    last = CachedFeatures(plain, budget_mb=1024)
+    last.keep_new = False
+    assert evaluate_split(loaded.model, last, *args) == expected
+    assert last.store == {} and last.bytes == 0
+    last.store, last.bytes = dict(bounded.store), bounded.bytes
+    assert evaluate_split(loaded.model, last, *args) == expected  # two served from the store
+    assert set(last.store) == set(bounded.store)
+
+
 def test_manifest_follows_the_contract(learned: TrainingResult, synthetic: SyntheticData) -> None:
     manifest = json.loads(learned.manifest_path.read_text())
     assert manifest["mlflow_run_id"] == learned.run_id
