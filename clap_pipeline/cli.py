@@ -47,6 +47,16 @@ def _cmd_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_stand_in_model(args: argparse.Namespace, settings: Settings) -> int:
+    from clap_pipeline.training.stand_in import save_stand_in
+
+    out = save_stand_in(Path(args.out_dir), size=args.size, seed=args.seed)
+    print(
+        f"{args.size} stand-in CLAP (random weights) saved to {out}; use it with CLAP_MODEL={out}"
+    )
+    return 0
+
+
 def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
     from clap_pipeline.metadata.fetch import fetch_fma
 
@@ -165,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_model)
+
+    p = sub.add_parser(
+        "stand-in-model",
+        help="save a randomly initialised CLAP offline: tiny, or laion/clap-htsat-unfused's size",
+    )
+    p.add_argument("out_dir", nargs="?", default="data/models/stand-in-full")
+    p.add_argument("--size", choices=["tiny", "full"], default="full")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_stand_in_model)
 
     p = sub.add_parser("fetch-fma", help="download FMA metadata and a subset of clips")
     p.add_argument("--subset", choices=["small", "medium", "large"], default="small")
