@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.config import DEFAULT_MAX_TRACKS, ConfigError, Settings
+from clap_pipeline.search.text_encoder import DEFAULT_ENCODER, ENCODER_KINDS
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,11 +101,17 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Queries run side by side, one torch thread each: intra-op threads on a busy
     # 2-core machine made one tiny-model query 16 ms at p50 and 260 ms at p95 instead of 5/10.
     torch.set_num_threads(args.threads)
-    service = SearchService(settings, model_arg=args.model, poll_s=args.poll_s)
+    service = SearchService(
+        settings,
+        model_arg=args.model,
+        poll_s=args.poll_s,
+        text_encoder=args.text_encoder,
+        encoder_threads=args.threads,
+    )
     snap = service.load()
     print(
         f"serving {len(snap.catalog.track_ids)} tracks ({snap.index.kind} index) with "
-        f"{snap.model.name} on http://{args.host}:{args.port}",
+        f"{snap.model.name} (text encoder {args.text_encoder}) on http://{args.host}:{args.port}",
         flush=True,
     )
     serve(service, args.host, args.port)
@@ -232,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive_int,
         default=1,
-        help="torch threads per query embedding (default 1; queries run in parallel)",
+        help="threads per query embedding (default 1; queries run in parallel)",
+    )
+    p.add_argument(
+        "--text-encoder",
+        choices=ENCODER_KINDS,
+        default=DEFAULT_ENCODER,
+        help="query encoder: ONNX Runtime int8 (default) or fp32, exported from the served "
+        "model at start and cached by its weights' hash; or the fp32 PyTorch model",
     )
     p.set_defaults(func=_cmd_serve)
 

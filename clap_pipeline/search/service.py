@@ -35,16 +35,17 @@ from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.feedback import Feedback, record_feedback, validate_query
 from clap_pipeline.search.query import (
+    CACHE_DIR_NAME,
     TABLE,
     IndexInfo,
     ModelChoice,
     SearchError,
-    encode_query,
     index_info,
     open_index,
     read_index_info,
     resolve_model,
 )
+from clap_pipeline.search.text_encoder import DEFAULT_ENCODER, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,17 @@ class Snapshot:
     info: IndexInfo
     loaded_at: dt.datetime
     encode_slots: threading.Semaphore
+    encoder: Encoder
 
     @property
     def model_version(self) -> str | None:
         return self.model.version or self.info.model_version
 
     def embed(self, text: str) -> np.ndarray:
-        # At most one forward per core (each on one torch thread, see ``serve``): more
-        # would only fight over the cores.
+        # At most one forward per core (each on one thread, see ``serve``): more would
+        # only fight over the cores.
         with self.encode_slots:
-            return encode_query(self.clap, text)
+            return self.encoder([text])[0]
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
@@ -144,8 +146,12 @@ class SearchService:
         model_arg: str | None = None,
         poll_s: float = DEFAULT_POLL_S,
         exact_max_rows: int | None = None,
+        text_encoder: str = DEFAULT_ENCODER,
+        encoder_threads: int = 1,
     ) -> None:
         self.settings = settings
+        self.text_encoder = text_encoder
+        self.encoder_threads = encoder_threads
         self.model_arg = model_arg
         self.poll_s = poll_s
         self.exact_max_rows = exact_max_rows
@@ -185,14 +191,19 @@ class SearchService:
             matrix, catalog, info = read_catalog(self.settings.duckdb_path)
         if previous is not None and previous.info.model_version == info.model_version:
             model, clap, slots = previous.model, previous.clap, previous.encode_slots
+            encoder = previous.encoder
         else:
             model = self._model_for(info)
             clap = load_clap(model.source)
             clap.model.eval()
-            slots = threading.Semaphore(usable_cores())
+            slots = threading.Semaphore(max(1, usable_cores() // self.encoder_threads))
+            # Exported from this very model (cached by its weights' hash): no drift.
+            cache = self.settings.duckdb_path.parent / CACHE_DIR_NAME / "onnx"
+            encoder = build_encoder(clap, self.text_encoder, cache, self.encoder_threads)
         kwargs = {} if self.exact_max_rows is None else {"exact_max_rows": self.exact_max_rows}
         index = build_vector_index(matrix, **kwargs)
-        snap = Snapshot(model, clap, index, catalog, info, dt.datetime.now(dt.UTC), slots)
+        now = dt.datetime.now(dt.UTC)
+        snap = Snapshot(model, clap, index, catalog, info, now, slots, encoder)
         dim = snap.embed("music").shape[0]  # also warms the model up
         if dim != info.dim:
             raise SearchError(
@@ -280,6 +291,7 @@ class SearchService:
             "status": "ok",
             "model_version": snap.model_version,
             "model": snap.model.name,
+            "text_encoder": self.text_encoder,
             "tracks": len(snap.catalog.track_ids),
             "dim": snap.info.dim,
             "index": snap.index.describe(),
