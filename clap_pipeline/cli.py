@@ -212,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="model folder or models:/ URI (default: the champion)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--genre", help="only tracks with this genre (top genre or any of theirs)")
+    p.add_argument("--year-min", type=int, help="released (else created) in or after this year")
+    p.add_argument("--year-max", type=int, help="released (else created) in or before this year")
+    p.add_argument(
+        "--license",
+        help="licence class (commercial-ok, derivatives-ok, commercial-derivatives-ok, "
+        "public-domain) or an exact licence title",
+    )
+    p.add_argument("--max-duration", type=float, help="track duration at most this many seconds")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("playlist", help="write an M3U playlist for a text query")

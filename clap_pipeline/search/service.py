@@ -34,12 +34,14 @@ import numpy as np
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.feedback import Feedback, record_feedback, validate_query
+from clap_pipeline.search.filters import Catalog, Filters, build_catalog
 from clap_pipeline.search.query import (
     CACHE_DIR_NAME,
     TABLE,
     IndexInfo,
     ModelChoice,
     SearchError,
+    catalog_rows,
     index_info,
     open_index,
     read_index_info,
@@ -54,27 +56,6 @@ MAX_K = 100
 DEFAULT_POLL_S = 5.0
 
 
-class TrackNotFoundError(KeyError):
-    """The track id is not in the served index."""
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Per-track metadata in index row order (ascending track id)."""
-
-    track_ids: np.ndarray  # int64 (N,)
-    titles: list[str | None]
-    artists: list[str | None]
-    genres: list[str | None]
-    audio_paths: list[str]
-
-    def position(self, track_id: int) -> int:
-        pos = int(np.searchsorted(self.track_ids, track_id))
-        if pos >= len(self.track_ids) or int(self.track_ids[pos]) != track_id:
-            raise TrackNotFoundError(track_id)
-        return pos
-
-
 @dataclass(frozen=True)
 class Result:
     rank: int
@@ -83,6 +64,10 @@ class Result:
     artist: str | None
     genre: str | None
     score: float
+    genres: list[str]
+    year: int | None
+    license: str | None
+    duration_s: float | None  # the track's (FMA's track_duration), not the clip's
 
 
 @dataclass(frozen=True)
@@ -109,30 +94,36 @@ class Snapshot:
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
         return [
-            Result(rank, int(c.track_ids[p]), c.titles[p], c.artists[p], c.genres[p], float(s))
+            Result(
+                rank,
+                int(c.track_ids[p]),
+                c.titles[p],
+                c.artists[p],
+                c.genres[p],
+                float(s),
+                c.genre_lists[p],
+                None if np.isnan(c.years[p]) else int(c.years[p]),
+                c.licenses[p],
+                None if np.isnan(c.durations[p]) else float(c.durations[p]),
+            )
             for rank, (p, s) in enumerate(zip(positions.tolist(), scores.tolist(), strict=True), 1)
         ]
 
 
 def read_catalog(duckdb_path: Path) -> tuple[np.ndarray, Catalog, IndexInfo]:
-    """Matrix, metadata and fingerprint from one read-only connection (closed on return)."""
+    """Matrix, metadata and fingerprint from one read-only connection (closed on return).
+
+    A table written before the filter columns existed serves with unknown genres
+    lists, years and durations (filters on them match nothing) until it is rebuilt.
+    """
     with open_index(duckdb_path) as index:
         assert index.con is not None
-        rows = index.con.execute(
-            f"SELECT track_id, title, artist, genre, audio_path FROM {TABLE} ORDER BY track_id"
-        ).fetchall()
+        rows = catalog_rows(index.con)
         info = read_index_info(index.con, duckdb_path)
         matrix, track_ids = index.matrix, index.track_ids
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    if not np.array_equal(ids, track_ids):
+    catalog = build_catalog(rows)
+    if not np.array_equal(catalog.track_ids, track_ids):
         raise SearchError(f"`{TABLE}` changed while it was read: try again")
-    catalog = Catalog(
-        track_ids=ids,
-        titles=[r[1] for r in rows],
-        artists=[r[2] for r in rows],
-        genres=[r[3] for r in rows],
-        audio_paths=[r[4] for r in rows],
-    )
     return matrix, catalog, info
 
 
@@ -307,11 +298,15 @@ class SearchService:
             "last_refresh_error": self.last_error,
         }
 
-    def search(self, query: str, k: int) -> tuple[Snapshot, list[Result]]:
+    def search(
+        self, query: str, k: int, filters: Filters | None = None
+    ) -> tuple[Snapshot, list[Result]]:
+        """Top ``k`` tracks among those that pass ``filters`` (fewer only if fewer pass)."""
         text = validate_query(query)
         _check_k(k)
         snap = self.snapshot
-        positions, scores = snap.index.search(snap.embed(text), k)
+        allowed = snap.catalog.allowed(filters or Filters())
+        positions, scores = snap.index.search(snap.embed(text), k, allowed)
         return snap, snap.results(positions, scores)
 
     def similar(self, track_id: int, k: int) -> tuple[Snapshot, list[Result]]:
