@@ -57,6 +57,7 @@ class VectorIndex:
     calibration_recall: float | None = None
     build_seconds: float = 0.0
     nlist: int = 0
+    exact_max_rows: int = EXACT_MAX_ROWS  # filtered searches scan up to this many rows exactly
 
     @property
     def kind(self) -> str:
@@ -78,7 +79,7 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` rows; with ``allowed`` (bool per row) only among those rows.
 
-        Filtered: up to ``EXACT_MAX_ROWS`` allowed rows are scanned exactly; more go
+        Filtered: up to ``exact_max_rows`` allowed rows are scanned exactly; more go
         through the IVF index with a faiss ID selector and ``nprobe`` scaled by the
         share of allowed rows, and a probe that finds fewer than ``min(k, allowed)``
         rows falls back to the exact scan of the allowed rows. So ``k`` results come
@@ -112,7 +113,7 @@ class VectorIndex:
         if len(rows) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         q = self._query_row(query)
-        if self.ivf is not None and len(rows) > EXACT_MAX_ROWS:
+        if self.ivf is not None and len(rows) > self.exact_max_rows:
             import faiss
 
             bitmap = np.packbits(allowed, bitorder="little")
@@ -179,4 +180,5 @@ def build_vector_index(
         calibration_recall=recall,
         build_seconds=time.perf_counter() - start,
         nlist=nlist,
+        exact_max_rows=exact_max_rows,
     )
