@@ -68,7 +68,7 @@ def test_catalog_masks_combine_every_filter() -> None:
             None,
             None,
             None,
-        ),  # fmt: skip
+        ),
         (4, "d", "x", "Jazz", "/4.mp3", None, ["Jazz", "Free-Jazz"], 2020, 90.0),
     ]
     catalog = build_catalog(rows)
