@@ -105,6 +105,7 @@ def _error(status: int, loc: list[str | int], msg: str, kind: str) -> JSONRespon
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "the body is not readable JSON",
         404: "unknown track (not in the served index) or its clip is missing",
         422: "a parameter or the body breaks the schema",
         503: "the database is busy: try again",
@@ -154,7 +155,9 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, [], str(exc.detail), "http_error")
+        response = _error(exc.status_code, [], str(exc.detail), "http_error")
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(ValueError)
     async def _bad_request(_request: Request, exc: ValueError) -> JSONResponse:
@@ -251,7 +254,7 @@ def create_app(service: SearchService) -> FastAPI:
         "/api/feedback",
         status_code=201,
         response_model=FeedbackOut,
-        responses=_responses(404, 422, 503),
+        responses=_responses(400, 404, 422, 503),
     )
     def feedback(body: FeedbackIn) -> dict[str, object]:
         row = service.feedback(body.query, body.track_id, body.relevant)
