@@ -30,7 +30,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clap_pipeline.dataset import MAX_TRACK_ID
@@ -85,9 +85,21 @@ class SearchResult(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
+    """JSON types as the schema says: ``"relevant": 0`` or ``"track_id": "5"`` is refused.
+
+    JSON Schema's integer includes ``5.0``; a string or a boolean is not one.
+    """
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, strict=True)
     track_id: int = Field(ge=0, le=MAX_TRACK_ID)
-    relevant: bool
+    relevant: bool = Field(strict=True)
+
+    @field_validator("track_id", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("track_id must be a JSON integer")
+        return value
 
 
 class FeedbackOut(BaseModel):
@@ -260,6 +272,25 @@ def create_app(service: SearchService) -> FastAPI:
         row = service.feedback(body.query, body.track_id, body.relevant)
         return asdict(row) | {"created_at": row.created_at.isoformat()}
 
+    default_openapi = app.openapi
+
+    def openapi_with_examples() -> dict[str, Any]:
+        """The schema, with an indexed track id as the example wherever a track id goes."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            example = int(service.snapshot.catalog.track_ids[0])
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for param in operation.get("parameters", []):
+                        if param["name"] == "track_id":
+                            param["schema"]["examples"] = [example]
+            body = schema["components"]["schemas"]["FeedbackIn"]["properties"]
+            body["track_id"]["examples"] = [example]
+            body["query"]["examples"] = ["warm lo-fi guitar"]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_examples  # type: ignore[method-assign]
     return app
 
 
