@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import gc
 import http.client
 import json
 import os
@@ -271,25 +272,34 @@ def time_server(
     )
     try:
         health = wait_healthy(proc, base, log_path, args.deadline_s)
-        ready = time.perf_counter() - t_start
-        texts = query_texts(args.requests + 120, seed)
-        paths = ["/api/search?" + urllib.parse.urlencode({"q": t, "k": 10}) for t in texts]
-        filtered = [
-            "/api/search?" + urllib.parse.urlencode({"q": t, "k": 10, "genre": FILTER_GENRE})
-            for t in texts[70:120]
-        ]
-        for path in paths[:20]:  # warm-up
-            timed_get(port, path)
-        sequential = [timed_get(port, path) for path in paths[20:70]]
-        with_filter = [timed_get(port, path) for path in filtered]
-        t0 = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            concurrent_times = list(pool.map(lambda p: timed_get(port, p), paths[120:]))
-        wall = time.perf_counter() - t0
+        return _timed_runs(args, port, encoder, health, time.perf_counter() - t_start, seed)
+    except (OSError, RuntimeError) as exc:  # report, and let the next encoder run
+        log.flush()
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        return f"  text encoder {encoder}: FAILED ({exc!r}); server log tail:\n{tail}"
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+def _timed_runs(
+    args: argparse.Namespace, port: int, encoder: str, health: dict, ready: float, seed: int
+) -> str:
+    texts = query_texts(args.requests + 120, seed)
+    paths = ["/api/search?" + urllib.parse.urlencode({"q": t, "k": 10}) for t in texts]
+    filtered = [
+        "/api/search?" + urllib.parse.urlencode({"q": t, "k": 10, "genre": FILTER_GENRE})
+        for t in texts[70:120]
+    ]
+    for path in paths[:20]:  # warm-up
+        timed_get(port, path)
+    sequential = [timed_get(port, path) for path in paths[20:70]]
+    with_filter = [timed_get(port, path) for path in filtered]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent_times = list(pool.map(lambda p: timed_get(port, p), paths[120:]))
+    wall = time.perf_counter() - t0
     s50, s95 = ms(sequential)
     f50, f95 = ms(with_filter)
     c50, c95 = ms(concurrent_times)
@@ -324,6 +334,7 @@ def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> No
     }
     if args.agreement_queries:
         print(agreement(model, data, args.agreement_queries), flush=True)
+        gc.collect()  # the agreement's two encoders and model: freed before the servers start
 
     cli_times = []  # reference: the CLI, one process per query
     cli = str(Path(sys.executable).with_name("clap-pipeline"))

@@ -125,8 +125,17 @@ class VectorIndex:
             keep = positions[0] >= 0
             if keep.sum() >= min(k, len(rows)):
                 return positions[0][keep].astype(np.int64), scores[0][keep]
-        best, scores = top_k(self.matrix[rows], q[0], k)
-        return rows[best], scores
+        if self.ivf is None:
+            best, scores = top_k(self.matrix[rows], q[0], k)
+            return rows[best], scores
+        import faiss
+
+        # One query over the gathered rows: faiss scans them on this thread (numpy's matvec
+        # would call a multi-threaded BLAS, slow when other work holds the cores).
+        found_scores, found = faiss.knn(
+            q, self.matrix[rows], min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        return rows[found[0]], found_scores[0]
 
 
 def _calibration_queries(matrix: np.ndarray, n: int, seed: int) -> np.ndarray:
