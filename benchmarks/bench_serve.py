@@ -194,7 +194,7 @@ def agreement(model: Path, data: Path, queries: int, kinds: list[str]) -> str:
     want = np.concatenate([reference(texts[i : i + 50]) for i in range(0, len(texts), 50)])
     spread = want[:200] @ want[:200].T
     matrix = load_index(data / "clap.duckdb").matrix
-    exact = [set(top_k(matrix, w, 10)[0].tolist()) for w in want]
+    exact = [set(row.tolist()) for row in exact_top_k_batch(matrix, want, 10)]
     lines = [
         f"agreement with fp32 PyTorch on {queries} distinct queries (mean {np.mean(tokens):.1f} "
         f"tokens; the fp32 embeddings of different queries have mean pairwise cosine "
@@ -206,7 +206,7 @@ def agreement(model: Path, data: Path, queries: int, kinds: list[str]) -> str:
         export_s = time.perf_counter() - t0
         got = np.concatenate([fast(texts[i : i + 50]) for i in range(0, len(texts), 50)])
         cosine = np.sum(got * want, axis=1)
-        found = [set(top_k(matrix, g, 10)[0].tolist()) for g in got]
+        found = [set(row.tolist()) for row in exact_top_k_batch(matrix, got, 10)]
         same = np.mean([f == e for f, e in zip(found, exact, strict=True)])
         overlap = np.mean([len(f & e) / 10 for f, e in zip(found, exact, strict=True)])
         lines.append(
@@ -222,9 +222,12 @@ _local = threading.local()
 
 def timed_get(port: int, path: str) -> float:
     """One GET on this thread's keep-alive connection (as a browser or app client keeps it)."""
-    con = getattr(_local, "con", None)
+    connections = getattr(_local, "connections", None)
+    if connections is None:
+        connections = _local.connections = {}
+    con = connections.get(port)  # one per server: a later run's server has another port
     if con is None:
-        con = _local.con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        con = connections[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     t0 = time.perf_counter()
     con.request("GET", path)
     response = con.getresponse()
