@@ -9,21 +9,32 @@ CLAP embeddings cluster by genre and sound; uniform random vectors have no struc
 any index to use), queries are fresh draws from the same mixture.
 
 Part 2, the server (``--serve-n`` tracks, default 100,000 x 512): a DuckDB with `tracks` and
-`track_embeddings` written by the project's writer, a tiny CLAP with 512-d projections
-(offline; the real text tower costs more per query, see the README), ``clap-pipeline serve``
-on 127.0.0.1, then ``/api/search`` (query embedding + top-k + metadata) timed from the
-client: 50 sequential requests and ``--requests`` with concurrency 8, after a warm-up,
-bounded by ``--deadline-s``. Reference in the same run: ``clap-pipeline search`` (one
-process per query, what the CLI costs today) on the same data and model.
+`track_embeddings` written by the project's writer (genres, years, licences and durations
+varied; Blues is 5 % of the tracks), a CLAP saved offline (``--model tiny``: the tiny CLAP
+with 512-d projections; ``--model full``: ``clap-pipeline stand-in-model --size full``,
+laion/clap-htsat-unfused's architecture with random weights), ``clap-pipeline serve`` on
+127.0.0.1, then ``/api/search`` (query embedding + top-k + metadata) timed from the client:
+50 sequential requests, 50 sequential with a filter that keeps 5 % of the tracks
+(``genre=Blues``) and ``--requests`` with concurrency 8, after a warm-up, bounded by
+``--deadline-s``; every query is distinct (no cache can help). The server runs once per
+text encoder: ONNX Runtime int8 (the default) and, as the reference in the same run, the
+plain fp32 PyTorch model (``--text-encoder torch``). Before that, the int8 encoder's
+agreement with fp32 PyTorch on ``--agreement-queries`` queries: cosine of the embeddings,
+and the share of queries whose exact top-10 over the served collection is the same set.
+With ``--model tiny`` also ``clap-pipeline search`` (one process per query) as a reference.
 
-Targets: top-k p95 <= 10 ms at 100,000 with recall@10 >= 0.99; /api/search p95 <= 50 ms.
+Targets: top-k p95 <= 10 ms at 100,000 with recall@10 >= 0.99; at the real size (``--model
+full``, 2 cores) /api/search p95 <= 25 ms sequential and <= 60 ms at concurrency 8, with
+cosine >= 0.99 and the same top-10 for >= 95 % of the queries.
 Usage: python benchmarks/bench_serve.py [--sizes 100000 1000000] [--serve-n 100000]
+       [--model full]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import gc
 import http.client
 import json
 import os
@@ -39,17 +50,33 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.search.query import top_k
+from clap_pipeline.dataset import tracks_ddl
+from clap_pipeline.search.query import ModelChoice, load_index, top_k, write_track_embeddings
+from clap_pipeline.search.text_encoder import build_encoder
 from clap_pipeline.search.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
-from clap_pipeline.training.model import save_tiny_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import write_collection as write_synthetic_collection
+from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.training.model import load_clap, save_tiny_model
+from clap_pipeline.training.stand_in import save_full_size_model
 
 DIM = 512
 CENTRES = 1_000
 QUERY_NOISE = 1.5
-WORDS = ["warm", "lo-fi", "guitar", "dark", "ambient", "folk", "upbeat", "piano", "jazz", "noise"]
+WORDS = [
+    *("warm", "lo-fi", "guitar", "dark", "ambient", "folk", "upbeat", "piano", "jazz", "noise"),
+    *("slow", "fast", "bright", "mellow", "dreamy", "female", "male", "vocals", "drums", "synth"),
+    *("acoustic", "electric", "bass", "strings", "rock", "electronic", "dance", "hip-hop", "beat"),
+    *("sad", "happy", "calm", "energetic", "cinematic", "minimal", "soft", "loud", "with", "and"),
+]
+GENRES = ["Rock", "Electronic", "Experimental", "Hip-Hop", "Folk", "Pop", "Instrumental", "Jazz"]
+FILTER_GENRE = "Blues"  # every 20th track: 5 % of the collection
+LICENSES = [
+    "Attribution-NonCommercial-ShareAlike 3.0 International",
+    "Attribution-NonCommercial-NoDerivatives (aka Music Sharing) 3.0 International",
+    "Attribution 4.0 International",
+    "Attribution-ShareAlike 3.0 United States",
+    "Creative Commons Attribution-NonCommercial-NoDerivatives 4.0",
+    "CC0 1.0 Universal",
+]
 
 
 def ms(seconds: list[float]) -> tuple[float, float]:
@@ -115,7 +142,31 @@ def bench_top_k(n: int, queries: int, centres: np.ndarray) -> None:
 
 
 def write_collection(db: Path, n: int, centres: np.ndarray) -> None:
-    write_synthetic_collection(db, clustered(n, 3, centres))
+    """`tracks` with varied genres, years, licences and durations, then `track_embeddings`."""
+    columns = ["track_title", "artist_name", "track_genre_top", "track_license"]
+    columns += ["track_duration", "track_bit_rate", "album_date_released"]
+    genres = ", ".join(f"'{g}'" for g in GENRES)
+    licenses = ", ".join(f"'{name}'" for name in LICENSES)
+    with duckdb_connection(db) as con:
+        con.execute(tracks_ddl(columns))
+        con.execute(
+            f"""INSERT INTO tracks SELECT range, 'title ' || range, 'artist ' || (range % 997),
+                   CASE WHEN range % 20 = 0 THEN '{FILTER_GENRE}'
+                        ELSE ([{genres}])[1 + (range * 7919) % {len(GENRES)}] END,
+                   ([{licenses}])[1 + (range * 104729) % {len(LICENSES)}],
+                   60 + (range * 31) % 540, 256000,
+                   make_timestamp(2000 + (range * 13) % 20, 1, 1, 0, 0, 0)
+               FROM range(?)""",
+            [n],
+        )
+    write_track_embeddings(
+        db,
+        np.arange(n, dtype=np.int64),
+        clustered(n, 3, centres),
+        [f"/music/{i:06d}.mp3" for i in range(n)],
+        np.full(n, 960_000),
+        ModelChoice("bench", "1", "bench"),
+    )
 
 
 def free_port() -> int:
@@ -125,8 +176,45 @@ def free_port() -> int:
 
 
 def query_texts(count: int, seed: int) -> list[str]:
+    """``count`` distinct queries of 2-6 words (so no cache of recent queries can help)."""
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=3, replace=False)) + f" {i}" for i in range(count)]
+    seen: dict[str, None] = {}
+    while len(seen) < count:
+        seen[" ".join(rng.choice(WORDS, size=int(rng.integers(2, 7)), replace=False))] = None
+    return list(seen)
+
+
+def agreement(model: Path, data: Path, queries: int, kinds: list[str]) -> str:
+    """Each ONNX encoder against fp32 PyTorch: cosine, same exact top-10 over the collection."""
+    clap = load_clap(model)
+    clap.model.eval()
+    texts = query_texts(queries, 11)
+    tokens = [len(clap.tokenizer(t)["input_ids"]) for t in texts]
+    reference = build_encoder(clap, "torch", data / "cache" / "onnx")
+    want = np.concatenate([reference(texts[i : i + 50]) for i in range(0, len(texts), 50)])
+    spread = want[:200] @ want[:200].T
+    matrix = load_index(data / "clap.duckdb").matrix
+    exact = [set(row.tolist()) for row in exact_top_k_batch(matrix, want, 10)]
+    lines = [
+        f"agreement with fp32 PyTorch on {queries} distinct queries (mean {np.mean(tokens):.1f} "
+        f"tokens; the fp32 embeddings of different queries have mean pairwise cosine "
+        f"{spread[np.triu_indices(len(spread), 1)].mean():.4f}):"
+    ]
+    for kind in kinds:
+        t0 = time.perf_counter()
+        fast = build_encoder(clap, kind, data / "cache" / "onnx")  # the server reuses the file
+        export_s = time.perf_counter() - t0
+        got = np.concatenate([fast(texts[i : i + 50]) for i in range(0, len(texts), 50)])
+        cosine = np.sum(got * want, axis=1)
+        found = [set(row.tolist()) for row in exact_top_k_batch(matrix, got, 10)]
+        same = np.mean([f == e for f, e in zip(found, exact, strict=True)])
+        overlap = np.mean([len(f & e) / 10 for f, e in zip(found, exact, strict=True)])
+        lines.append(
+            f"  {kind:9s} cosine min {cosine.min():.4f} mean {cosine.mean():.4f}; same top-10 "
+            f"set for {100 * same:.1f} % of the queries, mean top-10 overlap {overlap:.3f} "
+            f"(export {export_s:.0f} s, cached)"
+        )
+    return "\n".join(lines)
 
 
 _local = threading.local()
@@ -134,9 +222,12 @@ _local = threading.local()
 
 def timed_get(port: int, path: str) -> float:
     """One GET on this thread's keep-alive connection (as a browser or app client keeps it)."""
-    con = getattr(_local, "con", None)
+    connections = getattr(_local, "connections", None)
+    if connections is None:
+        connections = _local.connections = {}
+    con = connections.get(port)  # one per server: a later run's server has another port
     if con is None:
-        con = _local.con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        con = connections[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     t0 = time.perf_counter()
     con.request("GET", path)
     response = con.getresponse()
@@ -147,13 +238,102 @@ def timed_get(port: int, path: str) -> float:
     return elapsed
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, log_path: Path, deadline_s: float) -> dict:
+    t_start = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                return json.load(response)
+        except OSError:
+            if time.perf_counter() - t_start > deadline_s:
+                raise RuntimeError("server not healthy before the deadline") from None
+            time.sleep(0.5)
+
+
+def time_server(
+    args: argparse.Namespace, env: dict, model: Path, encoder: str, tmp: Path, seed: int
+) -> str:
+    """Start `clap-pipeline serve` with ``encoder``, time /api/search; one report line set."""
+    cli = str(Path(sys.executable).with_name("clap-pipeline"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp / f"serve-{encoder}.log"
+    log = open(log_path, "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    t_start = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            cli,
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(model),
+            "--poll-s",
+            "0",
+            "--text-encoder",
+            encoder,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        health = wait_healthy(proc, base, log_path, args.deadline_s)
+        return _timed_runs(args, port, encoder, health, time.perf_counter() - t_start, seed)
+    except (OSError, RuntimeError) as exc:  # report, and let the next encoder run
+        log.flush()
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        return f"  text encoder {encoder}: FAILED ({exc!r}); server log tail:\n{tail}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def _timed_runs(
+    args: argparse.Namespace, port: int, encoder: str, health: dict, ready: float, seed: int
+) -> str:
+    texts = query_texts(args.requests + 120, seed)
+    paths = ["/api/search?" + urllib.parse.urlencode({"q": t, "k": 10}) for t in texts]
+    filtered = [
+        "/api/search?" + urllib.parse.urlencode({"q": t, "k": 10, "genre": FILTER_GENRE})
+        for t in texts[70:120]
+    ]
+    for path in paths[:20]:  # warm-up
+        timed_get(port, path)
+    sequential = [timed_get(port, path) for path in paths[20:70]]
+    with_filter = [timed_get(port, path) for path in filtered]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent_times = list(pool.map(lambda p: timed_get(port, p), paths[120:]))
+    wall = time.perf_counter() - t0
+    s50, s95 = ms(sequential)
+    f50, f95 = ms(with_filter)
+    c50, c95 = ms(concurrent_times)
+    return (
+        f"  text encoder {encoder} (index {health['index']['kind']}, nprobe "
+        f"{health['index'].get('nprobe')}; healthy {ready:.1f} s after start):\n"
+        f"    sequential (50)           p50 {s50:7.2f} ms  p95 {s95:7.2f} ms\n"
+        f"    sequential, genre={FILTER_GENRE} (5 %) p50 {f50:7.2f} ms  p95 {f95:7.2f} ms\n"
+        f"    concurrency 8 ({len(concurrent_times)})     p50 {c50:7.2f} ms  p95 {c95:7.2f} ms  "
+        f"throughput {len(concurrent_times) / wall:.1f} req/s"
+    )
+
+
 def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> None:
     data = tmp / "data"
     data.mkdir()
     t0 = time.perf_counter()
     write_collection(data / "clap.duckdb", args.serve_n, centres)
-    model = save_tiny_model(tmp / "tiny-clap-512", projection_dim=DIM)
     print(f"wrote {args.serve_n:,} x {DIM} track_embeddings in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    if args.model == "full":
+        model = save_full_size_model(tmp / "stand-in-full")
+    else:
+        model = save_tiny_model(tmp / "tiny-clap-512", projection_dim=DIM)
+    print(f"saved the {args.model} stand-in CLAP in {time.perf_counter() - t0:.1f} s", flush=True)
     env = {
         **os.environ,
         "CLAP_DATA_DIR": str(data),
@@ -161,10 +341,13 @@ def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> No
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    cli = str(Path(sys.executable).with_name("clap-pipeline"))
+    if args.agreement_queries:
+        kinds = [e for e in args.encoders if e != "torch"]
+        print(agreement(model, data, args.agreement_queries, kinds), flush=True)
+        gc.collect()  # the agreement's two encoders and model: freed before the servers start
 
-    # Reference: the CLI, one process per query.
-    cli_times = []
+    cli_times = []  # reference: the CLI, one process per query
+    cli = str(Path(sys.executable).with_name("clap-pipeline"))
     for text in query_texts(args.cli_queries, 9):
         t0 = time.perf_counter()
         subprocess.run(
@@ -176,57 +359,15 @@ def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> No
         )
         cli_times.append(time.perf_counter() - t0)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp / "serve.log", "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
-    t_start = time.perf_counter()
-    proc = subprocess.Popen(
-        [cli, "serve", "--port", str(port), "--model", str(model), "--poll-s", "0"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{(tmp / 'serve.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
-                    health = json.load(response)
-                    break
-            except OSError:
-                if time.perf_counter() - t_start > args.deadline_s:
-                    raise RuntimeError("server not healthy before the deadline") from None
-                time.sleep(0.5)
-        ready = time.perf_counter() - t_start
-        paths = [
-            "/api/search?" + urllib.parse.urlencode({"q": text, "k": 10})
-            for text in query_texts(args.requests + 70, 7)
-        ]
-        for path in paths[:20]:  # warm-up
-            timed_get(port, path)
-        sequential = [timed_get(port, path) for path in paths[20:70]]
-        t0 = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            concurrent_times = list(pool.map(lambda p: timed_get(port, p), paths[70:]))
-        wall = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
-    s50, s95 = ms(sequential)
-    c50, c95 = ms(concurrent_times)
-    cli50 = float(np.median(cli_times))
-    print(
-        f"server over {args.serve_n:,} tracks (index {health['index']['kind']}, nprobe "
-        f"{health['index'].get('nprobe')}): healthy {ready:.1f} s after start\n"
-        f"  /api/search sequential (50)    p50 {s50:7.2f} ms  p95 {s95:7.2f} ms\n"
-        f"  /api/search concurrency 8 ({len(concurrent_times)}) p50 {c50:7.2f} ms  p95 "
-        f"{c95:7.2f} ms  throughput {len(concurrent_times) / wall:.1f} req/s\n"
-        f"  reference `clap-pipeline search` per query (median of {len(cli_times)}): "
-        f"{cli50 * 1000:.0f} ms, {cli50 * 1000 / c95:.0f}x the server's p95",
-        flush=True,
-    )
+    print(f"/api/search over {args.serve_n:,} tracks, {args.model} model:", flush=True)
+    for i, encoder in enumerate(args.encoders):
+        print(time_server(args, env, model, encoder, tmp, seed=7 + i), flush=True)
+    if cli_times:
+        print(
+            f"  reference `clap-pipeline search` per query (median of {len(cli_times)}): "
+            f"{float(np.median(cli_times)) * 1000:.0f} ms",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -235,17 +376,27 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--serve-n", type=int, default=100_000, help="0 skips the server part")
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--cli-queries", type=int, default=3)
+    parser.add_argument("--cli-queries", type=int, default=None, help="default 3 (tiny), 0 (full)")
+    parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
+    parser.add_argument(
+        "--encoders",
+        nargs="+",
+        default=["onnx-int8", "onnx", "torch"],
+        help="server runs, in order (torch: the fp32 reference)",
+    )
+    parser.add_argument("--agreement-queries", type=int, default=1000)
     parser.add_argument("--deadline-s", type=float, default=600)
     args = parser.parse_args()
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    if args.cli_queries is None:
+        args.cli_queries = 3 if args.model == "tiny" else 0
+    print(f"load average {os.getloadavg()} on {os.cpu_count()} cores", flush=True)
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
     for n in args.sizes:
         bench_top_k(n, args.queries, centres)
     if args.serve_n:
         with tempfile.TemporaryDirectory() as tmp:
             bench_server(args, centres, Path(tmp))
-    print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
+    print(f"load average {os.getloadavg()} at the end", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,30 +44,14 @@ from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
 from clap_pipeline.demo.training_set import write_training_dataset
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
-from clap_pipeline.training.model import (
-    byte_level_tokenizer,
-    save_tiny_model,
-    tiny_clap_config,
-    unfused_feature_extractor,
-)
+from clap_pipeline.training.model import save_tiny_model, tiny_clap_config
+from clap_pipeline.training.stand_in import full_size_config, save_full_size_model
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 TEXT_TOKENS = 24  # a BPE-length prompt (see bench_train.py)
 
 
 # --------------------------------------------------------------------------- 1. Dagster run
-
-
-def save_full_size_model(out_dir: Path) -> Path:
-    """The full-size CLAP (random weights) with an offline processor, as a model folder."""
-    from transformers import ClapConfig, ClapModel, ClapProcessor
-
-    torch.manual_seed(0)
-    tokenizer = byte_level_tokenizer()
-    ClapModel(ClapConfig()).save_pretrained(out_dir, safe_serialization=True)
-    processor = ClapProcessor(feature_extractor=unfused_feature_extractor(), tokenizer=tokenizer)
-    processor.save_pretrained(out_dir)
-    return out_dir
 
 
 def dagster_run(args: argparse.Namespace, root: Path) -> None:
@@ -133,9 +117,9 @@ class Variant:
 
 
 def build_model(variant: Variant, tiny: bool, device: torch.device):
-    from transformers import ClapConfig, ClapModel
+    from transformers import ClapModel
 
-    config = tiny_clap_config() if tiny else ClapConfig()
+    config = tiny_clap_config() if tiny else full_size_config()
     torch.manual_seed(0)
     attention = "sdpa" if variant.sdpa else "eager"
     model = ClapModel._from_config(config, attn_implementation=attention).to(device).train()

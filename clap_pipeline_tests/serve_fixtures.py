@@ -28,6 +28,24 @@ TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]
 TINY_DIM = 32  # projection_dim of the tiny CLAP
 HOSTILE_ID = 26
 HOSTILE_TITLE = '<b>Bold</b> <img src=x onerror="window.__xss=1">'
+# FMA's licence titles, by track position; years by position (the last track has none).
+LICENSES = [
+    "Attribution-NonCommercial-ShareAlike 3.0 International",
+    "Attribution 4.0 International",
+    "Attribution-NonCommercial-NoDerivatives (aka Music Sharing) 3.0 International",
+    "CC0 1.0 Universal",
+]
+GENRE_TITLES = {12: "Rock", 17: "Folk", 15: "Electronic", 4: "Jazz", 21: "Hip-Hop"}
+EXTRA_GENRES = {3: [17], 20: [12, 17]}  # tracks whose sub-genres include another root
+
+
+def track_license(track_id: int) -> str:
+    return LICENSES[TRACK_IDS.index(track_id) % len(LICENSES)]
+
+
+def track_year(track_id: int) -> int | None:
+    i = TRACK_IDS.index(track_id)
+    return None if i == len(TRACK_IDS) - 1 else 2008 + i
 
 
 @dataclass
@@ -80,6 +98,27 @@ def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4) -> Collection:
         con.execute(
             "UPDATE tracks SET track_title = ? WHERE track_id = ?", [HOSTILE_TITLE, HOSTILE_ID]
         )
+        # The filter columns: licences, release dates, every genre (ids into `genres`).
+        con.execute("ALTER TABLE tracks ADD COLUMN album_date_released TIMESTAMP")
+        con.execute("ALTER TABLE tracks ADD COLUMN track_genres_all INTEGER[]")
+        con.execute("CREATE TABLE genres (genre_id BIGINT, title VARCHAR)")
+        con.executemany("INSERT INTO genres VALUES (?, ?)", list(GENRE_TITLES.items()))
+        id_of = {title: gid for gid, title in GENRE_TITLES.items()}
+        for tid in TRACK_IDS:
+            (top,) = con.execute(
+                "SELECT track_genre_top FROM tracks WHERE track_id = ?", [tid]
+            ).fetchone()
+            year = track_year(tid)
+            con.execute(
+                "UPDATE tracks SET track_license = ?, album_date_released = ?, "
+                "track_genres_all = ? WHERE track_id = ?",
+                [
+                    track_license(tid),
+                    None if year is None else f"{year}-06-01",
+                    [id_of[top], *EXTRA_GENRES.get(tid, [])],
+                    tid,
+                ],
+            )
     write_clips(ffmpeg, collection)
     write_embeddings(collection, TRACK_IDS, collection.matrix, "1")
     return collection

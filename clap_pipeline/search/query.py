@@ -43,6 +43,7 @@ from clap_pipeline.evaluation.genre_search import (
 )
 from clap_pipeline.evaluation.inputs import read_genres
 from clap_pipeline.feedback import validate_query
+from clap_pipeline.search.filters import Filters, build_catalog
 from clap_pipeline.storage import (
     atomic_path,
     duckdb_connection,
@@ -176,17 +177,28 @@ def write_track_embeddings(
                     audio_path VARCHAR NOT NULL,
                     duration_s DOUBLE,
                     model_version VARCHAR, model_run_id VARCHAR,
-                    created_at TIMESTAMPTZ NOT NULL)"""
+                    created_at TIMESTAMPTZ NOT NULL,
+                    genres VARCHAR[], year INTEGER, track_duration_s DOUBLE)"""
             )
+            col = _tracks_columns(con)
             con.execute(
                 f"""INSERT INTO {STAGING_TABLE}
-                SELECT n.track_id, n.embedding, t.track_title, t.artist_name, t.track_genre_top,
-                       t.track_license, n.audio_path,
-                       CASE WHEN TRY_CAST(t.track_bit_rate AS DOUBLE) > 0 AND n.source_size > 0
-                            THEN round(n.source_size * 8.0 / TRY_CAST(t.track_bit_rate AS DOUBLE), 1)
-                            ELSE TRY_CAST(t.track_duration AS DOUBLE) END,
-                       ?, ?, ?
+                SELECT n.track_id, n.embedding, {col("track_title")}, {col("artist_name")},
+                       {col("track_genre_top")}, {col("track_license")}, n.audio_path,
+                       CASE WHEN TRY_CAST({col("track_bit_rate")} AS DOUBLE) > 0
+                                 AND n.source_size > 0
+                            THEN round(n.source_size * 8.0
+                                       / TRY_CAST({col("track_bit_rate")} AS DOUBLE), 1)
+                            ELSE TRY_CAST({col("track_duration")} AS DOUBLE) END,
+                       ?, ?, ?,
+                       list_filter(list_distinct(list_concat(
+                           [{col("track_genre_top")}::VARCHAR], gn.names)), lambda x: x IS NOT NULL),
+                       coalesce(year(TRY_CAST({col("album_date_released")} AS TIMESTAMP)),
+                                year(TRY_CAST({col("track_date_created")} AS TIMESTAMP))),
+                       CASE WHEN TRY_CAST({col("track_duration")} AS DOUBLE) > 0
+                            THEN TRY_CAST({col("track_duration")} AS DOUBLE) END
                 FROM new_rows n LEFT JOIN tracks t USING (track_id)
+                LEFT JOIN ({_genre_names_sql(con)}) gn USING (track_id)
                 ORDER BY n.track_id""",
                 [model.version, model.run_id, created_at],
             )
@@ -198,6 +210,24 @@ def write_track_embeddings(
             con.execute(f"DROP TABLE IF EXISTS {TABLE}")
             con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
     return n
+
+
+def _tracks_columns(con: duckdb.DuckDBPyConnection) -> Callable[[str], str]:
+    """``t.<column>`` when `tracks` has it, else ``NULL`` (test and benchmark tables are slim)."""
+    present = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+    return lambda name: f"t.{name}" if name in present else "NULL"
+
+
+def _genre_names_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """(track_id, names): titles of every genre of a track (``track_genres_all``) from `genres`."""
+    present = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+    source = next((c for c in ("track_genres_all", "track_genres") if c in present), None)
+    if source is None or not table_exists(con, "genres"):
+        return "SELECT NULL::BIGINT AS track_id, NULL::VARCHAR[] AS names WHERE false"
+    return f"""SELECT u.track_id, list(DISTINCT g.title) AS names
+               FROM (SELECT track_id, unnest({source}) AS genre_id FROM tracks) u
+               JOIN genres g ON g.genre_id = u.genre_id
+               GROUP BY u.track_id"""
 
 
 @dataclass(frozen=True)
@@ -374,6 +404,22 @@ def fetch_hits(
     ]
 
 
+FILTER_COLUMNS = ("license", "genres", "year", "track_duration_s")
+
+
+def catalog_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """(track_id, title, artist, genre, audio_path, license, genres, year, track_duration_s).
+
+    In track id order (the index's row order). A table written before the filter columns
+    existed reads with NULLs there (filters on them match nothing) until it is rebuilt.
+    """
+    present = {row[0] for row in con.execute(f"DESCRIBE {TABLE}").fetchall()}
+    extra = ", ".join(c if c in present else f"NULL AS {c}" for c in FILTER_COLUMNS)
+    return con.execute(
+        f"SELECT track_id, title, artist, genre, audio_path, {extra} FROM {TABLE} ORDER BY track_id"
+    ).fetchall()
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     count: int
@@ -492,8 +538,14 @@ def encode_query(clap, text: str) -> np.ndarray:
     return emb[0].float().numpy()
 
 
-def search(settings: Settings, query: str, k: int, model_arg: str | None = None) -> list[SearchHit]:
-    """Top ``k`` tracks for a text query (all tracks when k exceeds the collection)."""
+def search(
+    settings: Settings,
+    query: str,
+    k: int,
+    model_arg: str | None = None,
+    filters: Filters | None = None,
+) -> list[SearchHit]:
+    """Top ``k`` tracks for a text query among those that pass ``filters`` (all when k >= N)."""
     from clap_pipeline.training.model import load_clap
 
     text = validate_query(query)
@@ -519,7 +571,15 @@ def search(settings: Settings, query: str, k: int, model_arg: str | None = None)
     with open_index(settings.duckdb_path) as index:
         if index.model_version != info.model_version or index.dim != info.dim:
             raise SearchError(f"`{TABLE}` was rebuilt during the search: run it again")
-        return index.search(query_emb, k)
+        if filters is None or not filters.active:
+            return index.search(query_emb, k)
+        assert index.con is not None
+        allowed = build_catalog(catalog_rows(index.con)).allowed(filters)
+        rows = np.flatnonzero(allowed)
+        if len(rows) == 0:
+            return []
+        best, scores = top_k(index.matrix[rows], query_emb, k)  # ranked among the allowed rows
+        return fetch_hits(index.con, index.track_ids[rows[best]], scores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,7 +660,16 @@ def quiet_model_loading() -> None:
 
 def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
     quiet_model_loading()
-    hits = search(settings, args.query, args.k, args.model)
+    filters = Filters(
+        genre=args.genre,
+        year_min=args.year_min,
+        year_max=args.year_max,
+        license=args.license,
+        max_duration=args.max_duration,
+    )
+    hits = search(settings, args.query, args.k, args.model, filters)
+    if not hits and not args.json:
+        print("no indexed track passes the filters", file=sys.stderr)
     print(hits_json(hits) if args.json else format_table(hits))
     return 0
 

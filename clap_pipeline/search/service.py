@@ -34,44 +34,26 @@ import numpy as np
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.feedback import Feedback, record_feedback, validate_query
+from clap_pipeline.search.filters import Catalog, Filters, build_catalog
 from clap_pipeline.search.query import (
+    CACHE_DIR_NAME,
     TABLE,
     IndexInfo,
     ModelChoice,
     SearchError,
-    encode_query,
+    catalog_rows,
     index_info,
     open_index,
     read_index_info,
     resolve_model,
 )
+from clap_pipeline.search.text_encoder import DEFAULT_ENCODER, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
 
 log = logging.getLogger(__name__)
 
 MAX_K = 100
 DEFAULT_POLL_S = 5.0
-
-
-class TrackNotFoundError(KeyError):
-    """The track id is not in the served index."""
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Per-track metadata in index row order (ascending track id)."""
-
-    track_ids: np.ndarray  # int64 (N,)
-    titles: list[str | None]
-    artists: list[str | None]
-    genres: list[str | None]
-    audio_paths: list[str]
-
-    def position(self, track_id: int) -> int:
-        pos = int(np.searchsorted(self.track_ids, track_id))
-        if pos >= len(self.track_ids) or int(self.track_ids[pos]) != track_id:
-            raise TrackNotFoundError(track_id)
-        return pos
 
 
 @dataclass(frozen=True)
@@ -82,6 +64,10 @@ class Result:
     artist: str | None
     genre: str | None
     score: float
+    genres: list[str]
+    year: int | None
+    license: str | None
+    duration_s: float | None  # the track's (FMA's track_duration), not the clip's
 
 
 @dataclass(frozen=True)
@@ -93,44 +79,51 @@ class Snapshot:
     info: IndexInfo
     loaded_at: dt.datetime
     encode_slots: threading.Semaphore
+    encoder: Encoder
 
     @property
     def model_version(self) -> str | None:
         return self.model.version or self.info.model_version
 
     def embed(self, text: str) -> np.ndarray:
-        # At most one forward per core (each on one torch thread, see ``serve``): more
-        # would only fight over the cores.
+        # At most one forward per core (each on one thread, see ``serve``): more would
+        # only fight over the cores.
         with self.encode_slots:
-            return encode_query(self.clap, text)
+            return self.encoder([text])[0]
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
         return [
-            Result(rank, int(c.track_ids[p]), c.titles[p], c.artists[p], c.genres[p], float(s))
+            Result(
+                rank,
+                int(c.track_ids[p]),
+                c.titles[p],
+                c.artists[p],
+                c.genres[p],
+                float(s),
+                c.genre_lists[p],
+                None if np.isnan(c.years[p]) else int(c.years[p]),
+                c.licenses[p],
+                None if np.isnan(c.durations[p]) else float(c.durations[p]),
+            )
             for rank, (p, s) in enumerate(zip(positions.tolist(), scores.tolist(), strict=True), 1)
         ]
 
 
 def read_catalog(duckdb_path: Path) -> tuple[np.ndarray, Catalog, IndexInfo]:
-    """Matrix, metadata and fingerprint from one read-only connection (closed on return)."""
+    """Matrix, metadata and fingerprint from one read-only connection (closed on return).
+
+    A table written before the filter columns existed serves with unknown genres
+    lists, years and durations (filters on them match nothing) until it is rebuilt.
+    """
     with open_index(duckdb_path) as index:
         assert index.con is not None
-        rows = index.con.execute(
-            f"SELECT track_id, title, artist, genre, audio_path FROM {TABLE} ORDER BY track_id"
-        ).fetchall()
+        rows = catalog_rows(index.con)
         info = read_index_info(index.con, duckdb_path)
         matrix, track_ids = index.matrix, index.track_ids
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    if not np.array_equal(ids, track_ids):
+    catalog = build_catalog(rows)
+    if not np.array_equal(catalog.track_ids, track_ids):
         raise SearchError(f"`{TABLE}` changed while it was read: try again")
-    catalog = Catalog(
-        track_ids=ids,
-        titles=[r[1] for r in rows],
-        artists=[r[2] for r in rows],
-        genres=[r[3] for r in rows],
-        audio_paths=[r[4] for r in rows],
-    )
     return matrix, catalog, info
 
 
@@ -144,8 +137,12 @@ class SearchService:
         model_arg: str | None = None,
         poll_s: float = DEFAULT_POLL_S,
         exact_max_rows: int | None = None,
+        text_encoder: str = DEFAULT_ENCODER,
+        encoder_threads: int = 1,
     ) -> None:
         self.settings = settings
+        self.text_encoder = text_encoder
+        self.encoder_threads = encoder_threads
         self.model_arg = model_arg
         self.poll_s = poll_s
         self.exact_max_rows = exact_max_rows
@@ -185,14 +182,19 @@ class SearchService:
             matrix, catalog, info = read_catalog(self.settings.duckdb_path)
         if previous is not None and previous.info.model_version == info.model_version:
             model, clap, slots = previous.model, previous.clap, previous.encode_slots
+            encoder = previous.encoder
         else:
             model = self._model_for(info)
             clap = load_clap(model.source)
             clap.model.eval()
-            slots = threading.Semaphore(usable_cores())
+            slots = threading.Semaphore(max(1, usable_cores() // self.encoder_threads))
+            # Exported from this very model (cached by its weights' hash): no drift.
+            cache = self.settings.duckdb_path.parent / CACHE_DIR_NAME / "onnx"
+            encoder = build_encoder(clap, self.text_encoder, cache, self.encoder_threads)
         kwargs = {} if self.exact_max_rows is None else {"exact_max_rows": self.exact_max_rows}
         index = build_vector_index(matrix, **kwargs)
-        snap = Snapshot(model, clap, index, catalog, info, dt.datetime.now(dt.UTC), slots)
+        now = dt.datetime.now(dt.UTC)
+        snap = Snapshot(model, clap, index, catalog, info, now, slots, encoder)
         dim = snap.embed("music").shape[0]  # also warms the model up
         if dim != info.dim:
             raise SearchError(
@@ -280,6 +282,7 @@ class SearchService:
             "status": "ok",
             "model_version": snap.model_version,
             "model": snap.model.name,
+            "text_encoder": self.text_encoder,
             "tracks": len(snap.catalog.track_ids),
             "dim": snap.info.dim,
             "index": snap.index.describe(),
@@ -295,11 +298,15 @@ class SearchService:
             "last_refresh_error": self.last_error,
         }
 
-    def search(self, query: str, k: int) -> tuple[Snapshot, list[Result]]:
+    def search(
+        self, query: str, k: int, filters: Filters | None = None
+    ) -> tuple[Snapshot, list[Result]]:
+        """Top ``k`` tracks among those that pass ``filters`` (fewer only if fewer pass)."""
         text = validate_query(query)
         _check_k(k)
         snap = self.snapshot
-        positions, scores = snap.index.search(snap.embed(text), k)
+        allowed = snap.catalog.allowed(filters or Filters())
+        positions, scores = snap.index.search(snap.embed(text), k, allowed)
         return snap, snap.results(positions, scores)
 
     def similar(self, track_id: int, k: int) -> tuple[Snapshot, list[Result]]:

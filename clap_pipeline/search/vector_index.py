@@ -57,6 +57,7 @@ class VectorIndex:
     calibration_recall: float | None = None
     build_seconds: float = 0.0
     nlist: int = 0
+    exact_max_rows: int = EXACT_MAX_ROWS  # filtered searches scan up to this many rows exactly
 
     @property
     def kind(self) -> str:
@@ -73,20 +74,68 @@ class VectorIndex:
             }
         return info
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` rows; with ``allowed`` (bool per row) only among those rows.
+
+        Filtered: up to ``exact_max_rows`` allowed rows are scanned exactly; more go
+        through the IVF index with a faiss ID selector and ``nprobe`` scaled by the
+        share of allowed rows, and a probe that finds fewer than ``min(k, allowed)``
+        rows falls back to the exact scan of the allowed rows. So ``k`` results come
+        back whenever ``k`` rows are allowed.
+        """
+        if allowed is not None:
+            return self._search_allowed(query, k, allowed)
         if self.ivf is None:
             return top_k(self.matrix, query, k)
-        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if q.shape[1] != self.matrix.shape[1]:
-            raise ValueError(
-                f"query has {q.shape[1]} dimensions, the embeddings {self.matrix.shape[1]}"
-            )
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        q = self._query_row(query)
         scores, positions = self.ivf.search(q, k)  # type: ignore[attr-defined]
         keep = positions[0] >= 0
         if keep.sum() < min(k, self.matrix.shape[0]):
             return top_k(self.matrix, q[0], k)  # the probed cells held fewer than k rows
         return positions[0][keep].astype(np.int64), scores[0][keep]
+
+    def _query_row(self, query: np.ndarray) -> np.ndarray:
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.matrix.shape[1]:
+            raise ValueError(
+                f"query has {q.shape[1]} dimensions, the embeddings {self.matrix.shape[1]}"
+            )
+        return q / max(float(np.linalg.norm(q)), 1e-12)
+
+    def _search_allowed(
+        self, query: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if allowed.shape != (self.matrix.shape[0],) or allowed.dtype != np.bool_:
+            raise ValueError(f"allowed must be a bool mask of {self.matrix.shape[0]} rows")
+        rows = np.flatnonzero(allowed)
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        q = self._query_row(query)
+        if self.ivf is not None and len(rows) > self.exact_max_rows:
+            import faiss
+
+            bitmap = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+            share = len(rows) / len(allowed)
+            nprobe = min(self.nlist, max(1, math.ceil(self.nprobe / share)))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            scores, positions = self.ivf.search(q, k, params=params)  # type: ignore[attr-defined]
+            keep = positions[0] >= 0
+            if keep.sum() >= min(k, len(rows)):
+                return positions[0][keep].astype(np.int64), scores[0][keep]
+        if self.ivf is None:
+            best, scores = top_k(self.matrix[rows], q[0], k)
+            return rows[best], scores
+        import faiss
+
+        # One query over the gathered rows: faiss scans them on this thread (numpy's matvec
+        # would call a multi-threaded BLAS, slow when other work holds the cores).
+        found_scores, found = faiss.knn(
+            q, self.matrix[rows], min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        return rows[found[0]], found_scores[0]
 
 
 def _calibration_queries(matrix: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -140,4 +189,5 @@ def build_vector_index(
         calibration_recall=recall,
         build_seconds=time.perf_counter() - start,
         nlist=nlist,
+        exact_max_rows=exact_max_rows,
     )

@@ -199,6 +199,31 @@ def test_search_json_matches_brute_force_and_k_above_n_returns_all(
     assert [h["track_id"] for h in hits] == order.tolist()
 
 
+def test_search_filters_rank_only_matching_tracks(
+    data_env: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    matrix = make_data_dir(data_env)
+    query = "folk country music"
+    order = expected_order(tiny_model_dir, matrix, query).tolist()
+    genre_of = {row[0]: row[3] for row in track_rows(TRACK_IDS)}
+    base = ["search", query, "-k", "100", "--model", str(tiny_model_dir), "--json"]
+
+    assert main([*base, "--genre", "folk"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["track_id"] for h in hits] == [t for t in order if genre_of[t] == "Folk"]
+    assert main([*base, "--genre", "Folk", "--max-duration", "200", "-k", "1"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["track_id"] for h in hits] == [
+        t for t in order if genre_of[t] == "Folk" and 180 + t <= 200
+    ][:1]
+    assert main([*base, "--license", "commercial-derivatives-ok"]) == 0  # "CC BY 4.0": all
+    assert len(json.loads(capsys.readouterr().out)) == len(TRACK_IDS)
+    assert main([*base, "--license", "public-domain"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main([*base, "--year-min", "2000"]) == 0  # this `tracks` table has no dates
+    assert json.loads(capsys.readouterr().out) == []
+
+
 def test_search_prints_aligned_table(
     data_env: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

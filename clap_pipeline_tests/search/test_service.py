@@ -17,8 +17,10 @@ from clap_pipeline.cli import build_parser
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.search.query import encode_query
 from clap_pipeline.training.model import load_clap
-from clap_pipeline_tests.search_fixtures import unit_rows
+from clap_pipeline_tests.search_fixtures import GENRES, unit_rows
 from clap_pipeline_tests.serve_fixtures import (
+    EXTRA_GENRES,
+    GENRE_TITLES,
     HOSTILE_ID,
     HOSTILE_TITLE,
     TINY_DIM,
@@ -27,10 +29,15 @@ from clap_pipeline_tests.serve_fixtures import (
     free_port,
     make_collection,
     running_server,
+    track_license,
+    track_year,
     write_embeddings,
 )
 
-FIELDS = {"rank", "track_id", "title", "artist", "genre", "score", "audio_url"}
+FIELDS = {
+    *("rank", "track_id", "title", "artist", "genre", "score", "audio_url"),
+    *("genres", "year", "license", "duration_s"),
+}
 
 
 def exact_order(matrix: np.ndarray, query: np.ndarray) -> list[int]:
@@ -82,16 +89,49 @@ def test_search_returns_ranked_fields_in_exact_order(
     assert hostile["title"] == HOSTILE_TITLE  # JSON carries it verbatim; the page escapes
 
 
+def test_filters_return_only_matching_tracks_in_ranked_order(
+    served: tuple[Collection, httpx.Client], tiny_model_dir: Path
+) -> None:
+    collection, http = served
+    query = "folk music"
+    order = exact_order(collection.matrix, encode_query(load_clap(tiny_model_dir), query))
+
+    def ids(k: int = 100, **filters: object) -> list[int]:
+        response = http.get("/api/search", params={"q": query, "k": k, **filters})
+        assert response.status_code == 200, response.text
+        return [h["track_id"] for h in response.json()]
+
+    # Folk: the top genre (search_fixtures cycles GENRES) or a sub-genre (EXTRA_GENRES).
+    top = {tid: GENRES[i % len(GENRES)] for i, tid in enumerate(TRACK_IDS)}
+    folk = [t for t in order if top[t] == "Folk" or 17 in EXTRA_GENRES.get(t, [])]
+    assert GENRE_TITLES[17] == "Folk" and len(folk) >= 4
+    assert ids(genre="Folk") == folk  # ranked among themselves, nothing else
+    assert ids(k=2, genre="folk") == folk[:2]  # k filtered results when k match
+    hits = http.get("/api/search", params={"q": query, "k": 100, "genre": "Folk"}).json()
+    assert all("Folk" in h["genres"] for h in hits)
+    commercial = [t for t in order if "NonCommercial" not in track_license(t)]
+    assert ids(license="commercial-ok") == commercial
+    assert ids(license="public-domain") == [t for t in order if track_license(t).startswith("CC0")]
+    assert ids(license="attribution 4.0 international") == [
+        t for t in order if track_license(t) == "Attribution 4.0 International"
+    ]
+    years = [t for t in order if (y := track_year(t)) is not None and 2010 <= y <= 2013]
+    assert ids(year_min=2010, year_max=2013) == years
+    assert ids(year_min=2013, year_max=2010) == []
+    assert ids(max_duration=200) == [t for t in order if 180 + t <= 200]  # fixture durations
+    assert ids(genre="Polka") == []
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"q": "", "k": 5}, "empty query"),
-        ({"q": "   ", "k": 5}, "empty query"),
-        ({"q": "x" * 1001, "k": 5}, "at most 1000"),
-        ({"q": "jazz", "k": 0}, "between 1 and 100"),
-        ({"q": "jazz", "k": 101}, "between 1 and 100"),
+        ({"q": "", "k": 5}, "at least 1 character"),
+        ({"q": "   ", "k": 5}, "should match pattern"),
+        ({"q": "x" * 1001, "k": 5}, "at most 1000 characters"),
+        ({"q": "jazz", "k": 0}, "greater than or equal to 1"),
+        ({"q": "jazz", "k": 101}, "less than or equal to 100"),
         ({"q": "jazz", "k": "many"}, "integer"),
-        ({"k": 5}, "q"),
+        ({"k": 5}, "Field required"),
     ],
 )
 def test_bad_query_or_k_is_a_4xx_with_a_message(
@@ -99,7 +139,8 @@ def test_bad_query_or_k_is_a_4xx_with_a_message(
 ) -> None:
     response = served[1].get("/api/search", params=params)
     assert response.status_code == 422
-    assert message in str(response.json()["detail"])
+    (error,) = response.json()["detail"]  # one error shape: a list of {loc, msg, type}
+    assert set(error) == {"loc", "msg", "type"} and message in error["msg"], error
 
 
 def test_long_query_at_the_limit_is_accepted(served: tuple[Collection, httpx.Client]) -> None:

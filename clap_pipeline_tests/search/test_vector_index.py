@@ -70,3 +70,25 @@ def test_ivf_index_reaches_the_recall_target_on_unseen_queries() -> None:
     assert np.all(np.diff(scores) <= 0)
     # k beyond what the probed cells may hold still gets k rows (exact fallback).
     assert len(index.search(queries[0], 5_000)[0]) == 5_000
+
+
+@pytest.mark.parametrize("share", [0.002, 0.05, 0.6])
+def test_filtered_search_returns_k_allowed_rows_in_exact_order(share: float) -> None:
+    """IVF + ID selector (many allowed rows) or exact scan (few): only allowed rows, k of them."""
+    matrix = clustered_rows(6000, 32, 20, seed=5)
+    index = build_vector_index(matrix, exact_max_rows=1000)
+    assert index.kind == "ivf"
+    rng = np.random.default_rng(6)
+    allowed = rng.random(len(matrix)) < share
+    rows = np.flatnonzero(allowed)
+    recalls = []
+    for q in clustered_rows(30, 32, 20, seed=7):
+        positions, scores = index.search(q, 10, allowed)
+        assert len(positions) == min(10, len(rows))  # k results whenever k rows are allowed
+        assert allowed[positions].all()
+        assert np.all(np.diff(scores) <= 1e-6)
+        exact = rows[top_k(matrix[rows], q, 10)[0]]
+        recalls.append(len(set(positions.tolist()) & set(exact.tolist())) / len(exact))
+    assert np.mean(recalls) >= 0.95
+    nothing = np.zeros(len(matrix), dtype=bool)
+    assert len(index.search(matrix[0], 10, nothing)[0]) == 0

@@ -46,10 +46,27 @@ def page(site: tuple[Collection, str]):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--autoplay-policy=no-user-gesture-required"],
+        )
         try:
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
+            problems: list[str] = []  # console errors, page errors, failed responses
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on(
+                "response",
+                lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
+            )
+            page.problems = problems
             page.goto(site[1] + "/")
             yield page
         finally:
@@ -139,3 +156,49 @@ def test_more_like_this_lists_neighbours(page) -> None:
     assert len(ids) == 5 and track_id not in ids
     assert page.locator("li.result button.up").count() == 0  # verdicts only on text queries
     assert page.locator("li.result audio").count() == 5
+
+
+def test_filters_narrow_the_results_and_nothing_fails(page, site) -> None:
+    _, base = site
+    page.fill("#genre", "Folk")
+    page.select_option("#license", "commercial-ok")
+    search(page, "folk music", "20")
+    shown = [
+        int(page.locator("li.result").nth(i).get_attribute("data-track-id"))
+        for i in range(page.locator("li.result").count())
+    ]
+    params = {"q": "folk music", "k": 20, "genre": "Folk", "license": "commercial-ok"}
+    with httpx.Client(base_url=base) as http:
+        expected = http.get("/api/search", params=params).json()
+    assert shown == [h["track_id"] for h in expected] and 0 < len(shown) < len(TRACK_IDS)
+    assert all("Folk" in h["genres"] and "NonCommercial" not in h["license"] for h in expected)
+    assert "matching the filters" in page.locator("#status").text_content()
+    page.fill("#genre", "")
+    page.select_option("#license", "")
+    page.fill("#year_min", "2010")
+    page.fill("#year_max", "2012")
+    page.click("button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('3 ')")
+    years = page.locator("li.result .year").all_text_contents()
+    assert sorted(years) == [", 2010", ", 2011", ", 2012"]
+    assert page.problems == []  # no console error, no request that failed (favicon included)
+
+
+def test_thumbs_are_drawn_icons_and_one_clip_plays_at_a_time(page) -> None:
+    search(page, "warm guitar", "5")
+    up = page.locator("li.result button.up").first
+    assert up.text_content().strip() == ""  # no emoji or other text glyph
+    assert up.locator("svg path").count() == 2  # drawn as vector paths: no font needed
+    box = up.locator("svg").bounding_box()
+    assert box is not None and box["width"] >= 12 and box["height"] >= 12
+    assert page.locator("link[rel=icon]").get_attribute("href").startswith("data:image/svg")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('li.result audio')].every(a => a.readyState >= 1)"
+    )
+    page.evaluate("document.querySelectorAll('li.result audio')[0].play()")
+    page.wait_for_function("() => !document.querySelectorAll('li.result audio')[0].paused")
+    page.evaluate("document.querySelectorAll('li.result audio')[1].play()")
+    page.wait_for_function("() => !document.querySelectorAll('li.result audio')[1].paused")
+    paused = page.evaluate("[...document.querySelectorAll('li.result audio')].map(a => a.paused)")
+    assert paused == [True, False, True, True, True]
+    assert page.problems == []
