@@ -1,0 +1,179 @@
+"""The project against the parts a team runs: PostgreSQL, an MLflow tracking server, Dagster.
+
+`python -m clap_pipeline.stack up` starts a real PostgreSQL cluster (Debian's package;
+CI installs it), `mlflow server` on it with served artifacts, and Dagster's code server,
+webserver and daemon on `dagster-postgres`, all on free loopback ports. The daemon's
+`new_tracks_sensor` sees a small FMA-format collection and queues one `retrain` run,
+which the daemon launches through the code server; the test then reads what landed in
+PostgreSQL, what the tracking server serves over REST, loads the champion as a pyfunc
+model through HTTP from a fresh process, and brings the stack down and up again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from clap_pipeline import stack
+from clap_pipeline.audio.demo.collection import write_demo_dataset
+from clap_pipeline.config import REPO_ROOT, StackSettings
+from clap_pipeline_tests.stack.stack_fixtures import (
+    get_json,
+    settings_of,
+    stack_command,
+    stack_data_dir,
+    stack_env,
+    teardown,
+    wait_for,
+)
+
+MAX_EPOCHS = 3
+RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "retrain"}) { ... on Runs {
+  results { runId status } } } }"""
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator:
+    data_dir = stack_data_dir()
+    write_demo_dataset(data_dir, n_tracks=80, seed=0, log=None)
+    run_config = yaml.safe_load((REPO_ROOT / "scripts" / "tiny_model_run_config.yaml").read_text())
+    run_config["ops"]["clap_model"]["config"].update(
+        max_epochs=MAX_EPOCHS, batch_size=16, cpu_threads=1
+    )
+    config_path = data_dir / "retrain.yaml"
+    config_path.write_text(yaml.safe_dump(run_config))
+    env = stack_env(
+        data_dir, {"CLAP_MODEL": str(tiny_model_dir), "CLAP_RETRAIN_RUN_CONFIG": str(config_path)}
+    )
+    try:
+        out = stack_command("up", env)
+        yield env, settings_of(env), out
+    finally:
+        teardown(env, data_dir)
+
+
+def _retrain_runs(s: StackSettings) -> list[dict]:
+    return stack.graphql(s, RUNS_QUERY)["runsOrError"]["results"]
+
+
+def _query(s: StackSettings, database: str, sql: str, args: tuple = ()) -> list[tuple]:
+    import psycopg2
+
+    conn = psycopg2.connect(stack.database_url(s, database))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_chain_runs_through_the_stack_and_lands_in_postgres(running_stack) -> None:
+    env, s, out = running_stack
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{s.mlflow_port}" in out
+    assert f"export DAGSTER_HOME={s.dagster_home}" in out
+    # Nothing listens beyond loopback.
+    for part in stack.status(s):
+        assert part.pid is not None, part
+    listening = {
+        c.laddr.port: c.laddr.ip
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+    for port in (s.postgres_port, s.mlflow_port, s.dagster_port, s.code_server_port):
+        # (an IPv6 socket bound to the IPv4 loopback shows it mapped)
+        assert listening.get(port) in ("127.0.0.1", "::ffff:127.0.0.1"), (port, listening)
+
+    # The daemon's sensor queued `retrain`; the daemon launched it through the code server.
+    def finished() -> list[dict]:
+        runs = _retrain_runs(s)
+        return runs if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") else []
+
+    (run,) = wait_for(finished, 420, "one retrain run finished", interval=5)
+    log = s.stack_dir / "logs"
+    assert run["status"] == "SUCCESS", f"retrain {run['runId']}: see the Dagster UI / {log}"
+
+    # PostgreSQL: Dagster's runs table, MLflow's run with one val_loss per epoch.
+    rows = _query(s, "dagster", "SELECT run_id, status FROM runs WHERE pipeline_name = 'retrain'")
+    assert rows == [(run["runId"], "SUCCESS")]
+    (mlflow_run_id, mlflow_status), *others = _query(
+        s,
+        "mlflow",
+        "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
+        "ON r.experiment_id = e.experiment_id WHERE e.name = 'clap-fma'",
+    )
+    assert others == [] and mlflow_status == "FINISHED"
+    steps = _query(
+        s,
+        "mlflow",
+        "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'val_loss' ORDER BY step",
+        (mlflow_run_id,),
+    )
+    assert [step for (step,) in steps] == list(range(1, MAX_EPOCHS + 1))
+    (alias,) = _query(s, "mlflow", "SELECT alias, name FROM registered_model_aliases")
+    assert alias == ("champion", "clap-fma")
+
+    # The tracking server serves the same over REST, and the artifacts it stores.
+    api = f"{s.mlflow_url}/api/2.0/mlflow"
+    champion = get_json(
+        f"{api}/registered-models/alias", {"name": "clap-fma", "alias": "champion"}
+    )["model_version"]
+    assert champion["run_id"] == mlflow_run_id
+    assert champion["source"].startswith("mlflow-artifacts:/"), champion["source"]
+    history = get_json(
+        f"{api}/metrics/get-history", {"run_id": mlflow_run_id, "metric_key": "val_loss"}
+    )["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(1, MAX_EPOCHS + 1))
+    listed = get_json(f"{api}/artifacts/list", {"run_id": mlflow_run_id, "path": "pyfunc"})
+    epoch = {tag["key"]: tag["value"] for tag in champion["tags"]}["epoch"]
+    assert champion["source"].endswith(f"/pyfunc/epoch-{epoch}")
+    assert [f["path"] for f in listed["files"]] == [f"pyfunc/epoch-{epoch}"]
+    assert list(s.artifacts_dir.rglob("MLmodel")), f"no pyfunc model under {s.artifacts_dir}"
+
+    # A fresh process loads the champion through HTTP only and embeds two texts.
+    code = (
+        "import json, mlflow, numpy as np, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/clap-fma@champion')\n"
+        "e = m.predict(pd.DataFrame({'text': ['folk guitar', 'loud techno']}))\n"
+        "print(json.dumps({'shape': list(e.shape), 'norms': np.linalg.norm(e, axis=1).tolist(),"
+        " 'cos': float(e[0] @ e[1])}))\n"
+    )
+    fresh_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=fresh_env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"][0] == 2 and result["shape"][1] > 0
+    assert all(abs(n - 1.0) < 1e-4 for n in result["norms"])
+    assert result["cos"] < 0.9999  # two texts, two embeddings
+
+    # Down: no process of the stack is left. Up again: the same history comes back.
+    pids = [part.pid for part in stack.status(s) if part.pid]
+    stack_command("down", env)
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and _alive(pid)]
+    assert stack.leftover_processes(s) == []
+    assert all(part.pid is None for part in stack.status(s))
+    stack_command("up", env)
+    assert [r["runId"] for r in _retrain_runs(s)] == [run["runId"]]
+    again = get_json(f"{api}/runs/get", {"run_id": mlflow_run_id})["run"]
+    assert again["info"]["status"] == "FINISHED"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
