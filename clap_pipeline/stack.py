@@ -409,9 +409,9 @@ def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[in
         return exc.code, exc.read()
 
 
-def graphql(s: StackSettings, query: str) -> dict:
+def graphql(s: StackSettings, query: str, variables: dict | None = None) -> dict:
     """One query against the Dagster webserver's GraphQL API; its ``data``."""
-    status, body = _http(f"{s.dagster_url}/graphql", {"query": query})
+    status, body = _http(f"{s.dagster_url}/graphql", {"query": query, "variables": variables or {}})
     payload = json.loads(body or b"{}")
     if status != 200 or payload.get("errors"):
         raise StackError(f"Dagster GraphQL at {s.dagster_url}: HTTP {status}: {payload}")
@@ -434,7 +434,7 @@ def mlflow_ready(s: StackSettings) -> str | None:
     return None if status == 200 else f"GET /health answered {status}"
 
 
-def location_ready(s: StackSettings) -> str | None:
+def location_ready(s: StackSettings, reload: bool = True) -> str | None:
     """None when the webserver has loaded the code location from the code server."""
     data = graphql(s, LOCATION_QUERY)
     entries = data["workspaceOrError"].get("locationEntries", [])
@@ -442,7 +442,8 @@ def location_ready(s: StackSettings) -> str | None:
         loaded = entry.get("locationOrLoadError") or {}
         if entry["name"] == LOCATION and loaded.get("__typename") == "RepositoryLocation":
             return None
-    graphql(s, RELOAD_MUTATION)  # still loading, or the code server came up after us
+    if reload:  # still loading, or the code server came up after the webserver
+        graphql(s, RELOAD_MUTATION)
     return f"code location {LOCATION!r} not loaded yet: {entries}"
 
 

@@ -177,3 +177,64 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+LAUNCH_RUN = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+
+
+def _launch_decode(s: StackSettings) -> str | None:
+    """Queue one `decode_waveforms` run (folder 000, already decoded: quick)."""
+    params = {
+        "selector": {
+            "repositoryLocationName": stack.LOCATION,
+            "repositoryName": "__repository__",
+            "jobName": "decode_waveforms",
+        },
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "000"}]},
+        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+    }
+    launched = stack.graphql(s, LAUNCH_RUN, {"p": params})["launchRun"]
+    if launched["__typename"] == "PipelineNotFoundError":
+        return None  # the webserver has not reloaded the restarted code server yet
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _run_status(s: StackSettings, run_id: str) -> str:
+    return stack.graphql(s, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+
+
+def test_the_stack_rides_out_restarts_of_its_parts(running_stack) -> None:
+    _, s, _ = running_stack
+    # The code server restarts: the webserver reconnects by itself (no reload asked), and
+    # the run launched below goes through the new server (webserver and daemon).
+    old = stack.running_service(s, "code-server")
+    stack.stop_service(s, "code-server")
+    new = stack.start_service(s, "code-server")
+    assert new.pid != old.pid
+    stack.wait_until(s, "code-server", lambda: stack.location_ready(s, reload=False), 180)
+
+    # PostgreSQL restarts under the daemon: it carries on, and queued runs still run.
+    daemon = stack.running_service(s, "daemon")
+    stack.stop_postgres(s)
+    assert not stack.postgres_running(s)
+    stack.start_postgres(s)
+    run_id = wait_for(lambda: _try_launch(s), 90, "a run queued after PostgreSQL restarted")
+    status = wait_for(
+        lambda: (st := _run_status(s, run_id)) in ("SUCCESS", "FAILURE", "CANCELED") and st,
+        240,
+        f"decode_waveforms run {run_id} finished",
+        interval=3,
+    )
+    assert status == "SUCCESS", f"run {run_id}: see {s.stack_dir / 'logs'}"
+    assert stack.running_service(s, "daemon") == daemon  # the same process throughout
+    assert stack.daemons_ready(s) is None
+
+
+def _try_launch(s: StackSettings) -> str | None:
+    try:
+        return _launch_decode(s)
+    except stack.StackError:
+        return None  # the webserver's first query after the restart may still fail
