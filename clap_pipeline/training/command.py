@@ -19,6 +19,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from clap_pipeline.config import ConfigError, Settings, started_by_dagster_pipes
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
 from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
@@ -146,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ModelLoadError, TrainingDataError, TrainingError) as exc:
             reporter.error(str(exc))
             return 2
+        except MlflowException as exc:  # e.g. the tracking server was gone past the retries
+            reporter.error(
+                f"the MLflow tracking store {settings.mlflow_tracking_uri} failed: {exc}. "
+                "Checkpoints of completed epochs are kept; run again once it answers and the "
+                "training resumes in the same MLflow run."
+            )
+            return 3
         if result is not None:
             reporter.result(result)
     return 0

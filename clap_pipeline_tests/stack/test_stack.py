@@ -238,3 +238,54 @@ def _try_launch(s: StackSettings) -> str | None:
         return _launch_decode(s)
     except stack.StackError:
         return None  # the webserver's first query after the restart may still fail
+
+
+def _val_loss_steps(s: StackSettings, run_id: str) -> list[int]:
+    rows = _query(
+        s,
+        "mlflow",
+        "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'val_loss' ORDER BY step",
+        (run_id,),
+    )
+    return [step for (step,) in rows]
+
+
+def _training_runs(s: StackSettings) -> dict[str, str]:
+    return dict(_query(s, "mlflow", "SELECT run_uuid, status FROM runs"))
+
+
+def test_a_training_rides_out_a_restart_of_the_tracking_server(running_stack) -> None:
+    env, s, _ = running_stack
+    before = _training_runs(s)
+    epochs = 6
+    command = [sys.executable, "-m", "clap_pipeline.training", "--max-epochs", str(epochs)]
+    command += ["--patience", str(epochs), "--cpu-threads", "1", "--quiet"]
+    train_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url, "DAGSTER_HOME": str(s.dagster_home)}
+    proc = subprocess.Popen(
+        command, env=train_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        # Once the first epoch is in PostgreSQL, restart the tracking server under it.
+        new_run = wait_for(
+            lambda: next((r for r in _training_runs(s) if r not in before), None),
+            180,
+            "the training's MLflow run",
+        )
+        wait_for(lambda: _val_loss_steps(s, new_run), 180, "epoch 1's val_loss", interval=0.5)
+        assert proc.poll() is None, "the training ended before the restart: lengthen it"
+        stack.stop_service(s, "mlflow")
+        assert stack.running_service(s, "mlflow") is None
+        stack.start_service(s, "mlflow")
+        stack.wait_until(s, "mlflow", lambda: stack.mlflow_ready(s), 120)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:  # MLflow's client retried through the restart
+        assert _val_loss_steps(s, new_run) == list(range(1, epochs + 1))
+    else:  # or it failed clearly, and the next training resumes the same run
+        assert b"MLflow tracking store" in err and s.mlflow_url.encode() in err, err[-2000:]
+        rerun = subprocess.run(command, env=train_env, cwd=REPO_ROOT, capture_output=True)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _training_runs(s)[new_run] == "FINISHED"
+    assert "RUNNING" not in _training_runs(s).values()
