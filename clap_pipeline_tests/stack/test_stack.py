@@ -25,6 +25,7 @@ from clap_pipeline import stack
 from clap_pipeline.audio.demo.collection import write_demo_dataset
 from clap_pipeline.config import REPO_ROOT, StackSettings
 from clap_pipeline_tests.stack.stack_fixtures import (
+    free_ports,
     get_json,
     settings_of,
     stack_command,
@@ -289,3 +290,40 @@ def test_a_training_rides_out_a_restart_of_the_tracking_server(running_stack) ->
         assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert _training_runs(s)[new_run] == "FINISHED"
     assert "RUNNING" not in _training_runs(s).values()
+
+
+def test_two_torchrun_nodes_make_one_run_through_the_tracking_server(running_stack) -> None:
+    """Two `torchrun --nnodes 2` launches (one CPU process each, gloo, c10d on loopback)."""
+    env, s, _ = running_stack
+    before = _training_runs(s)
+    (port,) = free_ports(1)
+    train_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url, "OMP_NUM_THREADS": "1"}
+
+    def node(rank: int) -> subprocess.Popen:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+            "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "clap-stack-test",
+            "--rdzv-conf", f"is_host={int(rank == 0)}",
+            "-m", "clap_pipeline.training", "--max-epochs", "2", "--device", "cpu",
+            "--cpu-threads", "1", "--no-system-metrics", "--no-log-checkpoints",
+        ]  # fmt: skip
+        return subprocess.Popen(
+            command, env=train_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    nodes = [node(0), node(1)]
+    try:
+        outputs = [p.communicate(timeout=400) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(nodes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    (new_run,) = [r for r in _training_runs(s) if r not in before]
+    api = f"{s.mlflow_url}/api/2.0/mlflow"
+    run = get_json(f"{api}/runs/get", {"run_id": new_run})["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert run["info"]["status"] == "FINISHED" and params["world_size"] == "2"
+    assert _val_loss_steps(s, new_run) == [1, 2]
