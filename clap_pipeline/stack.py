@@ -369,25 +369,36 @@ def start_service(s: StackSettings, name: str) -> ProcessRef:
     return ref
 
 
-def _terminate_group(pid: int, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _terminate_groups(pids: list[int], timeout: float) -> None:
+    """SIGTERM every process group at once, SIGKILL those still there after ``timeout``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+    while time.monotonic() < deadline and any(_group_alive(pid) for pid in pids):
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def stop_service(s: StackSettings, name: str, timeout: float = STOP_TIMEOUT_S) -> None:
-    ref = running_service(s, name)
-    if ref is not None:
-        _terminate_group(ref.pid, timeout)
-    _pid_file(s, name).unlink(missing_ok=True)
+    stop_services(s, [name], timeout)
+
+
+def stop_services(s: StackSettings, names: list[str], timeout: float = STOP_TIMEOUT_S) -> None:
+    refs = [ref for name in names if (ref := running_service(s, name)) is not None]
+    _terminate_groups([ref.pid for ref in refs], timeout)
+    for name in names:
+        _pid_file(s, name).unlink(missing_ok=True)
 
 
 def leftover_processes(s: StackSettings) -> list[ProcessRef]:
@@ -535,11 +546,9 @@ def status(s: StackSettings) -> list[PartStatus]:
 
 
 def down(s: StackSettings, log=print) -> list[ProcessRef]:
-    """Stop the services (daemon first), then PostgreSQL; the processes left (should be [])."""
-    for name in reversed(SERVICES):
-        stop_service(s, name)
+    """Stop the services (all at once), then PostgreSQL; the processes left (should be [])."""
+    stop_services(s, list(SERVICES))
     for leftover in leftover_processes(s):  # e.g. a run worker that outlived its parent
-        _terminate_group(leftover.pid, 5.0)
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(leftover.pid).kill()
     if s.postgres_url is None:

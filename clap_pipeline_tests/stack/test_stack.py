@@ -35,6 +35,7 @@ from clap_pipeline_tests.stack.stack_fixtures import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real servers: minutes, not seconds
 MAX_EPOCHS = 3
 RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "retrain"}) { ... on Runs {
   results { runId status } } } }"""
@@ -76,7 +77,24 @@ def _query(s: StackSettings, database: str, sql: str, args: tuple = ()) -> list[
         conn.close()
 
 
-def test_the_chain_runs_through_the_stack_and_lands_in_postgres(running_stack) -> None:
+@pytest.fixture(scope="module")
+def retrained(running_stack) -> dict:
+    """The daemon's sensor queued `retrain`; the daemon launched it through the code server."""
+    _, s, _ = running_stack
+
+    def finished() -> list[dict]:
+        runs = _retrain_runs(s)
+        return runs if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") else []
+
+    (run,) = wait_for(finished, 420, "one retrain run finished", interval=5)
+    log = s.stack_dir / "logs"
+    assert run["status"] == "SUCCESS", f"retrain {run['runId']}: see the Dagster UI / {log}"
+    return run
+
+
+def test_the_chain_runs_through_the_stack_and_lands_in_postgres(
+    running_stack, retrained: dict
+) -> None:
     env, s, out = running_stack
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{s.mlflow_port}" in out
     assert f"export DAGSTER_HOME={s.dagster_home}" in out
@@ -92,14 +110,7 @@ def test_the_chain_runs_through_the_stack_and_lands_in_postgres(running_stack) -
         # (an IPv6 socket bound to the IPv4 loopback shows it mapped)
         assert listening.get(port) in ("127.0.0.1", "::ffff:127.0.0.1"), (port, listening)
 
-    # The daemon's sensor queued `retrain`; the daemon launched it through the code server.
-    def finished() -> list[dict]:
-        runs = _retrain_runs(s)
-        return runs if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") else []
-
-    (run,) = wait_for(finished, 420, "one retrain run finished", interval=5)
-    log = s.stack_dir / "logs"
-    assert run["status"] == "SUCCESS", f"retrain {run['runId']}: see the Dagster UI / {log}"
+    run = retrained
 
     # PostgreSQL: Dagster's runs table, MLflow's run with one val_loss per epoch.
     rows = _query(s, "dagster", "SELECT run_id, status FROM runs WHERE pipeline_name = 'retrain'")
@@ -207,7 +218,7 @@ def _run_status(s: StackSettings, run_id: str) -> str:
     return stack.graphql(s, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
 
 
-def test_the_stack_rides_out_restarts_of_its_parts(running_stack) -> None:
+def test_the_stack_rides_out_restarts_of_its_parts(running_stack, retrained: dict) -> None:
     _, s, _ = running_stack
     # The code server restarts: the webserver reconnects by itself (no reload asked), and
     # the run launched below goes through the new server (webserver and daemon).
@@ -255,7 +266,9 @@ def _training_runs(s: StackSettings) -> dict[str, str]:
     return dict(_query(s, "mlflow", "SELECT run_uuid, status FROM runs"))
 
 
-def test_a_training_rides_out_a_restart_of_the_tracking_server(running_stack) -> None:
+def test_a_training_rides_out_a_restart_of_the_tracking_server(
+    running_stack, retrained: dict
+) -> None:
     env, s, _ = running_stack
     before = _training_runs(s)
     epochs = 6
@@ -292,7 +305,9 @@ def test_a_training_rides_out_a_restart_of_the_tracking_server(running_stack) ->
     assert "RUNNING" not in _training_runs(s).values()
 
 
-def test_two_torchrun_nodes_make_one_run_through_the_tracking_server(running_stack) -> None:
+def test_two_torchrun_nodes_make_one_run_through_the_tracking_server(
+    running_stack, retrained: dict
+) -> None:
     """Two `torchrun --nnodes 2` launches (one CPU process each, gloo, c10d on loopback)."""
     env, s, _ = running_stack
     before = _training_runs(s)
