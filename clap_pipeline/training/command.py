@@ -128,6 +128,16 @@ def _summary(result: TrainingResult) -> dict[str, Any]:
     }
 
 
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    """A collective failed because another rank went away (gloo/NCCL connection errors)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ranks = Ranks.from_env()
@@ -148,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ModelLoadError, TrainingDataError, TrainingError) as exc:
             reporter.error(str(exc))
             return 2
+        except RuntimeError as exc:
+            if not (ranks.distributed and _lost_a_peer(exc)):
+                raise
+            reporter.error(
+                f"rank {ranks.rank} of {ranks.world_size} lost the other ranks ({exc}): a "
+                "process of this launch, on this host or another, died. Start the same "
+                "launch again on every host: training resumes after the last completed epoch."
+            )
+            return 4
         except MlflowException as exc:  # e.g. the tracking server was gone past the retries
             reporter.error(
                 f"the MLflow tracking store {settings.mlflow_tracking_uri} failed: {exc}. "

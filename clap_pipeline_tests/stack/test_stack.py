@@ -11,6 +11,7 @@ model through HTTP from a fresh process, and brings the stack down and up again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -305,40 +306,82 @@ def test_a_training_rides_out_a_restart_of_the_tracking_server(
     assert "RUNNING" not in _training_runs(s).values()
 
 
-def test_two_torchrun_nodes_make_one_run_through_the_tracking_server(
+def _kill_launch(proc: subprocess.Popen) -> None:
+    """torchrun starts each rank in a session of its own: kill the ranks, then torchrun."""
+    for child in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            child.kill()
+    proc.wait()
+
+
+def test_two_torchrun_nodes_make_one_run_and_resume_after_losing_one(
     running_stack, retrained: dict
 ) -> None:
-    """Two `torchrun --nnodes 2` launches (one CPU process each, gloo, c10d on loopback)."""
+    """Two `torchrun --nnodes 2` launches (one CPU process each, gloo, c10d on loopback).
+
+    Node 1 is killed after the first epoch: node 0 fails naming what happened; the same two
+    launches again resume the same MLflow run, which ends with world size 2 and every epoch.
+    """
     env, s, _ = running_stack
     before = _training_runs(s)
-    (port,) = free_ports(1)
+    epochs = 6
     train_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url, "OMP_NUM_THREADS": "1"}
 
-    def node(rank: int) -> subprocess.Popen:
+    def launch(rank: int, port: int) -> subprocess.Popen:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
             "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "clap-stack-test",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"clap-{port}",
             "--rdzv-conf", f"is_host={int(rank == 0)}",
-            "-m", "clap_pipeline.training", "--max-epochs", "2", "--device", "cpu",
-            "--cpu-threads", "1", "--no-system-metrics", "--no-log-checkpoints",
+            "-m", "clap_pipeline.training", "--max-epochs", str(epochs), "--patience",
+            str(epochs), "--device", "cpu", "--cpu-threads", "1", "--no-system-metrics",
         ]  # fmt: skip
         return subprocess.Popen(
-            command, env=train_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command,
+            env=train_env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
-    nodes = [node(0), node(1)]
+    (port,) = free_ports(1)
+    node0, node1 = launch(0, port), launch(1, port)
     try:
-        outputs = [p.communicate(timeout=400) for p in nodes]
+        seen = []
+        for line in node0.stdout:
+            seen.append(line)
+            if line.startswith("epoch 1 done"):
+                break
+        assert any(line.startswith("epoch 1 done") for line in seen), "".join(seen)[-3000:]
+        (new_run,) = [r for r in _training_runs(s) if r not in before]
+        # Until rank 0 has saved the resume state of epoch 1, then node 1 dies.
+        resume_file = s.data_dir / "checkpoints" / new_run / "resume.json"
+        wait_for(resume_file.exists, 60, f"epoch 1's resume state {resume_file}", interval=0.1)
+        _kill_launch(node1)
+        failed = "".join(seen) + node0.communicate(timeout=180)[0]
     finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(nodes, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    (new_run,) = [r for r in _training_runs(s) if r not in before]
-    api = f"{s.mlflow_url}/api/2.0/mlflow"
-    run = get_json(f"{api}/runs/get", {"run_id": new_run})["run"]
+        for proc in (node0, node1):
+            if proc.poll() is None:
+                _kill_launch(proc)
+    assert node0.returncode != 0
+    assert "lost the other ranks" in failed and "Start the same launch again" in failed, failed[
+        -3000:
+    ]
+
+    (port,) = free_ports(1)
+    reruns = [launch(0, port), launch(1, port)]
+    try:
+        outputs = [p.communicate(timeout=400)[0] for p in reruns]
+    finally:
+        for proc in reruns:
+            if proc.poll() is None:
+                _kill_launch(proc)
+    for proc, out in zip(reruns, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+    assert f"resuming MLflow run {new_run}" in outputs[0], outputs[0][-3000:]
+    assert [r for r in _training_runs(s) if r not in before] == [new_run]
+    run = get_json(f"{s.mlflow_url}/api/2.0/mlflow/runs/get", {"run_id": new_run})["run"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert run["info"]["status"] == "FINISHED" and params["world_size"] == "2"
-    assert _val_loss_steps(s, new_run) == [1, 2]
+    assert _val_loss_steps(s, new_run) == list(range(1, epochs + 1))
