@@ -272,7 +272,7 @@ def test_a_training_rides_out_a_restart_of_the_tracking_server(
 ) -> None:
     env, s, _ = running_stack
     before = _training_runs(s)
-    epochs = 6
+    epochs = 4
     command = [sys.executable, "-m", "clap_pipeline.training", "--max-epochs", str(epochs)]
     command += ["--patience", str(epochs), "--cpu-threads", "1", "--quiet"]
     train_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url, "DAGSTER_HOME": str(s.dagster_home)}
@@ -324,7 +324,7 @@ def test_two_torchrun_nodes_make_one_run_and_resume_after_losing_one(
     """
     env, s, _ = running_stack
     before = _training_runs(s)
-    epochs = 6
+    epochs = 4
     train_env = {**env, "MLFLOW_TRACKING_URI": s.mlflow_url, "OMP_NUM_THREADS": "1"}
 
     def launch(rank: int, port: int) -> subprocess.Popen:
