@@ -471,8 +471,12 @@ def wait_until(
     start = time.monotonic()
     why = "no answer yet"
     while time.monotonic() - start < timeout:
-        if name in SERVICES and running_service(s, name) is None:
-            raise StackError(f"{name} exited while starting; see {_log_file(s, name)}")
+        for part in SERVICES:  # any part that died (e.g. the code server on an import error)
+            if _pid_file(s, part).exists() and running_service(s, part) is None:
+                raise StackError(
+                    f"{part} exited while {name} was starting; see {_log_file(s, part)} "
+                    "(`make stack-down` stops the parts still running)"
+                )
         try:
             result = check()
         except (OSError, StackError, ValueError, KeyError) as exc:
