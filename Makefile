@@ -3,9 +3,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-export DAGSTER_HOME := $(CURDIR)/.dagster
+# `make stack` prints another DAGSTER_HOME (its instance on PostgreSQL): an exported one wins.
+DAGSTER_HOME ?= $(CURDIR)/.dagster
+export DAGSTER_HOME
 
-.PHONY: install demo test lint docs dev mlflow-ui serve bench clean-data
+.PHONY: install demo test lint docs dev mlflow-ui serve bench clean-data stack stack-down
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +33,12 @@ test: lint docs
 
 dev: install
 	@scripts/dev.sh
+
+stack: install
+	@scripts/stack.sh up
+
+stack-down: install
+	@scripts/stack.sh down
 
 mlflow-ui: install
 	$(PY) -m clap_pipeline.tracking ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}

@@ -362,3 +362,84 @@ class Settings:
     @property
     def tiny_model_dir(self) -> Path:
         return self.data_dir / "models" / "tiny-clap"
+
+
+# --------------------------------------------------------------------------- `make stack`
+
+STACK_MARKER_VARIABLE = "CLAP_STACK_HOME"  # carried by every process `make stack` starts
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """`make stack` (clap_pipeline/stack.py): where its parts keep their data, their ports."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    postgres_url: str | None = None  # CLAP_POSTGRES_URL: an existing server, none started
+    postgres_port: int = 5433
+    mlflow_port: int = 5050
+    dagster_port: int = 3000
+    code_server_port: int = 4266
+    max_concurrent_runs: int = 4
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StackSettings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def port(name: str, default: int) -> int:
+            raw = get(name) or str(default)
+            try:
+                value = int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be a port number, got {raw!r}") from exc
+            if not 0 < value < 65536:
+                raise ConfigError(f"{name} must be a port number (1-65535), got {value}")
+            return value
+
+        runs = get("CLAP_STACK_MAX_CONCURRENT_RUNS") or "4"
+        if not runs.isdigit() or int(runs) < 1:
+            raise ConfigError(f"CLAP_STACK_MAX_CONCURRENT_RUNS must be >= 1, got {runs!r}")
+        url = get("CLAP_POSTGRES_URL")
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"CLAP_POSTGRES_URL must be a postgresql://user:password@host:port URL, got {url!r}"
+            )
+        return cls(
+            data_dir=Path(get("CLAP_DATA_DIR") or "data").expanduser().resolve(),
+            host=get("CLAP_STACK_HOST") or "127.0.0.1",
+            postgres_url=url,
+            postgres_port=port("CLAP_STACK_POSTGRES_PORT", 5433),
+            mlflow_port=port("CLAP_STACK_MLFLOW_PORT", 5050),
+            dagster_port=port("CLAP_STACK_DAGSTER_PORT", 3000),
+            code_server_port=port("CLAP_STACK_CODE_SERVER_PORT", 4266),
+            max_concurrent_runs=int(runs),
+        )
+
+    @property
+    def stack_dir(self) -> Path:
+        """Pid files, logs, the generated password and the state of the running stack."""
+        return self.data_dir / "stack"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "mlflow-artifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.host}:{self.dagster_port}"

@@ -19,6 +19,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from clap_pipeline.config import ConfigError, Settings, add_setting_flags, started_by_dagster_pipes
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
 from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
@@ -112,6 +114,16 @@ def _summary(result: TrainingResult) -> dict[str, Any]:
     }
 
 
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    """A collective failed because another rank went away (gloo/NCCL connection errors)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ranks = Ranks.from_env()
@@ -132,6 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ModelLoadError, TrainingDataError, TrainingError) as exc:
             reporter.error(str(exc))
             return 2
+        except RuntimeError as exc:
+            if not (ranks.distributed and _lost_a_peer(exc)):
+                raise
+            reporter.error(
+                f"rank {ranks.rank} of {ranks.world_size} lost the other ranks ({exc}): a "
+                "process of this launch, on this host or another, died. Start the same "
+                "launch again on every host: training resumes after the last completed epoch."
+            )
+            return 4
+        except MlflowException as exc:  # e.g. the tracking server was gone past the retries
+            reporter.error(
+                f"the MLflow tracking store {settings.mlflow_tracking_uri} failed: {exc}. "
+                "Checkpoints of completed epochs are kept; run again once it answers and the "
+                "training resumes in the same MLflow run."
+            )
+            return 3
         if result is not None:
             reporter.result(result)
     return 0
