@@ -107,12 +107,14 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
         target = ModuleTarget(
             module_name=MODULE, attribute=None, working_directory=str(REPO), location_name=None
         )
-        most_at_once = 0
+        most_at_once, first_dequeue = 0, None
         with WorkspaceProcessContext(instance, target) as context:
             deadline = time.monotonic() + 400
             while True:
                 list(daemon.run_iteration(context))
                 statuses = [r.status for r in instance.get_runs()]
+                if first_dequeue is None:  # what the first pass let out of the queue
+                    first_dequeue = sum(s != DagsterRunStatus.QUEUED for s in statuses)
                 most_at_once = max(most_at_once, sum(s in IN_PROGRESS for s in statuses))
                 if all(s in FINISHED for s in statuses):
                     break
@@ -121,7 +123,10 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
 
         runs = instance.get_runs()
         assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}
-        assert most_at_once == BACKFILL_RUNS_AT_ONCE  # the third waited in the queue
+        # The first pass dequeued the limit while the third waited in the queue; sampled
+        # every 0.5 s, runs in progress never exceeded it (fast runs need not overlap).
+        assert first_dequeue == BACKFILL_RUNS_AT_ONCE, first_dequeue
+        assert 1 <= most_at_once <= BACKFILL_RUNS_AT_ONCE
         assert instance.get_materialized_partitions(AssetKey("waveforms")) == set(FOLDERS)
     rows = {folder: pq.read_table(data / "waveforms" / f"{folder}.parquet") for folder in FOLDERS}
     assert {f: t.column("track_id").to_pylist() for f, t in rows.items()} == {
