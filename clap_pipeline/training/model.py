@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import processors
+from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import (
     ClapAudioConfig,
     ClapConfig,
@@ -198,7 +198,6 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     ``tokenizer.json``): a tiny text tower trained on a few hundred prompts cannot learn
     "Folk" (FMA's genre names) and "folk" (what people type) as two words.
     """
-    from tokenizers import ByteLevelBPETokenizer
 
     corpus = [" ".join(TINY_TOKENIZER_WORDS)] * 5 + TINY_TOKENIZER_WORDS
     # A prefix space makes a word one token wherever it stands ("hip" opening a query
@@ -211,7 +210,14 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
         show_progress=False,
     )
-    # RoBERTa's framing: <s> text </s>.
+    return roberta_framed(bpe)
+
+
+def roberta_framed(bpe: ByteLevelBPETokenizer) -> PreTrainedTokenizerFast:
+    """A trained byte-level BPE as a transformers tokenizer with RoBERTa's framing and
+    special tokens (``<s> text </s>``, ids 0-4 for ``<s> <pad> </s> <unk> <mask>``)."""
+    from transformers import PreTrainedTokenizerFast
+
     bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,

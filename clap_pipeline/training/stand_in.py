@@ -18,12 +18,13 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import ByteLevelBPETokenizer, processors
+from tokenizers import ByteLevelBPETokenizer
 from transformers import ClapConfig, ClapModel, ClapProcessor, PreTrainedTokenizerFast
 
 from clap_pipeline.storage import atomic_path
 from clap_pipeline.training.model import (
     TINY_TOKENIZER_WORDS,
+    roberta_framed,
     save_tiny_model,
     unfused_feature_extractor,
 )
@@ -160,17 +161,7 @@ def roberta_like_tokenizer(vocab_size: int = ROBERTA_VOCAB_SIZE) -> PreTrainedTo
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
         show_progress=False,
     )
-    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        sep_token="</s>",
-        cls_token="<s>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    return roberta_framed(bpe)
 
 
 def full_size_config() -> ClapConfig:
