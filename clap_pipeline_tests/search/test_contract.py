@@ -46,6 +46,7 @@ def test_schemathesis_finds_no_contract_failure(
             text=True,
             timeout=300,
             check=False,
+            cwd=collection.data_dir,  # its example database (.schemathesis/) stays in tmp
         )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-8000:]
