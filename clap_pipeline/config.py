@@ -369,55 +369,65 @@ class Settings:
 STACK_MARKER_VARIABLE = "CLAP_STACK_HOME"  # carried by every process `make stack` starts
 
 
+def _is_port(value: int) -> bool:
+    return 0 < value < 65536
+
+
+def _is_postgres_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def _port(env: str, default: int, what: str) -> Any:
+    return field(
+        default=default, metadata=spec(env, int, what, rule=(_is_port, "a port number (1-65535)"))
+    )
+
+
 @dataclass(frozen=True)
 class StackSettings:
-    """`make stack` (clap_pipeline/stack.py): where its parts keep their data, their ports."""
+    """`make stack` (clap_pipeline/stack.py): where its parts keep their data, their ports.
+
+    Declared as ``Settings`` is (one field per setting); the data folder is ``Settings``'
+    ``CLAP_DATA_DIR``.
+    """
 
     data_dir: Path
-    host: str = "127.0.0.1"
-    postgres_url: str | None = None  # CLAP_POSTGRES_URL: an existing server, none started
-    postgres_port: int = 5433
-    mlflow_port: int = 5050
-    dagster_port: int = 3000
-    code_server_port: int = 4266
-    max_concurrent_runs: int = 4
+    host: str = field(
+        default="127.0.0.1",
+        metadata=spec("CLAP_STACK_HOST", str, "address every part of the stack listens on"),
+    )
+    postgres_url: str | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_POSTGRES_URL",
+            str,
+            "an existing PostgreSQL server to use instead of starting one",
+            rule=(_is_postgres_url, "a postgresql://user:password@host:port URL"),
+        ),
+    )
+    postgres_port: int = _port("CLAP_STACK_POSTGRES_PORT", 5433, "port of the stack's PostgreSQL")
+    mlflow_port: int = _port("CLAP_STACK_MLFLOW_PORT", 5050, "port of the MLflow tracking server")
+    dagster_port: int = _port("CLAP_STACK_DAGSTER_PORT", 3000, "port of the Dagster webserver")
+    code_server_port: int = _port(
+        "CLAP_STACK_CODE_SERVER_PORT", 4266, "port of the Dagster code location server"
+    )
+    max_concurrent_runs: int = field(
+        default=4,
+        metadata=spec(
+            "CLAP_STACK_MAX_CONCURRENT_RUNS",
+            int,
+            "runs the stack's queue lets run at once",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_rules(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackSettings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        def port(name: str, default: int) -> int:
-            raw = get(name) or str(default)
-            try:
-                value = int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name} must be a port number, got {raw!r}") from exc
-            if not 0 < value < 65536:
-                raise ConfigError(f"{name} must be a port number (1-65535), got {value}")
-            return value
-
-        runs = get("CLAP_STACK_MAX_CONCURRENT_RUNS") or "4"
-        if not runs.isdigit() or int(runs) < 1:
-            raise ConfigError(f"CLAP_STACK_MAX_CONCURRENT_RUNS must be >= 1, got {runs!r}")
-        url = get("CLAP_POSTGRES_URL")
-        if url and not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(
-                f"CLAP_POSTGRES_URL must be a postgresql://user:password@host:port URL, got {url!r}"
-            )
-        return cls(
-            data_dir=Path(get("CLAP_DATA_DIR") or "data").expanduser().resolve(),
-            host=get("CLAP_STACK_HOST") or "127.0.0.1",
-            postgres_url=url,
-            postgres_port=port("CLAP_STACK_POSTGRES_PORT", 5433),
-            mlflow_port=port("CLAP_STACK_MLFLOW_PORT", 5050),
-            dagster_port=port("CLAP_STACK_DAGSTER_PORT", 3000),
-            code_server_port=port("CLAP_STACK_CODE_SERVER_PORT", 4266),
-            max_concurrent_runs=int(runs),
-        )
+        data_dir = Settings.from_env(environ).data_dir
+        return cls(data_dir=data_dir, **values_from_env(cls, environ))
 
     @property
     def stack_dir(self) -> Path:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline.config import ConfigError, Settings, add_setting_flags, setting_specs
+from clap_pipeline.config import (
+    ConfigError,
+    Settings,
+    StackSettings,
+    add_setting_flags,
+    setting_specs,
+)
 from clap_pipeline.defs.resources import ClapSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +78,9 @@ def test_every_setting_has_a_docs_row() -> None:
     }
     declared = {spec.env for _, _, spec in setting_specs(Settings)}
     assert declared - rows == set()
+
+
+def test_every_stack_setting_is_documented() -> None:
+    docs = (ROOT / "docs" / "stack.md").read_text()
+    declared = {spec.env for _, _, spec in setting_specs(StackSettings)}
+    assert declared and {env for env in declared if f"`{env}" not in docs} == set()
