@@ -46,6 +46,9 @@ from clap_pipeline.audio.decode import (
 )
 from clap_pipeline.dataset import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
 
+# Input samples per frame handed to libswresample: the same output as one frame (its
+# filter state carries over), about 3x faster than one 5-s frame (benchmarks/bench_decode.py).
+RESAMPLE_CHUNK = 16_384
 MAX_ERROR_RATE = 2 / 3  # ffmpeg's default -max_error_rate: more failed packets is an error
 _AV_TIME_BASE = 1_000_000
 _LEVELS = {
@@ -198,7 +201,7 @@ class _InputSamples:
         return self.kept >= self.want
 
     def to_mono_48k(self) -> np.ndarray:
-        """The kept samples through libswresample (one frame, then flushed), float32 mono.
+        """The kept samples through libswresample (in chunks, then flushed), float32 mono.
 
         Planar float stereo (MP3) is averaged here first, so that one channel instead
         of two is resampled (3x faster); the CLI's libswresample resamples both and then
@@ -211,12 +214,17 @@ class _InputSamples:
         if layout == "stereo" and fmt == "fltp":
             samples = ((samples[0] + samples[1]) * np.float32(0.5))[None, :]
             layout = "mono"
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=fmt, layout=layout)
-        frame.sample_rate = rate
         resampler = AudioResampler(
             format="flt", layout="mono", rate=SAMPLE_RATE, options={"rematrix_maxval": "1.0"}
         )
-        out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        out = []
+        width = 1 if layout == "mono" or self.planar else self.width  # values per sample
+        step = RESAMPLE_CHUNK * width
+        for start in range(0, samples.shape[1], step):
+            chunk = np.ascontiguousarray(samples[:, start : start + step])
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout=layout)
+            frame.sample_rate = rate
+            out += [f.to_ndarray()[0] for f in resampler.resample(frame)]
         out += [f.to_ndarray()[0] for f in resampler.resample(None)]
         if not out:
             return np.zeros(0, dtype=np.float32)

@@ -23,6 +23,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from clap_pipeline.audio import decode_av
 from clap_pipeline.audio.decode import DecodeFailure, decode_window
 from clap_pipeline.audio.decode_av import decode_job, decode_window_av
 from clap_pipeline.audio.decode_failures import read_failures
@@ -90,6 +91,19 @@ def test_a_one_sample_shift_breaks_the_agreement_bounds(audio: AudioFactory) -> 
     window = decode_window_av(audio.source("long30s"), 2.0).samples
     max_abs, snr = agreement(window[1:], window[:-1])
     assert max_abs > MAX_ABS_DIFF and snr < MIN_SNR_DB
+
+
+@pytest.mark.parametrize("kind", ["cbr256", "wav", "22k", "mono"])
+def test_resampling_in_chunks_gives_the_samples_of_one_frame(
+    audio: AudioFactory, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libswresample keeps its filter state across frames: chunking is for speed only."""
+    path = audio.source(kind)
+    chunked = decode_window_av(path, 0.0).samples
+    monkeypatch.setattr(decode_av, "RESAMPLE_CHUNK", 10**9)  # the whole window as one frame
+    whole = decode_window_av(path, 0.0).samples
+    np.testing.assert_array_equal(chunked, whole)
+    assert np.abs(chunked).max() > 0.01
 
 
 def test_seek_and_padding_agree_at_the_end_of_the_clip(audio: AudioFactory) -> None:
