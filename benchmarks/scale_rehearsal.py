@@ -9,7 +9,7 @@ of its genre's style where the demo synthesiser has one.
 
 Then it materializes the chain with the Dagster CLI on a fresh DAGSTER_HOME, one
 process per stage as a user would (scripts/demo.sh): ``tracks``+``prompts``, every
-``waveforms`` folder partition as one backfill, ``clap_model`` (tiny offline CLAP, its
+``waveforms`` folder partition in one run of job ``decode_waveforms`` (a partition range), ``clap_model`` (tiny offline CLAP, its
 recipe from scripts/tiny_model_run_config.yaml with ``--epochs``), ``evaluation``,
 ``track_embeddings``, ``model_comparison``, then the search service's index load and
 100 searches. Per stage: wall time, items/s, peak RSS of the stage's process tree
@@ -374,8 +374,10 @@ def main() -> int:
     stages.append(
         run_stage(
             "waveforms",
-            [*materialize, "--select", "waveforms", "--partition-range",
-             f"{folders[0]}...{folders[-1]}", "--config-json", in_process],
+            [dagster, "job", "execute", "-m", "clap_pipeline.definitions", "-j", "decode_waveforms",
+             "--tags", json.dumps({"dagster/asset_partition_range_start": folders[0],
+                                   "dagster/asset_partition_range_end": folders[-1]}),
+             "--config-json", in_process],
             env, n, "clips", watch,
         )
     )  # fmt: skip
