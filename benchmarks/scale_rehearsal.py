@@ -354,6 +354,8 @@ def main() -> int:
     recipe["ops"]["clap_model"]["config"]["max_epochs"] = args.epochs
     (run / "clap_model.yaml").write_text(yaml.safe_dump(recipe))
     in_process = json.dumps({"execution": {"config": {"in_process": {}}}})
+    in_process_file = run / "in_process.yaml"  # `dagster job execute` takes files only
+    in_process_file.write_text(yaml.safe_dump(json.loads(in_process)))
     dagster = str(Path(sys.executable).parent / "dagster")
     materialize = [dagster, "asset", "materialize", "-m", "clap_pipeline.definitions"]
     watch = [data, home, run / "mlflow.db"]
@@ -377,7 +379,7 @@ def main() -> int:
             [dagster, "job", "execute", "-m", "clap_pipeline.definitions", "-j", "decode_waveforms",
              "--tags", json.dumps({"dagster/asset_partition_range_start": folders[0],
                                    "dagster/asset_partition_range_end": folders[-1]}),
-             "--config-json", in_process],
+             "-c", str(in_process_file)],
             env, n, "clips", watch,
         )
     )  # fmt: skip
