@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +177,52 @@ def run_stage(
     return stage
 
 
+def bare_cli_reference(audio_dir: Path, n: int, workers: int) -> Stage:
+    """The bare ffmpeg CLI over the same 5-s windows: one process per clip, ``workers`` at once.
+
+    The reference of the done-when check: the ``waveforms`` run must take at most half
+    this wall time. Output to /dev/null, so it is the CLI's best case.
+    """
+    from clap_pipeline.audio.decode import ensure_ffmpeg, window_command
+
+    exe = ensure_ffmpeg()
+    clips = sorted(audio_dir.glob("[0-9][0-9][0-9]/*.mp3"))[:n]
+    log(
+        f"==> bare ffmpeg CLI (reference): {len(clips)} clips, {workers} at once  (load {loadavg()})"
+    )
+
+    def one(path: Path) -> None:
+        subprocess.run(window_command(path, 0.0, exe), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60, check=False)  # fmt: skip
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, clips))
+    wall = time.perf_counter() - started
+    stage = Stage("bare ffmpeg CLI (reference)", len(clips), "clips", wall, 0, 0)
+    log(f"    {stage.name}: {human_duration(wall)}, {stage.rate:.1f} clips/s")
+    return stage
+
+
+def decode_verdict(waveforms: Stage, reference: Stage, cores: int) -> str:
+    ratio = waveforms.wall_s / reference.wall_s * reference.items / waveforms.items
+    return (
+        f"Decoding: the waveforms run {human_duration(waveforms.wall_s)} for {waveforms.items} "
+        f"clips ({waveforms.rate:.1f} clips/s); the bare ffmpeg CLI, {cores} processes at once, "
+        f"the same 5-s windows: {human_duration(reference.wall_s)} for {reference.items} clips "
+        f"({reference.rate:.1f} clips/s). Wall time per clip, waveforms run / bare CLI = "
+        f"{ratio:.2f} (target <= 0.50), {waveforms.rate / reference.rate:.2f}x "
+        "the CLI's rate."
+    )
+
+
+def csv_rows(meta: Path) -> int:
+    """Rows of a given collection's tracks.csv (its three header lines not counted)."""
+    import pandas as pd
+
+    return len(pd.read_csv(meta / "tracks.csv", header=[0, 1], index_col=0, low_memory=False))
+
+
 def dagster_python(env: dict[str, str], code: str) -> str:
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=REPO, check=True, capture_output=True, text=True
@@ -308,6 +354,14 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="clap_model max_epochs")
     parser.add_argument("--work", type=Path, default=None, help="folder (default: a temp dir)")
     parser.add_argument("--cores-per-gpu", type=int, default=16, help="for extrapolation (c)")
+    parser.add_argument(
+        "--collection",
+        type=Path,
+        help="an existing FMA-format collection (fma_metadata/, fma_audio/) instead of writing one",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip timing the bare ffmpeg CLI on the clips"
+    )
     parser.add_argument("--search-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.search_only:
@@ -321,8 +375,12 @@ def main() -> int:
     log(f"scale rehearsal: N={n}, {args.epochs} epoch(s), {cores} cores, work {work}")
     log(f"load average at start: {loadavg()}")
     # In a child process: the 106,574-row frame would stay in this process's heap (~1 GB).
-    with ProcessPoolExecutor(1) as pool:
-        meta, audio = pool.submit(write_collection, work / "collection", n).result()
+    if args.collection:
+        meta, audio = args.collection / "fma_metadata", args.collection / "fma_audio"
+        log(f"collection: {args.collection} (given)")
+    else:
+        with ProcessPoolExecutor(1) as pool:
+            meta, audio = pool.submit(write_collection, work / "collection", n).result()
 
     run = work / f"run-{n}"
     if run.exists():
@@ -364,7 +422,7 @@ def main() -> int:
         run_stage(
             "tracks+prompts",
             [*materialize, "--select", "tracks,prompts", "--config-json", in_process],
-            env, FMA_LARGE_TRACKS, "rows", watch,
+            env, csv_rows(meta) if args.collection else FMA_LARGE_TRACKS, "rows", watch,
         )
     ]  # fmt: skip
     folders = dagster_python(
@@ -383,6 +441,7 @@ def main() -> int:
             env, n, "clips", watch,
         )
     )  # fmt: skip
+    reference = None if args.no_reference else bare_cli_reference(audio, n, cores)
     stages.append(
         run_stage(
             "clap_model",
@@ -447,6 +506,7 @@ def main() -> int:
             ],
             right=frozenset({1, 2, 3, 4, 5}),
         ),
+        *([] if reference is None else [Paragraph(decode_verdict(stages[1], reference, cores))]),
         Paragraph(
             f"Dagster with {partitions['_partitions']} folder partitions "
             f"({partitions['_materialized']} materialized): "
