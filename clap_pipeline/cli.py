@@ -41,7 +41,7 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.training.model import save_tiny_model
+    from clap_pipeline.model.tiny import save_tiny_model
 
     out = save_tiny_model(Path(args.out_dir), seed=args.seed)
     print(f"tiny CLAP saved to {out}; use it with CLAP_MODEL={out}")

@@ -27,7 +27,9 @@ def imported_modules(tree: ast.AST) -> set[str]:
 
 def test_the_package_has_the_stage_folders() -> None:
     stages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert stages == {"metadata", "audio", "training", "evaluation", "search", "demo", "defs"}
+    assert stages == {
+        "model", "metadata", "audio", "training", "evaluation", "search", "demo", "defs"
+    }  # fmt: skip
     assert len(MODULES) > 30  # the walk below sees the whole package
 
 
@@ -73,12 +75,15 @@ def test_no_module_is_over_the_size_limit() -> None:
     assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}
 
 
-# floor < metadata < audio < training < evaluation < search < demo < the entry points
-# (demo/ makes offline data from any stage's contract; no stage imports it)
-STAGE_ORDER = ["metadata", "audio", "training", "evaluation", "search", "demo"]
+# floor (top-level modules and model/) < metadata < audio < training < evaluation < search
+# < demo < the entry points (demo/ makes offline data from any stage's contract; no stage
+# imports it). model/ is the floor's package: every stage loads, embeds and saves through it.
+FLOOR_PACKAGES = {"model"}
+STAGES = ["metadata", "audio", "training", "evaluation", "search"]
+STAGE_ORDER = [*STAGES, "demo"]
 ENTRY_POINTS = {"defs", "cli", "definitions"}
-# The MLflow pyfunc model is the trained model as MLflow loads it: it needs the model code.
-UPWARD_ALLOWED = {"pyfunc_model.py"}
+# The MLflow pyfunc model is the trained model as MLflow loads it: it decodes audio files.
+UPWARD_ALLOWED = {"pyfunc_model.py": {"clap_pipeline.audio.decode"}}
 
 
 def _rank(first_part: str) -> int:
@@ -91,14 +96,44 @@ def test_imports_go_one_way_through_the_stages() -> None:
     upward = []
     for module in MODULES:
         relative = module.relative_to(PACKAGE)
-        if str(relative) in UPWARD_ALLOWED:
-            continue
         rank = _rank(relative.parts[0].removesuffix(".py"))
+        allowed = UPWARD_ALLOWED.get(str(relative), set())
         for name in imported_modules(ast.parse(module.read_text())):
             parts = name.split(".")
-            if parts[0] == "clap_pipeline" and len(parts) > 1 and _rank(parts[1]) > rank:
+            above = parts[0] == "clap_pipeline" and len(parts) > 1 and _rank(parts[1]) > rank
+            if above and name not in allowed:
                 upward.append(f"{relative} imports {name}")
     assert upward == []
+
+
+def test_no_stage_imports_another_stages_modules() -> None:
+    """A stage reads what another stage wrote through the floor (dataset.py, selection.py,
+    training_report.py, model/ ...), never through that stage's own modules."""
+    crossing = []
+    for module in MODULES:
+        relative = module.relative_to(PACKAGE)
+        if relative.parts[0] not in STAGES:
+            continue
+        for name in imported_modules(ast.parse(module.read_text())):
+            parts = name.split(".")
+            other_stage = len(parts) > 1 and parts[1] in STAGES and parts[1] != relative.parts[0]
+            if parts[0] == "clap_pipeline" and other_stage:
+                crossing.append(f"{relative} imports {name}")
+    assert crossing == []
+
+
+def test_the_floor_and_the_model_import_no_stage() -> None:
+    """pyfunc_model.py (the pyfunc model MLflow loads) and model/ use no training code."""
+    offending = []
+    for module in MODULES:
+        relative = module.relative_to(PACKAGE)
+        if relative.parts[0] not in FLOOR_PACKAGES and str(relative) != "pyfunc_model.py":
+            continue
+        for name in imported_modules(ast.parse(module.read_text())):
+            stage = name.startswith(tuple(f"clap_pipeline.{s}" for s in STAGES))
+            if stage and name not in UPWARD_ALLOWED.get(str(relative), set()):
+                offending.append(f"{relative} imports {name}")
+    assert offending == []
 
 
 def _module_name(path: Path) -> str:

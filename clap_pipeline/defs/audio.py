@@ -41,7 +41,7 @@ from clap_pipeline.audio.waveforms import (
     remove_unselected_partitions,
 )
 from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
-from clap_pipeline.metadata.selection import select_tracks, stray_audio_files
+from clap_pipeline.selection import select_tracks, stray_audio_files
 
 from .partitions import audio_folder_partitions
 from .resources import ClapSettings

@@ -50,7 +50,7 @@ from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.feedback import count_feedback
 from clap_pipeline.metadata.fma import FmaFormatError
 from clap_pipeline.metadata.new_tracks import CsvHash, RawInputs, decide, last_training, raw_inputs
-from clap_pipeline.metadata.selection import inputs_state
+from clap_pipeline.selection import inputs_state
 from clap_pipeline.storage import DuckDBLockTimeout
 
 DATA_VERSION_TAG = "clap/data_version"

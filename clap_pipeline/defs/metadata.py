@@ -34,7 +34,7 @@ from clap_pipeline.metadata.prompts import (
     missing_track_ids,
     read_track_texts,
 )
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import select_tracks
 from clap_pipeline.storage import table_exists
 from clap_pipeline.tables import markdown_table
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dagster import DagsterInstance, DynamicPartitionsDefinition
 
 from clap_pipeline.config import Settings
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import select_tracks
 
 audio_folder_partitions = DynamicPartitionsDefinition(name="audio_folders")
 

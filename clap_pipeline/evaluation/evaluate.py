@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex
 from clap_pipeline.evaluation.genres import GenrePlan, genre_classification, genre_search_report
 from clap_pipeline.evaluation.inputs import (
     MODELS,
@@ -34,7 +35,6 @@ from clap_pipeline.evaluation.inputs import (
     EvaluationError,
     Log,
     load_manifest,
-    read_genres,
     report_path,
     split_clips,
 )
@@ -43,7 +43,7 @@ from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.render import format_evaluation_table
 from clap_pipeline.evaluation.report import EvaluationReport, load_report
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
-from clap_pipeline.training.data import Prompts, TrainingDataError, WaveformIndex
+from clap_pipeline.selection import TracksError, read_genres
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:
@@ -71,7 +71,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     """Evaluate both models, write ``evaluation.json`` atomically, log to MLflow; return it."""
     # torch loads here, not at import: `show` and the Dagster definitions stay fast.
     from clap_pipeline.evaluation.encoder import embed_model
-    from clap_pipeline.training.model import pick_device
+    from clap_pipeline.model.clap import pick_device
 
     config.validate()
     say = log or (lambda _msg: None)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(config, EvalInputs.from_settings(settings), log=print)
         print(format_evaluation_table(report))
         return 0
-    except (EvaluationError, ConfigError) as exc:
+    except (EvaluationError, TracksError, ConfigError) as exc:
         print(f"evaluation {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -107,8 +107,8 @@ def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str
     """Cosine scores of queries against the pool's clips with the model in ``model_dir``."""
     import torch
 
-    from clap_pipeline.training.features import features_for_model
-    from clap_pipeline.training.model import clip_embeddings, load_clap, text_embeddings, tokenize
+    from clap_pipeline.model.clap import clip_embeddings, load_clap, text_embeddings, tokenize
+    from clap_pipeline.model.features import features_for_model
 
     clap = load_clap(model_dir)
     model = clap.model.eval()

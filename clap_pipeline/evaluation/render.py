@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from clap_pipeline.evaluation import genre_search
+from clap_pipeline import genre_search
 from clap_pipeline.evaluation.checks import beats_random
 from clap_pipeline.evaluation.inputs import MODELS
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, SplitRetrieval

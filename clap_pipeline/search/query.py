@@ -35,15 +35,15 @@ import pyarrow as pa
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
-from clap_pipeline.evaluation.genre_search import (
+from clap_pipeline.feedback import validate_query
+from clap_pipeline.genre_search import (
     GENRE_QUERIES,
     GenreSearchConfig,
     eligible_genres,
     model_genre_search,
 )
-from clap_pipeline.evaluation.inputs import read_genres
-from clap_pipeline.feedback import validate_query
 from clap_pipeline.search.filters import Filters, build_catalog
+from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import (
     atomic_path,
     duckdb_connection,
@@ -251,8 +251,8 @@ def build_track_embeddings(
     log: Callable[[str], None] | None = None,
 ) -> BuildSummary:
     """Embed every clip of the waveforms dataset with ``model`` and replace the table."""
+    from clap_pipeline.model.clap import load_clap
     from clap_pipeline.search.embeddings import embed_waveforms
-    from clap_pipeline.training.model import load_clap
 
     clap = load_clap(model.source)
     embedded = embed_waveforms(clap, waveforms_dir, batch_size=batch_size, device=device, log=log)
@@ -528,7 +528,7 @@ def encode_query(clap, text: str) -> np.ndarray:
     """L2-normalised text embedding (d,) of one query, on the CPU (one query: no GPU start-up)."""
     import torch
 
-    from clap_pipeline.training.model import text_embeddings, tokenize
+    from clap_pipeline.model.clap import text_embeddings, tokenize
 
     model = clap.model
     if model.training or next(model.parameters()).device.type != "cpu":
@@ -546,7 +546,7 @@ def search(
     filters: Filters | None = None,
 ) -> list[SearchHit]:
     """Top ``k`` tracks for a text query among those that pass ``filters`` (all when k >= N)."""
-    from clap_pipeline.training.model import load_clap
+    from clap_pipeline.model.clap import load_clap
 
     text = validate_query(query)
     if k < 1:

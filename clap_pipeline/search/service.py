@@ -73,7 +73,7 @@ class Result:
 @dataclass(frozen=True)
 class Snapshot:
     model: ModelChoice
-    clap: object  # clap_pipeline.training.model.LoadedClap
+    clap: object  # clap_pipeline.model.clap.LoadedClap
     index: VectorIndex
     catalog: Catalog
     info: IndexInfo
@@ -176,7 +176,7 @@ class SearchService:
         return resolve_model(None, uri, name)
 
     def _build_snapshot(self, previous: Snapshot | None) -> Snapshot:
-        from clap_pipeline.training.model import load_clap
+        from clap_pipeline.model.clap import load_clap
 
         with self._db_lock:
             matrix, catalog, info = read_catalog(self.settings.duckdb_path)

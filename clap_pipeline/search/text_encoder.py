@@ -58,7 +58,7 @@ def _export(clap, path: Path) -> None:
     """The text tower + projection + normalisation of ``clap.model`` as an ONNX graph."""
     import torch
 
-    from clap_pipeline.training.model import text_embeddings, tokenize
+    from clap_pipeline.model.clap import text_embeddings, tokenize
 
     model = clap.model
 
@@ -125,7 +125,7 @@ def onnx_encoder(clap, kind: str, cache_dir: Path, threads: int = 1) -> Encoder:
     """An ONNX Runtime session over the exported text tower (thread-safe ``run``)."""
     import onnxruntime as ort
 
-    from clap_pipeline.training.model import tokenize
+    from clap_pipeline.model.clap import tokenize
 
     path = onnx_model_path(clap, kind, cache_dir)
     options = ort.SessionOptions()
@@ -147,7 +147,7 @@ def torch_encoder(clap) -> Encoder:
     """The loaded model in fp32 PyTorch (the reference)."""
     import torch
 
-    from clap_pipeline.training.model import text_embeddings, tokenize
+    from clap_pipeline.model.clap import text_embeddings, tokenize
 
     def encode(texts: list[str]) -> np.ndarray:
         model = clap.model

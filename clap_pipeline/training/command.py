@@ -22,11 +22,12 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from clap_pipeline.config import ConfigError, Settings, add_setting_flags, started_by_dagster_pipes
+from clap_pipeline.dataset import TrainingDataError
+from clap_pipeline.model.clap import ModelLoadError
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
-from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
+from clap_pipeline.training.data import SPLIT_MODES
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.loop import train
-from clap_pipeline.training.model import ModelLoadError
 from clap_pipeline.training.report import TrainingResult, result_metadata
 
 

@@ -34,7 +34,7 @@ from clap_pipeline.metrics import (
     random_expected_metrics,
     retrieval_metrics,
 )
-from clap_pipeline.training.model import audio_embeddings, load_clap, text_embeddings, tokenize
+from clap_pipeline.model.clap import audio_embeddings, load_clap, text_embeddings, tokenize
 from clap_pipeline_tests.evaluation_fixtures import (
     NO_GENRE,
     TEST_IDS,

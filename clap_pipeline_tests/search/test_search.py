@@ -11,6 +11,7 @@ import pytest
 
 from clap_pipeline.cli import main
 from clap_pipeline.dataset import audio_path
+from clap_pipeline.model.clap import load_clap
 from clap_pipeline.search.query import (
     TABLE,
     ModelChoice,
@@ -24,7 +25,6 @@ from clap_pipeline.search.query import (
     top_k,
     write_track_embeddings,
 )
-from clap_pipeline.training.model import load_clap
 from clap_pipeline_tests.search_fixtures import track_rows, unit_rows, write_tracks_table
 
 TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]

@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from clap_pipeline import tracking
+from clap_pipeline.dataset import TrainingDataError
 from clap_pipeline.metrics import random_recall, retrieval_metrics
+from clap_pipeline.model.clap import load_clap, tokenize
+from clap_pipeline.model.features import features_for_model
 from clap_pipeline.registry import champion_recall
 from clap_pipeline.training.command import main
 from clap_pipeline.training.config import (
@@ -29,8 +32,8 @@ from clap_pipeline.training.config import (
     TrainInputs,
     learning_rate_at,
 )
-from clap_pipeline.training.data import TrainingData, TrainingDataError
-from clap_pipeline.training.features import CachedFeatures, features_for_model
+from clap_pipeline.training.data import TrainingData
+from clap_pipeline.training.features import CachedFeatures
 from clap_pipeline.training.loop import TrainingHooks, _autocast, evaluate_split, train
 from clap_pipeline.training.loss import (
     LOGIT_SCALE_MAX,
@@ -42,7 +45,6 @@ from clap_pipeline.training.loss import (
     prepare_logit_scales,
     should_stop,
 )
-from clap_pipeline.training.model import load_clap, tokenize
 from clap_pipeline.training.report import TrainingResult
 from clap_pipeline_tests.training_fixtures import (
     SyntheticData,
