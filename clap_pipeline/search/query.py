@@ -16,14 +16,12 @@ slower than numpy on 100k x 512 (see benchmarks/bench_search.py).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -645,39 +643,3 @@ def m3u_target(path: str | Path) -> Path:
 
 def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
     return write_text_atomic(m3u_target(path), m3u_text(hits))
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI commands (wired in cli.py)
-
-
-def quiet_model_loading() -> None:
-    """One query: transformers' per-load progress bars are noise in a terminal command."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def run_search_command(args: argparse.Namespace, settings: Settings) -> int:
-    quiet_model_loading()
-    filters = Filters(
-        genre=args.genre,
-        year_min=args.year_min,
-        year_max=args.year_max,
-        license=args.license,
-        max_duration=args.max_duration,
-    )
-    hits = search(settings, args.query, args.k, args.model, filters)
-    if not hits and not args.json:
-        print("no indexed track passes the filters", file=sys.stderr)
-    print(hits_json(hits) if args.json else format_table(hits))
-    return 0
-
-
-def run_playlist_command(args: argparse.Namespace, settings: Settings) -> int:
-    m3u_target(args.m3u)  # before the search: a wrong target fails at once
-    quiet_model_loading()
-    hits = search(settings, args.query, args.n, args.model)
-    out = write_m3u(args.m3u, hits)
-    print(f"wrote {len(hits)} tracks to {out}", file=sys.stderr)
-    return 0

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from clap_pipeline import tracking
+from clap_pipeline.cli.train import train_main
 from clap_pipeline.dataset import TrainingDataError
 from clap_pipeline.metrics import random_recall, retrieval_metrics
 from clap_pipeline.model.clap import load_clap, tokenize
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.registry import champion_recall
-from clap_pipeline.training.command import main
 from clap_pipeline.training.config import (
     NonFiniteLossError,
     TrainConfig,
@@ -592,7 +592,7 @@ def test_command_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
+        train_main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     for option in ("--batch-size", "--learning-rate", "--max-epochs", "--split", "--no-resume"):
@@ -601,12 +601,12 @@ def test_command_line(
     monkeypatch.setenv("CLAP_DATA_DIR", str(synthetic.data_dir))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("CLAP_MODEL", str(tmp_path / "no-such-model"))
-    assert main(["--batch-size", "8"]) == 2
+    assert train_main(["--batch-size", "8"]) == 2
     err = capsys.readouterr().err
     assert "CLAP_MODEL" in err and "clap-pipeline tiny-model" in err
 
     monkeypatch.setenv("CLAP_MODEL", str(tiny_model_dir))
-    assert main(["--batch-size", "64"]) == 2
+    assert train_main(["--batch-size", "64"]) == 2
     assert "too few training clips" in capsys.readouterr().err
 
 
