@@ -148,8 +148,20 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _absolute(path: Path, module: str | None, level: int) -> str:
+    """The absolute name of ``from <dots><module> import`` written in ``path``."""
+    if level == 0:
+        return module or ""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    package = package[: len(package) - (level - 1)]
+    return ".".join([*package, module] if module else package)
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Project module -> project modules it imports anywhere (functions, TYPE_CHECKING too)."""
+    """Project module -> project modules it imports anywhere (functions, TYPE_CHECKING and
+    relative imports too; no exemptions)."""
     names = {_module_name(m) for m in MODULES}
     graph: dict[str, set[str]] = {}
     for module in MODULES:
@@ -157,8 +169,9 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(module, node.module, node.level)
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
             else:
                 continue
             edges.update(t for t in targets if t in names)
@@ -209,6 +222,9 @@ def test_import_cycles_are_found() -> None:
 def test_no_import_cycle_counting_function_level_imports() -> None:
     graph = import_graph()
     assert "clap_pipeline.training.loop" in graph  # the walk sees the package
+    # function-level and relative imports are edges too
+    assert "clap_pipeline.model.clap" in graph["clap_pipeline.pyfunc_model"]
+    assert "clap_pipeline.defs.resources" in graph["clap_pipeline.defs.audio"]
     assert import_cycles(graph) == []
 
 
