@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from clap_pipeline.config import Settings
 from clap_pipeline.dataset import SOURCE_TABLE, TRACKS_TABLE, audio_name_id, audio_path, folder_of
 from clap_pipeline.storage import duckdb_connection, table_exists
 
@@ -82,6 +83,11 @@ def select_tracks(
             if len(selected) >= max_tracks:
                 break
     return selected
+
+
+def selected_tracks(settings: Settings) -> list[SelectedTrack]:
+    """:func:`select_tracks` with the settings' DuckDB file, audio folder and track limit."""
+    return select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
 
 
 def data_version(tracks_sha256: str | None, track_ids: Sequence[int]) -> str:

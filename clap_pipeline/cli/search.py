@@ -19,7 +19,8 @@ def quiet_model_loading() -> None:
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from clap_pipeline.search.filters import Filters
-    from clap_pipeline.search.query import format_table, hits_json, search
+    from clap_pipeline.search.query import search
+    from clap_pipeline.search.results import format_table, hits_json
 
     quiet_model_loading()
     filters = Filters(
@@ -37,7 +38,8 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_playlist(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.search.query import m3u_target, search, write_m3u
+    from clap_pipeline.search.query import search
+    from clap_pipeline.search.results import m3u_target, write_m3u
 
     m3u_target(args.m3u)  # before the search: a wrong target fails at once
     quiet_model_loading()

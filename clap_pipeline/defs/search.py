@@ -12,13 +12,10 @@ from dagster import (
 )
 from pydantic import Field
 
+from clap_pipeline.model.choice import champion_model
+from clap_pipeline.search.build import build_track_embeddings
 from clap_pipeline.search.embeddings import count_waveform_rows
-from clap_pipeline.search.query import (
-    TABLE,
-    build_track_embeddings,
-    champion_model,
-    embeddings_health,
-)
+from clap_pipeline.search.index import TABLE, embeddings_health
 
 from .resources import ClapSettings
 

@@ -12,7 +12,7 @@ text tower's weights, the config and the library versions. A cached file is reus
 for exactly those weights.
 
 Kinds: ``onnx-int8`` (the default), ``onnx`` (fp32 graph), ``torch`` (the model as loaded,
-fp32, what ``search.encode_query`` does).
+fp32, what :func:`encode_query` does for one query).
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ DEFAULT_ENCODER = "onnx-int8"
 OPSET = 17
 
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> (B, d) float32, rows L2-normalised
+
+
+def encode_query(clap, text: str) -> np.ndarray:
+    """L2-normalised text embedding (d,) of one query, on the CPU (one query: no GPU start-up)."""
+    import torch
+
+    from clap_pipeline.model.clap import text_embeddings, tokenize
+
+    model = clap.model
+    if model.training or next(model.parameters()).device.type != "cpu":
+        model = model.to("cpu").eval()  # a no-op move still costs ~1 ms a query: skip it
+    with torch.inference_mode():
+        emb = text_embeddings(model, tokenize(clap.tokenizer, [text]))
+    return emb[0].float().numpy()
 
 
 def weights_key(clap, kind: str) -> str:

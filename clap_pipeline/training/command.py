@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from clap_pipeline.config import ConfigError, started_by_dagster_pipes
 from clap_pipeline.dataset import TrainingDataError
 from clap_pipeline.model.clap import ModelLoadError
+from clap_pipeline.reporting import pipes_metadata
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.loop import train
@@ -50,7 +51,9 @@ class _Reporter:
     def result(self, result: TrainingResult) -> None:
         print(json.dumps(_summary(result), indent=1), flush=True)
         if self.pipes is not None:
-            self.pipes.report_asset_materialization(metadata=result_metadata(result))
+            self.pipes.report_asset_materialization(
+                metadata=pipes_metadata(result_metadata(result))
+            )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from clap_pipeline import tracking
 from clap_pipeline.cli import build_parser
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.model.clap import load_clap
-from clap_pipeline.search.query import encode_query
+from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline_tests.search_fixtures import GENRES, unit_rows
 from clap_pipeline_tests.serve_fixtures import (
     EXTRA_GENRES,
