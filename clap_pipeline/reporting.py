@@ -11,6 +11,7 @@ int, float, bool, str (text), ``Path`` (path), ``Markdown``, ``Url``, dict / lis
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,8 @@ def metadata_kind(value: object) -> str:
     """path | int | float | bool | md | url | text | json | table | null."""
     kinds: tuple[tuple[type | tuple[type, ...], str], ...] = (
         (bool, "bool"),  # before int: a bool is an int
-        (int, "int"),
-        (float, "float"),
+        (numbers.Integral, "int"),  # numpy's integers too
+        (numbers.Real, "float"),
         (Path, "path"),
         (Markdown, "md"),
         (Url, "url"),
@@ -80,6 +81,8 @@ def pipes_metadata(values: Mapping[str, object]) -> dict[str, dict[str, Any]]:
             raw = {"records": list(value.records), "schema": schema}
         elif isinstance(value, Path | str):
             raw = str(value)
+        elif kind in ("int", "float"):
+            raw = int(value) if kind == "int" else float(value)
         elif isinstance(value, tuple):
             raw = list(value)
         out[name] = {"type": kind, "raw_value": raw}

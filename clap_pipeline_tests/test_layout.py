@@ -236,3 +236,62 @@ def test_argparse_only_in_the_cli() -> None:
         if "argparse" in imported_modules(ast.parse(m.read_text()))
     }
     assert {p for p in parsers if not p.startswith("cli/")} == {"config.py"}
+
+
+MAX_DEFINITION_BODY_LINES = 30
+DAGSTER_DEFINITIONS = {
+    "asset", "multi_asset", "asset_check", "multi_asset_check", "sensor", "asset_sensor",
+    "multi_asset_sensor", "run_status_sensor", "run_failure_sensor", "schedule",
+}  # fmt: skip
+
+
+def _decorator_name(node: ast.expr) -> str:
+    target = node.func if isinstance(node, ast.Call) else node
+    return target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+
+
+def definition_body_lines(tree: ast.AST) -> dict[str, int]:
+    """Lines of body (docstring left out) of each asset/check/sensor/schedule function."""
+    sizes = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if not any(_decorator_name(d) in DAGSTER_DEFINITIONS for d in node.decorator_list):
+            continue
+        body = node.body
+        if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]
+        sizes[node.name] = (body[-1].end_lineno or 0) - body[0].lineno + 1 if body else 0
+    return sizes
+
+
+def test_definition_bodies_are_measured() -> None:
+    source = '''
+@asset(group_name="x")
+def a(context):
+    """Doc."""
+    x = 1
+    return MaterializeResult(
+        metadata={"x": x},
+    )
+
+
+@dg.sensor
+def s(): return None
+
+
+def plain():
+    pass
+'''
+    assert definition_body_lines(ast.parse(source)) == {"a": 4, "s": 1}
+
+
+def test_assets_checks_sensors_and_schedules_are_short_wiring() -> None:
+    """The work lives in core modules; a definition in defs/ wires it (<= 30 lines)."""
+    sizes = {
+        f"{module.relative_to(PACKAGE)}:{name}": lines
+        for module in sorted(PACKAGE.joinpath("defs").rglob("*.py"))
+        for name, lines in definition_body_lines(ast.parse(module.read_text())).items()
+    }
+    assert len(sizes) > 15  # the walk sees the definitions
+    assert {k: n for k, n in sizes.items() if n > MAX_DEFINITION_BODY_LINES} == {}

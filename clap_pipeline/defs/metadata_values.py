@@ -11,8 +11,8 @@ from clap_pipeline.reporting import Table, metadata_kind
 
 _BY_KIND: dict[str, Callable[[Any], MetadataValue]] = {
     "path": lambda v: MetadataValue.path(str(v)),
-    "int": MetadataValue.int,
-    "float": MetadataValue.float,
+    "int": lambda v: MetadataValue.int(int(v)),
+    "float": lambda v: MetadataValue.float(float(v)),
     "bool": MetadataValue.bool,
     "md": lambda v: MetadataValue.md(str(v)),
     "url": lambda v: MetadataValue.url(str(v)),

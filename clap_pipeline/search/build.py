@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
 from clap_pipeline.genre_search import (
     GENRE_QUERIES,
@@ -24,7 +25,8 @@ from clap_pipeline.genre_search import (
     eligible_genres,
     model_genre_search,
 )
-from clap_pipeline.model.choice import ModelChoice
+from clap_pipeline.model.choice import ModelChoice, champion_model
+from clap_pipeline.reporting import Log
 from clap_pipeline.search.index import TABLE, SearchError, load_index
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
@@ -199,4 +201,46 @@ def collection_genre_search(
         "n": len(labels),
         "model": model_genre_search(queries, index.matrix, labels, genres, config),
         "mean_share": float(np.mean([labels.count(g) / len(labels) for g in genres])),
+    }
+
+
+def embed_collection(
+    settings: Settings, batch_size: int, device: str, log: Log
+) -> dict[str, object]:
+    """The `track_embeddings` asset: the champion embeds every clip; the metadata."""
+    model = champion_model(settings.mlflow_tracking_uri, settings.registered_model)
+    log.info(
+        f"embedding with {settings.registered_model} version {model.version} from {model.source}"
+    )
+    summary = build_track_embeddings(
+        model=model,
+        waveforms_dir=settings.waveforms_dir,
+        audio_dir=settings.audio_dir,
+        duckdb_path=settings.duckdb_path,
+        batch_size=batch_size,
+        device=device,
+        log=log.info,
+    )
+    metadata: dict[str, object] = {}
+    if summary.genre_search:
+        found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
+        p10 = found["precision_at_10"]
+        log.info(
+            f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
+            f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
+            f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"
+        )
+        metadata["genre_search_precision_at_10"] = p10["value"]
+        metadata["genre_search_prior_precision_at_10"] = share
+        metadata["genre_search_per_genre"] = found["per_genre"]
+    return {
+        **metadata,
+        "count": summary.count,
+        "dim": summary.dim,
+        "model_version": str(summary.model.version),
+        "model_run_id": str(summary.model.run_id),
+        "model_dir": Path(summary.model.source),
+        "table": f"{settings.duckdb_path}:{TABLE}",
+        "seconds": round(summary.seconds, 2),
+        "clips_per_s": round(summary.clips_per_s, 2),
     }
