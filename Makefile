@@ -41,7 +41,7 @@ stack-down: install
 	@scripts/stack.sh down
 
 mlflow-ui: install
-	$(PY) -m clap_pipeline.tracking ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+	$(PY) -m clap_pipeline.cli mlflow-ui --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 serve: install
 	$(VENV)/bin/clap-pipeline serve --host 127.0.0.1 --port $${SERVE_PORT:-8000}

@@ -55,8 +55,8 @@ from clap_pipeline.dataset import (  # noqa: E402
     SAMPLE_RATE,
     audio_path,
 )
-from clap_pipeline.metadata.selection import SelectedTrack  # noqa: E402
 from clap_pipeline.processes import usable_cpus  # noqa: E402
+from clap_pipeline.selection import SelectedTrack  # noqa: E402
 
 DISTINCT_CLIPS = 8
 

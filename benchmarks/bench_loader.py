@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_train import load_data, write_dataset
 
 from clap_pipeline.dataset import CLIP_SAMPLES
+from clap_pipeline.model.clap import unfused_feature_extractor
+from clap_pipeline.model.features import LogMelFeatures
 from clap_pipeline.training.data import TrainingData
-from clap_pipeline.training.features import LogMelFeatures
-from clap_pipeline.training.model import unfused_feature_extractor
 
 H200_CLIPS_PER_S = 648.0  # one H200, bf16, batch 64 (benchmarks/gpu_check.py)
 FMA_LARGE_CLIPS = 106_574

@@ -23,14 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from clap_pipeline.dataset import tracks_ddl
-from clap_pipeline.search.query import (
-    TABLE,
-    EmbeddingIndex,
-    ModelChoice,
-    load_index,
-    open_index,
-    write_track_embeddings,
-)
+from clap_pipeline.model.choice import ModelChoice
+from clap_pipeline.search.build import write_track_embeddings
+from clap_pipeline.search.index import TABLE, EmbeddingIndex, load_index, open_index
 from clap_pipeline.storage import duckdb_connection
 
 

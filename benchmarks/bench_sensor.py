@@ -30,7 +30,7 @@ from clap_pipeline.dataset import audio_path  # noqa: E402
 from clap_pipeline.demo.fma_synthetic import synthetic_tracks, write_metadata  # noqa: E402
 from clap_pipeline.metadata.fma import load_metadata  # noqa: E402
 from clap_pipeline.metadata.new_tracks import CsvHash, decide, raw_inputs  # noqa: E402
-from clap_pipeline.metadata.selection import inputs_state  # noqa: E402
+from clap_pipeline.selection import inputs_state  # noqa: E402
 
 
 def _median_s(fn, repeats: int) -> float:

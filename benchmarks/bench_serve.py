@@ -51,11 +51,14 @@ from pathlib import Path
 import numpy as np
 
 from clap_pipeline.dataset import tracks_ddl
-from clap_pipeline.search.query import ModelChoice, load_index, top_k, write_track_embeddings
+from clap_pipeline.model.choice import ModelChoice
+from clap_pipeline.model.clap import load_clap
+from clap_pipeline.model.tiny import save_tiny_model
+from clap_pipeline.search.build import write_track_embeddings
+from clap_pipeline.search.index import load_index, top_k
 from clap_pipeline.search.text_encoder import build_encoder
 from clap_pipeline.search.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
 from clap_pipeline.storage import duckdb_connection
-from clap_pipeline.training.model import load_clap, save_tiny_model
 from clap_pipeline.training.stand_in import save_full_size_model
 
 DIM = 512

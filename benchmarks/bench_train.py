@@ -57,16 +57,12 @@ from clap_pipeline.dataset import (
     write_partition,
     write_prompts,
 )
+from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
+from clap_pipeline.model.features import LogMelFeatures
+from clap_pipeline.model.tiny import byte_level_tokenizer, tiny_clap_config
 from clap_pipeline.training.config import TrainConfig
 from clap_pipeline.training.data import ClipBatch, TrainingData, prefetch
-from clap_pipeline.training.features import LogMelFeatures
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
-from clap_pipeline.training.model import (
-    byte_level_tokenizer,
-    tiny_clap_config,
-    tokenize,
-    unfused_feature_extractor,
-)
 
 SR = SAMPLE_RATE
 ROW_GROUP = ROW_GROUP_ROWS

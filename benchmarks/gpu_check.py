@@ -29,14 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clap_pipeline.demo.training_set import write_training_dataset
+from clap_pipeline.model.clap import load_clap
+from clap_pipeline.model.features import features_for_model
+from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline.training import loop as training
 from clap_pipeline.training.config import TrainConfig
 from clap_pipeline.training.data import TrainingData
 from clap_pipeline.training.distributed import Ranks
-from clap_pipeline.training.features import features_for_model
 from clap_pipeline.training.loop import TrainingHooks
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
-from clap_pipeline.training.model import load_clap, save_tiny_model
 
 
 def fine_tune(model_dir: Path, data: TrainingData, device: torch.device, epochs: int) -> list:

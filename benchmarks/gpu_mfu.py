@@ -43,8 +43,8 @@ from clap_pipeline.config import Settings
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.defs.training import ClapTrainingConfig, clap_model
 from clap_pipeline.demo.training_set import write_training_dataset
+from clap_pipeline.model.tiny import save_tiny_model, tiny_clap_config
 from clap_pipeline.training.loss import clamp_logit_scale, contrastive_loss
-from clap_pipeline.training.model import save_tiny_model, tiny_clap_config
 from clap_pipeline.training.stand_in import full_size_config, save_full_size_model
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}

@@ -30,12 +30,13 @@ sys.path.insert(0, str(REPO))
 from transformers import ClapConfig, ClapModel  # noqa: E402
 
 from clap_pipeline.metrics import random_recall, retrieval_metrics  # noqa: E402
+from clap_pipeline.model.clap import load_clap, tokenize  # noqa: E402
+from clap_pipeline.model.features import LogMelFeatures  # noqa: E402
+from clap_pipeline.model.tiny import save_tiny_model, tiny_clap_config  # noqa: E402
 from clap_pipeline.training.config import LR_SCHEDULES, TrainConfig, learning_rate_at  # noqa: E402
 from clap_pipeline.training.data import TrainingData  # noqa: E402
-from clap_pipeline.training.features import LogMelFeatures  # noqa: E402
 from clap_pipeline.training.loop import train_step  # noqa: E402
 from clap_pipeline.training.loss import optimizer_groups, prepare_logit_scales  # noqa: E402
-from clap_pipeline.training.model import load_clap, save_tiny_model, tiny_clap_config, tokenize  # noqa: E402
 
 
 def candidate_config(args: argparse.Namespace, vocab_size: int) -> ClapConfig:

@@ -38,8 +38,8 @@ class ClapEmbedder(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from clap_pipeline.training.features import features_for_model
-        from clap_pipeline.training.model import load_clap
+        from clap_pipeline.model.clap import load_clap
+        from clap_pipeline.model.features import features_for_model
 
         self.clap = load_clap(context.artifacts[CHECKPOINT_ARTIFACT])
         self.clap.model.eval()
@@ -48,7 +48,7 @@ class ClapEmbedder(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from clap_pipeline.audio.decode import decode_window
-        from clap_pipeline.training.model import audio_embeddings, text_embeddings, tokenize
+        from clap_pipeline.model.clap import audio_embeddings, text_embeddings, tokenize
 
         frame = pd.DataFrame(model_input)
         if TEXT not in frame and AUDIO not in frame:

@@ -10,7 +10,7 @@
   a code location server (``dagster code-server start``), the webserver and the daemon,
   which reach the code over gRPC.
 
-``python -m clap_pipeline.stack up|down|status|env`` (``make stack`` / ``make stack-down``).
+``clap-pipeline stack up|down|status|env`` (``make stack`` / ``make stack-down``).
 ``up`` waits until each part answers and prints the addresses and the environment to use;
 ``down`` stops every process the stack started (each carries ``CLAP_STACK_HOME``) and
 PostgreSQL. The data directory persists: ``up`` again brings the same history back.
@@ -19,7 +19,6 @@ Ports and the host come from ``StackSettings`` (config.py); the default host is 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -574,23 +573,24 @@ def print_status(parts: list[PartStatus], s: StackSettings) -> None:
         print(f"  {part.name:<12} {part.address:<48} {state}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clap_pipeline.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
-    args = parser.parse_args(argv)
+COMMANDS = ("up", "down", "status", "env")
+
+
+def stack_command(command: str) -> int:
+    """``clap-pipeline stack up|down|status|env``: the exit status (1: processes left)."""
     try:
         s = StackSettings.from_env()
-        if args.command == "up":
+        if command == "up":
             parts = up(s)
             print(f"\nThe stack is up (data in {s.data_dir}, logs in {s.stack_dir / 'logs'}):")
             print_status(parts, s)
             print("\nUse it with:")
             print("\n".join(env_lines(s)))
-        elif args.command == "down":
+        elif command == "down":
             left = down(s)
             print(f"The stack is down; {len(left)} of its processes left.")
             return 1 if left else 0
-        elif args.command == "status":
+        elif command == "status":
             print_status(status(s), s)
         else:
             print("\n".join(env_lines(s)))
@@ -598,7 +598,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,13 +8,12 @@ Registry convention: each `clap_model` materialization registers its best
 checkpoint as a version of ``clap-fma``. Alias ``champion`` = the best model so
 far on the validation set; ``challenger`` = the latest version that did not beat it.
 
-``python -m clap_pipeline.tracking ui --host 127.0.0.1 --port 5000`` serves the
+``clap-pipeline mlflow-ui --host 127.0.0.1 --port 5000`` serves the
 project's store (``make mlflow-ui``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -285,14 +284,8 @@ def ui_command(host: str, port: int, tracking_uri: str) -> list[str]:
     return cmd
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clap_pipeline.tracking", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ui", help="serve the project's MLflow store (mlflow server)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
-    args = parser.parse_args(argv)
+def serve_ui(host: str, port: int, dry_run: bool = False) -> int:
+    """``mlflow server`` over the project's store, replacing this process (``clap-pipeline mlflow-ui``)."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -302,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if urlparse(uri).scheme in ("http", "https"):
         print(f"MLFLOW_TRACKING_URI={uri} is already a server: open it in a browser.")
         return 0
-    cmd = ui_command(args.host, args.port, uri)
-    print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", flush=True)
-    if args.dry_run:
+    cmd = ui_command(host, port, uri)
+    print(f"MLflow UI on http://{host}:{port} over {uri}", flush=True)
+    if dry_run:
         print(" ".join(cmd))
         return 0
     # MLflow 3's server also starts a job runner and ~7 huey worker processes (GenAI
@@ -312,7 +305,3 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(cmd[0], cmd)  # replaces this process: Ctrl-C stops the server directly
     return 0  # pragma: no cover
-
-
-if __name__ == "__main__":
-    sys.exit(main())

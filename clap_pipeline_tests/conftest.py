@@ -16,7 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny CLAP, saved once per test session with ``save_pretrained``."""
-    from clap_pipeline.training.model import save_tiny_model
+    from clap_pipeline.model.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-clap", seed=0)
 

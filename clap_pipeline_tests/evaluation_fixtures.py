@@ -29,8 +29,8 @@ from clap_pipeline.dataset import (
     write_partition,
     write_prompts,
 )
+from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline.storage import duckdb_connection
-from clap_pipeline.training.model import save_tiny_model
 
 SR, SAMPLES = SAMPLE_RATE, CLIP_SAMPLES
 GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop")

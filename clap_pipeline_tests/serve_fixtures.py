@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from clap_pipeline.dataset import audio_path
-from clap_pipeline.search.query import ModelChoice, write_track_embeddings
+from clap_pipeline.model.choice import ModelChoice
+from clap_pipeline.search.build import write_track_embeddings
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline_tests.audio_fixtures import run_ffmpeg
 from clap_pipeline_tests.search_fixtures import unit_rows, write_tracks_table

@@ -30,3 +30,30 @@ def test_every_docs_page_is_in_the_site_nav() -> None:
     pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
     assert pages
     assert [p for p in pages if p not in nav] == []
+
+
+def _repo_files() -> list[str]:
+    skip = {".venv", ".git", "site", "data", "mlruns", "node_modules"}
+    return [
+        p.relative_to(ROOT).as_posix()
+        for p in ROOT.rglob("*")
+        if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
+    ]
+
+
+def test_files_named_in_the_docs_exist() -> None:
+    """`path/to/file.py` in README.md and docs/*.md names a file of the repository (a module
+    may be named from the package, `search/query.py`, or by its name alone)."""
+    files = _repo_files()
+    named = {
+        name
+        for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
+        for name in re.findall(r"`([\w./-]+\.(?:py|sh|yaml|toml))`", page.read_text())
+    }
+    assert len(named) > 20  # the pages name files
+    missing = [
+        name
+        for name in sorted(named)
+        if not any(f == name or f.endswith("/" + name.removeprefix("./")) for f in files)
+    ]
+    assert missing == []

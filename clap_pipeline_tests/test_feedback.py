@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from clap_pipeline.dataset import Prompts
 from clap_pipeline.feedback import (
     HELDOUT_SHARE,
     count_feedback,
@@ -15,7 +16,7 @@ from clap_pipeline.feedback import (
     read_feedback,
     record_feedback,
 )
-from clap_pipeline.training.data import Prompts, TrainingData
+from clap_pipeline.training.data import TrainingData
 from clap_pipeline_tests.training_fixtures import write_training_dataset
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)

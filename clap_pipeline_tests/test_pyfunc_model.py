@@ -20,9 +20,9 @@ import torch
 from clap_pipeline import tracking
 from clap_pipeline.audio.decode import decode_window
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
-from clap_pipeline.search.query import encode_query
-from clap_pipeline.training.features import LogMelFeatures
-from clap_pipeline.training.model import audio_embeddings, load_clap
+from clap_pipeline.model.clap import audio_embeddings, load_clap
+from clap_pipeline.model.features import LogMelFeatures
+from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline_tests.audio_fixtures import run_ffmpeg
 from clap_pipeline_tests.serve_fixtures import free_port, stop_process
 from clap_pipeline_tests.training_fixtures import mlflow_store

@@ -108,7 +108,7 @@ def _free_port() -> int:
 
 
 def test_ui_entry_point_starts_mlflow_server(store: str, tmp_path: Path) -> None:
-    """`python -m clap_pipeline.tracking ui` (what `make mlflow-ui` runs) answers on its port."""
+    """`clap-pipeline mlflow-ui` (what `make mlflow-ui` runs) answers on its port."""
     mlflow_client = tracking.client(store)
     run_id = mlflow_client.create_run(tracking.configure(store, "ui-check")).info.run_id
     (tmp_path / "training_curve.png").write_bytes(b"png")
@@ -116,7 +116,7 @@ def test_ui_entry_point_starts_mlflow_server(store: str, tmp_path: Path) -> None
     port = _free_port()
     env = {"MLFLOW_TRACKING_URI": store, "CLAP_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clap_pipeline.tracking", "ui", "--port", str(port)],
+        [sys.executable, "-m", "clap_pipeline.cli", "mlflow-ui", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -13,4 +13,4 @@ if [[ "${1:-up}" == "up" ]]; then
   # shellcheck source=scripts/offline_model.sh
   source scripts/offline_model.sh
 fi
-exec "$PY" -m clap_pipeline.stack "${1:-up}"
+exec "$PY" -m clap_pipeline.cli stack "${1:-up}"

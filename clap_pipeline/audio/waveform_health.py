@@ -20,7 +20,7 @@ from clap_pipeline.dataset import (
     WaveformRows,
     iter_partition_files,
 )
-from clap_pipeline.metadata.selection import SelectedTrack
+from clap_pipeline.selection import SelectedTrack
 
 
 @dataclass

@@ -75,9 +75,9 @@ from clap_pipeline.dataset import (
     waveform_batch,
     waveforms_schema,
 )
-from clap_pipeline.metadata.selection import SelectedTrack
 from clap_pipeline.processes import exit_with, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
+from clap_pipeline.selection import SelectedTrack
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
 
 

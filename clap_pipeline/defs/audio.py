@@ -15,7 +15,6 @@ partition range tags, as ``retrain`` runs do, or as the ``decode_waveforms`` job
 """
 
 # No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
-from collections.abc import Sequence
 from typing import Literal
 
 from dagster import (
@@ -33,22 +32,17 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.audio.decode import DEFAULT_TIMEOUT_S
+from clap_pipeline.audio.materialize import materialize_waveforms
 from clap_pipeline.audio.waveform_health import dataset_health
-from clap_pipeline.audio.waveforms import (
-    DecodeOptions,
-    build_waveforms,
-    group_by_folder,
-    remove_unselected_partitions,
-)
+from clap_pipeline.audio.waveforms import DecodeOptions, group_by_folder
 from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
-from clap_pipeline.metadata.selection import select_tracks, stray_audio_files
+from clap_pipeline.selection import selected_tracks
 
+from .metadata_values import dagster_metadata
 from .partitions import audio_folder_partitions
 from .resources import ClapSettings
 
 FAILURE_WARN_FRACTION = 0.05
-MAX_LOGGED_FAILURES = 20
-MAX_LISTED_STRAY = 20  # names per folder in the log and metadata
 DECODE_PARTITIONS_PER_RUN = 1  # a backfill: one run (one pod) per audio folder
 
 
@@ -87,25 +81,6 @@ class WaveformsConfig(Config):
 def waveforms(
     context: AssetExecutionContext, config: WaveformsConfig, clap_settings: ClapSettings
 ) -> MaterializeResult:
-    settings = clap_settings.settings()
-    folders = sorted(context.partition_keys)
-    selected = group_by_folder(
-        select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
-    )
-    work = {folder: selected.get(folder, []) for folder in folders}
-    n_tracks = sum(len(t) for t in work.values())
-    context.log.info(
-        f"waveforms: {n_tracks} selected tracks in {len(folders)} audio folder partition(s) "
-        f"{_folders_label(folders)}"
-    )
-    stray = stray_audio_files(settings.audio_dir, folders)
-    for folder, names in stray.items():
-        shown = ", ".join(names[:MAX_LISTED_STRAY])
-        more = f" ... ({len(names)} in all)" if len(names) > MAX_LISTED_STRAY else ""
-        context.log.warning(
-            f"audio folder {settings.audio_dir / folder}: {len(names)} file(s) not named like "
-            f"FMA clips of this folder ({folder}NNN.mp3), ignored: {shown}{more}"
-        )
     options = DecodeOptions(
         window_offset_s=config.window_offset_s,
         timeout_s=config.decode_timeout_s,
@@ -113,63 +88,15 @@ def waveforms(
         decoder=config.decoder,
         progress_interval_s=config.progress_interval_s,
     )
-    summary = build_waveforms(
-        work,
-        settings.waveforms_dir,
-        settings.duckdb_path,
-        options,
-        progress=lambda p: context.log.info(str(p)),
+    metadata = materialize_waveforms(
+        clap_settings.settings(), context.partition_keys, options, context.log
     )
-    removed = remove_unselected_partitions(settings.waveforms_dir, settings.duckdb_path, selected)
-    if removed:
-        context.log.info(f"removed partitions without selected tracks: {removed}")
-    failures = summary.failures
-    new_failures = summary.new_failures
-    for f in new_failures[:MAX_LOGGED_FAILURES]:
-        context.log.warning(f"track {f.track_id} skipped ({f.reason}): {f.path}: {f.detail}")
-    if len(new_failures) > MAX_LOGGED_FAILURES:
-        context.log.warning(
-            f"... and {len(new_failures) - MAX_LOGGED_FAILURES} more failures: see the DuckDB "
-            f"table decode_failures in {settings.duckdb_path}"
-        )
-    if len(failures) > len(new_failures):
-        context.log.info(
-            f"{len(failures) - len(new_failures)} failures of earlier runs kept (files unchanged)"
-        )
-    return MaterializeResult(
-        metadata={
-            "partitions": len(folders),
-            "selected": summary.selected,
-            "rows": summary.rows,
-            "decoded": summary.decoded,
-            "reused": summary.reused,
-            "failures": len(failures),
-            "failure_reasons": MetadataValue.json(summary.failure_counts()),
-            "rewritten_partitions": sum(p.rewritten for p in summary.partitions),
-            "seconds": round(summary.seconds, 2),
-            "tracks_per_s": round(summary.tracks_per_s, 2),
-            "window_offset_s": config.window_offset_s,
-            "path": MetadataValue.path(str(settings.waveforms_dir)),
-            "removed_partitions": MetadataValue.json(removed),
-            "stray_files": sum(len(names) for names in stray.values()),
-            "stray_file_names": MetadataValue.json(
-                {folder: names[:MAX_LISTED_STRAY] for folder, names in stray.items()}
-            ),
-        }
-    )
-
-
-def _folders_label(folders: Sequence[str]) -> str:
-    if len(folders) <= 6:
-        return ", ".join(folders)
-    return f"{folders[0]} ... {folders[-1]}"
+    return MaterializeResult(metadata=dagster_metadata(metadata))
 
 
 def _health(context: AssetCheckExecutionContext, clap_settings: ClapSettings, scan: bool):
     settings = clap_settings.settings()
-    selected = group_by_folder(
-        select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
-    )
+    selected = group_by_folder(selected_tracks(settings))
     folders = sorted(context.partition_keys) if context.has_partition_key_range else None
     if folders is None and context.has_partition_key:
         folders = [context.partition_key]

@@ -13,13 +13,12 @@
   (``clap_model`` config ``feedback_weight``).
 - ``run_failure_summary`` logs job, failed step and error of every failed run.
 
-The decisions are made by ``clap_pipeline.metadata.new_tracks``; this module wires them to Dagster.
+The decisions are made by ``clap_pipeline.metadata.retrain`` and ``.new_tracks``; this module
+wires them to Dagster.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +46,15 @@ from dagster import (
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.feedback import count_feedback
-from clap_pipeline.metadata.fma import FmaFormatError
-from clap_pipeline.metadata.new_tracks import CsvHash, RawInputs, decide, last_training, raw_inputs
-from clap_pipeline.metadata.selection import inputs_state
-from clap_pipeline.storage import DuckDBLockTimeout
+from clap_pipeline.metadata.new_tracks import RawInputs, last_training, raw_inputs
+from clap_pipeline.metadata.retrain import (
+    DATA_VERSION_TAG,
+    NEW_TRACKS_TAG,
+    RetrainCheck,
+    check_feedback,
+    check_new_tracks,
+)
 
-DATA_VERSION_TAG = "clap/data_version"
-NEW_TRACKS_TAG = "clap/new_tracks"
-NEW_FEEDBACK_TAG = "clap/new_feedback"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 _ACTIVE = [
@@ -114,8 +113,12 @@ def active_retrain_run(instance: DagsterInstance) -> DagsterRun | None:
     return runs[0] if runs else None
 
 
-def _busy(run: DagsterRun) -> SkipReason:
-    return SkipReason(
+def _busy_reason(instance: DagsterInstance) -> str | None:
+    """Why a retrain cannot be requested now (one is queued or running), or None."""
+    run = active_retrain_run(instance)
+    if run is None:
+        return None
+    return (
         f"retrain run {run.run_id} is {run.status.value.lower()}: the inputs are checked "
         "again after it finishes"
     )
@@ -142,29 +145,6 @@ def _retrain_request(
     )
 
 
-@dataclass(frozen=True)
-class SensorCursor:
-    """What the sensor saw last: the inputs' cheap fingerprint (with the selection settings)
-    and tracks.csv's hash."""
-
-    inputs: str | None = None
-    tracks_csv: CsvHash | None = None
-
-    @classmethod
-    def parse(cls, text: str | None) -> SensorCursor:
-        try:
-            data = json.loads(text) if text else {}
-        except ValueError:
-            data = {}  # a cursor of an older version: start over
-        if not isinstance(data, dict):
-            data = {}
-        return cls(data.get("inputs"), CsvHash.from_json(data.get("tracks_csv")))
-
-    def dump(self) -> str:
-        csv = self.tracks_csv.to_json() if self.tracks_csv else None
-        return json.dumps({"inputs": self.inputs, "tracks_csv": csv}, sort_keys=True)
-
-
 @sensor(
     job=retrain_job,
     minimum_interval_seconds=60,
@@ -174,47 +154,8 @@ class SensorCursor:
 )
 def new_tracks_sensor(context: SensorEvaluationContext, clap_settings: ClapSettings):
     settings = clap_settings.settings()
-    cursor = SensorCursor.parse(context.cursor)
-    state = inputs_state(settings.metadata_dir, settings.audio_dir)
-    if not state.exists:
-        return SkipReason(
-            f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir} is missing (run "
-            "`clap-pipeline demo-data` or `clap-pipeline fetch-fma`)"
-        )
-    # The settings that change the decision count as inputs: raising CLAP_MAX_TRACKS
-    # retrains on the larger selection at the next tick.
-    inputs_key = (
-        f"{state.fingerprint}:max={settings.max_tracks}:min={settings.retrain_min_new_tracks}"
-    )
-    if cursor.inputs == inputs_key:
-        return SkipReason(
-            "tracks.csv, the audio folders and the selection settings are unchanged since the "
-            "last check"
-        )
-    running = active_retrain_run(context.instance)
-    if running is not None:
-        return _busy(running)  # cursor kept: this change is looked at after the run
-    try:
-        csv_hash = CsvHash.of(settings.tracks_csv, cursor.tracks_csv)
-        inputs = raw_inputs(settings.tracks_csv, settings.audio_dir, settings.max_tracks, csv_hash)
-        decision = decide(
-            inputs, last_training(settings.training_manifest_path), settings.retrain_min_new_tracks
-        )
-    except (OSError, ValueError, FmaFormatError) as exc:
-        # Often a file still being copied; its next change triggers a new check.
-        return SkipReason(f"cannot read the inputs: {exc}")
-    new_cursor = SensorCursor(inputs_key, csv_hash).dump()
-    if not decision.retrain:
-        return SensorResult(skip_reason=decision.reason, cursor=new_cursor)
-    new_folders, range_tags = _partition_range(context.instance, inputs)
-    context.log.info(f"requesting retrain: {decision.reason}")
-    return SensorResult(
-        run_requests=[_retrain_request(settings, inputs, range_tags, len(decision.new_track_ids))],
-        dynamic_partitions_requests=(
-            [audio_folder_partitions.build_add_request(new_folders)] if new_folders else []
-        ),
-        cursor=new_cursor,
-    )
+    check = check_new_tracks(settings, context.cursor, lambda: _busy_reason(context.instance))
+    return _sensor_result(context, settings, check)
 
 
 @sensor(
@@ -226,42 +167,32 @@ def new_tracks_sensor(context: SensorEvaluationContext, clap_settings: ClapSetti
 )
 def feedback_sensor(context: SensorEvaluationContext, clap_settings: ClapSettings):
     settings = clap_settings.settings()
-    try:
-        count = count_feedback(settings.duckdb_path)
-    except DuckDBLockTimeout as exc:
-        return SkipReason(f"the DuckDB file is busy, next tick: {exc}")
-    seen = int(context.cursor) if (context.cursor or "").isdigit() else 0
-    seen = seen if seen <= count else 0  # the table was recreated: count from zero
-    new = count - seen
-    if new < settings.retrain_min_feedback:
-        return SkipReason(
-            f"{new} new feedback row(s) since the last request, waiting for "
-            f"CLAP_RETRAIN_MIN_FEEDBACK={settings.retrain_min_feedback}"
-        )
-    running = active_retrain_run(context.instance)
-    if running is not None:
-        return _busy(running)  # cursor kept: these rows count after the run
-    if not (settings.tracks_csv.is_file() and settings.audio_dir.is_dir()):
-        return SkipReason(f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir}")
-    try:
-        inputs = raw_inputs(settings.tracks_csv, settings.audio_dir, settings.max_tracks)
-    except (OSError, ValueError, FmaFormatError) as exc:
-        return SkipReason(f"cannot read the inputs: {exc}")
-    new_folders, range_tags = _partition_range(context.instance, inputs)
-    version = inputs.selection.data_version
-    context.log.info(f"requesting retrain: {new} new feedback rows ({count} in all)")
+    check = check_feedback(settings, context.cursor, lambda: _busy_reason(context.instance))
+    return _sensor_result(context, settings, check)
+
+
+def _sensor_result(
+    context: SensorEvaluationContext, settings: Settings, check: RetrainCheck
+) -> SensorResult | SkipReason:
+    """A skip (storing the check's cursor, if any) or the `retrain` request it asks for."""
+    if check.inputs is None:
+        if check.cursor is None:
+            return SkipReason(check.reason)
+        return SensorResult(skip_reason=check.reason, cursor=check.cursor)
+    new_folders, range_tags = _partition_range(context.instance, check.inputs)
+    context.log.info(f"requesting retrain: {check.reason}")
     return SensorResult(
         run_requests=[
             RunRequest(
-                run_key=f"retrain-{version}-feedback-{count}",
+                run_key=check.run_key,
                 run_config=retrain_run_config(settings.retrain_run_config),
-                tags={**range_tags, DATA_VERSION_TAG: version, NEW_FEEDBACK_TAG: str(new)},
+                tags={**range_tags, **check.tags},
             )
         ],
         dynamic_partitions_requests=(
             [audio_folder_partitions.build_add_request(new_folders)] if new_folders else []
         ),
-        cursor=str(count),
+        cursor=check.cursor,
     )
 
 
@@ -278,9 +209,9 @@ def nightly_retrain_schedule(cron: str) -> ScheduleDefinition:
     )
     def nightly_retrain(context: ScheduleEvaluationContext, clap_settings: ClapSettings):
         settings = clap_settings.settings()
-        running = active_retrain_run(context.instance)
-        if running is not None:
-            return _busy(running)
+        busy = _busy_reason(context.instance)
+        if busy is not None:
+            return SkipReason(busy)
         if not (settings.tracks_csv.is_file() and settings.audio_dir.is_dir()):
             return SkipReason(f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir}")
         inputs = raw_inputs(settings.tracks_csv, settings.audio_dir, settings.max_tracks)

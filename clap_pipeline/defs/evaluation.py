@@ -19,6 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from clap_pipeline.defs.metadata_values import dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.checks import beats_random, range_problems
 from clap_pipeline.evaluation.evaluate import evaluate
@@ -29,17 +30,8 @@ from clap_pipeline.evaluation.inputs import (
     load_manifest,
     report_path,
 )
-from clap_pipeline.evaluation.render import (
-    chart_markdown,
-    comparison_chart_png,
-    genre_markdown,
-    genre_search_markdown,
-    qualitative_markdown,
-    retrieval_markdown,
-    verdict_lines,
-)
+from clap_pipeline.evaluation.render import evaluation_metadata
 from clap_pipeline.evaluation.report import load_report
-from clap_pipeline.metrics import KS
 
 _DEFAULTS = EvalConfig()
 
@@ -92,38 +84,9 @@ def evaluation(
 ) -> MaterializeResult:
     inputs = EvalInputs.from_settings(clap_settings.settings())
     report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
-    metadata: dict = {
-        "report": MetadataValue.path(str(inputs.report_path)),
-        "mlflow_run_id": report.mlflow_run_id,
-        "retrieval": MetadataValue.md(retrieval_markdown(report)),
-        "qualitative": MetadataValue.md(qualitative_markdown(report)),
-        "genre_classification": MetadataValue.md(genre_markdown(report)),
-        "genre_search": MetadataValue.md(genre_search_markdown(report)),
-        "verdict": MetadataValue.md("\n".join(verdict_lines(report))),
-        "device": report.device,
-        "seconds": report.seconds,
-    }
-    for split, block in report.splits.items():
-        metadata[f"n_{split}"] = block.n
-    test = report.evaluated("test")
-    if test is not None:
-        metadata["comparison_chart"] = MetadataValue.md(
-            chart_markdown(comparison_chart_png(report))
-        )
-        for k in KS:
-            key = f"text_to_audio_recall_at_{k}"
-            metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
-            metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
-            metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]
-    search = report.genre_search
-    test_search = search.splits["test"]
-    if test_search.prior is not None:
-        score = search.precision_name
-        for key, prefix in (("fine_tuned", ""), ("zero_shot", "zeroshot_")):
-            value = test_search.models[key]["genre_music"].scores[score].value
-            metadata[f"{prefix}test_genre_search_{score}"] = value
-        metadata[f"prior_test_genre_search_{score}"] = test_search.prior.scores[score].value
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(
+        metadata=dagster_metadata(evaluation_metadata(report, inputs.report_path))
+    )
 
 
 @asset_check(

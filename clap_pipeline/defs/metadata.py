@@ -12,7 +12,6 @@ from dagster import (
     Config,
     DataVersion,
     MaterializeResult,
-    MetadataValue,
     TableColumn,
     TableColumnConstraints,
     TableSchema,
@@ -21,34 +20,22 @@ from dagster import (
 )
 from pydantic import Field
 
-from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts, write_prompts
-from clap_pipeline.metadata.fma import load_metadata, profile_tracks, track_id_problems
+from clap_pipeline.dataset import PROMPTS_SCHEMA, read_prompts
+from clap_pipeline.metadata.fma import track_id_problems
+from clap_pipeline.metadata.materialize import listed, load_tracks, write_experiment_prompts
 from clap_pipeline.metadata.prompts import (
     N_TEMPLATES,
-    TEMPLATE_NAMES,
     TEMPLATE_PATTERNS,
     allowed_leak_words,
-    build_prompts,
-    content_hash,
     leak_problems,
     missing_track_ids,
     read_track_texts,
 )
-from clap_pipeline.metadata.selection import select_tracks
 from clap_pipeline.storage import table_exists
-from clap_pipeline.tables import markdown_table
 
+from .metadata_values import dagster_metadata
 from .partitions import sync_audio_folder_partitions
 from .resources import ClapSettings
-
-MAX_LOGGED = 20
-SAMPLE_PROMPTS = 10
-
-
-def _listed(items: list, limit: int = MAX_LOGGED) -> str:
-    shown = ", ".join(str(i) for i in items[:limit])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > limit else "")
-
 
 # --------------------------------------------------------------------------- tracks
 
@@ -66,65 +53,30 @@ def _listed(items: list, limit: int = MAX_LOGGED) -> str:
 def tracks(context: AssetExecutionContext, clap_settings: ClapSettings) -> MaterializeResult:
     settings = clap_settings.settings()
     with clap_settings.connect() as con:
-        summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=context.log.info)
-        profile = profile_tracks(con)
-    for cell in summary.bad_cells[:MAX_LOGGED]:
-        context.log.warning(f"track {cell.track_id}: {cell.column} does not parse, stored as NULL")
-    if len(summary.bad_cells) > MAX_LOGGED:
-        context.log.warning(f"... {len(summary.bad_cells)} unparsable cells in all")
-    if summary.ignored_columns:
-        context.log.warning(f"ignored columns not in FMA's format: {summary.ignored_columns}")
-
+        loaded = load_tracks(con, settings, context.log)
     try:
         added = sync_audio_folder_partitions(context.instance, settings)
     except FileNotFoundError as exc:  # no audio yet: the table is still useful
         context.log.warning(f"waveforms partitions not registered: {exc}")
         added = []
     if added:
-        context.log.info(f"registered audio folder partitions: {_listed(added)}")
-
-    schema = TableSchema(
-        columns=[
-            TableColumn(
-                name,
-                dtype,
-                constraints=TableColumnConstraints(nullable=False, unique=True)
-                if name == "track_id"
-                else None,
-            )
-            for name, dtype in profile.columns
-        ]
-    )
-    genre_rows = [
-        [genre or "(empty)", count, f"{100 * count / max(profile.rows, 1):.1f} %"]
-        for genre, count in profile.genre_top_counts
-    ]
+        context.log.info(f"registered audio folder partitions: {listed(added)}")
     return MaterializeResult(
         metadata={
-            "dagster/row_count": profile.rows,
-            "dagster/column_schema": schema,
-            "null_counts": MetadataValue.json(profile.null_counts),
-            "genre_top_distribution": MetadataValue.md(
-                markdown_table(["genre_top", "tracks", "share"], genre_rows)
-            ),
-            "genres": summary.genres,
-            "unparsable_cells": len(summary.bad_cells),
-            "unparsable_cells_by_column": MetadataValue.json(summary.bad_cell_counts()),
-            "unparsable_cells_sample": MetadataValue.json(
-                [
-                    {"track_id": c.track_id, "column": c.column}
-                    for c in summary.bad_cells[:MAX_LOGGED]
-                ]
-            ),
-            "ignored_columns": MetadataValue.json(list(summary.ignored_columns)),
-            "tracks_csv_sha256": summary.tracks_sha256,
-            "genres_csv_sha256": summary.genres_sha256,
-            "added_audio_folder_partitions": MetadataValue.json(added),
-            "seconds": round(summary.seconds, 2),
-            "tracks_csv": MetadataValue.path(str(settings.tracks_csv)),
-            "duckdb": MetadataValue.path(str(settings.duckdb_path)),
+            "dagster/column_schema": _column_schema(loaded.profile.columns),
+            **dagster_metadata(loaded.metadata(settings, added)),
         },
-        data_version=DataVersion(summary.tracks_sha256),
+        data_version=DataVersion(loaded.summary.tracks_sha256),
+    )
+
+
+def _column_schema(columns: list[tuple[str, str]]) -> TableSchema:
+    unique = TableColumnConstraints(nullable=False, unique=True)
+    return TableSchema(
+        columns=[
+            TableColumn(name, dtype, constraints=unique if name == "track_id" else None)
+            for name, dtype in columns
+        ]
     )
 
 
@@ -172,57 +124,8 @@ def prompts(
     config: PromptsConfig,
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
-    settings = clap_settings.settings()
-    selected = select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
-    if not selected:
-        raise FileNotFoundError(
-            f"no track of `tracks` has an MP3 under {settings.audio_dir}: nothing to prompt"
-        )
-    with clap_settings.connect(read_only=True) as con:
-        texts = read_track_texts(con, [t.track_id for t in selected])
-    result = build_prompts(texts, config.seed)
-    if result.skipped:
-        context.log.warning(
-            f"{len(result.skipped)} track(s) without title, artist, genre and tags got no "
-            f"prompt: {_listed(list(result.skipped))}"
-        )
-    if result.table.num_rows == 0:
-        raise ValueError("no selected track has enough metadata for any prompt template")
-    path = write_prompts(result.table, settings.prompts_path)
-    version = content_hash(result.table)
-    context.log.info(f"wrote {result.table.num_rows} prompts to {path}")
-
-    counts = result.template_counts()
-    sample = result.table.slice(0, SAMPLE_PROMPTS).to_pylist()
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": result.table.num_rows,
-            "selected_tracks": len(selected),
-            "skipped_tracks": len(result.skipped),
-            "seed": config.seed,
-            "template_distribution": MetadataValue.md(
-                markdown_table(
-                    ["id", "template", "pattern", "prompts"],
-                    [
-                        [i, name, TEMPLATE_PATTERNS[i], counts[name]]
-                        for i, name in enumerate(TEMPLATE_NAMES)
-                    ],
-                )
-            ),
-            "sample_prompts": MetadataValue.md(
-                markdown_table(
-                    ["track_id", "template", "prompt"],
-                    [
-                        [r["track_id"], TEMPLATE_NAMES[r["template_id"]], r["prompt"]]
-                        for r in sample
-                    ],
-                )
-            ),
-            "content_sha256": version,
-            "path": MetadataValue.path(str(path)),
-        },
-        data_version=DataVersion(version),
-    )
+    metadata, version = write_experiment_prompts(clap_settings.settings(), config.seed, context.log)
+    return MaterializeResult(metadata=dagster_metadata(metadata), data_version=DataVersion(version))
 
 
 @asset_check(
@@ -238,7 +141,7 @@ def prompts_tracks_exist(clap_settings: ClapSettings) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not missing,
         severity=AssetCheckSeverity.ERROR,
-        description=f"track_ids not in `tracks`: {_listed(missing)}" if missing else "ok",
+        description=f"track_ids not in `tracks`: {listed(missing)}" if missing else "ok",
         metadata={"prompts": len(ids), "missing": len(missing)},
     )
 
@@ -270,7 +173,7 @@ def prompts_no_placeholder_text(clap_settings: ClapSettings) -> AssetCheckResult
     return AssetCheckResult(
         passed=not bad,
         severity=AssetCheckSeverity.ERROR,
-        description=_listed(bad, 10) if bad else "ok",
+        description=listed(bad, 10) if bad else "ok",
         metadata={"prompts": len(rows), "problems": len(bad)},
     )
 
@@ -303,6 +206,6 @@ def prompts_match_contract(clap_settings: ClapSettings) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
-        description=_listed(problems, 10) if problems else "ok",
+        description=listed(problems, 10) if problems else "ok",
         metadata={"prompts": table.num_rows, "problems": len(problems)},
     )

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dagster import DagsterInstance, DynamicPartitionsDefinition
 
 from clap_pipeline.config import Settings
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import selected_tracks
 
 audio_folder_partitions = DynamicPartitionsDefinition(name="audio_folders")
 
 
 def experiment_folders(settings: Settings) -> list[str]:
     """Audio folders that hold at least one of the experiment's tracks, sorted."""
-    selected = select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
+    selected = selected_tracks(settings)
     return sorted({t.folder for t in selected})
 
 

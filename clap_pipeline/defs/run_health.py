@@ -21,9 +21,7 @@ or executors are never judged.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -187,7 +185,7 @@ def slot_holders_text(instance: DagsterInstance, pool: str, own_run_id: str) -> 
     return (
         f"pool {pool} ({len(info.claimed_slots)}/{info.slot_count} slots) is held by run(s) "
         f"{', '.join(others)}, whose processes are alive or on another host: waiting. If one "
-        "of them is dead, `python -m clap_pipeline.defs.run_health free RUN_ID` marks it "
+        "of them is dead, `clap-pipeline run-health free RUN_ID` marks it "
         "FAILED and frees its slots"
     )
 
@@ -349,34 +347,3 @@ def free_run(instance: DagsterInstance, run_id: str) -> str:
         instance.report_run_failed(run, f"run {run_id} marked FAILED by hand (run_health free)")
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     return f"run {run_id}: was {run.status.value}, now FAILED or ended; its pool slots are free"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clap_pipeline.defs.run_health",
-        description="Runs of the Dagster instance ($DAGSTER_HOME) that died, and their pool slots.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="mark dead runs FAILED and free their slots in POOL(s)")
-    p.add_argument("pools", nargs="*", default=["gpu"])
-    p = sub.add_parser("free", help="mark RUN_ID FAILED and free its slots (a dead run elsewhere)")
-    p.add_argument("run_id")
-    args = parser.parse_args(argv)
-    with DagsterInstance.get() as instance:
-        if args.command == "free":
-            try:
-                print(free_run(instance, args.run_id))
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            return 0
-        stale = free_stale_runs(instance, args.pools)
-        for s in stale:
-            print(s.message())
-        for pool in args.pools:
-            print(slot_holders_text(instance, pool, own_run_id=""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

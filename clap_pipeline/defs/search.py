@@ -1,4 +1,4 @@
-"""Asset `track_embeddings` (search index in DuckDB) and its check; the work is in search.py."""
+"""Asset `track_embeddings` (search index in DuckDB) and its check; the work is in search/build.py."""
 
 from dagster import (
     AssetCheckResult,
@@ -6,20 +6,16 @@ from dagster import (
     AssetExecutionContext,
     Config,
     MaterializeResult,
-    MetadataValue,
     asset,
     asset_check,
 )
 from pydantic import Field
 
+from clap_pipeline.search.build import embed_collection
 from clap_pipeline.search.embeddings import count_waveform_rows
-from clap_pipeline.search.query import (
-    TABLE,
-    build_track_embeddings,
-    champion_model,
-    embeddings_health,
-)
+from clap_pipeline.search.index import embeddings_health
 
+from .metadata_values import dagster_metadata
 from .resources import ClapSettings
 
 
@@ -42,45 +38,10 @@ def track_embeddings(
     config: TrackEmbeddingsConfig,
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
-    settings = clap_settings.settings()
-    model = champion_model(settings.mlflow_tracking_uri, settings.registered_model)
-    context.log.info(
-        f"embedding with {settings.registered_model} version {model.version} from {model.source}"
+    metadata = embed_collection(
+        clap_settings.settings(), config.batch_size, config.device, context.log
     )
-    summary = build_track_embeddings(
-        model=model,
-        waveforms_dir=settings.waveforms_dir,
-        audio_dir=settings.audio_dir,
-        duckdb_path=settings.duckdb_path,
-        batch_size=config.batch_size,
-        device=config.device,
-        log=context.log.info,
-    )
-    metadata: dict = {}
-    if summary.genre_search:
-        found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
-        p10 = found["precision_at_10"]
-        context.log.info(
-            f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
-            f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
-            f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"
-        )
-        metadata["genre_search_precision_at_10"] = p10["value"]
-        metadata["genre_search_prior_precision_at_10"] = share
-        metadata["genre_search_per_genre"] = MetadataValue.json(found["per_genre"])
-    return MaterializeResult(
-        metadata={
-            **metadata,
-            "count": summary.count,
-            "dim": summary.dim,
-            "model_version": str(summary.model.version),
-            "model_run_id": str(summary.model.run_id),
-            "model_dir": MetadataValue.path(summary.model.source),
-            "table": f"{settings.duckdb_path}:{TABLE}",
-            "seconds": round(summary.seconds, 2),
-            "clips_per_s": round(summary.clips_per_s, 2),
-        }
-    )
+    return MaterializeResult(metadata=dagster_metadata(metadata))
 
 
 @asset_check(

@@ -21,16 +21,13 @@ from dagster import (
     AssetExecutionContext,
     Config,
     MaterializeResult,
-    MetadataValue,
     PipesSubprocessClient,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 from pydantic import Field
 
 from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE, Settings
+from clap_pipeline.defs.metadata_values import dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
@@ -90,32 +87,6 @@ class ClapTrainingConfig(Config):
         return TrainConfig(
             **{name: getattr(self, name) for name in TrainConfig.__dataclass_fields__}
         )
-
-
-def dagster_metadata(values: dict[str, dict[str, Any]]) -> dict[str, MetadataValue]:
-    """Pipes-format metadata (``report.result_metadata``) as Dagster metadata values."""
-    plain = {
-        "path": MetadataValue.path,
-        "int": MetadataValue.int,
-        "float": MetadataValue.float,
-        "md": MetadataValue.md,
-        "text": MetadataValue.text,
-        "url": MetadataValue.url,
-        "bool": MetadataValue.bool,
-    }
-    out: dict[str, MetadataValue] = {}
-    for name, value in values.items():
-        kind, raw = value["type"], value["raw_value"]
-        if kind == "table":
-            out[name] = MetadataValue.table(
-                records=[TableRecord(r) for r in raw["records"]],
-                schema=TableSchema(
-                    columns=[TableColumn(c["name"], c["type"]) for c in raw["schema"]]
-                ),
-            )
-        else:
-            out[name] = plain[kind](raw)
-    return out
 
 
 def training_arguments(config: ClapTrainingConfig) -> list[str]:

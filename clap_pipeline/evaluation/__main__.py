@@ -1,7 +1,7 @@
-"""``python -m clap_pipeline.evaluation show|run``: see ``clap_pipeline.evaluation.evaluate``."""
+"""``python -m clap_pipeline.evaluation show|run``: an alias of ``clap-pipeline evaluate``."""
 
 import sys
 
-from clap_pipeline.evaluation.evaluate import main
+from clap_pipeline.cli import main
 
-sys.exit(main())
+sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -19,6 +19,7 @@ finished runs that recorded one; running and failed runs are shown, never used.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import statistics
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline import tracking
-from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
 from clap_pipeline.evaluation.mlflow_log import eval_metric_name
+from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.tables import (
     Block,
@@ -581,3 +583,39 @@ def write_comparison(
         json=json_path,
         mlflow_run_id=target.run_id if target else None,
     )
+
+
+def run_model_comparison(settings: Settings, recent: int, log: Log) -> dict[str, object]:
+    """The `model_comparison` asset: every run side by side, written and logged; the metadata."""
+    names = {
+        "experiment": settings.mlflow_experiment,
+        "tracking_uri": settings.mlflow_tracking_uri,
+        "model_name": settings.registered_model,
+    }
+    runs = collect_runs(**names)
+    rec = recommend_max_epochs(runs, recent)
+    png = comparison_png(runs)
+    files = write_comparison(
+        runs, rec, settings.reports_dir, retrain_run_config=settings.retrain_run_config, png=png,
+        **names,
+    )  # fmt: skip
+    champion = next((r for r in runs if r.is_champion), None)
+    log.info(
+        f"{len(runs)} training run(s); recommended max_epochs: {rec.max_epochs}; "
+        f"artifacts logged to run {files.mlflow_run_id}"
+    )
+    return {
+        "comparison": Markdown(files.markdown.read_text(encoding="utf-8")),
+        "chart": Markdown(
+            f"![validation R@5 and loss per epoch, one line per run]"
+            f"(data:image/png;base64,{base64.b64encode(png).decode()})"
+        ),
+        "n_runs": len(runs),
+        # None (shown as null): no finished run with a best epoch yet.
+        "recommended_max_epochs": rec.max_epochs,
+        "champion_run_id": champion.run_id if champion else "",
+        "mlflow_run_id": files.mlflow_run_id or "",
+        "report": Path(files.markdown),
+        "chart_png": Path(files.png),
+        "report_json": Path(files.json),
+    }

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from clap_pipeline.dataset import WaveformIndex, ordered_batches
 from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
-from clap_pipeline.progress import ProgressLog
-from clap_pipeline.training.data import WaveformIndex, ordered_batches
-from clap_pipeline.training.features import features_for_model
-from clap_pipeline.training.model import (
+from clap_pipeline.model.clap import (
     ModelLoadError,
     clip_embeddings,
     load_clap,
     text_embeddings,
     tokenize,
 )
+from clap_pipeline.model.features import features_for_model
+from clap_pipeline.progress import ProgressLog
 
 
 class ClapEncoder:

@@ -3,8 +3,8 @@
 No Dagster here: the `evaluation` asset is a thin wrapper, and the same code runs
 standalone on a GPU host::
 
-    python -m clap_pipeline.evaluation run            # evaluate, log to MLflow, write JSON
-    python -m clap_pipeline.evaluation show           # print reports/evaluation.json
+    clap-pipeline evaluate run    # evaluate, log to MLflow, write JSON (= python -m clap_pipeline.evaluation run)
+    clap-pipeline evaluate show   # print reports/evaluation.json
 
 ``evaluate`` embeds each model once (``encoder``), then computes three parts from those
 embeddings: retrieval per split next to random (``retrieval``), genre classification
@@ -17,14 +17,10 @@ verdict and a chart, ``checks`` into the asset checks' verdicts.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
-from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex
 from clap_pipeline.evaluation.genres import GenrePlan, genre_classification, genre_search_report
 from clap_pipeline.evaluation.inputs import (
     MODELS,
@@ -34,16 +30,13 @@ from clap_pipeline.evaluation.inputs import (
     EvaluationError,
     Log,
     load_manifest,
-    read_genres,
-    report_path,
     split_clips,
 )
 from clap_pipeline.evaluation.mlflow_log import check_mlflow_run, log_artifacts, log_metrics
 from clap_pipeline.evaluation.qualitative import evaluate_qualitative
-from clap_pipeline.evaluation.render import format_evaluation_table
-from clap_pipeline.evaluation.report import EvaluationReport, load_report
+from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
-from clap_pipeline.training.data import Prompts, TrainingDataError, WaveformIndex
+from clap_pipeline.selection import read_genres
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:
@@ -71,7 +64,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     """Evaluate both models, write ``evaluation.json`` atomically, log to MLflow; return it."""
     # torch loads here, not at import: `show` and the Dagster definitions stay fast.
     from clap_pipeline.evaluation.encoder import embed_model
-    from clap_pipeline.training.model import pick_device
+    from clap_pipeline.model.clap import pick_device
 
     config.validate()
     say = log or (lambda _msg: None)
@@ -135,53 +128,3 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         log_artifacts(report, inputs.report_path, inputs.tracking_uri)
     say(f"evaluation written to {inputs.report_path} in {report.seconds:.1f} s")
     return report
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clap_pipeline.evaluation", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("show", help="print reports/evaluation.json as a table")
-    p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
-    p = sub.add_parser("run", help="evaluate now (what the `evaluation` asset does)")
-    p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
-    defaults = EvalConfig()
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--n-bootstrap", type=int, default=defaults.n_bootstrap)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to the MLflow run")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        if args.data_dir is not None:
-            settings = replace(settings, data_dir=Path(args.data_dir).expanduser().resolve())
-        if args.command == "show":
-            print(format_evaluation_table(load_report(report_path(settings))))
-            return 0
-        config = EvalConfig(
-            batch_size=args.batch_size,
-            device=args.device,
-            n_bootstrap=args.n_bootstrap,
-            seed=args.seed,
-            log_to_mlflow=not args.no_mlflow,
-        )
-        from transformers.utils import logging as hf_logging  # transformers loads lazily
-
-        hf_logging.disable_progress_bar()  # per-checkpoint load bars are noise here
-        report = evaluate(config, EvalInputs.from_settings(settings), log=print)
-        print(format_evaluation_table(report))
-        return 0
-    except (EvaluationError, ConfigError) as exc:
-        print(f"evaluation {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

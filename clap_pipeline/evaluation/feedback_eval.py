@@ -17,6 +17,7 @@ judged.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,8 +27,22 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from clap_pipeline import tracking
+from clap_pipeline.config import Settings
 from clap_pipeline.dataset import WaveformRows
-from clap_pipeline.feedback import Feedback
+from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
+from clap_pipeline.feedback import Feedback, feedback_sets
+from clap_pipeline.model.choice import ModelChoiceError, resolve_model
+from clap_pipeline.reporting import Log, Markdown
+from clap_pipeline.storage import write_text_atomic
+from clap_pipeline.tables import markdown_table
+
+REPORT_NAME = "feedback_evaluation.json"
+METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
+SCORE_HEADERS = [
+    "model", "version", "queries", "liked", "disliked", "pairs", "pairwise acc.",
+    "liked mean rank",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,8 +122,8 @@ def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str
     """Cosine scores of queries against the pool's clips with the model in ``model_dir``."""
     import torch
 
-    from clap_pipeline.training.features import features_for_model
-    from clap_pipeline.training.model import clip_embeddings, load_clap, text_embeddings, tokenize
+    from clap_pipeline.model.clap import clip_embeddings, load_clap, text_embeddings, tokenize
+    from clap_pipeline.model.features import features_for_model
 
     clap = load_clap(model_dir)
     model = clap.model.eval()
@@ -163,3 +178,68 @@ def verdict(new: HeldoutScore, served: HeldoutScore | None) -> str:
             f"than version {served.model_version} (mean rank {a:.2f} vs {b:.2f})"
         )
     return f"version {new.model_version} and version {served.model_version} rank liked tracks alike"
+
+
+def _models(
+    settings: Settings, heldout: Sequence[Feedback], log: Log
+) -> list[tuple[str, str, str]]:
+    """(label, version, folder): the newly trained version, and the served one when it loads."""
+    manifest = load_manifest(settings.training_manifest_path)
+    if manifest.registered_model is None:
+        raise EvaluationError(f"{settings.training_manifest_path} names no registered model")
+    new_version = manifest.registered_model.version
+    models = [("new", new_version, str(manifest.best_checkpoint))]
+    served = served_version(heldout)
+    if served is not None and served != new_version:
+        try:
+            model = resolve_model(
+                f"models:/{settings.registered_model}/{served}",
+                settings.mlflow_tracking_uri,
+                settings.registered_model,
+            )
+            models.append(("served", served, model.source))
+        except ModelChoiceError as exc:
+            log.warning(f"cannot load the served version {served}: {exc}")
+    return models
+
+
+def _log_scores(settings: Settings, scores: Sequence[HeldoutScore]) -> None:
+    """``feedback_heldout_*`` metrics (``_served`` for the served version) on the training run."""
+    run_id = load_manifest(settings.training_manifest_path).mlflow_run_id
+    client = tracking.client(settings.mlflow_tracking_uri)
+    for score, suffix in zip(scores, ("", "_served"), strict=False):
+        for key in ("pairwise_accuracy", "liked_mean_rank"):
+            value = getattr(score, key)
+            if value is not None:
+                client.log_metric(run_id, f"{METRIC_PREFIX}{key}{suffix}", float(value))
+
+
+def run_feedback_evaluation(settings: Settings, log: Log) -> dict[str, object]:
+    """The `feedback_evaluation` asset: score, write the JSON report, log MLflow metrics.
+
+    Returns the materialization metadata.
+    """
+    heldout = feedback_sets(settings.duckdb_path).heldout
+    models = _models(settings, heldout, log)
+    scores = evaluate_feedback(heldout, settings.waveforms_dir, models) if heldout else []
+    new = scores[0] if scores else None
+    old = scores[1] if len(scores) > 1 else None
+    summary = verdict(new, old) if new else "no held-out feedback yet"
+    report = {"verdict": summary, "scores": [s.as_dict() for s in scores]}
+    path = write_text_atomic(settings.reports_dir / REPORT_NAME, json.dumps(report, indent=1))
+    if scores:
+        _log_scores(settings, scores)
+    rows = [
+        [
+            s.label, s.model_version, s.queries, s.liked, s.disliked, s.pairs,
+            "–" if s.pairwise_accuracy is None else f"{s.pairwise_accuracy:.3f}",
+            "–" if s.liked_mean_rank is None else f"{s.liked_mean_rank:.2f} of {s.pool}",
+        ]
+        for s in scores
+    ]  # fmt: skip
+    return {
+        "verdict": summary,
+        "heldout_rows": len(heldout),
+        "scores": Markdown(markdown_table(SCORE_HEADERS, rows) if rows else summary),
+        "report": Path(path),
+    }

@@ -2,7 +2,7 @@
 
 Classification: each clip's genre is the best-scoring ``GENRE_PROMPT`` over the genres
 present in the evaluated splits (accuracy with a bootstrap interval, confusion matrix,
-chance and majority baselines). Search: ``clap_pipeline.evaluation.genre_search`` per
+chance and majority baselines). Search: ``clap_pipeline.genre_search`` per
 split, each query template against the genre prior.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.evaluation import genre_search
+from clap_pipeline import genre_search
 from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     GenreAccuracy,

@@ -12,11 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from clap_pipeline.config import Settings
-from clap_pipeline.storage import duckdb_connection, table_exists
-from clap_pipeline.training.data import Prompts, WaveformIndex
+from clap_pipeline.dataset import Prompts, WaveformIndex
 from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, TrainingReportError
 
 REPORT_NAME = "evaluation.json"
@@ -128,25 +125,3 @@ def split_clips(
         expected=len(wanted),
         missing=[t for t in wanted if t not in present],
     )
-
-
-def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | None]:
-    """``track_genre_top`` of the given tracks from DuckDB ``tracks`` (read-only)."""
-    duckdb_path = Path(duckdb_path)
-    if not duckdb_path.exists():
-        raise EvaluationError(f"{duckdb_path} does not exist: materialize the `tracks` asset")
-    wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
-    with duckdb_connection(duckdb_path, read_only=True) as con:
-        if not table_exists(con, "tracks"):
-            raise EvaluationError(f"{duckdb_path} has no table `tracks`: materialize `tracks`")
-        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
-        if "track_genre_top" not in columns:
-            raise EvaluationError(
-                f"{duckdb_path}: table `tracks` has no column track_genre_top: "
-                "re-materialize `tracks`"
-            )
-        con.register("wanted_ids", wanted)
-        rows = con.execute(
-            "SELECT t.track_id, t.track_genre_top FROM tracks t JOIN wanted_ids USING (track_id)"
-        ).fetchall()
-    return {int(t): (g if g else None) for t, g in rows}

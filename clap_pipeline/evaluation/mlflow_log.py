@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clap_pipeline import tracking
-from clap_pipeline.evaluation import genre_search
+from clap_pipeline import genre_search, tracking
 from clap_pipeline.evaluation.inputs import EvaluationError
 from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
 from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged

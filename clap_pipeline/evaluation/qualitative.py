@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clap_pipeline.dataset import WaveformIndex
 from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
 from clap_pipeline.evaluation.report import (
     QualitativeColumn,
@@ -22,7 +23,6 @@ from clap_pipeline.evaluation.report import (
     QualitativeRow,
     Top1,
 )
-from clap_pipeline.training.data import WaveformIndex
 from clap_pipeline.training_report import TrainingReport
 
 if TYPE_CHECKING:  # the encoder module loads torch

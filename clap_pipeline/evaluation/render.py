@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.evaluation import genre_search
+from clap_pipeline import genre_search
 from clap_pipeline.evaluation.checks import beats_random
 from clap_pipeline.evaluation.inputs import MODELS
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, SplitRetrieval
-from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES, RANK_METRICS
+from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES, RANK_METRICS
+from clap_pipeline.reporting import Markdown
 from clap_pipeline.tables import Table
 
 CHART_NAME = "evaluation_chart.png"
@@ -346,3 +348,37 @@ def comparison_chart_png(report: EvaluationReport, split: str = "test") -> bytes
 
 def chart_markdown(png: bytes) -> str:
     return f"![zero-shot vs fine-tuned vs random](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str, object]:
+    """The `evaluation` asset's materialization metadata: tables, verdict, headline numbers."""
+    metadata: dict[str, object] = {
+        "report": Path(report_path),
+        "mlflow_run_id": report.mlflow_run_id,
+        "retrieval": Markdown(retrieval_markdown(report)),
+        "qualitative": Markdown(qualitative_markdown(report)),
+        "genre_classification": Markdown(genre_markdown(report)),
+        "genre_search": Markdown(genre_search_markdown(report)),
+        "verdict": Markdown("\n".join(verdict_lines(report))),
+        "device": report.device,
+        "seconds": report.seconds,
+    }
+    for split, block in report.splits.items():
+        metadata[f"n_{split}"] = block.n
+    test = report.evaluated("test")
+    if test is not None:
+        metadata["comparison_chart"] = Markdown(chart_markdown(comparison_chart_png(report)))
+        for k in KS:
+            key = f"text_to_audio_recall_at_{k}"
+            metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
+            metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
+            metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]
+    search = report.genre_search
+    test_search = search.splits["test"]
+    if test_search.prior is not None:
+        score = search.precision_name
+        for key, prefix in (("fine_tuned", ""), ("zero_shot", "zeroshot_")):
+            value = test_search.models[key]["genre_music"].scores[score].value
+            metadata[f"{prefix}test_genre_search_{score}"] = value
+        metadata[f"prior_test_genre_search_{score}"] = test_search.prior.scores[score].value
+    return metadata

@@ -42,6 +42,7 @@ from clap_pipeline.dataset import (
     INT,
     INT_LIST,
     MAX_TRACK_ID,
+    SOURCE_TABLE,
     STR,
     STR_LIST,
     TRACKS_TABLE,
@@ -56,8 +57,6 @@ GENRES_TABLE = "genres"
 STAGING = {TRACKS_TABLE: "tracks_new", GENRES_TABLE: "genres_new"}
 # One row: the sha256 of the tracks.csv the tables were loaded from (the data version
 # that retraining compares against), replaced in the same transaction as the tables.
-SOURCE_TABLE = "tracks_source"
-
 # Regex fast path for Python list reprs (RE2 syntax). A string literal without
 # backslash escapes cannot contain its own quote character, so after a full
 # match, extracting the literals left to right splits the list exactly.
@@ -603,14 +602,6 @@ def _swap(con: duckdb.DuckDBPyConnection, tracks_csv: Path, tracks_sha256: str) 
             "?::VARCHAR AS tracks_sha256, now() AS loaded_at",
             [str(tracks_csv), tracks_sha256],
         )
-
-
-def loaded_tracks_sha256(con: duckdb.DuckDBPyConnection) -> str | None:
-    """sha256 of the tracks.csv behind table ``tracks`` (None before the first load)."""
-    if not table_exists(con, SOURCE_TABLE):
-        return None
-    row = con.execute(f"SELECT tracks_sha256 FROM {SOURCE_TABLE}").fetchone()
-    return row[0] if row else None
 
 
 def read_track_ids(tracks_csv: Path) -> list[int]:

@@ -3,7 +3,7 @@
 The new-tracks sensor and the nightly schedule ask here. "Trainable" tracks have a
 row in tracks.csv and an MP3 in FMA's layout; the experiment uses the first
 ``CLAP_MAX_TRACKS`` of them by id, exactly as the assets select them
-(``clap_pipeline.metadata.selection``). The last training's selection is read from the
+(``clap_pipeline.selection``). The last training's selection is read from the
 manifest that every successful training writes (``reports/training.json``).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from clap_pipeline.dataset import audio_name_id, folder_of
 from clap_pipeline.metadata.fma import file_sha256, read_track_ids
-from clap_pipeline.metadata.selection import Selection
+from clap_pipeline.selection import Selection
 from clap_pipeline.training_report import TrainingReport, TrainingReportError
 
 _FOLDER = re.compile(r"\d{3}")

@@ -2,7 +2,7 @@
 
 Memory is bounded by one batch of waveforms (plus the N x d result): rows are
 read fragment by fragment and re-batched to ``batch_size``. Features are the
-batched torch log-mel (``clap_pipeline.training.features.LogMelFeatures``) on the model's
+batched torch log-mel (``clap_pipeline.model.features.LogMelFeatures``) on the model's
 device, so the numpy feature extractor never runs per clip.
 """
 
@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import torch
 
 from clap_pipeline.dataset import WaveformRows
+from clap_pipeline.model.clap import LoadedClap, clip_embeddings, pick_device
+from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
-from clap_pipeline.training.features import features_for_model
-from clap_pipeline.training.model import LoadedClap, clip_embeddings, pick_device
 
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
 

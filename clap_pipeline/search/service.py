@@ -34,18 +34,17 @@ import numpy as np
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.feedback import Feedback, record_feedback, validate_query
+from clap_pipeline.model.choice import ModelChoice, resolve_model
 from clap_pipeline.search.filters import Catalog, Filters, build_catalog
-from clap_pipeline.search.query import (
+from clap_pipeline.search.index import (
     CACHE_DIR_NAME,
     TABLE,
     IndexInfo,
-    ModelChoice,
     SearchError,
     catalog_rows,
     index_info,
     open_index,
     read_index_info,
-    resolve_model,
 )
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
@@ -73,7 +72,7 @@ class Result:
 @dataclass(frozen=True)
 class Snapshot:
     model: ModelChoice
-    clap: object  # clap_pipeline.training.model.LoadedClap
+    clap: object  # clap_pipeline.model.clap.LoadedClap
     index: VectorIndex
     catalog: Catalog
     info: IndexInfo
@@ -176,7 +175,7 @@ class SearchService:
         return resolve_model(None, uri, name)
 
     def _build_snapshot(self, previous: Snapshot | None) -> Snapshot:
-        from clap_pipeline.training.model import load_clap
+        from clap_pipeline.model.clap import load_clap
 
         with self._db_lock:
             matrix, catalog, info = read_catalog(self.settings.duckdb_path)

@@ -12,7 +12,7 @@ text tower's weights, the config and the library versions. A cached file is reus
 for exactly those weights.
 
 Kinds: ``onnx-int8`` (the default), ``onnx`` (fp32 graph), ``torch`` (the model as loaded,
-fp32, what ``search.encode_query`` does).
+fp32, what :func:`encode_query` does for one query).
 """
 
 from __future__ import annotations
@@ -37,6 +37,20 @@ OPSET = 17
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> (B, d) float32, rows L2-normalised
 
 
+def encode_query(clap, text: str) -> np.ndarray:
+    """L2-normalised text embedding (d,) of one query, on the CPU (one query: no GPU start-up)."""
+    import torch
+
+    from clap_pipeline.model.clap import text_embeddings, tokenize
+
+    model = clap.model
+    if model.training or next(model.parameters()).device.type != "cpu":
+        model = model.to("cpu").eval()  # a no-op move still costs ~1 ms a query: skip it
+    with torch.inference_mode():
+        emb = text_embeddings(model, tokenize(clap.tokenizer, [text]))
+    return emb[0].float().numpy()
+
+
 def weights_key(clap, kind: str) -> str:
     """sha256 of the text tower's weights, the config and the versions that shape the graph."""
     import onnx
@@ -58,7 +72,7 @@ def _export(clap, path: Path) -> None:
     """The text tower + projection + normalisation of ``clap.model`` as an ONNX graph."""
     import torch
 
-    from clap_pipeline.training.model import text_embeddings, tokenize
+    from clap_pipeline.model.clap import text_embeddings, tokenize
 
     model = clap.model
 
@@ -125,7 +139,7 @@ def onnx_encoder(clap, kind: str, cache_dir: Path, threads: int = 1) -> Encoder:
     """An ONNX Runtime session over the exported text tower (thread-safe ``run``)."""
     import onnxruntime as ort
 
-    from clap_pipeline.training.model import tokenize
+    from clap_pipeline.model.clap import tokenize
 
     path = onnx_model_path(clap, kind, cache_dir)
     options = ort.SessionOptions()
@@ -147,7 +161,7 @@ def torch_encoder(clap) -> Encoder:
     """The loaded model in fp32 PyTorch (the reference)."""
     import torch
 
-    from clap_pipeline.training.model import text_embeddings, tokenize
+    from clap_pipeline.model.clap import text_embeddings, tokenize
 
     def encode(texts: list[str]) -> np.ndarray:
         model = clap.model

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clap_pipeline.search.query import top_k
+from clap_pipeline.search.index import top_k
 
 EXACT_MAX_ROWS = 20_000  # below this a full scan costs about as much as probing cells
 TARGET_RECALL = 0.995

@@ -1,4 +1,5 @@
-"""``python -m clap_pipeline.training``: the standalone trainer, also what torchrun launches.
+"""The standalone trainer behind ``clap-pipeline train`` / ``python -m clap_pipeline.training``
+(what torchrun launches; the flags are parsed in ``cli/train.py``).
 
 Settings come from the environment (``Settings.from_env``) with the command line's
 overrides. Under torchrun every rank runs this; rank 0 prints progress and the
@@ -10,56 +11,23 @@ core never imports Dagster.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import asdict, fields, replace
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from clap_pipeline.config import ConfigError, Settings, add_setting_flags, started_by_dagster_pipes
+from clap_pipeline.config import ConfigError, started_by_dagster_pipes
+from clap_pipeline.dataset import TrainingDataError
+from clap_pipeline.model.clap import ModelLoadError
+from clap_pipeline.reporting import pipes_metadata
 from clap_pipeline.training.config import TrainConfig, TrainingError, TrainInputs
-from clap_pipeline.training.data import SPLIT_MODES, TrainingDataError
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.loop import train
-from clap_pipeline.training.model import ModelLoadError
 from clap_pipeline.training.report import TrainingResult, result_metadata
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m clap_pipeline.training",
-        description="Fine-tune CLAP on the prompts + waveforms under $CLAP_DATA_DIR "
-        "(the `clap_model` asset without Dagster). Data-parallel under "
-        "`torchrun --nproc_per_node N -m clap_pipeline.training ...`.",
-    )
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default {f.default})"
-        if isinstance(f.default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
-            )
-        elif f.name == "split":
-            parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
-    add_setting_flags(parser)
-    parser.add_argument(
-        "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
-    )
-    parser.add_argument("--dagster-run-id", help="recorded on the MLflow run (set by Dagster)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """The env vars' settings with the command line's flags over them."""
-    return Settings.from_args(args, environ)
 
 
 class _Reporter:
@@ -83,7 +51,9 @@ class _Reporter:
     def result(self, result: TrainingResult) -> None:
         print(json.dumps(_summary(result), indent=1), flush=True)
         if self.pipes is not None:
-            self.pipes.report_asset_materialization(metadata=result_metadata(result))
+            self.pipes.report_asset_materialization(
+                metadata=pipes_metadata(result_metadata(result))
+            )
 
 
 @contextlib.contextmanager
@@ -124,20 +94,24 @@ def _lost_a_peer(exc: RuntimeError) -> bool:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_training(
+    read_inputs: Callable[[], tuple[TrainConfig, TrainInputs]],
+    *,
+    dagster_run_id: str | None = None,
+    quiet: bool = False,
+) -> int:
+    """Train with what ``read_inputs`` returns; the exit status (2: inputs, 3: MLflow, 4: a peer).
+
+    ``read_inputs`` runs inside the reporter, so a setting's error reaches Dagster too.
+    """
     ranks = Ranks.from_env()
-    with _reporter(ranks, args.quiet) as reporter:
+    with _reporter(ranks, quiet) as reporter:
         try:
-            settings = settings_from_args(args)
-            config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-            inputs = TrainInputs.from_settings(settings)
-            if args.duckdb:
-                inputs = replace(inputs, duckdb_path=Path(args.duckdb))
+            config, inputs = read_inputs()
             result = train(
                 config,
                 inputs,
-                dagster_run_id=args.dagster_run_id,
+                dagster_run_id=dagster_run_id,
                 on_progress=lambda p: reporter.line(p.message),
                 ranks=ranks,
             )
@@ -155,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             return 4
         except MlflowException as exc:  # e.g. the tracking server was gone past the retries
             reporter.error(
-                f"the MLflow tracking store {settings.mlflow_tracking_uri} failed: {exc}. "
+                f"the MLflow tracking store {inputs.tracking_uri} failed: {exc}. "
                 "Checkpoints of completed epochs are kept; run again once it answers and the "
                 "training resumes in the same MLflow run."
             )

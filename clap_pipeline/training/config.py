@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
-from clap_pipeline.metadata.selection import Selection, current_selection
+from clap_pipeline.selection import Selection, current_selection
 from clap_pipeline.training.data import SPLIT_MODES
 
 PRECISIONS = ("auto", "bf16", "fp32")

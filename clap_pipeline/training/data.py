@@ -1,4 +1,4 @@
-"""Training data: splits, prompts and a streaming reader over the `waveforms/` Parquet dataset.
+"""Training data: splits, shuffled and sharded batches over the `waveforms/` Parquet dataset.
 
 Memory is bounded by a shuffle buffer of a few batches plus one Parquet row
 group (<= 64 clips), never by the dataset: the reader keeps an index of where
@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from clap_pipeline.dataset import WaveformContractError, WaveformRows
+from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex, ordered_batches
 from clap_pipeline.feedback import feedback_sets
 from clap_pipeline.storage import duckdb_connection, table_exists
 
@@ -29,10 +27,6 @@ SPLIT_MODES = ("fma", "hash", "random_80_20")
 # FMA's `set.split` values -> our split names.
 FMA_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
 REFERENCE_POOL = 100  # the reference recipe: random 80/20 of the first 100 clips
-
-
-class TrainingDataError(ValueError):
-    """The training inputs are missing, malformed or too small; the message names the file/counts."""
 
 
 # --------------------------------------------------------------------------- splits
@@ -117,61 +111,6 @@ def assign_splits(
 # --------------------------------------------------------------------------- prompts
 
 
-@dataclass(frozen=True)
-class Prompts:
-    """Text side of each track: the stored prompt and the template renderings (None = n/a)."""
-
-    prompt: dict[int, str]
-    renderings: dict[int, tuple[str | None, ...]]
-    # Listeners' liked queries per track (feedback.py) and the chance that one of them is
-    # a training track's text in an epoch instead of its prompt.
-    feedback: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    feedback_weight: float = 0.0
-
-    @classmethod
-    def load(cls, path: Path) -> Prompts:
-        if not path.exists():
-            raise TrainingDataError(f"{path} does not exist: materialize the `prompts` asset first")
-        table = pq.read_table(path)
-        missing = {"track_id", "prompt"} - set(table.column_names)
-        if missing:
-            raise TrainingDataError(f"{path} lacks column(s) {sorted(missing)}")
-        ids = table.column("track_id").to_pylist()
-        texts = table.column("prompt").to_pylist()
-        renderings = (
-            table.column("renderings").to_pylist()
-            if "renderings" in table.column_names
-            else [None] * len(ids)
-        )
-        prompt: dict[int, str] = {}
-        rendered: dict[int, tuple[str | None, ...]] = {}
-        for row, (tid, text, options) in enumerate(zip(ids, texts, renderings, strict=True)):
-            if tid is None or not text:
-                raise TrainingDataError(f"{path} row {row}: empty track_id or prompt")
-            if tid in prompt:
-                raise TrainingDataError(f"{path}: track_id {tid} appears twice")
-            prompt[int(tid)] = str(text)
-            rendered[int(tid)] = tuple(options) if options else ()
-        return cls(prompt=prompt, renderings=rendered)
-
-    def text_for(self, track_id: int, *, seed: int, epoch: int, resample: bool) -> str:
-        """The stored prompt, or (``resample``) one of its renderings chosen by (seed, epoch, id).
-
-        A track with liked queries gets one of them instead with probability
-        ``feedback_weight`` per epoch (drawn from the same kind of hash).
-        """
-        liked = self.feedback.get(track_id, ())
-        if liked and self.feedback_weight > 0:
-            digest = hashlib.sha256(f"feedback:{seed}:{epoch}:{track_id}".encode()).digest()
-            if int.from_bytes(digest[:8], "big") / 2**64 < self.feedback_weight:
-                return liked[int.from_bytes(digest[8:16], "big") % len(liked)]
-        options = [t for t in self.renderings.get(track_id, ()) if t]
-        if not resample or not options:
-            return self.prompt[track_id]
-        digest = hashlib.sha256(f"{seed}:{epoch}:{track_id}".encode()).digest()
-        return options[int.from_bytes(digest[:8], "big") % len(options)]
-
-
 def _feedback_version(prompts: Prompts) -> str:
     """Suffix of the prompts' data version when liked queries join them ('' without)."""
     if not prompts.feedback or prompts.feedback_weight <= 0:
@@ -189,77 +128,6 @@ def file_fingerprint(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- waveforms
-
-
-@dataclass(frozen=True)
-class RowLocation:
-    file_index: int
-    row_group: int
-    row: int
-
-
-@dataclass
-class WaveformIndex:
-    """Where each track's waveform lives in the Parquet dataset (file, row group, row)."""
-
-    root: Path
-    files: list[Path]
-    locations: dict[int, RowLocation]
-    data_version: str
-
-    @classmethod
-    def build(cls, root: Path) -> WaveformIndex:
-        root = Path(root)
-        if not root.is_dir():
-            raise TrainingDataError(
-                f"{root} does not exist: materialize the `waveforms` asset first"
-            )
-        # pyarrow's discovery skips hidden ("."/"_") temp files of in-flight writes.
-        files = sorted(Path(f) for f in ds.dataset(root, format="parquet").files)
-        locations: dict[int, RowLocation] = {}
-        version = hashlib.sha256()
-        for file_index, path in enumerate(files):
-            pf = pq.ParquetFile(path)
-            names = set(pf.schema_arrow.names)
-            if not {"track_id", "input_values"} <= names:
-                raise TrainingDataError(f"{path} lacks track_id/input_values columns")
-            provenance = [c for c in ("source_size", "source_mtime") if c in names]
-            version.update(f"{path.name}:{path.stat().st_size}".encode())
-            for rg in range(pf.num_row_groups):
-                small = pf.read_row_group(rg, columns=["track_id", *provenance])
-                ids = small.column("track_id").to_pylist()
-                for row, tid in enumerate(ids):
-                    if tid in locations:
-                        other = files[locations[tid].file_index]
-                        raise TrainingDataError(
-                            f"track_id {tid} appears twice in the waveforms: {other} and {path}"
-                        )
-                    locations[int(tid)] = RowLocation(file_index, rg, row)
-                version.update(json.dumps(small.to_pydict(), sort_keys=True).encode())
-        return cls(
-            root=root, files=files, locations=locations, data_version=version.hexdigest()[:16]
-        )
-
-    def read_rows(
-        self, file_index: int, row_group: int, rows: Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(track_ids, float32 waveforms (n, 240000)) for the given rows of one row group."""
-        path = self.files[file_index]
-        table = pq.ParquetFile(path).read_row_group(row_group, columns=["track_id", "input_values"])
-        rows_arr = np.asarray(rows, dtype=np.int64)
-        waveforms = WaveformRows(table, path)
-        try:
-            return waveforms.track_ids[rows_arr], waveforms.clips(rows_arr)
-        except WaveformContractError as exc:
-            raise TrainingDataError(str(exc)) from exc
-
-    def groups_of(self, track_ids: Iterable[int]) -> dict[tuple[int, int], list[int]]:
-        """Rows to read per (file, row group) for the given tracks, in dataset order."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for tid in track_ids:
-            loc = self.locations[tid]
-            groups.setdefault((loc.file_index, loc.row_group), []).append(loc.row)
-        return {key: sorted(groups[key]) for key in sorted(groups)}
 
 
 @dataclass
@@ -327,27 +195,6 @@ def shuffled_batches(
             yield take(batch_size)
     while len(buf_ids) >= batch_size:
         yield take(batch_size)
-
-
-def ordered_batches(
-    index: WaveformIndex, track_ids: Sequence[int], batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """All clips of ``track_ids`` in dataset order (= track_id order), last batch partial."""
-    buf_ids: list[np.ndarray] = []
-    buf_waves: list[np.ndarray] = []
-    n = 0
-    for (file_index, row_group), rows in index.groups_of(sorted(track_ids)).items():
-        ids, waves = index.read_rows(file_index, row_group, rows)
-        buf_ids.append(ids)
-        buf_waves.append(waves)
-        n += len(ids)
-        while n >= batch_size:
-            all_ids, all_waves = np.concatenate(buf_ids), np.concatenate(buf_waves)
-            yield all_ids[:batch_size], all_waves[:batch_size]
-            buf_ids, buf_waves = [all_ids[batch_size:]], [all_waves[batch_size:]]
-            n -= batch_size
-    if n:
-        yield np.concatenate(buf_ids), np.concatenate(buf_waves)
 
 
 def prefetch(batches: Iterator[ClipBatch], depth: int = 2) -> Iterator[ClipBatch]:

@@ -37,8 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clap_pipeline import registry, tracking
 from clap_pipeline.metrics import retrieval_metrics_blockwise
+from clap_pipeline.model.clap import LoadedClap, load_clap, pick_device, save_checkpoint, tokenize
+from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
-from clap_pipeline.storage import atomic_path, remove_orphaned_temps
+from clap_pipeline.storage import remove_orphaned_temps
 from clap_pipeline.training import distributed, report, resume
 from clap_pipeline.training.config import (
     NonFiniteLossError,
@@ -49,7 +51,7 @@ from clap_pipeline.training.config import (
 )
 from clap_pipeline.training.data import ClipBatch, TrainingData, prefetch
 from clap_pipeline.training.distributed import Ranks
-from clap_pipeline.training.features import CachedFeatures, features_for_model
+from clap_pipeline.training.features import CachedFeatures
 from clap_pipeline.training.loss import (
     SELECTION_METRIC,
     EpochRecord,
@@ -61,7 +63,6 @@ from clap_pipeline.training.loss import (
     prepare_logit_scales,
     should_stop,
 )
-from clap_pipeline.training.model import LoadedClap, load_clap, pick_device, tokenize
 from clap_pipeline.training.report import TrainingResult
 from clap_pipeline.training.session import (
     ProgressCallback,
@@ -570,7 +571,7 @@ def _close_epoch(session: Session, state: _Model, epoch: int, stats: _EpochStats
     if not math.isfinite(val_loss):
         raise NonFiniteLossError(epoch, None, val_loss, phase="validation")
     eval_seconds = time.perf_counter() - t_eval
-    checkpoint = _save_checkpoint(clap, state.loaded.processor, session.run_dir / f"epoch-{epoch}")
+    checkpoint = save_checkpoint(clap, state.loaded.processor, session.run_dir / f"epoch-{epoch}")
     record = EpochRecord(
         epoch=epoch,
         train_loss=stats.loss,
@@ -586,13 +587,6 @@ def _close_epoch(session: Session, state: _Model, epoch: int, stats: _EpochStats
     )
     report.log_epoch(session.client, session.run_id, record, config.log_checkpoints)
     return record
-
-
-def _save_checkpoint(model, processor, target: Path) -> Path:
-    with atomic_path(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-    return target.resolve()
 
 
 def _register(session: Session, best: EpochRecord, state: _Model) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.reporting import Markdown, Table, Url
 from clap_pipeline.storage import atomic_path
 from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
 from clap_pipeline.training.session import Session
@@ -300,48 +301,38 @@ _EPOCH_COLUMNS: tuple[tuple[str, str, Callable[[EpochRecord], Any]], ...] = (
 )
 
 
-def result_metadata(result: TrainingResult) -> dict[str, dict[str, Any]]:
-    """The `clap_model` materialization metadata as Dagster Pipes values (``type``, ``raw_value``).
-
-    Plain JSON, so the in-process asset and a torchrun child reporting through Pipes
-    show the same entries in the Dagster UI.
-    """
+def result_metadata(result: TrainingResult) -> dict[str, object]:
+    """The `clap_model` materialization metadata as plain values (``reporting``): the
+    in-process asset turns them into Dagster values directly, a torchrun child sends them
+    through Pipes (``reporting.pipes_metadata``); both show the same entries in the UI."""
     best = next(r for r in result.epochs if r.epoch == result.best_epoch)
-    records = [
+    records = tuple(
         {
             **{name: value(r) for name, _, value in _EPOCH_COLUMNS},
             "best": r.epoch == result.best_epoch,
         }
         for r in result.epochs
-    ]
-    schema = [{"name": name, "type": kind} for name, kind, _ in _EPOCH_COLUMNS]
+    )
+    columns = (*((name, kind) for name, kind, _ in _EPOCH_COLUMNS), ("best", "bool"))
     registered = result.report.registered_model.name if result.report.registered_model else ""
-
-    def typed(kind: str, value: Any) -> dict[str, Any]:
-        return {"type": kind, "raw_value": value}
-
     return {
-        "best_checkpoint": typed("path", str(result.best_checkpoint)),
-        "best_epoch": typed("int", result.best_epoch),
-        "best_val_text_to_audio_recall_at_5": typed("float", best.val_recall_at_5),
-        "best_val_loss": typed("float", best.val_loss),
-        "epochs": typed(
-            "table", {"records": records, "schema": [*schema, {"name": "best", "type": "bool"}]}
-        ),
-        "training_curve": typed("md", result.curve_markdown()),
-        "mlflow_run_id": typed("text", result.run_id),
-        "mlflow_run": typed("url", result.run_url),
-        "registered_model": typed(
-            "text", f"{registered} v{result.registered_version} @{result.alias}"
-        ),
-        "device": typed("text", result.device),
-        "world_size": typed("int", result.report.world_size),
-        "n_train": typed("int", result.n_train),
-        "n_val": typed("int", result.n_val),
-        "n_test": typed("int", result.n_test),
-        "wall_time_s": typed("float", round(result.wall_time_s, 2)),
-        "train_clips_per_second": typed("float", round(result.clips_per_second, 2)),
-        "resumed_from_epoch": typed("int", result.resumed_from_epoch),
-        "stopped_early": typed("bool", result.stopped_early),
-        "manifest": typed("path", str(result.manifest_path)),
+        "best_checkpoint": Path(result.best_checkpoint),
+        "best_epoch": int(result.best_epoch),
+        "best_val_text_to_audio_recall_at_5": float(best.val_recall_at_5),
+        "best_val_loss": float(best.val_loss),
+        "epochs": Table(columns, records),
+        "training_curve": Markdown(result.curve_markdown()),
+        "mlflow_run_id": str(result.run_id),
+        "mlflow_run": Url(result.run_url),
+        "registered_model": f"{registered} v{result.registered_version} @{result.alias}",
+        "device": str(result.device),
+        "world_size": int(result.report.world_size),
+        "n_train": int(result.n_train),
+        "n_val": int(result.n_val),
+        "n_test": int(result.n_test),
+        "wall_time_s": float(round(result.wall_time_s, 2)),
+        "train_clips_per_second": float(round(result.clips_per_second, 2)),
+        "resumed_from_epoch": int(result.resumed_from_epoch),
+        "stopped_early": bool(result.stopped_early),
+        "manifest": Path(result.manifest_path),
     }

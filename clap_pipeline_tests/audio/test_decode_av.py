@@ -29,7 +29,7 @@ from clap_pipeline.audio.decode_av import decode_job, decode_window_av
 from clap_pipeline.audio.decode_failures import read_failures
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms
 from clap_pipeline.dataset import CLIP_SAMPLES
-from clap_pipeline.metadata.selection import SelectedTrack
+from clap_pipeline.selection import SelectedTrack
 from clap_pipeline_tests.audio_fixtures import AudioFactory
 
 MAX_ABS_DIFF = 1e-5
@@ -203,7 +203,7 @@ _BUILD_IN_A_POOL = """
 import sys
 from pathlib import Path
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms
-from clap_pipeline.metadata.selection import SelectedTrack
+from clap_pipeline.selection import SelectedTrack
 
 if __name__ == "__main__":
     clip, out = Path(sys.argv[1]), Path(sys.argv[2])

@@ -32,7 +32,7 @@ from clap_pipeline.audio.waveforms import (
 )
 from clap_pipeline.config import REPO_ROOT
 from clap_pipeline.dataset import CLIP_SAMPLES
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import select_tracks
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 
 # track_id -> kind of clip; folders 000 and 001. Track 7 is in `tracks` but has no file.
@@ -261,7 +261,7 @@ def test_no_ffmpeg_fails_before_any_work(
 
 _CHILD = """
 import json, sys, time
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import select_tracks
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, group_by_folder
 args = json.loads(sys.argv[1])
 selected = group_by_folder(select_tracks(args["db"], args["audio"], args["max_tracks"]))

@@ -18,10 +18,11 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context
 from clap_pipeline import tracking
 from clap_pipeline.config import REPO_ROOT, Settings
 from clap_pipeline.definitions import build_defs
-from clap_pipeline.defs.automation import NEW_TRACKS_TAG, new_tracks_sensor
+from clap_pipeline.defs.automation import new_tracks_sensor
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.demo.collection import add_demo_tracks, write_demo_dataset
 from clap_pipeline.evaluation.report import load_report
+from clap_pipeline.metadata.retrain import NEW_TRACKS_TAG
 
 # The tiny model's recipe, as `make demo` and `make dev` use it.
 TINY_RUN_CONFIG = REPO_ROOT / "scripts" / "tiny_model_run_config.yaml"

@@ -32,11 +32,8 @@ from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.definitions import build_defs
 from clap_pipeline.defs.automation import (
-    DATA_VERSION_TAG,
-    NEW_TRACKS_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
-    SensorCursor,
     failure_summary,
     new_tracks_sensor,
     nightly_retrain_schedule,
@@ -46,6 +43,7 @@ from clap_pipeline.defs.automation import (
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.demo.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.metadata.new_tracks import CsvHash, raw_inputs
+from clap_pipeline.metadata.retrain import DATA_VERSION_TAG, NEW_TRACKS_TAG, SensorCursor
 
 FIRST_IDS = [2, 5, 10, 1000, 1001]
 

@@ -27,7 +27,7 @@ from clap_pipeline import tracking
 from clap_pipeline.audio.decode_failures import read_failures
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, group_by_folder
 from clap_pipeline.defs.partitions import audio_folder_partitions
-from clap_pipeline.metadata.selection import select_tracks
+from clap_pipeline.selection import select_tracks
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db

@@ -18,11 +18,12 @@ from dagster import (
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.definitions import build_defs
-from clap_pipeline.defs.automation import DATA_VERSION_TAG, NEW_FEEDBACK_TAG, feedback_sensor
+from clap_pipeline.defs.automation import feedback_sensor
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.demo.fma_synthetic import default_row, tracks_frame, write_metadata
 from clap_pipeline.feedback import record_feedback
 from clap_pipeline.metadata.new_tracks import raw_inputs
+from clap_pipeline.metadata.retrain import DATA_VERSION_TAG, NEW_FEEDBACK_TAG
 
 IDS = [2, 5, 10]
 

@@ -22,8 +22,9 @@ from clap_pipeline.defs.search import (
     track_embeddings,
     track_embeddings_complete_and_normalised,
 )
-from clap_pipeline.search.query import encode_query
-from clap_pipeline.training.model import audio_embeddings, load_clap, save_tiny_model
+from clap_pipeline.model.clap import audio_embeddings, load_clap
+from clap_pipeline.model.tiny import save_tiny_model
+from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline_tests.search_fixtures import write_tracks_table, write_waveforms
 
 TRACK_IDS = [2, 5, 10, 1001, 1002]  # two waveforms partitions: 000 and 001

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from clap_pipeline import tracking
+from clap_pipeline.cli.train import evaluate_main
 from clap_pipeline.config import Settings
 from clap_pipeline.evaluation.checks import beats_random, range_problems
-from clap_pipeline.evaluation.evaluate import evaluate, main
+from clap_pipeline.evaluation.evaluate import evaluate
 from clap_pipeline.evaluation.genres import GENRE_PROMPT
 from clap_pipeline.evaluation.inputs import EvalConfig, EvalInputs, EvaluationError, load_manifest
 from clap_pipeline.evaluation.mlflow_log import mlflow_metrics
@@ -34,7 +35,7 @@ from clap_pipeline.metrics import (
     random_expected_metrics,
     retrieval_metrics,
 )
-from clap_pipeline.training.model import audio_embeddings, load_clap, text_embeddings, tokenize
+from clap_pipeline.model.clap import audio_embeddings, load_clap, text_embeddings, tokenize
 from clap_pipeline_tests.evaluation_fixtures import (
     NO_GENRE,
     TEST_IDS,
@@ -350,9 +351,9 @@ def test_terminal_table_and_show_command(
     assert verdict[0].startswith("Verdict on the test split (12 clips")
     assert any("searching '<genre> music'" in line for line in verdict)
 
-    assert main(["show", "--data-dir", str(setup.data_dir)]) == 0
+    assert evaluate_main(["show", "--data-dir", str(setup.data_dir)]) == 0
     assert capsys.readouterr().out.strip() == table.strip()
-    assert main(["show", "--data-dir", str(tmp_path)]) == 2
+    assert evaluate_main(["show", "--data-dir", str(tmp_path)]) == 2
     assert "materialize the `evaluation` asset" in capsys.readouterr().err
     # The package runs as a command too (what scripts/demo.sh calls).
     shown = subprocess.run(

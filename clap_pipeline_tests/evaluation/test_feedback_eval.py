@@ -15,7 +15,7 @@ from clap_pipeline.defs.feedback import feedback_evaluation
 from clap_pipeline.defs.resources import resources_for
 from clap_pipeline.evaluation.feedback_eval import score_rankings, served_version, verdict
 from clap_pipeline.feedback import Feedback, is_heldout, record_feedback
-from clap_pipeline.training.model import save_tiny_model
+from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline_tests.training_fixtures import mlflow_store, write_training_dataset
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)

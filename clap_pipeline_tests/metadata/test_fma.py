@@ -45,13 +45,13 @@ from clap_pipeline.metadata.fma import (
     FmaFormatError,
     check_utf8,
     load_metadata,
-    loaded_tracks_sha256,
     lookup_key,
     parse_list_literal,
     profile_tracks,
     read_track_ids,
     track_id_problems,
 )
+from clap_pipeline.selection import loaded_tracks_sha256
 
 
 def _load(root: Path, frame: pd.DataFrame | None = None, db: Path | None = None):

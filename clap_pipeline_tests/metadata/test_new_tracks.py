@@ -20,7 +20,7 @@ from clap_pipeline.metadata.new_tracks import (
     last_training,
     raw_inputs,
 )
-from clap_pipeline.metadata.selection import Selection, current_selection, data_version
+from clap_pipeline.selection import Selection, current_selection, data_version
 
 METADATA_IDS = [2, 3, 5, 10, 1000, 1001, 2004]
 AUDIO_IDS = [2, 5, 10, 1000, 2004, 3000]  # 3 and 1001 have no clip, 3000 no metadata

@@ -11,20 +11,12 @@ import pytest
 
 from clap_pipeline.cli import main
 from clap_pipeline.dataset import audio_path
-from clap_pipeline.search.query import (
-    TABLE,
-    ModelChoice,
-    SearchError,
-    SearchHit,
-    encode_query,
-    format_table,
-    hits_json,
-    load_index,
-    m3u_text,
-    top_k,
-    write_track_embeddings,
-)
-from clap_pipeline.training.model import load_clap
+from clap_pipeline.model.choice import ModelChoice
+from clap_pipeline.model.clap import load_clap
+from clap_pipeline.search.build import write_track_embeddings
+from clap_pipeline.search.index import TABLE, SearchError, SearchHit, load_index, top_k
+from clap_pipeline.search.results import format_table, hits_json, m3u_text
+from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline_tests.search_fixtures import track_rows, unit_rows, write_tracks_table
 
 TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]

@@ -15,8 +15,8 @@ import pytest
 from clap_pipeline import tracking
 from clap_pipeline.cli import build_parser
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
-from clap_pipeline.search.query import encode_query
-from clap_pipeline.training.model import load_clap
+from clap_pipeline.model.clap import load_clap
+from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline_tests.search_fixtures import GENRES, unit_rows
 from clap_pipeline_tests.serve_fixtures import (
     EXTRA_GENRES,
@@ -264,7 +264,7 @@ def register_tiny(store: str, model_dir: Path, epoch: int) -> str:
 def test_champion_alias_is_served_once_its_embeddings_are_built(
     tmp_path: Path, tiny_model_dir: Path, ffmpeg: str
 ) -> None:
-    from clap_pipeline.training.model import save_tiny_model
+    from clap_pipeline.model.tiny import save_tiny_model
     from clap_pipeline_tests.training_fixtures import mlflow_store
 
     collection = make_collection(tmp_path / "data", ffmpeg)

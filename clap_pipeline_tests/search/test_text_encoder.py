@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clap_pipeline.search.query import top_k
+from clap_pipeline.model.clap import load_clap
+from clap_pipeline.search.index import top_k
 from clap_pipeline.search.text_encoder import build_encoder, onnx_model_path
-from clap_pipeline.training.model import load_clap
 
 WORDS = [
     "warm",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clap_pipeline.search.query import top_k
+from clap_pipeline.search.index import top_k
 from clap_pipeline.search.vector_index import (
     build_vector_index,
     exact_top_k_batch,

@@ -61,9 +61,9 @@ def stack_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
 
 
 def stack_command(command: str, env: dict[str, str], timeout: float = 300) -> str:
-    """``python -m clap_pipeline.stack <command>``; its output (fails the test on error)."""
+    """``clap-pipeline stack <command>``; its output (fails the test on error)."""
     done = subprocess.run(
-        [sys.executable, "-m", "clap_pipeline.stack", command],
+        [sys.executable, "-m", "clap_pipeline.cli", "stack", command],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -100,7 +100,7 @@ def wait_for(check, timeout: float, what: str, interval: float = 2.0):
 def teardown(env: dict[str, str], data_dir: Path) -> None:
     """Stack down (whatever a test left running), then remove the folder."""
     subprocess.run(
-        [sys.executable, "-m", "clap_pipeline.stack", "down"],
+        [sys.executable, "-m", "clap_pipeline.cli", "stack", "down"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
 """The project against the parts a team runs: PostgreSQL, an MLflow tracking server, Dagster.
 
-`python -m clap_pipeline.stack up` starts a real PostgreSQL cluster (Debian's package;
+`clap-pipeline stack up` starts a real PostgreSQL cluster (Debian's package;
 CI installs it), `mlflow server` on it with served artifacts, and Dagster's code server,
 webserver and daemon on `dagster-postgres`, all on free loopback ports. The daemon's
 `new_tracks_sensor` sees a small FMA-format collection and queues one `retrain` run,

@@ -20,12 +20,12 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from clap_pipeline import tracking
+from clap_pipeline.model.clap import load_clap, tokenize
 from clap_pipeline.training.config import TrainConfig, TrainingError
 from clap_pipeline.training.data import TrainingData, shuffled_batches
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.loop import train, train_step
 from clap_pipeline.training.loss import optimizer_groups, prepare_logit_scales
-from clap_pipeline.training.model import load_clap, tokenize
 from clap_pipeline.training.resume import RESUME_FILE
 from clap_pipeline_tests.training_fixtures import (
     SyntheticData,

@@ -19,9 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from clap_pipeline import tracking
+from clap_pipeline.cli.train import train_main
+from clap_pipeline.dataset import TrainingDataError
 from clap_pipeline.metrics import random_recall, retrieval_metrics
+from clap_pipeline.model.clap import load_clap, tokenize
+from clap_pipeline.model.features import features_for_model
 from clap_pipeline.registry import champion_recall
-from clap_pipeline.training.command import main
 from clap_pipeline.training.config import (
     NonFiniteLossError,
     TrainConfig,
@@ -29,8 +32,8 @@ from clap_pipeline.training.config import (
     TrainInputs,
     learning_rate_at,
 )
-from clap_pipeline.training.data import TrainingData, TrainingDataError
-from clap_pipeline.training.features import CachedFeatures, features_for_model
+from clap_pipeline.training.data import TrainingData
+from clap_pipeline.training.features import CachedFeatures
 from clap_pipeline.training.loop import TrainingHooks, _autocast, evaluate_split, train
 from clap_pipeline.training.loss import (
     LOGIT_SCALE_MAX,
@@ -42,7 +45,6 @@ from clap_pipeline.training.loss import (
     prepare_logit_scales,
     should_stop,
 )
-from clap_pipeline.training.model import load_clap, tokenize
 from clap_pipeline.training.report import TrainingResult
 from clap_pipeline_tests.training_fixtures import (
     SyntheticData,
@@ -590,7 +592,7 @@ def test_command_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
+        train_main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     for option in ("--batch-size", "--learning-rate", "--max-epochs", "--split", "--no-resume"):
@@ -599,12 +601,12 @@ def test_command_line(
     monkeypatch.setenv("CLAP_DATA_DIR", str(synthetic.data_dir))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("CLAP_MODEL", str(tmp_path / "no-such-model"))
-    assert main(["--batch-size", "8"]) == 2
+    assert train_main(["--batch-size", "8"]) == 2
     err = capsys.readouterr().err
     assert "CLAP_MODEL" in err and "clap-pipeline tiny-model" in err
 
     monkeypatch.setenv("CLAP_MODEL", str(tiny_model_dir))
-    assert main(["--batch-size", "64"]) == 2
+    assert train_main(["--batch-size", "64"]) == 2
     assert "too few training clips" in capsys.readouterr().err
 
 

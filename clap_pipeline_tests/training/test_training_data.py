@@ -10,17 +10,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clap_pipeline.dataset import CLIP_SAMPLES
+from clap_pipeline.dataset import (
+    CLIP_SAMPLES,
+    Prompts,
+    TrainingDataError,
+    WaveformIndex,
+    ordered_batches,
+)
 from clap_pipeline.demo.training_set import write_waveforms_file
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.data import (
-    Prompts,
     TrainingData,
-    TrainingDataError,
-    WaveformIndex,
     assign_splits,
     hash_split,
-    ordered_batches,
     prefetch,
     read_fma_splits,
     shuffled_batches,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clap_pipeline.training.model import (
+from clap_pipeline.model.clap import (
     ModelLoadError,
     audio_embeddings,
     load_clap,

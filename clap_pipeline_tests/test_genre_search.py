@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clap_pipeline.evaluation.genre_search import (
+from clap_pipeline.genre_search import (
     GenreSearchConfig,
     eligible_genres,
     genre_queries,

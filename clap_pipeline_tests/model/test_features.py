@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clap_pipeline.training.features import LogMelFeatures, features_for_model, repeat_frame_plan
-from clap_pipeline.training.model import audio_embeddings, load_clap, unfused_feature_extractor
+from clap_pipeline.model.clap import audio_embeddings, load_clap, unfused_feature_extractor
+from clap_pipeline.model.features import LogMelFeatures, features_for_model, repeat_frame_plan
 
 SR = 48_000
 WINDOW = 10 * SR  # the extractor's max length (480,000 samples)

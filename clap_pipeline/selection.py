@@ -11,9 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.dataset import TRACKS_TABLE, audio_name_id, audio_path, folder_of
-from clap_pipeline.metadata.fma import loaded_tracks_sha256
-from clap_pipeline.storage import duckdb_connection
+import duckdb
+import pyarrow as pa
+
+from clap_pipeline.config import Settings
+from clap_pipeline.dataset import SOURCE_TABLE, TRACKS_TABLE, audio_name_id, audio_path, folder_of
+from clap_pipeline.storage import duckdb_connection, table_exists
+
+
+class TracksError(RuntimeError):
+    """The DuckDB `tracks` table is missing or lacks a column; the message names what to materialize."""
 
 
 def stray_audio_files(audio_dir: str | Path, folders: Sequence[str]) -> dict[str, list[str]]:
@@ -76,6 +83,11 @@ def select_tracks(
             if len(selected) >= max_tracks:
                 break
     return selected
+
+
+def selected_tracks(settings: Settings) -> list[SelectedTrack]:
+    """:func:`select_tracks` with the settings' DuckDB file, audio folder and track limit."""
+    return select_tracks(settings.duckdb_path, settings.audio_dir, settings.max_tracks)
 
 
 def data_version(tracks_sha256: str | None, track_ids: Sequence[int]) -> str:
@@ -142,3 +154,33 @@ def inputs_state(metadata_dir: str | Path, audio_dir: str | Path) -> InputsState
         digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         newest = max(newest, st.st_mtime)
     return InputsState(fingerprint=digest.hexdigest()[:16], newest_mtime=newest, exists=exists)
+
+
+def loaded_tracks_sha256(con: duckdb.DuckDBPyConnection) -> str | None:
+    """sha256 of the tracks.csv behind table ``tracks`` (None before the first load)."""
+    if not table_exists(con, SOURCE_TABLE):
+        return None
+    row = con.execute(f"SELECT tracks_sha256 FROM {SOURCE_TABLE}").fetchone()
+    return row[0] if row else None
+
+
+def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | None]:
+    """``track_genre_top`` of the given tracks from DuckDB ``tracks`` (read-only)."""
+    duckdb_path = Path(duckdb_path)
+    if not duckdb_path.exists():
+        raise TracksError(f"{duckdb_path} does not exist: materialize the `tracks` asset")
+    wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
+    with duckdb_connection(duckdb_path, read_only=True) as con:
+        if not table_exists(con, "tracks"):
+            raise TracksError(f"{duckdb_path} has no table `tracks`: materialize `tracks`")
+        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
+        if "track_genre_top" not in columns:
+            raise TracksError(
+                f"{duckdb_path}: table `tracks` has no column track_genre_top: "
+                "re-materialize `tracks`"
+            )
+        con.register("wanted_ids", wanted)
+        rows = con.execute(
+            "SELECT t.track_id, t.track_genre_top FROM tracks t JOIN wanted_ids USING (track_id)"
+        ).fetchall()
+    return {int(t): (g if g else None) for t, g in rows}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clap_pipeline.dataset import audio_name_id, audio_path, folder_of
-from clap_pipeline.metadata.selection import stray_audio_files
+from clap_pipeline.selection import stray_audio_files
 
 
 @pytest.mark.parametrize("track_id", [0, 2, 999, 1000, 155_320, 999_999])
