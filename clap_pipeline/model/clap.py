@@ -15,6 +15,7 @@ import torch
 from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
 from clap_pipeline.config import hf_hub_offline
+from clap_pipeline.processes import fix_mmap_threshold
 from clap_pipeline.storage import atomic_path
 
 TEXT_MAX_LENGTH = 77  # CLAP's RoBERTa text tower was trained on 77 tokens
@@ -40,7 +41,12 @@ class LoadedClap:
 
 
 def load_clap(source: str | Path) -> LoadedClap:
-    """``ClapModel`` + ``ClapProcessor`` from a hub id or a local ``save_pretrained`` folder."""
+    """``ClapModel`` + ``ClapProcessor`` from a hub id or a local ``save_pretrained`` folder.
+
+    A process that loads a CLAP streams clips through it: its large buffers get their
+    own mmaps from here on, which keeps its RSS flat in the number of clips.
+    """
+    fix_mmap_threshold()
     source = str(source)
     try:
         model = ClapModel.from_pretrained(source)
