@@ -141,7 +141,7 @@ class PretrainRecipe:
     """How the stand-in is pre-trained (found by measurement: docs/stand-in.md)."""
 
     clips: int = 1200
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 40
@@ -393,7 +393,7 @@ def pretrain_stand_in(
     cache = (
         Path(cache_dir) if cache_dir else out_dir.parent / f".corpus-{recipe.seed}-{recipe.clips}"
     )
-    feats = torch.from_numpy(np.asarray(build_corpus(cache, clips, recipe.seed, log)))
+    feats = torch.from_numpy(np.array(build_corpus(cache, clips, recipe.seed, log)))
     corpus_s = time.perf_counter() - started
     tokenizer = stand_in_tokenizer()
     torch.manual_seed(recipe.seed)
@@ -423,7 +423,7 @@ def pretrain_stand_in(
             "first_clip_id": FIRST_CLIP_ID,
             "seed": recipe.seed,
             "validation_clips": n_val,
-            "seconds_rendering": round(corpus_s, 1),
+            "seconds_corpus": round(corpus_s, 1),  # rendering, or reading the cache
         },
         "history": history,
         "seconds": round(time.perf_counter() - started, 1),
