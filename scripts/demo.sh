@@ -73,4 +73,6 @@ materialize --select evaluation,track_embeddings,model_comparison --config-json 
 echo
 echo "Try: $CLI search \"folk country music\" -k 5   (or make serve: a web page with playback)"
 echo
+"$PY" -m clap_pipeline.demo.story  # the per-epoch curve, its best epoch, the next max_epochs
+echo
 "$PY" -m clap_pipeline.evaluation show  # ends with the verdict
