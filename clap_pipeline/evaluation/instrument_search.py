@@ -28,7 +28,7 @@ from clap_pipeline.evaluation.genre_search import (
     _stat,
     precision_and_ap,
 )
-from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, EvaluationError, SplitClips
+from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     GenreSearchPrior,
     GenreSearchReport,
@@ -196,14 +196,16 @@ def prior_instrument_search(
 
 
 def read_instruments(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, frozenset[str]]:
-    """The instruments named by the tags of the given tracks (DuckDB ``tracks``, read-only)."""
+    """The instruments named by the tags of the given tracks (DuckDB ``tracks``, read-only).
+
+    A ``tracks`` table without FMA's ``track_tags`` column (one made by hand) names none:
+    the report then has no instrument search, as a collection without instrument tags.
+    """
     wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
     with duckdb_connection(Path(duckdb_path), read_only=True) as con:
         columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
         if "track_tags" not in columns:
-            raise EvaluationError(
-                f"{duckdb_path}: table `tracks` has no column track_tags: re-materialize `tracks`"
-            )
+            return {}
         con.register("wanted_ids", wanted)
         rows = con.execute(
             "SELECT t.track_id, t.track_tags FROM tracks t JOIN wanted_ids USING (track_id)"

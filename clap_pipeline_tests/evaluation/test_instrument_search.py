@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ from clap_pipeline.evaluation.instrument_search import (
     instrument_queries,
     model_instrument_search,
     prior_instrument_search,
+    read_instruments,
     relevance,
 )
 
@@ -62,3 +66,21 @@ def test_scores_match_a_direct_computation_per_instrument() -> None:
     assert result["average_precision"]["value"] == pytest.approx(np.mean([e[1] for e in expected]))
     low, high = result["precision_at_10"]["ci_low"], result["precision_at_10"]["ci_high"]
     assert low <= result["precision_at_10"]["value"] <= high
+
+
+def test_instruments_are_read_from_the_tracks_tags(tmp_path: Path) -> None:
+    path = tmp_path / "clap.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE tracks (track_id BIGINT, track_tags VARCHAR[])")
+        con.execute(
+            "INSERT INTO tracks VALUES (1, ['Piano', 'slow']), (2, []), (3, NULL), (4, ['drums'])"
+        )
+    assert read_instruments(path, [1, 2, 3]) == {
+        1: frozenset({"piano"}),
+        2: frozenset(),
+        3: frozenset(),
+    }
+    other = tmp_path / "no_tags.duckdb"
+    with duckdb.connect(str(other)) as con:
+        con.execute("CREATE TABLE tracks (track_id BIGINT, track_genre_top VARCHAR)")
+    assert read_instruments(other, [1]) == {}  # no tags column: no instrument search
