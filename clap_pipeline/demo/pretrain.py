@@ -138,7 +138,7 @@ _NAME_WORDS = [
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """How the stand-in is pre-trained (found by measurement: docs/stand-in.md)."""
+    """How the stand-in is pre-trained; the defaults made the shipped one (docs/stand-in.md)."""
 
     clips: int = 1200
     epochs: int = 12
