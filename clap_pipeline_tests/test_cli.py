@@ -11,7 +11,7 @@ import pytest
 from clap_pipeline.cli import build_parser, main
 
 COMMANDS = {
-    "demo-data", "tiny-model", "stand-in-model", "fetch-fma",
+    "demo-data", "tiny-model", "stand-in-model", "pretrain-stand-in", "fetch-fma",
     "train", "evaluate", "runs",
     "search", "playlist", "serve",
     "mlflow-ui", "run-health", "stack",

@@ -129,16 +129,6 @@ def test_no_stage_imports_another_stages_modules() -> None:
     assert crossing == []
 
 
-def test_only_the_stand_in_imports_the_old_training_model_names() -> None:
-    """training/model.py re-exports model/ names for training/stand_in.py alone."""
-    importers = {
-        str(m.relative_to(PACKAGE))
-        for m in MODULES
-        if "clap_pipeline.training.model" in imported_modules(ast.parse(m.read_text()))
-    }
-    assert importers <= {"training/stand_in.py"}
-
-
 def test_the_floor_and_the_model_import_no_stage() -> None:
     """pyfunc_model.py (the pyfunc model MLflow loads) and model/ use no training code."""
     offending = []

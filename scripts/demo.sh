@@ -16,9 +16,27 @@ setting() { "$PY" -c "from clap_pipeline.config import Settings; print(Settings.
 TRACKS_CSV=$(setting tracks_csv)
 AUDIO_DIR=$(setting audio_dir)
 
+can_render() {  # FluidSynth and a GM soundfont present (clap_pipeline.demo.rendered)
+  "$PY" -c "from clap_pipeline.demo.rendered import fluidsynth_exe, soundfont
+fluidsynth_exe(); soundfont()" >/dev/null 2>&1
+}
 if [[ ! -f "$TRACKS_CSV" ]]; then
-  echo "==> no $TRACKS_CSV: generating the FMA-format demo dataset (clap-pipeline demo-data)"
-  "$CLI" demo-data ${DEMO_TRACKS:+--tracks "$DEMO_TRACKS"}  # default: CLAP_MAX_TRACKS' default
+  # Music rendered from real instrument samples (FluidSynth + Debian's GM soundfont,
+  # installed here as .ci/run does when missing and apt-get can); the synthesiser otherwise.
+  RENDERER=${DEMO_RENDERER:-}
+  if [[ -z "$RENDERER" ]]; then
+    if ! can_render && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "==> installing fluidsynth and fluid-soundfont-gm (apt-get) for the rendered demo collection"
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm; } >/dev/null 2>&1 || true
+    fi
+    if can_render; then RENDERER=fluidsynth; else
+      RENDERER=synth
+      echo "==> no fluidsynth / GM soundfont (apt-get install fluidsynth fluid-soundfont-gm): synthesised demo clips"
+    fi
+  fi
+  echo "==> no $TRACKS_CSV: generating the FMA-format demo dataset (clap-pipeline demo-data --renderer $RENDERER)"
+  "$CLI" demo-data --renderer "$RENDERER" ${DEMO_TRACKS:+--tracks "$DEMO_TRACKS"}  # default: CLAP_MAX_TRACKS' default
 elif [[ ! -d "$AUDIO_DIR" ]]; then
   echo "error: $TRACKS_CSV exists but the audio folder $AUDIO_DIR does not (set FMA_AUDIO_DIR)" >&2
   exit 2
@@ -54,5 +72,7 @@ echo "==> evaluation, track_embeddings, model_comparison"
 materialize --select evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
 echo
 echo "Try: $CLI search \"folk country music\" -k 5   (or make serve: a web page with playback)"
+echo
+"$PY" -m clap_pipeline.demo.story  # the per-epoch curve, its best epoch, the next max_epochs
 echo
 "$PY" -m clap_pipeline.evaluation show  # ends with the verdict

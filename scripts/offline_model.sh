@@ -12,10 +12,25 @@ try:
 except Exception:
     sys.exit(1)
 " "$MODEL" >/dev/null 2>&1; then
-  TINY=$(setting tiny_model_dir)
-  echo "==> CLAP_MODEL=$MODEL cannot be loaded offline: using the tiny offline CLAP at $TINY"
-  [[ -f "$TINY/config.json" ]] || "$CLI" tiny-model "$TINY" >/dev/null
-  export CLAP_MODEL="$TINY"
-  TINY_RUN_CONFIG="$PWD/scripts/tiny_model_run_config.yaml"
+  # Music (a rendered collection, or any collection but the synthesised demo one): the
+  # tiny CLAP pre-trained on rendered music (clap_pipeline/demo/stand_in_model, made by
+  # `clap-pipeline pretrain-stand-in`). The synthesised timbres: the tiny random CLAP.
+  PRETRAINED=$("$PY" -c "
+from clap_pipeline.config import Settings
+from clap_pipeline.demo.collection import demo_renderer
+from clap_pipeline.demo import SHIPPED_STAND_IN
+synth = demo_renderer(Settings.from_env().metadata_dir) == 'synth'
+print('' if synth or not (SHIPPED_STAND_IN / 'config.json').is_file() else SHIPPED_STAND_IN)")
+  if [[ -n "$PRETRAINED" ]]; then
+    echo "==> CLAP_MODEL=$MODEL cannot be loaded offline: using the pre-trained offline stand-in at $PRETRAINED"
+    export CLAP_MODEL="$PRETRAINED"
+    TINY_RUN_CONFIG="$PWD/scripts/pretrained_stand_in_run_config.yaml"
+  else
+    TINY=$(setting tiny_model_dir)
+    echo "==> CLAP_MODEL=$MODEL cannot be loaded offline: using the tiny offline CLAP at $TINY"
+    [[ -f "$TINY/config.json" ]] || "$CLI" tiny-model "$TINY" >/dev/null
+    export CLAP_MODEL="$TINY"
+    TINY_RUN_CONFIG="$PWD/scripts/tiny_model_run_config.yaml"
+  fi
   export CLAP_RETRAIN_RUN_CONFIG="${CLAP_RETRAIN_RUN_CONFIG:-$TINY_RUN_CONFIG}"
 fi

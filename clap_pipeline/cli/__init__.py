@@ -1,6 +1,6 @@
 """`clap-pipeline <command>`: every command of the project, one front door.
 
-data (cli/data.py)     demo-data, tiny-model, stand-in-model, fetch-fma
+data (cli/data.py)     demo-data, tiny-model, stand-in-model, pretrain-stand-in, fetch-fma
 train (cli/train.py)   train, evaluate, runs
 search (cli/search.py) search, playlist, serve
 ops (cli/ops.py)       mlflow-ui, run-health, stack

@@ -1,9 +1,10 @@
-"""`clap-pipeline demo-data | tiny-model | stand-in-model | fetch-fma`: data and offline models."""
+"""`clap-pipeline demo-data | tiny-model | stand-in-model | pretrain-stand-in | fetch-fma`: data and offline models."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.config import DEFAULT_MAX_TRACKS, Settings
@@ -50,6 +51,16 @@ def _cmd_stand_in_model(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"{args.size} stand-in CLAP (random weights) saved to {out}; use it with CLAP_MODEL={out}"
     )
+    return 0
+
+
+def _cmd_pretrain_stand_in(args: argparse.Namespace, settings: Settings) -> int:
+    from clap_pipeline.demo.pretrain import PretrainRecipe, pretrain_stand_in
+
+    given = {"clips": args.clips, "epochs": args.epochs}
+    recipe = replace(PretrainRecipe(), **{k: v for k, v in given.items() if v is not None})
+    out = pretrain_stand_in(Path(args.out_dir), recipe)
+    print(f"use it with CLAP_MODEL={out}")
     return 0
 
 
@@ -109,6 +120,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=["tiny", "full"], default="full")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_stand_in_model)
+
+    p = sub.add_parser(
+        "pretrain-stand-in",
+        help="pre-train the tiny CLAP once on music rendered by FluidSynth, captioned from "
+        "its arrangements (a stand-in for LAION's pre-training; docs/stand-in.md)",
+    )
+    p.add_argument("out_dir", nargs="?", default="data/models/pretrained-stand-in")
+    p.add_argument("--clips", type=int, help="corpus size (default: the recipe's)")
+    p.add_argument("--epochs", type=int, help="pre-training epochs (default: the recipe's)")
+    p.set_defaults(func=_cmd_pretrain_stand_in)
 
     p = sub.add_parser("fetch-fma", help="download FMA metadata and a subset of clips")
     p.add_argument("--subset", choices=["small", "medium", "large"], default="small")

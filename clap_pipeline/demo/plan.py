@@ -367,7 +367,7 @@ _NO_ALBUM: dict[tuple[str, str], object] = {
 }
 
 
-def _descriptive_tags(rng: np.random.Generator) -> list[str]:
+def descriptive_tags(rng: np.random.Generator) -> list[str]:
     """Tempo, tone and register tags (each present or not); ~8 % of tracks get none."""
     if rng.random() < 0.08:
         return []
@@ -438,7 +438,7 @@ def plan_dataset(n_tracks: int, seed: int, renderer: str = "synth") -> list[Trac
         roots = {GENRE_BY_ID[g][3] for g in genres}
         genre_top = GENRE_BY_ID[top][2] if len(roots) == 1 else None
 
-        tags = _descriptive_tags(rng)
+        tags = descriptive_tags(rng)
         noise = [str(_pick(rng, NOISE_TAGS))] if rng.random() < 0.35 else []
         if rng.random() < 0.1:
             noise.append(GENRE_BY_ID[top][2].lower())  # a genre name as a tag, as on FMA

@@ -32,6 +32,11 @@ from clap_pipeline.evaluation.inputs import (
     load_manifest,
     split_clips,
 )
+from clap_pipeline.evaluation.instrument_search import (
+    InstrumentPlan,
+    instrument_search_report,
+    read_instruments,
+)
 from clap_pipeline.evaluation.mlflow_log import check_mlflow_run, log_artifacts, log_metrics
 from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
@@ -92,6 +97,8 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     )
     genre_of = read_genres(inputs.duckdb_path, [t for s in clips.values() for t in s.track_ids])
     plan = GenrePlan.build(clips, genre_of)
+    evaluated_ids = [t for s in clips.values() for t in s.track_ids]
+    instruments = InstrumentPlan.build(clips, read_instruments(inputs.duckdb_path, evaluated_ids))
     sources = {
         "zero_shot": manifest.model_source,
         "fine_tuned": manifest.best_checkpoint,
@@ -100,7 +107,8 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     for model_key in MODELS:
         say(f"{model_key}: loading {sources[model_key]}")
         embedded[model_key] = embed_model(
-            sources[model_key], model_key, clips, index, plan.text_groups(), device,
+            sources[model_key], model_key, clips, index,
+            {**plan.text_groups(), **instruments.text_groups()}, device,
             config.batch_size, log,
         )  # fmt: skip
 
@@ -118,6 +126,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         genre_search=genre_search_report(plan, clips, embedded, config),
         qualitative=evaluate_qualitative(manifest, clips, embedded, index, device, config, say),
         seconds=0.0,
+        instrument_search=instrument_search_report(instruments, clips, embedded, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)
     if config.log_to_mlflow:

@@ -11,6 +11,7 @@ Shape (keys as in the JSON file)::
         identical_prompts: the same scores with clips of identical prompt text merged
       genre: GenreClassification         accuracy + confusion per split and model
       genre_search: GenreSearchReport    precision@k / AP per split, model and query
+      instrument_search: GenreSearchReport   the same for "<instrument> music" (tags)
       qualitative: QualitativeReport     top-1 prompt of the first clips per sampled epoch
 
 ``ModelScores``, ``GenreSearchScores`` and ``GenreSearchPrior`` keep their scores flat
@@ -231,6 +232,9 @@ class EvaluationReport:
     qualitative: QualitativeReport
     seconds: float
     mlflow: MlflowLogged | None = None  # None: not logged (left out of the JSON)
+    # Instrument search ("<instrument> music", instruments named by the tracks' tags);
+    # None in reports written before it existed.
+    instrument_search: GenreSearchReport | None = None
 
     def evaluated(self, split: str) -> SplitRetrieval | None:
         """The split's retrieval block when it has clips, else None."""

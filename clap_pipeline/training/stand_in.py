@@ -21,13 +21,9 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import ClapConfig, ClapModel, ClapProcessor, PreTrainedTokenizerFast
 
+from clap_pipeline.model.clap import unfused_feature_extractor
+from clap_pipeline.model.tiny import TINY_TOKENIZER_WORDS, roberta_framed, save_tiny_model
 from clap_pipeline.storage import atomic_path
-from clap_pipeline.training.model import (
-    TINY_TOKENIZER_WORDS,
-    roberta_framed,
-    save_tiny_model,
-    unfused_feature_extractor,
-)
 
 SIZES = ("tiny", "full")
 ROBERTA_VOCAB_SIZE = 50_265  # ClapConfig().text_config.vocab_size, as the hub tokenizer's
