@@ -411,9 +411,10 @@ def main() -> int:
     recipe = yaml.safe_load((REPO / "scripts" / "tiny_model_run_config.yaml").read_text())
     recipe["ops"]["clap_model"]["config"]["max_epochs"] = args.epochs
     (run / "clap_model.yaml").write_text(yaml.safe_dump(recipe))
-    in_process = json.dumps({"execution": {"config": {"in_process": {}}}})
+    in_process_config = {"execution": {"config": {"in_process": {}}}}
+    in_process = json.dumps(in_process_config)
     in_process_file = run / "in_process.yaml"  # `dagster job execute` takes files only
-    in_process_file.write_text(yaml.safe_dump(json.loads(in_process)))
+    in_process_file.write_text(yaml.safe_dump(in_process_config))
     dagster = str(Path(sys.executable).parent / "dagster")
     materialize = [dagster, "asset", "materialize", "-m", "clap_pipeline.definitions"]
     watch = [data, home, run / "mlflow.db"]
