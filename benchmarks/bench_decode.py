@@ -2,20 +2,20 @@
 
 Makes N FMA-like clips (30 s, 44.1 kHz stereo MP3 at 256 kb/s: a few distinct
 renders hard-linked under FMA's layout) and prints, from one run, with the same
-number of parallel workers everywhere (default: one per core):
+number of parallel workers everywhere (default: one per core), in tracks/s and in
+seconds of audio decoded per second (every window of the 30-s clip: six 5-s windows):
 
-1. tracks/s of the asset's decode path (``build_waveforms`` with the default
-   in-process decoder: FFmpeg libraries via PyAV in a process pool, window decode,
-   checks, Parquet writing, failures table);
-2. tracks/s of the asset's path with ``decoder="cli"`` (one ffmpeg per clip);
-3. tracks/s of the bare ``ffmpeg`` command line with the same arguments and
-   output format, one process per clip, as many at once as workers, stdout to
+1. the asset's decode path (``build_waveforms`` with the default in-process decoder:
+   FFmpeg libraries via PyAV in a process pool, the 30-s span decoded once, checks,
+   cut into windows and 16-bit PCM in the workers, Parquet writing, failures table);
+2. the asset's path with ``decoder="cli"`` (one ffmpeg per clip);
+3. the bare ``ffmpeg`` command line decoding the same audio (same arguments, 30 s
+   per clip, f32le), one process per clip, as many at once as workers, stdout to
    /dev/null (what a per-clip CLI can do at best);
-4. tracks/s of decoding the whole file and truncating to 5 s afterwards (CLI);
-5. peak RSS of a process running ``build_waveforms`` over N and over 4N tracks,
+4. peak RSS of a process running ``build_waveforms`` over N and over 4N tracks,
    and of its largest decode worker process.
 
-Targets (issue #20): (1) >= 3 x (3); RSS(4N) within 20 % of RSS(N).
+Targets (issues #20, #28): (1) >= 3 x (3); RSS(4N) within 20 % of RSS(N).
 The load average printed with the numbers says how busy the machine was.
 
     .venv/bin/python benchmarks/bench_decode.py [--tracks 300] [--repeat 3] [--workers 0]
@@ -36,27 +36,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import ffmpeg  # noqa: E402
 
 from clap_pipeline.audio.decode import (  # noqa: E402
+    audio_command,
     decode_window,
     ensure_ffmpeg,
-    window_command,
 )
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms  # noqa: E402
-from clap_pipeline.dataset import (  # noqa: E402
-    CLIP_SAMPLES,
-    SAMPLE_RATE,
-    audio_path,
-)
+from clap_pipeline.dataset import audio_path  # noqa: E402
 from clap_pipeline.processes import usable_cpus  # noqa: E402
 from clap_pipeline.selection import SelectedTrack  # noqa: E402
+from clap_pipeline.windows import DEFAULT_MAX_AUDIO_S  # noqa: E402
 
 DISTINCT_CLIPS = 8
 
@@ -140,31 +135,17 @@ def asset_path_seconds(
     options = DecodeOptions(workers=workers, decoder=decoder)
     summary = build_waveforms(by_folder(tracks), out, db, options)
     assert summary.rows == len(tracks) and summary.decoded == len(tracks), summary
+    assert summary.windows == 6 * len(tracks), summary  # every window of the 30-s clips
     return summary.seconds
 
 
 def bare_ffmpeg(exe: str) -> Callable[[SelectedTrack], object]:
+    """The CLI decoding the span the asset decodes (30 s from the start), to /dev/null."""
+
     def run(track: SelectedTrack) -> None:
-        subprocess.run(window_command(track.path, 0.0, exe), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=True, timeout=60)  # fmt: skip
-
-    return run
-
-
-def whole_file_then_truncate(exe: str) -> Callable[[SelectedTrack], object]:
-    def run(track: SelectedTrack) -> np.ndarray:
-        args = (
-            ffmpeg.input(f"file:{track.path}")
-            .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE,
-                    rematrix_maxval=1.0)
-            .compile(cmd=exe)
-        )  # fmt: skip
-        proc = subprocess.run([args[0], "-nostdin", "-hide_banner", *args[1:]],
-                              capture_output=True, check=True, timeout=60)  # fmt: skip
-        samples = np.frombuffer(proc.stdout, dtype="<f4")[:CLIP_SAMPLES]
-        out = np.zeros(CLIP_SAMPLES, dtype=np.float32)
-        out[: samples.size] = samples
-        return out
+        command = audio_command(track.path, 0.0, DEFAULT_MAX_AUDIO_S, exe)
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=True, timeout=60)  # fmt: skip
 
     return run
 
@@ -231,9 +212,6 @@ def main() -> None:
             f"bare ffmpeg CLI, {workers} processes at once, stdout to null": lambda: timed_pool(
                 bare_ffmpeg(exe), tracks, workers
             ),
-            "whole file decoded, then truncated to 5 s": lambda: timed_pool(
-                whole_file_then_truncate(exe), tracks, workers
-            ),
         }
         cpu: dict[str, float] = {}
         for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
@@ -244,15 +222,16 @@ def main() -> None:
                 best[name] = min(best.get(name, float("inf")), seconds)
                 cpu[name] = min(cpu.get(name, float("inf")), used)
         rates = {name: n / seconds for name, seconds in best.items()}
+        seconds_per_track = DEFAULT_MAX_AUDIO_S
         for name, rate in rates.items():
-            print(f"  {name:<58} {rate:8.1f} tracks/s, {1000 * cpu[name] / n:5.1f} CPU-ms/track")
-        cpu_asset, _, cpu_bare, _ = cpu.values()
+            print(f"  {name:<58} {rate:8.1f} tracks/s = {rate * seconds_per_track:8.0f} s of audio/s, "
+                  f"{1000 * cpu[name] / n:6.1f} CPU-ms/track")  # fmt: skip
+        cpu_asset, _, cpu_bare = cpu.values()
         print(f"  CPU per track, bare ffmpeg CLI / asset path (in-process) = {cpu_bare / cpu_asset:5.2f}x"
               "  (what the ratio of rates tends to when the cores are busy with other work)")  # fmt: skip
-        asset, asset_cli, bare, whole = rates.values()
+        asset, asset_cli, bare = rates.values()
         print(f"  asset path (in-process) / bare ffmpeg CLI = {asset / bare:5.2f}x  (target >= 3)")
         print(f"  asset path (in-process) / asset path, cli = {asset / asset_cli:5.2f}x")
-        print(f"  asset path (in-process) / whole-file CLI  = {asset / whole:5.2f}x")
         print(f"  load average after the timings: {Path('/proc/loadavg').read_text().strip()}")
 
         rss_n, workers_n = peak_rss_mb(audio_dir, n, root, workers)

@@ -1,7 +1,7 @@
 """Training-step time, data (read + features) vs model, for the tiny and the full-size CLAP.
 
-Builds a small waveforms Parquet dataset (the project's contract: 240,000 float32
-samples per clip, row groups of 64) and prompts.parquet in a temp dir, then runs
+Builds a small waveforms Parquet dataset (the project's contract: one 5-s window of
+240,000 16-bit samples per row, row groups of 64) and prompts.parquet in a temp dir, then runs
 the training step the way `clap_pipeline.training` does it:
 
 - data: wait for the next batch from the streaming loader (`TrainingData.train_batches`
@@ -51,10 +51,11 @@ from clap_pipeline.dataset import (
     PROMPTS_SCHEMA,
     ROW_GROUP_ROWS,
     SAMPLE_RATE,
+    PartitionWriter,
     audio_path,
     partition_path,
     waveform_batch,
-    write_partition,
+    waveforms_schema,
     write_prompts,
 )
 from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
@@ -73,29 +74,38 @@ TAGS = ("guitar", "lo-fi", "ambient", "live", "drums", "piano", "synth", "vocal"
 # --------------------------------------------------------------------------- dataset
 
 
-def write_dataset(root: Path, n_clips: int, seed: int = 0) -> tuple[Path, Path]:
-    """prompts.parquet + waveforms/000.parquet following the data contracts."""
+def write_dataset(root: Path, n_clips: int, seed: int = 0, windows: int = 1) -> tuple[Path, Path]:
+    """prompts.parquet + waveforms/000.parquet following the data contracts: ``windows``
+    5-s windows per track (20 % of the tracks end in a partial window)."""
     rng = np.random.default_rng(seed)
     ids = np.arange(2, 2 + n_clips, dtype=np.int64)
     waves_dir = root / "waveforms"
-    decoded = np.where(
-        rng.random(n_clips) < 0.2, rng.integers(SR, CLIP_SAMPLES, n_clips), CLIP_SAMPLES
+    # Music-like content is irrelevant to compute; noise, and the last window of 20 % of
+    # the tracks partial (between 2.5 s and 5 s: the window rule keeps it, padded).
+    last = np.where(
+        rng.random(n_clips) < 0.2, rng.integers(SR * 5 // 2, CLIP_SAMPLES, n_clips), CLIP_SAMPLES
     )
-    # Music-like content is irrelevant to compute; noise with a short-decode zero tail.
-    values = (rng.standard_normal((n_clips, CLIP_SAMPLES), dtype=np.float32) * 0.1).astype(
-        np.float32
-    )
-    for i, n in enumerate(decoded):
-        values[i, n:] = 0.0
-    rows = waveform_batch(
-        ids,
-        values,
-        n_samples_decoded=decoded,
-        source_paths=[audio_path("/fma", t) for t in ids],
-        source_sizes=np.full(n_clips, 5_000_000, dtype=np.int64),
-        source_mtimes=np.full(n_clips, 1.7e9),
-    )
-    write_partition(partition_path(waves_dir, "000"), rows, row_group_rows=ROW_GROUP)
+    track_ids = np.repeat(ids, windows)
+    starts = np.tile(np.arange(windows) * 5.0, n_clips)
+    counts = np.where(np.tile(np.arange(windows) == windows - 1, n_clips), np.repeat(last, windows),
+                      CLIP_SAMPLES)  # fmt: skip
+    waves_dir.mkdir(parents=True, exist_ok=True)
+    writer = PartitionWriter(partition_path(waves_dir, "000"), waveforms_schema())
+    try:
+        for lo in range(0, len(track_ids), ROW_GROUP):  # a row group at a time: bounded memory
+            hi = min(lo + ROW_GROUP, len(track_ids))
+            values = rng.standard_normal((hi - lo, CLIP_SAMPLES), dtype=np.float32) * 0.1
+            writer.write([waveform_batch(
+                track_ids[lo:hi],
+                values.clip(-1, 1),
+                start_s=starts[lo:hi],
+                n_samples_decoded=counts[lo:hi],
+                source_paths=[audio_path("/fma", t) for t in track_ids[lo:hi]],
+                source_sizes=np.full(hi - lo, 5_000_000, dtype=np.int64),
+                source_mtimes=np.full(hi - lo, 1.7e9),
+            )])  # fmt: skip
+    finally:
+        writer.close()
     prompts, renderings = [], []
     for t in ids:
         genre, tags = GENRES[t % len(GENRES)], rng.choice(TAGS, size=2, replace=False)

@@ -3,19 +3,18 @@
 Every stage reads and writes the shared data through this module, so a constant,
 schema or layout rule is defined once:
 
-- a clip: 5 s of 48 kHz mono float32, :data:`CLIP_SAMPLES` (240,000) samples;
+- a clip (a window of a track, ``windows.py``): 5 s of 48 kHz mono, :data:`CLIP_SAMPLES`
+  (240,000) samples, float32 when read;
 - FMA's audio layout: ``<audio_dir>/NNN/NNNNNN.mp3``, folder ``NNN`` = track_id // 1000
   (:func:`folder_of`, :func:`audio_path`, :func:`audio_name_id`, and :func:`folder_sql`
   for the same rule in DuckDB);
 - the DuckDB ``tracks`` table: ``track_id`` plus FMA's 52 columns, typed by kind
   (:data:`FMA_COLUMNS`, :func:`tracks_ddl`);
 - ``prompts.parquet`` (:data:`PROMPTS_SCHEMA`, :func:`write_prompts`, :func:`read_prompts`);
-- the ``waveforms/NNN.parquet`` dataset (:func:`waveforms_schema`, :func:`waveform_batch`,
-  :class:`PartitionWriter`, :func:`write_partition`) and the one reader of its
-  ``input_values`` list column, :class:`WaveformRows`;
-- the stages' readers of those files: :class:`Prompts` (prompt and renderings per track),
-  :class:`WaveformIndex` (where each track's row lives, read a row group at a time) and
-  :func:`ordered_batches` (every clip of some tracks in dataset order), raising
+- the ``waveforms/NNN.parquet`` dataset, one row per window in 16-bit PCM
+  (:func:`waveforms_schema`, :func:`waveform_batch`, :func:`pcm_batch`,
+  :class:`PartitionWriter`, :func:`write_partition`; its reader is ``waveform_reader.py``);
+- the prompts' reader :class:`Prompts` (prompt and renderings per track), raising
   :class:`TrainingDataError` naming the file and row.
 
 Imports no torch and nothing of the project above ``storage`` and ``windows``.
@@ -24,16 +23,14 @@ Imports no torch and nothing of the project above ``storage`` and ``windows``.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from clap_pipeline.storage import atomic_path
@@ -42,6 +39,7 @@ from clap_pipeline.storage import atomic_path
 from clap_pipeline.windows import CLIP_SAMPLES as CLIP_SAMPLES
 from clap_pipeline.windows import CLIP_SECONDS as CLIP_SECONDS
 from clap_pipeline.windows import SAMPLE_RATE as SAMPLE_RATE
+from clap_pipeline.windows import WindowRule, to_pcm16
 
 # --------------------------------------------------------------------------- FMA's audio layout
 
@@ -221,32 +219,30 @@ def read_prompts(path: str | Path) -> pa.Table:
 
 # --------------------------------------------------------------------------- waveforms/
 
-WAVEFORMS_FORMAT_VERSION = "1"
-ROW_GROUP_ROWS = 64  # at most, per row group: what a reader holds in memory at once
-# "element" is the child name Parquet stores and reads back (compliant nested type).
-_VALUES_TYPE = pa.list_(pa.field("element", pa.float32()))
+WAVEFORMS_FORMAT_VERSION = "2"  # 2: one row per window, 16-bit PCM (1: first window, float32)
+ROW_GROUP_ROWS = 64  # windows, at most, per row group: what a reader holds in memory at once
 _PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
+READ_COLUMNS = ["track_id", "start_s", "pcm"]  # what the readers of samples need
 
 
-class WaveformContractError(ValueError):
-    """A waveforms row breaks the contract (not exactly CLIP_SAMPLES samples); names the file."""
-
-
-def waveforms_schema(window_offset_s: float = 0.0) -> pa.Schema:
-    """The dataset's schema; the metadata says which window of the source the rows hold."""
+def waveforms_schema(rule: WindowRule | None = None) -> pa.Schema:
+    """The dataset's schema (docs/windows.md); the metadata says which windows the rows hold."""
+    rule = rule or WindowRule()
     return pa.schema(
         [
             pa.field("track_id", pa.int64(), nullable=False),
-            pa.field("input_values", _VALUES_TYPE, nullable=False),  # CLIP_SAMPLES float32
-            pa.field("n_samples_decoded", pa.int64(), nullable=False),  # real audio; zeros after
+            pa.field("start_s", pa.float64(), nullable=False),  # WindowRule.start_s
+            pa.field("pcm", pa.binary(), nullable=False),  # real samples, s16le (to_pcm16)
+            pa.field("n_samples_decoded", pa.int64(), nullable=False),  # real samples
             pa.field("source_path", pa.string(), nullable=False),
             pa.field("source_size", pa.int64(), nullable=False),
             pa.field("source_mtime", pa.float64(), nullable=False),
         ],
         metadata={
-            b"clap.waveforms.version": WAVEFORMS_FORMAT_VERSION.encode(),
-            b"clap.window_offset_s": repr(float(window_offset_s)).encode(),
-            b"clap.sample_rate": str(SAMPLE_RATE).encode(),
+            "clap.waveforms.version": WAVEFORMS_FORMAT_VERSION,
+            "clap.sample_rate": str(SAMPLE_RATE),
+            "clap.sample_format": "s16le",
+            **rule.metadata(),
         },
     )
 
@@ -270,42 +266,55 @@ def waveform_batch(
     track_ids: Sequence[int] | np.ndarray,
     waveforms: Sequence[np.ndarray] | np.ndarray,
     *,
+    start_s: Sequence[float] | np.ndarray | None = None,
     n_samples_decoded: Sequence[int] | np.ndarray | None = None,
     source_paths: Sequence[str | Path],
     source_sizes: Sequence[int | None] | np.ndarray,
     source_mtimes: Sequence[float | None] | np.ndarray,
     schema: pa.Schema | None = None,
 ) -> pa.RecordBatch:
-    """Rows of the waveforms dataset (``n_samples_decoded`` defaults to each clip's length).
+    """Rows of the waveforms dataset, one per window: float samples in, 16-bit PCM stored.
 
-    Lengths are not checked here, so tests can write rows that break the contract.
+    Each row stores the first ``n_samples_decoded`` samples of its window (default: all of
+    them); ``start_s`` defaults to 0 (a track's first window). Lengths are not checked
+    here, so tests can write rows that break the contract.
     """
-    if isinstance(waveforms, np.ndarray) and waveforms.ndim == 2:  # (n, samples): no copy
-        flat = np.ascontiguousarray(waveforms, dtype=np.float32).reshape(-1)
-        lengths = np.full(len(waveforms), waveforms.shape[1], dtype=np.int64)
-    else:
-        waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
-        lengths = np.array([len(w) for w in waves], dtype=np.int64)
-        flat = np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if offsets[-1] > np.iinfo(np.int32).max:  # Arrow's list offsets are int32
-        raise ValueError(f"{len(lengths)} clips are too many for one batch: write fewer at a time")
-    offsets = offsets.astype(np.int32)
-    schema = schema or waveforms_schema()
-    values = pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()), pa.array(flat, pa.float32()), type=_VALUES_TYPE
+    counts = (
+        [len(w) for w in waveforms]
+        if n_samples_decoded is None
+        else [int(c) for c in n_samples_decoded]
     )
-    decoded = lengths if n_samples_decoded is None else np.asarray(n_samples_decoded, np.int64)
+    pcm = [to_pcm16(np.asarray(w).reshape(-1)[:c]) for w, c in zip(waveforms, counts, strict=True)]
+    starts = np.zeros(len(track_ids)) if start_s is None else start_s
+    return pcm_batch(
+        track_ids, starts, pcm, source_paths, source_sizes, source_mtimes, schema=schema
+    )
+
+
+def pcm_batch(
+    track_ids: Sequence[int] | np.ndarray,
+    start_s: Sequence[float] | np.ndarray,
+    pcm: Sequence[bytes],
+    source_paths: Sequence[str | Path],
+    source_sizes: Sequence[int | None] | np.ndarray,
+    source_mtimes: Sequence[float | None] | np.ndarray,
+    *,
+    schema: pa.Schema | None = None,
+) -> pa.RecordBatch:
+    """Rows of the waveforms dataset from windows already in 16-bit PCM (``to_pcm16``)."""
+    if sum(len(p) for p in pcm) > np.iinfo(np.int32).max:  # Arrow's binary offsets are int32
+        raise ValueError(f"{len(pcm)} windows are too many for one batch: write fewer at a time")
     return pa.RecordBatch.from_arrays(
         [
             pa.array(np.asarray(track_ids, dtype=np.int64), pa.int64()),
-            values,
-            pa.array(decoded, pa.int64()),
+            pa.array(np.asarray(start_s, dtype=np.float64), pa.float64()),
+            pa.array(pcm, pa.binary()),
+            pa.array([len(p) // 2 for p in pcm], pa.int64()),
             pa.array([str(p) for p in source_paths], pa.string()),
             pa.array(source_sizes, pa.int64()),
             pa.array(source_mtimes, pa.float64()),
         ],
-        schema=schema,
+        schema=schema or waveforms_schema(),
     )
 
 
@@ -314,14 +323,16 @@ class PartitionWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self._schema = schema
-        # Uncompressed audio: floats barely compress and writing must keep up with
-        # all cores decoding; statistics only where they help filtering.
+        # Uncompressed PCM: music barely compresses with general-purpose codecs (zstd: 3-7 %
+        # at ~250 MB/s, docs/windows.md) and a training epoch must keep up. A track's
+        # windows repeat its id and source: dictionary-encoded, they cost ~1 byte a window.
+        # Statistics only where they help filtering.
         self._writer = pq.ParquetWriter(
             path,
             schema,
             compression="none",
-            use_dictionary=False,
-            write_statistics=["track_id", "n_samples_decoded"],
+            use_dictionary=["track_id", "source_path", "source_size", "source_mtime"],
+            write_statistics=["track_id", "start_s", "n_samples_decoded"],
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._pending: Future[None] | None = None
@@ -342,13 +353,19 @@ class PartitionWriter:
             self._writer.close()
 
 
+def sorted_windows(ids: np.ndarray, starts: np.ndarray) -> bool:
+    """Rows sorted by (track_id, start_s), no window twice."""
+    same = ids[1:] == ids[:-1]
+    return bool((ids[1:] >= ids[:-1]).all() and (starts[1:][same] > starts[:-1][same]).all())
+
+
 def write_partition(
     path: str | Path, rows: pa.RecordBatch, row_group_rows: int = ROW_GROUP_ROWS
 ) -> Path:
-    """Write a whole partition file atomically (rows sorted by track_id, as the contract says)."""
+    """Write a whole partition file atomically (rows sorted by track_id and start_s)."""
     ids = rows.column(0).to_numpy()
-    if (np.diff(ids) <= 0).any():
-        raise ValueError(f"{path}: rows must be sorted by unique track_id")
+    if not sorted_windows(ids, rows.column(1).to_numpy()):
+        raise ValueError(f"{path}: rows must be sorted by (track_id, start_s), each window once")
     with atomic_path(path) as tmp:
         writer = PartitionWriter(tmp, rows.schema)
         try:
@@ -357,60 +374,6 @@ def write_partition(
         finally:
             writer.close()
     return Path(path)
-
-
-class WaveformRows:
-    """The ``track_id`` and ``input_values`` columns of some waveforms rows, decoded to numpy.
-
-    The one reader of the list column: the dataset build's health scan, training and the
-    embedding of the collection all go through it. Zero-copy where Arrow allows.
-    """
-
-    def __init__(self, rows: pa.Table | pa.RecordBatch, origin: str | Path) -> None:
-        self.origin = str(origin)
-        column = rows.column("input_values")
-        if isinstance(column, pa.ChunkedArray):
-            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        # A sliced list array keeps its offsets into the unsliced child (`.values`).
-        self._offsets = column.offsets.to_numpy()
-        self._values = column.values.to_numpy(zero_copy_only=False)
-        self.track_ids = np.asarray(rows.column("track_id").to_numpy(), dtype=np.int64)
-        self.lengths = np.diff(self._offsets)
-
-    def __len__(self) -> int:
-        return len(self.track_ids)
-
-    def samples(self, row: int) -> np.ndarray:
-        """Row ``row``'s samples, whatever their number (read-only view)."""
-        return self._values[self._offsets[row] : self._offsets[row + 1]]
-
-    def bad_length_rows(self) -> np.ndarray:
-        """Positions of the rows without exactly ``CLIP_SAMPLES`` samples."""
-        return np.flatnonzero(self.lengths != CLIP_SAMPLES)
-
-    def clips(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """A writable float32 array (n, CLIP_SAMPLES) of ``rows`` (default: all, in order).
-
-        Raises :class:`WaveformContractError` naming the file and track when a requested
-        row does not hold exactly ``CLIP_SAMPLES`` samples.
-        """
-        picked = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        wrong = picked[self.lengths[picked] != CLIP_SAMPLES]
-        if wrong.size:
-            i = int(wrong[0])
-            raise WaveformContractError(
-                f"{self.origin}: track_id {self.track_ids[i]} has {self.lengths[i]} samples in "
-                f"`input_values`, expected {CLIP_SAMPLES} (48 kHz x 5 s); "
-                "re-materialize `waveforms`"
-            )
-        starts = self._offsets[picked]
-        if picked.size and (np.diff(starts) == CLIP_SAMPLES).all():  # contiguous rows: one copy
-            block = self._values[starts[0] : starts[0] + picked.size * CLIP_SAMPLES]
-            return np.array(block, dtype=np.float32).reshape(-1, CLIP_SAMPLES)
-        out = np.empty((picked.size, CLIP_SAMPLES), dtype=np.float32)
-        for k, start in enumerate(starts.tolist()):
-            out[k] = self._values[start : start + CLIP_SAMPLES]
-        return out
 
 
 # --------------------------------------------------------------------------- readers
@@ -474,95 +437,3 @@ class Prompts:
             return self.prompt[track_id]
         digest = hashlib.sha256(f"{seed}:{epoch}:{track_id}".encode()).digest()
         return options[int.from_bytes(digest[:8], "big") % len(options)]
-
-
-@dataclass(frozen=True)
-class RowLocation:
-    file_index: int
-    row_group: int
-    row: int
-
-
-@dataclass
-class WaveformIndex:
-    """Where each track's waveform lives in the Parquet dataset (file, row group, row)."""
-
-    root: Path
-    files: list[Path]
-    locations: dict[int, RowLocation]
-    data_version: str
-
-    @classmethod
-    def build(cls, root: Path) -> WaveformIndex:
-        root = Path(root)
-        if not root.is_dir():
-            raise TrainingDataError(
-                f"{root} does not exist: materialize the `waveforms` asset first"
-            )
-        # pyarrow's discovery skips hidden ("."/"_") temp files of in-flight writes.
-        files = sorted(Path(f) for f in ds.dataset(root, format="parquet").files)
-        locations: dict[int, RowLocation] = {}
-        version = hashlib.sha256()
-        for file_index, path in enumerate(files):
-            pf = pq.ParquetFile(path)
-            names = set(pf.schema_arrow.names)
-            if not {"track_id", "input_values"} <= names:
-                raise TrainingDataError(f"{path} lacks track_id/input_values columns")
-            provenance = [c for c in ("source_size", "source_mtime") if c in names]
-            version.update(f"{path.name}:{path.stat().st_size}".encode())
-            for rg in range(pf.num_row_groups):
-                small = pf.read_row_group(rg, columns=["track_id", *provenance])
-                ids = small.column("track_id").to_pylist()
-                for row, tid in enumerate(ids):
-                    if tid in locations:
-                        other = files[locations[tid].file_index]
-                        raise TrainingDataError(
-                            f"track_id {tid} appears twice in the waveforms: {other} and {path}"
-                        )
-                    locations[int(tid)] = RowLocation(file_index, rg, row)
-                version.update(json.dumps(small.to_pydict(), sort_keys=True).encode())
-        return cls(
-            root=root, files=files, locations=locations, data_version=version.hexdigest()[:16]
-        )
-
-    def read_rows(
-        self, file_index: int, row_group: int, rows: Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(track_ids, float32 waveforms (n, 240000)) for the given rows of one row group."""
-        path = self.files[file_index]
-        table = pq.ParquetFile(path).read_row_group(row_group, columns=["track_id", "input_values"])
-        rows_arr = np.asarray(rows, dtype=np.int64)
-        waveforms = WaveformRows(table, path)
-        try:
-            return waveforms.track_ids[rows_arr], waveforms.clips(rows_arr)
-        except WaveformContractError as exc:
-            raise TrainingDataError(str(exc)) from exc
-
-    def groups_of(self, track_ids: Iterable[int]) -> dict[tuple[int, int], list[int]]:
-        """Rows to read per (file, row group) for the given tracks, in dataset order."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for tid in track_ids:
-            loc = self.locations[tid]
-            groups.setdefault((loc.file_index, loc.row_group), []).append(loc.row)
-        return {key: sorted(groups[key]) for key in sorted(groups)}
-
-
-def ordered_batches(
-    index: WaveformIndex, track_ids: Sequence[int], batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """All clips of ``track_ids`` in dataset order (= track_id order), last batch partial."""
-    buf_ids: list[np.ndarray] = []
-    buf_waves: list[np.ndarray] = []
-    n = 0
-    for (file_index, row_group), rows in index.groups_of(sorted(track_ids)).items():
-        ids, waves = index.read_rows(file_index, row_group, rows)
-        buf_ids.append(ids)
-        buf_waves.append(waves)
-        n += len(ids)
-        while n >= batch_size:
-            all_ids, all_waves = np.concatenate(buf_ids), np.concatenate(buf_waves)
-            yield all_ids[:batch_size], all_waves[:batch_size]
-            buf_ids, buf_waves = [all_ids[batch_size:]], [all_waves[batch_size:]]
-            n -= batch_size
-    if n:
-        yield np.concatenate(buf_ids), np.concatenate(buf_waves)

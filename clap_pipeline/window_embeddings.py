@@ -20,17 +20,22 @@ A track's score for a query aggregates its windows (:data:`AGGREGATIONS`):
   per track: what TTMR++ and MuQ-MuLan search);
 - ``max``: the best window's score (a track matches when one of its moments does).
 
-Imports no torch.
+The store: :func:`model_store` (one folder per model fingerprint), :func:`write_store_file`
+(atomic), :func:`read_store`; ``model/embed_windows.py`` fills it. Imports no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from clap_pipeline.storage import atomic_path
 from clap_pipeline.windows import WindowRule
 
 EMBEDDINGS_FORMAT_VERSION = "1"
@@ -149,3 +154,71 @@ class WindowEmbeddings:
             lo, hi = bounds[t], bounds[t + 1]
             out[:, t] = lo + scores[:, lo:hi].argmax(axis=1)
         return out
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def model_store(store_dir: str | Path, fingerprint: str) -> Path:
+    """``<store_dir>/<fingerprint>/``: one model's window embeddings, a file per audio folder."""
+    return Path(store_dir) / fingerprint
+
+
+def store_file(store_dir: str | Path, fingerprint: str, folder: str) -> Path:
+    return model_store(store_dir, fingerprint) / f"{folder}.parquet"
+
+
+def window_rows(
+    schema: pa.Schema,
+    track_ids: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    embeddings: np.ndarray,
+    source_sizes: np.ndarray,
+    source_mtimes: np.ndarray,
+) -> pa.Table:
+    """Rows of a store file (checked: L2-normalised embeddings of the schema's width)."""
+    dim = schema.field("embedding").type.list_size
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, dim)
+    if len(embeddings) and not np.all(np.abs(np.linalg.norm(embeddings, axis=1) - 1) < 1e-3):
+        raise ValueError("window embeddings must be L2-normalised")
+    return pa.table(
+        [
+            pa.array(np.asarray(track_ids, np.int64)),
+            pa.array(np.asarray(start_s, np.float64)),
+            pa.array(np.asarray(end_s, np.float64)),
+            pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), dim),
+            pa.array(np.asarray(source_sizes, np.int64)),
+            pa.array(np.asarray(source_mtimes, np.float64)),
+        ],
+        schema=schema,
+    )
+
+
+def write_store_file(path: Path, rows: pa.Table) -> Path:
+    """One folder's rows, sorted by (track_id, start_s), written aside and renamed into place."""
+    rows = rows.sort_by([("track_id", "ascending"), ("start_s", "ascending")])
+    with atomic_path(path) as tmp:
+        pq.write_table(rows, tmp, compression="zstd", row_group_size=16_384)
+    return path
+
+
+def read_store(
+    store_dir: str | Path, fingerprint: str, track_ids: Iterable[int] | None = None
+) -> WindowEmbeddings:
+    """One model's window embeddings (of ``track_ids``, default all), every folder's file."""
+    files = sorted(model_store(store_dir, fingerprint).glob("[0-9]*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no window embeddings of model {fingerprint} under {store_dir}: materialize "
+            "`window_embeddings`"
+        )
+    columns = ["track_id", "start_s", "end_s", "embedding"]
+    wanted = None if track_ids is None else pa.array(sorted({int(t) for t in track_ids}))
+    tables = []
+    for path in files:
+        table = pq.read_table(path, columns=columns)
+        if wanted is not None:
+            table = table.filter(pc.is_in(table.column("track_id"), value_set=wanted))
+        tables.append(table)
+    return WindowEmbeddings.from_table(pa.concat_tables(tables))

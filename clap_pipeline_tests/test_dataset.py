@@ -6,7 +6,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,18 +14,19 @@ from clap_pipeline.dataset import (
     MAX_TRACK_ID,
     ROW_GROUP_ROWS,
     SAMPLE_RATE,
-    WaveformContractError,
-    WaveformRows,
     audio_path,
     folder_id_range,
     folder_of,
     folder_sql,
     iter_partition_files,
     partition_path,
+    pcm_batch,
     waveform_batch,
     waveforms_schema,
     write_partition,
 )
+from clap_pipeline.waveform_reader import WaveformContractError, WaveformRows
+from clap_pipeline.windows import WindowRule, to_pcm16
 
 IDS = [0, 2, 999, 1000, 1001, 54_321, 155_066, MAX_TRACK_ID]
 
@@ -54,9 +54,10 @@ def test_folder_id_range_holds_exactly_the_folders_ids() -> None:
 
 
 def _clips(ids: list[int]) -> list[np.ndarray]:
-    """Clip of track t: t + the sample index, so every sample can be checked."""
-    base = np.arange(CLIP_SAMPLES, dtype=np.float32) / CLIP_SAMPLES
-    return [base + t for t in ids]
+    """Clip of track t: every sample a distinct 16-bit value (exact through PCM), so every
+    sample can be checked."""
+    steps = np.arange(CLIP_SAMPLES) * 7
+    return [((steps + 13 * t) % 65536 - 32768).astype(np.float32) / 32768 for t in ids]
 
 
 def _partition(path: Path, ids: list[int], row_group_rows: int = ROW_GROUP_ROWS) -> Path:
@@ -74,11 +75,13 @@ def test_written_partition_follows_the_schema_and_reads_back(tmp_path: Path) -> 
     ids = list(range(1000, 1010))
     path = _partition(partition_path(tmp_path, "001"), ids, row_group_rows=4)
     pf = pq.ParquetFile(path)
-    assert pf.schema_arrow.equals(waveforms_schema(0.0), check_metadata=True)
+    assert pf.schema_arrow.equals(waveforms_schema(WindowRule()), check_metadata=True)
     assert [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)] == [4, 4, 2]
     table = pf.read()
     assert table.column("n_samples_decoded").to_pylist() == [CLIP_SAMPLES] * 10
     assert table.column("source_path").to_pylist()[0] == "/fma/001/001000.mp3"
+    # 16-bit PCM: half the bytes of float32
+    assert {len(p) for p in table.column("pcm").to_pylist()} == {2 * CLIP_SAMPLES}
     rows = WaveformRows(table, path)
     assert rows.track_ids.tolist() == ids
     clips = rows.clips()
@@ -90,28 +93,27 @@ def test_written_partition_follows_the_schema_and_reads_back(tmp_path: Path) -> 
 
 
 def test_reader_of_a_slice_reads_the_slices_rows(tmp_path: Path) -> None:
-    """A sliced list column keeps offsets into the whole child array."""
+    """A sliced binary column keeps offsets into the whole data buffer."""
     table = pq.read_table(_partition(tmp_path / "000.parquet", [1, 2, 3, 4, 5]))
     rows = WaveformRows(table.slice(2, 2), "slice")
     assert rows.track_ids.tolist() == [3, 4]
     np.testing.assert_array_equal(rows.clips(), np.stack(_clips([3, 4])))
 
 
-def test_a_row_of_the_wrong_length_is_named(tmp_path: Path) -> None:
-    waves = [*_clips([1, 2]), np.zeros(1000, np.float32)]
-    rows_batch = waveform_batch(
-        [1, 2, 3],
-        waves,
-        source_paths=["a", "b", "c"],
-        source_sizes=[1] * 3,
-        source_mtimes=[0.0] * 3,
-    )
+def test_a_partial_window_is_padded_and_a_broken_row_named(tmp_path: Path) -> None:
+    clip = _clips([1])[0]
+    pcm = [to_pcm16(clip), to_pcm16(clip[:1000]), b"\x00\x01\x02", to_pcm16(np.r_[clip, clip])]
+    rows_batch = pcm_batch([1, 2, 3, 4], [0.0] * 4, pcm, ["a", "b", "c", "d"], [1] * 4, [0.0] * 4)
     path = write_partition(tmp_path / "000.parquet", rows_batch)
     rows = WaveformRows(pq.read_table(path), path)
-    assert rows.bad_length_rows().tolist() == [2]
-    assert rows.samples(2).size == 1000
-    np.testing.assert_array_equal(rows.clips([0, 1]), np.stack(_clips([1, 2])))  # good rows read
-    with pytest.raises(WaveformContractError, match=r"000\.parquet: track_id 3 has 1000 samples"):
+    assert rows.bad_length_rows().tolist() == [2, 3]  # an odd byte count, more than 5 s
+    assert rows.samples(1).size == 1000
+    partial = rows.clips([1])[0]
+    np.testing.assert_array_equal(partial[:1000], clip[:1000])
+    assert not partial[1000:].any()  # padded with zeros
+    with pytest.raises(
+        WaveformContractError, match=r"000\.parquet: track_id 3 window at 0 s has 3 bytes"
+    ):
         rows.clips()
 
 
@@ -119,8 +121,13 @@ def test_write_partition_refuses_unsorted_rows(tmp_path: Path) -> None:
     rows = waveform_batch(
         [5, 2], _clips([5, 2]), source_paths=["a", "b"], source_sizes=[1, 1], source_mtimes=[0, 0]
     )
-    with pytest.raises(ValueError, match="sorted by unique track_id"):
+    with pytest.raises(ValueError, match=r"sorted by \(track_id, start_s\)"):
         write_partition(tmp_path / "000.parquet", rows)
+    twice = waveform_batch(
+        [2, 2], _clips([2, 2]), source_paths=["a", "b"], source_sizes=[1, 1], source_mtimes=[0, 0]
+    )
+    with pytest.raises(ValueError, match="each window once"):
+        write_partition(tmp_path / "000.parquet", twice)  # window 0 s of track 2 twice
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
 
 
@@ -135,4 +142,4 @@ def test_waveform_batch_keeps_the_given_decoded_counts() -> None:
     )
     assert batch.column("n_samples_decoded").to_pylist() == [96_000]
     assert batch.column("source_path").to_pylist() == ["/x/000/000007.mp3"]
-    assert isinstance(batch.column("input_values"), pa.ListArray)
+    assert len(batch.column("pcm")[0].as_py()) == 2 * 96_000  # the real samples only

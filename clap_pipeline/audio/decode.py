@@ -1,7 +1,8 @@
-"""Decode one 5-s window of an audio file to 48 kHz mono float32 with ffmpeg.
+"""Decode a track's audio (its windows' span) to 48 kHz mono float32 with ffmpeg.
 
-Only the window is decoded: ``-ss``/``-t`` are *input* options, so ffmpeg seeks
-and stops reading after the window instead of decoding the whole clip.
+Only the span the window rule asks for is decoded (``windows.WindowRule``: from
+``offset_s``, at most ``max_audio_s``): ``-ss``/``-t`` are *input* options, so ffmpeg
+seeks and stops reading after it instead of decoding the whole file.
 Stereo is averaged to mono (``-ac 1`` with ``rematrix_maxval=1``: plain ``-ac 1``
 on float input mixes L and R at 0.707 each, which is louder than the mean).
 
@@ -16,12 +17,14 @@ Reasons (``DecodeFailure.reason``):
   longer than the file; ffmpeg's warning that the MP3 (Xing/Info) header's size
   and the file size disagree by more than 1/16; or the decoded window ends early
   although the header's duration says audio continues at least
-  ``TRUNCATION_TOLERANCE_S`` past that point.
+  ``TRUNCATION_TOLERANCE_S`` past that point (the span stops short of ``max_audio_s``
+  or, without one, of the header's duration).
 - ``not_audio``: ffmpeg found no decodable audio stream (random bytes, an image,
   an unsupported codec...), i.e. it exited with an error.
 - ``too_short``: fewer than ``MIN_DECODED_SAMPLES`` (1 s) of real audio in the
-  window (for instance a 0.5-s clip, or a window offset past the clip's end).
-- ``silent``: the window is digital silence (peak below ``SILENCE_PEAK``, -90 dBFS).
+  span (for instance a 0.5-s clip, or an offset past the clip's end).
+- ``silent``: the whole span is digital silence (peak below ``SILENCE_PEAK``, -90 dBFS);
+  a silent window inside a track with sound is kept.
 - ``timeout``: ffmpeg did not finish within the timeout and was killed.
 - ``unreadable``: the operating system refused the file (no read permission, a symlink
   loop, an I/O error...); the detail names the error. Like ``timeout``, retried on the
@@ -41,6 +44,7 @@ import numpy as np
 
 from clap_pipeline.audio.ffmpeg_bin import FfmpegNotFoundError, ffmpeg_exe
 from clap_pipeline.dataset import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
+from clap_pipeline.windows import WindowRule, cut_windows, to_pcm16
 
 MIN_DECODED_SAMPLES = SAMPLE_RATE  # less than 1 s of real audio is a failure
 SILENCE_PEAK = 10 ** (-90 / 20)  # about 3.2e-5
@@ -84,8 +88,38 @@ class DecodeFailure(Exception):
 
 @dataclass(frozen=True)
 class DecodedWindow:
+    """One window, padded: what :func:`decode_window` gives (the pyfunc model, the tests)."""
+
     samples: np.ndarray  # float32, exactly CLIP_SAMPLES, zero-padded after n_samples_decoded
     n_samples_decoded: int  # real audio before padding (<= CLIP_SAMPLES)
+
+    @classmethod
+    def first_of(cls, audio: np.ndarray) -> DecodedWindow:
+        n = min(int(audio.size), CLIP_SAMPLES)
+        samples = np.zeros(CLIP_SAMPLES, dtype=np.float32)
+        samples[:n] = audio[:n]
+        return cls(samples=samples, n_samples_decoded=n)
+
+
+@dataclass(frozen=True)
+class DecodedWindows:
+    """A track's windows (``WindowRule``) as 16-bit PCM rows: what a decode worker hands back."""
+
+    start_s: tuple[float, ...]
+    pcm: tuple[bytes, ...]  # each window's real samples, s16le (windows.to_pcm16)
+    n_samples_decoded: tuple[int, ...]
+
+    @classmethod
+    def cut(cls, audio: np.ndarray, rule: WindowRule) -> DecodedWindows:
+        starts, windows = cut_windows(audio, rule)
+        return cls(
+            start_s=tuple(starts),
+            pcm=tuple(to_pcm16(w) for w in windows),
+            n_samples_decoded=tuple(len(w) for w in windows),
+        )
+
+    def __len__(self) -> int:
+        return len(self.start_s)
 
 
 def ensure_ffmpeg(timeout_s: float = 30.0) -> str:
@@ -109,11 +143,18 @@ def _checked_ffmpeg(exe: str, timeout_s: float) -> str:
     return exe
 
 
-def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = None) -> list[str]:
-    """The ffmpeg argv that writes the window as raw f32le 48 kHz mono to stdout."""
-    # Without an offset no seek at all: the window starts at the file's first sample.
+def audio_command(
+    path: str | Path,
+    offset_s: float = 0.0,
+    max_audio_s: float | None = CLIP_SECONDS,
+    exe: str | None = None,
+) -> list[str]:
+    """The ffmpeg argv that writes the span (``max_audio_s`` from ``offset_s``; None: to the
+    end) as raw f32le 48 kHz mono to stdout."""
+    # Without an offset no seek at all: the span starts at the file's first sample.
     seek = {"ss": offset_s} if offset_s > 0 else {}
-    stream = ffmpeg.input(f"file:{path}", t=CLIP_SECONDS, **seek)
+    length = {"t": max_audio_s} if max_audio_s is not None else {}
+    stream = ffmpeg.input(f"file:{path}", **length, **seek)
     out = ffmpeg.output(
         stream["a:0"],
         "pipe:",
@@ -130,24 +171,41 @@ def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = No
     return [args[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", *args[1:]]
 
 
+def window_command(path: str | Path, offset_s: float = 0.0, exe: str | None = None) -> list[str]:
+    """The ffmpeg argv of one 5-s window from ``offset_s`` (:func:`audio_command`)."""
+    return audio_command(path, offset_s, CLIP_SECONDS, exe)
+
+
+def decode_audio(
+    path: str | Path,
+    rule: WindowRule | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    exe: str | None = None,
+) -> np.ndarray:
+    """The span ``rule`` asks for (``max_audio_s`` from ``offset_s``): its real float32 samples.
+
+    Raises :class:`DecodeFailure` (see the module docstring for the reasons), also for
+    any error the operating system raises about this one file.
+    """
+    path = Path(path)
+    rule = rule or WindowRule()
+    try:
+        return _decode_audio(path, rule, timeout_s, exe)
+    except FileNotFoundError:
+        raise DecodeFailure("missing", path, "file does not exist") from None
+    except OSError as exc:
+        raise DecodeFailure("unreadable", path, os_error_text(exc)) from None
+
+
 def decode_window(
     path: str | Path,
     offset_s: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     exe: str | None = None,
 ) -> DecodedWindow:
-    """Decode ``CLIP_SECONDS`` from ``offset_s``; pad with zeros to exactly ``CLIP_SAMPLES``.
-
-    Raises :class:`DecodeFailure` (see the module docstring for the reasons), also for
-    any error the operating system raises about this one file.
-    """
-    path = Path(path)
-    try:
-        return _decode_window(path, offset_s, timeout_s, exe)
-    except FileNotFoundError:
-        raise DecodeFailure("missing", path, "file does not exist") from None
-    except OSError as exc:
-        raise DecodeFailure("unreadable", path, os_error_text(exc)) from None
+    """Decode ``CLIP_SECONDS`` from ``offset_s``; pad with zeros to exactly ``CLIP_SAMPLES``."""
+    rule = WindowRule(offset_s=offset_s, max_audio_s=CLIP_SECONDS)
+    return DecodedWindow.first_of(decode_audio(path, rule, timeout_s, exe))
 
 
 def os_error_text(exc: OSError) -> str:
@@ -155,9 +213,9 @@ def os_error_text(exc: OSError) -> str:
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
-def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | None) -> DecodedWindow:
+def _decode_audio(path: Path, rule: WindowRule, timeout_s: float, exe: str | None) -> np.ndarray:
     check_file(path)
-    cmd = window_command(path, offset_s, exe)
+    cmd = audio_command(path, rule.offset_s, rule.max_audio_s, exe)
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
@@ -171,10 +229,10 @@ def _decode_window(path: Path, offset_s: float, timeout_s: float, exe: str | Non
         raise DecodeFailure(
             "not_audio", path, f"ffmpeg exited with {proc.returncode}", tail_lines(stderr)
         )
-    return checked_window(
+    return checked_audio(
         path,
         decoded,
-        offset_s,
+        rule,
         header_s=header_duration_s(stderr),
         size_mismatch=SIZE_MISMATCH_WARNING in stderr,
         stderr_tail=tail_lines(stderr),
@@ -195,31 +253,32 @@ def check_file(path: Path) -> None:
         )
 
 
-def checked_window(
+def checked_audio(
     path: Path,
     decoded: np.ndarray,
-    offset_s: float,
+    rule: WindowRule,
     *,
     header_s: float | None,
     size_mismatch: bool,
     stderr_tail: str,
-) -> DecodedWindow:
-    """The window padded to ``CLIP_SAMPLES``, or the :class:`DecodeFailure` it amounts to.
+) -> np.ndarray:
+    """The span's real samples (a float32 copy), or the :class:`DecodeFailure` they amount to.
 
-    ``decoded`` is what the decoder gave from ``offset_s`` (48 kHz mono float32, may be
-    longer than the window); ``header_s`` the duration the headers declare (None if
+    ``decoded`` is what the decoder gave from ``rule.offset_s`` (48 kHz mono float32, may be
+    longer than the span); ``header_s`` the duration the headers declare (None if
     unknown); ``size_mismatch`` whether the MP3 demuxer warned that the file is smaller
     than its Xing/Info header says. One classification for the CLI and in-process paths.
     """
-    decoded = decoded[:CLIP_SAMPLES]
+    wanted = rule.max_samples
+    decoded = decoded[:wanted] if wanted is not None else decoded
     n = int(decoded.size)
     if size_mismatch:
         raise DecodeFailure(
             "truncated", path, "file is smaller than its MP3 header declares", stderr_tail
         )
-    decoded_end_s = offset_s + n / SAMPLE_RATE
+    decoded_end_s = rule.offset_s + n / SAMPLE_RATE
     if (
-        n < CLIP_SAMPLES
+        (wanted is None or n < wanted)
         and header_s is not None
         and header_s - decoded_end_s > TRUNCATION_TOLERANCE_S
     ):
@@ -233,15 +292,13 @@ def checked_window(
         raise DecodeFailure(
             "too_short",
             path,
-            f"{n / SAMPLE_RATE:.2f} s of audio from {offset_s:g} s (need >= 1 s)",
+            f"{n / SAMPLE_RATE:.2f} s of audio from {rule.offset_s:g} s (need >= 1 s)",
             stderr_tail,
         )
     peak = float(np.max(np.abs(decoded)))
     if not peak > SILENCE_PEAK:  # also catches NaN
         raise DecodeFailure("silent", path, f"peak {peak:.3g} is silence", stderr_tail)
-    samples = np.zeros(CLIP_SAMPLES, dtype=np.float32)
-    samples[:n] = decoded
-    return DecodedWindow(samples=samples, n_samples_decoded=n)
+    return np.array(decoded, dtype=np.float32)
 
 
 def header_duration_s(stderr: str) -> float | None:

@@ -5,7 +5,6 @@ Reads partition files one row group at a time, so memory does not grow with the 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,13 @@ import pyarrow.parquet as pq
 from clap_pipeline.audio.decode_failures import read_failures
 from clap_pipeline.dataset import (
     CLIP_SAMPLES,
+    READ_COLUMNS,
     ROW_GROUP_ROWS,
-    WaveformRows,
     iter_partition_files,
+    sorted_windows,
 )
 from clap_pipeline.selection import SelectedTrack
+from clap_pipeline.waveform_reader import WaveformRows
 
 
 @dataclass
@@ -31,13 +32,14 @@ class DatasetHealth:
     selected: int = 0
     failures: int = 0  # recorded failures of selected tracks
     failure_reasons: dict[str, int] = field(default_factory=dict)
-    rows: int = 0
+    rows: int = 0  # tracks with windows
+    windows: int = 0
     missing_partitions: list[str] = field(default_factory=list)
     absent_ids: list[int] = field(default_factory=list)  # selected, not failed, no row
     unexpected_ids: list[int] = field(default_factory=list)  # rows that should not be there
-    unsorted_partitions: list[str] = field(default_factory=list)  # or with duplicate ids
+    # not sorted by (track_id, start_s), a window twice or a track's windows apart
+    unsorted_partitions: list[str] = field(default_factory=list)
     bad_length_ids: list[int] = field(default_factory=list)
-    non_finite_ids: list[int] = field(default_factory=list)
     max_row_group_rows: int = 0
 
     def row_problems(self) -> list[str]:
@@ -58,13 +60,13 @@ class DatasetHealth:
         problems = []
         if self.bad_length_ids:
             problems.append(
-                f"rows without exactly {CLIP_SAMPLES} samples: {_ids(self.bad_length_ids)}"
+                f"windows without 1 to {CLIP_SAMPLES} 16-bit samples (tracks): "
+                f"{_ids(self.bad_length_ids)}"
             )
-        if self.non_finite_ids:
-            problems.append(f"rows with NaN/inf samples: {_ids(self.non_finite_ids)}")
         if self.unsorted_partitions:
             problems.append(
-                f"partitions not sorted by unique track_id: {_ids(self.unsorted_partitions)}"
+                "partitions not sorted by (track_id, start_s) with each window once: "
+                f"{_ids(self.unsorted_partitions)}"
             )
         if self.max_row_group_rows > ROW_GROUP_ROWS:
             problems.append(f"row groups of {self.max_row_group_rows} rows (> {ROW_GROUP_ROWS})")
@@ -86,8 +88,8 @@ def dataset_health(
     """Compare partition files with the selection and ``decode_failures``.
 
     ``folders`` None means the whole dataset: every folder with selected tracks
-    or a partition file. ``scan_samples`` also reads every sample (row group by
-    row group) to check lengths and finiteness.
+    or a partition file. ``scan_samples`` also reads every window (row group by
+    row group) to check its length.
     """
     present = dict(iter_partition_files(waveforms_dir))
     if folders is None:
@@ -107,10 +109,15 @@ def dataset_health(
             if selected_ids:
                 health.missing_partitions.append(folder)
             continue
-        ids = _scan_partition(path, health) if scan_samples else _partition_ids(path)
-        health.rows += len(ids)
-        if any(a >= b for a, b in itertools.pairwise(ids)):
+        if scan_samples:
+            _scan_partition(path, health)
+        table = pq.read_table(path, columns=["track_id", "start_s"])
+        window_ids = table.column("track_id").to_numpy()
+        if not sorted_windows(window_ids, table.column("start_s").to_numpy()):
             health.unsorted_partitions.append(folder)
+        ids = np.unique(window_ids).tolist()
+        health.rows += len(ids)
+        health.windows += len(window_ids)
         expected = selected_ids - failed_ids
         health.absent_ids += sorted(expected - set(ids))
         health.unexpected_ids += sorted(set(ids) - expected)
@@ -118,20 +125,10 @@ def dataset_health(
     return health
 
 
-def _partition_ids(path: Path) -> list[int]:
-    return pq.read_table(path, columns=["track_id"]).column("track_id").to_pylist()
-
-
-def _scan_partition(path: Path, health: DatasetHealth) -> list[int]:
-    ids: list[int] = []
+def _scan_partition(path: Path, health: DatasetHealth) -> None:
     with pq.ParquetFile(path) as pf:
         for i in range(pf.num_row_groups):
-            rows = WaveformRows(pf.read_row_group(i, columns=["track_id", "input_values"]), path)
+            rows = WaveformRows(pf.read_row_group(i, columns=READ_COLUMNS), path)
             health.max_row_group_rows = max(health.max_row_group_rows, len(rows))
-            group_ids = rows.track_ids.tolist()
-            ids += group_ids
-            health.bad_length_ids += [group_ids[j] for j in rows.bad_length_rows().tolist()]
-            health.non_finite_ids += [
-                tid for j, tid in enumerate(group_ids) if not np.isfinite(rows.samples(j)).all()
-            ]
-    return ids
+            bad = rows.track_ids[rows.bad_length_rows()].tolist()
+            health.bad_length_ids += [t for t in bad if t not in health.bad_length_ids]

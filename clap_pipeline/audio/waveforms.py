@@ -1,9 +1,12 @@
 """Build and update the `waveforms` Parquet dataset, one file per FMA audio folder.
 
-``<waveforms_dir>/NNN.parquet`` holds the decoded 5-s windows of the selected
-tracks of folder ``NNN``, sorted by track_id, in row groups of at most
-``row_group_rows`` (64) rows; the schema and the row writer are the data contract's
-(``clap_pipeline.dataset.waveforms_schema``, ``waveform_batch``, ``PartitionWriter``).
+``<waveforms_dir>/NNN.parquet`` holds every window (``windows.WindowRule``: 5 s, from
+``window_offset_s`` every ``hop_s``, up to ``max_audio_s`` per track) of the selected
+tracks of folder ``NNN`` as 16-bit PCM, one row per window sorted by (track_id,
+start_s), in row groups of at most ``row_group_rows`` (64) windows; the schema and the
+row writer are the data contract's (``clap_pipeline.dataset.waveforms_schema``,
+``pcm_batch``, ``PartitionWriter``; docs/windows.md). A worker decodes a track's span
+once and cuts it into windows (``decode.DecodedWindows``).
 Failures go to the DuckDB table of ``decode_failures``; the asset checks read
 ``waveform_health``.
 
@@ -19,8 +22,8 @@ How a partition is (re)built:
 - Memory is bounded by a row group: decoded rows stream into a ``ParquetWriter``
   (one row group being written by a background thread while the next is
   collected), old rows stream from the old file one row group at a time, and at
-  most a few windows per worker wait to be written. Nothing grows with the
-  number of tracks.
+  most a few tracks per worker wait to be written (fewer when tracks are long).
+  Nothing grows with the number of tracks.
 - Parallel: ``workers`` (default: all cores) decode at once. The default decoder
   (``decoder="av"``, ``decode_av``) runs the FFmpeg libraries in a pool of worker
   processes (threads for fewer than ``process_pool_min_jobs`` clips, which start
@@ -55,7 +58,7 @@ import pyarrow.parquet as pq
 from clap_pipeline.audio.decode import (
     DEFAULT_TIMEOUT_S,
     RETRIED_REASONS,
-    DecodedWindow,
+    DecodedWindows,
     DecodeFailure,
     ensure_ffmpeg,
 )
@@ -72,18 +75,25 @@ from clap_pipeline.dataset import (
     folder_of,
     iter_partition_files,
     partition_path,
-    waveform_batch,
+    pcm_batch,
     waveforms_schema,
 )
 from clap_pipeline.processes import exit_with, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
 from clap_pipeline.selection import SelectedTrack
 from clap_pipeline.storage import atomic_path, remove_orphaned_temps
+from clap_pipeline.windows import DEFAULT_MAX_AUDIO_S, WindowRule
+
+# Decoded tracks waiting to be written, in bytes of PCM at most (long songs: fewer ahead).
+MAX_AHEAD_BYTES = 256 * 2**20
+_PCM_BYTES_PER_S = 2 * 48_000
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    window_offset_s: float = 0.0
+    window_offset_s: float = 0.0  # where the first window starts (windows.WindowRule)
+    hop_s: float | None = None  # between window starts; None: the window (5 s)
+    max_audio_s: float | None = DEFAULT_MAX_AUDIO_S  # decoded per track; None: the whole file
     timeout_s: float = DEFAULT_TIMEOUT_S
     workers: int = 0  # 0: all cores
     row_group_rows: int = ROW_GROUP_ROWS
@@ -95,8 +105,7 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.window_offset_s < 0:
-            raise ValueError(f"window_offset_s must be >= 0, got {self.window_offset_s}")
+        _ = self.rule  # WindowRule checks offset, hop and max_audio_s
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if not 1 <= self.row_group_rows <= ROW_GROUP_ROWS:
@@ -105,6 +114,12 @@ class DecodeOptions:
     @property
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else usable_cpus()
+
+    @property
+    def rule(self) -> WindowRule:
+        return WindowRule(
+            offset_s=self.window_offset_s, hop_s=self.hop_s, max_audio_s=self.max_audio_s
+        )
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,8 @@ class PartitionSummary:
     folder: str
     path: Path
     selected: int = 0
-    rows: int = 0
+    rows: int = 0  # tracks with windows
+    windows: int = 0
     reused: int = 0
     decoded_ids: list[int] = field(default_factory=list)
     failures: list[FailureRecord] = field(default_factory=list)
@@ -158,6 +174,10 @@ class WaveformsSummary:
     @property
     def rows(self) -> int:
         return sum(p.rows for p in self.partitions)
+
+    @property
+    def windows(self) -> int:
+        return sum(p.windows for p in self.partitions)
 
     @property
     def decoded(self) -> int:
@@ -218,7 +238,8 @@ class _Plan:
     folder: str
     target: Path
     sources: list[_Source]
-    old_file_ok: bool  # the old file exists and holds the same window
+    old_file_ok: bool  # the old file exists and holds the same windows
+    old_windows: int  # its rows
     old_ids: set[int]
     reuse_ids: set[int]
     carried_failures: dict[int, FailureRecord]
@@ -250,27 +271,31 @@ def _stat(track: SelectedTrack) -> _Source:
     return _Source(track, st.st_size, st.st_mtime)
 
 
-def _old_index(path: Path, window_offset_s: float) -> dict[int, tuple[str, int, float]] | None:
-    """Fingerprints of the rows of the current file, or None if it is absent or incompatible."""
+def _old_index(
+    path: Path, rule: WindowRule
+) -> dict[int, tuple[tuple[str, int, float], int]] | None:
+    """Per track of the current file: its source fingerprint and its number of windows; None
+    if the file is absent or incompatible."""
     if not path.exists():
         return None
     try:
         pf = pq.ParquetFile(path)
-        if not pf.schema_arrow.equals(waveforms_schema(window_offset_s), check_metadata=True):
-            return None  # another window offset or format version: decode everything again
+        if not pf.schema_arrow.equals(waveforms_schema(rule), check_metadata=True):
+            return None  # another window rule or format version: decode everything again
         table = pf.read(columns=["track_id", "source_path", "source_size", "source_mtime"])
     except (OSError, pa.ArrowException):
         return None  # unreadable: rebuilt from scratch
-    return {
-        tid: (sp, size, mtime)
-        for tid, sp, size, mtime in zip(
-            table.column("track_id").to_pylist(),
-            table.column("source_path").to_pylist(),
-            table.column("source_size").to_pylist(),
-            table.column("source_mtime").to_pylist(),
-            strict=True,
-        )
-    }
+    index: dict[int, tuple[tuple[str, int, float], int]] = {}
+    for tid, sp, size, mtime in zip(
+        table.column("track_id").to_pylist(),
+        table.column("source_path").to_pylist(),
+        table.column("source_size").to_pylist(),
+        table.column("source_mtime").to_pylist(),
+        strict=True,
+    ):
+        key, count = index.get(tid, ((sp, size, mtime), 0))
+        index[tid] = (key, count + 1)
+    return index
 
 
 def _plan(
@@ -278,11 +303,11 @@ def _plan(
     tracks: Sequence[SelectedTrack],
     waveforms_dir: Path,
     duckdb_path: Path,
-    window_offset_s: float,
+    rule: WindowRule,
 ) -> _Plan:
     target = partition_path(waveforms_dir, folder)
     sources = [_stat(t) for t in tracks]
-    old = _old_index(target, window_offset_s)
+    old = _old_index(target, rule)
     old_failures = folder_failures(duckdb_path, folder)
     reuse: set[int] = set()
     carried: dict[int, FailureRecord] = {}
@@ -290,7 +315,7 @@ def _plan(
         tid = s.track.track_id
         if s.size is None:
             continue  # vanished since selection: decode records it as missing
-        if old is not None and old.get(tid) == s.key:
+        if old is not None and tid in old and old[tid][0] == s.key:
             reuse.add(tid)
             continue
         failure = old_failures.get(tid)
@@ -298,7 +323,7 @@ def _plan(
             failure is not None
             and failure.reason not in RETRIED_REASONS
             and (failure.path, failure.source_size, failure.source_mtime) == s.key
-            and failure.window_offset_s == window_offset_s
+            and failure.window_offset_s == rule.offset_s
         ):
             carried[tid] = failure
     return _Plan(
@@ -306,6 +331,7 @@ def _plan(
         target=target,
         sources=sources,
         old_file_ok=old is not None,
+        old_windows=sum(count for _, count in (old or {}).values()),
         old_ids=set(old or {}),
         reuse_ids=reuse,
         carried_failures=carried,
@@ -355,15 +381,18 @@ class _OrderedDecoder:
         self._exe = exe
         self._executor = _new_executor(options, self._n_jobs)
         self._restarts = 0
-        # Enough decodes ahead to keep every worker busy while a row group is written.
-        self._max_ahead = max(16, 4 * options.n_workers)
-        self._pending: deque[tuple[_Source, Future[DecodedWindow | DecodeFailure]]] = deque()
+        # Enough decodes ahead to keep every worker busy while a row group is written,
+        # within MAX_AHEAD_BYTES of PCM (a track of max_audio_s; 10 min without one).
+        track_bytes = (options.max_audio_s or 600.0) * _PCM_BYTES_PER_S
+        within = int(MAX_AHEAD_BYTES // track_bytes)
+        self._max_ahead = max(2 * options.n_workers, min(max(16, 4 * options.n_workers), within))
+        self._pending: deque[tuple[_Source, Future[DecodedWindows | DecodeFailure]]] = deque()
         self._top_up()
 
-    def _submit(self, src: _Source) -> Future[DecodedWindow | DecodeFailure]:
+    def _submit(self, src: _Source) -> Future[DecodedWindows | DecodeFailure]:
         o = self._options
         return self._executor.submit(
-            decode_job, o.decoder, src.track.path, o.window_offset_s, o.timeout_s, self._exe
+            decode_job, o.decoder, src.track.path, o.rule, o.timeout_s, self._exe
         )
 
     def _top_up(self) -> None:
@@ -373,14 +402,14 @@ class _OrderedDecoder:
                 return
             self._pending.append((src, self._submit(src)))
 
-    def next(self, track_id: int) -> tuple[_Source, DecodedWindow | DecodeFailure]:
+    def next(self, track_id: int) -> tuple[_Source, DecodedWindows | DecodeFailure]:
         src, fut = self._pending.popleft()
         assert src.track.track_id == track_id, (src.track.track_id, track_id)
         try:
             result = fut.result()
         except BrokenProcessPool:
             o = self._options
-            result = decode_job("cli", src.track.path, o.window_offset_s, o.timeout_s, self._exe)
+            result = decode_job("cli", src.track.path, o.rule, o.timeout_s, self._exe)
             self._restart()
         self._top_up()
         return src, result
@@ -406,7 +435,8 @@ class _OrderedDecoder:
 
 
 class _OldRows:
-    """Streams one-row slices out of the previous partition file, in track_id order."""
+    """Streams the rows (windows) of one track at a time out of the previous partition file,
+    in track_id order."""
 
     def __init__(self, path: Path, batch_rows: int) -> None:
         self._path = path
@@ -416,35 +446,71 @@ class _OldRows:
         self._ids: list[int] = []
         self._pos = 0
 
-    def take(self, track_id: int) -> pa.RecordBatch:
-        while True:
-            while self._pos < len(self._ids):
-                i = self._pos
-                self._pos += 1
-                if self._ids[i] == track_id:
-                    assert self._batch is not None
-                    return self._batch.slice(i, 1)
+    def _next_row_id(self) -> int | None:
+        """The track of the next unread row (None at the end of the file)."""
+        while self._pos >= len(self._ids):
             batch = next(self._batches, None)
             if batch is None:
-                raise RuntimeError(f"track {track_id} vanished from {self._path} while reading it")
-            self._batch = batch
-            self._ids = batch.column("track_id").to_pylist()
-            self._pos = 0
+                return None
+            self._batch, self._ids, self._pos = batch, batch.column("track_id").to_pylist(), 0
+        return self._ids[self._pos]
+
+    def take(self, track_id: int) -> list[pa.RecordBatch]:
+        """Every row of ``track_id`` (slices that may span the file's batches)."""
+        out: list[pa.RecordBatch] = []
+        while True:
+            tid = self._next_row_id()
+            if tid is None or (out and tid != track_id):
+                break
+            end = self._pos
+            while end < len(self._ids) and self._ids[end] == tid:
+                end += 1
+            if tid == track_id:
+                assert self._batch is not None
+                out.append(self._batch.slice(self._pos, end - self._pos))
+            self._pos = end
+        if not out:
+            raise RuntimeError(f"track {track_id} vanished from {self._path} while reading it")
+        return out
 
     def close(self) -> None:
         self._file.close()
 
 
-def _row(schema: pa.Schema, src: _Source, window: DecodedWindow) -> pa.RecordBatch:
-    return waveform_batch(
-        [src.track.track_id],
-        [window.samples],
-        n_samples_decoded=[window.n_samples_decoded],
-        source_paths=[src.track.path],
-        source_sizes=[src.size],
-        source_mtimes=[src.mtime],
+def _rows(schema: pa.Schema, src: _Source, windows: DecodedWindows) -> pa.RecordBatch:
+    n = len(windows)
+    return pcm_batch(
+        [src.track.track_id] * n,
+        windows.start_s,
+        windows.pcm,
+        [src.track.path] * n,
+        [src.size] * n,
+        [src.mtime] * n,
         schema=schema,
     )
+
+
+class _RowGroups:
+    """Collects rows and writes them in row groups of exactly ``rows`` (the last one fewer)."""
+
+    def __init__(self, writer: PartitionWriter, rows: int) -> None:
+        self._writer, self._rows = writer, rows
+        self._pending: list[pa.RecordBatch] = []
+        self._n = 0
+
+    def add(self, batches: list[pa.RecordBatch]) -> None:
+        self._pending += batches
+        self._n += sum(b.num_rows for b in batches)
+        while self._n >= self._rows:
+            table = pa.Table.from_batches(self._pending)
+            self._writer.write(table.slice(0, self._rows).to_batches())
+            rest = table.slice(self._rows)
+            self._pending, self._n = rest.to_batches(), rest.num_rows
+
+    def flush(self) -> None:
+        if self._n:
+            self._writer.write(self._pending)
+        self._pending, self._n = [], 0
 
 
 def _failure(src: _Source, failure: DecodeFailure, window_offset_s: float) -> FailureRecord:
@@ -494,19 +560,19 @@ def _write_partition(
     options: DecodeOptions,
     progress: _ProgressReporter,
 ) -> PartitionSummary:
-    schema = waveforms_schema(options.window_offset_s)
+    schema = waveforms_schema(options.rule)
     summary = PartitionSummary(folder=plan.folder, path=plan.target, selected=len(plan.sources))
     old_rows = _OldRows(plan.target, options.row_group_rows) if plan.reuse_ids else None
     try:
         with atomic_path(plan.target, claim=True) as tmp:
             writer = PartitionWriter(tmp, schema)
             try:
-                batch: list[pa.RecordBatch] = []
+                groups = _RowGroups(writer, options.row_group_rows)
                 for src in plan.sources:
                     tid = src.track.track_id
                     if tid in plan.reuse_ids:
                         assert old_rows is not None
-                        batch.append(old_rows.take(tid))
+                        rows = old_rows.take(tid)
                         summary.reused += 1
                         progress.step(decoded=False, failed=False)
                     elif tid in plan.carried_failures:
@@ -520,14 +586,12 @@ def _write_partition(
                             summary.failures.append(_failure(src, result, options.window_offset_s))
                             progress.step(decoded=True, failed=True)
                             continue
-                        batch.append(_row(schema, src, result))
+                        rows = [_rows(schema, src, result)]
                         progress.step(decoded=True, failed=False)
                     summary.rows += 1
-                    if len(batch) >= options.row_group_rows:
-                        writer.write(batch)
-                        batch = []
-                if batch:
-                    writer.write(batch)
+                    summary.windows += sum(r.num_rows for r in rows)
+                    groups.add(rows)
+                groups.flush()
             finally:
                 writer.close()
             if old_rows is not None:
@@ -550,6 +614,7 @@ def _skip_partition(plan: _Plan, progress: _ProgressReporter) -> PartitionSummar
         path=plan.target,
         selected=len(plan.sources),
         rows=len(plan.reuse_ids),
+        windows=plan.old_windows,
         reused=len(plan.reuse_ids),
         failures=failures,
     )
@@ -596,7 +661,7 @@ def build_waveforms(
             sorted(tracks, key=lambda t: t.track_id),
             waveforms_dir,
             duckdb_path,
-            options.window_offset_s,
+            options.rule,
         )
         for folder, tracks in sorted(tracks_by_folder.items())
     ]

@@ -37,6 +37,7 @@ from clap_pipeline.audio.waveform_health import dataset_health
 from clap_pipeline.audio.waveforms import DecodeOptions, group_by_folder
 from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
 from clap_pipeline.selection import selected_tracks
+from clap_pipeline.windows import DEFAULT_MAX_AUDIO_S
 
 from .metadata_values import dagster_metadata
 from .partitions import audio_folder_partitions
@@ -48,7 +49,15 @@ DECODE_PARTITIONS_PER_RUN = 1  # a backfill: one run (one pod) per audio folder
 
 class WaveformsConfig(Config):
     window_offset_s: float = Field(
-        default=0.0, ge=0.0, description="start of the 5-s window in each clip, in seconds"
+        default=0.0, ge=0.0, description="start of the first 5-s window in each clip, in seconds"
+    )
+    hop_s: float | None = Field(
+        default=None, gt=0.0, description="seconds between window starts (none: 5, the window)"
+    )
+    max_audio_s: float | None = Field(
+        default=DEFAULT_MAX_AUDIO_S,
+        ge=1.0,
+        description="audio decoded per track, in seconds (none: the whole file)",
     )
     decode_timeout_s: float = Field(
         default=DEFAULT_TIMEOUT_S, gt=0.0, description="a clip's decode is stopped after this long"
@@ -72,8 +81,9 @@ class WaveformsConfig(Config):
     deps=["tracks"],
     kinds={"parquet", "duckdb"},
     description=(
-        "5-s windows of the experiment's clips decoded to 48 kHz mono float32 (240,000 "
-        "samples), one Parquet file per audio folder under `$CLAP_DATA_DIR/waveforms/`. "
+        "Every 5-s window of the experiment's clips (up to max_audio_s per track) decoded "
+        "to 48 kHz mono 16-bit PCM, one row per window, one Parquet file per audio folder "
+        "under `$CLAP_DATA_DIR/waveforms/` (docs/windows.md). "
         "Incremental (only new or changed files are decoded); files that cannot be decoded "
         "are recorded in the DuckDB table `decode_failures`."
     ),
@@ -83,6 +93,8 @@ def waveforms(
 ) -> MaterializeResult:
     options = DecodeOptions(
         window_offset_s=config.window_offset_s,
+        hop_s=config.hop_s,
+        max_audio_s=config.max_audio_s,
         timeout_s=config.decode_timeout_s,
         workers=config.workers,
         decoder=config.decoder,
@@ -113,7 +125,8 @@ def _health(context: AssetCheckExecutionContext, clap_settings: ClapSettings, sc
     asset=waveforms,
     partitions_def=audio_folder_partitions,
     blocking=True,
-    description="Rows are exactly the selected tracks minus the recorded decode failures.",
+    description="The tracks with windows are exactly the selected ones minus the recorded "
+    "decode failures.",
 )
 def waveforms_rows_match_selection(
     context: AssetCheckExecutionContext, clap_settings: ClapSettings
@@ -138,8 +151,8 @@ def waveforms_rows_match_selection(
     asset=waveforms,
     partitions_def=audio_folder_partitions,
     blocking=True,
-    description=f"Every row has exactly {CLIP_SAMPLES:,} finite samples; files sorted by track_id "
-    f"with row groups of at most {ROW_GROUP_ROWS} rows.",
+    description=f"Every window holds 1 to {CLIP_SAMPLES:,} 16-bit samples; files sorted by "
+    f"(track_id, start_s) with row groups of at most {ROW_GROUP_ROWS} windows.",
 )
 def waveforms_samples_valid(
     context: AssetCheckExecutionContext, clap_settings: ClapSettings
@@ -152,8 +165,8 @@ def waveforms_samples_valid(
         description="; ".join(problems) or "ok",
         metadata={
             "rows": health.rows,
+            "windows": health.windows,
             "bad_length_rows": len(health.bad_length_ids),
-            "non_finite_rows": len(health.non_finite_ids),
             "max_row_group_rows": health.max_row_group_rows,
         },
     )

@@ -50,6 +50,7 @@ class ClapTrainingConfig(Config):
     patience: int = Field(_D.patience, description=_help("patience"))
     seed: int = Field(_D.seed, description=_help("seed"))
     split: str = Field(_D.split, description=_help("split"))
+    train_window: str = Field(_D.train_window, description=_help("train_window"))
     resample_templates: bool = Field(_D.resample_templates, description=_help("resample_templates"))
     feedback_weight: float = Field(_D.feedback_weight, description=_help("feedback_weight"))
     device: str = Field(_D.device, description=_help("device"))

@@ -73,12 +73,18 @@ class SyntheticData:
 
 
 def write_waveforms_file(
-    path: Path, track_ids: list[int], waves: list[np.ndarray], row_group_rows: int = 16
+    path: Path,
+    track_ids: list[int],
+    waves: list[np.ndarray],
+    row_group_rows: int = 16,
+    start_s: list[float] | None = None,
 ) -> None:
-    """One `waveforms/NNN.parquet` file of synthetic clips (lengths are not checked here)."""
+    """One `waveforms/NNN.parquet` file of synthetic windows (lengths are not checked here):
+    one per track, or those at ``start_s`` (``track_ids`` repeated, one entry per window)."""
     rows = waveform_batch(
         track_ids,
         waves,
+        start_s=start_s,
         source_paths=[audio_path("", t) for t in track_ids],
         source_sizes=[1000 + t for t in track_ids],
         source_mtimes=[1.0e9 + t for t in track_ids],

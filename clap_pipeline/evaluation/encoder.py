@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clap_pipeline.dataset import WaveformIndex, ordered_batches
 from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
 from clap_pipeline.model.clap import (
     ModelLoadError,
@@ -24,6 +23,7 @@ from clap_pipeline.model.clap import (
 )
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.waveform_reader import WaveformIndex, ordered_batches
 
 
 class ClapEncoder:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex
+from clap_pipeline.dataset import Prompts, TrainingDataError
 from clap_pipeline.evaluation.genres import GenrePlan, genre_classification, genre_search_report
 from clap_pipeline.evaluation.inputs import (
     MODELS,
@@ -42,6 +42,7 @@ from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
 from clap_pipeline.selection import read_genres
+from clap_pipeline.waveform_reader import WaveformIndex
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:

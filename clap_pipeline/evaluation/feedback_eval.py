@@ -29,13 +29,14 @@ import pyarrow.dataset as ds
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
-from clap_pipeline.dataset import WaveformRows
+from clap_pipeline.dataset import READ_COLUMNS
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
 from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
+from clap_pipeline.waveform_reader import WaveformRows
 
 REPORT_NAME = "feedback_evaluation.json"
 METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
@@ -68,16 +69,17 @@ def served_version(heldout: Sequence[Feedback]) -> str | None:
 
 
 def pool_waveforms(waveforms_dir: Path, track_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, waveforms (n, CLIP_SAMPLES)) of the given tracks found in the waveforms dataset."""
+    """(ids, first windows (n, CLIP_SAMPLES)) of the given tracks found in the waveforms."""
     dataset = ds.dataset(waveforms_dir, format="parquet")
     table = dataset.to_table(
-        columns=["track_id", "input_values"],
+        columns=READ_COLUMNS,
         filter=pc.field("track_id").isin(list(track_ids)),
-    ).sort_by("track_id")
-    ids = table.column("track_id").to_numpy().astype(np.int64)
-    if not len(ids):
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    return ids, WaveformRows(table, waveforms_dir).clips()  # writable for torch
+    ).sort_by([("track_id", "ascending"), ("start_s", "ascending")])
+    rows = WaveformRows(table, waveforms_dir)
+    firsts = rows.first_windows()
+    if not len(firsts):
+        return rows.track_ids[:0], np.zeros((0, 0), dtype=np.float32)
+    return rows.track_ids[firsts], rows.clips(firsts)  # writable for torch
 
 
 def score_rankings(

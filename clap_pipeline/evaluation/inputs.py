@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clap_pipeline.config import Settings
-from clap_pipeline.dataset import Prompts, WaveformIndex
+from clap_pipeline.dataset import Prompts
 from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, TrainingReportError
+from clap_pipeline.waveform_reader import WaveformIndex
 
 REPORT_NAME = "evaluation.json"
 SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.dataset import WaveformIndex
 from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
 from clap_pipeline.evaluation.report import (
     QualitativeColumn,
@@ -24,6 +23,7 @@ from clap_pipeline.evaluation.report import (
     Top1,
 )
 from clap_pipeline.training_report import TrainingReport
+from clap_pipeline.waveform_reader import WaveformIndex
 
 if TYPE_CHECKING:  # the encoder module loads torch
     import torch

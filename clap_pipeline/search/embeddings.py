@@ -19,12 +19,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.model.clap import LoadedClap, clip_embeddings, pick_device
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.waveform_reader import WaveformRows
 
-WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
+WAVEFORM_COLUMNS = ["track_id", "start_s", "pcm", "source_path", "source_size"]
 
 
 @dataclass
@@ -63,7 +63,9 @@ def _waveforms_dataset(waveforms_dir: Path) -> ds.Dataset:
 
 
 def count_waveform_rows(waveforms_dir: str | Path) -> int:
-    return _waveforms_dataset(Path(waveforms_dir)).count_rows()
+    """Tracks with windows (the rows :func:`iter_waveform_batches` yields)."""
+    table = _waveforms_dataset(Path(waveforms_dir)).to_table(columns=["track_id"])
+    return len(np.unique(table.column("track_id").to_numpy()))
 
 
 def _to_batch(table: pa.Table, origin: str) -> WaveformBatch:
@@ -90,11 +92,17 @@ def iter_waveform_batches(waveforms_dir: str | Path, batch_size: int) -> Iterato
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     origin = str(waveforms_dir)
+    previous = -1  # the track of the last row read (ids are >= 0)
     for path in dataset.files:
         origin = path
         parquet = pq.ParquetFile(path)
         for row_group in range(parquet.num_row_groups):
             table = parquet.read_row_group(row_group, columns=WAVEFORM_COLUMNS)
+            # Each track's first window (every window: the window embeddings, issue 28).
+            ids = table.column("track_id").to_numpy()
+            firsts = np.flatnonzero(ids != np.r_[previous, ids[:-1]])
+            previous = int(ids[-1]) if len(ids) else previous
+            table = table.take(firsts)
             pending.extend(table.to_batches())
             pending_rows += table.num_rows
             del table

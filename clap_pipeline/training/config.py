@@ -9,7 +9,7 @@ from typing import Any
 
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
 from clap_pipeline.selection import Selection, current_selection
-from clap_pipeline.training.data import SPLIT_MODES
+from clap_pipeline.training.data import SPLIT_MODES, TRAIN_WINDOWS
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "cosine")
@@ -57,6 +57,14 @@ class TrainConfig:
         metadata={
             "help": "fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 by "
             "hash of track_id | random_80_20: the reference recipe (first 100 clips)"
+        },
+    )
+    train_window: str = field(
+        default="random",
+        metadata={
+            "help": "random: each epoch a training track contributes one of its 5-s windows, "
+            "drawn by (seed, epoch) | first: always its first window (before whole tracks); "
+            "validation and test use the first window"
         },
     )
     resample_templates: bool = field(
@@ -142,6 +150,10 @@ class TrainConfig:
             problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.train_window not in TRAIN_WINDOWS:
+            problems.append(
+                f"train_window must be one of {TRAIN_WINDOWS}, got {self.train_window!r}"
+            )
         if self.split not in SPLIT_MODES:
             problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
         if problems:

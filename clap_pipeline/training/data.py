@@ -1,8 +1,13 @@
 """Training data: splits, shuffled and sharded batches over the `waveforms/` Parquet dataset.
 
+Each epoch a training track contributes one window (``windows.py``): drawn at random
+among its windows, seeded by (seed, epoch), as LAION's ``rand_trunc`` and TTMR++ train
+(``train_window="random"``), or its first window (``"first"``, what training did before
+whole tracks). Validation and test always use the first window, so epochs compare.
+
 Memory is bounded by a shuffle buffer of a few batches plus one Parquet row
-group (<= 64 clips), never by the dataset: the reader keeps an index of where
-each track's row lives and reads row groups one at a time.
+group (<= 64 windows), never by the dataset: the reader keeps an index of where
+each window lives and reads row groups one at a time.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex, ordered_batches
+from clap_pipeline.dataset import Prompts, TrainingDataError
 from clap_pipeline.feedback import feedback_sets
 from clap_pipeline.storage import duckdb_connection, table_exists
+from clap_pipeline.waveform_reader import WaveformIndex, ordered_window_batches
 
 SPLIT_NAMES = ("train", "validation", "test")
+TRAIN_WINDOWS = ("random", "first")  # the window a training track contributes per epoch
 SPLIT_MODES = ("fma", "hash", "random_80_20")
 # FMA's `set.split` values -> our split names.
 FMA_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
@@ -135,6 +142,7 @@ class ClipBatch:
     track_ids: np.ndarray
     waveforms: np.ndarray  # (B, 240000) float32
     texts: list[str] = field(default_factory=list)
+    windows: np.ndarray | None = None  # WaveformIndex positions: which window of each track
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -145,9 +153,25 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
+def epoch_windows(
+    index: WaveformIndex, track_ids: Sequence[int], *, seed: int, epoch: int, mode: str
+) -> np.ndarray:
+    """The window (a :class:`WaveformIndex` position) each of ``track_ids`` trains on in an
+    epoch: its first, or one drawn uniformly among its windows by (seed, epoch) over the
+    sorted ids, so that a resumed or repeated run, and every rank, draws the same."""
+    if mode not in TRAIN_WINDOWS:
+        raise TrainingDataError(f"train_window must be one of {TRAIN_WINDOWS}, got {mode!r}")
+    ids = sorted(int(t) for t in track_ids)
+    if mode == "first":
+        return index.positions(ids)
+    counts = index.windows_per_track(ids)
+    draws = np.random.default_rng([seed, epoch, 28]).random(len(ids))
+    return index.positions(ids, np.minimum((draws * counts).astype(np.int64), counts - 1))
+
+
 def shuffled_batches(
     index: WaveformIndex,
-    track_ids: Sequence[int],
+    positions: Sequence[int] | np.ndarray,
     batch_size: int,
     *,
     seed: int,
@@ -156,44 +180,41 @@ def shuffled_batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Full batches in an order fixed by (seed, epoch), reading each row group once.
+    """Full batches of (positions, windows) in an order fixed by (seed, epoch), reading each
+    row group once.
 
-    Row groups are visited in a shuffled order and their clips pass through a
+    Row groups are visited in a shuffled order and their windows pass through a
     shuffle buffer of ``buffer_clips``; the last partial batch is dropped (a tiny
     contrastive batch has almost no negatives). With ``world_size`` > 1, rank
-    ``rank`` reads only its contiguous share of the clips in that epoch's row-group
+    ``rank`` reads only its contiguous share of the windows in that epoch's row-group
     order (other row groups are never opened) and shuffles it with its own buffer.
     """
     rng = np.random.default_rng([seed, epoch])
-    groups = index.groups_of(track_ids)
+    groups = index.groups_of(positions)
     keys = list(groups)
     visits = [(keys[k], groups[keys[k]]) for k in rng.permutation(len(keys)).tolist()]
     if world_size > 1:
-        clips = [(key, row) for key, rows in visits for row in rows]
-        start, end = shard_bounds(len(clips), rank, world_size)
-        shard: dict[tuple[int, int], list[int]] = {}
-        for key, row in clips[start:end]:
-            shard.setdefault(key, []).append(row)
-        visits = list(shard.items())
+        flat = np.concatenate([pos for _, pos in visits]) if visits else np.zeros(0, np.int64)
+        start, end = shard_bounds(len(flat), rank, world_size)
+        shard = index.groups_of(flat[start:end])
+        visits = [(key, shard[key]) for key, _ in visits if key in shard]
         rng = np.random.default_rng([seed, epoch, rank])
     capacity = max(buffer_clips, batch_size)
-    buf_ids: list[int] = []
+    buf_pos: list[int] = []
     buf_waves: list[np.ndarray] = []
 
     def take(n: int) -> tuple[np.ndarray, np.ndarray]:
-        picks = sorted(rng.choice(len(buf_ids), size=n, replace=False).tolist(), reverse=True)
-        ids = [buf_ids.pop(i) for i in picks]
+        picks = sorted(rng.choice(len(buf_pos), size=n, replace=False).tolist(), reverse=True)
+        pos = [buf_pos.pop(i) for i in picks]
         waves = [buf_waves.pop(i) for i in picks]
-        return np.asarray(ids[::-1], dtype=np.int64), np.stack(waves[::-1])
+        return np.asarray(pos[::-1], dtype=np.int64), np.stack(waves[::-1])
 
-    for (file_index, row_group), rows in visits:
-        ids, waves = index.read_rows(file_index, row_group, rows)
-        buf_ids.extend(int(t) for t in ids)
-        buf_waves.extend(w.copy() for w in waves)  # copies: the row group can be freed
-        del waves
-        while len(buf_ids) >= capacity:
+    for (file_index, row_group), pos in visits:
+        buf_pos.extend(int(p) for p in pos)
+        buf_waves.extend(index.read_windows(file_index, row_group, pos))  # one array each
+        while len(buf_pos) >= capacity:
             yield take(batch_size)
-    while len(buf_ids) >= batch_size:
+    while len(buf_pos) >= batch_size:
         yield take(batch_size)
 
 
@@ -324,11 +345,16 @@ class TrainingData:
         buffer_clips: int,
         rank: int = 0,
         world_size: int = 1,
+        window: str = "random",
     ) -> Iterator[ClipBatch]:
-        """This rank's training batches of an epoch (all of them for one process)."""
-        for ids, waves in shuffled_batches(
+        """This rank's training batches of an epoch (all of them for one process), one
+        window per track (``window``: :data:`TRAIN_WINDOWS`)."""
+        positions = epoch_windows(
+            self.index, self.splits.train, seed=seed, epoch=epoch, mode=window
+        )
+        for pos, waves in shuffled_batches(
             self.index,
-            self.splits.train,
+            positions,
             batch_size,
             seed=seed,
             epoch=epoch,
@@ -336,15 +362,19 @@ class TrainingData:
             rank=rank,
             world_size=world_size,
         ):
+            ids = self.index.track_ids[pos]
             texts = [
                 self.prompts.text_for(int(t), seed=seed, epoch=epoch, resample=resample)
                 for t in ids
             ]
-            yield ClipBatch(ids, waves, texts)
+            yield ClipBatch(ids, waves, texts, windows=pos)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[ClipBatch]:
-        for ids, waves in ordered_batches(self.index, getattr(self.splits, split), batch_size):
-            yield ClipBatch(ids, waves, [self.prompts.prompt[int(t)] for t in ids])
+        """The split's tracks, in track order, each by its first window (fixed: epochs compare)."""
+        positions = self.index.positions(sorted(getattr(self.splits, split)))
+        for pos, waves in ordered_window_batches(self.index, positions, batch_size):
+            ids = self.index.track_ids[pos]
+            yield ClipBatch(ids, waves, [self.prompts.prompt[int(t)] for t in ids], windows=pos)
 
     def n_train_batches(self, batch_size: int, world_size: int = 1) -> int:
         """Optimiser steps per epoch: full per-rank batches of the smallest shard."""

@@ -8,7 +8,7 @@ from clap_pipeline.training.data import ClipBatch
 
 
 class CachedFeatures:
-    """Log-mel features by track id, computed once and kept on the CPU within a budget.
+    """Log-mel features by window, computed once and kept on the CPU within a budget.
 
     A stored clip no longer than the 10-s window is tiled, never randomly cropped, so its
     features are a pure function of its samples: reusing them in later epochs changes no
@@ -22,12 +22,18 @@ class CachedFeatures:
     def __init__(self, features: torch.nn.Module, budget_mb: int) -> None:
         self.features = features
         self.budget_bytes = budget_mb * 2**20
-        self.store: dict[int, torch.Tensor] = {}
+        self.store: dict[object, torch.Tensor] = {}
         self.bytes = 0
         self.keep_new = True
 
     def __call__(self, batch: ClipBatch, device: torch.device) -> torch.Tensor:
-        ids = [int(t) for t in batch.track_ids]
+        # A window's key: its WaveformIndex position (a track trains on several windows);
+        # a batch without positions is keyed by track, apart from them.
+        ids: list[object] = (
+            [("track", int(t)) for t in batch.track_ids]
+            if batch.windows is None
+            else [int(p) for p in batch.windows]
+        )
         missing = [i for i, t in enumerate(ids) if t not in self.store]
         fresh: dict[int, torch.Tensor] = {}
         if missing:

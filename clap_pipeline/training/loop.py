@@ -243,6 +243,7 @@ def _train_epoch(
             buffer_clips=config.shuffle_buffer,
             rank=ranks.rank,
             world_size=ranks.world_size,
+            window=config.train_window,
         )
     )
     start = time.perf_counter()

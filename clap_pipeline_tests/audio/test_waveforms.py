@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -83,7 +82,12 @@ class Setup:
         return summary
 
     def table(self) -> pa.Table:
-        return ds.dataset(self.out, format="parquet").to_table().sort_by("track_id")
+        table = ds.dataset(self.out, format="parquet").to_table()
+        return table.sort_by([("track_id", "ascending"), ("start_s", "ascending")])
+
+    def tracks(self) -> list[int]:
+        """The tracks with windows, in order."""
+        return sorted(set(self.table().column("track_id").to_pylist()))
 
     def failures(self) -> dict[int, str]:
         return {f.track_id: f.reason for f in read_failures(self.db)}
@@ -121,23 +125,35 @@ def test_build_writes_the_contract(tmp_path: Path, audio: AudioFactory) -> None:
     )
     table = s.table()
     expected_ids = sorted(set(LIBRARY) - set(EXPECTED_FAILURES))
-    assert table.column("track_id").to_pylist() == expected_ids
+    assert s.tracks() == expected_ids
     assert table.schema.field("track_id").type == pa.int64()
-    assert table.schema.field("input_values").type.value_type == pa.float32()
+    assert table.schema.field("start_s").type == pa.float64()
+    assert table.schema.field("pcm").type == pa.binary()
     assert table.schema.field("n_samples_decoded").type == pa.int64()
     assert table.schema.field("source_path").type == pa.string()
     assert table.schema.field("source_size").type == pa.int64()
     assert table.schema.field("source_mtime").type == pa.float64()
-    assert pc.list_value_length(table.column("input_values")).to_pylist() == [CLIP_SAMPLES] * 7
-    decoded = dict(zip(expected_ids, table.column("n_samples_decoded").to_pylist(), strict=True))
-    assert decoded == {tid: 96_000 if tid == 10 else CLIP_SAMPLES for tid in expected_ids}
+    # Every window of each clip: 8-s clips give a full window and a 3-s one (kept: >= 2.5 s),
+    # the 6-s WAV one window (1 s left over: dropped), the 2-s clip its only window.
+    windows: dict[int, list[tuple[float, int]]] = {}
+    for row in table.select(["track_id", "start_s", "n_samples_decoded"]).to_pylist():
+        windows.setdefault(row["track_id"], []).append((row["start_s"], row["n_samples_decoded"]))
+    assert {t: [start for start, _ in w] for t, w in windows.items()} == {
+        t: [0.0] if t in (10, 20) else [0.0, 5.0] for t in expected_ids
+    }
+    assert windows[10] == [(0.0, 96_000)]
+    for t, w in windows.items():
+        assert w[0][1] == (96_000 if t == 10 else CLIP_SAMPLES)
+        if len(w) == 2:
+            assert abs(w[1][1] - 3 * 48_000) <= 2_000  # 3 s, give or take the MP3's padding
+    assert pc.binary_length(table.column("pcm")).to_pylist() == [
+        2 * n for n in table.column("n_samples_decoded").to_pylist()
+    ]
     for row in table.select(["track_id", "source_path", "source_size", "source_mtime"]).to_pylist():
         st = Path(row["source_path"]).stat()
         assert row["source_path"] == str(s.audio_dir / f"{row['track_id']:06d}"[:3]
                                          / f"{row['track_id']:06d}.mp3")  # fmt: skip
         assert (row["source_size"], row["source_mtime"]) == (st.st_size, st.st_mtime)
-    values = table.column("input_values").combine_chunks()
-    assert np.isfinite(values.values.to_numpy()).all()
 
     # One file per folder, sorted, small row groups, no temp file left behind.
     assert sorted(p.name for p in s.out.iterdir()) == ["000.parquet", "001.parquet"]
@@ -145,6 +161,7 @@ def test_build_writes_the_contract(tmp_path: Path, audio: AudioFactory) -> None:
         meta = pq.ParquetFile(s.out / name).metadata
         assert meta.num_row_groups >= 2 if name == "000.parquet" else meta.num_row_groups >= 1
         assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 3
+        assert pq.ParquetFile(s.out / name).schema_arrow.metadata[b"clap.window.hop_s"] == b"5.0"
 
     assert s.failures() == EXPECTED_FAILURES
     failure = next(f for f in read_failures(s.db) if f.track_id == 42)
@@ -153,6 +170,7 @@ def test_build_writes_the_contract(tmp_path: Path, audio: AudioFactory) -> None:
     assert failure.failed_at is not None
 
     assert (summary.selected, summary.rows, summary.decoded, summary.reused) == (12, 7, 12, 0)
+    assert summary.windows == len(table) == 12  # 5 tracks x 2 windows + 2 x 1
     assert summary.failure_counts() == {
         "empty": 1, "not_audio": 1, "silent": 1, "too_short": 1, "truncated": 1
     }  # fmt: skip
@@ -162,7 +180,7 @@ def test_build_writes_the_contract(tmp_path: Path, audio: AudioFactory) -> None:
 
     health = dataset_health(s.out, s.db, s.select(), scan_samples=True)
     assert health.row_problems() == [] and health.sample_problems() == []
-    assert (health.selected, health.failures, health.rows) == (12, 5, 7)
+    assert (health.selected, health.failures, health.rows, health.windows) == (12, 5, 7, 12)
 
 
 def test_rerun_decodes_nothing_and_rewrites_nothing(tmp_path: Path, audio: AudioFactory) -> None:
@@ -194,9 +212,7 @@ def test_changed_files_alone_are_decoded_and_result_equals_scratch(
     assert summary.reused == 5  # 7 rows - 2 re-decoded; 4 unchanged failures kept
     assert s.failures() == {k: v for k, v in EXPECTED_FAILURES.items() if k != 26}
     after = s.table()
-    assert after.column("track_id").to_pylist() == sorted(
-        [*before.column("track_id").to_pylist(), 26]
-    )
+    assert s.tracks() == sorted({*before.column("track_id").to_pylist(), 26})
     row3 = after.filter(pc.equal(after.column("track_id"), 3))
     assert (
         row3.column("source_size")[0].as_py() == (s.audio_dir / "000" / "000003.mp3").stat().st_size
@@ -213,27 +229,37 @@ def test_tracks_leaving_the_selection_lose_their_rows(tmp_path: Path, audio: Aud
     # Lower the experiment to the first 4 tracks (2, 3, 5, 10): folder 001 leaves entirely.
     summary = s.build(max_tracks=4)
     assert summary.decoded == 0
-    assert s.table().column("track_id").to_pylist() == [2, 3, 5, 10]
+    assert s.tracks() == [2, 3, 5, 10]
     assert sorted(p.name for p in s.out.iterdir()) == ["000.parquet"]
     assert s.failures() == {}
     # A track removed from `tracks` disappears too.
     make_tracks_db(s.db, [2, 3, 10])
     summary = s.build()
     assert summary.decoded == 0
-    assert s.table().column("track_id").to_pylist() == [2, 3, 10]
+    assert s.tracks() == [2, 3, 10]
     scratch = from_scratch(s, tmp_path / "scratch")
     assert s.table().equals(scratch.table())
 
 
-def test_new_window_offset_decodes_everything_again(tmp_path: Path, audio: AudioFactory) -> None:
+def test_another_window_rule_decodes_everything_again(tmp_path: Path, audio: AudioFactory) -> None:
     s = make_setup(tmp_path, audio)
     s.build()
     summary = s.build(window_offset_s=1.0)
     assert summary.decoded == 12
-    assert pq.read_schema(s.out / "000.parquet").metadata[b"clap.window_offset_s"] == b"1.0"
-    n = dict(zip(*[s.table().column(c).to_pylist() for c in ("track_id", "n_samples_decoded")],
-                 strict=True))  # fmt: skip
-    assert n[10] == 48_000  # the 2-s clip has 1 s left after the offset
+    assert pq.read_schema(s.out / "000.parquet").metadata[b"clap.window.offset_s"] == b"1.0"
+    rows = s.table().select(["track_id", "start_s", "n_samples_decoded"]).to_pylist()
+    assert [(r["start_s"], r["n_samples_decoded"]) for r in rows if r["track_id"] == 10] == [
+        (1.0, 48_000)  # the 2-s clip has 1 s left after the offset
+    ]
+    # 8 s from 1 s on: a 5-s window, then 2 s (less than half a window: dropped)
+    assert [r["start_s"] for r in rows if r["track_id"] == 2] == [1.0]
+    # A hop of 2 s: overlapping windows; max_audio_s 4: at most 4 s of each track.
+    assert s.build(hop_s=2.0, max_audio_s=4.0).decoded == 12
+    rows = s.table().select(["track_id", "start_s", "n_samples_decoded"]).to_pylist()
+    assert [(r["start_s"], r["n_samples_decoded"]) for r in rows if r["track_id"] == 2] == [
+        (0.0, 4 * 48_000)  # one partial window of the 4-s span: the track's only one
+    ]
+    assert s.build(hop_s=2.0, max_audio_s=4.0).decoded == 0  # same rule: nothing to decode
 
 
 def test_tracks_of_another_folder_are_rejected(tmp_path: Path, audio: AudioFactory) -> None:
@@ -309,7 +335,7 @@ def test_kill_9_mid_run_leaves_the_previous_file_and_rerun_completes(
     # Readers see the previous complete file only; the partial one is hidden.
     assert (s.out / "000.parquet").read_bytes() == previous
     assert not (s.out / "001.parquet").exists()
-    assert s.table().column("track_id").to_pylist() == [2, 3, 5]
+    assert s.tracks() == [2, 3, 5]
     assert temp.exists()
 
     s.build()
@@ -329,7 +355,7 @@ def test_partitions_built_by_parallel_processes_share_the_failures_table(
         _, err = child.communicate(timeout=120)
         assert child.returncode == 0, err.decode()
     assert s.failures() == EXPECTED_FAILURES
-    assert len(s.table()) == 7
+    assert len(s.tracks()) == 7
 
 
 def test_a_failures_table_with_only_the_contract_columns_is_extended(
@@ -381,7 +407,7 @@ def test_os_errors_of_one_clip_are_failure_rows_and_the_rest_decode(
     }
     assert "symbolic links" in failures[8].detail and failures[8].path == str(loop)
     assert failures[9].detail.startswith("NotADirectoryError")
-    assert s.table().column("track_id").to_pylist() == sorted(set(LIBRARY) - set(EXPECTED_FAILURES))
+    assert s.tracks() == sorted(set(LIBRARY) - set(EXPECTED_FAILURES))
     assert {8, 9} <= set(summary.decoded_ids)
     # Unreadable files are tried again (permissions change without touching the file).
     again = s.build()

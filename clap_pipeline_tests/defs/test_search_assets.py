@@ -25,6 +25,7 @@ from clap_pipeline.defs.search import (
 from clap_pipeline.model.clap import audio_embeddings, load_clap
 from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline.search.text_encoder import encode_query
+from clap_pipeline.waveform_reader import WaveformRows
 from clap_pipeline_tests.search_fixtures import write_tracks_table, write_waveforms
 
 TRACK_IDS = [2, 5, 10, 1001, 1002]  # two waveforms partitions: 000 and 001
@@ -49,10 +50,11 @@ def register_champion(tracking_uri: str, model_dir: Path) -> str:
 def reference_embeddings(model_dir: Path, waveforms_dir: Path) -> np.ndarray:
     """Independent path: the numpy ClapFeatureExtractor, one clip at a time."""
     clap = load_clap(model_dir)
-    table = ds.dataset(waveforms_dir, format="parquet").to_table().sort_by("track_id")
+    table = ds.dataset(waveforms_dir, format="parquet").to_table()
+    windows = WaveformRows(table.sort_by([("track_id", "ascending"), ("start_s", "ascending")]), "")
     rows = []
     with torch.no_grad():
-        for wave in table.column("input_values").to_pylist():
+        for wave in windows.clips(windows.first_windows()):
             feats = clap.feature_extractor(
                 [np.asarray(wave, np.float32)], sampling_rate=48_000, return_tensors="pt"
             )["input_features"]

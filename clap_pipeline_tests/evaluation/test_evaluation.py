@@ -36,6 +36,7 @@ from clap_pipeline.metrics import (
     retrieval_metrics,
 )
 from clap_pipeline.model.clap import audio_embeddings, load_clap, text_embeddings, tokenize
+from clap_pipeline.waveform_reader import WaveformRows
 from clap_pipeline_tests.evaluation_fixtures import (
     NO_GENRE,
     TEST_IDS,
@@ -69,9 +70,9 @@ def reference_features(setup: EvalSetup, tiny_model_dir: Path) -> dict[int, torc
     """Independent path: the whole dataset read at once, the numpy feature extractor clip by
     clip (all tiny models share the hub's unfused extractor settings)."""
     extractor = load_clap(tiny_model_dir).feature_extractor
-    table = ds.dataset(setup.data_dir / "waveforms", format="parquet").to_table()
-    ids = table.column("track_id").to_pylist()
-    waves = table.column("input_values").to_pylist()
+    rows = WaveformRows(ds.dataset(setup.data_dir / "waveforms", format="parquet").to_table(), "")
+    firsts = rows.first_windows()  # one window per track in the fixture
+    ids, waves = rows.track_ids[firsts].tolist(), rows.clips(firsts)
     return {
         tid: extractor([np.asarray(wave, np.float32)], sampling_rate=48_000, return_tensors="pt")[
             "input_features"

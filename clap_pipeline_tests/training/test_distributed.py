@@ -151,18 +151,19 @@ def test_ranks_read_disjoint_shards_that_cover_the_training_rows(
         for rank in range(WORLD):
             batches = list(
                 shuffled_batches(
-                    data.index, data.splits.train, 1, seed=0, epoch=epoch,
-                    buffer_clips=8, rank=rank, world_size=WORLD,
+                    data.index, data.index.positions(data.splits.train), 1, seed=0,
+                    epoch=epoch, buffer_clips=8, rank=rank, world_size=WORLD,
                 )
             )  # fmt: skip
-            shards.append({int(t) for ids, _ in batches for t in ids})
+            shards.append({int(t) for pos, _ in batches for t in data.index.track_ids[pos]})
         assert shards[0].isdisjoint(shards[1])
         assert shards[0] | shards[1] == train_ids
         assert abs(len(shards[0]) - len(shards[1])) <= 1
     assert data.n_train_batches(4, WORLD) == len(train_ids) // WORLD // 4
     # One process reads what it always read.
-    one = list(shuffled_batches(data.index, data.splits.train, 4, seed=0, epoch=1, buffer_clips=8))
-    assert {int(t) for ids, _ in one for t in ids} == train_ids
+    positions = data.index.positions(data.splits.train)
+    one = list(shuffled_batches(data.index, positions, 4, seed=0, epoch=1, buffer_clips=8))
+    assert {int(t) for pos, _ in one for t in data.index.track_ids[pos]} == train_ids
 
 
 def test_resume_with_another_world_size_is_refused(

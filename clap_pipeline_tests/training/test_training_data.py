@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +15,22 @@ from clap_pipeline.dataset import (
     CLIP_SAMPLES,
     Prompts,
     TrainingDataError,
-    WaveformIndex,
-    ordered_batches,
+    pcm_batch,
+    write_partition,
 )
 from clap_pipeline.demo.training_set import write_waveforms_file
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.data import (
     TrainingData,
     assign_splits,
+    epoch_windows,
     hash_split,
     prefetch,
     read_fma_splits,
     shuffled_batches,
 )
+from clap_pipeline.waveform_reader import WaveformIndex, ordered_batches, ordered_window_batches
+from clap_pipeline.windows import to_pcm16
 
 # ----------------------------------------------------------------------------- splits
 
@@ -131,9 +135,12 @@ def test_prompts_errors_name_the_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- waveforms
 
 
+SCALE = 2048.0  # a clip's value is its id / SCALE: exact in 16-bit PCM for ids < 2048
+
+
 def constant_clips(ids: list[int]) -> list[np.ndarray]:
-    """Clip of track t is filled with the value t, so a read can be checked against its id."""
-    return [np.full(CLIP_SAMPLES, float(t), dtype=np.float32) for t in ids]
+    """Clip of track t is filled with t / SCALE, so a read can be checked against its id."""
+    return [np.full(CLIP_SAMPLES, t / SCALE, dtype=np.float32) for t in ids]
 
 
 @pytest.fixture(scope="module")
@@ -152,15 +159,15 @@ class CountingIndex(WaveformIndex):
     reads: Counter
     rows_read: int
 
-    def read_rows(self, file_index, row_group, rows):
+    def read_windows(self, file_index, row_group, positions):
         self.reads[(file_index, row_group)] += 1
-        self.rows_read += len(rows)
-        return super().read_rows(file_index, row_group, rows)
+        self.rows_read += len(positions)
+        return super().read_windows(file_index, row_group, positions)
 
 
 def counting_index(root: Path) -> CountingIndex:
     built = WaveformIndex.build(root)
-    index = CountingIndex(built.root, built.files, built.locations, built.data_version)
+    index = CountingIndex(**{f.name: getattr(built, f.name) for f in fields(built)})
     index.reads, index.rows_read = Counter(), 0
     return index
 
@@ -172,7 +179,8 @@ def test_index_locates_every_track_and_reads_the_right_rows(wave_dir: Path) -> N
     ids, waves = index.read_rows(1, 2, [0, 3])  # rows 10 and 13 of 001.parquet
     assert ids.tolist() == [1010, 1013]
     assert waves.shape == (2, CLIP_SAMPLES) and waves.dtype == np.float32
-    assert np.all(waves[:, :5] == np.array([[1010.0], [1013.0]]))
+    assert np.all(waves[:, :5] == np.array([[1010.0], [1013.0]]) / SCALE)
+    assert index.n_windows == 40 and index.windows_per_track([3, 1016]).tolist() == [1, 1]
 
 
 def test_shuffled_batches_cover_each_clip_once_in_a_seeded_order(wave_dir: Path) -> None:
@@ -182,11 +190,12 @@ def test_shuffled_batches_cover_each_clip_once_in_a_seeded_order(wave_dir: Path)
     biggest_row_group = 5
     held_max = 0
     batches = []
-    for ids, waves in shuffled_batches(
-        index, train, batch_size, seed=0, epoch=1, buffer_clips=buffer_clips
+    for pos, waves in shuffled_batches(
+        index, index.positions(train), batch_size, seed=0, epoch=1, buffer_clips=buffer_clips
     ):
+        ids = index.track_ids[pos]
         batches.append(ids.tolist())
-        assert np.all(waves[:, 0] == ids.astype(np.float32))  # waveform matches its id
+        assert np.all(waves[:, 0] == ids / SCALE)  # waveform matches its id
         held = index.rows_read - sum(len(b) for b in batches)
         held_max = max(held_max, held)
     flat = [t for b in batches for t in b]
@@ -199,9 +208,14 @@ def test_shuffled_batches_cover_each_clip_once_in_a_seeded_order(wave_dir: Path)
 
     def order(seed: int, epoch: int) -> list[list[int]]:
         return [
-            ids.tolist()
-            for ids, _ in shuffled_batches(
-                index, train, batch_size, seed=seed, epoch=epoch, buffer_clips=buffer_clips
+            index.track_ids[pos].tolist()
+            for pos, _ in shuffled_batches(
+                index,
+                index.positions(train),
+                batch_size,
+                seed=seed,
+                epoch=epoch,
+                buffer_clips=buffer_clips,
             )
         ]
 
@@ -217,14 +231,64 @@ def test_ordered_batches_return_all_clips_sorted(wave_dir: Path) -> None:
     assert got == [[3, 5, 7, 22], [1000, 1016]]
 
 
+@pytest.fixture(scope="module")
+def windows_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tracks 1..12 with 1 + (t % 4) windows each; window k of track t holds (t + k/8) / 64."""
+    root = tmp_path_factory.mktemp("windows")
+    ids, starts, waves = [], [], []
+    for t in range(1, 13):
+        for k in range(1 + t % 4):
+            ids.append(t)
+            starts.append(5.0 * k)
+            waves.append(np.full(CLIP_SAMPLES, (t + k / 8) / 64, dtype=np.float32))
+    write_waveforms_file(root / "000.parquet", ids, waves, row_group_rows=7, start_s=starts)
+    return root
+
+
+def _window_of(waves: np.ndarray, ids: np.ndarray) -> list[int]:
+    """The window index each row holds (its value is (t + k/8) / 64)."""
+    return [round((w[0] * 64 - t) * 8) for w, t in zip(waves, ids, strict=True)]
+
+
+def test_every_window_is_indexed_and_read_in_order(windows_dir: Path) -> None:
+    index = WaveformIndex.build(windows_dir)
+    assert index.n_windows == sum(1 + t % 4 for t in range(1, 13))
+    assert index.windows_per_track([3, 4]).tolist() == [4, 1]
+    assert index.start_s[index.positions([3], "all")].tolist() == [0.0, 5.0, 10.0, 15.0]
+    pos, waves = zip(*ordered_window_batches(index, index.positions([3, 2], "all"), 3), strict=True)
+    flat_pos = np.concatenate(pos)
+    assert index.track_ids[flat_pos].tolist() == [2, 2, 2, 3, 3, 3, 3]  # dataset order
+    assert _window_of(np.concatenate(waves), index.track_ids[flat_pos]) == [0, 1, 2, 0, 1, 2, 3]
+    ids, first = next(ordered_batches(index, [3, 2], 8))  # the first windows
+    assert ids.tolist() == [2, 3] and _window_of(first, ids) == [0, 0]
+
+
+def test_a_random_window_per_track_per_epoch_seeded(windows_dir: Path) -> None:
+    index = WaveformIndex.build(windows_dir)
+    tracks = list(range(1, 13))
+
+    def drawn(seed: int, epoch: int) -> list[int]:
+        pos = epoch_windows(index, tracks, seed=seed, epoch=epoch, mode="random")
+        assert index.track_ids[pos].tolist() == tracks  # one window of every track
+        return (pos - index.positions(tracks)).tolist()
+
+    assert drawn(0, 1) == drawn(0, 1)  # a repeated or resumed run draws the same
+    assert drawn(0, 1) != drawn(0, 2) and drawn(0, 1) != drawn(1, 1)
+    seen = {t: {drawn(0, e)[t - 1] for e in range(1, 60)} for t in tracks}
+    assert seen == {t: set(range(1 + t % 4)) for t in tracks}  # every window, over epochs
+    first = epoch_windows(index, tracks, seed=0, epoch=3, mode="first")
+    assert first.tolist() == index.positions(tracks).tolist()
+    with pytest.raises(TrainingDataError, match="train_window"):
+        epoch_windows(index, tracks, seed=0, epoch=1, mode="middle")
+
+
 def test_wrong_clip_length_and_duplicates_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
-    clips = constant_clips([1, 2])
-    clips[1] = clips[1][:1000]
-    write_waveforms_file(bad / "000.parquet", [1, 2], clips)
+    pcm = [to_pcm16(constant_clips([1])[0]), b"\x00" * 2001]  # an odd number of bytes
+    write_partition(bad / "000.parquet", pcm_batch([1, 2], [0, 0], pcm, ["a", "b"], [1, 1], [0, 0]))
     index = WaveformIndex.build(bad)
-    with pytest.raises(TrainingDataError, match=r"000\.parquet: track_id 2 has 1000 samples"):
+    with pytest.raises(TrainingDataError, match=r"000\.parquet: track_id 2 window at 0 s has 2001"):
         list(ordered_batches(index, [1, 2], 2))
     dup = tmp_path / "dup"
     dup.mkdir()

@@ -1,0 +1,171 @@
+"""Embed every window of the waveforms once per model: fill the window-embeddings store.
+
+``<store_dir>/<model fingerprint>/NNN.parquet`` (``window_embeddings.py``'s contract), one
+file per `waveforms` partition. :func:`embed_windows` embeds only what the store lacks:
+a track whose windows are there, from the same file (size and mtime) and window rule,
+is not embedded again, whichever stage asked first (the `window_embeddings` asset,
+evaluation, the search index, the feedback evaluation). Rows of tracks that left the
+waveforms are dropped when their folder is rewritten.
+
+Under torchrun each rank takes its share of the folders (``rank::world_size``, each
+written by one rank only) and the ranks meet at a barrier before anyone reads.
+Memory: one batch of windows, one folder's embeddings (N x d floats).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from clap_pipeline.dataset import SAMPLE_RATE
+from clap_pipeline.model.clap import LoadedClap, clip_embeddings, model_fingerprint, pick_device
+from clap_pipeline.model.features import features_for_model
+from clap_pipeline.progress import ProgressLog
+from clap_pipeline.waveform_reader import WaveformIndex, ordered_window_batches
+from clap_pipeline.window_embeddings import (
+    store_file,
+    window_embeddings_schema,
+    window_rows,
+    write_store_file,
+)
+
+
+@dataclass
+class EmbedSummary:
+    """What :func:`embed_windows` did for one model."""
+
+    fingerprint: str
+    embedded: int = 0  # windows embedded now
+    reused: int = 0  # windows found in the store
+    folders_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def _sources(index: WaveformIndex, file_index: int) -> dict[int, tuple[int, float]]:
+    """(source_size, source_mtime) of each track of one waveforms file."""
+    table = pq.read_table(
+        index.files[file_index], columns=["track_id", "source_size", "source_mtime"]
+    )
+    return {
+        int(t): (int(size), float(mtime))
+        for t, size, mtime in zip(
+            table.column("track_id").to_pylist(),
+            table.column("source_size").to_pylist(),
+            table.column("source_mtime").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _stored(path: Path, schema: pa.Schema) -> pa.Table | None:
+    """The store file's rows, None when absent or written for another rule or format."""
+    if not path.exists():
+        return None
+    try:
+        stored = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None
+    return stored if stored.schema.equals(schema, check_metadata=True) else None
+
+
+def embed_windows(
+    clap: LoadedClap,
+    waveforms_dir: str | Path,
+    store_dir: str | Path,
+    *,
+    model_version: str = "",
+    track_ids: Iterable[int] | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EmbedSummary:
+    """Make sure the store holds every window of ``track_ids`` (default: every track of the
+    waveforms) embedded by ``clap``; embed what it lacks. Returns what was done."""
+    started = time.perf_counter()
+    index = WaveformIndex.build(Path(waveforms_dir))
+    fingerprint = model_fingerprint(clap.model)
+    summary = EmbedSummary(fingerprint=fingerprint)
+    wanted = None if track_ids is None else {int(t) for t in track_ids}
+    dev = pick_device(device)
+    model = clap.model.to(dev).eval()
+    features = features_for_model(clap, dev)
+    dim = int(model.config.projection_dim)
+    schema = window_embeddings_schema(
+        dim,
+        model_version=model_version,
+        model_fingerprint=fingerprint,
+        model_source=clap.source,
+        rule=index.rule,
+    )
+    plans = []
+    for file_index in range(rank, len(index.files), world_size):
+        folder = index.files[file_index].stem
+        target = store_file(store_dir, fingerprint, folder)
+        sources = _sources(index, file_index)
+        stored = _stored(target, schema)
+        keep_ids: set[int] = set()
+        if stored is not None:
+            ids = stored.column("track_id").to_numpy()
+            keys = zip(
+                ids.tolist(),
+                stored.column("source_size").to_pylist(),
+                stored.column("source_mtime").to_pylist(),
+                strict=True,
+            )
+            keep_ids = {t for t, size, mtime in keys if sources.get(t) == (size, mtime)}
+        todo = sorted((set(sources) if wanted is None else set(sources) & wanted) - keep_ids)
+        stale = stored is not None and set(stored.column("track_id").to_pylist()) - keep_ids
+        if todo or stale or stored is None:
+            plans.append((target, sources, stored, keep_ids, todo))
+        summary.reused += (
+            0
+            if stored is None
+            else sum(1 for t in stored.column("track_id").to_pylist() if t in keep_ids)
+        )
+    total = sum(len(index.positions(todo, "all")) for *_, todo in plans)
+    progress = ProgressLog(f"window embeddings ({fingerprint})", total, log, every_s=15.0)
+    with torch.inference_mode():
+        for target, sources, stored, keep_ids, todo in plans:
+            positions = index.positions(todo, "all")
+            embs = [np.zeros((0, dim), np.float32)]
+            order: list[np.ndarray] = []
+            for pos, waves in ordered_window_batches(index, positions, batch_size):
+                embs.append(clip_embeddings(model, features, waves, dev))
+                order.append(pos)
+                summary.embedded += len(pos)
+                progress.update(summary.embedded)
+            pos = np.concatenate(order) if order else np.zeros(0, np.int64)
+            ids = index.track_ids[pos]
+            new = window_rows(
+                schema,
+                ids,
+                index.start_s[pos],
+                index.start_s[pos] + index.n_samples[pos] / SAMPLE_RATE,
+                np.concatenate(embs),
+                np.array([sources[int(t)][0] for t in ids], np.int64),
+                np.array([sources[int(t)][1] for t in ids], np.float64),
+            )
+            if stored is not None and keep_ids:
+                keep = pa.array(sorted(keep_ids), pa.int64())
+                kept = stored.filter(pc.is_in(stored.column("track_id"), value_set=keep))
+                new = pa.concat_tables([kept, new])
+            write_store_file(target, new)
+            summary.folders_written += 1
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every folder written before anyone reads the store
+    summary.seconds = time.perf_counter() - started
+    return summary
