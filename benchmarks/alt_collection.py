@@ -4,8 +4,9 @@ The tiny model's training recipe (docs/training.md, "The tiny model's recipe") w
 `clap-pipeline demo-data`. To check that it learns on data it was not tuned on, this
 script writes a collection with FMA's layout and tracks.csv (metadata planned by
 ``demo.plan_dataset`` with another seed) but audio from an independent, simpler
-synthesiser: other instruments, tempi, keys and filters per genre and tag. Run the
-README's demo path on it:
+synthesiser: other instruments, tempi, keys and filters per genre and tag. Clips are 30 s
+as FMA's, in 4-s sections that differ in key and melody (what the genre and tags set stays),
+so a track's windows differ as a song's do (issue 28). Run the README's demo path on it:
 
     .venv/bin/python benchmarks/alt_collection.py --out /tmp/alt --tracks 500 --seed 7
     FMA_METADATA_DIR=/tmp/alt/fma_metadata FMA_AUDIO_DIR=/tmp/alt/fma_audio \\
@@ -90,9 +91,10 @@ def _hit(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.zeros(n)
 
 
-def render(params: AudioParams) -> np.ndarray:
-    """One 4-s loop as int16 stereo: genre -> instrument and drums, tags -> tempo/octave/tone."""
-    rng = np.random.default_rng([params.seed, 99, params.track_id])
+def render(params: AudioParams, section: int = 0) -> np.ndarray:
+    """One 4-s section as int16 stereo: genre -> instrument and drums, tags ->
+    tempo/octave/tone; the section number -> another key and melody."""
+    rng = np.random.default_rng([params.seed, 99, params.track_id, section])
     bpm, osc, octave, drums = STYLE_SOUND[params.style]
     bpm *= TEMPO.get(params.tempo or "", 1.0)
     octave += OCTAVE.get(params.register or "", 0)
@@ -135,7 +137,10 @@ def write_clip(plan: demo.TrackPlan, audio_root: Path, seconds: float) -> None:
         encode.encode_mp3(np.zeros((0, 2), "<i2"), 0, path, plan)
         return
     length = encode.SHORT_CLIP_SECONDS if plan.defect == demo.DEFECT_SHORT else seconds
-    encode.encode_mp3(render(plan.params), round(length * SR), path, plan)
+    sections = np.concatenate(
+        [render(plan.params, k) for k in range(int(np.ceil(length / LOOP_SECONDS)))]
+    )
+    encode.encode_mp3(sections, round(length * SR), path, plan)
 
 
 def main() -> None:
@@ -143,7 +148,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tracks", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    parser.add_argument("--seconds", type=float, default=30.0, help="clip length (FMA's: 30)")
     args = parser.parse_args()
     started = time.perf_counter()
     plans = demo.plan_dataset(args.tracks, args.seed)
