@@ -347,6 +347,11 @@ class Settings:
         return self.data_dir / "waveforms"
 
     @property
+    def window_embeddings_dir(self) -> Path:
+        """Every window embedded once per model (window_embeddings.py), a folder per model."""
+        return self.data_dir / "window_embeddings"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.data_dir / "checkpoints"
 

@@ -115,8 +115,20 @@ def model_genre_search(
     ``query_embeddings`` (G, d) holds one query per genre in ``genres`` order;
     ``audio_embeddings`` (N, d) the split's clips with their ``labels``.
     """
-    labels_arr = np.array([label or "" for label in labels], dtype=object)
     scores = np.asarray(query_embeddings, np.float64) @ np.asarray(audio_embeddings, np.float64).T
+    return scored_genre_search(scores, labels, genres, config)
+
+
+def scored_genre_search(
+    scores: np.ndarray,
+    labels: Sequence[str | None],
+    genres: Sequence[str],
+    config: GenreSearchConfig,
+) -> dict[str, object]:
+    """:func:`model_genre_search` from a (G, N) score matrix (a track's windows aggregated
+    by any rule: ``window_embeddings.WindowEmbeddings.track_scores``)."""
+    labels_arr = np.array([label or "" for label in labels], dtype=object)
+    scores = np.asarray(scores, np.float64)
     precision, ap = _macro(scores, labels_arr, genres, config.k)
     rng = np.random.default_rng([config.seed, 11])
     n = len(labels_arr)

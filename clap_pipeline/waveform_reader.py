@@ -310,3 +310,14 @@ def ordered_batches(
     batch partial: (track_ids, windows)."""
     for pos, waves in ordered_window_batches(index, index.positions(sorted(track_ids)), batch_size):
         yield index.track_ids[pos], waves
+
+
+def count_tracks(waveforms_dir: str | Path) -> int:
+    """Tracks with windows in the waveforms dataset (FileNotFoundError naming the asset)."""
+    waveforms_dir = Path(waveforms_dir)
+    if not waveforms_dir.is_dir() or not any(waveforms_dir.glob("*.parquet")):
+        raise FileNotFoundError(
+            f"no waveforms dataset at {waveforms_dir}: materialize the `waveforms` asset first"
+        )
+    table = ds.dataset(waveforms_dir, format="parquet").to_table(columns=["track_id"])
+    return len(np.unique(table.column("track_id").to_numpy()))

@@ -67,26 +67,34 @@ class EvalSetup:
         return self.data_dir / "clap.duckdb"
 
 
-def clip(track_id: int, genre: str | None) -> np.ndarray:
-    """A 5-s tone whose pitch follows the genre, with a per-track detune and noise."""
-    rng = np.random.default_rng(track_id)
+def clip(track_id: int, genre: str | None, window: int = 0) -> np.ndarray:
+    """A 5-s tone whose pitch follows the genre, with a per-track detune and noise; a later
+    window of the track is a fifth higher with other noise."""
+    rng = np.random.default_rng([track_id, window])
     t = np.arange(SAMPLES, dtype=np.float64) / SR
-    f = BASE_HZ.get(genre or "", 700.0) * (1 + 0.05 * (track_id % 5))
+    f = BASE_HZ.get(genre or "", 700.0) * (1 + 0.05 * (track_id % 5)) * 1.5**window
     x = np.sin(2 * np.pi * f * t) + 0.1 * rng.standard_normal(SAMPLES)
     return (0.4 * x / np.abs(x).max()).astype(np.float32)
 
 
-def write_waveforms(waveforms_dir: Path, waves: dict[int, np.ndarray]) -> None:
+def windows_of(track_id: int) -> int:
+    """Windows of a track: 1 to 3 (every window of a whole track is stored)."""
+    return 1 + track_id % 3
+
+
+def write_waveforms(waveforms_dir: Path, genre_of: dict[int, str | None]) -> None:
     by_folder: dict[str, list[int]] = {}
-    for tid in sorted(waves):
+    for tid in sorted(genre_of):
         by_folder.setdefault(folder_of(tid), []).append(tid)
     for folder, ids in by_folder.items():
+        windows = [(t, k) for t in ids for k in range(windows_of(t))]
         rows = waveform_batch(
-            ids,
-            [waves[t] for t in ids],
-            source_paths=[audio_path("", t) for t in ids],
-            source_sizes=[10_000 + t for t in ids],
-            source_mtimes=[1.7e9 + t for t in ids],
+            [t for t, _ in windows],
+            [clip(t, genre_of[t], k) for t, k in windows],
+            start_s=[5.0 * k for _, k in windows],
+            source_paths=[audio_path("", t) for t, _ in windows],
+            source_sizes=[10_000 + t for t, _ in windows],
+            source_mtimes=[1.7e9 + t for t, _ in windows],
         )
         write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=4)
 
@@ -129,7 +137,7 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         ),
         data_dir / "prompts.parquet",
     )
-    write_waveforms(data_dir / "waveforms", {t: clip(t, genre_of[t]) for t in all_ids})
+    write_waveforms(data_dir / "waveforms", genre_of)
     split_of = {t: "test" for t in TEST_IDS} | {t: "validation" for t in VALIDATION_IDS}
     with duckdb_connection(data_dir / "clap.duckdb") as con:
         con.execute(tracks_ddl(["track_genre_top", "set_split", "artist_id"]))

@@ -12,7 +12,7 @@ from clap_pipeline.cli import build_parser, main
 
 COMMANDS = {
     "demo-data", "tiny-model", "stand-in-model", "pretrain-stand-in", "fetch-fma",
-    "train", "evaluate", "runs",
+    "train", "evaluate", "runs", "embed-windows",
     "search", "playlist", "serve",
     "mlflow-ui", "run-health", "stack",
 }  # fmt: skip

@@ -68,8 +68,8 @@ if [[ -n "$TINY_RUN_CONFIG" ]]; then
 else
   materialize --select clap_model --config-json "$IN_PROCESS"
 fi
-echo "==> evaluation, track_embeddings, model_comparison"
-materialize --select evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
+echo "==> window_embeddings, evaluation, track_embeddings, model_comparison"
+materialize --select window_embeddings,evaluation,track_embeddings,model_comparison --config-json "$IN_PROCESS"
 echo
 echo "Try: $CLI search \"folk country music\" -k 5   (or make serve: a web page with playback)"
 echo

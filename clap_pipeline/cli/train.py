@@ -1,4 +1,5 @@
-"""`clap-pipeline train | evaluate | runs`: fine-tune, evaluate, compare the runs.
+"""`clap-pipeline train | evaluate | runs | embed-windows`: fine-tune, evaluate, compare the
+runs, embed every window with the trained model.
 
 ``train`` and ``evaluate`` take their flags from ``TrainConfig`` / ``Settings`` and
 ``EvalConfig``; their parsers are built when the command runs (``main`` dispatches to
@@ -150,6 +151,32 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_embed_windows(args: argparse.Namespace, settings: Settings) -> int:
+    """The `window_embeddings` asset without Dagster; each torchrun rank embeds its folders."""
+    from clap_pipeline.model.clap import pick_device
+    from clap_pipeline.model.embed_windows import embed_trained_model
+    from clap_pipeline.training.distributed import (
+        Ranks,
+        destroy_process_group,
+        device_for,
+        init_process_group,
+    )
+
+    ranks = Ranks.from_env()
+    device = device_for(ranks, pick_device(args.device))
+    init_process_group(ranks, device)
+    try:
+        metadata = embed_trained_model(
+            settings, batch_size=args.batch_size, device=str(device), log=print,
+            rank=ranks.rank, world_size=ranks.world_size,
+        )  # fmt: skip
+    finally:
+        destroy_process_group(ranks)
+    if ranks.is_main:
+        print("\n".join(f"{key}: {value}" for key, value in metadata.items()))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     # Parsed by training_parser() / evaluation_parser() when they run (see main).
     sub.add_parser(
@@ -172,3 +199,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="registry model whose champion is marked (default: CLAP_REGISTERED_MODEL, clap-fma)",
     )
     p.set_defaults(func=_cmd_runs)
+    p = sub.add_parser(
+        "embed-windows",
+        help="embed every window with the model training registered (the window_embeddings "
+        "asset); under `torchrun --nproc_per_node N -m clap_pipeline.cli embed-windows` each "
+        "rank embeds its share of the audio folders",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="windows per pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cuda, mps, cpu")
+    p.set_defaults(func=_cmd_embed_windows)

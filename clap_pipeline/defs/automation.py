@@ -74,6 +74,7 @@ retrain_job = define_asset_job(
         "prompts",
         "waveforms",
         "clap_model",
+        "window_embeddings",
         "evaluation",
         "feedback_evaluation",
         "track_embeddings",

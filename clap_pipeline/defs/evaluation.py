@@ -67,9 +67,39 @@ def _report_path(clap_settings: ClapSettings) -> Path:
     return report_path(clap_settings.settings())
 
 
+class WindowEmbeddingsConfig(Config):
+    batch_size: int = Field(_DEFAULTS.batch_size, ge=1, description="windows per forward pass")
+    device: str = Field(_DEFAULTS.device, description="auto (CUDA > MPS > CPU), cuda, mps or cpu")
+
+
 @asset(
     group_name="evaluation",
-    deps=["clap_model"],
+    deps=["clap_model", "waveforms"],
+    pool="gpu",
+    kinds={"pytorch", "parquet"},
+    description="Every 5-s window of every track embedded once by the model training registered "
+    "(WiSE-FT's weights or the best epoch): `$CLAP_DATA_DIR/window_embeddings/<model "
+    "fingerprint>/NNN.parquet`, one row per window (docs/windows.md). Incremental: windows "
+    "already embedded by the same weights are not embedded again. Evaluation and the search "
+    "index read it.",
+)
+def window_embeddings(
+    context: AssetExecutionContext, config: WindowEmbeddingsConfig, clap_settings: ClapSettings
+) -> MaterializeResult:
+    from clap_pipeline.model.embed_windows import embed_trained_model  # loads torch
+
+    metadata = embed_trained_model(
+        clap_settings.settings(),
+        batch_size=config.batch_size,
+        device=config.device,
+        log=context.log.info,
+    )
+    return MaterializeResult(metadata=dagster_metadata(metadata))
+
+
+@asset(
+    group_name="evaluation",
+    deps=["clap_model", "window_embeddings"],
     pool="gpu",
     kinds={"pytorch", "mlflow"},
     description="Zero-shot vs fine-tuned CLAP on the test (and validation) split: R@1/5/10, "

@@ -12,8 +12,8 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.search.build import embed_collection
-from clap_pipeline.search.embeddings import count_waveform_rows
 from clap_pipeline.search.index import embeddings_health
+from clap_pipeline.waveform_reader import count_tracks
 
 from .metadata_values import dagster_metadata
 from .resources import ClapSettings
@@ -26,7 +26,7 @@ class TrackEmbeddingsConfig(Config):
 
 @asset(
     group_name="evaluation",
-    deps=["clap_model", "waveforms", "tracks"],
+    deps=["clap_model", "waveforms", "tracks", "window_embeddings"],
     pool="gpu",
     description=(
         "Audio embeddings of every decoded track computed with the champion model, in the "
@@ -51,7 +51,7 @@ def track_embeddings(
 def track_embeddings_complete_and_normalised(clap_settings: ClapSettings) -> AssetCheckResult:
     settings = clap_settings.settings()
     health = embeddings_health(settings.duckdb_path)
-    waveform_rows = count_waveform_rows(settings.waveforms_dir)
+    waveform_rows = count_tracks(settings.waveforms_dir)
     problems = []
     if health["rows"] != waveform_rows:
         problems.append(f"{health['rows']} rows for {waveform_rows} waveforms")

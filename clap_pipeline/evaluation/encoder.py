@@ -1,14 +1,17 @@
 """Batched, no-grad fp32 embeddings of one CLAP at a time (the torch side of evaluation).
 
-Each model is loaded, encodes every split's prompts and clips plus the named extra texts
-(genre prompts, genre-search queries), and is released before the next one loads:
-memory = one model, one batch of waveforms and the N x d embeddings.
+Each model is loaded, encodes every split's prompts plus the named extra texts (genre
+prompts, genre-search queries), reads every window of the splits' tracks from the window
+embeddings (``model/embed_windows.py`` embeds what the store lacks, once per model), and
+is released before the next one loads: memory = one model, one batch of waveforms and the
+windows' embeddings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +24,11 @@ from clap_pipeline.model.clap import (
     text_embeddings,
     tokenize,
 )
+from clap_pipeline.model.embed_windows import embed_windows
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.waveform_reader import WaveformIndex, ordered_batches
+from clap_pipeline.window_embeddings import WindowEmbeddings, read_store
 
 
 class ClapEncoder:
@@ -35,6 +40,7 @@ class ClapEncoder:
         except ModelLoadError as exc:
             raise EvaluationError(str(exc)) from exc
         self.device = device
+        self.loaded = loaded
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
         self.features = features_for_model(loaded, device)
@@ -67,42 +73,54 @@ class ClapEncoder:
 
     def release(self) -> None:
         """Drop the model; on CUDA return its memory before the next one loads."""
-        del self.model, self.features
+        del self.model, self.features, self.loaded
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
 @dataclass
 class Embedded:
-    """One model's embeddings: per split (prompts, clips) and per named group of texts."""
+    """One model's embeddings: per split (prompts, every window, each track's first window)
+    and per named group of texts."""
 
     source: str
     text: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, d) prompts
-    audio: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, d) clips
+    audio: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, d) first windows
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # group name -> (G, d)
+    windows: dict[str, WindowEmbeddings] = field(default_factory=dict)  # split -> all windows
 
 
 def embed_model(
     source: str,
     label: str,
     clips: Mapping[str, SplitClips],
-    index: WaveformIndex,
+    stores: tuple[Path, Path],
     text_groups: Mapping[str, Sequence[str]],
     device: torch.device,
     batch_size: int,
     log: Log | None,
 ) -> Embedded:
-    """Load ``source``, embed every non-empty split and each group of texts, release it."""
+    """Load ``source``, embed every non-empty split's prompts and each group of texts, read
+    the splits' window embeddings from the store (``stores`` = (waveforms dir, window
+    embeddings dir); what it lacks is embedded into it), release the model."""
+    waveforms_dir, store_dir = stores
     encoder = ClapEncoder(source, device)
     out = Embedded(source=source)
+    wanted = sorted({t for split in clips.values() for t in split.track_ids})
+    if wanted:
+        done = embed_windows(
+            encoder.loaded, waveforms_dir, store_dir, track_ids=wanted, batch_size=batch_size,
+            device=str(device), log=(lambda m: log(f"{label}: {m}")) if log else None,
+        )  # fmt: skip
+        windows = read_store(store_dir, done.fingerprint, wanted)
     for name, split in clips.items():
         if not split.track_ids:
             continue
-        progress = ProgressLog(f"{label} {name}", len(split.track_ids), log, every_s=15.0)
         out.text[name] = encoder.texts(split.prompts, batch_size)
-        out.audio[name] = encoder.clips(
-            ordered_batches(index, split.track_ids, batch_size), split.track_ids, progress
-        )
+        out.windows[name] = windows.subset(split.track_ids)
+        if out.windows[name].tracks.tolist() != list(split.track_ids):
+            raise EvaluationError(f"{name}: window embeddings of other tracks than the split's")
+        out.audio[name] = out.windows[name].track_vectors("first")
     for group, texts in text_groups.items():
         out.groups[group] = encoder.texts(texts, batch_size)
     encoder.release()

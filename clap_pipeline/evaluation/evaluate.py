@@ -43,6 +43,7 @@ from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
 from clap_pipeline.evaluation.similarity import similarity_report
+from clap_pipeline.evaluation.whole_track import whole_track_report
 from clap_pipeline.selection import read_genres, read_track_values
 from clap_pipeline.waveform_reader import WaveformIndex
 
@@ -112,7 +113,8 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
             continue
         say(f"{model_key}: loading {source}")
         embedded[model_key] = embed_model(
-            sources[model_key], model_key, clips, index,
+            sources[model_key], model_key, clips,
+            (inputs.waveforms_dir, inputs.window_embeddings_dir),
             {**plan.text_groups(), **instruments.text_groups()}, device,
             config.batch_size, log,
         )  # fmt: skip
@@ -133,6 +135,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         qualitative=evaluate_qualitative(manifest, clips, embedded, index, device, config, say),
         seconds=0.0,
         instrument_search=instrument_search_report(instruments, clips, embedded, config),
+        whole_track=whole_track_report(clips, embedded, plan, instruments, config),
         similarity=similarity_report(clips, embedded, genre_of, artist_of, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)

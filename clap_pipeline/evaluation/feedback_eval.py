@@ -4,7 +4,8 @@ The held-out part of ``search_feedback`` (feedback.py: a stable fifth of the (qu
 track) pairs, never used for training) is replayed against each model:
 
 - the *pool* is every track that has a held-out verdict (and decoded audio); each model
-  embeds the pool's clips and the held-out queries;
+  embeds the held-out queries and reads the pool's window embeddings (embedding only what
+  the store lacks), a track scored from its windows as search scores it;
 - **pairwise accuracy**: over (query, liked track, disliked track) triples of the same
   query, the share where the liked track scores higher;
 - **liked mean rank**: the mean rank (1 = first) of each liked track among the pool for
@@ -29,14 +30,14 @@ import pyarrow.dataset as ds
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
-from clap_pipeline.dataset import READ_COLUMNS
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
+from clap_pipeline.evaluation.whole_track import search_rule
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
 from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
-from clap_pipeline.waveform_reader import WaveformRows
+from clap_pipeline.window_embeddings import read_store
 
 REPORT_NAME = "feedback_evaluation.json"
 METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
@@ -68,18 +69,12 @@ def served_version(heldout: Sequence[Feedback]) -> str | None:
     return versions.most_common(1)[0][0] if versions else None
 
 
-def pool_waveforms(waveforms_dir: Path, track_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, first windows (n, CLIP_SAMPLES)) of the given tracks found in the waveforms."""
-    dataset = ds.dataset(waveforms_dir, format="parquet")
-    table = dataset.to_table(
-        columns=READ_COLUMNS,
-        filter=pc.field("track_id").isin(list(track_ids)),
-    ).sort_by([("track_id", "ascending"), ("start_s", "ascending")])
-    rows = WaveformRows(table, waveforms_dir)
-    firsts = rows.first_windows()
-    if not len(firsts):
-        return rows.track_ids[:0], np.zeros((0, 0), dtype=np.float32)
-    return rows.track_ids[firsts], rows.clips(firsts)  # writable for torch
+def pool_tracks(waveforms_dir: Path, track_ids: Sequence[int]) -> np.ndarray:
+    """The given tracks that have windows in the waveforms dataset, sorted."""
+    table = ds.dataset(waveforms_dir, format="parquet").to_table(
+        columns=["track_id"], filter=pc.field("track_id").isin(list(track_ids))
+    )
+    return np.unique(table.column("track_id").to_numpy()).astype(np.int64)
 
 
 def score_rankings(
@@ -120,24 +115,30 @@ def score_rankings(
     )
 
 
-def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str]], np.ndarray]:
-    """Cosine scores of queries against the pool's clips with the model in ``model_dir``."""
+@dataclass(frozen=True)
+class Pool:
+    """The tracks every model ranks, where their windows and window embeddings are, and how
+    a track's windows make its score (the rule search uses: ``whole_track.search_rule``)."""
+
+    track_ids: np.ndarray
+    waveforms_dir: Path
+    store_dir: Path
+    rule: str
+
+
+def model_scorer(model_dir: str | Path, pool: Pool) -> Callable[[list[str]], np.ndarray]:
+    """Cosine scores of queries against the pool's tracks with the model in ``model_dir``,
+    from its window embeddings (what the store lacks is embedded into it, once)."""
     import torch
 
-    from clap_pipeline.model.clap import clip_embeddings, load_clap, text_embeddings, tokenize
-    from clap_pipeline.model.features import features_for_model
+    from clap_pipeline.model.clap import load_clap, text_embeddings, tokenize
+    from clap_pipeline.model.embed_windows import embed_windows
 
     clap = load_clap(model_dir)
+    ids = pool.track_ids.tolist()
+    done = embed_windows(clap, pool.waveforms_dir, pool.store_dir, track_ids=ids, device="cpu")
+    audio = read_store(pool.store_dir, done.fingerprint, ids).track_vectors(pool.rule)
     model = clap.model.eval()
-    device = torch.device("cpu")
-    features = features_for_model(clap, device, seed=0)
-    with torch.inference_mode():
-        audio = np.concatenate(
-            [
-                clip_embeddings(model, features, waves[i : i + 16], device)
-                for i in range(0, len(waves), 16)
-            ]
-        )
 
     def scores(queries: list[str]) -> np.ndarray:
         with torch.inference_mode():
@@ -149,15 +150,17 @@ def model_scorer(model_dir: str | Path, waves: np.ndarray) -> Callable[[list[str
 
 def evaluate_feedback(
     heldout: Sequence[Feedback],
-    waveforms_dir: Path,
+    pool: Pool,
     models: Sequence[tuple[str, str | None, str | Path]],
 ) -> list[HeldoutScore]:
     """One score per (label, version, model folder), all on the same pool and queries."""
-    pool_ids, waves = pool_waveforms(waveforms_dir, sorted({r.track_id for r in heldout}))
     results = []
     for label, version, model_dir in models:
-        scorer = model_scorer(model_dir, waves) if len(pool_ids) else (lambda q: np.zeros((0, 0)))
-        results.append(score_rankings(label, version, heldout, pool_ids, scorer))
+        if len(pool.track_ids):
+            scorer = model_scorer(model_dir, pool)
+        else:
+            scorer = lambda q: np.zeros((0, 0))  # noqa: E731
+        results.append(score_rankings(label, version, heldout, pool.track_ids, scorer))
     return results
 
 
@@ -223,7 +226,13 @@ def run_feedback_evaluation(settings: Settings, log: Log) -> dict[str, object]:
     """
     heldout = feedback_sets(settings.duckdb_path).heldout
     models = _models(settings, heldout, log)
-    scores = evaluate_feedback(heldout, settings.waveforms_dir, models) if heldout else []
+    pool = Pool(
+        pool_tracks(settings.waveforms_dir, sorted({r.track_id for r in heldout})),
+        settings.waveforms_dir,
+        settings.window_embeddings_dir,
+        search_rule(settings.reports_dir),
+    )
+    scores = evaluate_feedback(heldout, pool, models) if heldout else []
     new = scores[0] if scores else None
     old = scores[1] if len(scores) > 1 else None
     summary = verdict(new, old) if new else "no held-out feedback yet"

@@ -62,11 +62,11 @@ class GenrePlan:
         for split, genres in self.searchable.items():
             for query_name, texts in genre_search.genre_queries(genres).items():
                 if genres:
-                    groups[_search_group(split, query_name)] = texts
+                    groups[search_group(split, query_name)] = texts
         return groups
 
 
-def _search_group(split: str, query_name: str) -> str:
+def search_group(split: str, query_name: str) -> str:
     return f"genre search {split} {query_name}"
 
 
@@ -150,7 +150,7 @@ def genre_search_report(
             block.models[model_key] = {
                 query_name: GenreSearchScores.from_json(
                     genre_search.model_genre_search(
-                        run.groups[_search_group(name, query_name)],
+                        run.groups[search_group(name, query_name)],
                         run.audio[name],
                         labels,
                         eligible,

@@ -60,6 +60,7 @@ class EvalInputs:
     prompts_path: Path
     waveforms_dir: Path
     duckdb_path: Path
+    window_embeddings_dir: Path
     report_path: Path
     tracking_uri: str
 
@@ -70,6 +71,7 @@ class EvalInputs:
             prompts_path=settings.prompts_path,
             waveforms_dir=settings.waveforms_dir,
             duckdb_path=settings.duckdb_path,
+            window_embeddings_dir=settings.window_embeddings_dir,
             report_path=report_path(settings),
             tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
         )

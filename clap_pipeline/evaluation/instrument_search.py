@@ -149,8 +149,19 @@ def model_instrument_search(
     ``query_embeddings`` (I, d): one query per instrument in ``instruments`` order;
     ``audio_embeddings`` (N, d): the split's clips with their instrument ``labels``.
     """
-    relevant = relevance(labels, instruments)
     scores = np.asarray(query_embeddings, np.float64) @ np.asarray(audio_embeddings, np.float64).T
+    return scored_instrument_search(scores, labels, instruments, config)
+
+
+def scored_instrument_search(
+    scores: np.ndarray,
+    labels: Sequence[frozenset[str]],
+    instruments: Sequence[str],
+    config: GenreSearchConfig,
+) -> dict[str, object]:
+    """:func:`model_instrument_search` from an (I, N) score matrix (any window aggregation)."""
+    relevant = relevance(labels, instruments)
+    scores = np.asarray(scores, np.float64)
     per = _macro(scores, relevant, config.k)
     rng = np.random.default_rng([config.seed, 13])
     n = relevant.shape[1]
@@ -227,13 +238,13 @@ class InstrumentPlan:
 
     def text_groups(self) -> dict[str, list[str]]:
         return {
-            _group(split): instrument_queries(names)
+            instrument_group(split): instrument_queries(names)
             for split, names in self.searchable.items()
             if names
         }
 
 
-def _group(split: str) -> str:
+def instrument_group(split: str) -> str:
     return f"instrument search {split}"
 
 
@@ -269,7 +280,7 @@ def instrument_search_report(
             continue
         for model_key, run in embedded.items():
             scores = model_instrument_search(
-                run.groups[_group(name)],
+                run.groups[instrument_group(name)],
                 run.audio[name],
                 labels,
                 names,

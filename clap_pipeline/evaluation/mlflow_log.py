@@ -12,6 +12,9 @@ Metric names (one scheme, no clash with training's per-epoch ``val_*`` history):
     eval_[zeroshot_|wiseft_|prior_]<split>_genre_search_<query>_<score>   genre search
     eval_[zeroshot_|wiseft_|prior_]<split>_audio_to_audio_genre_precision_at_10[_other_artists]
                                                  "more like this" (similarity.py)
+    eval_[zeroshot_|wiseft_]<split>_track_<rule>_text_to_audio_recall_at_<k>
+    eval_[zeroshot_|wiseft_]<split>_track_<rule>_{genre,instrument}_search_precision_at_10
+                                                 whole tracks (whole_track.py), rule first/mean/max
 
 ``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
 ``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``.
@@ -27,7 +30,7 @@ from clap_pipeline import genre_search, tracking
 from clap_pipeline.evaluation.inputs import WISE_FT, EvaluationError
 from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
 from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged
-from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
+from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES
 
 PREFIX = "eval_"
 SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name
@@ -74,12 +77,34 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
                 key = f"genre_search_{score}"
                 out[eval_metric_name(split, key, "prior")] = search.prior.scores[score].value
         out.update(similarity_metrics(report, split))
+        out.update(whole_track_metrics(report, split))
         genre = report.genre.splits.get(split)
         if genre is not None and "fine_tuned" in genre.models:
             out[eval_metric_name(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
             out[eval_metric_name(split, "genre_accuracy", "zeroshot")] = genre.models[
                 "zero_shot"
             ].accuracy
+    return out
+
+
+def whole_track_metrics(report: EvaluationReport, split: str) -> dict[str, float]:
+    """``track_<rule>_text_to_audio_recall_at_<k>`` and ``track_<rule>_genre_search_...``
+    per model (a track scored from its windows, ``whole_track.py``)."""
+    block = report.whole_track.splits.get(split) if report.whole_track else None
+    if block is None:
+        return {}
+    out = {}
+    for model_key, rules in block.retrieval.items():
+        model = MLFLOW_MODEL_PREFIX[model_key]
+        for rule, metrics in rules.items():
+            for k in KS:
+                key = f"text_to_audio_recall_at_{k}"
+                out[eval_metric_name(split, f"track_{rule}_{key}", model)] = metrics[key].value
+            for part in ("genre_search", "instrument_search"):
+                stat = getattr(block, part).get(model_key, {}).get(rule)
+                if stat is not None:
+                    name = f"track_{rule}_{part}_precision_at_10"
+                    out[eval_metric_name(split, name, model)] = stat.value
     return out
 
 

@@ -162,6 +162,52 @@ def qualitative_table(report: EvaluationReport) -> Table:
     return Table(["track", "true prompt", *names], rows)
 
 
+RULE_LABELS = {"first": "first window only", "mean": "mean of windows", "max": "best window (max)"}
+WHOLE_TRACK_ROWS = (
+    ("text->audio R@1", "retrieval", "text_to_audio_recall_at_1"),
+    ("text->audio R@5", "retrieval", "text_to_audio_recall_at_5"),
+    ("text->audio R@10", "retrieval", "text_to_audio_recall_at_10"),
+    ("audio->text R@5", "retrieval", "audio_to_text_recall_at_5"),
+    ("<genre> music p@10", "genre_search", None),
+    ("<instrument> music p@10", "instrument_search", None),
+)
+
+
+def whole_track_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
+    """Track-level scores of one split: each metric per window-aggregation rule and model."""
+    block = report.whole_track.splits[split]
+    models = list(block.retrieval)
+    rows = []
+    for label, part, key in WHOLE_TRACK_ROWS:
+        values = getattr(block, part)
+        if not any(values.get(m) for m in models):
+            continue  # no genre / instrument with enough tracks
+        for rule in report.whole_track.rules:
+            cells = []
+            for m in models:
+                stat = values.get(m, {}).get(rule)
+                cells.append(fmt_ci("s", stat[key] if key and stat else stat))
+            rows.append([label, RULE_LABELS[rule], *cells])
+    headers = ["metric", "a track's score", *(model_label(report, m) for m in models)]
+    return Table(headers, rows, indent=indent)
+
+
+def whole_track_lines(report: EvaluationReport) -> list[str]:
+    """The whole-track tables and the rule search uses (nothing for older reports)."""
+    whole = report.whole_track
+    if whole is None:
+        return []
+    lines = []
+    for split, block in whole.splits.items():
+        lines.append(
+            f"whole tracks, {split} split ({block.n_tracks} tracks, {block.n_windows} windows "
+            "of 5 s): a track's score from its windows' scores"
+        )
+        lines.append(whole_track_table(report, split, indent="  ").text())
+    lines.append(f"search scores a track by: {RULE_LABELS[whole.chosen]} ({whole.chosen_by})")
+    return lines
+
+
 def _split_title(block: SplitRetrieval, split: str) -> str:
     missing = f", {len(block.missing_track_ids)} missing" if block.missing_track_ids else ""
     return f"{split} split (N = {block.n} of {block.n_expected}{missing})"
@@ -234,6 +280,9 @@ def format_evaluation_table(report: EvaluationReport) -> str:
             search_lines.append(similarity_table(report, split, "  ").text())
     if search_lines:
         lines += ["", *search_lines]
+    whole = whole_track_lines(report)
+    if whole:
+        lines += ["", *whole]
     ok, detail = beats_random(report)
     lines += ["", ("OK: " if ok else "WARNING: ") + detail, "", *verdict_lines(report)]
     return "\n".join(lines)

@@ -193,6 +193,32 @@ class SimilarityReport:
     splits: dict[str, SimilaritySplit]
 
 
+# --------------------------------------------------------------------------- whole tracks
+
+
+@dataclass
+class WholeTrackSplit:
+    """One split's tracks scored from all their windows, per model and aggregation rule."""
+
+    n_tracks: int
+    n_windows: int
+    # model -> rule -> "<direction>_<metric>" (both directions, every retrieval metric)
+    retrieval: dict[str, dict[str, dict[str, Interval]]] = field(default_factory=dict)
+    # model -> rule -> precision@k of "<genre> music" / "<instrument> music" (macro)
+    genre_search: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    instrument_search: dict[str, dict[str, Interval]] = field(default_factory=dict)
+
+
+@dataclass
+class WholeTrackReport:
+    """Track-level retrieval and search with each window-aggregation rule (whole_track.py)."""
+
+    rules: list[str]  # window_embeddings.AGGREGATIONS
+    chosen: str  # the rule search uses
+    chosen_by: str  # how the measurement chose it
+    splits: dict[str, WholeTrackSplit]
+
+
 # --------------------------------------------------------------------------- qualitative
 
 
@@ -260,6 +286,8 @@ class EvaluationReport:
     # WiSE-FT's alpha when training kept interpolated weights (model "wise_ft" in every
     # block; 1.0 = the fine-tuned weights); None: training did not interpolate.
     wise_ft_alpha: float | None = None
+    # Whole tracks: each track scored from all its windows; None in older reports.
+    whole_track: WholeTrackReport | None = None
 
     def evaluated(self, split: str) -> SplitRetrieval | None:
         """The split's retrieval block when it has clips, else None."""

@@ -25,10 +25,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from clap_pipeline.config import Settings
 from clap_pipeline.dataset import SAMPLE_RATE
-from clap_pipeline.model.clap import LoadedClap, clip_embeddings, model_fingerprint, pick_device
+from clap_pipeline.model.clap import (
+    LoadedClap,
+    clip_embeddings,
+    load_clap,
+    model_fingerprint,
+    pick_device,
+)
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.training_report import TrainingReport
 from clap_pipeline.waveform_reader import WaveformIndex, ordered_window_batches
 from clap_pipeline.window_embeddings import (
     store_file,
@@ -69,6 +77,11 @@ def _sources(index: WaveformIndex, file_index: int) -> dict[int, tuple[int, floa
     }
 
 
+# What makes stored rows reusable: the format, the model's weights and the window rule
+# (not the version label, which a model gets when it is registered).
+_SAME = (b"clap.embeddings.version", b"clap.model.fingerprint", b"clap.window.")
+
+
 def _stored(path: Path, schema: pa.Schema) -> pa.Table | None:
     """The store file's rows, None when absent or written for another rule or format."""
     if not path.exists():
@@ -77,7 +90,12 @@ def _stored(path: Path, schema: pa.Schema) -> pa.Table | None:
         stored = pq.read_table(path)
     except (OSError, pa.ArrowException):
         return None
-    return stored if stored.schema.equals(schema, check_metadata=True) else None
+
+    def key(s: pa.Schema) -> dict[bytes, bytes]:
+        return {k: v for k, v in (s.metadata or {}).items() if k.startswith(_SAME)}
+
+    same = stored.schema.equals(schema) and key(stored.schema) == key(schema)
+    return stored.cast(schema) if same else None
 
 
 def embed_windows(
@@ -169,3 +187,51 @@ def embed_windows(
         torch.distributed.barrier()  # every folder written before anyone reads the store
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def registered_weights(manifest_path: Path) -> tuple[str, str]:
+    """(weights folder, registered version) of the model the last training registered
+    (WiSE-FT's interpolation when it kept one, else the best epoch), from training.json."""
+    report = TrainingReport.read(manifest_path)
+    source = report.wise_ft.checkpoint if report.wise_ft is not None else report.best_checkpoint
+    if not source:
+        raise FileNotFoundError(f"{manifest_path} names no checkpoint: materialize `clap_model`")
+    version = report.registered_model.version if report.registered_model else ""
+    return source, version
+
+
+def embed_trained_model(
+    settings: Settings,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, object]:
+    """The `window_embeddings` asset: every window of every track embedded once by the model
+    training registered (what evaluation and, once it is the champion, search read)."""
+    source, version = registered_weights(settings.training_manifest_path)
+    done = embed_windows(
+        load_clap(source),
+        settings.waveforms_dir,
+        settings.window_embeddings_dir,
+        model_version=version,
+        batch_size=batch_size,
+        device=device,
+        log=log,
+        rank=rank,
+        world_size=world_size,
+    )
+    return {
+        "model_source": Path(source),
+        "model_version": version,
+        "model_fingerprint": done.fingerprint,
+        "windows": done.embedded + done.reused,
+        "embedded": done.embedded,
+        "reused": done.reused,
+        "folders_written": done.folders_written,
+        "seconds": round(done.seconds, 2),
+        "windows_per_s": round(done.windows_per_s, 2),
+        "path": settings.window_embeddings_dir / done.fingerprint,
+    }

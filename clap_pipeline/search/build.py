@@ -1,5 +1,8 @@
-"""The `track_embeddings` asset's work: embed every clip with a model, write the table.
+"""The `track_embeddings` asset's work: one vector per track from a model's window embeddings.
 
+The champion's window embeddings (``window_embeddings/<fingerprint>/``, embedded once per
+model: ``model/embed_windows.py``) are aggregated to one vector per track by the rule the
+evaluation chose (``whole_track.py``: the first window or the mean of the windows).
 Storage: DuckDB table ``track_embeddings`` (one row per decoded track, a ``FLOAT[d]``
 column of L2-normalised audio embeddings plus the metadata a result line needs and the
 model version that produced it). A rebuild fills a staging table and swaps it in with one
@@ -16,9 +19,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
+from clap_pipeline.evaluation.whole_track import DEFAULT_RULE, VECTOR_RULES, search_rule
 from clap_pipeline.genre_search import (
     GENRE_QUERIES,
     GenreSearchConfig,
@@ -31,6 +36,7 @@ from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
+from clap_pipeline.window_embeddings import read_store
 
 STAGING_TABLE = "track_embeddings__staging"
 
@@ -141,38 +147,75 @@ class BuildSummary:
     dim: int
     model: ModelChoice
     seconds: float
-    clips_per_s: float
+    clips_per_s: float  # windows embedded per second (0 when the store had them all)
     genre_search: dict[str, object] | None = None  # collection_genre_search()
+    aggregation: str = "mean"  # how a track's windows made its vector
+    windows: int = 0
+
+
+def _sources(waveforms_dir: str | Path) -> dict[int, tuple[str, int]]:
+    """(source path, size) of each track of the waveforms."""
+    table = ds.dataset(waveforms_dir, format="parquet").to_table(
+        columns=["track_id", "source_path", "source_size"]
+    )
+    return {
+        int(t): (str(p), int(size))
+        for t, p, size in zip(
+            table.column("track_id").to_pylist(),
+            table.column("source_path").to_pylist(),
+            table.column("source_size").to_pylist(),
+            strict=True,
+        )
+    }
 
 
 def build_track_embeddings(
     *,
     model: ModelChoice,
     waveforms_dir: str | Path,
+    window_embeddings_dir: str | Path,
     audio_dir: str | Path,
     duckdb_path: str | Path,
+    aggregation: str = DEFAULT_RULE,
     batch_size: int = 32,
     device: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> BuildSummary:
-    """Embed every clip of the waveforms dataset with ``model`` and replace the table."""
+    """One vector per track of the waveforms from ``model``'s window embeddings (embedding the
+    windows the store lacks, ``model/embed_windows.py``), aggregated by ``aggregation``
+    (first or mean); the table replaced."""
     from clap_pipeline.model.clap import load_clap
-    from clap_pipeline.search.embeddings import embed_waveforms
+    from clap_pipeline.model.embed_windows import embed_windows
 
+    if aggregation not in VECTOR_RULES:
+        raise ValueError(f"aggregation must be one of {VECTOR_RULES}, got {aggregation!r}")
     clap = load_clap(model.source)
-    embedded = embed_waveforms(clap, waveforms_dir, batch_size=batch_size, device=device, log=log)
+    done = embed_windows(
+        clap, waveforms_dir, window_embeddings_dir, model_version=str(model.version or ""),
+        batch_size=batch_size, device=device, log=log,
+    )  # fmt: skip
+    windows = read_store(window_embeddings_dir, done.fingerprint)
+    sources = _sources(waveforms_dir)
+    track_ids = windows.tracks
     # Playlists need absolute paths; the waveforms record the decoded file's path.
     paths = [
-        p if Path(p).is_absolute() else str(fma_audio_path(audio_dir, tid))
-        for tid, p in zip(embedded.track_ids.tolist(), embedded.source_paths, strict=True)
+        p if Path(p).is_absolute() else str(fma_audio_path(audio_dir, t))
+        for t, p in ((int(t), sources[int(t)][0]) for t in track_ids)
     ]
-    count = write_track_embeddings(
-        duckdb_path, embedded.track_ids, embedded.embeddings, paths, embedded.source_sizes, model
-    )
+    sizes = np.array([sources[int(t)][1] for t in track_ids], dtype=np.int64)
+    vectors = windows.track_vectors(aggregation)
+    count = write_track_embeddings(duckdb_path, track_ids, vectors, paths, sizes, model)
     # Warms the query cache too, so the first search does not pay the DuckDB read.
     genre_search = collection_genre_search(clap, duckdb_path)
     return BuildSummary(
-        count, embedded.dim, model, embedded.seconds, embedded.clips_per_s, genre_search
+        count,
+        int(vectors.shape[1]),
+        model,
+        done.seconds,
+        done.windows_per_s,
+        genre_search,
+        aggregation=aggregation,
+        windows=len(windows),
     )
 
 
@@ -215,6 +258,8 @@ def embed_collection(
     summary = build_track_embeddings(
         model=model,
         waveforms_dir=settings.waveforms_dir,
+        window_embeddings_dir=settings.window_embeddings_dir,
+        aggregation=search_rule(settings.reports_dir, log.info),
         audio_dir=settings.audio_dir,
         duckdb_path=settings.duckdb_path,
         batch_size=batch_size,
@@ -241,6 +286,8 @@ def embed_collection(
         "model_run_id": str(summary.model.run_id),
         "model_dir": Path(summary.model.source),
         "table": f"{settings.duckdb_path}:{TABLE}",
+        "aggregation": summary.aggregation,
+        "windows": summary.windows,
         "seconds": round(summary.seconds, 2),
-        "clips_per_s": round(summary.clips_per_s, 2),
+        "windows_embedded_per_s": round(summary.clips_per_s, 2),
     }

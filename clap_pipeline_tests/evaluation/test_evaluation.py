@@ -43,6 +43,7 @@ from clap_pipeline_tests.evaluation_fixtures import (
     VALIDATION_IDS,
     EvalSetup,
     build_evaluation_setup,
+    windows_of,
 )
 
 FAST = EvalConfig(batch_size=5, n_bootstrap=300, random_rounds=300, seed=0)
@@ -184,6 +185,70 @@ def test_metrics_agree_with_an_independent_computation(
     # The two models are different networks: their rankings differ somewhere.
     test = report.splits["test"]
     assert any(test.stat("zero_shot", k).value != test.stat("fine_tuned", k).value for k in best)
+
+
+@pytest.fixture(scope="module")
+def window_features(setup: EvalSetup, tiny_model_dir: Path) -> list[tuple[int, torch.Tensor]]:
+    """(track, features) of every window of the test tracks, in (track, start) order, by the
+    numpy feature extractor (the independent path)."""
+    extractor = load_clap(tiny_model_dir).feature_extractor
+    table = ds.dataset(setup.data_dir / "waveforms", format="parquet").to_table()
+    rows = WaveformRows(table.sort_by([("track_id", "ascending"), ("start_s", "ascending")]), "")
+    return [
+        (int(t), extractor([wave], sampling_rate=48_000, return_tensors="pt")["input_features"])
+        for t, wave in zip(rows.track_ids, rows.clips(), strict=True)
+        if t in TEST_IDS
+    ]
+
+
+def test_whole_tracks_aggregate_every_window_as_an_independent_computation(
+    setup: EvalSetup,
+    evaluated: tuple[EvaluationReport, list[str]],
+    window_features: list[tuple[int, torch.Tensor]],
+) -> None:
+    report, _ = evaluated
+    whole = report.whole_track
+    block = whole.splits["test"]
+    assert (block.n_tracks, block.n_windows) == (len(TEST_IDS), len(window_features))
+    assert block.n_windows == sum(windows_of(t) for t in TEST_IDS) > len(TEST_IDS)
+    assert whole.rules == ["first", "mean", "max"] and whole.chosen in whole.rules
+    assert "validation" in whole.chosen_by
+    test = report.splits["test"]
+    for model in ("zero_shot", "fine_tuned", "wise_ft"):
+        for key, stat in block.retrieval[model]["first"].items():  # the first window: as above
+            assert stat.value == pytest.approx(test.stat(model, key).value), (model, key)
+        assert set(block.genre_search[model]) == set(whole.rules)
+    # fine-tuned, every rule, from the numpy extractor's features of every window
+    clap = load_clap(setup.checkpoints[3])
+    with torch.no_grad():
+        audio = audio_embeddings(clap.model.eval(), torch.cat([f for _, f in window_features]))
+        text = text_embeddings(
+            clap.model, tokenize(clap.tokenizer, [setup.prompt_of[t] for t in TEST_IDS])
+        )
+    audio, text = audio.numpy().astype(np.float64), text.numpy().astype(np.float64)
+    owner = np.array([t for t, _ in window_features])
+    per_window = text @ audio.T
+    by_track = [np.flatnonzero(owner == t) for t in TEST_IDS]
+    mean = np.stack([audio[w].mean(axis=0) for w in by_track])
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    sims = {
+        "first": np.stack([per_window[:, w[0]] for w in by_track], axis=1),
+        "mean": text @ mean.T,
+        "max": np.stack([per_window[:, w].max(axis=1) for w in by_track], axis=1),
+    }
+    for rule, sim in sims.items():
+        best, worst = metric_bounds(sim, eps=1e-5)
+        got = block.retrieval["fine_tuned"][rule]
+        for key in best:
+            low, high = sorted((best[key], worst[key]))
+            assert low - 1e-9 <= got[key].value <= high + 1e-9, (rule, key)
+    text_lines = format_evaluation_table(report)
+    assert "whole tracks, test split" in text_lines and "best window (max)" in text_lines
+    assert "search scores a track by: " in text_lines
+    metrics = mlflow_metrics(report)
+    assert metrics["eval_test_track_max_text_to_audio_recall_at_5"] == (
+        block.retrieval["fine_tuned"]["max"]["text_to_audio_recall_at_5"].value
+    )
 
 
 def test_genre_search_matches_an_independent_ranking(
