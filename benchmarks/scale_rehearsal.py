@@ -2,16 +2,17 @@
 
 Writes (or reuses, when its marker matches) an FMA-format collection under ``--work``:
 a full-size tracks.csv (106,574 ``synthetic_tracks`` records) whose first N track ids
-have an MP3. The MP3s are cheap: a few hundred distinct demo clips (the demo
-generator's plan and encoder, with its defects: empty, 0.5 s, cut mid-frame) rendered
-once, then hard-linked into FMA's ``NNN/NNNNNN.mp3`` layout, each track getting a clip
-of its genre's style where the demo synthesiser has one.
+have an MP3. The MP3s are cheap: a few hundred distinct 30-s demo clips, FMA's length
+(the demo generator's plan and encoder, with its defects: empty, 0.5 s, cut mid-frame)
+rendered once, then hard-linked into FMA's ``NNN/NNNNNN.mp3`` layout, each track getting
+a clip of its genre's style where the demo synthesiser has one.
 
 Then it materializes the chain with the Dagster CLI on a fresh DAGSTER_HOME, one
 process per stage as a user would (scripts/demo.sh): ``tracks``+``prompts``, every
-``waveforms`` folder partition in one run of job ``decode_waveforms`` (a partition range), ``clap_model`` (tiny offline CLAP, its
-recipe from scripts/tiny_model_run_config.yaml with ``--epochs``), ``evaluation``,
-``track_embeddings``, ``model_comparison``, then the search service's index load and
+``waveforms`` folder partition in one run of job ``decode_waveforms`` (a partition range:
+every 5-s window of each clip), ``clap_model`` (tiny offline CLAP, its recipe from
+scripts/tiny_model_run_config.yaml with ``--epochs``), ``window_embeddings`` (every window
+embedded once), ``evaluation``, ``track_embeddings``, ``model_comparison``, then the search service's index load and
 100 searches. Per stage: wall time, items/s, peak RSS of the stage's process tree
 (``os.wait4``: the largest of the process and its waited-for descendants) and the bytes
 the data folders grew by. Then the partitions' status queries with fma_large's 156
@@ -48,7 +49,9 @@ FMA_LARGE_TRACKS = 106_574
 FMA_LARGE_FOLDERS = 156  # 000..155
 TEMPLATES = 240  # distinct clips rendered and encoded once
 MARKER = ".scale-rehearsal.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 30-s clips (every window of FMA's length)
+CLIP_SECONDS = 30.0
+WINDOWS_PER_CLIP = 6
 QUERIES = (
     "folk country music", "heavy rock guitar", "electronic dance beat", "calm piano",
     "jazz saxophone", "hip hop beat", "experimental noise", "pop song with vocals",
@@ -100,7 +103,7 @@ def write_collection(root: Path, n_tracks: int) -> tuple[Path, Path]:
 
     plans = [p for p in plan_dataset(TEMPLATES, seed=0) if p.defect != DEFECT_MISSING]
     templates = root / "templates"
-    encode_all(plans, templates, usable_cpus() + 1, log)
+    encode_all(plans, templates, usable_cpus() + 1, log, clip_seconds=CLIP_SECONDS)
     by_style: dict[str, list[Path]] = {}
     defective: list[Path] = []
     for plan in plans:
@@ -178,12 +181,13 @@ def run_stage(
 
 
 def bare_cli_reference(audio_dir: Path, n: int, workers: int) -> Stage:
-    """The bare ffmpeg CLI over the same 5-s windows: one process per clip, ``workers`` at once.
+    """The bare ffmpeg CLI over the same audio (30 s per clip): one process per clip,
+    ``workers`` at once.
 
     The reference of the done-when check: the ``waveforms`` run must take at most half
     this wall time. Output to /dev/null, so it is the CLI's best case.
     """
-    from clap_pipeline.audio.decode import ensure_ffmpeg, window_command
+    from clap_pipeline.audio.decode import audio_command, ensure_ffmpeg
 
     exe = ensure_ffmpeg()
     clips = sorted(audio_dir.glob("[0-9][0-9][0-9]/*.mp3"))[:n]
@@ -192,7 +196,7 @@ def bare_cli_reference(audio_dir: Path, n: int, workers: int) -> Stage:
     )
 
     def one(path: Path) -> None:
-        subprocess.run(window_command(path, 0.0, exe), stdout=subprocess.DEVNULL,
+        subprocess.run(audio_command(path, 0.0, CLIP_SECONDS, exe), stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60, check=False)  # fmt: skip
 
     started = time.perf_counter()
@@ -209,7 +213,7 @@ def decode_verdict(waveforms: Stage, reference: Stage, cores: int) -> str:
     return (
         f"Decoding: the waveforms run {human_duration(waveforms.wall_s)} for {waveforms.items} "
         f"clips ({waveforms.rate:.1f} clips/s); the bare ffmpeg CLI, {cores} processes at once, "
-        f"the same 5-s windows: {human_duration(reference.wall_s)} for {reference.items} clips "
+        f"the same 30 s of audio: {human_duration(reference.wall_s)} for {reference.items} clips "
         f"({reference.rate:.1f} clips/s). Wall time per clip, waveforms run / bare CLI = "
         f"{ratio:.2f} (target <= 0.50), {waveforms.rate / reference.rate:.2f}x "
         "the CLI's rate."
@@ -310,9 +314,14 @@ def extrapolate(
             epochs = s.items / (n * TRAIN_SHARE)
             one = big * TRAIN_SHARE * epochs / H200_TRAIN_CLIPS_S
             eight = one / 8
-        elif s.name in ("evaluation", "track_embeddings"):
-            # Forward passes; taken as no faster than a training step (conservative), one GPU.
-            one = eight = big / H200_TRAIN_CLIPS_S
+        elif s.name == "window_embeddings":
+            # Forward passes of every window, no faster than a training step (conservative);
+            # torchrun ranks share the folders.
+            one = big * WINDOWS_PER_CLIP / H200_TRAIN_CLIPS_S
+            eight = one / 8
+        elif s.name == "evaluation":
+            # The zero-shot model's windows of validation + test (20 %); the rest is read.
+            one = eight = (1 - TRAIN_SHARE) * big * WINDOWS_PER_CLIP / H200_TRAIN_CLIPS_S
         else:  # metadata, prompts, comparison, search: CPU work, same per-item cost
             one = eight = here
         for i, value in enumerate((here, one, eight)):
@@ -334,11 +343,12 @@ def assumptions(n: int, cores: int, cores_per_gpu: int) -> str:
         f"cores (x16/{cores}); training runs the full-size CLAP at {H200_TRAIN_CLIPS_S:.0f} clips/s "
         f"(bf16, batch 64, one H200, README 'Measured numbers') on the {TRAIN_SHARE:.0%} training "
         f"split, needing {LOADER_CORES_PER_GPU} loader cores (bench_loader.py, README 'Data path at "
-        f"scale'); evaluation and track_embeddings as forward passes no faster than a training "
-        f"step on one GPU (the code does not shard them); metadata, prompts and search as "
-        f"measured. (c) 8 H200 under torchrun with {cores_per_gpu} cores per GPU: "
-        f"training / 8 (linear DDP scaling), decoding over {8 * cores_per_gpu} cores, the rest "
-        f"as (b). model_comparison reads MLflow runs (not tracks): as measured. Search: process "
+        f"scale'); window_embeddings ({WINDOWS_PER_CLIP} windows a track) and the evaluation's "
+        f"zero-shot windows of validation + test as forward passes no faster than a training "
+        f"step on one GPU; track_embeddings (reads the window embeddings), metadata, prompts and "
+        f"search as measured. (c) 8 H200 under torchrun with {cores_per_gpu} cores per GPU: "
+        f"training and window_embeddings / 8 (torchrun ranks), decoding over "
+        f"{8 * cores_per_gpu} cores, the rest as (b). model_comparison reads MLflow runs (not tracks): as measured. Search: process "
         f"start, model load and 100 queries as measured (text encoding dominates a query; "
         f"bench_serve.py: IVF top-10 at 100,000 rows < 5 ms p95), catalog read x {FMA_LARGE_TRACKS}/N, "
         f"index build x ({FMA_LARGE_TRACKS}/N)^1.5 (IVF: k-means cells ~ sqrt(N), every row "
@@ -452,6 +462,7 @@ def main() -> int:
         )
     )  # fmt: skip
     for name, items, unit in (
+        ("window_embeddings", n * WINDOWS_PER_CLIP, "windows"),
         ("evaluation", n, "tracks"),
         ("track_embeddings", n, "tracks"),
         ("model_comparison", 1, "runs"),

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.config import DEFAULT_MAX_TRACKS, Settings
+from clap_pipeline.demo.synth import CLIP_SECONDS
 
 
 def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -17,7 +18,9 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     if args.add:
         print(add_demo_tracks(out, args.add))
         return 0
-    summary = write_demo_dataset(out, n_tracks=args.tracks, seed=args.seed, renderer=args.renderer)
+    summary = write_demo_dataset(
+        out, n_tracks=args.tracks, seed=args.seed, renderer=args.renderer, clip_seconds=args.seconds
+    )
     print(summary)
     elsewhere = [
         f"{name}={configured}"
@@ -98,6 +101,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="synth: synthesised timbres (default); fluidsynth: General-MIDI arrangements "
         "played from real instrument samples (needs Debian's fluidsynth and "
         "fluid-soundfont-gm); the instruments played are named in each track's tags",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=CLIP_SECONDS,
+        help=f"clip length (default {CLIP_SECONDS:g} s: two 5-s windows; FMA's clips are 30 s, "
+        "six windows)",
     )
     p.add_argument(
         "--add",

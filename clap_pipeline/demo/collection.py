@@ -44,6 +44,7 @@ from clap_pipeline.demo.plan import (
     tracks_csv_text,
 )
 from clap_pipeline.demo.rendered import fluidsynth_exe, soundfont
+from clap_pipeline.demo.synth import CLIP_SECONDS
 from clap_pipeline.metadata.fma import read_track_ids
 from clap_pipeline.processes import usable_cpus
 from clap_pipeline.storage import atomic_path, write_text_atomic
@@ -88,7 +89,11 @@ def _stderr_log(message: str) -> None:
 
 
 def _marker(
-    seed: int, n_tracks: int, tracks_sha256: str | None = None, renderer: str = "synth"
+    seed: int,
+    n_tracks: int,
+    tracks_sha256: str | None = None,
+    renderer: str = "synth",
+    clip_seconds: float = CLIP_SECONDS,
 ) -> str:
     content: dict[str, object] = {
         "generator": GENERATOR,
@@ -98,6 +103,8 @@ def _marker(
     }
     if renderer != "synth":  # synthesised collections keep their marker bytes
         content["renderer"] = renderer
+    if clip_seconds != CLIP_SECONDS:  # so do collections of the default clip length
+        content["clip_seconds"] = clip_seconds
     if tracks_sha256:
         content["tracks_csv_sha256"] = tracks_sha256
     return json.dumps(content, indent=2) + "\n"
@@ -150,6 +157,7 @@ def write_demo_dataset(
     seed: int = 0,
     *,
     renderer: str = "synth",
+    clip_seconds: float = CLIP_SECONDS,
     workers: int | None = None,
     log: Log | None = _stderr_log,
 ) -> DemoSummary:
@@ -183,9 +191,9 @@ def write_demo_dataset(
 
     with atomic_path(metadata_dir) as meta_tmp, atomic_path(audio_dir) as audio_tmp:
         audio_tmp.mkdir()
-        audio_seconds = encode_all(plans, audio_tmp, workers, log)
+        audio_seconds = encode_all(plans, audio_tmp, workers, log, clip_seconds)
         (audio_tmp / MARKER_NAME).write_text(
-            _marker(seed, n_tracks, None, renderer), encoding="utf-8"
+            _marker(seed, n_tracks, None, renderer, clip_seconds), encoding="utf-8"
         )
         meta_tmp.mkdir()
         tracks_text = tracks_csv_text(plans).encode("utf-8")
@@ -193,7 +201,7 @@ def write_demo_dataset(
         (meta_tmp / "genres.csv").write_text(genres_csv_text(plans), encoding="utf-8")
         digest = hashlib.sha256(tracks_text).hexdigest()
         (meta_tmp / MARKER_NAME).write_text(
-            _marker(seed, n_tracks, digest, renderer), encoding="utf-8"
+            _marker(seed, n_tracks, digest, renderer, clip_seconds), encoding="utf-8"
         )
         # Leaving the block renames audio into place first, then the metadata.
 
@@ -265,6 +273,7 @@ def add_demo_tracks(
     if base + n_new > MAX_TRACK_ID:
         raise DemoDataError(f"{tracks_csv}: no free audio folder left for new track ids")
     renderer = str(marker.get("renderer", "synth"))
+    clip_seconds = float(marker.get("clip_seconds", CLIP_SECONDS))
     batch = plan_dataset(
         max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=marker["seed"] + base, renderer=renderer
     )
@@ -287,7 +296,7 @@ def add_demo_tracks(
         # write_clip writes <root>/NNN/NNNNNN.mp3: encode under tmp's parent-like root.
         staging_root = tmp.with_name(tmp.name + ".root")
         try:
-            encode_all(plans, staging_root, workers or usable_cpus() + 1, log)
+            encode_all(plans, staging_root, workers or usable_cpus() + 1, log, clip_seconds)
             os.replace(staging_root / folder.name, tmp)
         finally:
             with contextlib.suppress(OSError):
@@ -299,7 +308,7 @@ def add_demo_tracks(
     write_text_atomic(tracks_csv, text)
     write_text_atomic(
         metadata_dir / MARKER_NAME,
-        _marker(marker["seed"], len(existing) + n_new, digest, renderer),
+        _marker(marker["seed"], len(existing) + n_new, digest, renderer, clip_seconds),
     )
     return AddedTracks(
         tracks_csv=tracks_csv,

@@ -140,8 +140,9 @@ def encode_mp3(loop: np.ndarray, n_frames: int, out: Path, plan: TrackPlan) -> N
             )
 
 
-def write_clip(plan: TrackPlan, audio_root: Path) -> float:
-    """Encode one track's clip (or its defect); returns the seconds of audio written."""
+def write_clip(plan: TrackPlan, audio_root: Path, clip_seconds: float = CLIP_SECONDS) -> float:
+    """Encode one track's clip (or its defect), ``clip_seconds`` long; returns the seconds of
+    audio written."""
     if plan.defect == DEFECT_MISSING:
         return 0.0
     path = audio_path(audio_root, plan.track_id)
@@ -150,7 +151,7 @@ def write_clip(plan: TrackPlan, audio_root: Path) -> float:
         # What the encoder writes for no samples: ID3 tag + LAME info frame, no audio frames.
         encode_mp3(np.zeros((0, 2), "<i2"), 0, path, plan)
         return 0.0
-    seconds = SHORT_CLIP_SECONDS if plan.defect == DEFECT_SHORT else CLIP_SECONDS
+    seconds = SHORT_CLIP_SECONDS if plan.defect == DEFECT_SHORT else clip_seconds
     if plan.defect is None:  # clip lengths vary by a few hundredths, as FMA's do
         jitter = np.random.default_rng([plan.params.seed, 3, plan.track_id]).uniform(-0.03, 0.03)
         seconds += float(jitter)
@@ -170,8 +171,15 @@ def write_clip(plan: TrackPlan, audio_root: Path) -> float:
     return n_frames / SR
 
 
-def encode_all(plans: Sequence[TrackPlan], audio_root: Path, workers: int, log: Log) -> float:
-    """Encode every clip with a pool of threads, each driving one ffmpeg at a time.
+def encode_all(
+    plans: Sequence[TrackPlan],
+    audio_root: Path,
+    workers: int,
+    log: Log,
+    clip_seconds: float = CLIP_SECONDS,
+) -> float:
+    """Encode every clip (``clip_seconds`` long) with a pool of threads, each driving one
+    ffmpeg at a time.
 
     Threads suffice: the encoder runs in its own process, and synthesis is a small
     share of the work. Returns the seconds of audio written.
@@ -180,7 +188,7 @@ def encode_all(plans: Sequence[TrackPlan], audio_root: Path, workers: int, log: 
     progress = ProgressLog("demo-data", len(plans), log, every_s=5.0)
     log(f"demo-data: encoding {len(plans)} clips with {workers} parallel ffmpeg processes")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-encode") as pool:
-        futures = [pool.submit(write_clip, plan, audio_root) for plan in plans]
+        futures = [pool.submit(write_clip, plan, audio_root, clip_seconds) for plan in plans]
         try:
             for done, future in enumerate(as_completed(futures), start=1):
                 seconds += future.result()
