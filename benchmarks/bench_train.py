@@ -95,7 +95,7 @@ def write_dataset(root: Path, n_clips: int, seed: int = 0, windows: int = 1) -> 
         for lo in range(0, len(track_ids), ROW_GROUP):  # a row group at a time: bounded memory
             hi = min(lo + ROW_GROUP, len(track_ids))
             values = rng.standard_normal((hi - lo, CLIP_SAMPLES), dtype=np.float32) * 0.1
-            writer.write([waveform_batch(
+            writer.add([waveform_batch(
                 track_ids[lo:hi],
                 values.clip(-1, 1),
                 start_s=starts[lo:hi],

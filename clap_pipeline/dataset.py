@@ -319,10 +319,14 @@ def pcm_batch(
 
 
 class PartitionWriter:
-    """Writes a partition's row groups on a background thread: one written while the next fills."""
+    """Writes a partition's rows in row groups of ``row_group_rows`` (the last one fewer) on a
+    background thread: one row group written while the next fills."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self._schema = schema
+        self._rows = row_group_rows
+        self._pending: list[pa.RecordBatch] = []
+        self._n = 0
         # Uncompressed PCM: music barely compresses with general-purpose codecs (zstd: 3-7 %
         # at ~250 MB/s, docs/windows.md) and a training epoch must keep up. A track's
         # windows repeat its id and source: dictionary-encoded, they cost ~1 byte a window.
@@ -335,19 +339,30 @@ class PartitionWriter:
             write_statistics=["track_id", "start_s", "n_samples_decoded"],
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
-        self._pending: Future[None] | None = None
+        self._writing: Future[None] | None = None
 
-    def write(self, batches: list[pa.RecordBatch]) -> None:
-        """Write ``batches`` as one row group (at most ``ROW_GROUP_ROWS`` rows)."""
-        if self._pending is not None:
-            self._pending.result()
-        table = pa.Table.from_batches(batches, schema=self._schema)
-        self._pending = self._thread.submit(self._writer.write_table, table, table.num_rows)
+    def add(self, batches: list[pa.RecordBatch]) -> None:
+        """Rows to write; every ``row_group_rows`` of them make a row group."""
+        self._pending += batches
+        self._n += sum(b.num_rows for b in batches)
+        while self._n >= self._rows:
+            table = pa.Table.from_batches(self._pending, schema=self._schema)
+            self._write(table.slice(0, self._rows))
+            rest = table.slice(self._rows)
+            self._pending, self._n = rest.to_batches(), rest.num_rows
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writing is not None:
+            self._writing.result()
+        self._writing = self._thread.submit(self._writer.write_table, table, table.num_rows)
 
     def close(self) -> None:
+        """Write the last rows, wait for the writes, close the file."""
         try:
-            if self._pending is not None:
-                self._pending.result()
+            if self._n:
+                self._write(pa.Table.from_batches(self._pending, schema=self._schema))
+            if self._writing is not None:
+                self._writing.result()
         finally:
             self._thread.shutdown(wait=True)
             self._writer.close()
@@ -367,10 +382,9 @@ def write_partition(
     if not sorted_windows(ids, rows.column(1).to_numpy()):
         raise ValueError(f"{path}: rows must be sorted by (track_id, start_s), each window once")
     with atomic_path(path) as tmp:
-        writer = PartitionWriter(tmp, rows.schema)
+        writer = PartitionWriter(tmp, rows.schema, row_group_rows)
         try:
-            for start in range(0, rows.num_rows, row_group_rows):
-                writer.write([rows.slice(start, row_group_rows)])
+            writer.add([rows])
         finally:
             writer.close()
     return Path(path)

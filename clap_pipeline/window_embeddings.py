@@ -26,7 +26,8 @@ The store: :func:`model_store` (one folder per model fingerprint), :func:`write_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clap_pipeline.storage import atomic_path
+from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.windows import WindowRule
 
 EMBEDDINGS_FORMAT_VERSION = "1"
@@ -222,3 +223,37 @@ def read_store(
             table = table.filter(pc.is_in(table.column("track_id"), value_set=wanted))
         tables.append(table)
     return WindowEmbeddings.from_table(pa.concat_tables(tables))
+
+
+# --------------------------------------------------------------------------- what search uses
+
+SEARCH_RULE_FILE = "search_rule.json"  # in the reports dir, written by the evaluation
+VECTOR_RULES = ("first", "mean")  # one vector per track: what the track_embeddings table holds
+DEFAULT_RULE = "mean"
+
+
+def write_search_rule(reports_dir: str | Path, rule: str, chosen_by: str) -> Path:
+    """The aggregation the evaluation chose for search (``evaluation/whole_track.py``)."""
+    if rule not in AGGREGATIONS:
+        raise ValueError(f"rule must be one of {AGGREGATIONS}, got {rule!r}")
+    payload = json.dumps({"rule": rule, "chosen_by": chosen_by}, indent=1)
+    return write_text_atomic(Path(reports_dir) / SEARCH_RULE_FILE, payload)
+
+
+def search_rule(reports_dir: str | Path, log: Callable[[str], None] | None = None) -> str:
+    """How a track's windows make the one vector search ranks: the rule the last evaluation
+    chose, else the mean of the windows. The best-window rule (``max``) needs an index of
+    every window: the mean stands in for it, and says so."""
+    path = Path(reports_dir) / SEARCH_RULE_FILE
+    try:
+        chosen = json.loads(path.read_text())
+        rule, why = str(chosen["rule"]), str(chosen.get("chosen_by", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_RULE  # no evaluation yet (or a damaged file: the default)
+    if rule not in VECTOR_RULES:
+        if log is not None:
+            log(
+                f"the evaluation chose {rule!r} ({why}); one vector per track holds {DEFAULT_RULE!r}"
+            )
+        return DEFAULT_RULE
+    return rule

@@ -137,7 +137,10 @@ def test_the_floor_and_the_model_import_no_stage() -> None:
         if relative.parts[0] not in FLOOR_PACKAGES and str(relative) != "pyfunc_model.py":
             continue
         for name in imported_modules(ast.parse(module.read_text())):
-            stage = name.startswith(tuple(f"clap_pipeline.{s}" for s in STAGES))
+            stage = any(
+                name == f"clap_pipeline.{s}" or name.startswith(f"clap_pipeline.{s}.")
+                for s in STAGES
+            )  # training_report.py is the floor's, not training's
             if stage and name not in UPWARD_ALLOWED.get(str(relative), set()):
                 offending.append(f"{relative} imports {name}")
     assert offending == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,9 @@ from clap_pipeline.window_embeddings import (
     AGGREGATIONS,
     WindowEmbeddings,
     l2_normalise,
+    search_rule,
     window_embeddings_schema,
+    write_search_rule,
 )
 from clap_pipeline.windows import (
     CLIP_SAMPLES,
@@ -131,3 +135,15 @@ def test_the_schema_carries_model_and_rule() -> None:
     meta = schema.metadata
     assert meta[b"clap.model.version"] == b"7" and meta[b"clap.model.fingerprint"] == b"abc"
     assert WindowRule.from_metadata(meta).hop == 5.0
+
+
+def test_the_search_rule_is_what_the_evaluation_chose_or_the_mean(tmp_path: Path) -> None:
+    said: list[str] = []
+    assert search_rule(tmp_path) == "mean"  # no evaluation yet
+    write_search_rule(tmp_path, "first", "best validation R@5")
+    assert search_rule(tmp_path) == "first"
+    write_search_rule(tmp_path, "max", "best validation R@5")
+    assert search_rule(tmp_path, said.append) == "mean"  # one vector per track: the mean
+    assert "'max'" in said[0]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        write_search_rule(tmp_path, "median", "")

@@ -490,29 +490,6 @@ def _rows(schema: pa.Schema, src: _Source, windows: DecodedWindows) -> pa.Record
     )
 
 
-class _RowGroups:
-    """Collects rows and writes them in row groups of exactly ``rows`` (the last one fewer)."""
-
-    def __init__(self, writer: PartitionWriter, rows: int) -> None:
-        self._writer, self._rows = writer, rows
-        self._pending: list[pa.RecordBatch] = []
-        self._n = 0
-
-    def add(self, batches: list[pa.RecordBatch]) -> None:
-        self._pending += batches
-        self._n += sum(b.num_rows for b in batches)
-        while self._n >= self._rows:
-            table = pa.Table.from_batches(self._pending)
-            self._writer.write(table.slice(0, self._rows).to_batches())
-            rest = table.slice(self._rows)
-            self._pending, self._n = rest.to_batches(), rest.num_rows
-
-    def flush(self) -> None:
-        if self._n:
-            self._writer.write(self._pending)
-        self._pending, self._n = [], 0
-
-
 def _failure(src: _Source, failure: DecodeFailure, window_offset_s: float) -> FailureRecord:
     return FailureRecord(
         track_id=src.track.track_id,
@@ -565,9 +542,8 @@ def _write_partition(
     old_rows = _OldRows(plan.target, options.row_group_rows) if plan.reuse_ids else None
     try:
         with atomic_path(plan.target, claim=True) as tmp:
-            writer = PartitionWriter(tmp, schema)
+            writer = PartitionWriter(tmp, schema, options.row_group_rows)
             try:
-                groups = _RowGroups(writer, options.row_group_rows)
                 for src in plan.sources:
                     tid = src.track.track_id
                     if tid in plan.reuse_ids:
@@ -590,8 +566,7 @@ def _write_partition(
                         progress.step(decoded=True, failed=False)
                     summary.rows += 1
                     summary.windows += sum(r.num_rows for r in rows)
-                    groups.add(rows)
-                groups.flush()
+                    writer.add(rows)
             finally:
                 writer.close()
             if old_rows is not None:

@@ -46,6 +46,7 @@ from clap_pipeline.evaluation.similarity import similarity_report
 from clap_pipeline.evaluation.whole_track import whole_track_report
 from clap_pipeline.selection import read_genres, read_track_values
 from clap_pipeline.waveform_reader import WaveformIndex
+from clap_pipeline.window_embeddings import write_search_rule
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:
@@ -139,6 +140,9 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         similarity=similarity_report(clips, embedded, genre_of, artist_of, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)
+    if report.whole_track is not None:
+        whole = report.whole_track
+        write_search_rule(inputs.report_path.parent, whole.chosen, whole.chosen_by)
     if config.log_to_mlflow:
         report.mlflow = log_metrics(report, inputs.tracking_uri)
         say(f"logged {len(report.mlflow.metrics)} metrics to MLflow run {report.mlflow_run_id}")

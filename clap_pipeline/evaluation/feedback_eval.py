@@ -31,13 +31,12 @@ import pyarrow.dataset as ds
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
-from clap_pipeline.evaluation.whole_track import search_rule
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
 from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
-from clap_pipeline.window_embeddings import read_store
+from clap_pipeline.window_embeddings import read_store, search_rule
 
 REPORT_NAME = "feedback_evaluation.json"
 METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them

@@ -11,37 +11,26 @@ precision@10 (macro, with intervals: ``genre_search``, ``instrument_search``).
 The rule search uses is chosen by this measurement: the best validation text->audio R@5
 of the registered model (WiSE-FT when training interpolated, else the fine-tuned one);
 ties go to the cheaper rule to serve (``mean`` and ``first`` keep one vector per track,
-``max`` all of them). It is recorded in the report (``WholeTrackReport.chosen``).
+``max`` all of them). It is recorded in the report (``WholeTrackReport.chosen``) and, for
+search, beside it (``window_embeddings.write_search_rule``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clap_pipeline import genre_search
 from clap_pipeline.evaluation.genres import GenrePlan, search_group
-from clap_pipeline.evaluation.inputs import (
-    REPORT_NAME,
-    WISE_FT,
-    EvalConfig,
-    EvaluationError,
-    SplitClips,
-)
+from clap_pipeline.evaluation.inputs import WISE_FT, EvalConfig, SplitClips
 from clap_pipeline.evaluation.instrument_search import (
     InstrumentPlan,
     instrument_group,
     scored_instrument_search,
 )
-from clap_pipeline.evaluation.report import (
-    Interval,
-    WholeTrackReport,
-    WholeTrackSplit,
-    load_report,
-)
+from clap_pipeline.evaluation.report import Interval, WholeTrackReport, WholeTrackSplit
 from clap_pipeline.metrics import bootstrap_rank_metrics, match_ranks
 from clap_pipeline.window_embeddings import AGGREGATIONS
 
@@ -151,29 +140,3 @@ def whole_track_report(
         return None
     chosen, why = choose_rule(splits, list(embedded))
     return WholeTrackReport(rules=list(AGGREGATIONS), chosen=chosen, chosen_by=why, splits=splits)
-
-
-# --------------------------------------------------------------------------- what search uses
-
-VECTOR_RULES = ("first", "mean")  # one vector per track: what the track_embeddings table holds
-DEFAULT_RULE = "mean"
-
-
-def search_rule(reports_dir: str | Path, log: Callable[[str], None] | None = None) -> str:
-    """How a track's windows make the one vector search ranks: the rule the last evaluation
-    chose (``WholeTrackReport.chosen``), else the mean of the windows. The best-window rule
-    (``max``) needs an index of every window: the mean stands in for it, and says so."""
-    try:
-        whole = load_report(Path(reports_dir) / REPORT_NAME).whole_track
-    except EvaluationError:
-        whole = None
-    if whole is None:
-        return DEFAULT_RULE
-    if whole.chosen not in VECTOR_RULES:
-        if log is not None:
-            log(
-                f"the evaluation chose {whole.chosen!r} ({whole.chosen_by}); one vector per "
-                f"track holds {DEFAULT_RULE!r}"
-            )
-        return DEFAULT_RULE
-    return whole.chosen

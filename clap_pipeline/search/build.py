@@ -23,7 +23,6 @@ import pyarrow.dataset as ds
 
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
-from clap_pipeline.evaluation.whole_track import DEFAULT_RULE, VECTOR_RULES, search_rule
 from clap_pipeline.genre_search import (
     GENRE_QUERIES,
     GenreSearchConfig,
@@ -36,7 +35,7 @@ from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
-from clap_pipeline.window_embeddings import read_store
+from clap_pipeline.window_embeddings import DEFAULT_RULE, VECTOR_RULES, read_store, search_rule
 
 STAGING_TABLE = "track_embeddings__staging"
 

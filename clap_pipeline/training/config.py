@@ -60,7 +60,7 @@ class TrainConfig:
         },
     )
     train_window: str = field(
-        default="random",
+        default="first",
         metadata={
             "help": "random: each epoch a training track contributes one of its 5-s windows, "
             "drawn by (seed, epoch) | first: always its first window (before whole tracks); "

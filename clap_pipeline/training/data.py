@@ -345,7 +345,7 @@ class TrainingData:
         buffer_clips: int,
         rank: int = 0,
         world_size: int = 1,
-        window: str = "random",
+        window: str = "first",
     ) -> Iterator[ClipBatch]:
         """This rank's training batches of an epoch (all of them for one process), one
         window per track (``window``: :data:`TRAIN_WINDOWS`)."""

@@ -155,9 +155,13 @@ def test_window_offset_from_run_config(tmp_path: Path, audio: AudioFactory) -> N
         instance=_instance("000"),
         resources={"clap_settings": settings},
         partition_key="000",
-        run_config={"ops": {"waveforms": {"config": {"window_offset_s": 0.5}}}},
+        run_config={"ops": {"waveforms": {"config": {"window_offset_s": 0.5, "max_audio_s": 7.0}}}},
     )
     assert result.success
     table = ds.dataset(tmp_path / "waveforms", format="parquet").to_table()
-    assert table.column("n_samples_decoded").to_pylist() == [72_000, 240_000]  # 1.5 s left
+    table = table.sort_by([("track_id", "ascending"), ("start_s", "ascending")])
+    # track 5: 1.5 s left after the offset; track 10 (8 s): 7 s from 0.5 s, a 5-s window and
+    # a 2-s rest (less than half a window: dropped)
+    assert table.column("n_samples_decoded").to_pylist() == [72_000, 240_000]
+    assert table.column("start_s").to_pylist() == [0.5, 0.5]
     assert all(e.passed for e in result.get_asset_check_evaluations())

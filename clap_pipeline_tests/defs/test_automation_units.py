@@ -109,6 +109,7 @@ def test_definitions_wire_sensors_schedule_and_job(tmp_path: Path) -> None:
         "prompts",
         "waveforms",
         "clap_model",
+        "window_embeddings",
         "evaluation",
         "feedback_evaluation",
         "track_embeddings",

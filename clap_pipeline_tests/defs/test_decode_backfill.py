@@ -129,7 +129,7 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
         assert 1 <= most_at_once <= BACKFILL_RUNS_AT_ONCE
         assert instance.get_materialized_partitions(AssetKey("waveforms")) == set(FOLDERS)
     rows = {folder: pq.read_table(data / "waveforms" / f"{folder}.parquet") for folder in FOLDERS}
-    assert {f: t.column("track_id").to_pylist() for f, t in rows.items()} == {
+    assert {f: sorted(set(t.column("track_id").to_pylist())) for f, t in rows.items()} == {
         "000": [2, 3],
         "001": [1000],  # 1001 is empty: a failure row
         "002": [2000],

@@ -164,10 +164,11 @@ def test_waveforms_killed_mid_partition_then_rerun_equals_an_uninterrupted_build
     build_waveforms(selected, reference / "waveforms", reference / "clap.duckdb", DecodeOptions())
 
     def rows(folder: Path):
-        return ds.dataset(folder, format="parquet").to_table().sort_by("track_id")
+        table = ds.dataset(folder, format="parquet").to_table()
+        return table.sort_by([("track_id", "ascending"), ("start_s", "ascending")])
 
     assert rows(waves).equals(rows(reference / "waveforms"))
-    assert len(rows(waves)) == len(library) - 1
+    assert len(set(rows(waves).column("track_id").to_pylist())) == len(library) - 1
     failures = {f.track_id: f.reason for f in read_failures(loc.data / "clap.duckdb")}
     assert failures == {7: "empty"}
     assert _temps(loc.data) == []
