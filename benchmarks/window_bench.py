@@ -28,10 +28,10 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from clap_pipeline.windows import CLIP_SECONDS
 
 from clap_pipeline.progress import human_bytes
 from clap_pipeline.search.window_index import WindowIndexBuilder, exact_top_tracks
+from clap_pipeline.windows import CLIP_SECONDS
 
 DIM = 512
 CENTRES = 1_000

@@ -42,6 +42,7 @@ VALIDATION_IDS = [5, 33, 61, 150, 1002, 1020]
 TRAIN_IDS = [2, 7, 12, 70, 1003, 1030]
 NO_GENRE = {77, 1020}  # tracks without genre_top (skipped by genre classification)
 NO_ARTIST = 40  # a test track without artist_id
+WISE_FT_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class EvalSetup:
     run_id: str
     model_source: Path
     checkpoints: dict[int, Path | None]  # epoch -> kept checkpoint (None = not kept)
+    wise_ft: Path  # WiSE-FT's weights at WISE_FT_ALPHA (what training registered)
     best_epoch: int
     genre_of: dict[int, str | None]
     artist_of: dict[int, int | None]
@@ -87,6 +89,17 @@ def write_waveforms(waveforms_dir: Path, waves: dict[int, np.ndarray]) -> None:
             source_mtimes=[1.7e9 + t for t in ids],
         )
         write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=4)
+
+
+def _interpolated(zero_shot: Path, fine_tuned: Path, target: Path) -> Path:
+    """WiSE-FT's theta(WISE_FT_ALPHA) of two checkpoints, as training saves it."""
+    from clap_pipeline.model.clap import load_clap, save_checkpoint
+    from clap_pipeline.training.wise_ft import interpolate
+
+    tuned = load_clap(fine_tuned)
+    zero = load_clap(zero_shot).model.state_dict()
+    tuned.model.load_state_dict(interpolate(zero, tuned.model.state_dict(), WISE_FT_ALPHA))
+    return save_checkpoint(tuned.model, tuned.processor, target)
 
 
 def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
@@ -140,6 +153,7 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         2: None,
         3: save_tiny_model(ckpt_root / "epoch-3", seed=2),
     }
+    wise_ft = _interpolated(model_source, checkpoints[3], ckpt_root / "wise-ft")
     manifest = {
         "mlflow_run_id": run_id,
         "model_source": str(model_source),
@@ -158,6 +172,14 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         "splits": {"train": TRAIN_IDS, "validation": VALIDATION_IDS, "test": TEST_IDS},
         "registered_model": {"name": "clap-fma", "version": "1", "alias": "champion"},
         "config": {"batch_size": 4},
+        "wise_ft": {
+            "alpha": WISE_FT_ALPHA,
+            "checkpoint": str(wise_ft),
+            "grid": [
+                {"alpha": a, "val_loss": 1.0, "metrics": {"text_to_audio_recall_at_5": 0.5}}
+                for a in (0.0, WISE_FT_ALPHA, 1.0)
+            ],
+        },
     }
     (data_dir / "reports").mkdir()
     (data_dir / "reports" / "training.json").write_text(json.dumps(manifest, indent=1))
@@ -167,6 +189,7 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         run_id=run_id,
         model_source=model_source,
         checkpoints=checkpoints,
+        wise_ft=wise_ft,
         best_epoch=3,
         genre_of=genre_of,
         artist_of=artist_of,

@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from clap_pipeline.dataset import Prompts, TrainingDataError, WaveformIndex
 from clap_pipeline.evaluation.genres import GenrePlan, genre_classification, genre_search_report
 from clap_pipeline.evaluation.inputs import (
-    MODELS,
     SPLITS,
     EvalConfig,
     EvalInputs,
     EvaluationError,
     Log,
     load_manifest,
+    model_sources,
     split_clips,
 )
 from clap_pipeline.evaluation.instrument_search import (
@@ -102,13 +102,14 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     evaluated_ids = [t for s in clips.values() for t in s.track_ids]
     artist_of = read_track_values(inputs.duckdb_path, evaluated_ids, "artist_id", required=False)
     instruments = InstrumentPlan.build(clips, read_instruments(inputs.duckdb_path, evaluated_ids))
-    sources = {
-        "zero_shot": manifest.model_source,
-        "fine_tuned": manifest.best_checkpoint,
-    }
+    sources = model_sources(manifest)
     embedded = {}
-    for model_key in MODELS:
-        say(f"{model_key}: loading {sources[model_key]}")
+    for model_key, source in sources.items():
+        same = next((k for k in embedded if sources[k] == source), None)
+        if same:  # WiSE-FT kept alpha = 1: the fine-tuned weights themselves
+            embedded[model_key] = embedded[same]
+            continue
+        say(f"{model_key}: loading {source}")
         embedded[model_key] = embed_model(
             sources[model_key], model_key, clips, index,
             {**plan.text_groups(), **instruments.text_groups()}, device,
@@ -127,6 +128,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         splits=evaluate_retrieval(clips, embedded, config, say),
         genre=genre_classification(plan, clips, embedded, config),
         genre_search=genre_search_report(plan, clips, embedded, config),
+        wise_ft_alpha=manifest.wise_ft.alpha if manifest.wise_ft else None,
         qualitative=evaluate_qualitative(manifest, clips, embedded, index, device, config, say),
         seconds=0.0,
         instrument_search=instrument_search_report(instruments, clips, embedded, config),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     GenreSearchPrior,
     GenreSearchReport,
@@ -267,10 +267,10 @@ def instrument_search_report(
         block = report.splits[name] = GenreSearchSplit(len(split.track_ids), names, prior)
         if not names:
             continue
-        for model_key in MODELS:
+        for model_key, run in embedded.items():
             scores = model_instrument_search(
-                embedded[model_key].groups[_group(name)],
-                embedded[model_key].audio[name],
+                run.groups[_group(name)],
+                run.audio[name],
                 labels,
                 names,
                 search_config,

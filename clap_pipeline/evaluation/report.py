@@ -257,6 +257,9 @@ class EvaluationReport:
     instrument_search: GenreSearchReport | None = None
     # "More like this": audio->audio genre precision, with the query's artist left out too.
     similarity: SimilarityReport | None = None
+    # WiSE-FT's alpha when training kept interpolated weights (model "wise_ft" in every
+    # block; 1.0 = the fine-tuned weights); None: training did not interpolate.
+    wise_ft_alpha: float | None = None
 
     def evaluated(self, split: str) -> SplitRetrieval | None:
         """The split's retrieval block when it has clips, else None."""

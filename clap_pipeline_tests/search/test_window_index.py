@@ -92,7 +92,9 @@ def test_ivf_index_is_calibrated_and_finds_the_exact_tracks() -> None:
     qs = queries(30, 6)
     exact = exact_top_tracks(index, qs, 10)
     found = [[m.position for m in index.search(q, 10)] for q in qs]
-    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact.tolist(), strict=True)])
+    recall = np.mean(
+        [len(set(f) & set(e)) / 10 for f, e in zip(found, exact.tolist(), strict=True)]
+    )
     assert recall >= 0.9
     allowed = index.track_ids % 5 == 0
     for q in qs[:5]:
@@ -161,7 +163,7 @@ def test_searches_keep_answering_while_new_indexes_are_swapped_in() -> None:
         while not stop.is_set():
             try:
                 assert len(state["index"].search(q, 5)) == 5
-            except BaseException as exc:  # noqa: BLE001 (reported below)
+            except BaseException as exc:
                 errors.append(exc)
                 return
 
