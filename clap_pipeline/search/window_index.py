@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clap_pipeline.progress import ProgressLog
-from clap_pipeline.window_embeddings import AGGREGATIONS, WindowEmbeddings
+from clap_pipeline.search.window_store import (
+    Segment,
+    SegmentBuilder,
+    Sq8,
+    representatives,
+)
+from clap_pipeline.window_embeddings import AGGREGATIONS, WindowEmbeddings, l2_normalise
 
 POOL = 3  # windows per representative for ``max`` (15 s of 5-s windows)
 FLAT_MAX_REPS = 50_000  # up to this many representatives are scanned exactly
@@ -55,35 +61,7 @@ EXACT_MAX_WINDOWS = 30_000  # a filter allowing at most this many windows is sca
 MAX_SEGMENTS = 8
 TARGET_RECALL = 0.97  # track-level recall@10 that calibrates nprobe
 CALIBRATION_QUERIES = 64
-CALIBRATION_COSINE = 0.5  # calibration queries: a window plus noise, this cosine to it
-
-
-@dataclass(frozen=True)
-class Sq8:
-    """8-bit scalar quantization: ``x ~= vmin + code * step`` per dimension."""
-
-    vmin: np.ndarray  # float32 (d,)
-    step: np.ndarray  # float32 (d,)
-
-    @classmethod
-    def fit(cls, sample: np.ndarray) -> Sq8:
-        lo, hi = sample.min(axis=0), sample.max(axis=0)
-        margin = 0.05 * (hi - lo)  # rows beyond the sample's range are clipped, rarely
-        lo, hi = lo - margin, hi + margin
-        step = np.maximum((hi - lo) / 255.0, 1e-9)
-        return cls(lo.astype(np.float32), step.astype(np.float32))
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        codes = np.rint((np.asarray(x, dtype=np.float32) - self.vmin) / self.step)
-        return np.clip(codes, 0, 255).astype(np.uint8)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        return codes.astype(np.float32) * self.step + self.vmin
-
-    def scores(self, codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """(n, q) inner products of decoded ``codes`` (n, d) with ``queries`` (q, d)."""
-        weights = (queries * self.step).T.astype(np.float32)
-        return codes.astype(np.float32) @ weights + (queries @ self.vmin)
+CALIBRATION_COSINE = 0.3  # calibration queries: a window plus noise, this cosine to it
 
 
 @dataclass(frozen=True)
@@ -97,61 +75,6 @@ class TrackMoment:
     end_s: float
     window_start_s: np.ndarray  # float32: every window of the track, in time order
     window_scores: np.ndarray  # float32: each window's score (the track's timeline)
-
-
-@dataclass
-class Segment:
-    """Windows of some tracks in track order, their codes and the coarse index over them."""
-
-    track_ids: np.ndarray  # int64 (T,)
-    offsets: np.ndarray  # int64 (T + 1,): track t's windows are rows offsets[t]:offsets[t+1]
-    start_s: np.ndarray  # float32 (W,)
-    end_s: np.ndarray  # float32 (W,)
-    codes: np.ndarray  # uint8 (W, d)
-    track_codes: np.ndarray | None  # uint8 (T, d): the track vectors (rule ``mean``)
-    rep_track: np.ndarray  # int32 (R,): local track of each representative
-    rep_first: np.ndarray  # int64 (R,): its first window row
-    rep_count: np.ndarray  # int32 (R,): its number of windows
-    coarse: object  # faiss index over the representatives, labels 0..R-1
-    nprobe: int = 0
-
-    @property
-    def windows(self) -> int:
-        return int(self.offsets[-1])
-
-    def nbytes(self) -> int:
-        import faiss
-
-        arrays = (self.track_ids, self.offsets, self.start_s, self.end_s, self.codes)
-        arrays += (self.rep_track, self.rep_first, self.rep_count)
-        extra = 0 if self.track_codes is None else self.track_codes.nbytes
-        coarse = int(faiss.serialize_index(self.coarse).nbytes)
-        return sum(a.nbytes for a in arrays) + extra + coarse
-
-
-def representatives(
-    rule: str, embeddings: np.ndarray, offsets: np.ndarray, pool: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, local track, first window row, window count) of each representative."""
-    counts = np.diff(offsets)
-    tracks = np.arange(len(counts), dtype=np.int32)
-    if rule == "first":
-        ones = np.ones(len(counts), dtype=np.int32)
-        return embeddings[offsets[:-1]], tracks, offsets[:-1].copy(), ones
-    if rule == "mean":
-        sums = np.add.reduceat(embeddings, offsets[:-1], axis=0)
-        return _normalise(sums), tracks, offsets[:-1].copy(), counts.astype(np.int32)
-    per_track = -(-counts // pool)  # ceil
-    rep_track = np.repeat(tracks, per_track)
-    within = np.arange(len(rep_track)) - np.repeat(np.cumsum(per_track) - per_track, per_track)
-    first = offsets[:-1][rep_track] + within * pool
-    count = np.minimum(pool, offsets[1:][rep_track] - first).astype(np.int32)
-    return _normalise(np.add.reduceat(embeddings, first, axis=0)), rep_track, first, count
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def coarse_factory(n_reps: int, dim: int) -> str:
@@ -269,7 +192,7 @@ class WindowIndex:
         seg_no = int(np.searchsorted(self._bases, position, side="right")) - 1
         seg, t = self.segments[seg_no], int(position - self._bases[seg_no])
         lo, hi = seg.offsets[t], seg.offsets[t + 1]
-        return seg.start_s[lo:hi], _normalise(self.codec.decode(seg.codes[lo:hi]))
+        return seg.start_s[lo:hi], l2_normalise(self.codec.decode(seg.codes[lo:hi]))
 
     def _segment_candidates(
         self, seg: Segment, s: int, q: np.ndarray, k: int, keep: np.ndarray, filtered: bool
@@ -367,7 +290,7 @@ class WindowIndex:
         """A new index: these tracks' windows added (replacing any earlier ones), nothing retrained."""
         if not len(windows):
             return self
-        builder = _SegmentBuilder(self.rule, self.pool, self.codec, self.template, len(windows))
+        builder = SegmentBuilder(self.rule, self.pool, self.codec, self.template, len(windows))
         builder.add(windows.track_ids, windows.start_s, windows.end_s, windows.embeddings)
         segment = builder.finish(self.segments[0].nprobe, log)
         new_ids = segment.track_ids
@@ -394,7 +317,7 @@ class WindowIndex:
             return self
         rest = [(seg, lv) for seg, lv in zip(self.segments[1:], self.live[1:], strict=True)]
         total = sum(int((seg.offsets[1:] - seg.offsets[:-1])[lv].sum()) for seg, lv in rest)
-        builder = _SegmentBuilder(self.rule, self.pool, self.codec, self.template, total)
+        builder = SegmentBuilder(self.rule, self.pool, self.codec, self.template, total)
         for seg, lv in rest:
             for t in np.flatnonzero(lv):
                 lo, hi = seg.offsets[t], seg.offsets[t + 1]
@@ -402,7 +325,7 @@ class WindowIndex:
                     np.full(hi - lo, seg.track_ids[t]),
                     seg.start_s[lo:hi],
                     seg.end_s[lo:hi],
-                    _normalise(self.codec.decode(seg.codes[lo:hi])),
+                    l2_normalise(self.codec.decode(seg.codes[lo:hi])),
                 )
         merged = builder.finish(self.segments[0].nprobe, log)
         return WindowIndex(
@@ -428,106 +351,6 @@ def _factory_name(template: object) -> str:
     return f"IVF{ivf.nlist},{type(ivf).__name__}"
 
 
-class _SegmentBuilder:
-    """Encodes rows sorted by (track, start) into one segment with a trained codec and template."""
-
-    def __init__(self, rule: str, pool: int, codec: Sq8, template: object, total: int) -> None:
-        import faiss
-
-        self.rule, self.pool, self.codec = rule, pool, codec
-        dim = codec.vmin.shape[0]
-        self.codes = np.empty((total, dim), dtype=np.uint8)
-        self.start_s = np.empty(total, dtype=np.float32)
-        self.end_s = np.empty(total, dtype=np.float32)
-        self.coarse = faiss.clone_index(template)
-        self.track_ids: list[np.ndarray] = []
-        self.counts: list[np.ndarray] = []
-        self.track_codes: list[np.ndarray] = []
-        self.reps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.pending_vectors: list[np.ndarray] = []
-        self.pending = 0
-        self.rows = 0
-        self.tracks = 0
-        self.last_id: int | None = None
-        self.tail: tuple[np.ndarray, ...] | None = None  # rows of a track that may continue
-
-    def add(
-        self, track_ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, emb: np.ndarray
-    ) -> None:
-        parts = (
-            np.asarray(track_ids, dtype=np.int64),
-            np.asarray(start_s, dtype=np.float32),
-            np.asarray(end_s, dtype=np.float32),
-            np.asarray(emb, dtype=np.float32),
-        )
-        if self.tail is not None:
-            parts = tuple(np.concatenate([a, b]) for a, b in zip(self.tail, parts, strict=True))
-        ids = parts[0]
-        if not len(ids):
-            return
-        if (np.diff(ids) < 0).any() or (self.last_id is not None and ids[0] <= self.last_id):
-            raise ValueError("window rows must come sorted by track_id, each track once")
-        cut = int(np.searchsorted(ids, ids[-1]))  # the last track may continue next call
-        self.tail = tuple(a[cut:] for a in parts)
-        if cut:
-            self._encode(*(a[:cut] for a in parts))
-
-    def _encode(
-        self, ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, emb: np.ndarray
-    ) -> None:
-        n = len(ids)
-        if self.rows + n > len(self.codes):
-            raise ValueError(f"more than the {len(self.codes)} windows announced")
-        firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        offsets = np.r_[firsts, n]
-        self.codes[self.rows : self.rows + n] = self.codec.encode(emb)
-        self.start_s[self.rows : self.rows + n] = start_s
-        self.end_s[self.rows : self.rows + n] = end_s
-        vectors, rep_track, rep_first, rep_count = representatives(
-            self.rule, emb, offsets, self.pool
-        )
-        if self.rule == "mean":
-            self.track_codes.append(self.codec.encode(vectors))
-        self.reps.append((rep_track + self.tracks, rep_first + self.rows, rep_count))
-        self.pending_vectors.append(vectors)
-        self.pending += len(vectors)
-        if self.pending >= 65_536:  # fast-scan lists are packed in blocks: add in big batches
-            self._flush()
-        self.track_ids.append(ids[firsts])
-        self.counts.append(np.diff(offsets))
-        self.rows += n
-        self.tracks += len(firsts)
-        self.last_id = int(ids[-1])
-
-    def _flush(self) -> None:
-        if self.pending_vectors:
-            self.coarse.add(np.concatenate(self.pending_vectors))  # type: ignore[attr-defined]
-        self.pending_vectors, self.pending = [], 0
-
-    def finish(self, nprobe: int, log: Callable[[str], None] | None = None) -> Segment:
-        if self.tail is not None and len(self.tail[0]):
-            tail, self.tail = self.tail, None
-            self._encode(*tail)
-        self._flush()
-        if log is not None:
-            log(f"window index segment: {self.tracks} tracks, {self.rows} windows")
-        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, dtype=np.int64)
-        rep_parts = list(zip(*self.reps, strict=True)) if self.reps else [[], [], []]
-        return Segment(
-            np.concatenate(self.track_ids) if self.track_ids else np.zeros(0, dtype=np.int64),
-            np.r_[0, np.cumsum(counts)].astype(np.int64),
-            self.start_s[: self.rows],
-            self.end_s[: self.rows],
-            self.codes[: self.rows],
-            np.concatenate(self.track_codes) if self.track_codes else None,
-            np.concatenate(rep_parts[0]).astype(np.int32) if self.reps else np.zeros(0, np.int32),
-            np.concatenate(rep_parts[1]).astype(np.int64) if self.reps else np.zeros(0, np.int64),
-            np.concatenate(rep_parts[2]).astype(np.int32) if self.reps else np.zeros(0, np.int32),
-            self.coarse,
-            nprobe,
-        )
-
-
 class WindowIndexBuilder:
     """Builds a :class:`WindowIndex` from window rows streamed in (track_id, start_s) order.
 
@@ -547,6 +370,7 @@ class WindowIndexBuilder:
         train_windows: int = TRAIN_WINDOWS,
         target_recall: float = TARGET_RECALL,
         candidates: int = CANDIDATES,
+        calibration_queries: np.ndarray | None = None,
         log: Callable[[str], None] | None = None,
         seed: int = 0,
     ) -> None:
@@ -558,9 +382,10 @@ class WindowIndexBuilder:
         self.coarse, self.train_windows = coarse, train_windows
         self.target_recall, self.candidates = target_recall, candidates
         self.log, self.seed = log, seed
+        self.calibration_queries = calibration_queries
         self.buffer: list[tuple[np.ndarray, ...]] = []
         self.buffered = 0
-        self.segment: _SegmentBuilder | None = None
+        self.segment: SegmentBuilder | None = None
         self.progress = ProgressLog("window index", total_windows, log, unit="windows")
         self.start = time.perf_counter()
         self.added = 0
@@ -604,7 +429,7 @@ class WindowIndexBuilder:
                 )
             template.train(sample)
         self.codec, self.template = codec, template
-        self.segment = _SegmentBuilder(self.rule, self.pool, codec, template, self.total)
+        self.segment = SegmentBuilder(self.rule, self.pool, codec, template, self.total)
         self.segment.add(ids, starts, ends, emb)
 
     def finish(self) -> WindowIndex:
@@ -624,7 +449,7 @@ class WindowIndexBuilder:
             candidates=self.candidates,
         )
         if _factory_name(self.template) != "Flat":
-            calibrate(index, self.target_recall, self.seed)
+            calibrate(index, self.target_recall, self.seed, self.calibration_queries)
         index.build_seconds = time.perf_counter() - self.start
         return index
 
@@ -663,34 +488,42 @@ def exact_top_tracks(index: WindowIndex, queries: np.ndarray, k: int) -> np.ndar
     return np.take_along_axis(part, order, axis=1)
 
 
-def calibrate(index: WindowIndex, target_recall: float = TARGET_RECALL, seed: int = 0) -> None:
-    """Set every segment's ``nprobe``: doubled until track-level recall@10 reaches the target.
+def calibrate(
+    index: WindowIndex,
+    target_recall: float = TARGET_RECALL,
+    seed: int = 0,
+    queries: np.ndarray | None = None,
+) -> None:
+    """Set every segment's ``nprobe``: the least (doubling) that reaches the target recall@10.
 
-    The queries are stored windows plus noise (cosine ``CALIBRATION_COSINE`` to the window),
-    so they sit between stored windows as a text query does among audio embeddings.
+    Track-level recall@10 against :func:`exact_top_tracks`. The target is capped at 0.01
+    below the recall of probing every list (the candidates, not the lists, limit it then).
+    ``queries`` default to stored windows plus noise (cosine ``CALIBRATION_COSINE``), which
+    sit between stored windows as a text query does among audio embeddings; a service can
+    pass embeddings of real queries instead.
     """
     import faiss
 
-    rng = np.random.default_rng(seed + 1)
-    seg = index.segments[0]
-    rows = rng.choice(seg.windows, size=min(CALIBRATION_QUERIES, seg.windows), replace=False)
-    base = _normalise(index.codec.decode(seg.codes[np.sort(rows)]))
-    noise = _normalise(rng.standard_normal(base.shape).astype(np.float32))
-    c = CALIBRATION_COSINE
-    queries = _normalise(c * base + math.sqrt(1 - c * c) * noise)
-    exact = exact_top_tracks(index, queries, 10)
-    nlist = faiss.extract_index_ivf(index.template).nlist
-    nprobe, recall = 1, 0.0
-    while True:
+    if queries is None:
+        rng = np.random.default_rng(seed + 1)
+        seg = index.segments[0]
+        rows = rng.choice(seg.windows, size=min(CALIBRATION_QUERIES, seg.windows), replace=False)
+        base = l2_normalise(index.codec.decode(seg.codes[np.sort(rows)]))
+        noise = l2_normalise(rng.standard_normal(base.shape).astype(np.float32))
+        c = CALIBRATION_COSINE
+        queries = l2_normalise(c * base + math.sqrt(1 - c * c) * noise)
+    exact = exact_top_tracks(index, queries, 10).tolist()
+
+    def recall_at(nprobe: int) -> float:
         for segment in index.segments:
             segment.nprobe = nprobe
-        found = [[m.position for m in index.search(q, 10)] for q in queries]
-        recall = float(
-            np.mean(
-                [len(set(f) & set(e)) / len(e) for f, e in zip(found, exact.tolist(), strict=True)]
-            )
-        )
-        if recall >= target_recall or nprobe >= nlist:
-            break
+        found = [{m.position for m in index.search(q, 10)} for q in queries]
+        return float(np.mean([len(f & set(e)) / len(e) for f, e in zip(found, exact, strict=True)]))
+
+    nlist = faiss.extract_index_ivf(index.template).nlist
+    ceiling = recall_at(nlist)
+    goal = min(target_recall, ceiling - 0.01)
+    nprobe = 1
+    while (recall := recall_at(nprobe)) < goal and nprobe < nlist:
         nprobe = min(2 * nprobe, nlist)
-    index.calibration_recall = round(recall, 4)
+    index.calibration_recall = round(recall if nprobe < nlist else ceiling, 4)

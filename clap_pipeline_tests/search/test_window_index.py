@@ -9,10 +9,10 @@ import pytest
 
 from clap_pipeline.search.window_index import (
     MAX_SEGMENTS,
-    Sq8,
     build_window_index,
     exact_top_tracks,
 )
+from clap_pipeline.search.window_store import Sq8
 from clap_pipeline.window_embeddings import WindowEmbeddings
 
 DIM = 32
