@@ -2,7 +2,7 @@
 
 Part 1, top-k alone (``--sizes``, default 100,000 and 1,000,000 x 512): the server's
 ``VectorIndex`` (faiss IVF with calibrated ``nprobe``, see clap_pipeline/search/vector_index.py)
-against the exact scan the CLI uses (``search.top_k``: numpy matmul + partition), query by
+against the exact scan the CLI uses (``vector_index.top_k``: numpy matmul + partition), query by
 query and interleaved so both see the same machine load; recall@10 of the index against
 the exact result. The embeddings are synthetic: unit vectors around 1,000 centres (real
 CLAP embeddings cluster by genre and sound; uniform random vectors have no structure for
@@ -49,17 +49,25 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from window_bench import bench_windows
 
 from clap_pipeline.dataset import tracks_ddl
 from clap_pipeline.model.choice import ModelChoice
 from clap_pipeline.model.clap import load_clap
 from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline.search.build import write_track_embeddings
-from clap_pipeline.search.index import load_index, top_k
+from clap_pipeline.search.index import load_embeddings
 from clap_pipeline.search.text_encoder import build_encoder
-from clap_pipeline.search.vector_index import build_vector_index, exact_top_k_batch, recall_at_k
+from clap_pipeline.search.vector_index import (
+    build_vector_index,
+    exact_top_k_batch,
+    recall_at_k,
+    top_k,
+)
+from clap_pipeline.search.window_index import CANDIDATES, POOL
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.stand_in import save_full_size_model
+from clap_pipeline.window_embeddings import AGGREGATIONS
 
 DIM = 512
 CENTRES = 1_000
@@ -137,7 +145,7 @@ def bench_top_k(n: int, queries: int, centres: np.ndarray) -> None:
         f"{built:.1f} s, calibration recall@10 {info.get('calibration_recall_at_10')}):\n"
         f"  index  p50 {o50:7.2f} ms  p95 {o95:7.2f} ms  recall@10 vs exact {recall:.4f} "
         f"({queries} queries)\n"
-        f"  exact  p50 {r50:7.2f} ms  p95 {r95:7.2f} ms  (reference: search.top_k, numpy)\n"
+        f"  exact  p50 {r50:7.2f} ms  p95 {r95:7.2f} ms  (reference: vector_index.top_k, numpy)\n"
         f"  p95 speed-up {r95 / o95:.1f}x",
         flush=True,
     )
@@ -196,7 +204,7 @@ def agreement(model: Path, data: Path, queries: int, kinds: list[str]) -> str:
     reference = build_encoder(clap, "torch", data / "cache" / "onnx")
     want = np.concatenate([reference(texts[i : i + 50]) for i in range(0, len(texts), 50)])
     spread = want[:200] @ want[:200].T
-    matrix = load_index(data / "clap.duckdb").matrix
+    matrix = load_embeddings(data / "clap.duckdb").matrix
     exact = [set(row.tolist()) for row in exact_top_k_batch(matrix, want, 10)]
     lines = [
         f"agreement with fp32 PyTorch on {queries} distinct queries (mean {np.mean(tokens):.1f} "
@@ -375,9 +383,18 @@ def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", help="default 100000 1000000 (none with --windows)"
+    )
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--serve-n", type=int, default=100_000, help="0 skips the server part")
+    parser.add_argument(
+        "--serve-n", type=int, help="default 100000 (0 with --windows); 0 skips the server part"
+    )
+    parser.add_argument("--windows", type=int, default=0, help="window index over N windows")
+    parser.add_argument("--rule", choices=AGGREGATIONS, default="max", help="with --windows")
+    parser.add_argument("--pool", type=int, default=POOL, help="windows per representative")
+    parser.add_argument("--coarse", help="faiss factory of the coarse index (default: auto)")
+    parser.add_argument("--candidates", type=int, default=CANDIDATES)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--cli-queries", type=int, default=None, help="default 3 (tiny), 0 (full)")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
@@ -390,10 +407,18 @@ def main() -> None:
     parser.add_argument("--agreement-queries", type=int, default=1000)
     parser.add_argument("--deadline-s", type=float, default=600)
     args = parser.parse_args()
+    if args.sizes is None:
+        args.sizes = [] if args.windows else [100_000, 1_000_000]
+    if args.serve_n is None:
+        args.serve_n = 0 if args.windows else 100_000
     if args.cli_queries is None:
         args.cli_queries = 3 if args.model == "tiny" else 0
     print(f"load average {os.getloadavg()} on {os.cpu_count()} cores", flush=True)
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
+    if args.windows:
+        bench_windows(
+            args.windows, args.queries, args.rule, args.pool, args.coarse, args.candidates
+        )
     for n in args.sizes:
         bench_top_k(n, args.queries, centres)
     if args.serve_n:

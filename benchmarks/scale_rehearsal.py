@@ -233,26 +233,27 @@ def dagster_python(env: dict[str, str], code: str) -> str:
 def search_main(out: Path) -> int:
     """``--search-only OUT``: the service's index load and 100 searches (its own process)."""
     from clap_pipeline.config import Settings
-    from clap_pipeline.search.service import SearchService, read_catalog
+    from clap_pipeline.search.index import read_collection
+    from clap_pipeline.search.service import SearchService
 
     started = time.perf_counter()
     service = SearchService(Settings.from_env())
-    snap = service.load()
+    searcher = service.load()
     loaded = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(100):
         service.search(QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}"), 10)
     searched = time.perf_counter() - started
     started = time.perf_counter()
-    read_catalog(service.settings.duckdb_path)  # again, timed alone (warm page cache)
+    read_collection(service.settings.duckdb_path)  # again, timed alone (warm page cache)
     catalog = time.perf_counter() - started
     result = {
-        "rows": len(snap.catalog.track_ids),
+        "rows": len(searcher.index),
         "load_s": loaded,
         "catalog_s": catalog,
-        "index_s": snap.index.build_seconds,
+        "index_s": searcher.index.vectors.build_seconds,
         "search_s": searched,
-        "index": "IVF" if snap.index.ivf is not None else "exact",
+        "index": "IVF" if searcher.index.vectors.ivf is not None else "exact",
     }
     out.write_text(json.dumps(result))
     return 0

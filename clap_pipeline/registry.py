@@ -25,6 +25,7 @@ class Candidate:
     val_recall_at_5: float
     val_fingerprint: str  # which validation set the R@5 is on
     training_fingerprint: str
+    wise_ft_alpha: float | None = None  # the weights are WiSE-FT's theta(alpha) (None: not run)
 
 
 def champion_recall(
@@ -77,6 +78,11 @@ def register_candidate(
             tracking.TAG_VAL_FINGERPRINT: candidate.val_fingerprint,
             tracking.TAG_EPOCH: str(candidate.epoch),
             "training_fingerprint": candidate.training_fingerprint,
+            **(
+                {}
+                if candidate.wise_ft_alpha is None
+                else {tracking.TAG_WISE_FT_ALPHA: repr(candidate.wise_ft_alpha)}
+            ),
         },
     )
     champion, champion_r5 = champion_recall(

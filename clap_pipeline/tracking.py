@@ -34,6 +34,7 @@ TAG_LOCAL_CHECKPOINT = "local_checkpoint"
 TAG_VAL_R5 = "val_text_to_audio_recall_at_5"
 TAG_VAL_FINGERPRINT = "validation_fingerprint"
 TAG_EPOCH = "epoch"
+TAG_WISE_FT_ALPHA = "wise_ft_alpha"  # the registered weights' WiSE-FT alpha (1 = fine-tuned)
 PYFUNC_ARTIFACT = "pyfunc"  # run artifact folder of the registered versions' pyfunc models
 
 

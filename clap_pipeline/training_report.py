@@ -81,6 +81,40 @@ class TrainedTracks:
 
 
 @dataclass(frozen=True)
+class AlphaScore:
+    """θ(α) of WiSE-FT on the validation split (metrics without the ``val_`` prefix)."""
+
+    alpha: float
+    val_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WiseFt:
+    """The weight interpolation training kept (``training/wise_ft.py``): its α, the
+    checkpoint of θ(α) (the best epoch's own folder when α = 1) and every α scored."""
+
+    alpha: float
+    checkpoint: str
+    grid: tuple[AlphaScore, ...] = ()
+
+    @property
+    def chosen(self) -> AlphaScore:
+        return next(g for g in self.grid if g.alpha == self.alpha)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WiseFt:
+        return cls(
+            alpha=float(data["alpha"]),
+            checkpoint=str(data["checkpoint"]),
+            grid=tuple(
+                AlphaScore(float(g["alpha"]), float(g["val_loss"]), dict(g.get("metrics", {})))
+                for g in data.get("grid", [])
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class TrainingReport:
     mlflow_run_id: str | None = None
     model_source: str = ""
@@ -102,6 +136,8 @@ class TrainingReport:
     stopped_early: bool = False
     wall_time_s: float = 0.0
     train_clips_per_second: float = 0.0
+    # The registered weights when WiSE-FT ran (None: the best epoch's, as before it existed).
+    wise_ft: WiseFt | None = None
 
     def split(self, name: str) -> list[int]:
         return list(self.splits.get(name, []))
@@ -163,6 +199,7 @@ class TrainingReport:
                 stopped_early=bool(data.get("stopped_early", False)),
                 wall_time_s=float(data.get("wall_time_s", 0.0)),
                 train_clips_per_second=float(data.get("train_clips_per_second", 0.0)),
+                wise_ft=WiseFt.from_dict(data["wise_ft"]) if data.get("wise_ft") else None,
             )
         except TrainingReportError:
             raise

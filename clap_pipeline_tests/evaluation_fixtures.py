@@ -1,7 +1,7 @@
 """A small synthetic setup for the evaluation tests, following the project's data contracts.
 
 What training leaves behind, built by hand: ``prompts.parquet``, ``waveforms/NNN.parquet``
-(two audio folders, small row groups), DuckDB ``tracks`` with ``track_genre_top``,
+(two audio folders, small row groups), DuckDB ``tracks`` with ``track_genre_top`` and ``artist_id``,
 three tiny CLAPs (the "pre-trained" model and two epoch checkpoints; epoch 2 was
 not kept), ``reports/training.json`` and a finished MLflow run in a SQLite store.
 """
@@ -41,6 +41,8 @@ TEST_IDS = [3, 10, 25, 40, 58, 77, 96, 120, 999, 1001, 1004, 1010]
 VALIDATION_IDS = [5, 33, 61, 150, 1002, 1020]
 TRAIN_IDS = [2, 7, 12, 70, 1003, 1030]
 NO_GENRE = {77, 1020}  # tracks without genre_top (skipped by genre classification)
+NO_ARTIST = 40  # a test track without artist_id
+WISE_FT_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class EvalSetup:
     run_id: str
     model_source: Path
     checkpoints: dict[int, Path | None]  # epoch -> kept checkpoint (None = not kept)
+    wise_ft: Path  # WiSE-FT's weights at WISE_FT_ALPHA (what training registered)
     best_epoch: int
     genre_of: dict[int, str | None]
+    artist_of: dict[int, int | None]
     prompt_of: dict[int, str]
 
     @property
@@ -87,11 +91,26 @@ def write_waveforms(waveforms_dir: Path, waves: dict[int, np.ndarray]) -> None:
         write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=4)
 
 
+def _interpolated(zero_shot: Path, fine_tuned: Path, target: Path) -> Path:
+    """WiSE-FT's theta(WISE_FT_ALPHA) of two checkpoints, as training saves it."""
+    from clap_pipeline.model.clap import load_clap, save_checkpoint
+    from clap_pipeline.training.wise_ft import interpolate
+
+    tuned = load_clap(fine_tuned)
+    zero = load_clap(zero_shot).model.state_dict()
+    tuned.model.load_state_dict(interpolate(zero, tuned.model.state_dict(), WISE_FT_ALPHA))
+    return save_checkpoint(tuned.model, tuned.processor, target)
+
+
 def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
     data_dir = root / "data"
     all_ids = sorted(TEST_IDS + VALIDATION_IDS + TRAIN_IDS)
     genre_of = {
         t: (None if t in NO_GENRE else GENRES[i % len(GENRES)]) for i, t in enumerate(all_ids)
+    }
+    # Artists of 2-3 tracks of one genre each (as a label's catalogue); one track has none.
+    artist_of = {
+        t: None if t == NO_ARTIST else i % 4 + 4 * (i // 10) for i, t in enumerate(all_ids)
     }
     prompt_of = {
         t: f"{MOODS[i % len(MOODS)]} {(genre_of[t] or 'experimental').lower()} track number {i}"
@@ -113,10 +132,10 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
     write_waveforms(data_dir / "waveforms", {t: clip(t, genre_of[t]) for t in all_ids})
     split_of = {t: "test" for t in TEST_IDS} | {t: "validation" for t in VALIDATION_IDS}
     with duckdb_connection(data_dir / "clap.duckdb") as con:
-        con.execute(tracks_ddl(["track_genre_top", "set_split"]))
+        con.execute(tracks_ddl(["track_genre_top", "set_split", "artist_id"]))
         con.executemany(
-            "INSERT INTO tracks VALUES (?, ?, ?)",
-            [[t, genre_of[t], split_of.get(t, "training")] for t in all_ids],
+            "INSERT INTO tracks VALUES (?, ?, ?, ?)",
+            [[t, genre_of[t], split_of.get(t, "training"), artist_of[t]] for t in all_ids],
         )
 
     # The pre-trained model and what "training" kept: epoch 1, epoch 2 (deleted), epoch 3 = best.
@@ -134,6 +153,7 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         2: None,
         3: save_tiny_model(ckpt_root / "epoch-3", seed=2),
     }
+    wise_ft = _interpolated(model_source, checkpoints[3], ckpt_root / "wise-ft")
     manifest = {
         "mlflow_run_id": run_id,
         "model_source": str(model_source),
@@ -152,6 +172,14 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         "splits": {"train": TRAIN_IDS, "validation": VALIDATION_IDS, "test": TEST_IDS},
         "registered_model": {"name": "clap-fma", "version": "1", "alias": "champion"},
         "config": {"batch_size": 4},
+        "wise_ft": {
+            "alpha": WISE_FT_ALPHA,
+            "checkpoint": str(wise_ft),
+            "grid": [
+                {"alpha": a, "val_loss": 1.0, "metrics": {"text_to_audio_recall_at_5": 0.5}}
+                for a in (0.0, WISE_FT_ALPHA, 1.0)
+            ],
+        },
     }
     (data_dir / "reports").mkdir()
     (data_dir / "reports" / "training.json").write_text(json.dumps(manifest, indent=1))
@@ -161,7 +189,9 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         run_id=run_id,
         model_source=model_source,
         checkpoints=checkpoints,
+        wise_ft=wise_ft,
         best_epoch=3,
         genre_of=genre_of,
+        artist_of=artist_of,
         prompt_of=prompt_of,
     )

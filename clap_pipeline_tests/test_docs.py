@@ -43,7 +43,7 @@ def _repo_files() -> list[str]:
 
 def test_files_named_in_the_docs_exist() -> None:
     """`path/to/file.py` in README.md and docs/*.md names a file of the repository (a module
-    may be named from the package, `search/query.py`, or by its name alone)."""
+    may be named from the package, `search/engine.py`, or by its name alone)."""
     files = _repo_files()
     named = {
         name

@@ -228,6 +228,16 @@ def test_no_import_cycle_counting_function_level_imports() -> None:
     assert import_cycles(graph) == []
 
 
+def test_one_search_path() -> None:
+    """The CLI's search/playlist and the service answer through search/engine.py: only it
+    ranks (imports the vector index) and builds results; they import it."""
+    graph = import_graph()
+    rankers = {m for m, edges in graph.items() if "clap_pipeline.search.vector_index" in edges}
+    assert rankers == {"clap_pipeline.search.engine"}
+    for user in ("cli.search", "search.service", "search.webapp", "search.results"):
+        assert "clap_pipeline.search.engine" in graph[f"clap_pipeline.{user}"], user
+
+
 def test_argparse_only_in_the_cli() -> None:
     """One command line (`clap-pipeline`); config.py derives the settings' flags for it."""
     parsers = {

@@ -18,9 +18,9 @@ def quiet_model_loading() -> None:
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from clap_pipeline.search.engine import search
     from clap_pipeline.search.filters import Filters
-    from clap_pipeline.search.query import search
-    from clap_pipeline.search.results import format_table, hits_json
+    from clap_pipeline.search.results import format_table, results_json
 
     quiet_model_loading()
     filters = Filters(
@@ -33,12 +33,12 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     hits = search(settings, args.query, args.k, args.model, filters)
     if not hits and not args.json:
         print("no indexed track passes the filters", file=sys.stderr)
-    print(hits_json(hits) if args.json else format_table(hits))
+    print(results_json(hits) if args.json else format_table(hits))
     return 0
 
 
 def _cmd_playlist(args: argparse.Namespace, settings: Settings) -> int:
-    from clap_pipeline.search.query import search
+    from clap_pipeline.search.engine import search
     from clap_pipeline.search.results import m3u_target, write_m3u
 
     m3u_target(args.m3u)  # before the search: a wrong target fails at once
@@ -69,10 +69,11 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         text_encoder=args.text_encoder,
         encoder_threads=args.threads,
     )
-    snap = service.load()
+    searcher = service.load()
     print(
-        f"serving {len(snap.catalog.track_ids)} tracks ({snap.index.kind} index) with "
-        f"{snap.model.name} (text encoder {args.text_encoder}) on http://{args.host}:{args.port}",
+        f"serving {len(searcher.index)} tracks ({searcher.index.vectors.kind} index) with "
+        f"{searcher.encoder.model.name} (text encoder {args.text_encoder}) on "
+        f"http://{args.host}:{args.port}",
         flush=True,
     )
     serve(service, args.host, args.port)

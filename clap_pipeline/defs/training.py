@@ -52,6 +52,7 @@ class ClapTrainingConfig(Config):
     split: str = Field(_D.split, description=_help("split"))
     resample_templates: bool = Field(_D.resample_templates, description=_help("resample_templates"))
     feedback_weight: float = Field(_D.feedback_weight, description=_help("feedback_weight"))
+    wise_ft_steps: int = Field(_D.wise_ft_steps, description=_help("wise_ft_steps"))
     device: str = Field(_D.device, description=_help("device"))
     precision: str = Field(_D.precision, description=_help("precision"))
     cpu_threads: int = Field(_D.cpu_threads, description=_help("cpu_threads"))

@@ -39,6 +39,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import ClapConfig, ClapModel, ClapProcessor
 
 from clap_pipeline.dataset import MAX_TRACK_ID
+from clap_pipeline.demo.captions import CAPTION_WORDS, caption
 from clap_pipeline.demo.plan import GENRE_BY_ID, SUBGENRES, TOP_OF_STYLE, descriptive_tags
 from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, instruments_for, render_track
 from clap_pipeline.demo.synth import REGISTER_TAGS, SR, STYLES, TEMPO_TAGS, TONE_TAGS, AudioParams
@@ -60,75 +61,6 @@ FIRST_CLIP_ID = MAX_TRACK_ID + 1  # corpus ids never collide with a collection's
 WINDOW_SAMPLES = 240_000  # the pipeline's decoded window: 5 s at 48 kHz, from the start
 MODEL_RATE = 48_000
 CORPUS_FILE, CLIPS_FILE, RECORD_FILE = "features.npy", "clips.json", "pretraining.json"
-
-# Words a caption may use besides genre names and tags.
-_CAPTION_WORDS = [
-    "with",
-    "and",
-    "featuring",
-    "playing",
-    "played",
-    "on",
-    "a",
-    "an",
-    "the",
-    "of",
-    "music",
-    "song",
-    "track",
-    "tune",
-    "piece",
-    "instrumental",
-    "tempo",
-    "mood",
-    "sound",
-    "sounds",
-    "band",
-    "solo",
-]
-# Made-up titles and artists: metadata-derived captions carry names that say nothing
-# about the sound; the model has to learn to look past them.
-_NAME_WORDS = [
-    "Blue",
-    "Night",
-    "River",
-    "Stone",
-    "Paper",
-    "Glass",
-    "Silver",
-    "Winter",
-    "Summer",
-    "Echo",
-    "Harbor",
-    "Lantern",
-    "Orbit",
-    "Velvet",
-    "Signal",
-    "Meadow",
-    "Copper",
-    "Drift",
-    "Hollow",
-    "Bright",
-    "Ember",
-    "Static",
-    "Tide",
-    "Willow",
-    "Atlas",
-    "Cinder",
-    "Marlow",
-    "Juno",
-    "Ivory",
-    "Sable",
-    "Quill",
-    "Rowan",
-    "Tamsin",
-    "Odile",
-    "Bram",
-    "Kestrel",
-    "Fenn",
-    "Lyra",
-    "Corin",
-]
 
 
 @dataclass(frozen=True)
@@ -174,46 +106,13 @@ def plan_corpus(n_clips: int, seed: int = PRETRAIN_SEED) -> list[CorpusClip]:
     return clips
 
 
-def _spoken_list(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def caption(clip: CorpusClip, rng: np.random.Generator) -> str:
-    """One phrasing of what the clip plays (genre, band, tempo and tone words)."""
-    band = list(clip.band)
-    rng.shuffle(band)
-    if len(band) > 1 and rng.random() < 0.3:
-        band = band[: int(rng.integers(1, len(band)))]  # captions often name only some
-    genre = clip.genre
-    if rng.random() < 0.3:  # the top-level name now and then, as people type it
-        genre = GENRE_BY_ID[TOP_OF_STYLE[clip.style]][2]
-    words = [w for w in clip.words if w in TEMPO_TAGS + TONE_TAGS]
-    adjectives = " ".join(words) + " " if words else ""
-    tags = list(clip.band) + list(clip.words)
-    rng.shuffle(tags)
-    name = " ".join(str(w) for w in rng.choice(_NAME_WORDS, 2))
-    artist = " ".join(str(w) for w in rng.choice(_NAME_WORDS, 2))
-    templates = (
-        f"{genre} music",
-        f"{genre} music with {_spoken_list(band)}",
-        f"a {adjectives}{genre} track with {_spoken_list(band)}",
-        f"{_spoken_list(band)}",
-        f"{adjectives}{_spoken_list(band)}",
-        f"Genre: {genre}. Tags: {', '.join(tags)}.",
-        f"music tagged {', '.join(tags)}",
-        f'"{name}" by {artist}. Genre: {genre}. Tags: {", ".join(tags)}.',
-        f'A {genre} track called "{name}" by {artist}.',
-    )
-    return str(templates[int(rng.integers(len(templates)))]).strip()
-
-
 def stand_in_tokenizer():
     """The tiny tokenizer's conventions (lower-casing byte-level BPE, prefix space,
     RoBERTa framing), whose merges also make the instrument and caption words one token
     each: the real CLAP's RoBERTa vocabulary has them as whole words too."""
     words = sorted(
         {*TINY_TOKENIZER_WORDS, *(w for i in INSTRUMENT_WORDS for w in i.split())}
-        | {*TEMPO_TAGS, *TONE_TAGS, *REGISTER_TAGS, *_CAPTION_WORDS}
+        | {*TEMPO_TAGS, *TONE_TAGS, *REGISTER_TAGS, *CAPTION_WORDS}
         | {g[2].lower() for g in GENRE_BY_ID.values()}
     )
     bpe = ByteLevelBPETokenizer(lowercase=True, add_prefix_space=True)

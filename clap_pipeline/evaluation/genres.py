@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clap_pipeline import genre_search
-from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     GenreAccuracy,
     GenreClassification,
@@ -108,8 +108,7 @@ def genre_classification(
         )
         if not labelled:
             continue
-        for model_key in MODELS:
-            run = embedded[model_key]
+        for model_key, run in embedded.items():
             block.models[model_key] = genre_accuracy(
                 run.audio[name][labelled], run.groups[GENRE_PROMPTS_GROUP], labels, config
             )
@@ -147,8 +146,7 @@ def genre_search_report(
         block = report.splits[name] = GenreSearchSplit(len(split.track_ids), eligible, prior)
         if not eligible:
             continue
-        for model_key in MODELS:
-            run = embedded[model_key]
+        for model_key, run in embedded.items():
             block.models[model_key] = {
                 query_name: GenreSearchScores.from_json(
                     genre_search.model_genre_search(

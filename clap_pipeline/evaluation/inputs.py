@@ -18,7 +18,8 @@ from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, Trainin
 
 REPORT_NAME = "evaluation.json"
 SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them
-MODELS = ("zero_shot", "fine_tuned")
+MODELS = ("zero_shot", "fine_tuned")  # always evaluated
+WISE_FT = "wise_ft"  # WiSE-FT's interpolated weights, when training kept them
 Log = Callable[[str], None]
 
 
@@ -99,6 +100,14 @@ def load_manifest(path: Path) -> TrainingReport:
             "deleted?): re-materialize `clap_model`"
         )
     return manifest
+
+
+def model_sources(manifest: TrainingReport) -> dict[str, str]:
+    """Each evaluated model's weights: zero-shot, the best epoch, WiSE-FT's theta(alpha)."""
+    sources = {"zero_shot": manifest.model_source, "fine_tuned": manifest.best_checkpoint}
+    if manifest.wise_ft is not None:
+        sources[WISE_FT] = manifest.wise_ft.checkpoint
+    return sources
 
 
 @dataclass

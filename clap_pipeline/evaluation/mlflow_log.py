@@ -5,10 +5,13 @@ Metric names (one scheme, no clash with training's per-epoch ``val_*`` history):
     eval_<split>_<direction>_<metric>            fine-tuned, e.g. eval_test_text_to_audio_recall_at_5
     eval_<split>_<direction>_<metric>_ci_low     its bootstrap interval (and _ci_high)
     eval_zeroshot_<split>_<direction>_<metric>   the pre-trained model
+    eval_wiseft_<split>_<direction>_<metric>     WiSE-FT's interpolation (when training kept one)
     eval_random_<split>_<direction>_<metric>     random ranking (exact: k/N, expected ranks)
     eval_<split>_n                               clips evaluated
     eval_[zeroshot_]<split>_genre_accuracy       zero-shot genre classification
-    eval_[zeroshot_|prior_]<split>_genre_search_<query>_<score>   genre search (prior: no query)
+    eval_[zeroshot_|wiseft_|prior_]<split>_genre_search_<query>_<score>   genre search
+    eval_[zeroshot_|wiseft_|prior_]<split>_audio_to_audio_genre_precision_at_10[_other_artists]
+                                                 "more like this" (similarity.py)
 
 ``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
 ``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``.
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 from clap_pipeline import genre_search, tracking
-from clap_pipeline.evaluation.inputs import EvaluationError
+from clap_pipeline.evaluation.inputs import WISE_FT, EvaluationError
 from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
 from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged
 from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
@@ -29,6 +32,8 @@ from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
 PREFIX = "eval_"
 SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name
 ARTIFACT_DIR = "evaluation"
+# report model -> name part
+MLFLOW_MODEL_PREFIX = {"fine_tuned": "", "zero_shot": "zeroshot", WISE_FT: "wiseft"}
 
 
 def eval_metric_name(split: str, key: str, model: str = "") -> str:
@@ -54,22 +59,43 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
                 out[eval_metric_name(split, f"{key}_ci_high")] = stat.ci_high
                 out[eval_metric_name(split, key, "zeroshot")] = zero.metrics[key].value
                 out[eval_metric_name(split, key, "random")] = block.random.exact[key]
+                if WISE_FT in block.models:
+                    wise = block.models[WISE_FT].metrics[key].value
+                    out[eval_metric_name(split, key, MLFLOW_MODEL_PREFIX[WISE_FT])] = wise
         search = report.genre_search.splits.get(split)
         if search is not None and search.prior is not None:
-            for model_key, model in (("fine_tuned", ""), ("zero_shot", "zeroshot")):
-                for query_name, result in search.models[model_key].items():
+            for model_key, results in search.models.items():
+                model = MLFLOW_MODEL_PREFIX[model_key]
+                for query_name, result in results.items():
                     for score in genre_search.SCORE_NAMES:
                         key = f"genre_search_{query_name}_{score}"
                         out[eval_metric_name(split, key, model)] = result.scores[score].value
             for score in genre_search.SCORE_NAMES:
                 key = f"genre_search_{score}"
                 out[eval_metric_name(split, key, "prior")] = search.prior.scores[score].value
+        out.update(similarity_metrics(report, split))
         genre = report.genre.splits.get(split)
         if genre is not None and "fine_tuned" in genre.models:
             out[eval_metric_name(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
             out[eval_metric_name(split, "genre_accuracy", "zeroshot")] = genre.models[
                 "zero_shot"
             ].accuracy
+    return out
+
+
+def similarity_metrics(report: EvaluationReport, split: str) -> dict[str, float]:
+    """``audio_to_audio_genre_precision_at_<k>`` (``_other_artists``) per model and the prior."""
+    block = report.similarity.splits.get(split) if report.similarity else None
+    if block is None:
+        return {}
+    out = {}
+    for kind, prior in block.prior.items():
+        key = f"audio_to_audio_genre_precision_at_{report.similarity.k}" + (
+            "" if kind == "all" else f"_{kind}"
+        )
+        out[eval_metric_name(split, key, "prior")] = prior
+        for model_key, scores in block.models.items():
+            out[eval_metric_name(split, key, MLFLOW_MODEL_PREFIX[model_key])] = scores[kind].value
     return out
 
 

@@ -13,11 +13,12 @@ import numpy as np
 
 from clap_pipeline import genre_search
 from clap_pipeline.evaluation.checks import beats_random
-from clap_pipeline.evaluation.inputs import MODELS
+from clap_pipeline.evaluation.inputs import WISE_FT
 from clap_pipeline.evaluation.report import (
     EvaluationReport,
     GenreSearchReport,
     Interval,
+    SimilarityReport,
     SplitRetrieval,
 )
 from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES, RANK_METRICS
@@ -34,8 +35,16 @@ SHORT_METRIC = {
     "mean_rank": "mean rank",
     "map_at_10": "mAP@10",
 }
-MODEL_LABELS = {"zero_shot": "zero-shot", "fine_tuned": "fine-tuned"}
-GENRE_SEARCH_HEADERS = ["query", "score", "zero-shot", "fine-tuned", "genre prior (random)"]
+MODEL_LABELS = {"zero_shot": "zero-shot", "fine_tuned": "fine-tuned", WISE_FT: "WiSE-FT"}
+
+
+def model_label(report: EvaluationReport, model: str) -> str:
+    """The column title of a model: the fine-tuned epoch, WiSE-FT's alpha."""
+    if model == "fine_tuned":
+        return f"fine-tuned (epoch {report.best_epoch})"
+    if model == WISE_FT:
+        return f"WiSE-FT (alpha {report.wise_ft_alpha:.2f})"
+    return MODEL_LABELS.get(model, model)
 
 
 def fmt(metric: str, value: float | None) -> str:
@@ -54,11 +63,11 @@ def fmt_ci(metric: str, stat: Interval | None) -> str:
 
 
 def retrieval_table(report: EvaluationReport, block: SplitRetrieval, indent: str = "") -> Table:
+    models = list(block.models)
     headers = [
         "direction",
         "metric",
-        "zero-shot",
-        f"fine-tuned (epoch {report.best_epoch})",
+        *(model_label(report, m) for m in models),
         "random (exact)",
         "random (empirical)",
     ]
@@ -66,10 +75,7 @@ def retrieval_table(report: EvaluationReport, block: SplitRetrieval, indent: str
     for direction in DIRECTIONS:
         for name in METRIC_NAMES:
             key = f"{direction}_{name}"
-            model_cells = [
-                fmt_ci(name, block.models[m].metrics.get(key) if m in block.models else None)
-                for m in MODELS
-            ]
+            model_cells = [fmt_ci(name, block.models[m].metrics.get(key)) for m in models]
             rows.append(
                 [
                     SHORT_DIRECTION[direction],
@@ -83,10 +89,15 @@ def retrieval_table(report: EvaluationReport, block: SplitRetrieval, indent: str
 
 
 def search_table(
-    search: GenreSearchReport, split: str, indent: str = "", prior: str = "genre prior (random)"
+    report: EvaluationReport,
+    search: GenreSearchReport,
+    split: str,
+    indent: str = "",
+    prior: str = "genre prior (random)",
 ) -> Table:
-    """Genre or instrument search of one split: each query and score, both models, the prior."""
+    """Genre or instrument search of one split: each query and score, each model, the prior."""
     block = search.splits[split]
+    models = list(block.models)
     rows = []
     for query_name, template in search.queries.items():
         for score in genre_search.SCORE_NAMES:
@@ -94,15 +105,44 @@ def search_table(
                 [
                     template.format(genre="<genre>", instrument="<instrument>"),
                     score.replace("_at_", "@").replace("_", " "),
-                    *(fmt_ci("s", block.models[m][query_name].scores[score]) for m in MODELS),
+                    *(fmt_ci("s", block.models[m][query_name].scores[score]) for m in models),
                     fmt_ci("s", block.prior.scores[score]),
                 ]
             )
-    return Table([*GENRE_SEARCH_HEADERS[:-1], prior], rows, indent=indent)
+    headers = ["query", "score", *(model_label(report, m) for m in models), prior]
+    return Table(headers, rows, indent=indent)
 
 
 def genre_search_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
-    return search_table(report.genre_search, split, indent)
+    return search_table(report, report.genre_search, split, indent)
+
+
+SIMILARITY_ROWS = {"all": "all other clips", "other_artists": "other artists' clips only"}
+
+
+def similarity_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
+    """The "more like this" table of one split: genre precision@k per pool, models, prior."""
+    similarity = report.similarity
+    block = similarity.splits[split]
+    rows = [
+        [
+            SIMILARITY_ROWS[kind],
+            *(fmt_ci("s", block.models[m].get(kind)) for m in block.models),
+            fmt("s", block.prior.get(kind)),
+        ]
+        for kind in similarity.filters
+    ]
+    headers = ["candidates", *(model_label(report, m) for m in block.models), "genre prior"]
+    return Table(headers, rows, indent=indent)
+
+
+def _similarity_title(similarity: SimilarityReport, split: str) -> str:
+    block = similarity.splits[split]
+    return (
+        f"more like this (audio->audio), {split} split: share of a clip's {similarity.k} "
+        f"nearest clips that are of its genre, {block.n_queries} clips queried "
+        f"({block.same_artist_pairs} same-artist pairs left out of the second row)"
+    )
 
 
 def qualitative_table(report: EvaluationReport) -> Table:
@@ -135,7 +175,13 @@ def format_evaluation_table(report: EvaluationReport) -> str:
     conf = report.config.confidence
     lines = [
         f"Evaluation of {report.model_source} (zero-shot) vs the fine-tuned best epoch "
-        f"{report.best_epoch} (MLflow run {report.mlflow_run_id})",
+        f"{report.best_epoch} (MLflow run {report.mlflow_run_id})"
+        + (
+            ""
+            if report.wise_ft_alpha is None
+            else f" and WiSE-FT's interpolation of the two at alpha {report.wise_ft_alpha:.2f} "
+            "(the registered weights)"
+        ),
         f"values with bootstrap {conf:.0%} intervals [low, high]; ranks are 1-based, "
         "ties count against the match",
     ]
@@ -151,11 +197,12 @@ def format_evaluation_table(report: EvaluationReport) -> str:
         for split, gblock in genre.splits.items():
             if not gblock.models:
                 continue
-            zero, tuned = gblock.models["zero_shot"], gblock.models["fine_tuned"]
+            accuracies = ", ".join(
+                f"{MODEL_LABELS[m]} {fmt_ci('acc', result.interval)}"
+                for m, result in gblock.models.items()
+            )
             lines.append(
-                f"  {split}: {len(genre.genres)} genres, N = {gblock.n}: accuracy "
-                f"zero-shot {fmt_ci('acc', zero.interval)}, "
-                f"fine-tuned {fmt_ci('acc', tuned.interval)}, "
+                f"  {split}: {len(genre.genres)} genres, N = {gblock.n}: accuracy {accuracies}, "
                 f"chance {gblock.chance_accuracy:.3f}, majority {gblock.majority_accuracy:.3f}"
             )
     search = report.genre_search
@@ -178,8 +225,13 @@ def format_evaluation_table(report: EvaluationReport) -> str:
             "instruments"
         )
         search_lines.append(
-            search_table(instruments, split, "  ", "instrument prior (random)").text()
+            search_table(report, instruments, split, "  ", "instrument prior (random)").text()
         )
+    similarity = report.similarity
+    for split, mblock in similarity.splits.items() if similarity else ():
+        if mblock.models:
+            search_lines.append(_similarity_title(similarity, split))
+            search_lines.append(similarity_table(report, split, "  ").text())
     if search_lines:
         lines += ["", *search_lines]
     ok, detail = beats_random(report)
@@ -249,6 +301,7 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
             + ("" if ok else "  <- not clearly better")
             + ("" if ok or what == "genre" else " (shown, not judged)")
         )
+    lines += similarity_verdict(report, split) + wise_ft_verdict(report, split)
     lines.append(
         f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
         "interval lies above chance."
@@ -257,6 +310,53 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
         "interval reaches chance, or zero-shot is as good). More tracks or epochs may help."
     )
     return lines
+
+
+def wise_ft_verdict(report: EvaluationReport, split: str) -> list[str]:
+    """WiSE-FT's line of the verdict: the registered weights beside the two they mix."""
+    block = report.evaluated(split)
+    if report.wise_ft_alpha is None or block is None or WISE_FT not in block.models:
+        return []
+    names = ["R@5 text->audio", "R@5 audio->text"]
+    columns = [lambda m, d=d: f"{block.stat(m, f'{d}_recall_at_5').value:.3f}" for d in DIRECTIONS]
+    for search, query, what in (
+        (report.genre_search, "genre_music", "genre search"),
+        (report.instrument_search, "instrument_music", "instrument search"),
+    ):
+        sblock = search.splits.get(split) if search else None
+        if sblock is not None and WISE_FT in sblock.models:
+            names.append(what)
+            columns.append(
+                lambda m, b=sblock, q=query, s=search.precision_name: (
+                    f"{b.models[m][q].scores[s].value:.0%}"
+                )
+            )
+    cells = [
+        f"{MODEL_LABELS[m]} {' / '.join(c(m) for c in columns)}"
+        for m in ("zero_shot", "fine_tuned", WISE_FT)
+    ]
+    return [
+        f"  - WiSE-FT, alpha {report.wise_ft_alpha:.2f} chosen on validation (the registered "
+        f"weights; alpha 1 = fine-tuned), {' / '.join(names)}: {'; '.join(cells)} "
+        "(shown, not judged)"
+    ]
+
+
+def similarity_verdict(report: EvaluationReport, split: str) -> list[str]:
+    """The "more like this" line of the verdict (shown, not judged)."""
+    sim = report.similarity.splits.get(split) if report.similarity else None
+    if sim is None or "fine_tuned" not in sim.models:
+        return []
+    tuned, zero = sim.models["fine_tuned"], sim.models["zero_shot"]
+    return [
+        f"  - 'more like this' (audio->audio): {tuned['all'].value:.0%} of a clip's "
+        f"{report.similarity.k} nearest clips are of its genre (zero-shot "
+        f"{zero['all'].value:.0%}, chance {sim.prior['all']:.0%}); with its artist's other "
+        f"clips left out {tuned['other_artists'].value:.0%} "
+        f"[{tuned['other_artists'].ci_low:.0%}, {tuned['other_artists'].ci_high:.0%}] "
+        f"(zero-shot {zero['other_artists'].value:.0%}, chance "
+        f"{sim.prior['other_artists']:.0%}) (shown, not judged)"
+    ]
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -297,7 +397,9 @@ def genre_markdown(report: EvaluationReport) -> str:
     for split, block in genre.splits.items():
         if not block.models:
             continue
-        acc_rows = [[MODEL_LABELS[m], fmt_ci("acc", block.models[m].interval)] for m in MODELS]
+        acc_rows = [
+            [model_label(report, m), fmt_ci("acc", block.models[m].interval)] for m in block.models
+        ]
         acc_rows += [
             ["chance (1/G)", f"{block.chance_accuracy:.3f}"],
             ["majority class", f"{block.majority_accuracy:.3f}"],
@@ -306,15 +408,28 @@ def genre_markdown(report: EvaluationReport) -> str:
             f"**{split}** (N = {block.n})\n",
             Table(["model", "accuracy"], acc_rows).markdown(),
         ]
-        for m in MODELS:
+        for m in block.models:
             confusion = block.models[m].confusion
             rows = [[g, *counts] for g, counts in zip(genre.genres, confusion, strict=True)]
             parts += [
-                f"\n{MODEL_LABELS[m]} confusion (rows = true genre, columns = predicted)\n",
+                f"\n{model_label(report, m)} confusion (rows = true genre, columns = predicted)\n",
                 Table(["true \\ predicted", *genre.genres], rows).markdown(),
             ]
         parts.append("")
     return "\n".join(parts)
+
+
+def similarity_markdown(report: EvaluationReport) -> str:
+    similarity = report.similarity
+    parts = []
+    for split, block in similarity.splits.items() if similarity else ():
+        if block.models:
+            parts += [
+                f"**{_similarity_title(similarity, split)}**\n",
+                similarity_table(report, split).markdown(),
+                "",
+            ]
+    return "\n".join(parts) or "(no split with a genre on 2 or more clips)"
 
 
 def genre_search_markdown(report: EvaluationReport) -> str:
@@ -390,6 +505,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
         "qualitative": Markdown(qualitative_markdown(report)),
         "genre_classification": Markdown(genre_markdown(report)),
         "genre_search": Markdown(genre_search_markdown(report)),
+        "more_like_this": Markdown(similarity_markdown(report)),
         "verdict": Markdown("\n".join(verdict_lines(report))),
         "device": report.device,
         "seconds": report.seconds,

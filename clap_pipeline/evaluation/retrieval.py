@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
 from clap_pipeline.evaluation.report import (
     IdenticalPrompts,
     Interval,
@@ -86,8 +86,7 @@ def split_retrieval(
     )
     if not n:
         return block
-    for model_key in MODELS:
-        run = embedded[model_key]
+    for model_key, run in embedded.items():
         text, audio = run.text[split.name], run.audio[split.name]
         block.models[model_key] = ModelScores(run.source, retrieval_metrics(text, audio, config))
         if sharing:

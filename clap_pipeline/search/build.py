@@ -27,7 +27,7 @@ from clap_pipeline.genre_search import (
 )
 from clap_pipeline.model.choice import ModelChoice, champion_model
 from clap_pipeline.reporting import Log
-from clap_pipeline.search.index import TABLE, SearchError, load_index
+from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
@@ -187,7 +187,7 @@ def collection_genre_search(
     no random rounds over the whole collection are needed.
     """
     config = config or GenreSearchConfig(n_bootstrap=100)
-    index = load_index(duckdb_path)
+    index = load_embeddings(duckdb_path)
     genre_of = read_genres(Path(duckdb_path), index.track_ids.tolist())
     labels = [genre_of.get(int(t)) for t in index.track_ids]
     genres = eligible_genres(labels)

@@ -136,6 +136,8 @@ class Catalog:
     genre_lists: list[list[str]] = field(default_factory=list)
     years: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))  # NaN: unknown
     durations: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))  # track's s
+    # the audio file's length in s (FMA's files are 30-s clips; playlists show it), NaN: unknown
+    file_durations: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     # casefolded genre name -> bool mask of the rows that have it (top genre or any genre)
     genre_masks: dict[str, np.ndarray] = field(default_factory=dict)
     license_titles: list[str | None] = field(default_factory=list)  # distinct licences
@@ -170,8 +172,13 @@ class Catalog:
         return mask
 
 
+def _floats(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def build_catalog(rows: list[tuple]) -> Catalog:
-    """From (track_id, title, artist, genre, audio_path, license, genres, year, duration) rows."""
+    """From (track_id, title, artist, genre, audio_path, license, genres, year,
+    track_duration_s, duration_s) rows (``search.index.CATALOG_COLUMNS``)."""
     genre_lists = [[g for g in (r[6] or []) if g] or ([r[3]] if r[3] else []) for r in rows]
     masks: dict[str, np.ndarray] = {}
     for pos, names in enumerate(genre_lists):
@@ -190,8 +197,9 @@ def build_catalog(rows: list[tuple]) -> Catalog:
         audio_paths=[r[4] for r in rows],
         licenses=licenses,
         genre_lists=genre_lists,
-        years=np.array([np.nan if r[7] is None else r[7] for r in rows], dtype=np.float64),
-        durations=np.array([np.nan if r[8] is None else r[8] for r in rows], dtype=np.float64),
+        years=_floats([r[7] for r in rows]),
+        durations=_floats([r[8] for r in rows]),
+        file_durations=_floats([r[9] for r in rows]),
         genre_masks=masks,
         license_titles=titles,
         license_codes=np.array([code_of[t] for t in licenses], dtype=np.int32),

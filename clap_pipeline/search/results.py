@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from clap_pipeline.search.index import SearchHit
+from clap_pipeline.search.engine import Result
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import UNPRINTABLE_IN_JSON, Table, printable
 
@@ -20,7 +20,7 @@ def _cell(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_table(hits: Sequence[SearchHit]) -> str:
+def format_table(hits: Sequence[Result]) -> str:
     rows = [
         (h.rank, _cell(h.title), _cell(h.artist), _cell(h.genre, 24), f"{h.score:.4f}")
         for h in hits
@@ -31,18 +31,18 @@ def format_table(hits: Sequence[SearchHit]) -> str:
     ).text()
 
 
-def hits_json(hits: Sequence[SearchHit]) -> str:
+def results_json(hits: Sequence[Result]) -> str:
     # json escapes C0 controls itself; C1 controls and bidi overrides are valid JSON text
     # that a terminal would act on, so they are written as \u escapes too.
     text = json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False)
     return UNPRINTABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def m3u_text(hits: Sequence[SearchHit]) -> str:
+def m3u_text(hits: Sequence[Result]) -> str:
     """Extended M3U: ``#EXTINF:<seconds>,<artist> - <title>`` then the absolute file path."""
     lines = ["#EXTM3U"]
     for h in hits:
-        seconds = round(h.duration_s) if h.duration_s is not None else -1
+        seconds = round(h.file_duration_s) if h.file_duration_s is not None else -1
         label = " - ".join(_cell(v, 200) for v in (h.artist, h.title) if v) or f"track {h.track_id}"
         lines += [f"#EXTINF:{seconds},{label}", str(Path(h.audio_path).absolute())]
     return "\n".join(lines) + "\n"
@@ -70,5 +70,5 @@ def m3u_target(path: str | Path) -> Path:
     return target
 
 
-def write_m3u(path: str | Path, hits: Sequence[SearchHit]) -> Path:
+def write_m3u(path: str | Path, hits: Sequence[Result]) -> Path:
     return write_text_atomic(m3u_target(path), m3u_text(hits))

@@ -1,6 +1,6 @@
-"""Top-k over the track embeddings for a long-lived process: exact when small, IVF when large.
+"""Top-k over the track embeddings: exact when small, IVF when large.
 
-``search.top_k`` scans every row (numpy matmul + partition): 100,000 x 512 float32 is
+``top_k`` scans every row (numpy matmul + partition): 100,000 x 512 float32 is
 200 MB of memory per query, about 13–30 ms on 2 cores depending on their load. A
 server answers many queries against one matrix, so above ``EXACT_MAX_ROWS`` rows it
 builds a faiss inverted-file index (``IndexIVFFlat``, inner product): k-means cells
@@ -22,12 +22,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clap_pipeline.search.index import top_k
-
 EXACT_MAX_ROWS = 20_000  # below this a full scan costs about as much as probing cells
 TARGET_RECALL = 0.995
 CALIBRATION_QUERIES = 200
 RECALL_K = 10
+
+
+def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` rows of ``matrix @ query`` by score, ties broken by lower row position.
+
+    Same order as a stable ``argsort(-scores)``, but O(N) instead of O(N log N):
+    ``partition`` finds the k-th best score, only rows scoring at least that are
+    sorted.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = np.asarray(query, dtype=np.float32).ravel()
+    if q.shape[0] != matrix.shape[1]:
+        raise ValueError(f"query has {q.shape[0]} dimensions, the embeddings {matrix.shape[1]}")
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    scores = matrix @ q
+    n = scores.shape[0]
+    if k < n:
+        kth_best = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth_best)
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    best = candidates[order]
+    return best, scores[best]
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:

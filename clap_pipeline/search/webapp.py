@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.feedback import MAX_QUERY_CHARS
+from clap_pipeline.search.engine import MAX_K, Result, Searcher
 from clap_pipeline.search.filters import (
     LICENSE_CLASSES,
     MAX_GENRE_LENGTH,
@@ -44,7 +45,7 @@ from clap_pipeline.search.filters import (
     Filters,
     TrackNotFoundError,
 )
-from clap_pipeline.search.service import MAX_K, Result, SearchService, Snapshot
+from clap_pipeline.search.service import SearchService
 from clap_pipeline.storage import DuckDBLockTimeout
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -129,9 +130,16 @@ def audio_url(track_id: int) -> str:
     return f"/api/tracks/{track_id}/audio"
 
 
-def _results(snap: Snapshot, results: list[Result]) -> JSONResponse:
-    body = [asdict(r) | {"audio_url": audio_url(r.track_id)} for r in results]
-    return JSONResponse(body, headers={"X-Model-Version": str(snap.model_version)})
+SERVER_ONLY = ("audio_path", "file_duration_s")  # Result fields about the server's files
+
+
+def _results(searcher: Searcher, results: list[Result]) -> JSONResponse:
+    body = [
+        {k: v for k, v in asdict(r).items() if k not in SERVER_ONLY}
+        | {"audio_url": audio_url(r.track_id)}
+        for r in results
+    ]
+    return JSONResponse(body, headers={"X-Model-Version": str(searcher.model_version)})
 
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}")]
@@ -278,7 +286,7 @@ def create_app(service: SearchService) -> FastAPI:
         """The schema, with an indexed track id as the example wherever a track id goes."""
         if app.openapi_schema is None:
             schema = default_openapi()
-            example = int(service.snapshot.catalog.track_ids[0])
+            example = int(service.searcher.index.catalog.track_ids[0])
             for path in schema["paths"].values():
                 for operation in path.values():
                     for param in operation.get("parameters", []):

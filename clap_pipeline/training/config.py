@@ -71,6 +71,14 @@ class TrainConfig:
             "of its prompt; 0 ignores feedback"
         },
     )
+    wise_ft_steps: int = field(
+        default=10,
+        metadata={
+            "help": "WiSE-FT after training: the weights (1-a)*pre-trained + a*fine-tuned for "
+            "a = 0, 1/steps, ..., 1 are scored on validation and the best a is registered "
+            "(a = 1: plain fine-tuning); 0 registers the best epoch as it is"
+        },
+    )
     device: str = field(
         default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
     )
@@ -136,6 +144,8 @@ class TrainConfig:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if not 0 <= self.feedback_weight <= 1:
             problems.append(f"feedback_weight must be in [0, 1], got {self.feedback_weight}")
+        if not 0 <= self.wise_ft_steps <= 100:
+            problems.append(f"wise_ft_steps must be in [0, 100], got {self.wise_ft_steps}")
         if self.feature_cache_mb < 0:
             problems.append(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
         if self.cpu_threads < 0:

@@ -41,7 +41,7 @@ from clap_pipeline.model.clap import LoadedClap, load_clap, pick_device, save_ch
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
 from clap_pipeline.storage import remove_orphaned_temps
-from clap_pipeline.training import distributed, report, resume
+from clap_pipeline.training import distributed, report, resume, wise_ft
 from clap_pipeline.training.config import (
     NonFiniteLossError,
     TrainConfig,
@@ -70,6 +70,7 @@ from clap_pipeline.training.session import (
     TrainingHooks,
     TrainingProgress,
 )
+from clap_pipeline.training_report import WiseFt
 
 
 def set_seed(seed: int) -> None:
@@ -336,8 +337,9 @@ def train(
                 session.status = "FINISHED"
                 return None
             best = best_epoch(session.history)
-            version, alias = _register(session, best, state)
-            result = report.write_report(session, best, version, alias)
+            wise = _interpolate(session, state, best)
+            version, alias = _register(session, best, state, wise)
+            result = report.write_report(session, best, version, alias, wise)
             resume.save_resume_state(session.run_dir, session.state("completed"), None)
             session.status = "FINISHED"
             return result
@@ -589,31 +591,58 @@ def _close_epoch(session: Session, state: _Model, epoch: int, stats: _EpochStats
     return record
 
 
-def _register(session: Session, best: EpochRecord, state: _Model) -> tuple[str, str]:
-    """Register the best checkpoint; alias champion if it beats the champion, else challenger."""
-    config, device = session.config, session.device
+def _validate(session: Session, state: _Model, model: torch.nn.Module):
+    """(val loss, validation metrics) of ``model`` with the run's features and tokenizer."""
+    config = session.config
+    return evaluate_split(
+        model, state.features, state.loaded.tokenizer, session.data, "validation",
+        config.batch_size, session.device, config.precision,
+    )  # fmt: skip
+
+
+def _interpolate(session: Session, state: _Model, best: EpochRecord) -> WiseFt | None:
+    """WiSE-FT over the grid of ``wise_ft_steps`` (rank 0); None when it is off."""
+    if not session.config.wise_ft_steps:
+        return None
+    wise = wise_ft.interpolate_weights(
+        state.clap,
+        session.inputs.model_source,
+        str(best.checkpoint),
+        session.config.wise_ft_steps,
+        score=lambda model: _validate(session, state, model),
+        save=lambda model: str(
+            save_checkpoint(model, state.loaded.processor, session.run_dir / wise_ft.FOLDER)
+        ),
+        log=lambda message: session.report(TrainingProgress(message=message)),
+    )
+    report.log_wise_ft(session, wise)
+    return wise
+
+
+def _register(
+    session: Session, best: EpochRecord, state: _Model, wise: WiseFt | None
+) -> tuple[str, str]:
+    """Register the kept weights (WiSE-FT's, else the best epoch's); alias champion if they
+    beat the champion, else challenger."""
 
     def score(folder: Path) -> float:
-        model = load_clap(folder).model.to(device)
-        _, metrics = evaluate_split(
-            model, state.features, state.loaded.tokenizer, session.data, "validation",
-            config.batch_size, device, config.precision,
-        )  # fmt: skip
-        return metrics[SELECTION_METRIC]
+        model = load_clap(folder).model.to(session.device)
+        return _validate(session, state, model)[1][SELECTION_METRIC]
 
     candidate = registry.Candidate(
         run_id=session.run_id,
         epoch=best.epoch,
-        checkpoint=Path(str(best.checkpoint)),
-        val_recall_at_5=best.val_recall_at_5,
+        checkpoint=Path(wise.checkpoint if wise else str(best.checkpoint)),
+        val_recall_at_5=wise.chosen.metrics[SELECTION_METRIC] if wise else best.val_recall_at_5,
         val_fingerprint=session.val_fingerprint,
         training_fingerprint=session.fingerprint,
+        wise_ft_alpha=wise.alpha if wise else None,
     )
     return registry.register_candidate(
         session.client,
         session.inputs.registered_model,
         candidate,
-        source=report.checkpoint_source(session, best),
+        source=report.checkpoint_source(session, best, wise),
         score=score,
         report=lambda message: session.report(TrainingProgress(message=message)),
         tracking_uri=session.inputs.tracking_uri,

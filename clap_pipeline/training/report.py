@@ -28,6 +28,7 @@ from clap_pipeline.training_report import (
     RegisteredVersion,
     TrainedTracks,
     TrainingReport,
+    WiseFt,
 )
 
 
@@ -194,12 +195,35 @@ def epoch_summary(record: EpochRecord) -> str:
     )
 
 
-def checkpoint_source(session: Session, best: EpochRecord) -> str:
+def _wise_ft_artifact(wise: WiseFt | None) -> str | None:
+    """The artifact folder of WiSE-FT's weights (None: they are the best epoch's)."""
+    return None if wise is None or wise.alpha == 1 else "checkpoints/wise-ft"
+
+
+def checkpoint_source(session: Session, best: EpochRecord, wise: WiseFt | None = None) -> str:
     """Where the registry version points: the run's artifact copy, else the local folder."""
+    artifact = _wise_ft_artifact(wise)
     if not session.config.log_checkpoints:
-        return str(best.checkpoint)
+        return wise.checkpoint if wise else str(best.checkpoint)
     run = session.client.get_run(session.run_id)
-    return f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
+    return f"{run.info.artifact_uri}/{artifact or f'checkpoints/epoch-{best.epoch}'}"
+
+
+def log_wise_ft(session: Session, wise: WiseFt) -> None:
+    """Each alpha's validation numbers (step = 100 alpha), the alpha kept, its weights."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("wise_ft_alpha", wise.alpha, now, 0)]
+    for score in wise.grid:
+        step = round(score.alpha * 100)
+        metrics.append(Metric("wise_ft_val_loss", score.val_loss, now, step))
+        metrics += [Metric(f"wise_ft_val_{k}", v, now, step) for k, v in score.metrics.items()]
+    session.client.log_batch(session.run_id, metrics=metrics)
+    session.client.set_tag(session.run_id, tracking.TAG_WISE_FT_ALPHA, repr(wise.alpha))
+    artifact = _wise_ft_artifact(wise)
+    if artifact and session.config.log_checkpoints:
+        session.client.log_artifacts(session.run_id, wise.checkpoint, artifact)
 
 
 def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_s: float) -> None:
@@ -220,7 +244,9 @@ def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_
     )
 
 
-def write_report(session: Session, best: EpochRecord, version: str, alias: str) -> TrainingResult:
+def write_report(
+    session: Session, best: EpochRecord, version: str, alias: str, wise: WiseFt | None = None
+) -> TrainingResult:
     """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
     config, data, inputs, client = session.config, session.data, session.inputs, session.client
     history = session.history
@@ -255,6 +281,7 @@ def write_report(session: Session, best: EpochRecord, version: str, alias: str) 
         stopped_early=history[-1].epoch < config.max_epochs,
         wall_time_s=wall_time_s,
         train_clips_per_second=clips_per_second,
+        wise_ft=wise,
     )
     report.write(inputs.manifest_path)
     with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
@@ -335,4 +362,6 @@ def result_metadata(result: TrainingResult) -> dict[str, object]:
         "resumed_from_epoch": int(result.resumed_from_epoch),
         "stopped_early": bool(result.stopped_early),
         "manifest": Path(result.manifest_path),
+        # WiSE-FT's alpha of the registered weights (1.0 = the best epoch's; -1: not run).
+        "wise_ft_alpha": float(wise.alpha) if (wise := result.report.wise_ft) else -1.0,
     }

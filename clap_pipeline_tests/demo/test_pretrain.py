@@ -12,6 +12,7 @@ import pytest
 
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.demo import SHIPPED_STAND_IN
+from clap_pipeline.demo.captions import caption
 from clap_pipeline.demo.plan import GENRE_BY_ID, TOP_OF_STYLE, plan_dataset
 from clap_pipeline.demo.pretrain import (
     CLIPS_FILE,
@@ -19,7 +20,6 @@ from clap_pipeline.demo.pretrain import (
     RECORD_FILE,
     PretrainRecipe,
     build_corpus,
-    caption,
     plan_corpus,
     pretrain_stand_in,
     stand_in_tokenizer,

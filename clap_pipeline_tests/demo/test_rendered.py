@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import struct
 from dataclasses import replace
@@ -34,6 +35,7 @@ from clap_pipeline.demo.rendered import (
     render_track,
 )
 from clap_pipeline.demo.synth import SR, STYLES, AudioParams
+from clap_pipeline.metadata.captions import read_captions
 
 HAVE_FLUIDSYNTH = shutil.which("fluidsynth") is not None and any(
     p.is_file() for p in SOUNDFONT_PATHS
@@ -166,3 +168,12 @@ def test_demo_data_writes_a_rendered_collection(tmp_path: Path) -> None:
     for track_id in added.track_ids:
         tags = ast.literal_eval(tracks.loc[track_id, ("track", "tags")])
         assert 2 <= len([t for t in tags if t in INSTRUMENT_WORDS]) <= 4
+    # Captions of every playable track, the added ones too; they name only instruments it plays.
+    captions = read_captions(tmp_path / "fma_metadata" / "captions.csv", tracks.index.tolist())
+    assert not captions.bad and set(added.track_ids) <= set(captions.by_track)
+    assert len(captions.by_track) == summary.n_tracks - len(summary.defects) + 2  # no defects
+    for track_id, texts in captions.by_track.items():
+        tags = ast.literal_eval(tracks.loc[track_id, ("track", "tags")])
+        for text in texts:
+            named = {i for i in INSTRUMENT_WORDS if re.search(rf"\b{i}\b", text.lower())}
+            assert named <= set(tags) | {"bass"}, (text, tags)  # "bass" is in "upright bass"

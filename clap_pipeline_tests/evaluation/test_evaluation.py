@@ -126,7 +126,7 @@ def test_report_structure_values_in_range_and_file_on_disk(
         block = report.splits[split]
         n = len(ids)
         assert (block.n, block.n_expected, block.missing_track_ids) == (n, n, [])
-        assert set(block.models) == {"zero_shot", "fine_tuned"}
+        assert set(block.models) == {"zero_shot", "fine_tuned", "wise_ft"}
         for model in block.models.values():
             assert set(model.metrics) == expected_keys
             for key, stat in model.metrics.items():
@@ -165,7 +165,11 @@ def test_metrics_agree_with_an_independent_computation(
 ) -> None:
     report, _ = evaluated
     prompts = [setup.prompt_of[t] for t in TEST_IDS]
-    sources = {"zero_shot": setup.model_source, "fine_tuned": setup.checkpoints[3]}
+    sources = {
+        "zero_shot": setup.model_source,
+        "fine_tuned": setup.checkpoints[3],
+        "wise_ft": setup.wise_ft,
+    }
     n_exact = 0
     for model_key, model_dir in sources.items():
         text, audio = reference_embeddings(model_dir, reference_features, prompts, TEST_IDS)
@@ -175,7 +179,7 @@ def test_metrics_agree_with_an_independent_computation(
             low, high = sorted((best[key], worst[key]))
             assert low - 1e-9 <= got[key].value <= high + 1e-9, (model_key, key)
             n_exact += low == high
-    assert n_exact >= 12  # most metrics are pinned exactly, not just bracketed
+    assert n_exact >= 18  # most metrics are pinned exactly, not just bracketed
     # The two models are different networks: their rankings differ somewhere.
     test = report.splits["test"]
     assert any(test.stat("zero_shot", k).value != test.stat("fine_tuned", k).value for k in best)
@@ -214,11 +218,60 @@ def test_genre_search_matches_an_independent_ranking(
     assert p10.ci_low <= p10.value <= p10.ci_high
     shares = [labels.count(g) / len(labels) for g in expected_genres]
     assert test.prior.scores["precision_at_10"].value == pytest.approx(np.mean(shares))
-    assert set(test.models) == {"zero_shot", "fine_tuned"}
+    assert set(test.models) == {"zero_shot", "fine_tuned", "wise_ft"}
     assert set(test.models["zero_shot"]) == set(search.queries)
     # Every prompt of the fixture is distinct: nothing to merge, the strict numbers stand.
     merged = report.splits["test"].identical_prompts
     assert (merged.n_clips_sharing, merged.models) == (0, {})
+
+
+def test_more_like_this_with_and_without_the_artist_matches_a_direct_ranking(
+    setup: EvalSetup,
+    evaluated: tuple[EvaluationReport, list[str]],
+    reference_features: dict[int, torch.Tensor],
+) -> None:
+    report, _ = evaluated
+    similarity = report.similarity
+    test = similarity.splits["test"]
+    assert test.n_queries == len([t for t in TEST_IDS if setup.genre_of[t]])
+    assert set(test.models) == {"zero_shot", "fine_tuned", "wise_ft"}
+    _, audio = reference_embeddings(setup.checkpoints[3], reference_features, ["x"], TEST_IDS)
+    pairs = 0
+    for kind in ("all", "other_artists"):
+        precisions, shares = [], []
+        for q, track in enumerate(TEST_IDS):
+            genre, artist = setup.genre_of[track], setup.artist_of[track]
+            if genre is None:
+                continue
+            pool = [
+                i
+                for i, t in enumerate(TEST_IDS)
+                if i != q and (kind == "all" or artist is None or setup.artist_of[t] != artist)
+            ]
+            pairs += (kind == "all") * sum(
+                1
+                for t in TEST_IDS
+                if t != track and artist is not None and setup.artist_of[t] == artist
+            )
+            order = sorted(pool, key=lambda i: -float(audio[i] @ audio[q]))
+            hits = [setup.genre_of[TEST_IDS[i]] == genre for i in order]
+            precisions.append(sum(hits[:10]) / min(10, len(hits)))
+            shares.append(sum(hits) / len(hits))
+        tuned = test.models["fine_tuned"][kind]
+        assert tuned.value == pytest.approx(np.mean(precisions), abs=1e-9)
+        assert tuned.ci_low <= tuned.value <= tuned.ci_high
+        assert test.prior[kind] == pytest.approx(np.mean(shares))
+    assert test.same_artist_pairs == pairs > 0
+    # Same-artist clips share the genre in this collection: leaving them out lowers the prior.
+    assert test.prior["other_artists"] < test.prior["all"]
+    logged = tracking.client(setup.tracking_uri).get_run(setup.run_id).data.metrics
+    name = "eval_test_audio_to_audio_genre_precision_at_10"
+    assert logged[name] == pytest.approx(test.models["fine_tuned"]["all"].value)
+    assert logged[f"{name}_other_artists"] == pytest.approx(tuned.value)
+    assert logged[name.replace("eval_", "eval_prior_")] == pytest.approx(test.prior["all"])
+    table = format_evaluation_table(report)
+    assert "more like this (audio->audio), test split" in table
+    assert any("'more like this'" in line and "artist" in line for line in verdict_lines(report))
 
 
 def test_genre_classification_over_the_genres_present(
@@ -312,6 +365,12 @@ def test_metrics_are_logged_to_the_training_run(
         )
         assert logged[f"eval_test_{key}_ci_high"] == pytest.approx(tuned[key].ci_high)
     assert logged["eval_test_n"] == 12 and logged["eval_val_n"] == 6
+    for key in ("text_to_audio_recall_at_5", "audio_to_text_mean_rank"):
+        assert logged[f"eval_wiseft_test_{key}"] == pytest.approx(test.stat("wise_ft", key).value)
+    wise_search = report.genre_search.splits["test"].models["wise_ft"]["genre_music"]
+    assert logged["eval_wiseft_test_genre_search_genre_music_precision_at_10"] == pytest.approx(
+        wise_search.scores["precision_at_10"].value
+    )
     assert logged["eval_test_genre_accuracy"] == pytest.approx(
         report.genre.splits["test"].models["fine_tuned"].accuracy
     )
@@ -350,6 +409,13 @@ def test_terminal_table_and_show_command(
     assert lines[-len(verdict) :] == verdict
     assert verdict[0].startswith("Verdict on the test split (12 clips")
     assert any("searching '<genre> music'" in line for line in verdict)
+    # WiSE-FT beside zero-shot and fine-tuned: a column of every table, a line of the verdict.
+    header = next(line for line in lines if "text->audio" not in line and "zero-shot" in line)
+    assert header.index("zero-shot") < header.index("fine-tuned") < header.index("WiSE-FT")
+    wise_r5 = report.splits["test"].stat("wise_ft", "text_to_audio_recall_at_5").value
+    (wise_line,) = [line for line in verdict if "WiSE-FT, alpha 0.50" in line]
+    assert f"WiSE-FT {wise_r5:.3f} / " in wise_line and "instrument" not in wise_line
+    assert table.count("WiSE-FT (alpha 0.50)") >= 4  # retrieval x2, genre search x2, ...
 
     assert evaluate_main(["show", "--data-dir", str(setup.data_dir)]) == 0
     assert capsys.readouterr().out.strip() == table.strip()
@@ -458,6 +524,7 @@ def test_empty_test_split_of_the_80_20_recipe_evaluates_validation(
     manifest_path = data_dir / "reports" / "training.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["splits"] = {"train": [], "validation": VALIDATION_IDS, "test": []}
+    del manifest["wise_ft"]  # a training run without WiSE-FT: two models, as before it
     manifest_path.write_text(json.dumps(manifest))
     settings = Settings.build(data_dir=data_dir, mlflow_tracking_uri=setup.tracking_uri)
     config = EvalConfig(n_bootstrap=50, random_rounds=50, qualitative_clips=2, log_to_mlflow=False)

@@ -54,10 +54,10 @@ def test_exact_license_title_matches_case_insensitively() -> None:
 
 
 def test_catalog_masks_combine_every_filter() -> None:
-    # (track_id, title, artist, genre, audio_path, license, genres, year, duration)
+    # (track_id, title, artist, genre, audio_path, license, genres, year, duration, file's)
     rows = [
-        (1, "a", "x", "Folk", "/1.mp3", "Attribution 4.0 International", ["Folk"], 2009, 200.0),
-        (2, "b", "x", None, "/2.mp3", "CC0 1.0 Universal", ["Rock", "Folk"], 2015, 400.0),
+        (1, "a", "x", "Folk", "/1.mp3", "Attribution 4.0 International", ["Folk"], 2009, 200.0, 30),
+        (2, "b", "x", None, "/2.mp3", "CC0 1.0 Universal", ["Rock", "Folk"], 2015, 400.0, 30),
         (
             3,
             "c",
@@ -68,8 +68,9 @@ def test_catalog_masks_combine_every_filter() -> None:
             None,
             None,
             None,
+            None,
         ),
-        (4, "d", "x", "Jazz", "/4.mp3", None, ["Jazz", "Free-Jazz"], 2020, 90.0),
+        (4, "d", "x", "Jazz", "/4.mp3", None, ["Jazz", "Free-Jazz"], 2020, 90.0, 29.5),
     ]
     catalog = build_catalog(rows)
 
@@ -92,3 +93,4 @@ def test_catalog_masks_combine_every_filter() -> None:
     assert ids(max_duration=200) == [1, 4]
     assert ids(genre="Folk", license="commercial-ok", max_duration=300) == [1]
     assert catalog.genre_lists[2] == ["Rock"] and np.isnan(catalog.years[2])
+    assert catalog.file_durations[3] == 29.5 and np.isnan(catalog.file_durations[2])

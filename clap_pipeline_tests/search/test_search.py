@@ -14,9 +14,11 @@ from clap_pipeline.dataset import audio_path
 from clap_pipeline.model.choice import ModelChoice
 from clap_pipeline.model.clap import load_clap
 from clap_pipeline.search.build import write_track_embeddings
-from clap_pipeline.search.index import TABLE, SearchError, SearchHit, load_index, top_k
-from clap_pipeline.search.results import format_table, hits_json, m3u_text
+from clap_pipeline.search.engine import Result
+from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
+from clap_pipeline.search.results import format_table, m3u_text, results_json
 from clap_pipeline.search.text_encoder import encode_query
+from clap_pipeline.search.vector_index import top_k
 from clap_pipeline_tests.search_fixtures import track_rows, unit_rows, write_tracks_table
 
 TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]
@@ -103,27 +105,27 @@ def test_table_schema_metadata_and_index_round_trip(tmp_path: Path) -> None:
             "r1",
         )
 
-    index = load_index(duckdb_path)
+    index = load_embeddings(duckdb_path)
     assert index.track_ids.tolist() == TRACK_IDS
     assert index.matrix.dtype == np.float32 and index.matrix.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(index.matrix, expected)
     assert (index.model_version, index.model_run_id) == ("1", "r1")
     cached = list((tmp_path / "cache").glob("*.npy"))
     assert len(cached) == 1 and "-v1-" in cached[0].name
-    again = load_index(duckdb_path)
+    again = load_embeddings(duckdb_path)
     np.testing.assert_array_equal(again.matrix, expected)
 
 
 def test_rebuild_replaces_table_and_cache_and_failed_rebuild_keeps_old(tmp_path: Path) -> None:
     make_data_dir(tmp_path, version="1")
     duckdb_path = tmp_path / "clap.duckdb"
-    load_index(duckdb_path)
+    load_embeddings(duckdb_path)
     ids = np.array(TRACK_IDS[:4], np.int64)
     new = unit_rows(4, 8, seed=9)
     write_track_embeddings(
         duckdb_path, ids, new, ["/a"] * 4, np.zeros(4), ModelChoice("m", "2", "r2")
     )
-    index = load_index(duckdb_path)
+    index = load_embeddings(duckdb_path)
     assert index.track_ids.tolist() == TRACK_IDS[:4] and index.model_version == "2"
     np.testing.assert_array_equal(index.matrix, new)
     assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.npy")] == ["v2"]
@@ -138,7 +140,7 @@ def test_rebuild_replaces_table_and_cache_and_failed_rebuild_keeps_old(tmp_path:
             np.zeros(2),
             ModelChoice("m", "3", "r3"),
         )
-    index = load_index(duckdb_path)
+    index = load_embeddings(duckdb_path)
     assert index.model_version == "2" and index.track_ids.tolist() == TRACK_IDS[:4]
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
@@ -147,10 +149,10 @@ def test_rebuild_replaces_table_and_cache_and_failed_rebuild_keeps_old(tmp_path:
 
 def test_missing_database_or_table_names_the_asset(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match="materialize the `track_embeddings` asset"):
-        load_index(tmp_path / "clap.duckdb")
+        load_embeddings(tmp_path / "clap.duckdb")
     write_tracks_table(tmp_path / "clap.duckdb", TRACK_IDS)
     with pytest.raises(SearchError, match=r"no `track_embeddings` table.*materialize"):
-        load_index(tmp_path / "clap.duckdb")
+        load_embeddings(tmp_path / "clap.duckdb")
 
 
 @pytest.fixture
@@ -310,19 +312,22 @@ def test_playlist_refuses_targets_that_are_not_regular_files(
 
 
 def test_control_characters_from_metadata_are_escaped() -> None:
-    hit = SearchHit(
+    hit = Result(
         rank=1,
         track_id=2,
-        score=0.5,
         title="Red\x1b[31m\x07 title\u202e",
         artist="A\x9b2J",
         genre="Rock\r\nX",
+        score=0.5,
+        genres=["Rock\x1b[0m"],
+        year=None,
         license=None,
+        duration_s=200.0,
         audio_path="/a/000/000002.mp3",
-        duration_s=30.0,
+        file_duration_s=30.0,
     )
-    for text in (format_table([hit]), hits_json([hit]), m3u_text([hit])):
+    for text in (format_table([hit]), results_json([hit]), m3u_text([hit])):
         assert not any(c in text for c in "\x1b\x07\x9b\u202e\r"), text
     table = format_table([hit])
     assert "Red\\x1b[31m\\x07 title\\u202e" in table and "A\\x9b2J" in table
-    assert json.loads(hits_json([hit]))[0]["title"] == hit.title  # JSON keeps the value
+    assert json.loads(results_json([hit]))[0]["title"] == hit.title  # JSON keeps the value

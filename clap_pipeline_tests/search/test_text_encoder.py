@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clap_pipeline.model.clap import load_clap
-from clap_pipeline.search.index import top_k
 from clap_pipeline.search.text_encoder import build_encoder, onnx_model_path
+from clap_pipeline.search.vector_index import top_k
 
 WORDS = [
     "warm",

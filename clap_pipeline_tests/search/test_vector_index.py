@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clap_pipeline.search.index import top_k
 from clap_pipeline.search.vector_index import (
     build_vector_index,
     exact_top_k_batch,
     recall_at_k,
+    top_k,
 )
 from clap_pipeline_tests.search_fixtures import unit_rows
 

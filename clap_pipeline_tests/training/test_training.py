@@ -46,6 +46,7 @@ from clap_pipeline.training.loss import (
     should_stop,
 )
 from clap_pipeline.training.report import TrainingResult
+from clap_pipeline.training.wise_ft import alpha_grid, interpolate
 from clap_pipeline_tests.training_fixtures import (
     SyntheticData,
     mlflow_store,
@@ -266,7 +267,9 @@ def test_mlflow_run_has_per_epoch_history_params_and_checkpoints(
     artifacts = {a.path for a in client.list_artifacts(learned.run_id)}
     assert {"checkpoints", "training_curve.png", "training.json"} <= artifacts
     logged = {a.path for a in client.list_artifacts(learned.run_id, "checkpoints")}
-    assert logged == {f"checkpoints/epoch-{e}" for e in epochs}
+    wise = learned.report.wise_ft
+    interpolated = {"checkpoints/wise-ft"} if wise.alpha < 1 else set()
+    assert logged == {f"checkpoints/epoch-{e}" for e in epochs} | interpolated
     for r in learned.epochs:  # local save_pretrained folders: safetensors + processor
         folder = Path(r.checkpoint)
         assert folder == learned.best_checkpoint.parent / f"epoch-{r.epoch}"
@@ -288,6 +291,46 @@ def test_best_epoch_follows_the_rule_and_stopping_the_patience(
         assert last - expected == LEARN.patience
     else:
         assert last == LEARN.max_epochs and last - expected <= LEARN.patience
+
+
+def test_wise_ft_scores_each_alpha_and_registers_the_best(
+    learned: TrainingResult, synthetic: SyntheticData, tiny_model_dir: Path, store: str
+) -> None:
+    wise = learned.report.wise_ft
+    assert [g.alpha for g in wise.grid] == alpha_grid(LEARN.wise_ft_steps)
+    key = "text_to_audio_recall_at_5"
+    assert wise.chosen == max(wise.grid, key=lambda g: (g.metrics[key], -g.val_loss, g.alpha))
+    # alpha 1 is the best epoch itself, alpha 0 the pre-trained model.
+    best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
+    assert wise.grid[-1].metrics[key] == pytest.approx(best.val_recall_at_5)
+    assert wise.grid[-1].val_loss == pytest.approx(best.val_loss, rel=1e-5)
+    # Logged per alpha (step = 100 alpha), the chosen alpha as a metric and a tag.
+    history = tracking.metric_history(store, learned.run_id, f"wise_ft_val_{key}")
+    assert history == [(round(g.alpha * 100), g.metrics[key]) for g in wise.grid]
+    run = tracking.client(store).get_run(learned.run_id)
+    assert run.data.metrics["wise_ft_alpha"] == wise.alpha
+    version = tracking.client(store).get_model_version(TEST_MODEL, learned.registered_version)
+    assert float(version.tags[tracking.TAG_WISE_FT_ALPHA]) == wise.alpha
+    assert float(version.tags[tracking.TAG_VAL_R5]) == wise.chosen.metrics[key]
+    # The registered folder holds theta(alpha) and reproduces its validation score.
+    kept = load_clap(wise.checkpoint)
+    if wise.alpha < 1:
+        expected = interpolate(
+            load_clap(tiny_model_dir).model.state_dict(),
+            load_clap(learned.best_checkpoint).model.state_dict(),
+            wise.alpha,
+        )
+        for name, tensor in kept.model.state_dict().items():
+            assert torch.allclose(tensor, expected[name], atol=1e-6), name
+    else:
+        assert Path(wise.checkpoint) == learned.best_checkpoint
+    data = _synthetic_training_data(synthetic, batch_size=LEARN.batch_size)
+    features = features_for_model(kept, torch.device("cpu"))
+    _, metrics = evaluate_split(
+        kept.model, features, kept.tokenizer, data, "validation", LEARN.batch_size,
+        torch.device("cpu"),
+    )  # fmt: skip
+    assert metrics[key] == pytest.approx(wise.chosen.metrics[key])
 
 
 def _synthetic_training_data(synthetic: SyntheticData, batch_size: int) -> TrainingData:
@@ -454,9 +497,9 @@ def test_worse_second_run_becomes_challenger(
     assert (
         champion.tags[tracking.TAG_VAL_FINGERPRINT] == challenger.tags[tracking.TAG_VAL_FINGERPRINT]
     )
-    # Consumers (search, evaluation) get the champion's checkpoint folder.
+    # Consumers (search, evaluation) get the champion's checkpoint folder: WiSE-FT's weights.
     resolved = tracking.resolve_champion(store, name="clap-fma-test")
-    assert resolved.local_dir == learned.best_checkpoint
+    assert resolved.local_dir == Path(learned.report.wise_ft.checkpoint)
     assert resolved.version == learned.registered_version
 
 
@@ -477,16 +520,17 @@ def test_champion_is_rescored_when_the_validation_set_changed(
         return metrics["text_to_audio_recall_at_5"]
 
     client = tracking.client(store)
-    best = next(r for r in learned.epochs if r.epoch == learned.best_epoch)
+    registered = learned.report.wise_ft.chosen  # the registered weights: WiSE-FT's
     # Same validation set: the tagged value, no re-scoring.
     same = data.validation_fingerprint()
     champion, r5 = champion_recall(client, TEST_MODEL, same, score, tracking_uri=store)
     assert str(champion.version) == learned.registered_version
-    assert (r5, scored) == (best.val_recall_at_5, [])
+    assert (r5, scored) == (registered.metrics["text_to_audio_recall_at_5"], [])
     # Another validation set (new tracks): the champion's checkpoint is scored on it.
     _, r5 = champion_recall(client, TEST_MODEL, "other", score, tracking_uri=store)
-    assert scored == [learned.best_checkpoint]
-    assert r5 == pytest.approx(best.val_recall_at_5)  # here the set is in fact the same
+    assert scored == [Path(learned.report.wise_ft.checkpoint)]
+    # here the set is in fact the same
+    assert r5 == pytest.approx(registered.metrics["text_to_audio_recall_at_5"])
     assert champion_recall(client, "no-such-model", same, score) == (None, None)
 
 
