@@ -49,6 +49,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from window_bench import bench_windows
 
 from clap_pipeline.dataset import tracks_ddl
 from clap_pipeline.model.choice import ModelChoice
@@ -63,8 +64,10 @@ from clap_pipeline.search.vector_index import (
     recall_at_k,
     top_k,
 )
+from clap_pipeline.search.window_index import CANDIDATES, POOL
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.training.stand_in import save_full_size_model
+from clap_pipeline.window_embeddings import AGGREGATIONS
 
 DIM = 512
 CENTRES = 1_000
@@ -380,9 +383,18 @@ def bench_server(args: argparse.Namespace, centres: np.ndarray, tmp: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", help="default 100000 1000000 (none with --windows)"
+    )
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--serve-n", type=int, default=100_000, help="0 skips the server part")
+    parser.add_argument(
+        "--serve-n", type=int, help="default 100000 (0 with --windows); 0 skips the server part"
+    )
+    parser.add_argument("--windows", type=int, default=0, help="window index over N windows")
+    parser.add_argument("--rule", choices=AGGREGATIONS, default="max", help="with --windows")
+    parser.add_argument("--pool", type=int, default=POOL, help="windows per representative")
+    parser.add_argument("--coarse", help="faiss factory of the coarse index (default: auto)")
+    parser.add_argument("--candidates", type=int, default=CANDIDATES)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--cli-queries", type=int, default=None, help="default 3 (tiny), 0 (full)")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
@@ -395,10 +407,18 @@ def main() -> None:
     parser.add_argument("--agreement-queries", type=int, default=1000)
     parser.add_argument("--deadline-s", type=float, default=600)
     args = parser.parse_args()
+    if args.sizes is None:
+        args.sizes = [] if args.windows else [100_000, 1_000_000]
+    if args.serve_n is None:
+        args.serve_n = 0 if args.windows else 100_000
     if args.cli_queries is None:
         args.cli_queries = 3 if args.model == "tiny" else 0
     print(f"load average {os.getloadavg()} on {os.cpu_count()} cores", flush=True)
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
+    if args.windows:
+        bench_windows(
+            args.windows, args.queries, args.rule, args.pool, args.coarse, args.candidates
+        )
     for n in args.sizes:
         bench_top_k(n, args.queries, centres)
     if args.serve_n:

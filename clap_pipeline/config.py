@@ -23,6 +23,7 @@ DEFAULT_REGISTERED_MODEL = "clap-fma"  # MLflow registered model of the fine-tun
 DEFAULT_RETRAIN_MIN_NEW_TRACKS = 1
 DEFAULT_RETRAIN_MIN_FEEDBACK = 20
 DEFAULT_RETRAIN_CRON = "0 3 * * *"  # nightly_retrain: 03:00 every day
+CAPTION_MODES = ("mixed", "captions", "templates")  # how CLAP_CAPTIONS is used (captions.py)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -194,6 +195,25 @@ class Settings:
             flag="--model",
         ),
     )
+    captions: Path | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_CAPTIONS",
+            Path,
+            "Parquet or CSV file of captions (columns `track_id`, `caption`; several rows per "
+            "track allowed) that `prompts` uses beside or instead of the templates",
+        ),
+    )
+    captions_mode: str = field(
+        default="mixed",
+        metadata=spec(
+            "CLAP_CAPTIONS_MODE",
+            str,
+            "mixed: captions join the templates training draws from each epoch | captions: a "
+            "track with captions is described by them alone | templates: the file is ignored",
+            rule=(lambda mode: mode in CAPTION_MODES, f"one of {CAPTION_MODES}"),
+        ),
+    )
     max_tracks: int = field(
         default=DEFAULT_MAX_TRACKS,
         metadata=spec(
@@ -296,6 +316,7 @@ class Settings:
             "retrain_run_config": resolved(self.retrain_run_config)
             if self.retrain_run_config
             else None,
+            "captions": resolved(self.captions) if self.captions else None,
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: filled once, here
