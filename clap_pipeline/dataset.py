@@ -18,7 +18,7 @@ schema or layout rule is defined once:
   :func:`ordered_batches` (every clip of some tracks in dataset order), raising
   :class:`TrainingDataError` naming the file and row.
 
-Imports no torch and nothing of the project above ``storage``.
+Imports no torch and nothing of the project above ``storage`` and ``windows``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ import pyarrow.parquet as pq
 
 from clap_pipeline.storage import atomic_path
 
-# --------------------------------------------------------------------------- a clip
-
-SAMPLE_RATE = 48_000
-CLIP_SECONDS = 5
-CLIP_SAMPLES = SAMPLE_RATE * CLIP_SECONDS  # 240,000
+# A clip (a window): defined with the window rule in windows.py, re-exported here.
+from clap_pipeline.windows import CLIP_SAMPLES as CLIP_SAMPLES
+from clap_pipeline.windows import CLIP_SECONDS as CLIP_SECONDS
+from clap_pipeline.windows import SAMPLE_RATE as SAMPLE_RATE
 
 # --------------------------------------------------------------------------- FMA's audio layout
 

@@ -164,23 +164,36 @@ def loaded_tracks_sha256(con: duckdb.DuckDBPyConnection) -> str | None:
     return row[0] if row else None
 
 
-def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | None]:
-    """``track_genre_top`` of the given tracks from DuckDB ``tracks`` (read-only)."""
+def read_track_values(
+    duckdb_path: Path, track_ids: Sequence[int], column: str, *, required: bool = True
+) -> dict[int, object]:
+    """``column`` of the given tracks from DuckDB ``tracks`` (read-only).
+
+    A table without the column raises (``required``) or reads as no values (``{}``): a
+    ``tracks`` table made by hand may lack FMA's optional columns.
+    """
     duckdb_path = Path(duckdb_path)
     if not duckdb_path.exists():
         raise TracksError(f"{duckdb_path} does not exist: materialize the `tracks` asset")
     wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
     with duckdb_connection(duckdb_path, read_only=True) as con:
-        if not table_exists(con, "tracks"):
+        if not table_exists(con, TRACKS_TABLE):
             raise TracksError(f"{duckdb_path} has no table `tracks`: materialize `tracks`")
-        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
-        if "track_genre_top" not in columns:
+        columns = {row[0] for row in con.execute(f"DESCRIBE {TRACKS_TABLE}").fetchall()}
+        if column not in columns:
+            if not required:
+                return {}
             raise TracksError(
-                f"{duckdb_path}: table `tracks` has no column track_genre_top: "
-                "re-materialize `tracks`"
+                f"{duckdb_path}: table `tracks` has no column {column}: re-materialize `tracks`"
             )
         con.register("wanted_ids", wanted)
         rows = con.execute(
-            "SELECT t.track_id, t.track_genre_top FROM tracks t JOIN wanted_ids USING (track_id)"
+            f'SELECT t.track_id, t."{column}" FROM {TRACKS_TABLE} t JOIN wanted_ids USING (track_id)'
         ).fetchall()
-    return {int(t): (g if g else None) for t, g in rows}
+    return {int(t): value for t, value in rows}
+
+
+def read_genres(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, str | None]:
+    """``track_genre_top`` of the given tracks from DuckDB ``tracks`` (read-only)."""
+    values = read_track_values(duckdb_path, track_ids, "track_genre_top")
+    return {t: (str(g) if g else None) for t, g in values.items()}

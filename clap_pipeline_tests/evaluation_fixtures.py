@@ -1,7 +1,7 @@
 """A small synthetic setup for the evaluation tests, following the project's data contracts.
 
 What training leaves behind, built by hand: ``prompts.parquet``, ``waveforms/NNN.parquet``
-(two audio folders, small row groups), DuckDB ``tracks`` with ``track_genre_top``,
+(two audio folders, small row groups), DuckDB ``tracks`` with ``track_genre_top`` and ``artist_id``,
 three tiny CLAPs (the "pre-trained" model and two epoch checkpoints; epoch 2 was
 not kept), ``reports/training.json`` and a finished MLflow run in a SQLite store.
 """
@@ -41,6 +41,7 @@ TEST_IDS = [3, 10, 25, 40, 58, 77, 96, 120, 999, 1001, 1004, 1010]
 VALIDATION_IDS = [5, 33, 61, 150, 1002, 1020]
 TRAIN_IDS = [2, 7, 12, 70, 1003, 1030]
 NO_GENRE = {77, 1020}  # tracks without genre_top (skipped by genre classification)
+NO_ARTIST = 40  # a test track without artist_id
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EvalSetup:
     checkpoints: dict[int, Path | None]  # epoch -> kept checkpoint (None = not kept)
     best_epoch: int
     genre_of: dict[int, str | None]
+    artist_of: dict[int, int | None]
     prompt_of: dict[int, str]
 
     @property
@@ -93,6 +95,10 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
     genre_of = {
         t: (None if t in NO_GENRE else GENRES[i % len(GENRES)]) for i, t in enumerate(all_ids)
     }
+    # Artists of 2-3 tracks of one genre each (as a label's catalogue); one track has none.
+    artist_of = {
+        t: None if t == NO_ARTIST else i % 4 + 4 * (i // 10) for i, t in enumerate(all_ids)
+    }
     prompt_of = {
         t: f"{MOODS[i % len(MOODS)]} {(genre_of[t] or 'experimental').lower()} track number {i}"
         for i, t in enumerate(all_ids)
@@ -113,10 +119,10 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
     write_waveforms(data_dir / "waveforms", {t: clip(t, genre_of[t]) for t in all_ids})
     split_of = {t: "test" for t in TEST_IDS} | {t: "validation" for t in VALIDATION_IDS}
     with duckdb_connection(data_dir / "clap.duckdb") as con:
-        con.execute(tracks_ddl(["track_genre_top", "set_split"]))
+        con.execute(tracks_ddl(["track_genre_top", "set_split", "artist_id"]))
         con.executemany(
-            "INSERT INTO tracks VALUES (?, ?, ?)",
-            [[t, genre_of[t], split_of.get(t, "training")] for t in all_ids],
+            "INSERT INTO tracks VALUES (?, ?, ?, ?)",
+            [[t, genre_of[t], split_of.get(t, "training"), artist_of[t]] for t in all_ids],
         )
 
     # The pre-trained model and what "training" kept: epoch 1, epoch 2 (deleted), epoch 3 = best.
@@ -163,5 +169,6 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
         checkpoints=checkpoints,
         best_epoch=3,
         genre_of=genre_of,
+        artist_of=artist_of,
         prompt_of=prompt_of,
     )

@@ -6,10 +6,11 @@ standalone on a GPU host::
     clap-pipeline evaluate run    # evaluate, log to MLflow, write JSON (= python -m clap_pipeline.evaluation run)
     clap-pipeline evaluate show   # print reports/evaluation.json
 
-``evaluate`` embeds each model once (``encoder``), then computes three parts from those
+``evaluate`` embeds each model once (``encoder``), then computes its parts from those
 embeddings: retrieval per split next to random (``retrieval``), genre classification
-and genre search (``genres``), and top-1 examples over a sample of the epochs
-(``qualitative``). The result is an ``EvaluationReport`` (``report``), written
+and genre search (``genres``), instrument search (``instrument_search``), audio->audio
+genre precision with and without the query's artist (``similarity``), and top-1
+examples over a sample of the epochs (``qualitative``). The result is an ``EvaluationReport`` (``report``), written
 atomically to ``reports/evaluation.json`` and logged to the training's MLflow run
 (``mlflow_log``: names ``eval_<split>_...``); ``render`` turns it into tables, a
 verdict and a chart, ``checks`` into the asset checks' verdicts.
@@ -41,7 +42,8 @@ from clap_pipeline.evaluation.mlflow_log import check_mlflow_run, log_artifacts,
 from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
-from clap_pipeline.selection import read_genres
+from clap_pipeline.evaluation.similarity import similarity_report
+from clap_pipeline.selection import read_genres, read_track_values
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:
@@ -98,6 +100,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     genre_of = read_genres(inputs.duckdb_path, [t for s in clips.values() for t in s.track_ids])
     plan = GenrePlan.build(clips, genre_of)
     evaluated_ids = [t for s in clips.values() for t in s.track_ids]
+    artist_of = read_track_values(inputs.duckdb_path, evaluated_ids, "artist_id", required=False)
     instruments = InstrumentPlan.build(clips, read_instruments(inputs.duckdb_path, evaluated_ids))
     sources = {
         "zero_shot": manifest.model_source,
@@ -127,6 +130,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         qualitative=evaluate_qualitative(manifest, clips, embedded, index, device, config, say),
         seconds=0.0,
         instrument_search=instrument_search_report(instruments, clips, embedded, config),
+        similarity=similarity_report(clips, embedded, genre_of, artist_of, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)
     if config.log_to_mlflow:

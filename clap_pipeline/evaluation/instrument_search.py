@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from clap_pipeline.evaluation.inputs import MODELS, EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
@@ -35,7 +34,7 @@ from clap_pipeline.genre_search import (
     _stat,
     precision_and_ap,
 )
-from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.selection import read_track_values
 
 if TYPE_CHECKING:  # the encoder module loads torch
     from clap_pipeline.evaluation.encoder import Embedded
@@ -201,16 +200,8 @@ def read_instruments(duckdb_path: Path, track_ids: Sequence[int]) -> dict[int, f
     A ``tracks`` table without FMA's ``track_tags`` column (one made by hand) names none:
     the report then has no instrument search, as a collection without instrument tags.
     """
-    wanted = pa.table({"track_id": pa.array(sorted(set(track_ids)), pa.int64())})
-    with duckdb_connection(Path(duckdb_path), read_only=True) as con:
-        columns = {row[0] for row in con.execute("DESCRIBE tracks").fetchall()}
-        if "track_tags" not in columns:
-            return {}
-        con.register("wanted_ids", wanted)
-        rows = con.execute(
-            "SELECT t.track_id, t.track_tags FROM tracks t JOIN wanted_ids USING (track_id)"
-        ).fetchall()
-    return {int(t): clip_instruments(tags) for t, tags in rows}
+    tags = read_track_values(duckdb_path, track_ids, "track_tags", required=False)
+    return {t: clip_instruments(value) for t, value in tags.items()}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ Metric names (one scheme, no clash with training's per-epoch ``val_*`` history):
     eval_<split>_n                               clips evaluated
     eval_[zeroshot_]<split>_genre_accuracy       zero-shot genre classification
     eval_[zeroshot_|prior_]<split>_genre_search_<query>_<score>   genre search (prior: no query)
+    eval_[zeroshot_|prior_]<split>_audio_to_audio_genre_precision_at_10[_other_artists]
+                                                 "more like this" (similarity.py)
 
 ``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
 ``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``.
@@ -29,6 +31,7 @@ from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
 PREFIX = "eval_"
 SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name
 ARTIFACT_DIR = "evaluation"
+MLFLOW_MODEL_PREFIX = {"fine_tuned": "", "zero_shot": "zeroshot"}  # report model -> name part
 
 
 def eval_metric_name(split: str, key: str, model: str = "") -> str:
@@ -56,7 +59,7 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
                 out[eval_metric_name(split, key, "random")] = block.random.exact[key]
         search = report.genre_search.splits.get(split)
         if search is not None and search.prior is not None:
-            for model_key, model in (("fine_tuned", ""), ("zero_shot", "zeroshot")):
+            for model_key, model in MLFLOW_MODEL_PREFIX.items():
                 for query_name, result in search.models[model_key].items():
                     for score in genre_search.SCORE_NAMES:
                         key = f"genre_search_{query_name}_{score}"
@@ -64,12 +67,29 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
             for score in genre_search.SCORE_NAMES:
                 key = f"genre_search_{score}"
                 out[eval_metric_name(split, key, "prior")] = search.prior.scores[score].value
+        out.update(similarity_metrics(report, split))
         genre = report.genre.splits.get(split)
         if genre is not None and "fine_tuned" in genre.models:
             out[eval_metric_name(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
             out[eval_metric_name(split, "genre_accuracy", "zeroshot")] = genre.models[
                 "zero_shot"
             ].accuracy
+    return out
+
+
+def similarity_metrics(report: EvaluationReport, split: str) -> dict[str, float]:
+    """``audio_to_audio_genre_precision_at_<k>`` (``_other_artists``) per model and the prior."""
+    block = report.similarity.splits.get(split) if report.similarity else None
+    if block is None:
+        return {}
+    out = {}
+    for kind, prior in block.prior.items():
+        key = f"audio_to_audio_genre_precision_at_{report.similarity.k}" + (
+            "" if kind == "all" else f"_{kind}"
+        )
+        out[eval_metric_name(split, key, "prior")] = prior
+        for model_key, scores in block.models.items():
+            out[eval_metric_name(split, key, MLFLOW_MODEL_PREFIX[model_key])] = scores[kind].value
     return out
 
 

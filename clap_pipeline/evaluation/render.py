@@ -18,6 +18,7 @@ from clap_pipeline.evaluation.report import (
     EvaluationReport,
     GenreSearchReport,
     Interval,
+    SimilarityReport,
     SplitRetrieval,
 )
 from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES, RANK_METRICS
@@ -105,6 +106,33 @@ def genre_search_table(report: EvaluationReport, split: str, indent: str = "") -
     return search_table(report.genre_search, split, indent)
 
 
+SIMILARITY_ROWS = {"all": "all other clips", "other_artists": "other artists' clips only"}
+
+
+def similarity_table(similarity: SimilarityReport, split: str, indent: str = "") -> Table:
+    """ "More like this" of one split: genre precision@k per candidate pool, models, prior."""
+    block = similarity.splits[split]
+    rows = [
+        [
+            SIMILARITY_ROWS[kind],
+            *(fmt_ci("s", block.models[m].get(kind)) for m in block.models),
+            fmt("s", block.prior.get(kind)),
+        ]
+        for kind in similarity.filters
+    ]
+    headers = ["candidates", *(MODEL_LABELS.get(m, m) for m in block.models), "genre prior"]
+    return Table(headers, rows, indent=indent)
+
+
+def _similarity_title(similarity: SimilarityReport, split: str) -> str:
+    block = similarity.splits[split]
+    return (
+        f"more like this (audio->audio), {split} split: share of a clip's {similarity.k} "
+        f"nearest clips that are of its genre, {block.n_queries} clips queried "
+        f"({block.same_artist_pairs} same-artist pairs left out of the second row)"
+    )
+
+
 def qualitative_table(report: EvaluationReport) -> Table:
     qual = report.qualitative
     names = [c.name for c in qual.columns]
@@ -180,6 +208,11 @@ def format_evaluation_table(report: EvaluationReport) -> str:
         search_lines.append(
             search_table(instruments, split, "  ", "instrument prior (random)").text()
         )
+    similarity = report.similarity
+    for split, mblock in similarity.splits.items() if similarity else ():
+        if mblock.models:
+            search_lines.append(_similarity_title(similarity, split))
+            search_lines.append(similarity_table(similarity, split, "  ").text())
     if search_lines:
         lines += ["", *search_lines]
     ok, detail = beats_random(report)
@@ -249,6 +282,7 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
             + ("" if ok else "  <- not clearly better")
             + ("" if ok or what == "genre" else " (shown, not judged)")
         )
+    lines += similarity_verdict(report, split)
     lines.append(
         f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
         "interval lies above chance."
@@ -257,6 +291,23 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
         "interval reaches chance, or zero-shot is as good). More tracks or epochs may help."
     )
     return lines
+
+
+def similarity_verdict(report: EvaluationReport, split: str) -> list[str]:
+    """The "more like this" line of the verdict (shown, not judged)."""
+    sim = report.similarity.splits.get(split) if report.similarity else None
+    if sim is None or "fine_tuned" not in sim.models:
+        return []
+    tuned, zero = sim.models["fine_tuned"], sim.models["zero_shot"]
+    return [
+        f"  - 'more like this' (audio->audio): {tuned['all'].value:.0%} of a clip's "
+        f"{report.similarity.k} nearest clips are of its genre (zero-shot "
+        f"{zero['all'].value:.0%}, chance {sim.prior['all']:.0%}); with its artist's other "
+        f"clips left out {tuned['other_artists'].value:.0%} "
+        f"[{tuned['other_artists'].ci_low:.0%}, {tuned['other_artists'].ci_high:.0%}] "
+        f"(zero-shot {zero['other_artists'].value:.0%}, chance "
+        f"{sim.prior['other_artists']:.0%}) (shown, not judged)"
+    ]
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -315,6 +366,19 @@ def genre_markdown(report: EvaluationReport) -> str:
             ]
         parts.append("")
     return "\n".join(parts)
+
+
+def similarity_markdown(report: EvaluationReport) -> str:
+    similarity = report.similarity
+    parts = []
+    for split, block in similarity.splits.items() if similarity else ():
+        if block.models:
+            parts += [
+                f"**{_similarity_title(similarity, split)}**\n",
+                similarity_table(similarity, split).markdown(),
+                "",
+            ]
+    return "\n".join(parts) or "(no split with a genre on 2 or more clips)"
 
 
 def genre_search_markdown(report: EvaluationReport) -> str:
@@ -390,6 +454,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
         "qualitative": Markdown(qualitative_markdown(report)),
         "genre_classification": Markdown(genre_markdown(report)),
         "genre_search": Markdown(genre_search_markdown(report)),
+        "more_like_this": Markdown(similarity_markdown(report)),
         "verdict": Markdown("\n".join(verdict_lines(report))),
         "device": report.device,
         "seconds": report.seconds,

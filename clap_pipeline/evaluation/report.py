@@ -12,6 +12,8 @@ Shape (keys as in the JSON file)::
       genre: GenreClassification         accuracy + confusion per split and model
       genre_search: GenreSearchReport    precision@k / AP per split, model and query
       instrument_search: GenreSearchReport   the same for "<instrument> music" (tags)
+      similarity: SimilarityReport       audio->audio genre precision@10, all clips and
+                                         other artists only, per split and model
       qualitative: QualitativeReport     top-1 prompt of the first clips per sampled epoch
 
 ``ModelScores``, ``GenreSearchScores`` and ``GenreSearchPrior`` keep their scores flat
@@ -173,6 +175,24 @@ class GenreSearchReport:
         return f"precision_at_{self.k}"
 
 
+# --------------------------------------------------------------------------- similarity
+
+
+@dataclass
+class SimilaritySplit:
+    n_queries: int  # clips with a genre
+    same_artist_pairs: int  # (query, candidate) pairs the artist filter removes
+    prior: dict[str, float] = field(default_factory=dict)  # filter -> random ranking's precision
+    models: dict[str, dict[str, Interval]] = field(default_factory=dict)  # model -> filter
+
+
+@dataclass
+class SimilarityReport:
+    k: int
+    filters: list[str]  # "all", "other_artists"
+    splits: dict[str, SimilaritySplit]
+
+
 # --------------------------------------------------------------------------- qualitative
 
 
@@ -235,6 +255,8 @@ class EvaluationReport:
     # Instrument search ("<instrument> music", instruments named by the tracks' tags);
     # None in reports written before it existed.
     instrument_search: GenreSearchReport | None = None
+    # "More like this": audio->audio genre precision, with the query's artist left out too.
+    similarity: SimilarityReport | None = None
 
     def evaluated(self, split: str) -> SplitRetrieval | None:
         """The split's retrieval block when it has clips, else None."""

@@ -7,6 +7,7 @@ writes with :func:`save_checkpoint`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +145,17 @@ def clip_embeddings(
     """
     waves = torch.from_numpy(np.ascontiguousarray(waveforms)).to(device)
     return audio_embeddings(model, features(waves)).float().cpu().numpy()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Names a model's weights (sha256 of every tensor's name, dtype, shape and bytes; 16 hex).
+
+    The key of its window embeddings (``window_embeddings.py``): equal weights, equal key,
+    whether they came from the hub, a folder or the registry.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

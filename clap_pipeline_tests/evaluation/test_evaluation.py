@@ -221,6 +221,55 @@ def test_genre_search_matches_an_independent_ranking(
     assert (merged.n_clips_sharing, merged.models) == (0, {})
 
 
+def test_more_like_this_with_and_without_the_artist_matches_a_direct_ranking(
+    setup: EvalSetup,
+    evaluated: tuple[EvaluationReport, list[str]],
+    reference_features: dict[int, torch.Tensor],
+) -> None:
+    report, _ = evaluated
+    similarity = report.similarity
+    test = similarity.splits["test"]
+    assert test.n_queries == len([t for t in TEST_IDS if setup.genre_of[t]])
+    assert set(test.models) == {"zero_shot", "fine_tuned"}
+    _, audio = reference_embeddings(setup.checkpoints[3], reference_features, ["x"], TEST_IDS)
+    pairs = 0
+    for kind in ("all", "other_artists"):
+        precisions, shares = [], []
+        for q, track in enumerate(TEST_IDS):
+            genre, artist = setup.genre_of[track], setup.artist_of[track]
+            if genre is None:
+                continue
+            pool = [
+                i
+                for i, t in enumerate(TEST_IDS)
+                if i != q and (kind == "all" or artist is None or setup.artist_of[t] != artist)
+            ]
+            pairs += (kind == "all") * sum(
+                1
+                for t in TEST_IDS
+                if t != track and artist is not None and setup.artist_of[t] == artist
+            )
+            order = sorted(pool, key=lambda i: -float(audio[i] @ audio[q]))
+            hits = [setup.genre_of[TEST_IDS[i]] == genre for i in order]
+            precisions.append(sum(hits[:10]) / min(10, len(hits)))
+            shares.append(sum(hits) / len(hits))
+        tuned = test.models["fine_tuned"][kind]
+        assert tuned.value == pytest.approx(np.mean(precisions), abs=1e-9)
+        assert tuned.ci_low <= tuned.value <= tuned.ci_high
+        assert test.prior[kind] == pytest.approx(np.mean(shares))
+    assert test.same_artist_pairs == pairs > 0
+    # Same-artist clips share the genre in this collection: leaving them out lowers the prior.
+    assert test.prior["other_artists"] < test.prior["all"]
+    logged = tracking.client(setup.tracking_uri).get_run(setup.run_id).data.metrics
+    name = "eval_test_audio_to_audio_genre_precision_at_10"
+    assert logged[name] == pytest.approx(test.models["fine_tuned"]["all"].value)
+    assert logged[f"{name}_other_artists"] == pytest.approx(tuned.value)
+    assert logged[name.replace("eval_", "eval_prior_")] == pytest.approx(test.prior["all"])
+    table = format_evaluation_table(report)
+    assert "more like this (audio->audio), test split" in table
+    assert any("'more like this'" in line and "artist" in line for line in verdict_lines(report))
+
+
 def test_genre_classification_over_the_genres_present(
     setup: EvalSetup,
     evaluated: tuple[EvaluationReport, list[str]],

@@ -8,6 +8,7 @@ from clap_pipeline.model.clap import (
     ModelLoadError,
     audio_embeddings,
     load_clap,
+    model_fingerprint,
     text_embeddings,
     tokenize,
 )
@@ -45,3 +46,11 @@ def test_unloadable_model_names_setting_and_fix(tmp_path: Path) -> None:
         load_clap(tmp_path / "missing-model")
     message = str(err.value)
     assert "CLAP_MODEL" in message and "tiny-model" in message
+
+
+def test_model_fingerprint_follows_the_weights(tiny_model_dir: Path) -> None:
+    a, b = load_clap(tiny_model_dir).model, load_clap(tiny_model_dir).model
+    assert model_fingerprint(a) == model_fingerprint(b)  # same weights, two loads
+    with torch.no_grad():
+        next(b.audio_model.parameters()).add_(1e-3)
+    assert model_fingerprint(a) != model_fingerprint(b)
