@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.metrics import AUDIO_TO_TEXT, KS, TEXT_TO_AUDIO, recall_key
 from clap_pipeline.reporting import Markdown, Table, Url
 from clap_pipeline.storage import atomic_path
-from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
+from clap_pipeline.training.loss import EpochRecord
 from clap_pipeline.training.session import Session
 from clap_pipeline.training_report import (
     EpochRow,
@@ -85,8 +86,8 @@ def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> byte
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("symmetric InfoNCE")
     for k, marker in ((1, "o"), (5, "s"), (10, "^")):
-        t2a = [r.metrics[f"text_to_audio_recall_at_{k}"] for r in history]
-        a2t = [r.metrics[f"audio_to_text_recall_at_{k}"] for r in history]
+        t2a = [r.metrics[recall_key(k)] for r in history]
+        a2t = [r.metrics[recall_key(k, AUDIO_TO_TEXT)] for r in history]
         (line,) = ax_r.plot(epochs, t2a, marker=marker, label=f"text→audio R@{k}")
         ax_r.plot(epochs, a2t, marker=marker, linestyle="--", alpha=0.45, color=line.get_color(),
                   label=f"audio→text R@{k}")  # fmt: skip
@@ -116,12 +117,12 @@ def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
         session.run_id,
     )
     params = {
-        **{f"config.{k}": v for k, v in config.to_dict().items()},
+        **{run_names.config_param(k): v for k, v in config.to_dict().items()},
         "model_source": session.inputs.model_source,
         "device": str(session.device),
         "world_size": session.ranks.world_size,
         "global_batch_size": config.batch_size * session.ranks.world_size,
-        "n_train": len(data.splits.train),
+        run_names.N_TRAIN: len(data.splits.train),
         "n_val": len(data.splits.validation),
         "n_test": len(data.splits.test),
         "n_from_fma_split": data.splits.n_from_fma,
@@ -130,21 +131,21 @@ def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
         "git_commit": git_commit(),
     }
     if session.inputs.selection is not None:
-        params["data_version"] = session.inputs.selection.data_version
+        params[run_names.DATA_VERSION] = session.inputs.selection.data_version
         params["n_selected"] = len(session.inputs.selection.track_ids)
     # A resumed run already has its params; non-numeric settings may have changed.
     existing = mlflow_client.get_run(run_id).data.params
     new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
     tags = {
-        "training_fingerprint": session.fingerprint,
-        tracking.TAG_VAL_FINGERPRINT: session.val_fingerprint,
+        run_names.TRAINING_FINGERPRINT_TAG: session.fingerprint,
+        run_names.VALIDATION_FINGERPRINT_TAG: session.val_fingerprint,
         "mlflow.source.git.commit": params["git_commit"],
     }
     if dagster_run_id:
         tags["dagster_run_id"] = dagster_run_id
-        previous = mlflow_client.get_run(run_id).data.tags.get("dagster_run_ids", "")
+        previous = mlflow_client.get_run(run_id).data.tags.get(run_names.DAGSTER_RUN_IDS_TAG, "")
         ids = [i for i in previous.split(",") if i]
-        tags["dagster_run_ids"] = ",".join(
+        tags[run_names.DAGSTER_RUN_IDS_TAG] = ",".join(
             [*ids, dagster_run_id] if dagster_run_id not in ids else ids
         )
     if session.resumed_from_epoch:
@@ -179,7 +180,8 @@ def log_epoch(mlflow_client, run_id: str, record: EpochRecord, log_checkpoint: b
     metrics = [Metric(k, float(v), now, record.epoch) for k, v in record.mlflow_metrics().items()]
     mlflow_client.log_batch(run_id, metrics=metrics)
     if log_checkpoint and record.checkpoint:
-        mlflow_client.log_artifacts(run_id, record.checkpoint, f"checkpoints/epoch-{record.epoch}")
+        artifact = run_names.checkpoint_artifact(record.epoch)
+        mlflow_client.log_artifacts(run_id, record.checkpoint, artifact)
 
 
 def epoch_summary(record: EpochRecord) -> str:
@@ -188,8 +190,7 @@ def epoch_summary(record: EpochRecord) -> str:
     return (
         f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, val loss "
         f"{record.val_loss:.4f}, val R@1/5/10 text→audio "
-        f"{m['text_to_audio_recall_at_1']:.3f}/{m['text_to_audio_recall_at_5']:.3f}/"
-        f"{m['text_to_audio_recall_at_10']:.3f}, "
+        f"{m[recall_key(1)]:.3f}/{m[recall_key(5)]:.3f}/{m[recall_key(10)]:.3f}, "
         f"{record.train_clips / max(record.train_seconds, 1e-9):.1f} clips/s"
     )
 
@@ -199,7 +200,7 @@ def checkpoint_source(session: Session, best: EpochRecord) -> str:
     if not session.config.log_checkpoints:
         return str(best.checkpoint)
     run = session.client.get_run(session.run_id)
-    return f"{run.info.artifact_uri}/checkpoints/epoch-{best.epoch}"
+    return f"{run.info.artifact_uri}/{run_names.checkpoint_artifact(best.epoch)}"
 
 
 def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_s: float) -> None:
@@ -210,13 +211,15 @@ def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_
     client.log_batch(
         session.run_id,
         metrics=[
-            Metric("best_epoch", best.epoch, now, 0),
-            Metric(f"best_val_{SELECTION_METRIC}", best.val_recall_at_5, now, 0),
+            Metric(run_names.BEST_EPOCH, best.epoch, now, 0),
+            Metric(run_names.BEST_VAL_METRIC, best.val_recall_at_5, now, 0),
             Metric("best_val_loss", best.val_loss, now, 0),
             Metric("wall_time_s", wall_time_s, now, 0),
             Metric("train_clips_per_second", clips_per_s, now, 0),
         ],
-        params=[Param("best_epoch", str(best.epoch))] if "best_epoch" not in existing else [],
+        params=[Param(run_names.BEST_EPOCH, str(best.epoch))]
+        if run_names.BEST_EPOCH not in existing
+        else [],
     )
 
 
@@ -294,9 +297,10 @@ _EPOCH_COLUMNS: tuple[tuple[str, str, Callable[[EpochRecord], Any]], ...] = (
     ("train_loss", "float", lambda r: round(r.train_loss, 4)),
     ("val_loss", "float", lambda r: round(r.val_loss, 4)),
     *(
-        (f"val_{short}_R@{k}", "float", lambda r, key=f"{long}_recall_at_{k}": r.metrics[key])
-        for short, long in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
-        for k in (1, 5, 10)
+        (f"val_{short}_R@{k}", "float", lambda r, key=key: r.metrics[key])
+        for short, direction in (("t2a", TEXT_TO_AUDIO), ("a2t", AUDIO_TO_TEXT))
+        for k in KS
+        for key in (recall_key(k, direction),)
     ),
 )
 
@@ -318,7 +322,7 @@ def result_metadata(result: TrainingResult) -> dict[str, object]:
     return {
         "best_checkpoint": Path(result.best_checkpoint),
         "best_epoch": int(result.best_epoch),
-        "best_val_text_to_audio_recall_at_5": float(best.val_recall_at_5),
+        run_names.BEST_VAL_METRIC: float(best.val_recall_at_5),
         "best_val_loss": float(best.val_loss),
         "epochs": Table(columns, records),
         "training_curve": Markdown(result.curve_markdown()),
