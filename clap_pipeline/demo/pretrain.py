@@ -43,7 +43,7 @@ from clap_pipeline.demo.captions import CAPTION_WORDS, caption
 from clap_pipeline.demo.plan import GENRE_BY_ID, SUBGENRES, TOP_OF_STYLE, descriptive_tags
 from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, instruments_for, render_track
 from clap_pipeline.demo.synth import REGISTER_TAGS, SR, STYLES, TEMPO_TAGS, TONE_TAGS, AudioParams
-from clap_pipeline.metrics import retrieval_metrics
+from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics
 from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
 from clap_pipeline.model.features import LogMelFeatures
 from clap_pipeline.model.tiny import TINY_TOKENIZER_WORDS, roberta_framed, tiny_clap_config
@@ -201,9 +201,7 @@ def recall_at_5(model: ClapModel, tokenizer, feats: torch.Tensor, texts: list[st
     model.eval()
     with torch.no_grad():
         out = model(**tokenize(tokenizer, texts), input_features=feats.float())
-    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[
-        "text_to_audio_recall_at_5"
-    ]
+    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[SELECTION_METRIC]
 
 
 def fit(
