@@ -86,7 +86,10 @@ def register(tracking_uri: str, model_dir: Path, epoch: int) -> str:
     """A registry version of ``clap-fma`` backed by a local model folder; made the champion."""
     client = tracking.client(tracking_uri)
     run_id = client.create_run(tracking.configure(tracking_uri, "search-bench")).info.run_id
-    tags = {run_names.VERSION_CHECKPOINT_TAG: str(model_dir), run_names.VERSION_EPOCH_TAG: str(epoch)}
+    tags = {
+        run_names.VERSION_CHECKPOINT_TAG: str(model_dir),
+        run_names.VERSION_EPOCH_TAG: str(epoch),
+    }
     version = tracking.register_checkpoint(
         client, DEFAULT_REGISTERED_MODEL, run_id=run_id, source=str(model_dir), tags=tags
     )
