@@ -23,6 +23,7 @@ DEFAULT_REGISTERED_MODEL = "clap-fma"  # MLflow registered model of the fine-tun
 DEFAULT_RETRAIN_MIN_NEW_TRACKS = 1
 DEFAULT_RETRAIN_MIN_FEEDBACK = 20
 DEFAULT_RETRAIN_CRON = "0 3 * * *"  # nightly_retrain: 03:00 every day
+CAPTION_MODES = ("mixed", "captions", "templates")  # how CLAP_CAPTIONS is used (captions.py)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -87,7 +88,7 @@ class SettingSpec:
     """One setting's declaration: its env variable, value type, help and rule."""
 
     env: str
-    kind: type  # str, int, bool or Path
+    kind: type  # str, int, float, bool or Path
     help: str
     flag: str | None = None  # command-line flag, where a CLI offers one
     rule: tuple[Callable[[Any], bool], str] | None = None  # (valid?, what it must be)
@@ -120,6 +121,11 @@ def _parse(raw: str, spec: SettingSpec) -> Any:
             return int(raw)
         except ValueError as exc:
             raise ConfigError(f"{spec.env} must be an integer, got {raw!r}") from exc
+    if spec.kind is float:
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.env} must be a number, got {raw!r}") from exc
     return spec.kind(raw)
 
 
@@ -187,6 +193,25 @@ class Settings:
             str,
             "hub id or local `save_pretrained` folder to fine-tune",
             flag="--model",
+        ),
+    )
+    captions: Path | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_CAPTIONS",
+            Path,
+            "Parquet or CSV file of captions (columns `track_id`, `caption`; several rows per "
+            "track allowed) that `prompts` uses beside or instead of the templates",
+        ),
+    )
+    captions_mode: str = field(
+        default="mixed",
+        metadata=spec(
+            "CLAP_CAPTIONS_MODE",
+            str,
+            "mixed: captions join the templates training draws from each epoch | captions: a "
+            "track with captions is described by them alone | templates: the file is ignored",
+            rule=(lambda mode: mode in CAPTION_MODES, f"one of {CAPTION_MODES}"),
         ),
     )
     max_tracks: int = field(
@@ -291,6 +316,7 @@ class Settings:
             "retrain_run_config": resolved(self.retrain_run_config)
             if self.retrain_run_config
             else None,
+            "captions": resolved(self.captions) if self.captions else None,
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: filled once, here
@@ -458,3 +484,87 @@ class StackSettings:
     @property
     def dagster_url(self) -> str:
         return f"http://{self.host}:{self.dagster_port}"
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`clap-pipeline serve` (search/service.py, search/webapp.py): who may write feedback,
+    how often, and what an uploaded audio query may be. Declared as ``Settings`` is."""
+
+    token: str | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_SERVE_TOKEN",
+            str,
+            "bearer token `POST /api/feedback` needs (`Authorization: Bearer <token>`); "
+            "required to listen beyond loopback; at least 16 characters",
+        ),
+    )
+    feedback_per_minute: int = field(
+        default=30,
+        metadata=spec(
+            "CLAP_FEEDBACK_PER_MINUTE",
+            int,
+            "feedback posts one client (address) may make per minute; more get 429",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    max_upload_mb: float = field(
+        default=20.0,
+        metadata=spec(
+            "CLAP_MAX_UPLOAD_MB",
+            float,
+            "largest audio file `POST /api/search/audio` takes, in MB; larger get 413",
+            rule=(_positive, "> 0"),
+        ),
+    )
+    max_upload_s: float = field(
+        default=600.0,
+        metadata=spec(
+            "CLAP_MAX_UPLOAD_S",
+            float,
+            "longest audio (declared or decoded) an uploaded query may be, in seconds",
+            rule=(_positive, "> 0"),
+        ),
+    )
+    upload_timeout_s: float = field(
+        default=10.0,
+        metadata=spec(
+            "CLAP_UPLOAD_TIMEOUT_S",
+            float,
+            "time limit for decoding an uploaded query, in seconds",
+            rule=(_positive, "> 0"),
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_rules(self)
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            # Not echoed: it is a secret.
+            raise ConfigError(
+                f"CLAP_SERVE_TOKEN must be at least {MIN_TOKEN_CHARS} characters, got "
+                f"{len(self.token)} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        return cls(**values_from_env(cls, environ))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return round(self.max_upload_mb * 1_000_000)
+
+    def __repr__(self) -> str:  # never print the token
+        shown = "set" if self.token else None
+        return (
+            f"ServeSettings(token={shown}, feedback_per_minute={self.feedback_per_minute}, "
+            f"max_upload_mb={self.max_upload_mb}, max_upload_s={self.max_upload_s}, "
+            f"upload_timeout_s={self.upload_timeout_s})"
+        )

@@ -196,7 +196,8 @@ PROMPTS_SCHEMA = pa.schema(
         pa.field("track_id", pa.int64(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("template_id", pa.int32(), nullable=False),
-        # One entry per prompt template, None where the template does not apply.
+        # One entry per prompt template, None where the template does not apply, then the
+        # track's captions from CLAP_CAPTIONS (metadata/captions.py), if any.
         pa.field("renderings", pa.list_(pa.string()), nullable=False),
     ]
 )

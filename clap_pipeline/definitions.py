@@ -16,7 +16,7 @@ from clap_pipeline.defs import (
     training,
 )
 from clap_pipeline.defs.resources import resources_for
-from clap_pipeline.defs.run_health import guarded_executor
+from clap_pipeline.defs.run_health import dead_runs
 
 _asset_modules = [metadata, audio, training, evaluation, feedback, search, comparison]
 
@@ -28,11 +28,9 @@ def build_defs(settings: Settings | None = None) -> Definitions:
         assets=load_assets_from_modules(_asset_modules),
         asset_checks=load_asset_checks_from_modules(_asset_modules),
         jobs=automation.JOBS,
-        sensors=automation.SENSORS,
+        sensors=[*automation.SENSORS, dead_runs],
         schedules=automation.schedules(settings),
         resources=resources_for(settings),
-        # Frees pool slots held by runs that were killed (kill -9) before any step waits.
-        executor=guarded_executor,
     )
 
 

@@ -32,9 +32,13 @@ class ProcessRef:
     host: str
 
     @classmethod
-    def current(cls) -> ProcessRef:
-        pid = os.getpid()
+    def of(cls, pid: int) -> ProcessRef:
+        """Process ``pid`` of this host, as it runs now."""
         return cls(pid, psutil.Process(pid).create_time(), this_host())
+
+    @classmethod
+    def current(cls) -> ProcessRef:
+        return cls.of(os.getpid())
 
     def is_alive(self) -> bool | None:
         """True/False for a process of this host; None when it runs elsewhere (unknowable)."""

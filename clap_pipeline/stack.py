@@ -6,7 +6,7 @@
 - ``mlflow server``: backend store in the ``mlflow`` database, artifacts served by the
   server and stored under ``$CLAP_DATA_DIR/mlflow-artifacts``;
 - Dagster on the ``dagster`` database (``dagster-postgres``), with the settings of the
-  repository's ``.dagster/dagster.yaml`` (run queue, pool limits, run health launcher):
+  repository's ``.dagster/dagster.yaml`` (run queue, pool limits, run monitoring):
   a code location server (``dagster code-server start``), the webserver and the daemon,
   which reach the code over gRPC.
 
@@ -255,7 +255,7 @@ def ensure_databases(s: StackSettings) -> None:
 
 
 def instance_config(s: StackSettings) -> dict:
-    """The repository's dagster.yaml (queue, pools, run health) with storage in PostgreSQL."""
+    """The repository's dagster.yaml (queue, pools, run monitoring) with storage in PostgreSQL."""
     config = yaml.safe_load(REPO_INSTANCE_YAML.read_text()) or {}
     config["storage"] = {"postgres": {"postgres_url": sqlalchemy_url(s, "dagster")}}
     runs = config.setdefault("concurrency", {}).setdefault("runs", {})
@@ -360,7 +360,7 @@ def start_service(s: StackSettings, name: str) -> ProcessRef:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as a whole
         )
-    ref = ProcessRef(proc.pid, psutil.Process(proc.pid).create_time(), ProcessRef.current().host)
+    ref = ProcessRef.of(proc.pid)
     record = {"pid": ref.pid, "started": ref.seen_at, "host": ref.host}
     tmp = _pid_file(s, name).with_suffix(".tmp")
     tmp.write_text(json.dumps(record))

@@ -49,6 +49,8 @@ source scripts/offline_model.sh
 IN_PROCESS='{"execution": {"config": {"in_process": {}}}}'
 materialize() { "$DAGSTER" asset materialize -m clap_pipeline.definitions "$@"; }
 
+# A run of this instance killed earlier (kill -9, OOM kill) would keep the `gpu` pool slot.
+"$CLI" run-health check | grep "marked FAILED" || true
 echo "==> tracks, prompts"
 materialize --select tracks,prompts --config-json "$IN_PROCESS"
 FOLDERS=$("$PY" -c "

@@ -17,7 +17,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace, settings: Settings | None = None) -
 def _cmd_run_health(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from dagster import DagsterInstance
 
-    from clap_pipeline.defs.run_health import free_run, free_stale_runs, slot_holders_text
+    from clap_pipeline.defs.run_health import free_dead_runs, free_run, slot_holders_text
 
     with DagsterInstance.get() as instance:
         if args.health_command == "free":
@@ -27,10 +27,10 @@ def _cmd_run_health(args: argparse.Namespace, settings: Settings | None = None) 
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             return 0
-        for stale in free_stale_runs(instance, args.pools):
-            print(stale.message())
+        for line in free_dead_runs(instance, args.pools):
+            print(line)
         for pool in args.pools:
-            print(slot_holders_text(instance, pool, own_run_id=""))
+            print(slot_holders_text(instance, pool))
     return 0
 
 

@@ -115,7 +115,8 @@ class PromptsConfig(Config):
     description=(
         "One text prompt per experiment track (the first CLAP_MAX_TRACKS by track_id whose "
         "MP3 exists) in `$CLAP_DATA_DIR/prompts.parquet`: track_id, prompt, template_id and "
-        "the renderings of all five templates (null where one does not apply). Templates: "
+        "the renderings of all five templates (null where one does not apply), then the "
+        "track's captions from CLAP_CAPTIONS (CLAP_CAPTIONS_MODE). Templates: "
         + " | ".join(TEMPLATE_PATTERNS)
     ),
 )
@@ -183,7 +184,8 @@ def prompts_no_placeholder_text(clap_settings: ClapSettings) -> AssetCheckResult
     blocking=True,
     description=(
         "prompts.parquet follows the contract: schema, track_ids unique and sorted, "
-        f"{N_TEMPLATES} renderings per track, the prompt is the rendering of its template_id."
+        f"{N_TEMPLATES} template renderings per track (then its captions, if any), the prompt "
+        "is the rendering of its template_id."
     ),
 )
 def prompts_match_contract(clap_settings: ClapSettings) -> AssetCheckResult:
@@ -197,9 +199,9 @@ def prompts_match_contract(clap_settings: ClapSettings) -> AssetCheckResult:
             problems.append("track_ids are not unique and sorted")
         for row in table.to_pylist():
             options, tid = row["renderings"], row["track_id"]
-            if len(options) != N_TEMPLATES:
+            if len(options) < N_TEMPLATES:
                 problems.append(f"track {tid}: {len(options)} renderings")
-            elif not 0 <= row["template_id"] < N_TEMPLATES:
+            elif not 0 <= row["template_id"] < len(options):
                 problems.append(f"track {tid}: template_id {row['template_id']}")
             elif options[row["template_id"]] != row["prompt"]:
                 problems.append(f"track {tid}: prompt differs from its template's rendering")

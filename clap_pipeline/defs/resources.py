@@ -21,11 +21,15 @@ from dagster import ConfigurableResource
 from pydantic import Field, create_model
 
 from clap_pipeline.config import Settings, setting_specs
+from clap_pipeline.defs.run_health import RunWorkerRecord
 from clap_pipeline.storage import duckdb_connection
 
 
-class _SettingsResource(ConfigurableResource):
-    """The methods of ``ClapSettings``; its fields come from the settings schema below."""
+class _SettingsResource(RunWorkerRecord):
+    """The methods of ``ClapSettings``; its fields come from the settings schema below.
+
+    Set up in a step, it records the run's worker (``run_health``: killed runs are found).
+    """
 
     @classmethod
     def from_settings(cls, s: Settings) -> ClapSettings:

@@ -1,7 +1,7 @@
 """`clap-pipeline demo-data`: an offline FMA-format dataset whose audio follows its metadata.
 
 Writes ``<out>/fma_metadata/{tracks.csv,genres.csv}`` and ``<out>/fma_audio/NNN/NNNNNN.mp3``
-in the shape of the real release (three-line pandas header, 52 columns, Python-repr
+(and ``captions.csv``, what each clip plays in words: ``demo/captions.py``) in the shape of the real release (three-line pandas header, 52 columns, Python-repr
 lists, ``-1`` gaps, HTML/newlines in free text, sparse ids, mixed MP3 encodings,
 ID3v2 tags) so the whole pipeline runs without a download.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from clap_pipeline.audio.ffmpeg_bin import ffmpeg_exe
 from clap_pipeline.config import DEFAULT_MAX_TRACKS
 from clap_pipeline.dataset import MAX_TRACK_ID, TRACKS_PER_FOLDER, folder_of
+from clap_pipeline.demo.captions import CAPTIONS_NAME, captions_csv_text
 from clap_pipeline.demo.encode import DemoDataError, encode_all
 from clap_pipeline.demo.plan import (
     DEFECT_KINDS,
@@ -199,6 +200,8 @@ def write_demo_dataset(
         tracks_text = tracks_csv_text(plans).encode("utf-8")
         (meta_tmp / "tracks.csv").write_bytes(tracks_text)
         (meta_tmp / "genres.csv").write_text(genres_csv_text(plans), encoding="utf-8")
+        # What each clip plays, in words: a captions table for CLAP_CAPTIONS.
+        (meta_tmp / CAPTIONS_NAME).write_text(captions_csv_text(plans, seed), encoding="utf-8")
         digest = hashlib.sha256(tracks_text).hexdigest()
         (meta_tmp / MARKER_NAME).write_text(
             _marker(seed, n_tracks, digest, renderer, clip_seconds), encoding="utf-8"
@@ -306,6 +309,10 @@ def add_demo_tracks(
     text = (text if text.endswith("\n") else text + "\n") + rows
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     write_text_atomic(tracks_csv, text)
+    captions = metadata_dir / CAPTIONS_NAME
+    if captions.exists():  # the new tracks' captions after the others (no header)
+        new_rows = captions_csv_text(plans, marker["seed"]).split("\n", 1)[1]
+        write_text_atomic(captions, captions.read_text(encoding="utf-8") + new_rows)
     write_text_atomic(
         metadata_dir / MARKER_NAME,
         _marker(marker["seed"], len(existing) + n_new, digest, renderer, clip_seconds),

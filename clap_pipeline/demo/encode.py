@@ -140,9 +140,17 @@ def encode_mp3(loop: np.ndarray, n_frames: int, out: Path, plan: TrackPlan) -> N
             )
 
 
-def write_clip(plan: TrackPlan, audio_root: Path, clip_seconds: float = CLIP_SECONDS) -> float:
+def write_clip(
+    plan: TrackPlan,
+    audio_root: Path,
+    audio: np.ndarray | None = None,
+    clip_seconds: float = CLIP_SECONDS,
+) -> float:
     """Encode one track's clip (or its defect), ``clip_seconds`` long; returns the seconds of
-    audio written."""
+    audio written.
+
+    ``audio``: the clip's int16 PCM made elsewhere (another renderer), instead of rendering it.
+    """
     if plan.defect == DEFECT_MISSING:
         return 0.0
     path = audio_path(audio_root, plan.track_id)
@@ -156,7 +164,9 @@ def write_clip(plan: TrackPlan, audio_root: Path, clip_seconds: float = CLIP_SEC
         jitter = np.random.default_rng([plan.params.seed, 3, plan.track_id]).uniform(-0.03, 0.03)
         seconds += float(jitter)
     n_frames = round(seconds * SR)  # render_clip(params, seconds) is this loop tiled
-    if plan.params.renderer == "fluidsynth":
+    if audio is not None:
+        loop = audio
+    elif plan.params.renderer == "fluidsynth":
         loop = render_track(plan.params, seconds)
     else:
         loop = render_loop(plan.params)
@@ -188,7 +198,9 @@ def encode_all(
     progress = ProgressLog("demo-data", len(plans), log, every_s=5.0)
     log(f"demo-data: encoding {len(plans)} clips with {workers} parallel ffmpeg processes")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-encode") as pool:
-        futures = [pool.submit(write_clip, plan, audio_root, clip_seconds) for plan in plans]
+        futures = [
+            pool.submit(write_clip, plan, audio_root, clip_seconds=clip_seconds) for plan in plans
+        ]
         try:
             for done, future in enumerate(as_completed(futures), start=1):
                 seconds += future.result()

@@ -11,13 +11,16 @@ import duckdb
 
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import write_prompts
+from clap_pipeline.metadata.captions import Captions, read_captions
 from clap_pipeline.metadata.fma import load_metadata, profile_tracks
 from clap_pipeline.metadata.prompts import (
+    CAPTION,
     TEMPLATE_NAMES,
     TEMPLATE_PATTERNS,
     build_prompts,
     content_hash,
     read_track_texts,
+    template_name,
 )
 from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.selection import selected_tracks
@@ -79,6 +82,35 @@ def load_tracks(con: duckdb.DuckDBPyConnection, settings: Settings, log: Log) ->
     return LoadedTracks(summary, profile)
 
 
+def experiment_captions(settings: Settings, track_ids: list[int], log: Log) -> Captions | None:
+    """``CLAP_CAPTIONS`` of the selected tracks (None: no file, or mode ``templates``);
+    its bad rows are logged, never fatal."""
+    if settings.captions is None or settings.captions_mode == "templates":
+        return None
+    captions = read_captions(settings.captions, track_ids)
+    log.info(
+        f"captions: {captions.n_captions} of {captions.rows} rows of {settings.captions} "
+        f"describe {len(captions.by_track)} tracks ({settings.captions_mode})"
+    )
+    for line in captions.problems():
+        log.warning(f"captions: {line}")
+    return captions
+
+
+def captions_metadata(settings: Settings, captions: Captions) -> dict[str, object]:
+    return {
+        "captions_file": Path(settings.captions),
+        "captions_mode": settings.captions_mode,
+        "captions_rows": captions.rows,
+        "captions_used": captions.n_captions,
+        "captions_tracks": len(captions.by_track),
+        "captions_bad_rows": sum(captions.bad.values()),
+        "captions_problems": Markdown(
+            "\n".join(f"- {line}" for line in captions.problems()) or "none"
+        ),
+    }
+
+
 def write_experiment_prompts(
     settings: Settings, seed: int, log: Log
 ) -> tuple[dict[str, object], str]:
@@ -90,7 +122,10 @@ def write_experiment_prompts(
         )
     with duckdb_connection(settings.duckdb_path, read_only=True) as con:
         texts = read_track_texts(con, [t.track_id for t in selected])
-    result = build_prompts(texts, seed)
+    captions = experiment_captions(settings, [t.track_id for t in selected], log)
+    result = build_prompts(
+        texts, seed, captions.by_track if captions else None, settings.captions_mode
+    )
     if result.skipped:
         log.warning(
             f"{len(result.skipped)} track(s) without title, artist, genre and tags got no "
@@ -105,8 +140,10 @@ def write_experiment_prompts(
     templates = [
         [i, name, TEMPLATE_PATTERNS[i], counts[name]] for i, name in enumerate(TEMPLATE_NAMES)
     ]
+    if captions:
+        templates.append(["-", CAPTION, str(settings.captions), counts[CAPTION]])
     sample = [
-        [r["track_id"], TEMPLATE_NAMES[r["template_id"]], r["prompt"]]
+        [r["track_id"], template_name(r["template_id"]), r["prompt"]]
         for r in result.table.slice(0, SAMPLE_PROMPTS).to_pylist()
     ]
     metadata = {
@@ -118,6 +155,7 @@ def write_experiment_prompts(
             markdown_table(["id", "template", "pattern", "prompts"], templates)
         ),
         "sample_prompts": Markdown(markdown_table(["track_id", "template", "prompt"], sample)),
+        **(captions_metadata(settings, captions) if captions else {}),
         "content_sha256": version,
         "path": Path(path),
     }

@@ -5,6 +5,10 @@ training can draw a different one per epoch; one of the applicable templates is
 chosen per track from a hash of (seed, track_id), so a track keeps its prompt
 when other tracks come and go.
 
+Captions from a table (``captions.py``) extend a track's renderings after the template
+slots (``CAPTION_MODES``: beside the templates, or instead of them); a prompt whose
+``template_id`` is ``N_TEMPLATES`` or more is one of them.
+
 Missing fields never leak: a template that needs a missing field is not
 applicable, optional phrases ("Genre: ...", "Tags: ...") are dropped whole, and
 values that are empty, "nan", "None" or "null" count as missing. Tags come from
@@ -254,19 +258,55 @@ class PromptSet:
     skipped: tuple[int, ...]  # tracks without any applicable template
 
     def template_counts(self) -> dict[str, int]:
-        counts = Counter(self.table.column("template_id").to_pylist())
-        return {name: counts.get(i, 0) for i, name in enumerate(TEMPLATE_NAMES)}
+        counts = Counter(template_name(i) for i in self.table.column("template_id").to_pylist())
+        return {name: counts.get(name, 0) for name in (*TEMPLATE_NAMES, CAPTION)}
 
 
-def build_prompts(texts: Iterable[TrackText], seed: int) -> PromptSet:
+CAPTION = "caption"  # what a stored prompt from the captions file is named
+
+
+def template_name(template_id: int) -> str:
+    """A template's name, or ``caption`` for the renderings after the template slots."""
+    return TEMPLATE_NAMES[template_id] if template_id < N_TEMPLATES else CAPTION
+
+
+def with_captions(
+    track_id: int,
+    seed: int,
+    templates: Sequence[str | None],
+    captions: Sequence[str],
+    mode: str,
+) -> tuple[list[str | None], int | None]:
+    """(renderings, chosen id) of a track: its template slots, then its captions.
+
+    ``mixed`` keeps the templates and their choice (a caption only when no template
+    applies); ``captions`` empties the template slots of a track that has captions, so its
+    prompt and every epoch's draw is a caption; ``templates`` ignores them.
+    """
+    if mode == "templates" or not captions:
+        return list(templates), choose_template(track_id, seed, templates)
+    slots = list(templates) if mode == "mixed" else [None] * len(templates)
+    renderings = [*slots, *captions]
+    choice = choose_template(track_id, seed, slots)
+    return renderings, choice if choice is not None else choose_template(track_id, seed, renderings)
+
+
+def build_prompts(
+    texts: Iterable[TrackText],
+    seed: int,
+    captions: Mapping[int, Sequence[str]] | None = None,
+    captions_mode: str = "mixed",
+) -> PromptSet:
     ids: list[int] = []
     prompts: list[str] = []
     template_ids: list[int] = []
     renderings: list[list[str | None]] = []
     skipped: list[int] = []
+    captions = captions or {}
     for t in sorted(texts, key=lambda t: t.track_id):
-        rendered = render_all(t)
-        choice = choose_template(t.track_id, seed, rendered)
+        rendered, choice = with_captions(
+            t.track_id, seed, render_all(t), captions.get(t.track_id, ()), captions_mode
+        )
         if choice is None:
             skipped.append(t.track_id)
             continue

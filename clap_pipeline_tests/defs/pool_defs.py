@@ -14,12 +14,12 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Definitions, asset
 
-from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE
-from clap_pipeline.defs.run_health import guarded_executor
+from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE, Settings
+from clap_pipeline.defs.resources import ClapSettings, resources_for
 
 
 @asset(pool="gpu")
-def pooled(context: AssetExecutionContext) -> None:
+def pooled(context: AssetExecutionContext, clap_settings: ClapSettings) -> None:
     marker = Path(os.environ["CLAP_TEST_MARKER"])
     if os.environ.get("CLAP_TEST_LAUNCH"):
         launched = subprocess.Popen(
@@ -32,4 +32,5 @@ def pooled(context: AssetExecutionContext) -> None:
     time.sleep(float(os.environ.get("CLAP_TEST_SLEEP_S", "0")))
 
 
-defs = Definitions(assets=[pooled], executor=guarded_executor)
+# The project's resource: set up in the step, it records the run worker (run_health).
+defs = Definitions(assets=[pooled], resources=resources_for(Settings.from_env()))

@@ -1,21 +1,24 @@
 """A backfill of `waveforms` folders: one queued run per folder, launched under the run queue's limits.
 
 The instance is the project's own (`.dagster/dagster.yaml`, as `make dev` uses it); the
-backfill of the `decode_waveforms` job is submitted by the `dagster` CLI; the runs are
-dequeued by Dagster's own run-queue daemon (one iteration at a time, so that the limit
-can be watched) and run by the project's run launcher in run worker processes. The
-code location holds the project's asset, checks and job without the torch modules
-(decode_defs.py), which would take most of the test's time to import in every process.
+backfill of the `decode_waveforms` job is submitted by the `dagster` CLI, the asset
+backfill through Dagster's GraphQL API (the mutation the UI's *Materialize all
+partitions* sends, by `dagster-graphql`); the runs are planned and dequeued by Dagster's own daemon (`dagster-daemon run`)
+and run in run worker processes. The code location holds the project's asset, checks and
+job without the torch modules (decode_defs.py), which would take most of the test's time
+to import in every process.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,14 +28,8 @@ from dagster import (
     BackfillPolicy,
     DagsterInstance,
     DagsterRunStatus,
+    DefaultRunLauncher,
     QueuedRunCoordinator,
-)
-from dagster._core.execution.backfill import PartitionBackfill
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
-from dagster._daemon.backfill import execute_backfill_iteration
-from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-    QueuedRunCoordinatorDaemon,
 )
 
 from clap_pipeline.defs.audio import waveforms
@@ -40,7 +37,8 @@ from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline_tests.audio_fixtures import AudioFactory, make_tracks_db
 
 REPO = Path(__file__).resolve().parents[2]
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
+BIN = Path(sys.executable).parent
+DAGSTER = str(BIN / "dagster")
 MODULE = "clap_pipeline_tests.defs.decode_defs"  # the project's asset and job, no torch
 BACKFILL_RUNS_AT_ONCE = 2  # .dagster/dagster.yaml: tag_concurrency_limits of dagster/backfill
 LIBRARY = {2: "cbr128", 3: "mono", 1000: "vbr", 1001: "empty", 2000: "cbr256"}
@@ -54,10 +52,34 @@ def audio(ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> AudioFactory
     return AudioFactory.shared(ffmpeg, tmp_path_factory)
 
 
-def _project_instance(home: Path) -> DagsterInstance:
+def _project_instance(home: Path, paused: bool = False) -> DagsterInstance:
+    """The project's instance in ``home``; ``paused``: its run queue launches nothing."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / ".dagster" / "dagster.yaml", home / "dagster.yaml")
+    text = (REPO / ".dagster" / "dagster.yaml").read_text()
+    if paused:  # Dagster's documented way: max_concurrent_runs 0 launches no run
+        text = text.replace("max_concurrent_runs: 4", "max_concurrent_runs: 0")
+        assert "max_concurrent_runs: 0" in text
+    (home / "dagster.yaml").write_text(text)
     return DagsterInstance.from_config(str(home))
+
+
+@contextlib.contextmanager
+def _started(*command: str) -> Iterator[subprocess.Popen]:
+    """A Dagster service process of the test (own process group), stopped at the end."""
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_make_dev_instance_queues_runs_under_limits(tmp_path: Path) -> None:
@@ -70,11 +92,10 @@ def test_make_dev_instance_queues_runs_under_limits(tmp_path: Path) -> None:
             {"key": "dagster/backfill", "limit": BACKFILL_RUNS_AT_ONCE}
         ]
         assert concurrency.pool_config.default_pool_limit == 1  # the gpu pool: one training
-        launcher = type(instance.run_launcher)
-        assert (launcher.__module__, launcher.__name__) == (
-            "clap_pipeline.defs.run_health",
-            "LocalRunLauncher",
-        )
+        # Dagster's own launcher and run monitoring (frees the slots of ended runs).
+        assert type(instance.run_launcher) is DefaultRunLauncher
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 30
     assert waveforms.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
@@ -103,30 +124,19 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
         assert {r.status for r in runs} == {DagsterRunStatus.QUEUED}
         assert len({r.tags["dagster/backfill"] for r in runs}) == 1
 
-        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
-        target = ModuleTarget(
-            module_name=MODULE, attribute=None, working_directory=str(REPO), location_name=None
-        )
-        most_at_once, first_dequeue = 0, None
-        with WorkspaceProcessContext(instance, target) as context:
-            deadline = time.monotonic() + 400
-            while True:
-                list(daemon.run_iteration(context))
-                statuses = [r.status for r in instance.get_runs()]
-                if first_dequeue is None:  # what the first pass let out of the queue
-                    first_dequeue = sum(s != DagsterRunStatus.QUEUED for s in statuses)
-                most_at_once = max(most_at_once, sum(s in IN_PROGRESS for s in statuses))
-                if all(s in FINISHED for s in statuses):
-                    break
-                assert time.monotonic() < deadline, statuses
-                time.sleep(0.5)
+    daemon = _started(str(BIN / "dagster-daemon"), "run", "-m", MODULE)  # dequeues the runs
+    with daemon, DagsterInstance.from_config(str(home)) as instance:
+        deadline = time.monotonic() + 400
+        while not all(r.status in FINISHED for r in instance.get_runs()):
+            assert time.monotonic() < deadline, [r.status for r in instance.get_runs()]
+            time.sleep(0.5)
 
-        runs = instance.get_runs()
-        assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}
-        # The first pass dequeued the limit while the third waited in the queue; sampled
-        # every 0.5 s, runs in progress never exceeded it (fast runs need not overlap).
-        assert first_dequeue == BACKFILL_RUNS_AT_ONCE, first_dequeue
-        assert 1 <= most_at_once <= BACKFILL_RUNS_AT_ONCE
+    with DagsterInstance.from_config(str(home)) as instance:
+        records = sorted(instance.get_run_records(), key=lambda r: r.start_time or 0)
+        assert {r.dagster_run.status for r in records} == {DagsterRunStatus.SUCCESS}
+        # Two left the queue at once; the third only after one of them had ended.
+        first, second, third = records
+        assert third.start_time >= min(first.end_time, second.end_time)
         assert instance.get_materialized_partitions(AssetKey("waveforms")) == set(FOLDERS)
     rows = {folder: pq.read_table(data / "waveforms" / f"{folder}.parquet") for folder in FOLDERS}
     assert {f: sorted(set(t.column("track_id").to_pylist())) for f, t in rows.items()} == {
@@ -136,6 +146,17 @@ def test_backfill_of_folders_runs_one_queued_run_per_folder_within_the_limit(
     }
 
 
+QUEUED = DagsterRunStatus.QUEUED
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+
+
 def test_asset_backfill_of_waveforms_queues_one_run_per_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,35 +164,34 @@ def test_asset_backfill_of_waveforms_queues_one_run_per_folder(
     home = tmp_path / "home"
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("CLAP_DATA_DIR", str(tmp_path / "data"))
-    target = ModuleTarget(
-        module_name=MODULE, attribute=None, working_directory=str(REPO), location_name=None
-    )
-    with _project_instance(home) as instance:
+    with _project_instance(home, paused=True) as instance:  # the runs stay in the queue
         instance.add_dynamic_partitions(audio_folder_partitions.name, FOLDERS)
-        with WorkspaceProcessContext(instance, target) as context:
-            backfill = PartitionBackfill.from_asset_partitions(
-                backfill_id="decode",
-                asset_graph=context.create_request_context().asset_graph,
-                partition_names=FOLDERS,
-                asset_selection=[AssetKey("waveforms")],
-                backfill_timestamp=time.time(),
-                tags={},
-                dynamic_partitions_store=instance,
-                all_partitions=False,
-                title=None,
-                description=None,
-                run_config=None,
-            )
-            instance.add_backfill(backfill)
-            list(execute_backfill_iteration(context, logging.getLogger("backfill")))
-        runs = instance.get_runs()
-        # One run per folder (a one-folder range each); single_run() would make one run.
-        assert sorted(
-            (
-                r.tags["dagster/asset_partition_range_start"],
-                r.tags["dagster/asset_partition_range_end"],
-            )
-            for r in runs
-        ) == [(folder, folder) for folder in FOLDERS]
-        assert {r.status for r in runs} == {DagsterRunStatus.QUEUED}  # for the run queue
-        assert {r.tags["dagster/backfill"] for r in runs} == {"decode"}
+    params = {"partitionNames": FOLDERS, "assetSelection": [{"path": ["waveforms"]}]}
+    answer_file = tmp_path / "answer.json"
+    subprocess.run(
+        [str(BIN / "dagster-graphql"), "-m", MODULE, "-t", LAUNCH_BACKFILL,
+         "-v", json.dumps({"params": params}), "-o", str(answer_file)],
+        cwd=REPO, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    answer = json.loads(answer_file.read_text())
+    launched = answer["data"]["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", answer
+    # Started after the request, the daemon plans it in its first pass (then every 30 s).
+    daemon = _started(str(BIN / "dagster-daemon"), "run", "-m", MODULE)
+    with daemon, DagsterInstance.from_config(str(home)) as instance:
+        deadline = time.monotonic() + 300
+        while True:  # the daemon plans the runs and submits them to the run queue
+            runs = instance.get_runs()
+            if len(runs) == len(FOLDERS) and all(r.status == QUEUED for r in runs):
+                break
+            assert time.monotonic() < deadline, [r.status for r in runs]
+            time.sleep(0.5)
+    # One run per folder (a one-folder range each); single_run() would make one run.
+    assert sorted(
+        (
+            r.tags["dagster/asset_partition_range_start"],
+            r.tags["dagster/asset_partition_range_end"],
+        )
+        for r in runs
+    ) == [(folder, folder) for folder in FOLDERS]
+    assert {r.tags["dagster/backfill"] for r in runs} == {launched["backfillId"]}

@@ -2,9 +2,11 @@
 
 Each run is the real `dagster asset materialize` command on a SQLite Dagster instance
 configured like `.dagster/dagster.yaml` (pool `gpu` of limit 1), started in its own
-process group and killed as a whole (what an OOM kill or a reboot does). The rerun must
-give what an uninterrupted run gives, and leave no temp file, no RUNNING MLflow run, no
-STARTED Dagster run and no held pool slot.
+process group and killed as a whole (what an OOM kill or a reboot does); the killed run
+is then found dead (``run_health.free_dead_runs``, what the ``dead_runs`` sensor and
+`clap-pipeline run-health check` do). The rerun must give what an uninterrupted run
+gives, and leave no temp file, no RUNNING MLflow run, no STARTED Dagster run and no held
+pool slot.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from clap_pipeline import tracking
 from clap_pipeline.audio.decode_failures import read_failures
 from clap_pipeline.audio.waveforms import DecodeOptions, build_waveforms, group_by_folder
 from clap_pipeline.defs.partitions import audio_folder_partitions
+from clap_pipeline.defs.run_health import free_dead_runs
 from clap_pipeline.selection import select_tracks
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
@@ -98,6 +101,9 @@ class Location:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        with self.instance() as instance:  # found dead: marked FAILED, its slot freed
+            (found,) = free_dead_runs(instance)
+        assert "is STARTED but its run worker" in found, found
 
     def finish(self, proc: subprocess.Popen) -> str:
         try:
@@ -152,8 +158,7 @@ def test_waveforms_killed_mid_partition_then_rerun_equals_an_uninterrupted_build
     first_000 = (waves / "000.parquet").read_bytes()
     assert _temps(waves)
     assert not (waves / "001.parquet").exists()
-    output = loc.finish(loc.start(*args, cli=job))
-    assert "is STARTED but its run worker" in output  # the killed run was noticed
+    loc.finish(loc.start(*args, cli=job))
     assert (waves / "000.parquet").read_bytes() == first_000  # unchanged: not rewritten
 
     reference = tmp_path / "reference"
@@ -210,10 +215,10 @@ def test_clap_model_killed_in_epoch_1_and_after_epoch_2_then_rerun_finishes(
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (killed,) = client.search_runs([experiment])
     assert killed.info.status == "RUNNING"  # nothing could end it
-    with loc.instance() as instance:  # both killed Dagster runs still hold their place
-        assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids
+    with loc.instance() as instance:  # both killed Dagster runs found dead, the slot free
+        assert [r.status.value for r in instance.get_runs()] == ["FAILURE", "FAILURE"]
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
     output = loc.finish(loc.start(*args))
-    assert "is STARTED but its run worker" in output
     assert "resuming MLflow run" in output
 
     manifest = json.loads((loc.data / "reports" / "training.json").read_text())

@@ -133,6 +133,31 @@ def test_materialize_tracks_and_prompts(tmp_path: Path) -> None:
     assert mat.metadata["dagster/row_count"].value == 12
 
 
+def test_prompts_use_a_captions_table_and_report_its_bad_rows(tmp_path: Path) -> None:
+    _data(tmp_path)
+    captions = tmp_path / "captions.csv"
+    captions.write_text(
+        'track_id,caption\n2,"a dusty piano beat, slow"\n2,boom bap drums\n5,\n999,nobody\n'
+    )
+    resources = {
+        "clap_settings": ClapSettings(
+            data_dir=str(tmp_path), max_tracks=4, captions=str(captions), captions_mode="captions"
+        )
+    }
+    result = materialize([tracks, prompts, *CHECKS], resources=resources)
+    assert result.success  # bad rows are reported, never fatal
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    meta = {k: v.value for k, v in _materialization(result, "prompts").metadata.items()}
+    assert (meta["captions_rows"], meta["captions_used"], meta["captions_bad_rows"]) == (4, 2, 2)
+    assert meta["captions_mode"] == "captions" and meta["captions_tracks"] == 1
+    assert "empty caption (first: track_id 5)" in meta["captions_problems"]
+    assert "not a selected track (first: track_id 999)" in meta["captions_problems"]
+    assert f"| - | caption | {captions} | 1 |" in meta["template_distribution"]
+    rows = {r["track_id"]: r for r in read_prompts(tmp_path / "prompts.parquet").to_pylist()}
+    assert rows[2]["prompt"] in ("a dusty piano beat, slow", "boom bap drums")
+    assert rows[5]["template_id"] < 5  # no usable caption: the templates describe it
+
+
 def test_prompt_seed_is_configurable(tmp_path: Path) -> None:
     _data(tmp_path)
     resources = _resources(tmp_path, max_tracks=100)

@@ -28,7 +28,15 @@ from clap_pipeline.demo.plan import (
     plan_dataset,
     tracks_csv_text,
 )
-from clap_pipeline.demo.synth import CLIP_SECONDS, STYLES, TONE_TAGS, AudioParams, render_clip
+from clap_pipeline.demo.synth import (
+    CLIP_SECONDS,
+    STYLES,
+    TEMPO_TAGS,
+    TONE_TAGS,
+    AudioParams,
+    render_clip,
+)
+from clap_pipeline.metadata.captions import read_captions
 from clap_pipeline.metadata.fma import load_metadata
 from clap_pipeline_tests.demo_fixtures import (
     FMA_COLUMN_TUPLES,
@@ -168,6 +176,19 @@ def test_genres_are_consistent_with_genres_csv(generated: Generated) -> None:
         assert (top == by_id.loc[tops.pop(), "title"]) if len(tops) == 1 else pd.isna(top)
     counts = pd.Series([g for gs in f[("track", "genres_all")] for g in gs]).value_counts()
     assert (by_id["#tracks"] == counts.reindex(by_id.index, fill_value=0)).all()
+
+
+def test_captions_say_what_each_playable_clip_plays(generated: Generated) -> None:
+    path = generated.root / "fma_metadata" / "captions.csv"
+    captions = read_captions(path, known_ids=_playable(generated))
+    assert not captions.bad and set(captions.by_track) == set(_playable(generated))
+    assert all(1 <= len(texts) <= 3 for texts in captions.by_track.values())
+    words = set(TEMPO_TAGS + TONE_TAGS)
+    for track_id, texts in captions.by_track.items():
+        tags = {str(t).lower() for t in generated.frame.loc[track_id, ("track", "tags")]}
+        for text in texts:
+            said = {w for w in re.findall(r"[a-z-]+", text.lower()) if w in words}
+            assert said <= tags, (track_id, text, tags)  # no tempo or tone the clip lacks
 
 
 def test_project_loader_reads_every_cell(generated: Generated, tmp_path: Path) -> None:
@@ -412,12 +433,12 @@ def test_failed_run_leaves_the_previous_dataset(
     calls = 0
     real_write_clip = encode.write_clip
 
-    def failing_write_clip(plan: TrackPlan, audio_root: Path) -> float:
+    def failing_write_clip(plan: TrackPlan, audio_root: Path, **kwargs: float) -> float:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise DemoDataError("simulated encoder crash")
-        return real_write_clip(plan, audio_root)
+        return real_write_clip(plan, audio_root, **kwargs)
 
     monkeypatch.setattr(encode, "write_clip", failing_write_clip)
     with pytest.raises(DemoDataError, match="simulated"):

@@ -184,7 +184,7 @@ def test_template_choice_is_seeded_and_stable() -> None:
     for row in first.to_pylist():
         assert row["renderings"][row["template_id"]] == row["prompt"]
     counts = build_prompts(texts, seed=0).template_counts()
-    assert set(counts) == set(TEMPLATE_NAMES)
+    assert set(counts) == {*TEMPLATE_NAMES, "caption"} and counts["caption"] == 0
     assert all(counts[name] > 10 for name in TEMPLATE_NAMES[:4])
     assert counts["tagged"] == 0  # no tags anywhere
     assert choose_template(1, 0, [None] * N_TEMPLATES) is None
