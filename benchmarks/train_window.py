@@ -66,9 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", type=Path, required=True)
     parser.add_argument("--out", type=Path, help="MLflow stores, checkpoints (default: data dir)")
+    parser.add_argument("--max-epochs", type=int, help="instead of the recipe's (both runs)")
     args = parser.parse_args()
     base = Settings.from_env()
     config = TrainConfig(**recipe(args.run_config), system_metrics=False, log_checkpoints=False)
+    if args.max_epochs:
+        config = replace(config, max_epochs=args.max_epochs)
     out = args.out or base.data_dir
     rows = []
     for window in ("first", "random"):
@@ -95,7 +98,10 @@ def main() -> None:
         minutes = (time.perf_counter() - started) / 60
         zero = summary(report, "zero_shot")
         rows.append((window, result.best_epoch, *summary(report, "fine_tuned"), zero, minutes))
-    print(f"\ncollection {base.data_dir}, model {base.model}, recipe {args.run_config.name}")
+    print(
+        f"\ncollection {base.data_dir}, model {base.model}, recipe {args.run_config.name}, "
+        f"max_epochs {config.max_epochs}"
+    )
     print(f"{'train_window':<13}{'best epoch':>11}  {'test R@5 [95% CI]':<24}"
           f"{'genre search p@10 [95% CI]':<40}{'minutes':>8}")  # fmt: skip
     for window, epoch, r5, genre, _zero_shot, minutes in rows:
