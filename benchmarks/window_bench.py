@@ -135,7 +135,13 @@ def bench_windows(
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
     qs = text_like_queries(queries, centres, 2)
     builder = WindowIndexBuilder(
-        DIM, n_windows, rule=rule, pool=pool, coarse=coarse, candidates=candidates, log=print
+        DIM,
+        n_windows,
+        rule=rule,
+        pool=pool,
+        coarse=coarse,
+        candidates=candidates,
+        log=lambda line: print(line, flush=True),
     )
     exact_parts: list[np.ndarray] = []
     t0 = time.perf_counter()

@@ -36,6 +36,7 @@ REGISTERED_VERSION_TAG = "registered_model_version"
 REGISTERED_ALIAS_TAG = "registered_model_alias"
 DAGSTER_RUN_IDS_TAG = "dagster_run_ids"  # every Dagster run that trained it (resumed runs)
 CHECKPOINTS_ARTIFACT = "checkpoints"  # checkpoints/epoch-<n>: each epoch's save_pretrained
+WISE_FT_ARTIFACT = CHECKPOINTS_ARTIFACT + "/wise-ft"  # WiSE-FT's weights (alpha < 1)
 
 
 def config_param(field: str) -> str:

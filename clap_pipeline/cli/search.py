@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clap_pipeline.cli.common import positive_int
-from clap_pipeline.config import Settings
+from clap_pipeline.config import ServeSettings, Settings
+from clap_pipeline.search.filters import DEFAULT_MODE, MODES
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER, ENCODER_KINDS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MODE_HELP = (
+    "hybrid (default): the audio ranking fused with BM25 over titles, artists, albums, "
+    "genres and tags; audio: the audio embedding alone; text: the names alone"
+)
 
 
 def quiet_model_loading() -> None:
@@ -30,7 +42,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         license=args.license,
         max_duration=args.max_duration,
     )
-    hits = search(settings, args.query, args.k, args.model, filters)
+    hits = search(settings, args.query, args.k, args.model, filters, args.mode)
     if not hits and not args.json:
         print("no indexed track passes the filters", file=sys.stderr)
     print(results_json(hits) if args.json else format_table(hits))
@@ -43,10 +55,30 @@ def _cmd_playlist(args: argparse.Namespace, settings: Settings) -> int:
 
     m3u_target(args.m3u)  # before the search: a wrong target fails at once
     quiet_model_loading()
-    hits = search(settings, args.query, args.n, args.model)
+    hits = search(settings, args.query, args.n, args.model, mode=args.mode)
     out = write_m3u(args.m3u, hits)
     print(f"wrote {len(hits)} tracks to {out}", file=sys.stderr)
     return 0
+
+
+def upload_decoder(serve: ServeSettings) -> Callable[[Path], np.ndarray]:
+    """The audio stage's decoder of uploaded queries, its rejections as the service's."""
+    from clap_pipeline.audio.upload import UploadRejected, decode_upload
+    from clap_pipeline.search.service import AudioQueryError
+    from clap_pipeline.windows import WindowRule
+
+    def decode(path: Path) -> np.ndarray:
+        try:
+            return decode_upload(
+                path,
+                rule=WindowRule(),
+                timeout_s=serve.upload_timeout_s,
+                max_s=serve.max_upload_s,
+            )
+        except UploadRejected as exc:
+            raise AudioQueryError(exc.reason, str(exc)) from None
+
+    return decode
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -56,7 +88,10 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from clap_pipeline.search.service import SearchService
     from clap_pipeline.search.webapp import serve
+    from clap_pipeline.search.write_guard import check_listen
 
+    serve_settings = ServeSettings.from_env()
+    check_listen(args.host, serve_settings.token)  # before the (slow) model load
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_model_loading()
     # Queries run side by side, one torch thread each: intra-op threads on a busy
@@ -68,6 +103,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         poll_s=args.poll_s,
         text_encoder=args.text_encoder,
         encoder_threads=args.threads,
+        decode_upload=upload_decoder(serve_settings),
     )
     searcher = service.load()
     print(
@@ -76,7 +112,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"http://{args.host}:{args.port}",
         flush=True,
     )
-    serve(service, args.host, args.port)
+    serve(service, args.host, args.port, serve_settings)
     return 0
 
 
@@ -97,6 +133,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "public-domain) or an exact licence title",
     )
     p.add_argument("--max-duration", type=float, help="track duration at most this many seconds")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("playlist", help="write an M3U playlist for a text query")
@@ -104,6 +141,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=20, help="number of tracks")
     p.add_argument("--m3u", required=True, help="output .m3u path")
     p.add_argument("--model", default=None)
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     p.set_defaults(func=_cmd_playlist)
 
     p = sub.add_parser("serve", help="search service and web page (HTTP, FastAPI + uvicorn)")

@@ -140,8 +140,11 @@ def encode_mp3(loop: np.ndarray, n_frames: int, out: Path, plan: TrackPlan) -> N
             )
 
 
-def write_clip(plan: TrackPlan, audio_root: Path) -> float:
-    """Encode one track's clip (or its defect); returns the seconds of audio written."""
+def write_clip(plan: TrackPlan, audio_root: Path, audio: np.ndarray | None = None) -> float:
+    """Encode one track's clip (or its defect); returns the seconds of audio written.
+
+    ``audio``: the clip's int16 PCM made elsewhere (another renderer), instead of rendering it.
+    """
     if plan.defect == DEFECT_MISSING:
         return 0.0
     path = audio_path(audio_root, plan.track_id)
@@ -155,7 +158,9 @@ def write_clip(plan: TrackPlan, audio_root: Path) -> float:
         jitter = np.random.default_rng([plan.params.seed, 3, plan.track_id]).uniform(-0.03, 0.03)
         seconds += float(jitter)
     n_frames = round(seconds * SR)  # render_clip(params, seconds) is this loop tiled
-    if plan.params.renderer == "fluidsynth":
+    if audio is not None:
+        loop = audio
+    elif plan.params.renderer == "fluidsynth":
         loop = render_track(plan.params, seconds)
     else:
         loop = render_loop(plan.params)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from clap_pipeline.dataset import FMA_COLUMNS
-from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, RENDERERS, instruments_for
+from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, RENDERERS, Scheme, instruments_for
 from clap_pipeline.demo.synth import (
     REGISTER_TAGS,
     STYLES,
@@ -381,8 +381,13 @@ def descriptive_tags(rng: np.random.Generator) -> list[str]:
     return tags
 
 
-def plan_dataset(n_tracks: int, seed: int, renderer: str = "synth") -> list[TrackPlan]:
-    """All tracks' metadata, audio parameters, encodings and defects (no I/O)."""
+def plan_dataset(
+    n_tracks: int, seed: int, renderer: str = "synth", scheme: Scheme | None = None
+) -> list[TrackPlan]:
+    """All tracks' metadata, audio parameters, encodings and defects (no I/O).
+
+    ``scheme``: whose bands the rendered tracks' instrument tags name (the demo's ``BAND``).
+    """
     if not MIN_TRACKS <= n_tracks <= MAX_TRACKS:
         raise ValueError(
             f"--tracks must be between {MIN_TRACKS} and {MAX_TRACKS} (got {n_tracks}): the demo "
@@ -446,7 +451,7 @@ def plan_dataset(n_tracks: int, seed: int, renderer: str = "synth") -> list[Trac
             noise.insert(0, ESCAPED_TAG)
         if renderer != "synth":  # the band plays what the tags name
             band_rng = np.random.default_rng([seed, 9, track_id])
-            tags = [*instruments_for(style, band_rng), *tags]
+            tags = [*instruments_for(style, band_rng, scheme), *tags]
         track_tags = tags + noise
 
         if "no_title" in track_quirks:

@@ -24,6 +24,7 @@ the folder records the corpus, the recipe and the per-epoch history.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -41,8 +42,17 @@ from transformers import ClapConfig, ClapModel, ClapProcessor
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.demo.captions import CAPTION_WORDS, caption
 from clap_pipeline.demo.plan import GENRE_BY_ID, SUBGENRES, TOP_OF_STYLE, descriptive_tags
-from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, instruments_for, render_track
-from clap_pipeline.demo.synth import REGISTER_TAGS, SR, STYLES, TEMPO_TAGS, TONE_TAGS, AudioParams
+from clap_pipeline.demo.rendered import BAND, INSTRUMENT_WORDS, instruments_for, render_batch
+from clap_pipeline.demo.schemes import PRETRAIN_SCHEMES, PRETRAIN_SOUNDFONTS
+from clap_pipeline.demo.synth import (
+    REGISTER_TAGS,
+    SR,
+    STYLES,
+    TEMPO_TAGS,
+    TONE_TAGS,
+    AudioParams,
+    render_clip,
+)
 from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics
 from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
 from clap_pipeline.model.features import LogMelFeatures
@@ -76,6 +86,14 @@ class PretrainRecipe:
     audio_width: int = 32
     validation_share: float = 0.1
     seed: int = PRETRAIN_SEED
+    # The corpus' sources: this share of clips from the synthesiser (synth.py), the rest
+    # arranged by one of ``schemes`` and played through one of ``soundfonts``.
+    synth_share: float = 0.25
+    schemes: tuple[str, ...] = tuple(PRETRAIN_SCHEMES)
+    soundfonts: tuple[str, ...] = tuple(PRETRAIN_SOUNDFONTS)
+
+
+SYNTH = "synth"  # a corpus clip's soundfont when the synthesiser played it
 
 
 @dataclass(frozen=True)
@@ -83,26 +101,36 @@ class CorpusClip:
     clip_id: int
     style: str
     genre: str  # an FMA genre title: the style's top-level genre or one of its sub-genres
-    band: tuple[str, ...]  # instruments, as rendered
+    band: tuple[str, ...]  # instruments, as rendered (none from the synthesiser)
     words: tuple[str, ...]  # tempo / tone / register tags, as rendered
+    scheme: str = BAND.name  # PRETRAIN_SCHEMES: how the band was arranged
+    soundfont: str = "fluidr3"  # PRETRAIN_SOUNDFONTS, or SYNTH
 
     def params(self, seed: int) -> AudioParams:
         base = AudioParams.from_tags(self.style, self.words, seed, self.clip_id)
+        if self.soundfont == SYNTH:
+            return base
         return replace(base, instruments=self.band, renderer="fluidsynth")
 
 
-def plan_corpus(n_clips: int, seed: int = PRETRAIN_SEED) -> list[CorpusClip]:
-    """``n_clips`` arrangements, genres balanced; a function of ``seed``."""
-    rng = np.random.default_rng([seed, 31])
-    styles = [STYLES[i % len(STYLES)] for i in range(n_clips)]
+def plan_corpus(recipe: PretrainRecipe) -> list[CorpusClip]:
+    """``recipe.clips`` clips, genres balanced, sources drawn; a function of the recipe."""
+    rng = np.random.default_rng([recipe.seed, 31])
+    styles = [STYLES[i % len(STYLES)] for i in range(recipe.clips)]
     rng.shuffle(styles)
     clips = []
     for i, style in enumerate(styles):
         top = TOP_OF_STYLE[style]
         genre_id = int(rng.choice((top, *SUBGENRES[top]))) if rng.random() < 0.5 else top
-        band = tuple(instruments_for(style, rng))
+        synth = rng.random() < recipe.synth_share
+        scheme = str(rng.choice(recipe.schemes))
+        font = SYNTH if synth else str(rng.choice(recipe.soundfonts))
+        band = () if synth else tuple(instruments_for(style, rng, PRETRAIN_SCHEMES[scheme]))
         words = tuple(descriptive_tags(rng))
-        clips.append(CorpusClip(FIRST_CLIP_ID + i, style, GENRE_BY_ID[genre_id][2], band, words))
+        clips.append(
+            CorpusClip(FIRST_CLIP_ID + i, style, GENRE_BY_ID[genre_id][2], band, words,
+                       BAND.name if synth else scheme, font)
+        )  # fmt: skip
     return clips
 
 
@@ -144,9 +172,25 @@ def stand_in_config(vocab_size: int, audio_width: int = 32) -> ClapConfig:
 # --------------------------------------------------------------------------- corpus
 
 
+RENDER_SECONDS = WINDOW_SAMPLES / MODEL_RATE + 0.05
+RENDER_BATCH = 48  # clips per FluidSynth run: the soundfont loads once per batch
+
+
 def render_window(clip: CorpusClip, seed: int) -> np.ndarray:
     """The clip as the pipeline decodes it: the first 5 s, 48 kHz mono float32."""
-    pcm = render_track(clip.params(seed), WINDOW_SAMPLES / MODEL_RATE + 0.05)
+    return decoded_window(_render([clip], seed)[0])
+
+
+def _render(clips: Sequence[CorpusClip], seed: int) -> list[np.ndarray]:
+    """int16 PCM of clips that share a source (one soundfont, or the synthesiser)."""
+    if clips[0].soundfont == SYNTH:
+        return [render_clip(c.params(seed), RENDER_SECONDS) for c in clips]
+    tracks = [(c.params(seed), PRETRAIN_SCHEMES[c.scheme]) for c in clips]
+    return render_batch(tracks, RENDER_SECONDS, PRETRAIN_SOUNDFONTS[clips[0].soundfont])
+
+
+def decoded_window(pcm: np.ndarray) -> np.ndarray:
+    """int16 stereo at the synthesiser's rate as the pipeline decodes it (48 kHz mono, 5 s)."""
     mono = pcm.astype(np.float32).mean(axis=1) / 32768.0
     gcd = math.gcd(MODEL_RATE, SR)
     wave = resample_poly(mono, MODEL_RATE // gcd, SR // gcd).astype(np.float32)
@@ -172,25 +216,45 @@ def build_corpus(
         and json.loads(listed.read_text())["clips"] == json.loads(json.dumps(index))
     ):
         return np.load(cached, mmap_mode="r")
+    missing = sorted({c.soundfont for c in clips if c.soundfont != SYNTH} - set(_present_fonts()))
+    if missing:
+        raise FileNotFoundError(
+            f"soundfont(s) {missing} of the pre-training corpus are not installed "
+            f"({[str(PRETRAIN_SOUNDFONTS[m]) for m in missing]}): apt-get install "
+            "fluid-soundfont-gm musescore-general-soundfont-small"
+        )
     features = LogMelFeatures(unfused_feature_extractor()).eval()
     workers = workers or usable_cpus()
     log(f"pretraining corpus: rendering {len(clips)} clips with {workers} FluidSynth processes")
     progress = ProgressLog("pretraining corpus", len(clips), log, every_s=10.0)
     out = np.zeros((len(clips), 1, features.n_frames, features.n_mels), np.float16)
-    batch = 64
+    by_source: dict[str, list[int]] = {}
+    for row, clip in enumerate(clips):
+        by_source.setdefault(clip.soundfont, []).append(row)
+    tasks = [
+        rows[start : start + RENDER_BATCH]
+        for rows in by_source.values()
+        for start in range(0, len(rows), RENDER_BATCH)
+    ]
+    done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="corpus-render") as pool:
-        for start in range(0, len(clips), batch):
-            part = clips[start : start + batch]
-            waves = np.stack(list(pool.map(lambda c: render_window(c, seed), part)))
+        rendered = pool.map(lambda rows: _render([clips[r] for r in rows], seed), tasks)
+        for rows, pcms in zip(tasks, rendered, strict=True):
+            waves = np.stack([decoded_window(p) for p in pcms])
             with torch.no_grad():
-                out[start : start + len(part)] = features(torch.from_numpy(waves)).numpy()
-            progress.update(start + len(part))
+                out[rows] = features(torch.from_numpy(waves)).numpy()
+            done += len(rows)
+            progress.update(done)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         with open(tmp / CORPUS_FILE, "wb") as fh:
             np.save(fh, out)
         (tmp / CLIPS_FILE).write_text(json.dumps({"seed": seed, "clips": index}, indent=1))
     return out
+
+
+def _present_fonts() -> list[str]:
+    return [name for name, path in PRETRAIN_SOUNDFONTS.items() if path.is_file()]
 
 
 # --------------------------------------------------------------------------- training
@@ -281,10 +345,9 @@ def pretrain_stand_in(
     """Render (or read the cached) corpus, pre-train the tiny CLAP on it, save it to ``out_dir``."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    clips = plan_corpus(recipe.clips, recipe.seed)
-    cache = (
-        Path(cache_dir) if cache_dir else out_dir.parent / f".corpus-{recipe.seed}-{recipe.clips}"
-    )
+    clips = plan_corpus(recipe)
+    digest = hashlib.sha256(json.dumps([asdict(c) for c in clips]).encode()).hexdigest()[:12]
+    cache = Path(cache_dir) if cache_dir else out_dir.parent / f".corpus-{digest}"
     feats = torch.from_numpy(np.array(build_corpus(cache, clips, recipe.seed, log)))
     corpus_s = time.perf_counter() - started
     tokenizer = stand_in_tokenizer()

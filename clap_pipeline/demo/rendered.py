@@ -8,6 +8,11 @@ instruments named in the track's tags (``piano``, ``acoustic guitar``, ``strings
 ``drums``…) — and plays it through FluidSynth with a GM soundfont (Debian's
 ``fluid-soundfont-gm``). The tone tags shape the result as in ``synth.py``.
 
+How a genre is arranged is a ``Scheme``: which instruments a genre's band draws from, its
+chord progressions and drum grooves, how bass, chords and leads play, tempo, key and mix.
+``BAND`` is the demo collection's; ``demo/schemes.py`` holds the others the stand-in's
+pre-training corpus uses, and a soundfont can be named per render.
+
 Nothing here decides what the model sees: the arrangement follows tracks.csv (genre and
 tags), and the pipeline reads only the prompts and the audio.
 
@@ -133,9 +138,28 @@ GROOVES: dict[str, dict[int, tuple[int, ...]]] = {
 }
 
 
-def instruments_for(style: str, rng: np.random.Generator) -> list[str]:
+@dataclass(frozen=True)
+class Scheme:
+    """One way of arranging a genre; ``BAND`` (the demo's) has the defaults."""
+
+    name: str
+    band: dict[str, tuple[int | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
+    progressions: dict[str, tuple[tuple[int, tuple[int, ...]], ...]]
+    grooves: dict[str, dict[int, tuple[int, ...]]]  # style -> drum note -> steps; "pop" default
+    tempo_scale: float = 1.0  # times the style's (or the tempo tag's) bpm
+    transpose: int = 0  # semitones added to the tonic
+    bass: str = "auto"  # auto (walking in jazz, else root-fifth) | octaves | syncopated | pedal
+    comp: str = "auto"  # auto (arpeggios in folk/classical, else stabs) | strum | offbeat | sustain | arpeggio
+    lead: str = "auto"  # auto (free phrases) | riff (a repeated motif) | long (held notes)
+    velocity: float = 1.0  # scales every note's velocity
+    mix: bool = False  # per-track channel volume, pan, reverb and chorus (MIDI CC 7/10/91/93)
+
+
+def instruments_for(
+    style: str, rng: np.random.Generator, scheme: Scheme | None = None
+) -> list[str]:
     """The tracks' band: the genre's drums, a bass, a chord instrument, maybe a lead."""
-    kit, basses, chords, leads = STYLE_BAND[style]
+    kit, basses, chords, leads = (scheme or BAND).band[style]
     band = [str(rng.choice(chords)), str(rng.choice(basses))]
     if kit is not None and rng.random() < 0.9:
         band.insert(0, "drums")
@@ -144,6 +168,9 @@ def instruments_for(style: str, rng: np.random.Generator) -> list[str]:
         if lead not in band:
             band.append(lead)
     return band
+
+
+BAND = Scheme("band", STYLE_BAND, PROGRESSIONS, GROOVES)  # the demo collection's scheme
 
 
 # --------------------------------------------------------------------------- MIDI
@@ -171,22 +198,40 @@ def midi_file(events: Sequence[tuple[int, bytes]], bpm: float) -> bytes:
     return header + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
 
 
-def _note(events: list, channel: int, tick: int, length: int, pitch: int, velocity: int) -> None:
+def _note(events: list, channel: int, tick: int, length: int, pitch: int, velocity: float) -> None:
     pitch = int(np.clip(pitch, 0, 127))
     velocity = int(np.clip(velocity, 1, 127))
     events.append((tick, bytes((0x90 | channel, pitch, velocity))))
     events.append((tick + max(1, length), bytes((0x80 | channel, pitch, 0))))
 
 
-def arrangement(params: AudioParams, seconds: float = CLIP_SECONDS) -> tuple[bytes, float]:
+def arrangement(
+    params: AudioParams, seconds: float = CLIP_SECONDS, scheme: Scheme | None = None
+) -> tuple[bytes, float]:
     """The track's arrangement as a MIDI file, and its tempo."""
+    events, bpm = arrangement_events(params, seconds, scheme or BAND)
+    return midi_file(events, bpm), bpm
+
+
+def _mix(events: list, channel: int, rng: np.random.Generator) -> None:
+    """A channel's place in the mix: volume, pan, reverb and chorus sends."""
+    for control, low, high in ((7, 55, 128), (10, 20, 108), (91, 0, 100), (93, 0, 60)):
+        events.append((0, bytes((0xB0 | channel, control, int(rng.integers(low, high))))))
+
+
+def arrangement_events(
+    params: AudioParams, seconds: float, scheme: Scheme
+) -> tuple[list[tuple[int, bytes]], float]:
+    """(tick, MIDI message) events of the track's arrangement and its tempo (bpm)."""
     rng = np.random.default_rng([params.seed, 7, params.track_id])
+    mixer = np.random.default_rng([params.seed, 11, params.track_id]) if scheme.mix else None
     bpm = float(TAG_BPM.get(params.tempo or "", STYLE_BPM[params.style]) * rng.uniform(0.95, 1.05))
+    bpm *= scheme.tempo_scale
     octave = {"low": -12, "high": 12}.get(params.register or "", 0)
-    tonic = int(48 + rng.integers(12) + octave)
+    tonic = int(48 + rng.integers(12) + octave) + scheme.transpose
     step = TICKS // 4  # a 16th note
     bars = int(np.ceil(seconds * bpm / 240)) + 1
-    progression = PROGRESSIONS[params.style]
+    progression = scheme.progressions[params.style]
     band = [INSTRUMENTS[w] for w in params.instruments if w in INSTRUMENTS]
     events: list[tuple[int, bytes]] = []
     channel = 0
@@ -194,24 +239,29 @@ def arrangement(params: AudioParams, seconds: float = CLIP_SECONDS) -> tuple[byt
         if instrument.role == "drums":
             continue
         events.append((0, bytes((0xC0 | channel, instrument.program))))
+        if mixer is not None:
+            _mix(events, channel, mixer)
         for bar in range(bars):
             root, chord = progression[bar % len(progression)]
             _play(events, channel, instrument, params.style, bar * 16 * step, step,
-                  tonic + root, chord, rng)  # fmt: skip
+                  tonic + root, chord, rng, scheme)  # fmt: skip
         channel += 1
     if any(i.role == "drums" for i in band):
-        kit = STYLE_BAND[params.style][0] or 0
+        kit = scheme.band[params.style][0] or 0
         events.append((0, bytes((0xC0 | DRUM_CHANNEL, kit))))
-        groove = GROOVES.get(params.style, GROOVES["pop"])
+        if mixer is not None:
+            _mix(events, DRUM_CHANNEL, mixer)
+        groove = scheme.grooves.get(params.style, scheme.grooves["pop"])
         swing = step // 3 if params.style == "jazz" else 0
         for bar in range(bars):
             if bar % 4 == 0:
-                _note(events, DRUM_CHANNEL, bar * 16 * step, step, CRASH, 90)
+                _note(events, DRUM_CHANNEL, bar * 16 * step, step, CRASH, 90 * scheme.velocity)
             for pitch, hits in groove.items():
                 for s in hits:
                     tick = bar * 16 * step + s * step + (swing if s % 4 == 2 else 0)
-                    _note(events, DRUM_CHANNEL, tick, step, pitch, int(rng.integers(80, 118)))
-    return midi_file(events, bpm), bpm
+                    velocity = int(rng.integers(80, 118)) * scheme.velocity
+                    _note(events, DRUM_CHANNEL, tick, step, pitch, velocity)
+    return events, bpm
 
 
 def _play(
@@ -224,17 +274,34 @@ def _play(
     root: int,
     chord: tuple[int, ...],
     rng: np.random.Generator,
+    scheme: Scheme | None = None,
 ) -> None:
     """One bar of one instrument: the role decides the rhythm, the genre its feel."""
+    scheme = scheme or BAND
     base = root + 12 * instrument.octave
-    if instrument.role == "bass":
+    v = scheme.velocity
+
+    def note(tick: int, length: int, pitch: int, velocity: float) -> None:
+        _note(events, channel, start + tick, length, pitch, velocity * v)
+
+    if instrument.role == "bass" and scheme.bass != "auto":
+        _play_bass(note, scheme.bass, step, base, chord)
+    elif instrument.role in ("chords", "pad") and scheme.comp not in ("auto", "arpeggio"):
+        _play_comp(note, scheme.comp, step, base, chord)
+    elif instrument.role == "lead" and scheme.lead != "auto":
+        _play_lead(note, scheme.lead, step, base, chord, rng)
+    elif instrument.role == "chords" and scheme.comp == "arpeggio":
+        tones = [base + t for t in chord] + [base + 12 + chord[0]]
+        for s in range(16):  # sixteenth-note arpeggios
+            note(s * step, 2 * step, tones[s % len(tones)], 74)
+    elif instrument.role == "bass":
         walk = style == "jazz"
         for beat in range(4):
             pitch = base + (chord[beat % len(chord)] if walk else (0 if beat % 2 == 0 else 7))
-            _note(events, channel, start + beat * 4 * step, 4 * step - 10, pitch, 96)
+            note(beat * 4 * step, 4 * step - 10, pitch, 96)
     elif instrument.role == "pad":
         for tone in chord:
-            _note(events, channel, start, 16 * step - 20, base + tone, 70)
+            note(0, 16 * step - 20, base + tone, 70)
     elif instrument.role == "lead":
         scale = (0, 2, 4, 7, 9, 12, 14) if 4 in chord else (0, 3, 5, 7, 10, 12, 15)
         s = 0
@@ -242,17 +309,57 @@ def _play(
             length = int(rng.choice((2, 2, 4, 4, 6)))
             if rng.random() < 0.8:
                 pitch = base + 12 + int(rng.choice(scale))
-                _note(events, channel, start + s * step, length * step - 10, pitch, 88)
+                note(s * step, length * step - 10, pitch, 88)
             s += length
     elif style in ("folk", "classical") or instrument.word in ("harp", "nylon guitar"):
         tones = [base + t for t in chord] + [base + 12 + chord[0]]
         for s in range(0, 16, 2):  # fingerpicked / arpeggiated eighths
-            _note(events, channel, start + s * step, 3 * step, tones[(s // 2) % len(tones)], 78)
+            note(s * step, 3 * step, tones[(s // 2) % len(tones)], 78)
     else:
         hits = (0, 6, 8, 14) if style in ("rock", "pop", "electronic") else (0, 3, 8, 11)
         for s in hits:
             for tone in chord:
-                _note(events, channel, start + s * step, 2 * step, base + tone, 82)
+                note(s * step, 2 * step, base + tone, 82)
+
+
+def _play_bass(note, kind: str, step: int, base: int, chord: tuple[int, ...]) -> None:
+    if kind == "octaves":  # eighth-note octave pumping
+        for s in range(0, 16, 2):
+            note(s * step, 2 * step - 10, base + (12 if s % 4 == 2 else 0), 92)
+    elif kind == "syncopated":
+        for s, interval in ((0, 0), (3, 0), (6, 7), (10, 0), (12, chord[1 % len(chord)])):
+            note(s * step, 2 * step, base + interval, 100)
+    else:  # pedal: one held root per bar
+        note(0, 16 * step - 20, base, 90)
+
+
+def _play_comp(note, kind: str, step: int, base: int, chord: tuple[int, ...]) -> None:
+    if kind == "strum":  # every eighth, down-up accents
+        for s in range(0, 16, 2):
+            for k, tone in enumerate(chord):
+                note(s * step + k * 8, 2 * step, base + tone, 84 if s % 4 == 0 else 66)
+    elif kind == "offbeat":  # the "and" of every beat
+        for s in range(2, 16, 4):
+            for tone in chord:
+                note(s * step, step, base + tone, 86)
+    else:  # sustain: two held chords per bar
+        for s in (0, 8):
+            for tone in chord:
+                note(s * step, 8 * step - 20, base + 12 + tone, 64)
+
+
+def _play_lead(
+    note, kind: str, step: int, base: int, chord: tuple[int, ...], rng: np.random.Generator
+) -> None:
+    scale = (0, 2, 4, 7, 9, 12, 14) if 4 in chord else (0, 3, 5, 7, 10, 12, 15)
+    if kind == "riff":  # a two-beat motif, played twice
+        motif = [(s, int(rng.choice(scale))) for s in (0, 2, 3, 6) if rng.random() < 0.85]
+        for half in (0, 8):
+            for s, degree in motif:
+                note(half * step + s * step, 2 * step - 10, base + 12 + degree, 90)
+    else:  # long: two held notes per bar
+        for s in (0, 8):
+            note(s * step, 8 * step - 30, base + 12 + int(rng.choice(scale)), 80)
 
 
 # --------------------------------------------------------------------------- audio
@@ -273,29 +380,35 @@ def fluidsynth_exe() -> str:
     return exe
 
 
-def render_midi(midi: bytes, seconds: float) -> np.ndarray:
-    """``seconds`` of the MIDI file played by FluidSynth: float32 stereo (n, 2)."""
+def _fluidsynth(midi: bytes, font: Path | None) -> np.ndarray:
+    """The whole MIDI file played by FluidSynth: int16 stereo (n, 2)."""
     with tempfile.TemporaryDirectory(prefix="clap-render-") as tmp:
         mid, raw = Path(tmp) / "track.mid", Path(tmp) / "track.raw"
         mid.write_bytes(midi)
         cmd = [
             fluidsynth_exe(), "-ni", "-q", "-g", "0.6", "-r", str(SR), "-T", "raw",
-            "-O", "s16", "-E", "little", "-F", str(raw), str(soundfont()), str(mid),
+            "-O", "s16", "-E", "little", "-F", str(raw), str(font or soundfont()), str(mid),
         ]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0 or not raw.exists():
             raise RenderError(f"fluidsynth failed (exit {done.returncode}): {done.stderr[-500:]}")
-        pcm = np.frombuffer(raw.read_bytes(), dtype="<i2").reshape(-1, 2)
-    n = round(seconds * SR)
+        return np.frombuffer(raw.read_bytes(), dtype="<i2").reshape(-1, 2)
+
+
+def _window(pcm: np.ndarray, start: int, n: int) -> np.ndarray:
     audio = np.zeros((n, 2), np.float32)
-    audio[: min(n, len(pcm))] = pcm[:n] / 32768.0
+    part = pcm[start : start + n]
+    audio[: len(part)] = part / 32768.0
     return audio
 
 
-def render_track(params: AudioParams, seconds: float = CLIP_SECONDS) -> np.ndarray:
-    """The track as int16 PCM (n, 2), tone tags applied as the synthesiser applies them."""
-    midi, _ = arrangement(params, seconds)
-    audio = render_midi(midi, seconds)
+def render_midi(midi: bytes, seconds: float, font: Path | None = None) -> np.ndarray:
+    """``seconds`` of the MIDI file played by FluidSynth: float32 stereo (n, 2)."""
+    return _window(_fluidsynth(midi, font), 0, round(seconds * SR))
+
+
+def _finish(audio: np.ndarray, params: AudioParams) -> np.ndarray:
+    """The tone tags applied as the synthesiser applies them; int16 PCM at a fixed peak."""
     gain = _response(len(audio), params.style, params.tone)
     if gain is not None:
         audio = np.fft.irfft(np.fft.rfft(audio, axis=0) * gain[:, None], len(audio), axis=0)
@@ -310,3 +423,55 @@ def render_track(params: AudioParams, seconds: float = CLIP_SECONDS) -> np.ndarr
         raise RenderError(f"track {params.track_id}: fluidsynth rendered silence")
     audio = audio * (0.89 * 32767.0 / peak)
     return np.round(audio).astype("<i2")
+
+
+def render_track(
+    params: AudioParams,
+    seconds: float = CLIP_SECONDS,
+    scheme: Scheme | None = None,
+    font: Path | None = None,
+) -> np.ndarray:
+    """The track as int16 PCM (n, 2), tone tags applied as the synthesiser applies them."""
+    midi, _ = arrangement(params, seconds, scheme)
+    return _finish(render_midi(midi, seconds, font), params)
+
+
+BATCH_BPM = 120.0  # the tempo of a batch's MIDI file: one tick = 1/960 s
+_RESET = ((121, 0), (7, 100), (10, 64), (91, 40), (93, 0))  # FluidSynth's defaults
+
+
+def render_batch(
+    tracks: Sequence[tuple[AudioParams, Scheme]],
+    seconds: float,
+    font: Path | None = None,
+    gap_s: float = 1.5,
+) -> list[np.ndarray]:
+    """Many tracks in one FluidSynth run (the soundfont loads once): each as ``render_track``
+    makes it, up to the channels' reverb state. Segments of ``seconds + gap_s`` with every
+    channel reset at the start and silenced before the gap."""
+    if not tracks:
+        return []
+    per_second = BATCH_BPM * TICKS / 60
+    segment = round((seconds + gap_s) * per_second)
+    events: list[tuple[int, bytes]] = []
+    for k, (params, scheme) in enumerate(tracks):
+        start = k * segment
+        for channel in range(16):
+            events += [(start, bytes((0xB0 | channel, cc, value))) for cc, value in _RESET]
+            events.append((start, bytes((0xC0 | channel, 0))))
+        own, bpm = arrangement_events(params, seconds, scheme)
+        scale = BATCH_BPM / bpm
+        end = start + round(seconds * per_second)
+        for tick, message in own:
+            at = start + round(tick * scale)
+            if at < end or message[0] & 0xF0 == 0x80:
+                events.append((min(at, end), message))
+        for channel in range(16):
+            events += [(end, bytes((0xB0 | channel, cc, 0))) for cc in (123, 120)]
+    events.append((len(tracks) * segment - 1, bytes((0xB0, 121, 0))))  # the last gap plays out
+    pcm = _fluidsynth(midi_file(events, BATCH_BPM), font)
+    n = round(seconds * SR)
+    return [
+        _finish(_window(pcm, round(k * (seconds + gap_s) * SR), n), params)
+        for k, (params, _) in enumerate(tracks)
+    ]

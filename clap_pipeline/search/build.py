@@ -1,4 +1,5 @@
-"""The `track_embeddings` asset's work: embed every clip with a model, write the table.
+"""The `track_embeddings` asset's work: embed every clip with a model, write the table and
+its lexical index (``write_search_index``).
 
 Storage: DuckDB table ``track_embeddings`` (one row per decoded track, a ``FLOAT[d]``
 column of L2-normalised audio embeddings plus the metadata a result line needs and the
@@ -27,7 +28,8 @@ from clap_pipeline.genre_search import (
 )
 from clap_pipeline.model.choice import ModelChoice, champion_model
 from clap_pipeline.reporting import Log
-from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
+from clap_pipeline.search.index import TABLE, SearchError, load_embeddings, read_collection
+from clap_pipeline.search.lexical import load_or_build
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
@@ -83,7 +85,8 @@ def write_track_embeddings(
                     duration_s DOUBLE,
                     model_version VARCHAR, model_run_id VARCHAR,
                     created_at TIMESTAMPTZ NOT NULL,
-                    genres VARCHAR[], year INTEGER, track_duration_s DOUBLE)"""
+                    genres VARCHAR[], year INTEGER, track_duration_s DOUBLE,
+                    album VARCHAR, tags VARCHAR[])"""
             )
             col = _tracks_columns(con)
             con.execute(
@@ -101,7 +104,8 @@ def write_track_embeddings(
                        coalesce(year(TRY_CAST({col("album_date_released")} AS TIMESTAMP)),
                                 year(TRY_CAST({col("track_date_created")} AS TIMESTAMP))),
                        CASE WHEN TRY_CAST({col("track_duration")} AS DOUBLE) > 0
-                            THEN TRY_CAST({col("track_duration")} AS DOUBLE) END
+                            THEN TRY_CAST({col("track_duration")} AS DOUBLE) END,
+                       {col("album_title")}, {col("track_tags")}
                 FROM new_rows n LEFT JOIN tracks t USING (track_id)
                 LEFT JOIN ({_genre_names_sql(con)}) gn USING (track_id)
                 ORDER BY n.track_id""",
@@ -115,6 +119,24 @@ def write_track_embeddings(
             con.execute(f"DROP TABLE IF EXISTS {TABLE}")
             con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
     return n
+
+
+def write_search_index(
+    duckdb_path: str | Path,
+    track_ids: np.ndarray,
+    embeddings: np.ndarray,
+    audio_paths: Sequence[str],
+    source_sizes: np.ndarray,
+    model: ModelChoice,
+) -> int:
+    """The table (``write_track_embeddings``) and its lexical index, kept in step: the
+    index is saved under the new table's fingerprint (``search/lexical.py``)."""
+    count = write_track_embeddings(
+        duckdb_path, track_ids, embeddings, audio_paths, source_sizes, model
+    )
+    collection = read_collection(duckdb_path)
+    load_or_build(collection.catalog, collection.cache_dir, collection.info.fingerprint)
+    return count
 
 
 def _tracks_columns(con: duckdb.DuckDBPyConnection) -> Callable[[str], str]:
@@ -166,7 +188,7 @@ def build_track_embeddings(
         p if Path(p).is_absolute() else str(fma_audio_path(audio_dir, tid))
         for tid, p in zip(embedded.track_ids.tolist(), embedded.source_paths, strict=True)
     ]
-    count = write_track_embeddings(
+    count = write_search_index(
         duckdb_path, embedded.track_ids, embedded.embeddings, paths, embedded.source_sizes, model
     )
     # Warms the query cache too, so the first search does not pay the DuckDB read.

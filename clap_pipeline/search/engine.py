@@ -2,8 +2,10 @@
 
 - ``SearchIndex``: what one build of `track_embeddings` holds in memory: the ``Catalog``
   (metadata and filters, ``search/filters.py``), the ``VectorIndex`` (top-k over the audio
-  embeddings, ``search/vector_index.py``) and the table's ``IndexInfo``. It ranks catalog
-  rows for a query embedding and turns them into ``Result`` rows.
+  embeddings, ``search/vector_index.py``), the ``LexicalIndex`` (BM25 over the names,
+  ``search/lexical.py``) and the table's ``IndexInfo``. It ranks catalog rows for a query
+  in a ``mode`` (audio, text, or both fused by reciprocal rank fusion) and turns them
+  into ``Result`` rows.
 - ``QueryEncoder``: the model that embeds queries in that index's space (ONNX int8 for
   the service, the PyTorch model for one CLI query, ``search/text_encoder.py``).
 - ``Searcher``: the two together, checked to match (model version, dimension); immutable,
@@ -29,20 +31,23 @@ from clap_pipeline.config import Settings
 from clap_pipeline.feedback import validate_query
 from clap_pipeline.model.choice import ModelChoice, resolve_model
 from clap_pipeline.processes import usable_cpus
-from clap_pipeline.search.filters import Catalog, Filters
+from clap_pipeline.search.filters import DEFAULT_MODE, MODES, Catalog, Filters
 from clap_pipeline.search.index import (
-    CACHE_DIR_NAME,
     TABLE,
     Collection,
     IndexInfo,
     SearchError,
+    cache_dir,
     index_info,
     read_collection,
 )
+from clap_pipeline.search.lexical import LexicalIndex, load_or_build
 from clap_pipeline.search.text_encoder import Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
 
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
+FUSION_DEPTH = 100  # candidates each ranking hands the fusion (at least k)
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Result:
     title: str | None
     artist: str | None
     genre: str | None  # FMA's top genre
-    score: float  # cosine similarity of the query and the track's audio
+    score: float  # the mode's: audio cosine, BM25 of the names, or the fused RRF score
     genres: list[str]  # the top genre and every genre of the track
     year: int | None  # album release year, else the track's upload year
     license: str | None
@@ -67,27 +72,68 @@ def check_k(k: int, max_k: int | None = None) -> None:
         raise ValueError(f"k must be {bounds}, got {k}")
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
 def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+Ranking = tuple[np.ndarray, np.ndarray]  # row positions, scores; best first
+
+
+def fuse(rankings: list[Ranking], k: int) -> Ranking:
+    """Reciprocal rank fusion: a row scores sum(1 / (RRF_K + rank)) over the rankings.
+
+    Ties keep the order of first appearance (the first ranking's order first).
+    """
+    fused: dict[int, float] = {}
+    for positions, _ in rankings:
+        for rank, pos in enumerate(positions.tolist(), start=1):
+            fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank)
+    order = sorted(fused, key=lambda p: -fused[p])[:k]  # stable: ties keep first appearance
+    return np.array(order, dtype=np.int64), np.array([fused[p] for p in order])
+
+
 @dataclass(frozen=True)
 class SearchIndex:
-    """One build of `track_embeddings` in memory: catalog, vector index, info."""
+    """One build of `track_embeddings` in memory: catalog, vector and lexical index, info."""
 
     catalog: Catalog
     vectors: VectorIndex
+    lexical: LexicalIndex
     info: IndexInfo
 
     def __len__(self) -> int:
         return len(self.catalog.track_ids)
 
     def rank(
-        self, query: np.ndarray, k: int, filters: Filters | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Row positions and scores of the best ``k`` rows that pass ``filters``."""
+        self,
+        text: str,
+        embedding: np.ndarray | None,
+        k: int,
+        filters: Filters | None = None,
+        mode: str = DEFAULT_MODE,
+    ) -> Ranking:
+        """Row positions and scores of the best ``k`` rows that pass ``filters``.
+
+        ``audio``: the query embedding against the audio embeddings; ``text``: BM25 of the
+        query's words in the tracks' names (only rows that match a word); ``hybrid``: both
+        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion.
+        """
+        check_mode(mode)
         allowed = self.catalog.allowed(filters or Filters())
-        return self.vectors.search(query, k, allowed)
+        if mode == "text":
+            return self.lexical.rank(text, k, allowed)
+        if embedding is None:
+            raise ValueError(f"mode {mode} needs the query's embedding")
+        if mode == "audio":
+            return self.vectors.search(embedding, k, allowed)
+        depth = max(k, FUSION_DEPTH)
+        audio = self.vectors.search(embedding, depth, allowed)
+        return fuse([audio, self.lexical.rank(text, depth, allowed)], k)
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
@@ -109,9 +155,31 @@ class SearchIndex:
             for rank, (p, s) in enumerate(zip(positions.tolist(), scores.tolist(), strict=True), 1)
         ]
 
-    def search(self, query: np.ndarray, k: int, filters: Filters | None = None) -> list[Result]:
-        """Top ``k`` tracks for a query embedding among those that pass ``filters``."""
-        return self.results(*self.rank(query, k, filters))
+    def search(
+        self,
+        text: str,
+        embedding: np.ndarray | None,
+        k: int,
+        filters: Filters | None = None,
+        mode: str = DEFAULT_MODE,
+    ) -> list[Result]:
+        """Top ``k`` tracks for a query among those that pass ``filters``."""
+        return self.results(*self.rank(text, embedding, k, filters, mode))
+
+    def search_windows(
+        self, embeddings: np.ndarray, k: int, filters: Filters | None = None
+    ) -> list[Result]:
+        """Tracks closest to any of several audio embeddings (an uploaded query's windows):
+        a track scores its best cosine to one of them."""
+        allowed = self.catalog.allowed(filters or Filters())
+        depth = max(k, FUSION_DEPTH)
+        best: dict[int, float] = {}
+        for embedding in embeddings:
+            positions, scores = self.vectors.search(embedding, depth, allowed)
+            for pos, score in zip(positions.tolist(), scores.tolist(), strict=True):
+                best[pos] = max(score, best.get(pos, -np.inf))
+        order = sorted(best, key=lambda p: (-best[p], p))[:k]
+        return self.results(np.array(order, dtype=np.int64), np.array([best[p] for p in order]))
 
     def similar(self, track_id: int, k: int) -> list[Result]:
         """Audio->audio neighbours of an indexed track (the track itself left out)."""
@@ -131,7 +199,9 @@ class SearchIndex:
 def build_search_index(collection: Collection, exact_max_rows: int | None = None) -> SearchIndex:
     kwargs = {} if exact_max_rows is None else {"exact_max_rows": exact_max_rows}
     vectors = build_vector_index(collection.matrix, **kwargs)
-    return SearchIndex(collection.catalog, vectors, collection.info)
+    c = collection
+    lexical = load_or_build(c.catalog, c.cache_dir, c.info.fingerprint)
+    return SearchIndex(c.catalog, vectors, lexical, c.info)
 
 
 @dataclass(frozen=True)
@@ -143,6 +213,7 @@ class QueryEncoder:
     encode: Encoder
     kind: str  # text_encoder.ENCODER_KINDS
     slots: threading.Semaphore
+    features: object  # model.features.LogMelFeatures on the CPU (audio queries)
 
     def embed(self, text: str) -> np.ndarray:
         # At most one forward per core (each on its own threads, see ``serve``): more
@@ -150,19 +221,29 @@ class QueryEncoder:
         with self.slots:
             return self.encode([text])[0]
 
+    def embed_audio(self, windows: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings (n, d) of (n, 240,000) windows, by the audio tower."""
+        import torch
+
+        from clap_pipeline.model.clap import clip_embeddings
+
+        with self.slots, torch.inference_mode():
+            return clip_embeddings(self.clap.model, self.features, windows, torch.device("cpu"))
+
 
 def load_query_encoder(
     model: ModelChoice, kind: str, cache_dir: Path, threads: int = 1
 ) -> QueryEncoder:
     """Load ``model`` and its text encoder of ``kind`` (ONNX graphs cached in ``cache_dir``)."""
     from clap_pipeline.model.clap import load_clap
+    from clap_pipeline.model.features import features_for_model
 
     clap = load_clap(model.source)
     clap.model.eval()
     # ONNX graphs are exported from this very model (cached by its weights' hash): no drift.
     encode = build_encoder(clap, kind, cache_dir, threads)
     slots = threading.Semaphore(max(1, usable_cpus() // threads))
-    return QueryEncoder(model, clap, encode, kind, slots)
+    return QueryEncoder(model, clap, encode, kind, slots, features_for_model(clap, "cpu"))
 
 
 def check_model_matches(model: ModelChoice, info: IndexInfo, registered_model: str) -> None:
@@ -201,16 +282,34 @@ class Searcher:
         return self.encoder.model.version or self.index.info.model_version
 
     def search(
-        self, query: str, k: int, filters: Filters | None = None, max_k: int | None = None
+        self,
+        query: str,
+        k: int,
+        filters: Filters | None = None,
+        max_k: int | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> list[Result]:
         """Top ``k`` tracks for a text query among those that pass ``filters``."""
         text = validate_query(query)
         check_k(k, max_k)
-        return self.index.search(self.encoder.embed(text), k, filters)
+        check_mode(mode)
+        embedding = None if mode == "text" else self.encoder.embed(text)
+        return self.index.search(text, embedding, k, filters, mode)
 
     def similar(self, track_id: int, k: int, max_k: int | None = None) -> list[Result]:
         check_k(k, max_k)
         return self.index.similar(track_id, k)
+
+    def search_audio(
+        self,
+        windows: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        max_k: int | None = None,
+    ) -> list[Result]:
+        """Tracks that sound like an audio query's windows (n, 240,000), best first."""
+        check_k(k, max_k)
+        return self.index.search_windows(self.encoder.embed_audio(windows), k, filters)
 
 
 def make_searcher(encoder: QueryEncoder, index: SearchIndex, registered_model: str) -> Searcher:
@@ -228,7 +327,7 @@ def make_searcher(encoder: QueryEncoder, index: SearchIndex, registered_model: s
 
 
 def encoder_cache_dir(settings: Settings) -> Path:
-    return settings.duckdb_path.parent / CACHE_DIR_NAME / "onnx"
+    return cache_dir(settings.duckdb_path) / "onnx"
 
 
 def search(
@@ -237,6 +336,7 @@ def search(
     k: int,
     model_arg: str | None = None,
     filters: Filters | None = None,
+    mode: str = DEFAULT_MODE,
 ) -> list[Result]:
     """One query from a command line: the champion (or ``model_arg``) in PyTorch, top ``k``.
 
@@ -245,9 +345,11 @@ def search(
     """
     validate_query(query)
     check_k(k)
+    check_mode(mode)
     info = index_info(settings.duckdb_path)
     model = query_model(settings, info, model_arg, follow_table=False)
     encoder = load_query_encoder(model, "torch", encoder_cache_dir(settings))
     collection = read_collection(settings.duckdb_path)
     index = build_search_index(collection, exact_max_rows=collection.info.count)
-    return make_searcher(encoder, index, settings.registered_model).search(query, k, filters)
+    searcher = make_searcher(encoder, index, settings.registered_model)
+    return searcher.search(query, k, filters, mode=mode)

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -389,6 +391,7 @@ class WindowIndexBuilder:
         self.progress = ProgressLog("window index", total_windows, log, unit="windows")
         self.start = time.perf_counter()
         self.added = 0
+        self.last_id = -(2**63)
 
     def add(
         self, track_ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, embeddings: np.ndarray
@@ -396,6 +399,10 @@ class WindowIndexBuilder:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings must be (n, {self.dim}), got {emb.shape}")
+        ids = np.asarray(track_ids, dtype=np.int64)
+        if len(ids) and ((np.diff(ids) < 0).any() or ids[0] < self.last_id):
+            raise ValueError("window rows must come sorted by track_id, each track once")
+        self.last_id = int(ids[-1]) if len(ids) else self.last_id
         if self.segment is None:
             self.buffer.append((track_ids, start_s, end_s, emb))
             self.buffered += len(emb)
@@ -458,6 +465,35 @@ def build_window_index(windows: WindowEmbeddings, **options: object) -> WindowIn
     """The index of windows already in memory (tests, small collections)."""
     builder = WindowIndexBuilder(windows.embeddings.shape[1], len(windows), **options)  # type: ignore[arg-type]
     builder.add(windows.track_ids, windows.start_s, windows.end_s, windows.embeddings)
+    return builder.finish()
+
+
+def read_window_index(
+    files: Sequence[Path], log: Callable[[str], None] | None = None, **options: Any
+) -> WindowIndex:
+    """The index of ``window_embeddings`` Parquet files, streamed batch by batch.
+
+    ``files`` in folder order (``NNN.parquet``: a folder holds the tracks of one id range,
+    rows sorted by (track_id, start_s), so the files in order are sorted too); the row
+    count in their footers sizes the store; ``options`` go to :class:`WindowIndexBuilder`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise ValueError("no window embeddings files to index")
+    parquet = [pq.ParquetFile(f) for f in files]
+    total = sum(p.metadata.num_rows for p in parquet)
+    dim = parquet[0].schema_arrow.field("embedding").type.list_size
+    builder = WindowIndexBuilder(dim, total, log=log, **options)
+    columns = ["track_id", "start_s", "end_s", "embedding"]
+    for path, p in zip(files, parquet, strict=True):
+        for batch in p.iter_batches(batch_size=65_536, columns=columns):
+            try:
+                w = WindowEmbeddings.from_table(pa.Table.from_batches([batch]))
+                builder.add(w.track_ids, w.start_s, w.end_s, w.embeddings)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from exc
     return builder.finish()
 
 

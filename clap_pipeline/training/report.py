@@ -198,7 +198,7 @@ def epoch_summary(record: EpochRecord) -> str:
 
 def _wise_ft_artifact(wise: WiseFt | None) -> str | None:
     """The artifact folder of WiSE-FT's weights (None: they are the best epoch's)."""
-    return None if wise is None or wise.alpha == 1 else run_names.checkpoint_artifact("wise-ft")
+    return None if wise is None or wise.alpha == 1 else run_names.WISE_FT_ARTIFACT
 
 
 def checkpoint_source(session: Session, best: EpochRecord, wise: WiseFt | None = None) -> str:

@@ -4,6 +4,7 @@ the arrangement, and a (very small) pre-training writes a model the pipeline loa
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,20 +19,23 @@ from clap_pipeline.demo.pretrain import (
     CLIPS_FILE,
     CORPUS_FILE,
     RECORD_FILE,
+    SYNTH,
     PretrainRecipe,
     build_corpus,
     plan_corpus,
     pretrain_stand_in,
     stand_in_tokenizer,
 )
-from clap_pipeline.demo.rendered import INSTRUMENT_WORDS, STYLE_BAND
+from clap_pipeline.demo.rendered import INSTRUMENT_WORDS
+from clap_pipeline.demo.schemes import PRETRAIN_SCHEMES, PRETRAIN_SOUNDFONTS
 from clap_pipeline.model.clap import load_clap
 from clap_pipeline_tests.demo.test_rendered import needs_fluidsynth
 
 
-def test_the_corpus_is_apart_from_every_demo_collection() -> None:
-    corpus = plan_corpus(200)
-    assert plan_corpus(200) == corpus  # a function of the seed
+def test_the_corpus_is_apart_from_every_demo_collection_and_varied() -> None:
+    recipe = PretrainRecipe(clips=200)
+    corpus = plan_corpus(recipe)
+    assert plan_corpus(recipe) == corpus  # a function of the recipe
     ids = [c.clip_id for c in corpus]
     assert min(ids) > MAX_TRACK_ID  # no demo collection (FMA ids) can hold these clips
     demo_ids = {p.track_id for p in plan_dataset(200, seed=0, renderer="fluidsynth")}
@@ -40,15 +44,25 @@ def test_the_corpus_is_apart_from_every_demo_collection() -> None:
     styles = [c.style for c in corpus]
     assert {styles.count(s) for s in set(styles)} == {25}  # balanced genres
     for clip in corpus:
-        _kit, basses, chords, leads = STYLE_BAND[clip.style]
+        _kit, basses, chords, leads = PRETRAIN_SCHEMES[clip.scheme].band[clip.style]
         assert set(clip.band) <= {"drums", *basses, *chords, *leads}
         assert top_of_title[clip.genre] == TOP_OF_STYLE[clip.style]  # a genre of its style
         assert clip.params(7).instruments == clip.band
+        assert (clip.soundfont == SYNTH) == (clip.band == ())  # the synthesiser has no band
+    # Several arrangement schemes, two soundfonts and the synthesiser.
+    sources = Counter((c.scheme, c.soundfont) for c in corpus if c.soundfont != SYNTH)
+    assert {s for s, _ in sources} == set(PRETRAIN_SCHEMES) and len(sources) == 8
+    assert 30 <= sum(c.soundfont == SYNTH for c in corpus) <= 70  # synth_share 0.25
+    assert {c.soundfont for c in corpus} == {*PRETRAIN_SOUNDFONTS, SYNTH}
 
 
 def test_captions_name_only_what_the_clip_plays() -> None:
     clip = replace(
-        plan_corpus(8)[0], style="jazz", genre="Jazz", band=("drums", "piano"), words=("slow",)
+        plan_corpus(PretrainRecipe(clips=8))[0],
+        style="jazz",
+        genre="Jazz",
+        band=("drums", "piano"),
+        words=("slow",),
     )
     texts = {caption(clip, np.random.default_rng(i)) for i in range(200)}
     assert len(texts) > 20  # several phrasings
@@ -79,7 +93,7 @@ def test_a_small_pretraining_writes_a_loadable_stand_in(tmp_path: Path) -> None:
     assert feats.astype(np.float32).std(axis=(1, 2, 3)).min() > 0  # every clip has sound
     # A second build with the same clips reads the cache (same bytes, no rendering).
     listed = (tmp_path / "corpus" / CLIPS_FILE).stat().st_mtime_ns
-    again = build_corpus(tmp_path / "corpus", plan_corpus(16), recipe.seed, log=pytest.fail)
+    again = build_corpus(tmp_path / "corpus", plan_corpus(recipe), recipe.seed, log=pytest.fail)
     assert np.array_equal(np.asarray(again), feats)
     assert (tmp_path / "corpus" / CLIPS_FILE).stat().st_mtime_ns == listed
 

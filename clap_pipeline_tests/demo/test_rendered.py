@@ -26,14 +26,17 @@ from clap_pipeline.demo.collection import (
 )
 from clap_pipeline.demo.plan import plan_dataset
 from clap_pipeline.demo.rendered import (
+    BAND,
     DRUM_CHANNEL,
     INSTRUMENT_WORDS,
     INSTRUMENTS,
     SOUNDFONT_PATHS,
     TICKS,
     arrangement,
+    render_batch,
     render_track,
 )
+from clap_pipeline.demo.schemes import PRETRAIN_SCHEMES, PRETRAIN_SOUNDFONTS
 from clap_pipeline.demo.synth import SR, STYLES, AudioParams
 from clap_pipeline.metadata.captions import read_captions
 
@@ -177,3 +180,41 @@ def test_demo_data_writes_a_rendered_collection(tmp_path: Path) -> None:
         for text in texts:
             named = {i for i in INSTRUMENT_WORDS if re.search(rf"\b{i}\b", text.lower())}
             assert named <= set(tags) | {"bass"}, (text, tags)  # "bass" is in "upright bass"
+
+
+def _log_spectrogram(pcm: np.ndarray) -> np.ndarray:
+    mono = pcm.astype(np.float64).mean(axis=1)
+    frames = mono[: len(mono) // 2048 * 2048].reshape(-1, 2048) * np.hanning(2048)
+    return np.log(np.abs(np.fft.rfft(frames, axis=1)) + 1e-3)
+
+
+def test_schemes_arrange_the_same_track_their_own_way() -> None:
+    params = AudioParams("rock", None, None, None, 0, 3, ("drums", "bass", "electric guitar"))
+    notes = {}
+    for scheme in PRETRAIN_SCHEMES.values():
+        _, events = parse_midi(arrangement(params, 4.0, scheme)[0])
+        notes[scheme.name] = [(t, m[1]) for t, m in events if m[0] & 0xF0 == 0x90]
+        mixed = [m for _, m in events if m[0] & 0xF0 == 0xB0]
+        assert bool(mixed) == scheme.mix  # volume / pan / reverb sends only when mixed
+    assert len({tuple(n) for n in notes.values()}) == len(PRETRAIN_SCHEMES)
+    assert arrangement(params, 4.0)[0] == arrangement(params, 4.0, BAND)[0]  # the demo's own
+
+
+@needs_fluidsynth
+def test_one_fluidsynth_run_renders_many_tracks_as_one_by_one() -> None:
+    tracks = [
+        (AudioParams(style, None, None, None, 0, k, (band,), "fluidsynth"), scheme)
+        for k, (style, band, scheme) in enumerate(
+            (("jazz", "piano", BAND), ("folk", "banjo", PRETRAIN_SCHEMES["studio"]))
+        )
+    ]
+    batch = render_batch(tracks, 3.0)
+    for (params, scheme), pcm in zip(tracks, batch, strict=True):
+        alone = render_track(params, 3.0, scheme)
+        assert pcm.shape == alone.shape
+        same = np.corrcoef(_log_spectrogram(pcm).ravel(), _log_spectrogram(alone).ravel())[0, 1]
+        assert same > 0.9, same  # the same music (tick rounding shifts notes by < 1 ms)
+    # Another soundfont is another sound (.ci/run installs MuseScore's next to FluidR3).
+    changed = render_track(tracks[0][0], 3.0, BAND, PRETRAIN_SOUNDFONTS["musescore"])
+    diff = np.corrcoef(_log_spectrogram(changed).ravel(), _log_spectrogram(batch[0]).ravel())
+    assert diff[0, 1] < 0.97, diff[0, 1]

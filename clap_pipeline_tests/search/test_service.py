@@ -72,7 +72,7 @@ def test_search_returns_ranked_fields_in_exact_order(
 ) -> None:
     collection, http = served
     query = "folk country music"
-    response = http.get("/api/search", params={"q": query, "k": 5})
+    response = http.get("/api/search", params={"q": query, "k": 5, "mode": "audio"})
     assert response.status_code == 200 and response.headers["x-model-version"] == "1"
     hits = response.json()
     assert len(hits) == 5 and all(set(h) == FIELDS for h in hits)
@@ -83,7 +83,7 @@ def test_search_returns_ranked_fields_in_exact_order(
     first = hits[0]
     assert first["audio_url"] == f"/api/tracks/{first['track_id']}/audio"
     assert first["artist"] == f"Artist {first['track_id'] % 3}"
-    all_hits = http.get("/api/search", params={"q": query, "k": 100}).json()
+    all_hits = http.get("/api/search", params={"q": query, "k": 100, "mode": "audio"}).json()
     assert [h["track_id"] for h in all_hits] == expected  # k above N: every track
     hostile = next(h for h in all_hits if h["track_id"] == HOSTILE_ID)
     assert hostile["title"] == HOSTILE_TITLE  # JSON carries it verbatim; the page escapes
@@ -97,7 +97,7 @@ def test_filters_return_only_matching_tracks_in_ranked_order(
     order = exact_order(collection.matrix, encode_query(load_clap(tiny_model_dir), query))
 
     def ids(k: int = 100, **filters: object) -> list[int]:
-        response = http.get("/api/search", params={"q": query, "k": k, **filters})
+        response = http.get("/api/search", params={"q": query, "k": k, "mode": "audio", **filters})
         assert response.status_code == 200, response.text
         return [h["track_id"] for h in response.json()]
 
@@ -301,7 +301,7 @@ def test_champion_alias_is_served_once_its_embeddings_are_built(
             time.sleep(0.2)
         health = http.get("/api/health").json()
         assert health["model"] == f"models:/{DEFAULT_REGISTERED_MODEL}/2" and health["note"] is None
-        response = http.get("/api/search", params={"q": "jazz", "k": 3})
+        response = http.get("/api/search", params={"q": "jazz", "k": 3, "mode": "audio"})
     assert response.headers["x-model-version"] == "2"
     query = encode_query(load_clap(other_model), "jazz")
     expected = exact_order(unit_rows(len(TRACK_IDS), TINY_DIM, 8), query)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.search.window_index import (
     MAX_SEGMENTS,
     build_window_index,
     exact_top_tracks,
+    read_window_index,
 )
 from clap_pipeline.search.window_store import Sq8
-from clap_pipeline.window_embeddings import WindowEmbeddings
+from clap_pipeline.window_embeddings import WindowEmbeddings, window_embeddings_schema
+from clap_pipeline.windows import WindowRule
 
 DIM = 32
 
@@ -184,3 +189,35 @@ def test_sq8_scores_are_close_to_float_scores() -> None:
     codec = Sq8.fit(x)
     qs = queries(5, 14)
     np.testing.assert_allclose(codec.scores(codec.encode(x), qs), x @ qs.T, atol=0.01)
+
+
+def test_index_is_read_from_window_embeddings_parquet_files(tmp_path: Path) -> None:
+    windows = collection(120, 15)
+    schema = window_embeddings_schema(
+        DIM, model_version="1", model_fingerprint="f", model_source="s", rule=WindowRule()
+    )
+    half = int(np.searchsorted(windows.track_ids, windows.tracks[60]))
+    files = []
+    for name, rows in (("000", slice(0, half)), ("001", slice(half, None))):
+        table = pa.table(
+            {
+                "track_id": windows.track_ids[rows],
+                "start_s": windows.start_s[rows],
+                "end_s": windows.end_s[rows],
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(windows.embeddings[rows].ravel()), DIM
+                ),
+                "source_size": np.zeros(len(windows.track_ids[rows]), dtype=np.int64),
+                "source_mtime": np.zeros(len(windows.track_ids[rows])),
+            },
+            schema=schema,
+        )
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=50)
+        files.append(tmp_path / f"{name}.parquet")
+    index = read_window_index(files)
+    assert index.windows == len(windows) and list(index.track_ids) == list(windows.tracks)
+    q = queries(1, 16)[0]
+    want = build_window_index(windows).search(q, 5)
+    assert [m.track_id for m in index.search(q, 5)] == [m.track_id for m in want]
+    with pytest.raises(ValueError, match=r"000\.parquet.*sorted by track_id"):
+        read_window_index(files[::-1])
