@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from clap_pipeline.defs.knob_config import config_class
-from clap_pipeline.defs.metadata_values import dagster_metadata
+from clap_pipeline.defs.metadata_values import dagster_log, dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.checks import beats_random, range_problems
 from clap_pipeline.evaluation.evaluate import evaluate
@@ -58,7 +58,7 @@ def evaluation(
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
     inputs = EvalInputs.from_settings(clap_settings.settings())
-    report = evaluate(config.to_group(), inputs, log=context.log.info)
+    report = evaluate(config.to_group(), inputs, log=dagster_log(context))
     return MaterializeResult(
         metadata=dagster_metadata(evaluation_metadata(report, inputs.report_path))
     )

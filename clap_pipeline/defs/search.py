@@ -15,7 +15,7 @@ from clap_pipeline.search.build import embed_collection
 from clap_pipeline.search.embeddings import count_waveform_rows
 from clap_pipeline.search.index import embeddings_health
 
-from .metadata_values import dagster_metadata
+from .metadata_values import dagster_log, dagster_metadata
 from .resources import ClapSettings
 
 
@@ -39,7 +39,7 @@ def track_embeddings(
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
     metadata = embed_collection(
-        clap_settings.settings(), config.batch_size, config.device, context.log
+        clap_settings.settings(), config.batch_size, config.device, dagster_log(context)
     )
     return MaterializeResult(metadata=dagster_metadata(metadata))
 

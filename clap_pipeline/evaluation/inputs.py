@@ -8,7 +8,7 @@ pre-trained ``model_source``, the best and per-epoch checkpoints, the MLflow run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,6 @@ REPORT_NAME = "evaluation.json"
 SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them
 MODELS = ("zero_shot", "fine_tuned")  # always evaluated
 WISE_FT = "wise_ft"  # WiSE-FT's interpolated weights, when training kept them
-Log = Callable[[str], None]
 
 
 class EvaluationError(RuntimeError):

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,9 +36,8 @@ from typing import IO, BinaryIO
 
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.progress import DownloadProgress, ProgressLog, human_bytes
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import atomic_path
-
-Log = Callable[[str], None]
 
 FMA_BASE_URL = "https://os.unil.cloud.switch.ch/fma/"
 SUBSETS = ("small", "medium", "large")

@@ -175,7 +175,7 @@ def build_track_embeddings(
     duckdb_path: str | Path,
     batch_size: int = 32,
     device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> BuildSummary:
     """Embed every clip of the waveforms dataset with ``model`` and replace the table."""
     from clap_pipeline.model.clap import load_clap
@@ -231,9 +231,7 @@ def embed_collection(
 ) -> dict[str, object]:
     """The `track_embeddings` asset: the champion embeds every clip; the metadata."""
     model = champion_model(settings.mlflow_tracking_uri, settings.registered_model)
-    log.info(
-        f"embedding with {settings.registered_model} version {model.version} from {model.source}"
-    )
+    log(f"embedding with {settings.registered_model} version {model.version} from {model.source}")
     summary = build_track_embeddings(
         model=model,
         waveforms_dir=settings.waveforms_dir,
@@ -247,7 +245,7 @@ def embed_collection(
     if summary.genre_search:
         found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
         p10 = found["precision_at_10"]
-        log.info(
+        log(
             f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
             f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
             f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"

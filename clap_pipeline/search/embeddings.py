@@ -9,7 +9,7 @@ device, so the numpy feature extractor never runs per clip.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.model.clap import LoadedClap, clip_embeddings, pick_device
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
 
@@ -115,7 +116,7 @@ def embed_waveforms(
     *,
     batch_size: int = 32,
     device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> TrackEmbeddings:
     """L2-normalised audio embeddings of every row of the waveforms dataset."""
     total = count_waveform_rows(waveforms_dir)
