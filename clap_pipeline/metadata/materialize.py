@@ -71,7 +71,7 @@ class LoadedTracks:
 
 def load_tracks(con: duckdb.DuckDBPyConnection, settings: Settings, log: Log) -> LoadedTracks:
     """tracks.csv and genres.csv into `tracks` and `genres`; what did not parse is logged."""
-    summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=log.info)
+    summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=log)
     profile = profile_tracks(con)
     for cell in summary.bad_cells[:MAX_LOGGED]:
         warn(log, f"track {cell.track_id}: {cell.column} does not parse, stored as NULL")

@@ -239,7 +239,7 @@ def embed_collection(
         duckdb_path=settings.duckdb_path,
         batch_size=batch_size,
         device=device,
-        log=log.info,
+        log=log,
     )
     metadata: dict[str, object] = {}
     if summary.genre_search:
