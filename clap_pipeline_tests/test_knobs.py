@@ -10,23 +10,32 @@ import pytest
 from pydantic.fields import FieldInfo
 
 import clap_pipeline
+from clap_pipeline.cli.search import add_commands as add_search_commands
 from clap_pipeline.cli.train import evaluation_parser, training_parser
 from clap_pipeline.config import ConfigError
 from clap_pipeline.defs.evaluation import EvaluationConfig
 from clap_pipeline.defs.knob_config import KnobConfig
+from clap_pipeline.defs.search import TrackEmbeddingsConfig
 from clap_pipeline.defs.training import ClapTrainingConfig, training_arguments
 from clap_pipeline.evaluation.inputs import EvalConfig, EvaluationError
-from clap_pipeline.knobs import Knob, check, knobs_of, to_flags
+from clap_pipeline.knobs import DEVICE, Knob, check, knobs_of, to_flags
+from clap_pipeline.search.options import EmbedOptions, QueryOptions, ServeOptions
 from clap_pipeline.training.config import TrainConfig, TrainingError
 
 PACKAGE = Path(clap_pipeline.__file__).parent
 # Each knob group and where it is declared: (module, class name).
 GROUPS = {TrainConfig: ("clap_pipeline.training.config", "TrainConfig"),
-          EvalConfig: ("clap_pipeline.evaluation.inputs", "EvalConfig")}  # fmt: skip
+          EvalConfig: ("clap_pipeline.evaluation.inputs", "EvalConfig"),
+          EmbedOptions: ("clap_pipeline.search.options", "EmbedOptions"),
+          ServeOptions: ("clap_pipeline.search.options", "ServeOptions"),
+          QueryOptions: ("clap_pipeline.search.options", "QueryOptions")}  # fmt: skip
 RUN_CONFIGS: dict[type, type[KnobConfig]] = {
     TrainConfig: ClapTrainingConfig,
     EvalConfig: EvaluationConfig,
+    EmbedOptions: TrackEmbeddingsConfig,
 }
+# Knobs several stages share: one declaration (knobs.py), by field name.
+SHARED = {"device": DEVICE}
 
 
 def _declared_names(tree: ast.Module) -> list[tuple[int, str]]:
@@ -124,14 +133,30 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions}
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+def _search_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_search_commands(parser.add_subparsers())
+    return _subcommand(parser, command)
+
+
 @pytest.mark.parametrize(
-    ("group", "parser"),
+    ("group", "parser", "required"),
     [
-        (TrainConfig, training_parser()),
-        (EvalConfig, evaluation_parser()._subparsers._group_actions[0].choices["run"]),  # type: ignore[union-attr]
+        (TrainConfig, training_parser(), []),
+        (EvalConfig, _subcommand(evaluation_parser(), "run"), []),
+        (ServeOptions, _search_parser("serve"), []),
+        (QueryOptions, _search_parser("search"), ["a query"]),
+        (QueryOptions, _search_parser("playlist"), ["a query", "--m3u", "out.m3u"]),
     ],
 )
-def test_flags_are_the_group(group: type, parser: argparse.ArgumentParser) -> None:
+def test_flags_are_the_group(
+    group: type, parser: argparse.ArgumentParser, required: list[str]
+) -> None:
     flags = _flags(parser)
     for k in knobs_of(group):
         action = flags[k.name]
@@ -139,7 +164,7 @@ def test_flags_are_the_group(group: type, parser: argparse.ArgumentParser) -> No
         assert action.help is not None and k.knob.help in action.help
         if k.knob.choices is not None:
             assert tuple(action.choices) == k.knob.choices
-    values = vars(parser.parse_args([]))
+    values = vars(parser.parse_args(required))
     assert group(**{k.name: values[k.name] for k in knobs_of(group)}) == group()
 
 
@@ -166,3 +191,33 @@ def test_out_of_bounds_values_name_the_knob() -> None:
     assert share.describe() == "a share (>= 0, <= 1)"
     with pytest.raises(ConfigError, match=r"invalid evaluation config: n_bootstrap must be >= 1"):
         check(EvalConfig(n_bootstrap=0), "evaluation config")
+
+
+def test_a_shared_knob_is_declared_only_in_knobs_py() -> None:
+    """``device`` is DEVICE everywhere: no other Field, flag, knob or literal default of it."""
+    copies = []
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if module == PACKAGE / "knobs.py":
+            continue
+        tree = ast.parse(module.read_text())
+        where = str(module.relative_to(PACKAGE))
+        copies += [
+            f"{where}:{line}: {name}" for line, name in _declared_names(tree) if name in SHARED
+        ]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                params = [*node.args.args, *node.args.kwonlyargs]
+                defaults = [*node.args.defaults, *node.args.kw_defaults]
+                named = (
+                    dict(zip([p.arg for p in params][-len(defaults) :], defaults, strict=True))
+                    if defaults
+                    else {}
+                )
+                copies += [
+                    f"{where}:{node.lineno}: {node.name}({name}=...)"
+                    for name, default in named.items()
+                    if name in SHARED
+                    and isinstance(default, ast.Constant)
+                    and default.value == SHARED[name].default
+                ]
+    assert copies == []

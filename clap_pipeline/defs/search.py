@@ -4,24 +4,23 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     asset,
     asset_check,
 )
-from pydantic import Field
 
 from clap_pipeline.search.build import embed_collection
 from clap_pipeline.search.embeddings import count_waveform_rows
 from clap_pipeline.search.index import embeddings_health
+from clap_pipeline.search.options import EmbedOptions
 
+from .knob_config import config_class
 from .metadata_values import dagster_log, dagster_metadata
 from .resources import ClapSettings
 
-
-class TrackEmbeddingsConfig(Config):
-    batch_size: int = Field(default=32, ge=1, description="clips per forward pass")
-    device: str = Field(default="auto", description="auto (CUDA, MPS, CPU), cuda, mps or cpu")
+TrackEmbeddingsConfig = config_class(
+    EmbedOptions, "TrackEmbeddingsConfig", "How the collection is embedded.", __name__
+)
 
 
 @asset(

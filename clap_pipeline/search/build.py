@@ -26,6 +26,7 @@ from clap_pipeline.genre_search import (
     eligible_genres,
     model_genre_search,
 )
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE
 from clap_pipeline.model.choice import ModelChoice, champion_model
 from clap_pipeline.reporting import Log
 from clap_pipeline.search.index import TABLE, SearchError, load_embeddings, read_collection
@@ -173,8 +174,8 @@ def build_track_embeddings(
     waveforms_dir: str | Path,
     audio_dir: str | Path,
     duckdb_path: str | Path,
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
     log: Log | None = None,
 ) -> BuildSummary:
     """Embed every clip of the waveforms dataset with ``model`` and replace the table."""

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from clap_pipeline.dataset import WaveformRows
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE
 from clap_pipeline.model.clap import LoadedClap, clip_embeddings, pick_device
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
@@ -114,8 +115,8 @@ def embed_waveforms(
     clap: LoadedClap,
     waveforms_dir: str | Path,
     *,
-    batch_size: int = 32,
-    device: str = "auto",
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
     log: Log | None = None,
 ) -> TrackEmbeddings:
     """L2-normalised audio embeddings of every row of the waveforms dataset."""
