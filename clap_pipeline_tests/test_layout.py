@@ -305,3 +305,25 @@ def test_assets_checks_sensors_and_schedules_are_short_wiring() -> None:
     }
     assert len(sizes) > 15  # the walk sees the definitions
     assert {k: n for k, n in sizes.items() if n > MAX_DEFINITION_BODY_LINES} == {}
+
+
+def test_asset_groups_are_the_folders_of_the_work_they_wrap() -> None:
+    """A defs module's assets are in the group named as the stage folder its work lives in."""
+    from dagster import load_assets_from_modules
+
+    from clap_pipeline import definitions
+
+    stages = {"metadata", "audio", "training", "evaluation", "search"}
+    for module in definitions._asset_modules:
+        tree = ast.parse(Path(module.__file__).read_text())
+        wrapped = {
+            name.split(".")[1]
+            for name in imported_modules(tree)
+            if name.startswith("clap_pipeline.") and name.split(".")[1] in stages
+        }
+        groups = {
+            group
+            for assets in load_assets_from_modules([module])
+            for group in assets.group_names_by_key.values()
+        }
+        assert len(wrapped) == 1 and groups == wrapped, (module.__name__, wrapped, groups)

@@ -23,7 +23,7 @@ class ModelComparisonConfig(Config):
 
 
 @asset(
-    group_name="training",
+    group_name="evaluation",
     deps=["clap_model", "evaluation", "feedback_evaluation"],
     kinds={"mlflow"},
     description="Every training run of the MLflow experiment side by side (params, data version, "

@@ -24,7 +24,7 @@ TrackEmbeddingsConfig = config_class(
 
 
 @asset(
-    group_name="evaluation",
+    group_name="search",
     deps=["clap_model", "waveforms", "tracks"],
     pool="gpu",
     description=(
