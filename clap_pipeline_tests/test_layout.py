@@ -344,8 +344,6 @@ STILL_LONG = {
     ("demo/pretrain.py", "pretrain_stand_in"): 61,
     ("demo/training_set.py", "write_training_dataset"): 61,
     ("evaluation/evaluate.py", "evaluate"): 76,
-    ("evaluation/render.py", "format_evaluation_table"): 67,
-    ("evaluation/render.py", "verdict_lines"): 67,
     ("search/webapp.py", "create_app"): 159,
 }
 
