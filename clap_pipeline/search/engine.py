@@ -48,6 +48,10 @@ from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
 FUSION_DEPTH = 100  # candidates each ranking hands the fusion (at least k)
+# The names' ranking counts twice the audio's in the fusion: measured with
+# benchmarks/bench_hybrid.py on two collections (docs/search.md), plain RRF (1.0) left
+# most of an artist's tracks out of the top 10 behind audio-only hits.
+TEXT_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,15 +88,16 @@ def _number(value: float) -> float | None:
 Ranking = tuple[np.ndarray, np.ndarray]  # row positions, scores; best first
 
 
-def fuse(rankings: list[Ranking], k: int) -> Ranking:
-    """Reciprocal rank fusion: a row scores sum(1 / (RRF_K + rank)) over the rankings.
+def fuse(rankings: list[Ranking], k: int, weights: list[float] | None = None) -> Ranking:
+    """Weighted reciprocal rank fusion: a row scores sum(weight / (RRF_K + rank)) over the
+    rankings (weights 1 by default: plain RRF).
 
     Ties keep the order of first appearance (the first ranking's order first).
     """
     fused: dict[int, float] = {}
-    for positions, _ in rankings:
+    for (positions, _), weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, pos in enumerate(positions.tolist(), start=1):
-            fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank)
+            fused[pos] = fused.get(pos, 0.0) + weight / (RRF_K + rank)
     order = sorted(fused, key=lambda p: -fused[p])[:k]  # stable: ties keep first appearance
     return np.array(order, dtype=np.int64), np.array([fused[p] for p in order])
 
@@ -105,6 +110,7 @@ class SearchIndex:
     vectors: VectorIndex
     lexical: LexicalIndex
     info: IndexInfo
+    text_weight: float = TEXT_WEIGHT  # the names' weight in hybrid mode
 
     def __len__(self) -> int:
         return len(self.catalog.track_ids)
@@ -121,7 +127,8 @@ class SearchIndex:
 
         ``audio``: the query embedding against the audio embeddings; ``text``: BM25 of the
         query's words in the tracks' names (only rows that match a word); ``hybrid``: both
-        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion.
+        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion, the names
+        weighted ``text_weight``.
         """
         check_mode(mode)
         allowed = self.catalog.allowed(filters or Filters())
@@ -133,7 +140,8 @@ class SearchIndex:
             return self.vectors.search(embedding, k, allowed)
         depth = max(k, FUSION_DEPTH)
         audio = self.vectors.search(embedding, depth, allowed)
-        return fuse([audio, self.lexical.rank(text, depth, allowed)], k)
+        names = self.lexical.rank(text, depth, allowed)
+        return fuse([audio, names], k, [1.0, self.text_weight])
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
