@@ -105,6 +105,11 @@ def knobs_of(group: type) -> list[KnobField]:
     ]
 
 
+def knob_of(group: type, name: str) -> Knob:
+    """The declaration of one knob of a group (its help, default, bounds)."""
+    return next(k.knob for k in knobs_of(group) if k.name == name)
+
+
 def check(obj: Any, what: str | None = None) -> None:
     """Raise ConfigError naming every knob of ``obj`` whose value is out of its bounds."""
     problems = []

@@ -344,7 +344,6 @@ STILL_LONG = {
     ("demo/pretrain.py", "pretrain_stand_in"): 61,
     ("demo/training_set.py", "write_training_dataset"): 61,
     ("evaluation/evaluate.py", "evaluate"): 76,
-    ("search/webapp.py", "create_app"): 159,
 }
 
 

@@ -27,8 +27,9 @@ class QueryOptions:
     model: str | None = knob(None, "model folder or models:/ URI (default: the champion)")
     mode: str = knob(
         DEFAULT_MODE,
-        "hybrid: the audio ranking fused with BM25 over titles, artists, albums, genres and "
-        "tags; audio: the audio embedding alone; text: the names alone",
+        "hybrid: the audio ranking fused (reciprocal rank fusion) with BM25 over titles, "
+        "artists, albums, genres and tags; audio: the audio embedding alone; text: the "
+        "names alone",
         choices=MODES,
     )
 
