@@ -143,6 +143,17 @@ class WindowIndex:
             "build_seconds": round(self.build_seconds, 2),
         }
 
+    @property
+    def live_mask(self) -> np.ndarray:
+        """A bool per position: False where a later segment replaced the track."""
+        return np.concatenate(self.live)
+
+    def window_end(self, position: int) -> float:
+        """Where the track's last window ends (seconds)."""
+        seg_no = int(np.searchsorted(self._bases, position, side="right")) - 1
+        seg = self.segments[seg_no]
+        return float(seg.end_s[seg.offsets[position - self._bases[seg_no] + 1] - 1])
+
     def position(self, track_id: int) -> int:
         """The live position of ``track_id`` (KeyError when it is not indexed)."""
         hits = np.flatnonzero(self._track_ids == int(track_id))
