@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clap_pipeline import tracking  # noqa: E402
+from clap_pipeline import run_names, tracking  # noqa: E402
 from clap_pipeline.audio.decode import DecodeFailure  # noqa: E402
 from clap_pipeline.audio.decode_av import decode_window_av  # noqa: E402
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL  # noqa: E402
@@ -86,7 +86,10 @@ def register(tracking_uri: str, model_dir: Path, epoch: int) -> str:
     """A registry version of ``clap-fma`` backed by a local model folder; made the champion."""
     client = tracking.client(tracking_uri)
     run_id = client.create_run(tracking.configure(tracking_uri, "search-bench")).info.run_id
-    tags = {tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: str(epoch)}
+    tags = {
+        run_names.VERSION_CHECKPOINT_TAG: str(model_dir),
+        run_names.VERSION_EPOCH_TAG: str(epoch),
+    }
     version = tracking.register_checkpoint(
         client, DEFAULT_REGISTERED_MODEL, run_id=run_id, source=str(model_dir), tags=tags
     )

@@ -32,6 +32,7 @@ from clap_pipeline.evaluation.inputs import (
 )
 from clap_pipeline.evaluation.render import evaluation_metadata
 from clap_pipeline.evaluation.report import load_report
+from clap_pipeline.metrics import SELECTION_METRIC
 
 _DEFAULTS = EvalConfig()
 
@@ -132,8 +133,8 @@ def evaluation_beats_random(clap_settings: ClapSettings) -> AssetCheckResult:
     test = report.evaluated("test")
     metadata: dict = {"detail": detail}
     if test is not None:
-        metadata["fine_tuned_r5"] = test.stat("fine_tuned", "text_to_audio_recall_at_5").value
-        metadata["random_r5"] = test.random.exact["text_to_audio_recall_at_5"]
+        metadata["fine_tuned_r5"] = test.stat("fine_tuned", SELECTION_METRIC).value
+        metadata["random_r5"] = test.random.exact[SELECTION_METRIC]
     return AssetCheckResult(
         passed=ok, severity=AssetCheckSeverity.WARN, description=detail, metadata=metadata
     )

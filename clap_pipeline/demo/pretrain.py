@@ -53,7 +53,7 @@ from clap_pipeline.demo.synth import (
     AudioParams,
     render_clip,
 )
-from clap_pipeline.metrics import retrieval_metrics
+from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics
 from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
 from clap_pipeline.model.features import LogMelFeatures
 from clap_pipeline.model.tiny import TINY_TOKENIZER_WORDS, roberta_framed, tiny_clap_config
@@ -265,9 +265,7 @@ def recall_at_5(model: ClapModel, tokenizer, feats: torch.Tensor, texts: list[st
     model.eval()
     with torch.no_grad():
         out = model(**tokenize(tokenizer, texts), input_features=feats.float())
-    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[
-        "text_to_audio_recall_at_5"
-    ]
+    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[SELECTION_METRIC]
 
 
 def fit(

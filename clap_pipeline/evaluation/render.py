@@ -21,12 +21,21 @@ from clap_pipeline.evaluation.report import (
     SimilarityReport,
     SplitRetrieval,
 )
-from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES, RANK_METRICS
+from clap_pipeline.metrics import (
+    AUDIO_TO_TEXT,
+    DIRECTIONS,
+    KS,
+    METRIC_NAMES,
+    RANK_METRICS,
+    SELECTION_METRIC,
+    TEXT_TO_AUDIO,
+    recall_key,
+)
 from clap_pipeline.reporting import Markdown
 from clap_pipeline.tables import Table
 
 CHART_NAME = "evaluation_chart.png"
-SHORT_DIRECTION = {"text_to_audio": "text->audio", "audio_to_text": "audio->text"}
+SHORT_DIRECTION = {TEXT_TO_AUDIO: "text->audio", AUDIO_TO_TEXT: "audio->text"}
 SHORT_METRIC = {
     "recall_at_1": "R@1",
     "recall_at_5": "R@5",
@@ -253,8 +262,8 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
     lines = [f"Verdict on the {split} split ({n} clips the model never trained on):"]
     helps = True
     for direction, what in (
-        ("text_to_audio", "finding a clip from its own description"),
-        ("audio_to_text", "finding the description of a clip"),
+        (TEXT_TO_AUDIO, "finding a clip from its own description"),
+        (AUDIO_TO_TEXT, "finding the description of a clip"),
     ):
         key = f"{direction}_recall_at_5"
         tuned = block.stat("fine_tuned", key)
@@ -273,8 +282,8 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
         lines.append(
             f"    ({merged.n_clips_sharing} of {n} clips share their exact prompt with another "
             "clip; counting those as hits too: fine-tuned R@5 text->audio "
-            f"{tuned_merged['text_to_audio_recall_at_5'].value:.3f}, audio->text "
-            f"{tuned_merged['audio_to_text_recall_at_5'].value:.3f})"
+            f"{tuned_merged[SELECTION_METRIC].value:.3f}, audio->text "
+            f"{tuned_merged[recall_key(5, AUDIO_TO_TEXT)].value:.3f})"
         )
     for search, query, what in (
         (report.genre_search, "genre_music", "genre"),
@@ -516,7 +525,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
     if test is not None:
         metadata["comparison_chart"] = Markdown(chart_markdown(comparison_chart_png(report)))
         for k in KS:
-            key = f"text_to_audio_recall_at_{k}"
+            key = recall_key(k)
             metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
             metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
             metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]

@@ -21,8 +21,11 @@ from clap_pipeline.evaluation.report import (
     SplitRetrieval,
 )
 from clap_pipeline.metrics import (
+    AUDIO_TO_TEXT,
     DIRECTIONS,
     METRIC_NAMES,
+    SELECTION_METRIC,
+    TEXT_TO_AUDIO,
     bootstrap_rank_metrics,
     empirical_random_metrics,
     match_ranks_blockwise,
@@ -49,8 +52,8 @@ def retrieval_metrics(
 ) -> dict[str, Interval]:
     """Both directions' metrics with bootstrap intervals; ``groups`` merges identical prompts."""
     ranks = {
-        "text_to_audio": match_ranks_blockwise(text, audio, groups=groups),
-        "audio_to_text": match_ranks_blockwise(audio, text, groups=groups),
+        TEXT_TO_AUDIO: match_ranks_blockwise(text, audio, groups=groups),
+        AUDIO_TO_TEXT: match_ranks_blockwise(audio, text, groups=groups),
     }
     stats = bootstrap_rank_metrics(
         ranks, n_resamples=config.n_bootstrap, seed=config.seed, confidence=config.confidence
@@ -107,6 +110,6 @@ def evaluate_retrieval(
     for name, split in clips.items():
         out[name] = block = split_retrieval(split, embedded, config)
         for model_key, scores in block.models.items():
-            r5 = scores.metrics["text_to_audio_recall_at_5"].value
+            r5 = scores.metrics[SELECTION_METRIC].value
             say(f"{model_key} {name}: text->audio R@5 {r5:.3f} (N={block.n})")
     return out

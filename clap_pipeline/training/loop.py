@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clap_pipeline import registry, tracking
-from clap_pipeline.metrics import retrieval_metrics_blockwise
+from clap_pipeline import registry, run_names, tracking
+from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics_blockwise
 from clap_pipeline.model.clap import LoadedClap, load_clap, pick_device, save_checkpoint, tokenize
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
@@ -53,7 +53,6 @@ from clap_pipeline.training.data import ClipBatch, TrainingData, prefetch
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.features import CachedFeatures
 from clap_pipeline.training.loss import (
-    SELECTION_METRIC,
     EpochRecord,
     best_epoch,
     clamp_logit_scale,
@@ -417,7 +416,7 @@ def _set_up(
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags={"mlflow.source.name": "clap_pipeline.training"},
+                tags={run_names.SOURCE_TAG: run_names.TRAINING_SOURCE},
             ).info.run_id
         tracking.close_abandoned_runs(client, experiment_id, run_id)  # after kill -9
     experiment_id, run_id, state = distributed.broadcast_object(

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from clap_pipeline.metrics import SELECTION_METRIC
 from clap_pipeline.model.clap import load_clap
 from clap_pipeline.training.config import TrainingError
-from clap_pipeline.training.loss import SELECTION_METRIC
 from clap_pipeline.training_report import AlphaScore, WiseFt
 
 FOLDER = "wise-ft"  # theta(alpha) next to the run's epoch-<k> checkpoints (alpha < 1)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.cli import build_parser
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.model.clap import load_clap
@@ -255,7 +255,10 @@ def register_tiny(store: str, model_dir: Path, epoch: int) -> str:
 
     mlflow_client = tracking.client(store)
     run_id = mlflow_client.create_run(tracking.configure(store, "serve-test")).info.run_id
-    tags = {tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: str(epoch)}
+    tags = {
+        run_names.VERSION_CHECKPOINT_TAG: str(model_dir),
+        run_names.VERSION_EPOCH_TAG: str(epoch),
+    }
     return tracking.register_checkpoint(
         mlflow_client, DEFAULT_REGISTERED_MODEL, run_id=run_id, source=str(model_dir), tags=tags
     )
