@@ -44,7 +44,7 @@ from clap_pipeline.search.index import (
 from clap_pipeline.search.lexical import LexicalIndex, load_or_build
 from clap_pipeline.search.text_encoder import BatchingEncoder, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
-from clap_pipeline.search.window_ranker import Moment, WindowRanker
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError, WindowRanker
 
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
@@ -218,7 +218,7 @@ class SearchIndex:
         if self.windows is not None and self.windows.from_catalog[pos] >= 0:
             return self.results(*self.windows.similar(pos, k, start_s))
         if start_s is not None:
-            raise ValueError(f"track {track_id} has no window embeddings: start_s needs them")
+            raise MomentNotFoundError(f"track {track_id} has no window embeddings to start from")
         positions, scores = self.vectors.search(self.vectors.matrix[pos], k + 1)
         keep = positions != pos
         return self.results(positions[keep][:k], scores[keep][:k])

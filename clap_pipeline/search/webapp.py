@@ -57,7 +57,7 @@ from clap_pipeline.search.filters import (
     TrackNotFoundError,
 )
 from clap_pipeline.search.service import AudioQueryError, SearchService
-from clap_pipeline.search.window_ranker import Moment
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError
 from clap_pipeline.search.write_guard import (
     RateLimiter,
     check_listen,
@@ -168,7 +168,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "the body is not readable JSON",
         401: "no or a wrong bearer token (the service has one: CLAP_SERVE_TOKEN)",
-        404: "unknown track (not in the served index) or its clip is missing",
+        404: "unknown track (not in the served index), its clip is missing, or no window "
+        "of it at start_s",
         413: "the uploaded file is larger than CLAP_MAX_UPLOAD_MB",
         415: "the body is not sent as one of the audio types",
         422: "a parameter or the body breaks the schema, or the upload is not usable audio "
@@ -342,6 +343,10 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     @app.exception_handler(AudioQueryError)
     async def _bad_audio(_request: Request, exc: AudioQueryError) -> JSONResponse:
         return _error(422, ["body"], str(exc), f"audio_{exc.reason}")
+
+    @app.exception_handler(MomentNotFoundError)
+    async def _no_moment(_request: Request, exc: MomentNotFoundError) -> JSONResponse:
+        return _error(404, ["query", "start_s"], str(exc), "not_found")
 
     @app.exception_handler(TrackNotFoundError)
     async def _unknown_track(_request: Request, exc: TrackNotFoundError) -> JSONResponse:

@@ -118,8 +118,15 @@ class WindowRanker:
         return rows[keep][:k], scores[keep][:k]
 
 
+class MomentNotFoundError(LookupError):
+    """No window at that time of the track, or the track has no window embeddings."""
+
+
 def window_at(starts: np.ndarray, start_s: float, end_s: float) -> int:
-    """The window that holds second ``start_s`` of a track (ValueError past its last one)."""
+    """The window that holds second ``start_s`` of a track (MomentNotFoundError past its
+    last one)."""
     if not np.isfinite(start_s) or start_s < 0 or start_s >= end_s:
-        raise ValueError(f"start_s {start_s} is outside the track's windows (0 to {end_s:.1f} s)")
+        raise MomentNotFoundError(
+            f"start_s {start_s:g} is outside the track's windows (0 to {end_s:.1f} s)"
+        )
     return max(0, int(np.searchsorted(starts, start_s, side="right")) - 1)

@@ -13,7 +13,7 @@ from clap_pipeline.search.lexical import build_lexical_index
 from clap_pipeline.search.results import clock, format_table, m3u_text
 from clap_pipeline.search.vector_index import build_vector_index
 from clap_pipeline.search.window_index import build_window_index
-from clap_pipeline.search.window_ranker import WindowRanker
+from clap_pipeline.search.window_ranker import MomentNotFoundError, WindowRanker
 from clap_pipeline.window_embeddings import WindowEmbeddings
 from clap_pipeline_tests.search.test_window_index import DIM, collection, queries
 
@@ -99,7 +99,7 @@ def test_more_like_this_by_windows_and_from_a_moment() -> None:
     assert at_moment[0].score == pytest.approx(1.0, abs=0.02)
     whole = index.similar(source, 5)
     assert source not in [r.track_id for r in whole] and len(whole) == 5
-    with pytest.raises(ValueError, match="outside the track's windows"):
+    with pytest.raises(MomentNotFoundError, match="outside the track's windows"):
         index.similar(source, 5, start_s=10_000.0)
 
 
