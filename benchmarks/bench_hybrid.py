@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ from clap_pipeline.evaluation.instrument_search import (
     MIN_INSTRUMENT_TRACKS,
 )
 from clap_pipeline.genre_search import GENRE_QUERIES, MIN_GENRE_TRACKS
-from clap_pipeline.search.engine import SearchIndex, build_search_index
+from clap_pipeline.search.engine import TEXT_WEIGHT, SearchIndex, build_search_index
 from clap_pipeline.search.index import read_collection
 
 K = 10
@@ -54,7 +56,9 @@ def make_source(kind: str, out: Path, tracks: int) -> Path:
     if kind == "demo":
         from clap_pipeline.demo.collection import write_demo_dataset
 
-        write_demo_dataset(source, tracks, seed=0, log=None)
+        # As `make demo` does: General-MIDI renderings where FluidSynth is installed.
+        renderer = "fluidsynth" if shutil.which("fluidsynth") else "synth"
+        write_demo_dataset(source, tracks, seed=0, renderer=renderer, log=None)
     else:
         script = Path(__file__).with_name("alt_collection.py")
         command = [sys.executable, str(script), "--out", str(source), "--tracks", str(tracks)]
@@ -113,18 +117,20 @@ def description_queries(index: SearchIndex) -> dict[str, list[tuple[str, set[int
 
 
 def measure(index: SearchIndex, embed, queries, share_of_artist: bool) -> list[tuple]:
+    """(kind, n, audio, hybrid with the names at weight 1 (plain RRF), hybrid as served)."""
     rows = []
     for kind, items in queries.items():
         if not items:
             continue
-        scores = {}
-        for mode in ("audio", "hybrid"):
+        scores = []
+        for mode, weight in (("audio", None), ("hybrid", 1.0), ("hybrid", TEXT_WEIGHT)):
+            ranker = replace(index, text_weight=weight) if weight else index
             values = []
             for text, relevant in items:
-                found = len(set(top_k(index, embed, text, mode)) & relevant)
+                found = len(set(top_k(ranker, embed, text, mode)) & relevant)
                 values.append(found / (min(K, len(relevant)) if share_of_artist else K))
-            scores[mode] = float(np.mean(values))
-        rows.append((kind, len(items), scores["audio"], scores["hybrid"]))
+            scores.append(float(np.mean(values)))
+        rows.append((kind, len(items), *scores))
     return rows
 
 
@@ -135,33 +141,39 @@ def main() -> int:
     parser.add_argument("--tracks", type=int, default=500)
     parser.add_argument("--model", type=Path, default=sc.STAND_IN, help="model folder")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure --out's collection again (no rebuild)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="clap-hybrid-") as tmp:
         out = args.out or Path(tmp)
         print(f"load average {os.getloadavg()} on {os.cpu_count()} cores")
         started = time.monotonic()
-        source = args.source or make_source(args.collection, out, args.tracks)
         data = out / "data"
-        sc.load_tracks(data, source / "fma_metadata")
-        clips = sc.decode_clips(source / "fma_audio", data)
-        sc.write_index(data, clips, sc.embed(args.model, clips.windows), None)
+        if not (args.reuse and (data / "clap.duckdb").exists()):
+            source = args.source or make_source(args.collection, out, args.tracks)
+            sc.load_tracks(data, source / "fma_metadata")
+            clips = sc.decode_clips(source / "fma_audio", data)
+            sc.write_index(data, clips, sc.embed(args.model, clips.windows), None)
         index = build_search_index(read_collection(data / "clap.duckdb"))
         print(
             f"{args.source or args.collection} collection: {len(index)} tracks embedded by "
-            f"{args.model.name} in {time.monotonic() - started:.0f} s"
+            f"{args.model.name} ({time.monotonic() - started:.0f} s); hybrid as served: the "
+            f"names' ranking weighted {TEXT_WEIGHT:g} (RRF 1:1: plain reciprocal rank fusion)"
         )
         encode = sc.text_encoder(args.model)
         names = measure(index, encode, name_queries(index), share_of_artist=True)
         descriptions = measure(index, encode, description_queries(index), share_of_artist=False)
-        print(f"{'queries':<42}{'n':>5}{'audio':>9}{'hybrid':>9}")
+        served = f"hybrid {TEXT_WEIGHT:g}"
+        print(f"{'queries':<42}{'n':>5}{'audio':>9}{'RRF 1:1':>9}{served:>11}")
         print("share of the artist's tracks in the top 10 (of min(10, their tracks)):")
-        for kind, n, audio, hybrid in names:
-            print(f"  {kind:<40}{n:>5}{audio:>9.2f}{hybrid:>9.2f}")
+        for kind, n, audio, plain, hybrid in names:
+            print(f"  {kind:<40}{n:>5}{audio:>9.2f}{plain:>9.2f}{hybrid:>11.2f}")
         print("precision@10 of the genre's / instrument's tracks:")
-        for kind, n, audio, hybrid in descriptions:
-            print(f"  {kind:<40}{n:>5}{audio:>9.2f}{hybrid:>9.2f}")
-        worse = [kind for kind, _, audio, hybrid in descriptions if hybrid < audio]
+        for kind, n, audio, plain, hybrid in descriptions:
+            print(f"  {kind:<40}{n:>5}{audio:>9.2f}{plain:>9.2f}{hybrid:>11.2f}")
+        worse = [kind for kind, _, audio, _, hybrid in descriptions if hybrid < audio]
         print(f"descriptions: hybrid {'worse on ' + ', '.join(worse) if worse else 'no worse'}")
         print(f"load average {os.getloadavg()} at the end")
     return 0

@@ -49,6 +49,10 @@ from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError, Wind
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
 FUSION_DEPTH = 100  # candidates each ranking hands the fusion (at least k)
+# The names' ranking counts twice the audio's in the fusion: measured with
+# benchmarks/bench_hybrid.py on two collections (docs/search.md), plain RRF (1.0) left
+# most of an artist's tracks out of the top 10 behind audio-only hits.
+TEXT_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,16 @@ def _number(value: float) -> float | None:
 Ranking = tuple[np.ndarray, np.ndarray]  # row positions, scores; best first
 
 
-def fuse(rankings: list[Ranking], k: int) -> Ranking:
-    """Reciprocal rank fusion: a row scores sum(1 / (RRF_K + rank)) over the rankings.
+def fuse(rankings: list[Ranking], k: int, weights: list[float] | None = None) -> Ranking:
+    """Weighted reciprocal rank fusion: a row scores sum(weight / (RRF_K + rank)) over the
+    rankings (weights 1 by default: plain RRF).
 
     Ties keep the order of first appearance (the first ranking's order first).
     """
     fused: dict[int, float] = {}
-    for positions, _ in rankings:
+    for (positions, _), weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, pos in enumerate(positions.tolist(), start=1):
-            fused[pos] = fused.get(pos, 0.0) + 1.0 / (RRF_K + rank)
+            fused[pos] = fused.get(pos, 0.0) + weight / (RRF_K + rank)
     order = sorted(fused, key=lambda p: -fused[p])[:k]  # stable: ties keep first appearance
     return np.array(order, dtype=np.int64), np.array([fused[p] for p in order])
 
@@ -107,6 +112,7 @@ class SearchIndex:
     vectors: VectorIndex
     lexical: LexicalIndex
     info: IndexInfo
+    text_weight: float = TEXT_WEIGHT  # the names' weight in hybrid mode
     windows: WindowRanker | None = None  # every window of the tracks (the audio ranking)
 
     def __len__(self) -> int:
@@ -124,7 +130,8 @@ class SearchIndex:
 
         ``audio``: the query embedding against the audio embeddings; ``text``: BM25 of the
         query's words in the tracks' names (only rows that match a word); ``hybrid``: both
-        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion.
+        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion, the names
+        weighted ``text_weight``.
         """
         check_mode(mode)
         allowed = self.catalog.allowed(filters or Filters())
@@ -136,7 +143,8 @@ class SearchIndex:
             return self._audio(embedding, k, allowed)
         depth = max(k, FUSION_DEPTH)
         audio = self._audio(embedding, depth, allowed)
-        return fuse([audio, self.lexical.rank(text, depth, allowed)], k)
+        names = self.lexical.rank(text, depth, allowed)
+        return fuse([audio, names], k, [1.0, self.text_weight])
 
     def _audio(self, embedding: np.ndarray, k: int, allowed: np.ndarray) -> Ranking:
         """The audio ranking: by the tracks' windows when the index has them."""

@@ -397,3 +397,6 @@ def test_fusion_adds_reciprocal_ranks() -> None:
     assert scores[1] == pytest.approx(1 / (RRF_K + 1))
     assert fuse([audio, text], 2)[0].tolist() == [5, 7]
     assert fuse([audio, (np.array([], np.int64), np.array([]))], 3)[0].tolist() == [7, 3, 5]
+    weighted, scores = fuse([audio, text], 10, [1.0, 2.0])  # the names count twice
+    assert weighted.tolist() == [5, 9, 7, 3]
+    assert scores[1] == pytest.approx(2 / (RRF_K + 2))

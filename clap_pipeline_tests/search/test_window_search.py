@@ -36,9 +36,8 @@ def search_index(windows: WindowEmbeddings, extra_catalog_ids: tuple[int, ...] =
     firsts[has] = windows.track_vectors("first")
     info = IndexInfo(len(ids), DIM, "1", None, (len(ids),))
     ranker = WindowRanker.build(build_window_index(windows), catalog.track_ids)
-    return SearchIndex(
-        catalog, build_vector_index(firsts), build_lexical_index(catalog), info, ranker
-    )
+    lexical = build_lexical_index(catalog)
+    return SearchIndex(catalog, build_vector_index(firsts), lexical, info, windows=ranker)
 
 
 def test_audio_results_are_ranked_by_windows_and_carry_their_moment() -> None:
