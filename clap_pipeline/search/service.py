@@ -218,10 +218,13 @@ class SearchService:
         searcher = self.searcher
         return searcher, searcher.search(query, k, filters, MAX_K, mode)
 
-    def similar(self, track_id: int, k: int) -> tuple[Searcher, list[Result]]:
-        """Audio->audio neighbours of an indexed track (the track itself left out)."""
+    def similar(
+        self, track_id: int, k: int, start_s: float | None = None
+    ) -> tuple[Searcher, list[Result]]:
+        """Audio->audio neighbours of an indexed track (the track itself left out); with
+        ``start_s``, of its moment at that time (needs window embeddings)."""
         searcher = self.searcher
-        return searcher, searcher.similar(track_id, k, MAX_K)
+        return searcher, searcher.similar(track_id, k, MAX_K, start_s)
 
     def search_audio(
         self, path: Path, k: int, filters: Filters | None = None

@@ -24,7 +24,9 @@ import logging
 import queue
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -185,27 +187,35 @@ def build_encoder(clap, kind: str, cache_dir: Path, threads: int = 1) -> Encoder
     raise ValueError(f"text encoder {kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
 
 
+@dataclass
+class BatchStats:
+    batches: int = 0
+    texts: int = 0
+
+
 class BatchingEncoder:
     """Queries that arrive together are encoded together: one encoder call per batch.
 
     ``workers`` threads (one per core, each call on the encoder's own threads) take the
     first waiting request and every other one already waiting, up to ``max_batch`` texts,
     and run them as one batch. A lone request waits for nothing (sequential latency is
-    one call); eight at once cost about two batched calls instead of eight calls that
-    fight over the cores. Thread-safe; ``close`` stops the workers.
+    one call); eight at once cost a few batched calls instead of eight calls that fight
+    over the cores. Thread-safe. The workers stop on ``close`` or when the encoder is
+    garbage-collected (a service that swapped in another model dropped it).
     """
 
     def __init__(self, encode: Encoder, workers: int, max_batch: int = 16) -> None:
-        self.encode, self.max_batch = encode, max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.batches = 0
-        self.texts = 0
-        self._workers = [
-            threading.Thread(target=self._work, name=f"query-encoder-{i}", daemon=True)
-            for i in range(max(1, workers))
-        ]
-        for worker in self._workers:
-            worker.start()
+        self.stats = BatchStats()
+        workers = max(1, workers)
+        for i in range(workers):
+            threading.Thread(
+                target=_batch_worker,
+                args=(self._queue, encode, max_batch, self.stats),
+                name=f"query-encoder-{i}",
+                daemon=True,
+            ).start()
+        self._stop = weakref.finalize(self, _stop_workers, self._queue, workers)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         done: concurrent.futures.Future = concurrent.futures.Future()
@@ -213,34 +223,38 @@ class BatchingEncoder:
         return done.result()
 
     def close(self) -> None:
-        for _ in self._workers:
-            self._queue.put(None)
+        self._stop()
 
-    def _work(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            size = len(first[0])
-            while size < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:  # closing: finish this batch, then stop
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-                size += len(item[0])
-            self._run(batch)
 
-    def _run(self, batch: list[tuple[list[str], concurrent.futures.Future]]) -> None:
+def _stop_workers(requests: queue.SimpleQueue, workers: int) -> None:
+    for _ in range(workers):
+        requests.put(None)
+
+
+def _batch_worker(
+    requests: queue.SimpleQueue, encode: Encoder, max_batch: int, stats: BatchStats
+) -> None:
+    while (first := requests.get()) is not None:
+        batch = [first]
+        size = len(first[0])
+        while size < max_batch:
+            try:
+                item = requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # closing: answer this batch, then stop
+                requests.put(None)
+                break
+            batch.append(item)
+            size += len(item[0])
         try:
-            emb = self.encode([text for texts, _ in batch for text in texts])
+            emb = encode([text for texts, _ in batch for text in texts])
         except Exception as exc:  # every waiting request gets the error
             for _, done in batch:
                 done.set_exception(exc)
-            return
-        self.batches += 1
-        self.texts += len(emb)
+            continue
+        stats.batches += 1
+        stats.texts += len(emb)
         start = 0
         for texts, done in batch:
             done.set_result(emb[start : start + len(texts)])

@@ -6,7 +6,8 @@ The work is in ``clap_pipeline.search.service``; this module maps it onto HTTP:
 - ``GET /api/search?q=TEXT&k=N[&mode=hybrid|audio|text][&genre=&year_min=&year_max=&license=
   &max_duration=]``: ranked results among the tracks that pass the filters
   (``search.filters``), ranked as ``search/engine.py`` says;
-- ``GET /api/tracks/{id}/similar?k=N``: audio->audio neighbours;
+- ``GET /api/tracks/{id}/similar?k=N[&start_s=S]``: audio->audio neighbours (by the
+  track's windows, or its moment at ``S`` seconds, when the index has window embeddings);
 - ``POST /api/search/audio?k=N[&filters]``: the body is an audio file (MP3, WAV, FLAC, OGG);
   the tracks that sound like its windows, answered like ``/similar``;
 - ``GET /api/tracks/{id}/audio``: the clip, with Range requests (206) for seeking;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +59,7 @@ from clap_pipeline.search.filters import (
 )
 from clap_pipeline.search.options import QueryOptions
 from clap_pipeline.search.service import AudioQueryError, SearchService
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError
 from clap_pipeline.search.write_guard import (
     RateLimiter,
     check_listen,
@@ -91,6 +93,11 @@ class ErrorBody(BaseModel):
     detail: list[ErrorItem]
 
 
+class Timeline(BaseModel):
+    start_s: list[float] = Field(description="each window's start (seconds), in time order")
+    scores: list[float] = Field(description="each window's cosine to the query")
+
+
 class SearchResult(BaseModel):
     rank: int
     track_id: int
@@ -107,6 +114,18 @@ class SearchResult(BaseModel):
     license: str | None = Field(description="FMA's track.license title")
     duration_s: float | None = Field(description="the track's duration in seconds")
     audio_url: str
+    start_s: float | None = Field(
+        None,
+        description="where the best-matching window starts, seconds into the audio file "
+        "(null when the index holds no window embeddings, or in text mode)",
+    )
+    end_s: float | None = Field(None, description="where that window's audio ends")
+    moment_score: float | None = Field(
+        None, description="cosine of the query and that window's audio"
+    )
+    timeline: Timeline | None = Field(
+        None, description="every window of the track and its score for the query"
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -148,7 +167,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "the body is not readable JSON",
         401: "no or a wrong bearer token (the service has one: CLAP_SERVE_TOKEN)",
-        404: "unknown track (not in the served index) or its clip is missing",
+        404: "unknown track (not in the served index), its clip is missing, or no window "
+        "of it at start_s",
         413: "the uploaded file is larger than CLAP_MAX_UPLOAD_MB",
         415: "the body is not sent as one of the audio types",
         422: "a parameter or the body breaks the schema, or the upload is not usable audio "
@@ -164,12 +184,25 @@ def audio_url(track_id: int) -> str:
 
 
 SERVER_ONLY = ("audio_path", "file_duration_s")  # Result fields about the server's files
+RESULT_FIELDS = [f.name for f in fields(Result) if f.name not in (*SERVER_ONLY, "moment")]
+
+
+def _moment_fields(moment: Moment | None) -> dict[str, Any]:
+    if moment is None:
+        return {"start_s": None, "end_s": None, "moment_score": None, "timeline": None}
+    return {
+        "start_s": moment.start_s,
+        "end_s": moment.end_s,
+        "moment_score": moment.score,
+        "timeline": {"start_s": moment.timeline_start_s, "scores": moment.timeline_scores},
+    }
 
 
 def _results(searcher: Searcher, results: list[Result]) -> JSONResponse:
     body = [
-        {k: v for k, v in asdict(r).items() if k not in SERVER_ONLY}
+        {k: getattr(r, k) for k in RESULT_FIELDS}
         | {"audio_url": audio_url(r.track_id)}
+        | _moment_fields(r.moment)
         for r in results
     ]
     return JSONResponse(body, headers={"X-Model-Version": str(searcher.model_version)})
@@ -296,6 +329,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _bad_audio(_request: Request, exc: AudioQueryError) -> JSONResponse:
         return _error(422, ["body"], str(exc), f"audio_{exc.reason}")
 
+    @app.exception_handler(MomentNotFoundError)
+    async def _no_moment(_request: Request, exc: MomentNotFoundError) -> JSONResponse:
+        return _error(404, ["query", "start_s"], str(exc), "not_found")
+
     @app.exception_handler(TrackNotFoundError)
     async def _unknown_track(_request: Request, exc: TrackNotFoundError) -> JSONResponse:
         msg = f"track {exc.args[0]} is not indexed"
@@ -351,8 +388,20 @@ def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(404, 422),
     )
-    def similar(track_id: TrackId, k: K = 10) -> Response:
-        return _results(*service.similar(track_id, k))
+    def similar(
+        track_id: TrackId,
+        k: K = 10,
+        start_s: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=MAX_DURATION_S,
+                description="like the moment of the track at this time (seconds; needs "
+                "window embeddings)",
+            ),
+        ] = None,
+    ) -> Response:
+        return _results(*service.similar(track_id, k, start_s))
 
     return router
 

@@ -93,7 +93,8 @@ def test_ivf_index_is_calibrated_and_finds_the_exact_tracks() -> None:
     index = build_window_index(windows, coarse="IVF32,PQ8x4fs", pool=2, train_windows=5_000)
     info = index.describe()
     assert info["coarse"].startswith("IVF32")
-    assert info["calibration_recall_at_10"] >= 0.97 or info["nprobe"] == [32]
+    # Calibrated to 0.97, or to 0.01 below the recall of probing every list.
+    assert info["calibration_recall_at_10"] >= 0.85 and 1 <= info["nprobe"][0] <= 32
     qs = queries(30, 6)
     exact = exact_top_tracks(index, qs, 10)
     found = [[m.position for m in index.search(q, 10)] for q in qs]
