@@ -344,7 +344,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
-    """Text and audio queries, and tracks like an indexed one."""
+    """Text and audio queries."""
     router = APIRouter()
 
     @router.get(
@@ -383,6 +383,13 @@ def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
             found = await run_in_threadpool(service.search_audio, path, k, filters)
         return _results(*found)
 
+    return router
+
+
+def _track_routes(service: SearchService) -> APIRouter:
+    """Tracks like an indexed one (or one of its moments), and a track's audio file."""
+    router = APIRouter()
+
     @router.get(
         "/api/tracks/{track_id}/similar",
         response_model=list[SearchResult],
@@ -403,13 +410,6 @@ def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
     ) -> Response:
         return _results(*service.similar(track_id, k, start_s))
 
-    return router
-
-
-def _track_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
-    """A track's audio file, and listeners' feedback on a query's results."""
-    router = APIRouter()
-
     @router.get(
         "/api/tracks/{track_id}/audio",
         response_class=FileResponse,
@@ -427,6 +427,13 @@ def _track_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
             raise HTTPException(404, str(exc)) from exc
         media = AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
         return FileResponse(path, media_type=media)
+
+    return router
+
+
+def _feedback_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
+    """Listeners' feedback on a query's results (token and rate limit as configured)."""
+    router = APIRouter()
 
     @router.post(
         "/api/feedback",
@@ -497,7 +504,8 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         return service.health()
 
     app.include_router(_search_routes(service, serve))
-    app.include_router(_track_routes(service, serve))
+    app.include_router(_track_routes(service))
+    app.include_router(_feedback_routes(service, serve))
     _with_examples(app, service)
     return app
 
