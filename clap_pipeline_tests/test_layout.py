@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import clap_pipeline
@@ -358,3 +359,36 @@ def test_functions_are_at_most_60_lines() -> None:
     grown = {k: v for k, v in long.items() if v > STILL_LONG.get(k, MAX_FUNCTION_LINES)}
     assert grown == {}, "split these functions (<= 60 lines)"
     assert set(long) == set(STILL_LONG), "a function now fits: remove it from STILL_LONG"
+
+
+MAX_TRACK_FILES = 12
+LAYOUT_DOC = PACKAGE.parent / "docs" / "layout.md"
+
+
+def _walk_rows() -> list[str]:
+    text = LAYOUT_DOC.read_text()
+    walk = text[text.index("### Follow one track") :]
+    return [line for line in walk.splitlines() if re.match(r"\| \d+ \|", line)]
+
+
+def test_one_track_is_followed_through_at_most_12_files() -> None:
+    """docs/layout.md's walk: every file and function it names exists, and it names <= 12
+    package files (each hop's function and the modules the track's data passes through)."""
+    rows = _walk_rows()
+    assert len(rows) >= 5
+    files: set[str] = set()
+    checked = 0
+    for row in rows:
+        step = row.split("|")[2]
+        for path, names in re.findall(r"`([\w/]+\.py)` → ((?:`[\w.]+`(?:, )?)+)", step):
+            source = (PACKAGE / path).read_text()
+            for name in re.findall(r"`([\w.]+)`", names):
+                defined = name.split(".")[-1]
+                assert re.search(rf"^\s*(def|class) {defined}\b", source, re.M), (path, name)
+                checked += 1
+        files |= set(re.findall(r"`([\w/]+\.py)`", row))
+    assert checked >= len(rows)  # every hop names its file and function
+    assert all((PACKAGE / f).is_file() for f in files), files
+    assert len(files) <= MAX_TRACK_FILES, sorted(files)
+    title = LAYOUT_DOC.read_text().split("### Follow one track")[1].split("|")[0]
+    assert f"{len(rows)} hops through {len(files)} files" in " ".join(title.split())
