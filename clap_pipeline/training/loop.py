@@ -80,7 +80,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, precision: str = "auto"):
+def _autocast(device: torch.device, precision: str = TrainConfig.precision):
     """A context factory: bf16 autocast on CUDA (``auto`` where the card supports it)."""
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "bf16" and not bf16_ok:
@@ -128,7 +128,7 @@ def train_step(
     *,
     epoch: int = 0,
     step: int = 0,
-    precision: str = "auto",
+    precision: str = TrainConfig.precision,
     ranks: Ranks | None = None,
 ) -> float:
     """One optimiser step on the symmetric InfoNCE; the logit scale is clamped afterwards.
@@ -177,7 +177,7 @@ def evaluate_split(
     split: str,
     batch_size: int,
     device: torch.device,
-    precision: str = "auto",
+    precision: str = TrainConfig.precision,
 ) -> tuple[float, dict[str, float]]:
     """(loss, retrieval metrics) of ``model`` on a split, in a fixed order.
 
