@@ -51,31 +51,40 @@ class Knob:
             )
         return dataclasses.field(default=knob_.default, metadata={"knob": knob_})
 
+    def bounds_text(self) -> str | None:
+        """``>= 1``, ``in [0, 1]``, ``in (0, 1)``, ... (None: unbounded)."""
+        low = (
+            f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        )
+        high = (
+            f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        )
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return None
+
     def problem(self, value: Any) -> str | None:
-        """What is wrong with ``value`` (None: it is allowed)."""
+        """What ``value`` must be, when it is not allowed (None: it is)."""
         if self.choices is not None and value not in self.choices:
             return f"one of {', '.join(map(str, self.choices))}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        bounds = [
-            (self.ge, value >= self.ge if self.ge is not None else True, ">="),
-            (self.gt, value > self.gt if self.gt is not None else True, ">"),
-            (self.le, value <= self.le if self.le is not None else True, "<="),
-            (self.lt, value < self.lt if self.lt is not None else True, "<"),
-        ]
-        wrong = [f"{op} {bound}" for bound, ok, op in bounds if bound is not None and not ok]
-        return " and ".join(wrong) if wrong else None
+        ok = (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+        return None if ok else self.bounds_text()
 
     def describe(self) -> str:
         """The help text with the bounds or choices, as flags and the launchpad show it."""
-        limits = [
-            f"{op} {bound}"
-            for bound, op in ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<"))
-            if bound is not None
-        ]
-        if self.choices is not None:
-            limits = [" | ".join(map(str, self.choices))]
-        return self.help + (f" ({', '.join(limits)})" if limits else "")
+        limits = " | ".join(map(str, self.choices)) if self.choices else self.bounds_text()
+        return self.help + (f" ({limits})" if limits else "")
 
 
 def knob(default: Any, help: str, **bounds: Any) -> Any:

@@ -184,11 +184,12 @@ def test_out_of_bounds_values_name_the_knob() -> None:
         TrainingError, match=r"batch_size must be >= 2, got 1; .*split must be one of"
     ):
         TrainConfig(batch_size=1, split="nope").validate()
-    with pytest.raises(EvaluationError, match=r"confidence must be < 1, got 1.5"):
+    with pytest.raises(EvaluationError, match=r"confidence must be in \(0, 1\), got 1.5"):
         EvalConfig(confidence=1.5).validate()
     share = Knob(0.5, "a share", ge=0, le=1)
-    assert share.problem(0.5) is None and share.problem(2) == "<= 1"
-    assert share.describe() == "a share (>= 0, <= 1)"
+    assert share.problem(0.5) is None and share.problem(2) == "in [0, 1]"
+    assert share.describe() == "a share (in [0, 1])"
+    assert Knob(1, "n", ge=1).problem(0) == ">= 1" and Knob(1.0, "x", gt=0).bounds_text() == "> 0"
     with pytest.raises(ConfigError, match=r"invalid evaluation config: n_bootstrap must be >= 1"):
         check(EvalConfig(n_bootstrap=0), "evaluation config")
 
