@@ -339,8 +339,6 @@ STILL_LONG = {
     ("demo/collection.py", "add_demo_tracks"): 78,
     ("demo/fma_synthetic.py", "quirky_tracks"): 120,
     ("demo/fma_synthetic.py", "synthetic_tracks"): 128,
-    ("demo/plan.py", "_make_artist"): 95,
-    ("demo/plan.py", "plan_dataset"): 146,
     ("demo/pretrain.py", "fit"): 66,
     ("demo/pretrain.py", "pretrain_stand_in"): 61,
     ("demo/training_set.py", "write_training_dataset"): 61,
