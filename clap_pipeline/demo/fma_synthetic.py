@@ -234,7 +234,7 @@ def _real_first_records(add: AddRow) -> None:
 
 
 def _quirk_records(add: AddRow) -> None:
-    """Every quirk the parser must survive: no title, quotes, 150 tags, gaps, unicode..."""
+    """Quirks of the values: no title, quotes in tags, 150 tags, gaps (-1, NaN, NaT)."""
     add(26, track__title=np.nan, track__genre_top="Rock", track__tags=["no title"])
     add(
         30,
@@ -259,6 +259,10 @@ def _quirk_records(add: AddRow) -> None:
         artist__active_year_begin=pd.NaT,
         artist__website=np.nan,
     )
+
+
+def _text_quirk_records(add: AddRow) -> None:
+    """Text the CSV must carry: newlines, unicode, spaces, entities, credits, casing."""
     add(
         134,
         track__title="Multi\nline title, with comma",
@@ -314,6 +318,7 @@ def quirky_tracks() -> pd.DataFrame:
 
     _real_first_records(add)
     _quirk_records(add)
+    _text_quirk_records(add)
     return tracks_frame(rows)
 
 
