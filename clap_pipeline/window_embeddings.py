@@ -27,7 +27,7 @@ The store: :func:`model_store` (one folder per model fingerprint), :func:`write_
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE, check
+from clap_pipeline.reporting import Log, warn
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.windows import WindowRule
 
 EMBEDDINGS_FORMAT_VERSION = "1"
 AGGREGATIONS = ("first", "mean", "max")
+
+
+@dataclass(frozen=True)
+class EmbedWindowsOptions:
+    """The `window_embeddings` asset's and `clap-pipeline embed-windows`' knobs."""
+
+    batch_size: int = EMBED_BATCH_SIZE.field()
+    device: str = DEVICE.field()
+
+    def __post_init__(self) -> None:
+        check(self, "window_embeddings config")
 
 
 def window_embeddings_schema(
@@ -240,20 +253,30 @@ def write_search_rule(reports_dir: str | Path, rule: str, chosen_by: str) -> Pat
     return write_text_atomic(Path(reports_dir) / SEARCH_RULE_FILE, payload)
 
 
-def search_rule(reports_dir: str | Path, log: Callable[[str], None] | None = None) -> str:
-    """How a track's windows make the one vector search ranks: the rule the last evaluation
-    chose, else the mean of the windows. The best-window rule (``max``) needs an index of
-    every window: the mean stands in for it, and says so."""
-    path = Path(reports_dir) / SEARCH_RULE_FILE
+def _read_choice(reports_dir: str | Path) -> tuple[str, str]:
+    """(rule, why) of the last evaluation's choice; (DEFAULT_RULE, "") when there is none."""
     try:
-        chosen = json.loads(path.read_text())
+        chosen = json.loads((Path(reports_dir) / SEARCH_RULE_FILE).read_text())
         rule, why = str(chosen["rule"]), str(chosen.get("chosen_by", ""))
     except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_RULE  # no evaluation yet (or a damaged file: the default)
+        return DEFAULT_RULE, ""  # no evaluation yet (or a damaged file: the default)
+    return (rule, why) if rule in AGGREGATIONS else (DEFAULT_RULE, "")
+
+
+def chosen_rule(reports_dir: str | Path) -> str:
+    """The aggregation the last evaluation chose (first, mean or max; else the default): what
+    an index of every window (``search/window_index.py``) ranks by."""
+    return _read_choice(reports_dir)[0]
+
+
+def search_rule(reports_dir: str | Path, log: Log | None = None) -> str:
+    """How a track's windows make the one vector per track search ranks: the rule the last
+    evaluation chose, else the mean of the windows. The best-window rule (``max``) needs an
+    index of every window: the mean stands in for it, and says so."""
+    rule, why = _read_choice(reports_dir)
     if rule not in VECTOR_RULES:
         if log is not None:
-            log(
-                f"the evaluation chose {rule!r} ({why}); one vector per track holds {DEFAULT_RULE!r}"
-            )
+            warn(log, f"the evaluation chose {rule!r} ({why}); one vector per track holds "
+                 f"{DEFAULT_RULE!r}")  # fmt: skip
         return DEFAULT_RULE
     return rule

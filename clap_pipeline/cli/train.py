@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.cli.common import positive_int
+from clap_pipeline.cli.knob_flags import add_knob_flags, knob_values
 from clap_pipeline.config import ConfigError, Settings, add_setting_flags
+from clap_pipeline.window_embeddings import EmbedWindowsOptions
 
 
 def training_parser() -> argparse.ArgumentParser:
     from clap_pipeline.training.config import TrainConfig
-    from clap_pipeline.training.data import SPLIT_MODES
 
     parser = argparse.ArgumentParser(
         prog="clap-pipeline train",
@@ -29,17 +30,7 @@ def training_parser() -> argparse.ArgumentParser:
         "(the `clap_model` asset without Dagster). Data-parallel under "
         "`torchrun --nproc_per_node N -m clap_pipeline.training ...`.",
     )
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default {f.default})"
-        if isinstance(f.default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
-            )
-        elif f.name == "split":
-            parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
+    add_knob_flags(parser, TrainConfig)
     add_setting_flags(parser)
     parser.add_argument(
         "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
@@ -58,7 +49,7 @@ def train_main(argv: list[str]) -> int:
     def read_inputs() -> tuple[TrainConfig, TrainInputs]:
         """The env vars' settings with the command line's flags over them."""
         settings = Settings.from_args(args)
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        config = TrainConfig(**knob_values(args, TrainConfig))
         inputs = TrainInputs.from_settings(settings)
         if args.duckdb:
             inputs = replace(inputs, duckdb_path=Path(args.duckdb))
@@ -77,12 +68,7 @@ def evaluation_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
     p = sub.add_parser("run", help="evaluate now (what the `evaluation` asset does)")
     p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
-    defaults = EvalConfig()
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--n-bootstrap", type=int, default=defaults.n_bootstrap)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to the MLflow run")
+    add_knob_flags(p, EvalConfig)
     return parser
 
 
@@ -101,13 +87,7 @@ def evaluate_main(argv: list[str]) -> int:
         if args.command == "show":
             print(format_evaluation_table(load_report(report_path(settings))))
             return 0
-        config = EvalConfig(
-            batch_size=args.batch_size,
-            device=args.device,
-            n_bootstrap=args.n_bootstrap,
-            seed=args.seed,
-            log_to_mlflow=not args.no_mlflow,
-        )
+        config = EvalConfig(**knob_values(args, EvalConfig))
         from transformers.utils import logging as hf_logging  # transformers loads lazily
 
         hf_logging.disable_progress_bar()  # per-checkpoint load bars are noise here
@@ -162,12 +142,13 @@ def _cmd_embed_windows(args: argparse.Namespace, settings: Settings) -> int:
         init_process_group,
     )
 
+    options = EmbedWindowsOptions(**knob_values(args, EmbedWindowsOptions))
     ranks = Ranks.from_env()
-    device = device_for(ranks, pick_device(args.device))
+    device = device_for(ranks, pick_device(options.device))
     init_process_group(ranks, device)
     try:
         metadata = embed_trained_model(
-            settings, batch_size=args.batch_size, device=str(device), log=print,
+            settings, batch_size=options.batch_size, device=str(device), log=print,
             rank=ranks.rank, world_size=ranks.world_size,
         )  # fmt: skip
     finally:
@@ -205,6 +186,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "asset); under `torchrun --nproc_per_node N -m clap_pipeline.cli embed-windows` each "
         "rank embeds its share of the audio folders",
     )
-    p.add_argument("--batch-size", type=positive_int, default=32, help="windows per pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cuda, mps, cpu")
+    add_knob_flags(p, EmbedWindowsOptions)
     p.set_defaults(func=_cmd_embed_windows)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvaluationError, SplitClips
 from clap_pipeline.model.clap import (
     ModelLoadError,
     clip_embeddings,
@@ -27,6 +27,7 @@ from clap_pipeline.model.clap import (
 from clap_pipeline.model.embed_windows import embed_windows
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.waveform_reader import WaveformIndex, ordered_batches
 from clap_pipeline.window_embeddings import WindowEmbeddings, read_store
 

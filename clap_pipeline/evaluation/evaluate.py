@@ -28,7 +28,6 @@ from clap_pipeline.evaluation.inputs import (
     EvalConfig,
     EvalInputs,
     EvaluationError,
-    Log,
     load_manifest,
     model_sources,
     split_clips,
@@ -44,6 +43,7 @@ from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
 from clap_pipeline.evaluation.similarity import similarity_report
 from clap_pipeline.evaluation.whole_track import whole_track_report
+from clap_pipeline.reporting import Log
 from clap_pipeline.selection import read_genres, read_track_values
 from clap_pipeline.waveform_reader import WaveformIndex
 from clap_pipeline.window_embeddings import write_search_rule

@@ -33,7 +33,7 @@ from clap_pipeline.config import Settings
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
-from clap_pipeline.reporting import Log, Markdown
+from clap_pipeline.reporting import Log, Markdown, warn
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
 from clap_pipeline.window_embeddings import read_store, search_rule
@@ -116,7 +116,7 @@ def score_rankings(
 @dataclass(frozen=True)
 class Pool:
     """The tracks every model ranks, where their windows and window embeddings are, and how
-    a track's windows make its score (the rule search uses: ``whole_track.search_rule``)."""
+    a track's windows make its score (the rule search uses: ``window_embeddings.search_rule``)."""
 
     track_ids: np.ndarray
     waveforms_dir: Path
@@ -202,7 +202,7 @@ def _models(
             )
             models.append(("served", served, model.source))
         except ModelChoiceError as exc:
-            log.warning(f"cannot load the served version {served}: {exc}")
+            warn(log, f"cannot load the served version {served}: {exc}")
     return models
 
 

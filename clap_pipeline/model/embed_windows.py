@@ -15,7 +15,7 @@ Memory: one batch of windows, one folder's embeddings (N x d floats).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import SAMPLE_RATE
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE
 from clap_pipeline.model.clap import (
     LoadedClap,
     clip_embeddings,
@@ -36,6 +37,7 @@ from clap_pipeline.model.clap import (
 )
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.training_report import TrainingReport
 from clap_pipeline.waveform_reader import WaveformIndex, ordered_window_batches
 from clap_pipeline.window_embeddings import (
@@ -105,9 +107,9 @@ def embed_windows(
     *,
     model_version: str = "",
     track_ids: Iterable[int] | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
+    log: Log | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> EmbedSummary:
@@ -203,9 +205,9 @@ def registered_weights(manifest_path: Path) -> tuple[str, str]:
 def embed_trained_model(
     settings: Settings,
     *,
-    batch_size: int = 32,
-    device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
+    log: Log | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, object]:

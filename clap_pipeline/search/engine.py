@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,9 @@ from clap_pipeline.search.index import (
     read_collection,
 )
 from clap_pipeline.search.lexical import LexicalIndex, load_or_build
-from clap_pipeline.search.text_encoder import Encoder, build_encoder
+from clap_pipeline.search.text_encoder import BatchingEncoder, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError, WindowRanker
 
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
@@ -68,6 +69,7 @@ class Result:
     duration_s: float | None  # the track's (FMA's track_duration), not the clip's
     audio_path: str  # the clip on the server's disk (never sent to HTTP clients)
     file_duration_s: float | None  # the clip file's length (what a playlist plays)
+    moment: Moment | None = None  # where the query is heard best (an index with windows)
 
 
 def check_k(k: int, max_k: int | None = None) -> None:
@@ -111,6 +113,7 @@ class SearchIndex:
     lexical: LexicalIndex
     info: IndexInfo
     text_weight: float = TEXT_WEIGHT  # the names' weight in hybrid mode
+    windows: WindowRanker | None = None  # every window of the tracks (the audio ranking)
 
     def __len__(self) -> int:
         return len(self.catalog.track_ids)
@@ -137,11 +140,17 @@ class SearchIndex:
         if embedding is None:
             raise ValueError(f"mode {mode} needs the query's embedding")
         if mode == "audio":
-            return self.vectors.search(embedding, k, allowed)
+            return self._audio(embedding, k, allowed)
         depth = max(k, FUSION_DEPTH)
-        audio = self.vectors.search(embedding, depth, allowed)
+        audio = self._audio(embedding, depth, allowed)
         names = self.lexical.rank(text, depth, allowed)
         return fuse([audio, names], k, [1.0, self.text_weight])
+
+    def _audio(self, embedding: np.ndarray, k: int, allowed: np.ndarray) -> Ranking:
+        """The audio ranking: by the tracks' windows when the index has them."""
+        if self.windows is not None:
+            return self.windows.rank(embedding, k, allowed)
+        return self.vectors.search(embedding, k, allowed)
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
@@ -172,7 +181,18 @@ class SearchIndex:
         mode: str = DEFAULT_MODE,
     ) -> list[Result]:
         """Top ``k`` tracks for a query among those that pass ``filters``."""
-        return self.results(*self.rank(text, embedding, k, filters, mode))
+        results = self.results(*self.rank(text, embedding, k, filters, mode))
+        return self.with_moments(results, embedding)
+
+    def with_moments(self, results: list[Result], query: np.ndarray | None) -> list[Result]:
+        """Each result with its best window for ``query`` (unchanged without windows)."""
+        if self.windows is None or query is None:
+            return results
+        rows = [self.catalog.position(r.track_id) for r in results]
+        return [
+            replace(r, moment=self.windows.moment(row, query))
+            for r, row in zip(results, rows, strict=True)
+        ]
 
     def search_windows(
         self, embeddings: np.ndarray, k: int, filters: Filters | None = None
@@ -180,6 +200,9 @@ class SearchIndex:
         """Tracks closest to any of several audio embeddings (an uploaded query's windows):
         a track scores its best cosine to one of them."""
         allowed = self.catalog.allowed(filters or Filters())
+        if self.windows is not None:
+            results = self.results(*self.windows.rank_many(embeddings, k, allowed))
+            return [self._best_moment(r, embeddings) for r in results]
         depth = max(k, FUSION_DEPTH)
         best: dict[int, float] = {}
         for embedding in embeddings:
@@ -189,9 +212,21 @@ class SearchIndex:
         order = sorted(best, key=lambda p: (-best[p], p))[:k]
         return self.results(np.array(order, dtype=np.int64), np.array([best[p] for p in order]))
 
-    def similar(self, track_id: int, k: int) -> list[Result]:
-        """Audio->audio neighbours of an indexed track (the track itself left out)."""
+    def _best_moment(self, result: Result, queries: np.ndarray) -> Result:
+        """The result with its best window for the best of several queries."""
+        assert self.windows is not None
+        row = self.catalog.position(result.track_id)
+        moments = [m for q in queries if (m := self.windows.moment(row, q)) is not None]
+        return replace(result, moment=max(moments, key=lambda m: m.score, default=None))
+
+    def similar(self, track_id: int, k: int, start_s: float | None = None) -> list[Result]:
+        """Audio->audio neighbours of an indexed track (the track itself left out); by its
+        windows when the index has them, ``start_s``: like the moment at that time."""
         pos = self.catalog.position(track_id)
+        if self.windows is not None and self.windows.from_catalog[pos] >= 0:
+            return self.results(*self.windows.similar(pos, k, start_s))
+        if start_s is not None:
+            raise MomentNotFoundError(f"track {track_id} has no window embeddings to start from")
         positions, scores = self.vectors.search(self.vectors.matrix[pos], k + 1)
         keep = positions != pos
         return self.results(positions[keep][:k], scores[keep][:k])
@@ -224,6 +259,8 @@ class QueryEncoder:
     features: object  # model.features.LogMelFeatures on the CPU (audio queries)
 
     def embed(self, text: str) -> np.ndarray:
+        if isinstance(self.encode, BatchingEncoder):  # one worker per core batches them
+            return self.encode([text])[0]
         # At most one forward per core (each on its own threads, see ``serve``): more
         # would only fight over the cores.
         with self.slots:
@@ -250,7 +287,10 @@ def load_query_encoder(
     clap.model.eval()
     # ONNX graphs are exported from this very model (cached by its weights' hash): no drift.
     encode = build_encoder(clap, kind, cache_dir, threads)
-    slots = threading.Semaphore(max(1, usable_cpus() // threads))
+    workers = max(1, usable_cpus() // threads)
+    if kind != "torch":  # queries that arrive together are encoded as one batch
+        encode = BatchingEncoder(encode, workers)
+    slots = threading.Semaphore(workers)
     return QueryEncoder(model, clap, encode, kind, slots, features_for_model(clap, "cpu"))
 
 
@@ -304,9 +344,11 @@ class Searcher:
         embedding = None if mode == "text" else self.encoder.embed(text)
         return self.index.search(text, embedding, k, filters, mode)
 
-    def similar(self, track_id: int, k: int, max_k: int | None = None) -> list[Result]:
+    def similar(
+        self, track_id: int, k: int, max_k: int | None = None, start_s: float | None = None
+    ) -> list[Result]:
         check_k(k, max_k)
-        return self.index.similar(track_id, k)
+        return self.index.similar(track_id, k, start_s)
 
     def search_audio(
         self,

@@ -45,11 +45,10 @@ from clap_pipeline.search.engine import (
 )
 from clap_pipeline.search.filters import DEFAULT_MODE, Filters
 from clap_pipeline.search.index import TABLE, SearchError, index_info, read_collection
+from clap_pipeline.search.options import ServeOptions
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLL_S = 5.0
 
 
 class AudioQueryError(ValueError):
@@ -68,7 +67,7 @@ class SearchService:
         settings: Settings,
         *,
         model_arg: str | None = None,
-        poll_s: float = DEFAULT_POLL_S,
+        poll_s: float = ServeOptions.poll_s,
         exact_max_rows: int | None = None,
         text_encoder: str = DEFAULT_ENCODER,
         encoder_threads: int = 1,
@@ -219,10 +218,13 @@ class SearchService:
         searcher = self.searcher
         return searcher, searcher.search(query, k, filters, MAX_K, mode)
 
-    def similar(self, track_id: int, k: int) -> tuple[Searcher, list[Result]]:
-        """Audio->audio neighbours of an indexed track (the track itself left out)."""
+    def similar(
+        self, track_id: int, k: int, start_s: float | None = None
+    ) -> tuple[Searcher, list[Result]]:
+        """Audio->audio neighbours of an indexed track (the track itself left out); with
+        ``start_s``, of its moment at that time (needs window embeddings)."""
         searcher = self.searcher
-        return searcher, searcher.similar(track_id, k, MAX_K)
+        return searcher, searcher.similar(track_id, k, MAX_K, start_s)
 
     def search_audio(
         self, path: Path, k: int, filters: Filters | None = None

@@ -6,7 +6,8 @@ The work is in ``clap_pipeline.search.service``; this module maps it onto HTTP:
 - ``GET /api/search?q=TEXT&k=N[&mode=hybrid|audio|text][&genre=&year_min=&year_max=&license=
   &max_duration=]``: ranked results among the tracks that pass the filters
   (``search.filters``), ranked as ``search/engine.py`` says;
-- ``GET /api/tracks/{id}/similar?k=N``: audio->audio neighbours;
+- ``GET /api/tracks/{id}/similar?k=N[&start_s=S]``: audio->audio neighbours (by the
+  track's windows, or its moment at ``S`` seconds, when the index has window embeddings);
 - ``POST /api/search/audio?k=N[&filters]``: the body is an audio file (MP3, WAV, FLAC, OGG);
   the tracks that sound like its windows, answered like ``/similar``;
 - ``GET /api/tracks/{id}/audio``: the clip, with Range requests (206) for seeking;
@@ -27,11 +28,11 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clap_pipeline.config import ServeSettings
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.feedback import MAX_QUERY_CHARS
+from clap_pipeline.knobs import knob_of
 from clap_pipeline.search.engine import MAX_K, Result, Searcher
 from clap_pipeline.search.filters import (
     DEFAULT_MODE,
@@ -55,7 +57,9 @@ from clap_pipeline.search.filters import (
     Filters,
     TrackNotFoundError,
 )
+from clap_pipeline.search.options import QueryOptions
 from clap_pipeline.search.service import AudioQueryError, SearchService
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError
 from clap_pipeline.search.write_guard import (
     RateLimiter,
     check_listen,
@@ -72,10 +76,7 @@ AUDIO_TYPES = {
     ".flac": "audio/flac",
 }
 Mode = Literal[MODES]  # type: ignore[valid-type]
-MODE_HELP = (
-    "hybrid: the audio ranking fused (reciprocal rank fusion) with BM25 over titles, "
-    "artists, albums, genres and tags; audio: the audio embedding alone; text: the names alone"
-)
+MODE_HELP = knob_of(QueryOptions, "mode").help
 NOT_BLANK = r"\S"  # at least one non-whitespace character (the service strips the text)
 MAX_DURATION_S = 1_000_000.0
 
@@ -90,6 +91,11 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx answer of the API has this shape (FastAPI's validation errors too)."""
 
     detail: list[ErrorItem]
+
+
+class Timeline(BaseModel):
+    start_s: list[float] = Field(description="each window's start (seconds), in time order")
+    scores: list[float] = Field(description="each window's cosine to the query")
 
 
 class SearchResult(BaseModel):
@@ -108,6 +114,18 @@ class SearchResult(BaseModel):
     license: str | None = Field(description="FMA's track.license title")
     duration_s: float | None = Field(description="the track's duration in seconds")
     audio_url: str
+    start_s: float | None = Field(
+        None,
+        description="where the best-matching window starts, seconds into the audio file "
+        "(null when the index holds no window embeddings, or in text mode)",
+    )
+    end_s: float | None = Field(None, description="where that window's audio ends")
+    moment_score: float | None = Field(
+        None, description="cosine of the query and that window's audio"
+    )
+    timeline: Timeline | None = Field(
+        None, description="every window of the track and its score for the query"
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -149,7 +167,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "the body is not readable JSON",
         401: "no or a wrong bearer token (the service has one: CLAP_SERVE_TOKEN)",
-        404: "unknown track (not in the served index) or its clip is missing",
+        404: "unknown track (not in the served index), its clip is missing, or no window "
+        "of it at start_s",
         413: "the uploaded file is larger than CLAP_MAX_UPLOAD_MB",
         415: "the body is not sent as one of the audio types",
         422: "a parameter or the body breaks the schema, or the upload is not usable audio "
@@ -165,12 +184,25 @@ def audio_url(track_id: int) -> str:
 
 
 SERVER_ONLY = ("audio_path", "file_duration_s")  # Result fields about the server's files
+RESULT_FIELDS = [f.name for f in fields(Result) if f.name not in (*SERVER_ONLY, "moment")]
+
+
+def _moment_fields(moment: Moment | None) -> dict[str, Any]:
+    if moment is None:
+        return {"start_s": None, "end_s": None, "moment_score": None, "timeline": None}
+    return {
+        "start_s": moment.start_s,
+        "end_s": moment.end_s,
+        "moment_score": moment.score,
+        "timeline": {"start_s": moment.timeline_start_s, "scores": moment.timeline_scores},
+    }
 
 
 def _results(searcher: Searcher, results: list[Result]) -> JSONResponse:
     body = [
-        {k: v for k, v in asdict(r).items() if k not in SERVER_ONLY}
+        {k: getattr(r, k) for k in RESULT_FIELDS}
         | {"audio_url": audio_url(r.track_id)}
+        | _moment_fields(r.moment)
         for r in results
     ]
     return JSONResponse(body, headers={"X-Model-Version": str(searcher.model_version)})
@@ -268,22 +300,8 @@ def rate_limited_client(request: Request) -> str:
     return client
 
 
-def create_app(service: SearchService, serve: ServeSettings | None = None) -> FastAPI:
-    """The app over a loaded service; the lifespan runs the service's index watcher."""
-    serve = serve or ServeSettings()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start_watcher()
-        try:
-            yield
-        finally:
-            service.stop_watcher()
-
-    app = FastAPI(title="clap-pipeline search", lifespan=lifespan)
-    app.state.serve = serve
-    app.state.feedback_limiter = RateLimiter(serve.feedback_per_minute)
-    page = PAGE.read_text(encoding="utf-8")
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``ErrorBody``: validation, HTTP, bad values, unknown tracks, busy DB."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -311,6 +329,10 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     async def _bad_audio(_request: Request, exc: AudioQueryError) -> JSONResponse:
         return _error(422, ["body"], str(exc), f"audio_{exc.reason}")
 
+    @app.exception_handler(MomentNotFoundError)
+    async def _no_moment(_request: Request, exc: MomentNotFoundError) -> JSONResponse:
+        return _error(404, ["query", "start_s"], str(exc), "not_found")
+
     @app.exception_handler(TrackNotFoundError)
     async def _unknown_track(_request: Request, exc: TrackNotFoundError) -> JSONResponse:
         msg = f"track {exc.args[0]} is not indexed"
@@ -320,15 +342,12 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     async def _busy(_request: Request, exc: DuckDBLockTimeout) -> JSONResponse:
         return _error(503, [], f"database busy, try again: {exc}", "busy")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index_page() -> HTMLResponse:
-        return HTMLResponse(page)
 
-    @app.get("/api/health")
-    def health() -> dict[str, object]:
-        return service.health()
+def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
+    """Text and audio queries."""
+    router = APIRouter()
 
-    @app.get(
+    @router.get(
         "/api/search",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(422),
@@ -349,7 +368,7 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     ) -> Response:
         return _results(*service.search(q, k, filters, mode))
 
-    @app.post(
+    @router.post(
         "/api/search/audio",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(413, 415, 422),
@@ -364,15 +383,34 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
             found = await run_in_threadpool(service.search_audio, path, k, filters)
         return _results(*found)
 
-    @app.get(
+    return router
+
+
+def _track_routes(service: SearchService) -> APIRouter:
+    """Tracks like an indexed one (or one of its moments), and a track's audio file."""
+    router = APIRouter()
+
+    @router.get(
         "/api/tracks/{track_id}/similar",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(404, 422),
     )
-    def similar(track_id: TrackId, k: K = 10) -> Response:
-        return _results(*service.similar(track_id, k))
+    def similar(
+        track_id: TrackId,
+        k: K = 10,
+        start_s: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=MAX_DURATION_S,
+                description="like the moment of the track at this time (seconds; needs "
+                "window embeddings)",
+            ),
+        ] = None,
+    ) -> Response:
+        return _results(*service.similar(track_id, k, start_s))
 
-    @app.get(
+    @router.get(
         "/api/tracks/{track_id}/audio",
         response_class=FileResponse,
         responses={
@@ -390,7 +428,14 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         media = AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
         return FileResponse(path, media_type=media)
 
-    @app.post(
+    return router
+
+
+def _feedback_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
+    """Listeners' feedback on a query's results (token and rate limit as configured)."""
+    router = APIRouter()
+
+    @router.post(
         "/api/feedback",
         status_code=201,
         dependencies=[Depends(authorised)] if serve.token else [],
@@ -407,10 +452,14 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         out |= {"created_at": row.created_at.isoformat(), "change": recorded.change}
         return JSONResponse(out, status_code=201 if recorded.change == "added" else 200)
 
+    return router
+
+
+def _with_examples(app: FastAPI, service: SearchService) -> None:
+    """The OpenAPI schema, with an indexed track id as the example wherever a track id goes."""
     default_openapi = app.openapi
 
     def openapi_with_examples() -> dict[str, Any]:
-        """The schema, with an indexed track id as the example wherever a track id goes."""
         if app.openapi_schema is None:
             schema = default_openapi()
             example = int(service.searcher.index.catalog.track_ids[0])
@@ -426,6 +475,38 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         return app.openapi_schema
 
     app.openapi = openapi_with_examples  # type: ignore[method-assign]
+
+
+def create_app(service: SearchService, serve: ServeSettings | None = None) -> FastAPI:
+    """The app over a loaded service; the lifespan runs the service's index watcher."""
+    serve = serve or ServeSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start_watcher()
+        try:
+            yield
+        finally:
+            service.stop_watcher()
+
+    app = FastAPI(title="clap-pipeline search", lifespan=lifespan)
+    app.state.serve = serve
+    app.state.feedback_limiter = RateLimiter(serve.feedback_per_minute)
+    page = PAGE.read_text(encoding="utf-8")
+    _add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/api/health")
+    def health() -> dict[str, object]:
+        return service.health()
+
+    app.include_router(_search_routes(service, serve))
+    app.include_router(_track_routes(service))
+    app.include_router(_feedback_routes(service, serve))
+    _with_examples(app, service)
     return app
 
 

@@ -37,6 +37,7 @@ from clap_pipeline_tests.serve_fixtures import (
 FIELDS = {
     *("rank", "track_id", "title", "artist", "genre", "score", "audio_url"),
     *("genres", "year", "license", "duration_s"),
+    *("start_s", "end_s", "moment_score", "timeline"),  # null without window embeddings
 }
 
 

@@ -112,4 +112,5 @@ def test_batching_encoder_answers_each_request_and_batches_concurrent_ones() -> 
     with pytest.raises(RuntimeError, match="encoder failed"):
         failing(["x"])
     failing.close()
+    assert encoder.stats.texts == 12 and encoder.stats.batches == len(calls)
     encoder.close()
