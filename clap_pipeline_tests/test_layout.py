@@ -337,13 +337,10 @@ MAX_FUNCTION_LINES = 60
 # Still over the limit, being split by whoever works in the module (the lines they have
 # now): the list only shrinks: a function that fits must leave it, none may join it.
 STILL_LONG = {
-    ("audio/waveforms.py", "build_waveforms"): 61,
     ("demo/collection.py", "write_demo_dataset"): 74,
     ("demo/collection.py", "add_demo_tracks"): 78,
     ("demo/pretrain.py", "fit"): 66,
     ("demo/pretrain.py", "pretrain_stand_in"): 61,
-    ("demo/training_set.py", "write_training_dataset"): 61,
-    ("evaluation/evaluate.py", "evaluate"): 76,
 }
 
 

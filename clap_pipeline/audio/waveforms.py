@@ -619,6 +619,16 @@ def _remove_stale_temps(waveforms_dir: Path, folder: str) -> None:
     remove_orphaned_temps(waveforms_dir.glob(f".{folder}.parquet.*.tmp"))
 
 
+def _check_folders(tracks_by_folder: Mapping[str, Sequence[SelectedTrack]]) -> None:
+    """ValueError unless every key is a folder like '000' holding only its own tracks."""
+    for folder, tracks in tracks_by_folder.items():
+        if not folder.isdigit():
+            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
+        wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
+        if wrong:
+            raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
+
+
 def build_waveforms(
     tracks_by_folder: Mapping[str, Sequence[SelectedTrack]],
     waveforms_dir: str | Path,
@@ -638,13 +648,7 @@ def build_waveforms(
     waveforms_dir = Path(waveforms_dir)
     duckdb_path = Path(duckdb_path)
     waveforms_dir.mkdir(parents=True, exist_ok=True)
-    for folder, tracks in tracks_by_folder.items():
-        if not folder.isdigit():
-            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
-        wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
-        if wrong:
-            raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
-
+    _check_folders(tracks_by_folder)
     plans = [
         _plan(
             folder,
