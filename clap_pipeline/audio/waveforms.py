@@ -15,8 +15,7 @@ How a partition is (re)built:
 - Incremental: a track whose file has the same path, size and mtime as its row in
   the current file keeps that row (streamed over from the old file); a track
   that failed before with an unchanged file keeps its failure (except timeouts and
-  unreadable files,
-  which are retried). Only new or changed files are decoded. Rows of tracks that
+  unreadable files, which are retried). Only new or changed files are decoded. Rows of tracks that
   left the selection are not copied, so they disappear. If nothing changed the
   file is left untouched.
 - Memory is bounded by a row group: decoded rows stream into a ``ParquetWriter``
@@ -94,9 +93,7 @@ _PCM_BYTES_PER_S = 2 * 48_000
 class DecodeOptions:
     """Every decode setting, each a knob (knobs.py): the asset's run config is derived."""
 
-    window_offset_s: float = knob(
-        0.0, "start of the first 5-s window in each clip, in seconds", ge=0.0
-    )
+    window_offset_s: float = knob(0.0, "start of each clip's first 5-s window (s)", ge=0.0)
     hop_s: float | None = knob(None, "seconds between window starts (none: 5, the window)", gt=0.0)
     max_audio_s: float | None = knob(
         DEFAULT_MAX_AUDIO_S, "audio decoded per track, in seconds (none: the whole file)", ge=1.0
@@ -115,11 +112,7 @@ class DecodeOptions:
         ROW_GROUP_ROWS, "windows per Parquet row group", ge=1, le=ROW_GROUP_ROWS, run_config=False
     )
     process_pool_min_jobs: int = knob(
-        64,
-        "the av decoder decodes fewer clips than this on threads (a process pool takes ~1 s "
-        "to start)",
-        ge=1,
-        run_config=False,
+        64, "av: fewer clips are decoded on threads (a pool takes ~1 s)", ge=1, run_config=False
     )
 
     def __post_init__(self) -> None:
