@@ -50,6 +50,7 @@ class WriterStats:
     batches: int = 0  # committed
     rows: int = 0  # posts answered from a committed batch
     largest_batch: int = 0
+    write_s: float = 0.0  # time spent writing committed batches (connection included)
     writing: int = 0  # posts in the batch being written now
 
 
@@ -145,6 +146,7 @@ class FeedbackWriter:
             return
         lock_timeout_s = max(1.0, min(p.deadline for p in live) - now)
         self.stats.writing = len(live)
+        started = time.monotonic()
         try:
             with self._db_lock:
                 recorded = record_feedback_batch(
@@ -158,6 +160,7 @@ class FeedbackWriter:
                 raise
             return
         self.stats.writing = 0
+        self.stats.write_s += time.monotonic() - started
         self.stats.batches += 1
         self.stats.rows += len(live)
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
