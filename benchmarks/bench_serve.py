@@ -411,6 +411,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=POOL, help="windows per representative")
     parser.add_argument("--coarse", help="faiss factory of the coarse index (default: auto)")
     parser.add_argument("--candidates", type=int, default=CANDIDATES)
+    parser.add_argument(
+        "--clip-s", type=float, help="with --windows: tracks are clips this long (default whole)"
+    )
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--cli-queries", type=int, default=None, help="default 3 (tiny), 0 (full)")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
@@ -439,7 +442,13 @@ def main() -> None:
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
     if args.windows:
         bench_windows(
-            args.windows, args.queries, args.rule, args.pool, args.coarse, args.candidates
+            args.windows,
+            args.queries,
+            args.rule,
+            args.pool,
+            args.coarse,
+            args.candidates,
+            args.clip_s,
         )
     for n in args.sizes:
         bench_top_k(n, args.queries, centres)

@@ -107,3 +107,22 @@ def test_no_module_spells_a_declared_name() -> None:
         if node.value in names
     ]
     assert spelled == []
+
+
+def test_the_shared_names_are_bound_in_one_module() -> None:
+    """``Log``, ``KS`` and ``SELECTION_METRIC`` are assigned in one module each; the others import them."""
+    owners: dict[str, list[str]] = {"Log": [], "KS": [], "SELECTION_METRIC": []}
+    for module in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(module.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            targets += [node.target] if isinstance(node, ast.AnnAssign) else []
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            names += [node.name] if isinstance(node, ast.ClassDef) else []
+            for name in names:
+                if name in owners:
+                    owners[name].append(str(module.relative_to(PACKAGE)))
+    assert owners == {
+        "Log": ["reporting.py"],
+        "KS": ["metrics.py"],
+        "SELECTION_METRIC": ["metrics.py"],
+    }

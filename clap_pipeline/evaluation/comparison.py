@@ -601,7 +601,7 @@ def run_model_comparison(settings: Settings, recent: int, log: Log) -> dict[str,
         **names,
     )  # fmt: skip
     champion = next((r for r in runs if r.is_champion), None)
-    log.info(
+    log(
         f"{len(runs)} training run(s); recommended max_epochs: {rec.max_epochs}; "
         f"artifacts logged to run {files.mlflow_run_id}"
     )

@@ -33,7 +33,7 @@ from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
-from clap_pipeline.reporting import Log, Markdown
+from clap_pipeline.reporting import Log, Markdown, warn
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
 
@@ -198,7 +198,7 @@ def _models(
             )
             models.append(("served", served, model.source))
         except ModelChoiceError as exc:
-            log.warning(f"cannot load the served version {served}: {exc}")
+            warn(log, f"cannot load the served version {served}: {exc}")
     return models
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     IdenticalPrompts,
     Interval,
@@ -31,6 +31,7 @@ from clap_pipeline.metrics import (
     match_ranks_blockwise,
     random_expected_metrics,
 )
+from clap_pipeline.reporting import Log
 
 if TYPE_CHECKING:  # the encoder module loads torch
     from clap_pipeline.evaluation.encoder import Embedded

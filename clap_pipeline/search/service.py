@@ -48,11 +48,10 @@ from clap_pipeline.search.engine import (
 from clap_pipeline.search.feedback_writer import FeedbackWriter
 from clap_pipeline.search.filters import DEFAULT_MODE, Filters
 from clap_pipeline.search.index import TABLE, SearchError, index_info, read_collection
+from clap_pipeline.search.options import ServeOptions
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLL_S = 5.0
 
 
 class AudioQueryError(ValueError):
@@ -71,7 +70,7 @@ class SearchService:
         settings: Settings,
         *,
         model_arg: str | None = None,
-        poll_s: float = DEFAULT_POLL_S,
+        poll_s: float = ServeOptions.poll_s,
         exact_max_rows: int | None = None,
         text_encoder: str = DEFAULT_ENCODER,
         encoder_threads: int = 1,

@@ -35,7 +35,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clap_pipeline.config import ServeSettings
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.feedback import MAX_QUERY_CHARS
+from clap_pipeline.knobs import knob_of
 from clap_pipeline.search.engine import MAX_K, Result, Searcher
 from clap_pipeline.search.feedback_writer import RETRY_AFTER_S, FeedbackBusy
 from clap_pipeline.search.filters import (
@@ -60,6 +61,7 @@ from clap_pipeline.search.filters import (
     Filters,
     TrackNotFoundError,
 )
+from clap_pipeline.search.options import QueryOptions
 from clap_pipeline.search.service import AudioQueryError, SearchService
 from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError
 from clap_pipeline.search.write_guard import (
@@ -78,10 +80,7 @@ AUDIO_TYPES = {
     ".flac": "audio/flac",
 }
 Mode = Literal[MODES]  # type: ignore[valid-type]
-MODE_HELP = (
-    "hybrid: the audio ranking fused (reciprocal rank fusion) with BM25 over titles, "
-    "artists, albums, genres and tags; audio: the audio embedding alone; text: the names alone"
-)
+MODE_HELP = knob_of(QueryOptions, "mode").help
 NOT_BLANK = r"\S"  # at least one non-whitespace character (the service strips the text)
 MAX_DURATION_S = 1_000_000.0
 
@@ -305,22 +304,8 @@ def rate_limited_client(request: Request) -> str:
     return client
 
 
-def create_app(service: SearchService, serve: ServeSettings | None = None) -> FastAPI:
-    """The app over a loaded service; the lifespan runs the service's index watcher."""
-    serve = serve or ServeSettings()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start_watcher()
-        try:
-            yield
-        finally:
-            service.close()  # queued feedback is written before the process exits
-
-    app = FastAPI(title="clap-pipeline search", lifespan=lifespan)
-    app.state.serve = serve
-    app.state.feedback_limiter = RateLimiter(serve.feedback_per_minute)
-    page = PAGE.read_text(encoding="utf-8")
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``ErrorBody``: validation, HTTP, bad values, unknown tracks, busy DB."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -364,15 +349,12 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index_page() -> HTMLResponse:
-        return HTMLResponse(page)
 
-    @app.get("/api/health")
-    def health() -> dict[str, object]:
-        return service.health()
+def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
+    """Text and audio queries."""
+    router = APIRouter()
 
-    @app.get(
+    @router.get(
         "/api/search",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(422),
@@ -393,7 +375,7 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     ) -> Response:
         return _results(*service.search(q, k, filters, mode))
 
-    @app.post(
+    @router.post(
         "/api/search/audio",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(413, 415, 422),
@@ -408,7 +390,14 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
             found = await run_in_threadpool(service.search_audio, path, k, filters)
         return _results(*found)
 
-    @app.get(
+    return router
+
+
+def _track_routes(service: SearchService) -> APIRouter:
+    """Tracks like an indexed one (or one of its moments), and a track's audio file."""
+    router = APIRouter()
+
+    @router.get(
         "/api/tracks/{track_id}/similar",
         response_model=list[SearchResult],
         responses={200: {"headers": MODEL_VERSION}} | _responses(404, 422),
@@ -428,7 +417,7 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
     ) -> Response:
         return _results(*service.similar(track_id, k, start_s))
 
-    @app.get(
+    @router.get(
         "/api/tracks/{track_id}/audio",
         response_class=FileResponse,
         responses={
@@ -446,7 +435,14 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         media = AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
         return FileResponse(path, media_type=media)
 
-    @app.post(
+    return router
+
+
+def _feedback_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
+    """Listeners' feedback on a query's results (token and rate limit as configured)."""
+    router = APIRouter()
+
+    @router.post(
         "/api/feedback",
         status_code=201,
         dependencies=[Depends(authorised)] if serve.token else [],
@@ -465,10 +461,14 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         out |= {"created_at": row.created_at.isoformat(), "change": recorded.change}
         return JSONResponse(out, status_code=201 if recorded.change == "added" else 200)
 
+    return router
+
+
+def _with_examples(app: FastAPI, service: SearchService) -> None:
+    """The OpenAPI schema, with an indexed track id as the example wherever a track id goes."""
     default_openapi = app.openapi
 
     def openapi_with_examples() -> dict[str, Any]:
-        """The schema, with an indexed track id as the example wherever a track id goes."""
         if app.openapi_schema is None:
             schema = default_openapi()
             example = int(service.searcher.index.catalog.track_ids[0])
@@ -484,6 +484,38 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         return app.openapi_schema
 
     app.openapi = openapi_with_examples  # type: ignore[method-assign]
+
+
+def create_app(service: SearchService, serve: ServeSettings | None = None) -> FastAPI:
+    """The app over a loaded service; the lifespan runs the service's index watcher."""
+    serve = serve or ServeSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start_watcher()
+        try:
+            yield
+        finally:
+            service.close()  # queued feedback is written before the process exits
+
+    app = FastAPI(title="clap-pipeline search", lifespan=lifespan)
+    app.state.serve = serve
+    app.state.feedback_limiter = RateLimiter(serve.feedback_per_minute)
+    page = PAGE.read_text(encoding="utf-8")
+    _add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/api/health")
+    def health() -> dict[str, object]:
+        return service.health()
+
+    app.include_router(_search_routes(service, serve))
+    app.include_router(_track_routes(service))
+    app.include_router(_feedback_routes(service, serve))
+    _with_examples(app, service)
     return app
 
 

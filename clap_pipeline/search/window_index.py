@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.search.window_store import (
     Segment,
     SegmentBuilder,
@@ -303,9 +304,7 @@ class WindowIndex:
 
     # -- incremental ---------------------------------------------------------------------
 
-    def add_tracks(
-        self, windows: WindowEmbeddings, log: Callable[[str], None] | None = None
-    ) -> WindowIndex:
+    def add_tracks(self, windows: WindowEmbeddings, log: Log | None = None) -> WindowIndex:
         """A new index: these tracks' windows added (replacing any earlier ones), nothing retrained."""
         if not len(windows):
             return self
@@ -330,7 +329,7 @@ class WindowIndex:
         )
         return index.compacted(log) if len(index.segments) > MAX_SEGMENTS else index
 
-    def compacted(self, log: Callable[[str], None] | None = None) -> WindowIndex:
+    def compacted(self, log: Log | None = None) -> WindowIndex:
         """Every segment after the first merged into one (replaced tracks dropped)."""
         if len(self.segments) <= 2:
             return self
@@ -390,7 +389,7 @@ class WindowIndexBuilder:
         target_recall: float = TARGET_RECALL,
         candidates: int = CANDIDATES,
         calibration_queries: np.ndarray | None = None,
-        log: Callable[[str], None] | None = None,
+        log: Log | None = None,
         seed: int = 0,
     ) -> None:
         if rule not in AGGREGATIONS:
@@ -485,9 +484,7 @@ def build_window_index(windows: WindowEmbeddings, **options: object) -> WindowIn
     return builder.finish()
 
 
-def read_window_index(
-    files: Sequence[Path], log: Callable[[str], None] | None = None, **options: Any
-) -> WindowIndex:
+def read_window_index(files: Sequence[Path], log: Log | None = None, **options: Any) -> WindowIndex:
     """The index of ``window_embeddings`` Parquet files, streamed batch by batch.
 
     ``files`` in folder order (``NNN.parquet``: a folder holds the tracks of one id range,

@@ -15,14 +15,18 @@ against the best of up to ``SIMILAR_QUERY_WINDOWS`` windows of the track, evenly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.search.window_index import WindowIndex
-from clap_pipeline.window_embeddings import l2_normalise
+from clap_pipeline.genre_search import GENRE_QUERIES
+from clap_pipeline.search.window_index import WindowIndex, read_window_index
+from clap_pipeline.window_embeddings import WindowEmbeddings, l2_normalise
 
 SIMILAR_QUERY_WINDOWS = 12
+MIN_CALIBRATION_TEXTS = 8  # fewer genres: calibrate on noisy windows instead
 
 Ranking = tuple[np.ndarray, np.ndarray]  # catalog row positions, scores; best first
 
@@ -43,6 +47,7 @@ class WindowRanker:
     index: WindowIndex
     to_catalog: np.ndarray  # int64 per index position: its catalog row, -1 when not served
     from_catalog: np.ndarray  # int64 per catalog row: its live index position, -1: no windows
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)  # file -> (size, mtime)
 
     @classmethod
     def build(cls, index: WindowIndex, catalog_track_ids: np.ndarray) -> WindowRanker:
@@ -130,3 +135,51 @@ def window_at(starts: np.ndarray, start_s: float, end_s: float) -> int:
             f"start_s {start_s:g} is outside the track's windows (0 to {end_s:.1f} s)"
         )
     return max(0, int(np.searchsorted(starts, start_s, side="right")) - 1)
+
+
+def calibration_texts(genres: list[str | None]) -> list[str]:
+    """Real queries to calibrate the index's ``nprobe`` on: "<genre> music" for the
+    collection's genres (text sits where text sits, not where noisy windows do)."""
+    names = sorted({g for g in genres if g})
+    return [GENRE_QUERIES["genre_music"].format(genre=g) for g in names]
+
+
+def build_window_ranker(
+    files: list[Path],
+    catalog_track_ids: np.ndarray,
+    rule: str,
+    embed_texts: Callable[[list[str]], np.ndarray],
+    genres: list[str | None],
+    previous: WindowRanker | None = None,
+    log: Callable[[str], None] | None = None,
+) -> WindowRanker:
+    """The ranker over window embeddings Parquet ``files`` (one model's store).
+
+    With ``previous`` (built from the same model and rule), only files whose size or
+    modification time changed are read, and their tracks added to a new index that shares
+    the rest (``WindowIndex.add_tracks``); else the index is built from every file.
+    """
+    stamps = {str(f): _stamp(f) for f in files}
+    if previous is not None and previous.rule == rule and previous.stamps:
+        changed = [f for f in files if previous.stamps.get(str(f)) != stamps[str(f)]]
+        index = previous.index
+        for path in changed:
+            index = index.add_tracks(read_windows(path), log)
+        return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
+    texts = calibration_texts(genres)
+    queries = embed_texts(texts) if len(texts) >= MIN_CALIBRATION_TEXTS else None
+    index = read_window_index(files, log, rule=rule, calibration_queries=queries)
+    return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
+
+
+def read_windows(path: Path) -> WindowEmbeddings:
+    """One store file's rows."""
+    import pyarrow.parquet as pq
+
+    columns = ["track_id", "start_s", "end_s", "embedding"]
+    return WindowEmbeddings.from_table(pq.read_table(path, columns=columns))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns

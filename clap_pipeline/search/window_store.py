@@ -8,11 +8,11 @@ into one segment with a codec and a trained (empty) coarse index it copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from clap_pipeline.reporting import Log
 from clap_pipeline.window_embeddings import l2_normalise
 
 GEMV_BLOCK_ROWS = 512
@@ -184,7 +184,7 @@ class SegmentBuilder:
             self.coarse.add(np.concatenate(self.pending_vectors))  # type: ignore[attr-defined]
         self.pending_vectors, self.pending = [], 0
 
-    def finish(self, nprobe: int, log: Callable[[str], None] | None = None) -> Segment:
+    def finish(self, nprobe: int, log: Log | None = None) -> Segment:
         if self.tail is not None and len(self.tail[0]):
             tail, self.tail = self.tail, None
             self._encode(*tail)

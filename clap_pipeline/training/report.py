@@ -247,20 +247,22 @@ def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_
     )
 
 
-def write_report(
-    session: Session, best: EpochRecord, version: str, alias: str, wise: WiseFt | None = None
-) -> TrainingResult:
-    """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
-    config, data, inputs, client = session.config, session.data, session.inputs, session.client
-    history = session.history
-    wall_time_s = session.wall_time_s()
-    clips_per_second = sum(r.train_clips for r in history) / max(
-        sum(r.train_seconds for r in history), 1e-9
-    )
-    log_best(session, best, wall_time_s, clips_per_second)
-    png = training_curve_png(history, best.epoch)
+def _training_report(
+    session: Session,
+    best: EpochRecord,
+    registered: RegisteredVersion,
+    wise: WiseFt | None,
+    wall_time_s: float,
+    clips_per_second: float,
+) -> TrainingReport:
+    """training.json of the session (``training_report.TrainingReport``)."""
+    config, data, inputs, history = session.config, session.data, session.inputs, session.history
     selection = inputs.selection
-    report = TrainingReport(
+    trained = None
+    if selection is not None:
+        ids = tuple(selection.track_ids)
+        trained = TrainedTracks(selection.data_version, ids, selection.tracks_sha256)
+    return TrainingReport(
         mlflow_run_id=session.run_id,
         model_source=inputs.model_source,
         device=str(session.device),
@@ -268,33 +270,49 @@ def write_report(
         best_checkpoint=str(best.checkpoint),
         epochs=tuple(EpochRow.from_dict(r.manifest_row()) for r in history),
         splits=data.splits.as_dict(),
-        registered_model=RegisteredVersion(inputs.registered_model, version, alias),
+        registered_model=registered,
         config=config.to_dict(),
         mlflow_tracking_uri=inputs.tracking_uri,
         mlflow_experiment_id=session.experiment_id,
         split_mode=data.splits.mode,
         validation_fingerprint=session.val_fingerprint,
         data_versions={"prompts": data.prompts_version, "waveforms": data.index.data_version},
-        selection=None
-        if selection is None
-        else TrainedTracks(
-            selection.data_version, tuple(selection.track_ids), selection.tracks_sha256
-        ),
+        selection=trained,
         world_size=session.ranks.world_size,
         stopped_early=history[-1].epoch < config.max_epochs,
         wall_time_s=wall_time_s,
         train_clips_per_second=clips_per_second,
         wise_ft=wise,
     )
-    report.write(inputs.manifest_path)
-    with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
+
+
+def _write_files(session: Session, report: TrainingReport, png: bytes) -> None:
+    """training.json and the curve next to it, atomically, and both in the MLflow run."""
+    manifest, client = session.inputs.manifest_path, session.client
+    report.write(manifest)
+    with atomic_path(manifest.parent / "training_curve.png") as tmp:
         tmp.write_bytes(png)
     with tempfile.TemporaryDirectory() as tmp_dir:
         png_path = Path(tmp_dir) / "training_curve.png"
         png_path.write_bytes(png)
         client.log_artifact(session.run_id, str(png_path))
-    client.log_artifact(session.run_id, str(inputs.manifest_path))
+    client.log_artifact(session.run_id, str(manifest))
 
+
+def write_report(
+    session: Session, best: EpochRecord, version: str, alias: str, wise: WiseFt | None = None
+) -> TrainingResult:
+    """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
+    data, inputs, history = session.data, session.inputs, session.history
+    wall_time_s = session.wall_time_s()
+    clips_per_second = sum(r.train_clips for r in history) / max(
+        sum(r.train_seconds for r in history), 1e-9
+    )
+    log_best(session, best, wall_time_s, clips_per_second)
+    png = training_curve_png(history, best.epoch)
+    registered = RegisteredVersion(inputs.registered_model, version, alias)
+    report = _training_report(session, best, registered, wise, wall_time_s, clips_per_second)
+    _write_files(session, report, png)
     return TrainingResult(
         run_id=session.run_id,
         experiment_id=session.experiment_id,

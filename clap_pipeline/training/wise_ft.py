@@ -21,6 +21,7 @@ import torch
 
 from clap_pipeline.metrics import SELECTION_METRIC
 from clap_pipeline.model.clap import load_clap
+from clap_pipeline.reporting import Log
 from clap_pipeline.training.config import TrainingError
 from clap_pipeline.training_report import AlphaScore, WiseFt
 
@@ -70,7 +71,7 @@ def interpolate_weights(
     steps: int,
     score: Score,
     save: Callable[[torch.nn.Module], str],
-    log: Callable[[str], None],
+    log: Log,
 ) -> WiseFt:
     """Score θ(α) on validation for each α of the grid, keep the best.
 

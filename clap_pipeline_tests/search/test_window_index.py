@@ -192,29 +192,38 @@ def test_sq8_scores_are_close_to_float_scores() -> None:
     np.testing.assert_allclose(codec.scores(codec.encode(x), qs), x @ qs.T, atol=0.01)
 
 
-def test_index_is_read_from_window_embeddings_parquet_files(tmp_path: Path) -> None:
-    windows = collection(120, 15)
+def write_windows_file(path: Path, windows: WindowEmbeddings) -> Path:
+    """A window-embeddings store file of ``windows`` (the floor's schema)."""
     schema = window_embeddings_schema(
         DIM, model_version="1", model_fingerprint="f", model_source="s", rule=WindowRule()
     )
-    half = int(np.searchsorted(windows.track_ids, windows.tracks[60]))
-    files = []
-    for name, rows in (("000", slice(0, half)), ("001", slice(half, None))):
-        table = pa.table(
-            {
-                "track_id": windows.track_ids[rows],
-                "start_s": windows.start_s[rows],
-                "end_s": windows.end_s[rows],
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(windows.embeddings[rows].ravel()), DIM
-                ),
-                "source_size": np.zeros(len(windows.track_ids[rows]), dtype=np.int64),
-                "source_mtime": np.zeros(len(windows.track_ids[rows])),
-            },
-            schema=schema,
-        )
-        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=50)
-        files.append(tmp_path / f"{name}.parquet")
+    n = len(windows)
+    table = pa.table(
+        {
+            "track_id": windows.track_ids,
+            "start_s": windows.start_s,
+            "end_s": windows.end_s,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(windows.embeddings.ravel()), DIM
+            ),
+            "source_size": np.zeros(n, dtype=np.int64),
+            "source_mtime": np.zeros(n),
+        },
+        schema=schema,
+    )
+    pq.write_table(table, path, row_group_size=50)
+    return path
+
+
+def test_index_is_read_from_window_embeddings_parquet_files(tmp_path: Path) -> None:
+    windows = collection(120, 15)
+    half = [int(t) for t in windows.tracks[:60]]
+    files = [
+        write_windows_file(tmp_path / "000.parquet", windows.subset(half)),
+        write_windows_file(
+            tmp_path / "001.parquet", windows.subset([int(t) for t in windows.tracks[60:]])
+        ),
+    ]
     index = read_window_index(files)
     assert index.windows == len(windows) and list(index.track_ids) == list(windows.tracks)
     q = queries(1, 16)[0]

@@ -3,6 +3,8 @@ filters, hybrid fusion, "more like this" by windows and from a moment."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,18 @@ from clap_pipeline.search.lexical import build_lexical_index
 from clap_pipeline.search.results import clock, format_table, m3u_text
 from clap_pipeline.search.vector_index import build_vector_index
 from clap_pipeline.search.window_index import build_window_index
-from clap_pipeline.search.window_ranker import MomentNotFoundError, WindowRanker
+from clap_pipeline.search.window_ranker import (
+    MomentNotFoundError,
+    WindowRanker,
+    build_window_ranker,
+)
 from clap_pipeline.window_embeddings import WindowEmbeddings
-from clap_pipeline_tests.search.test_window_index import DIM, collection, queries
+from clap_pipeline_tests.search.test_window_index import (
+    DIM,
+    collection,
+    queries,
+    write_windows_file,
+)
 
 GENRES = ["Folk", "Rock", "Jazz", "Blues"]
 
@@ -117,3 +128,41 @@ def test_table_and_playlist_say_where_each_track_matches() -> None:
     assert clock(85.0) == "1:25" and clock(3725.0) == "1:02:05"
     no_moment = index.search("song", None, 2, mode="text")
     assert "moment" not in format_table(no_moment) and "EXTVLCOPT" not in m3u_text(no_moment)
+
+
+def test_ranker_is_rebuilt_from_the_changed_store_files_only(tmp_path: Path) -> None:
+    base = collection(80, 28)
+    first, rest = [int(t) for t in base.tracks[:40]], [int(t) for t in base.tracks[40:]]
+    files = [
+        write_windows_file(tmp_path / "000.parquet", base.subset(first)),
+        write_windows_file(tmp_path / "001.parquet", base.subset(rest)),
+    ]
+    catalog_ids = np.array(sorted([*base.tracks.tolist(), 5_000]))
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return queries(len(texts), 29)
+
+    ranker = build_window_ranker(files, catalog_ids, "max", embed, ["Folk"])
+    q = queries(1, 30)[0]
+    # The second folder gains track 5,000: the query itself, in its second window.
+    new = WindowEmbeddings(
+        np.array([5_000, 5_000]),
+        np.array([0.0, 5.0]),
+        np.array([5.0, 10.0]),
+        np.stack([-q, q]).astype(np.float32),
+    )
+    more = base.subset(rest)
+    grown = WindowEmbeddings(
+        np.r_[more.track_ids, new.track_ids],
+        np.r_[more.start_s, new.start_s],
+        np.r_[more.end_s, new.end_s],
+        np.concatenate([more.embeddings, new.embeddings]),
+    )
+    write_windows_file(tmp_path / "001.parquet", grown)
+    again = build_window_ranker(files, catalog_ids, "max", embed, ["Folk"], previous=ranker)
+    assert again.index.segments[0] is ranker.index.segments[0]  # folder 000 not read again
+    rows, scores = again.rank(q, 3)
+    row = int(np.searchsorted(catalog_ids, 5_000))
+    assert rows[0] == row and scores[0] == pytest.approx(1.0, abs=0.02)
+    assert again.moment(row, q).start_s == 5.0
+    assert ranker.from_catalog[row] == -1  # the old ranker did not have it
