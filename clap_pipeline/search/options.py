@@ -47,8 +47,9 @@ class ServeOptions:
     threads: int = knob(1, "threads per query embedding (queries run in parallel)", ge=1)
     text_encoder: str = knob(
         DEFAULT_ENCODER,
-        "query encoder: ONNX Runtime int8 or fp32, exported from the served model at start "
-        "and cached by its weights' hash; or the fp32 PyTorch model",
+        "query encoder: ONNX Runtime fp32 or int8 (faster, but it changes rankings: "
+        "docs/search.md), exported from the served model at start and cached by its "
+        "weights' hash; or the fp32 PyTorch model",
         choices=ENCODER_KINDS,
     )
 
