@@ -88,7 +88,7 @@ class SettingSpec:
     """One setting's declaration: its env variable, value type, help and rule."""
 
     env: str
-    kind: type  # str, int, bool or Path
+    kind: type  # str, int, float, bool or Path
     help: str
     flag: str | None = None  # command-line flag, where a CLI offers one
     rule: tuple[Callable[[Any], bool], str] | None = None  # (valid?, what it must be)
@@ -121,6 +121,11 @@ def _parse(raw: str, spec: SettingSpec) -> Any:
             return int(raw)
         except ValueError as exc:
             raise ConfigError(f"{spec.env} must be an integer, got {raw!r}") from exc
+    if spec.kind is float:
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.env} must be a number, got {raw!r}") from exc
     return spec.kind(raw)
 
 
@@ -474,3 +479,87 @@ class StackSettings:
     @property
     def dagster_url(self) -> str:
         return f"http://{self.host}:{self.dagster_port}"
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`clap-pipeline serve` (search/service.py, search/webapp.py): who may write feedback,
+    how often, and what an uploaded audio query may be. Declared as ``Settings`` is."""
+
+    token: str | None = field(
+        default=None,
+        metadata=spec(
+            "CLAP_SERVE_TOKEN",
+            str,
+            "bearer token `POST /api/feedback` needs (`Authorization: Bearer <token>`); "
+            "required to listen beyond loopback; at least 16 characters",
+        ),
+    )
+    feedback_per_minute: int = field(
+        default=30,
+        metadata=spec(
+            "CLAP_FEEDBACK_PER_MINUTE",
+            int,
+            "feedback posts one client (address) may make per minute; more get 429",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    max_upload_mb: float = field(
+        default=20.0,
+        metadata=spec(
+            "CLAP_MAX_UPLOAD_MB",
+            float,
+            "largest audio file `POST /api/search/audio` takes, in MB; larger get 413",
+            rule=(_positive, "> 0"),
+        ),
+    )
+    max_upload_s: float = field(
+        default=600.0,
+        metadata=spec(
+            "CLAP_MAX_UPLOAD_S",
+            float,
+            "longest audio (declared or decoded) an uploaded query may be, in seconds",
+            rule=(_positive, "> 0"),
+        ),
+    )
+    upload_timeout_s: float = field(
+        default=10.0,
+        metadata=spec(
+            "CLAP_UPLOAD_TIMEOUT_S",
+            float,
+            "time limit for decoding an uploaded query, in seconds",
+            rule=(_positive, "> 0"),
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_rules(self)
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            # Not echoed: it is a secret.
+            raise ConfigError(
+                f"CLAP_SERVE_TOKEN must be at least {MIN_TOKEN_CHARS} characters, got "
+                f"{len(self.token)} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        return cls(**values_from_env(cls, environ))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return round(self.max_upload_mb * 1_000_000)
+
+    def __repr__(self) -> str:  # never print the token
+        shown = "set" if self.token else None
+        return (
+            f"ServeSettings(token={shown}, feedback_per_minute={self.feedback_per_minute}, "
+            f"max_upload_mb={self.max_upload_mb}, max_upload_s={self.max_upload_s}, "
+            f"upload_timeout_s={self.upload_timeout_s})"
+        )

@@ -5,11 +5,17 @@ version that ranked it and when. Each write opens a short write connection (the
 file's write turn, see storage.py) and closes it, so the DuckDB file stays readable by
 other processes while the search server runs.
 
+One row per (client, query, track): a client that posts the same verdict again adds no
+row, a changed verdict replaces its row (``client`` is the service's pseudonym of the
+address, ``search/write_guard.py``; rows written without one share the client "").
+
 Into training: every (query, track) pair is assigned by a hash to the *training* part
 (80 %) or the *held-out* part (20 %), once and for all. The latest verdict per pair counts.
 Liked pairs of the training part become extra texts of their tracks in the next
-``retrain`` (``TrainConfig.feedback_weight``, see training_data.py); the held-out part,
-liked and disliked, is kept for evaluation.
+``retrain`` (``TrainConfig.feedback_weight``, see dataset.py); the held-out part,
+liked and disliked, is kept for evaluation. Bounds (``feedback_sets``): one client's
+``MAX_LIKED_PER_CLIENT`` most recent liked pairs count, and a track keeps its
+``MAX_QUERIES_PER_TRACK`` most recently liked queries.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.storage import duckdb_connection, table_exists
+from clap_pipeline.storage import duckdb_connection, table_exists, transaction
 
 MAX_QUERY_CHARS = 1000  # CLAP reads 77 tokens anyway; longer text is a mistake or abuse
 
@@ -36,6 +42,8 @@ def validate_query(query: str) -> str:
 
 TABLE = "search_feedback"
 HELDOUT_SHARE = 0.2
+MAX_LIKED_PER_CLIENT = 50  # liked training pairs one client adds to a retrain
+MAX_QUERIES_PER_TRACK = 10  # liked queries a track may be paired with
 WRITE_TIMEOUT_S = 15.0  # a request waits this long for another writer, then fails with 503
 
 _SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -43,7 +51,10 @@ _SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     track_id BIGINT NOT NULL,
     relevant BOOLEAN NOT NULL,
     model_version VARCHAR,
-    created_at TIMESTAMPTZ NOT NULL)"""
+    created_at TIMESTAMPTZ NOT NULL,
+    client VARCHAR)"""
+# Tables written before the client column existed get it (NULL: the client "").
+_ADD_CLIENT = f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS client VARCHAR"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,13 @@ class Feedback:
     relevant: bool
     model_version: str | None
     created_at: dt.datetime
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    row: Feedback  # as stored now
+    change: str  # "added", "replaced" (the client changed its verdict) or "unchanged"
 
 
 def record_feedback(
@@ -62,24 +80,49 @@ def record_feedback(
     track_id: int,
     relevant: bool,
     model_version: str | None,
+    client: str = "",
     created_at: dt.datetime | None = None,
     lock_timeout_s: float = WRITE_TIMEOUT_S,
-) -> Feedback:
-    """Append one row (creating the table on first use) in a short write transaction."""
+) -> Recorded:
+    """Store a client's verdict on (query, track) in a short write transaction.
+
+    One row per (client, query, track) (the query compared as ``pair_key`` does): the
+    same verdict again changes nothing, another verdict replaces the row.
+    """
     row = Feedback(
         validate_query(query),
         int(track_id),
         bool(relevant),
         model_version,
         created_at or dt.datetime.now(dt.UTC),
+        client,
     )
+    key = pair_key(row.query, row.track_id)
     with duckdb_connection(duckdb_path, lock_timeout_s=lock_timeout_s) as con:
         con.execute(_SCHEMA)
-        con.execute(
-            f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?)",
-            [row.query, row.track_id, row.relevant, row.model_version, row.created_at],
-        )
-    return row
+        con.execute(_ADD_CLIENT)
+        with transaction(con):
+            earlier = con.execute(
+                f"""SELECT rowid, query, relevant, model_version, created_at FROM {TABLE}
+                    WHERE coalesce(client, '') = ? AND track_id = ?""",
+                [client, row.track_id],
+            ).fetchall()
+            same = [r for r in earlier if pair_key(r[1], row.track_id) == key]
+            if same and same[-1][2] == row.relevant:
+                _, text, relevant, version, at = same[-1]
+                return Recorded(
+                    Feedback(text, row.track_id, relevant, version, at, client), "unchanged"
+                )
+            if same:
+                con.execute(
+                    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                    [[r[0] for r in same]],
+                )
+            con.execute(
+                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                [row.query, row.track_id, row.relevant, row.model_version, row.created_at, client],
+            )
+    return Recorded(row, "replaced" if same else "added")
 
 
 def read_feedback(duckdb_path: str | Path) -> list[Feedback]:
@@ -87,9 +130,11 @@ def read_feedback(duckdb_path: str | Path) -> list[Feedback]:
     with duckdb_connection(duckdb_path, read_only=True) as con:
         if not table_exists(con, TABLE):
             return []
+        present = {row[0] for row in con.execute(f"DESCRIBE {TABLE}").fetchall()}
+        client = "coalesce(client, '')" if "client" in present else "''"
         rows = con.execute(
-            f"SELECT query, track_id, relevant, model_version, created_at FROM {TABLE} "
-            "ORDER BY created_at, rowid"
+            f"SELECT query, track_id, relevant, model_version, created_at, {client} "
+            f"FROM {TABLE} ORDER BY created_at, rowid"
         ).fetchall()
     return [Feedback(*row) for row in rows]
 
@@ -128,11 +173,19 @@ def feedback_sets(duckdb_path: str | Path) -> FeedbackSets:
         return FeedbackSets({}, [])
     liked: dict[int, list[str]] = {}
     heldout: list[Feedback] = []
-    for row in latest_verdicts(read_feedback(duckdb_path)):
+    per_client: dict[str, int] = {}
+    # Newest first, so that the bounds keep the most recent verdicts.
+    for row in reversed(latest_verdicts(read_feedback(duckdb_path))):
         if is_heldout(row.query, row.track_id):
             heldout.append(row)
         elif row.relevant:
-            liked.setdefault(row.track_id, []).append(row.query)
+            if per_client.get(row.client, 0) >= MAX_LIKED_PER_CLIENT:
+                continue
+            queries = liked.setdefault(row.track_id, [])
+            if len(queries) < MAX_QUERIES_PER_TRACK:
+                queries.append(row.query)
+                per_client[row.client] = per_client.get(row.client, 0) + 1
+    heldout.reverse()
     return FeedbackSets({t: tuple(sorted(q)) for t, q in sorted(liked.items())}, heldout)
 
 

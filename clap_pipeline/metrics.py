@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 KS = (1, 5, 10)
-DIRECTIONS = ("text_to_audio", "audio_to_text")
+TEXT_TO_AUDIO, AUDIO_TO_TEXT = DIRECTIONS = ("text_to_audio", "audio_to_text")
 MAP_CUTOFF = 10
 # Per-metric names from ``metrics_from_ranks``, in report order.
 RECALL_NAMES = tuple(f"recall_at_{k}" for k in KS)
@@ -39,6 +39,20 @@ METRIC_NAMES = (*RECALL_NAMES, "median_rank", "mean_rank", "map_at_10")
 # Bounded by 1 (recalls, mAP) vs ranks in [1, N].
 UNIT_INTERVAL_METRICS = (*RECALL_NAMES, "map_at_10")
 RANK_METRICS = ("median_rank", "mean_rank")
+
+
+def metric_key(direction: str, name: str) -> str:
+    """The key of one metric in one direction: ``text_to_audio_recall_at_5``."""
+    return f"{direction}_{name}"
+
+
+def recall_key(k: int, direction: str = TEXT_TO_AUDIO) -> str:
+    return metric_key(direction, f"recall_at_{k}")
+
+
+# Text->audio R@5: training's epoch selection, the registry's champion rule and the
+# evaluation's headline (its verdict against random).
+SELECTION_METRIC = recall_key(5)
 # Each bootstrap chunk holds at most this many resampled ranks (memory ~ 8 bytes each).
 _BOOTSTRAP_CHUNK_ELEMENTS = 2_000_000
 
@@ -112,9 +126,9 @@ def retrieval_metrics(similarity_text_audio: np.ndarray) -> dict[str, float]:
     """
     sim = np.asarray(similarity_text_audio)
     out: dict[str, float] = {}
-    for direction, matrix in (("text_to_audio", sim), ("audio_to_text", sim.T)):
+    for direction, matrix in ((TEXT_TO_AUDIO, sim), (AUDIO_TO_TEXT, sim.T)):
         for name, value in metrics_from_ranks(match_ranks(matrix)).items():
-            out[f"{direction}_{name}"] = value
+            out[metric_key(direction, name)] = value
     return out
 
 
@@ -128,12 +142,12 @@ def retrieval_metrics_blockwise(
     """
     out: dict[str, float] = {}
     for direction, queries, candidates in (
-        ("text_to_audio", text, audio),
-        ("audio_to_text", audio, text),
+        (TEXT_TO_AUDIO, text, audio),
+        (AUDIO_TO_TEXT, audio, text),
     ):
         ranks = match_ranks_blockwise(queries, candidates, block_rows)
         for name, value in metrics_from_ranks(ranks).items():
-            out[f"{direction}_{name}"] = value
+            out[metric_key(direction, name)] = value
     return out
 
 
@@ -197,12 +211,12 @@ def bootstrap_rank_metrics(
         idx = rng.integers(0, n, size=(size, n))
         for direction, ranks in arrays.items():
             for name, values in _metrics_per_row(ranks[idx]).items():
-                samples[f"{direction}_{name}"].append(values)
+                samples[metric_key(direction, name)].append(values)
         done += size
     out: dict[str, dict[str, float]] = {}
     for direction, ranks in arrays.items():
         for name, value in metrics_from_ranks(ranks).items():
-            key = f"{direction}_{name}"
+            key = metric_key(direction, name)
             low, high = _percentile_interval(np.concatenate(samples[key]), confidence)
             out[key] = {"value": value, "ci_low": low, "ci_high": high}
     return out
@@ -234,7 +248,7 @@ def retrieval_metrics_with_ci(
 ) -> dict[str, dict[str, float]]:
     """``retrieval_metrics`` (same keys, same values) each with a bootstrap interval."""
     sim = np.asarray(similarity_text_audio)
-    ranks = {"text_to_audio": match_ranks(sim), "audio_to_text": match_ranks(sim.T)}
+    ranks = {TEXT_TO_AUDIO: match_ranks(sim), AUDIO_TO_TEXT: match_ranks(sim.T)}
     return bootstrap_rank_metrics(ranks, n_resamples=n_resamples, seed=seed, confidence=confidence)
 
 
@@ -299,7 +313,7 @@ def empirical_random_metrics(
         for name, parts in per_round.items():
             values = np.concatenate(parts)
             low, high = _percentile_interval(values, confidence)
-            out[f"{direction}_{name}"] = {
+            out[metric_key(direction, name)] = {
                 "value": float(np.mean(values)),
                 "ci_low": low,
                 "ci_high": high,

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from clap_pipeline.reporting import Log
+
 
 def rate_and_eta(
     done: int, total: int | None, elapsed_s: float, initial: int = 0
@@ -76,7 +78,7 @@ class ProgressLog:
         self,
         what: str,
         total: int,
-        log: Callable[[str], None] | None,
+        log: Log | None,
         every_s: float = 10.0,
         unit: str = "clips",
         clock: Callable[[], float] = time.perf_counter,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ def champion_recall(
     champion = tracking.alias_version(mlflow_client, name, tracking.CHAMPION)
     if champion is None:
         return None, None
-    if champion.tags.get(tracking.TAG_VAL_FINGERPRINT) == val_fingerprint:
-        return champion, float(champion.tags[tracking.TAG_VAL_R5])
+    if champion.tags.get(run_names.VALIDATION_FINGERPRINT_TAG) == val_fingerprint:
+        return champion, float(champion.tags[run_names.VERSION_VAL_R5_TAG])
     try:
         folder = tracking.version_local_dir(champion, tracking_uri=tracking_uri)
     except Exception as exc:
@@ -73,15 +73,15 @@ def register_candidate(
         run_id=candidate.run_id,
         source=source,
         tags={
-            tracking.TAG_LOCAL_CHECKPOINT: str(candidate.checkpoint),
-            tracking.TAG_VAL_R5: repr(candidate.val_recall_at_5),
-            tracking.TAG_VAL_FINGERPRINT: candidate.val_fingerprint,
-            tracking.TAG_EPOCH: str(candidate.epoch),
-            "training_fingerprint": candidate.training_fingerprint,
+            run_names.VERSION_CHECKPOINT_TAG: str(candidate.checkpoint),
+            run_names.VERSION_VAL_R5_TAG: repr(candidate.val_recall_at_5),
+            run_names.VALIDATION_FINGERPRINT_TAG: candidate.val_fingerprint,
+            run_names.VERSION_EPOCH_TAG: str(candidate.epoch),
+            run_names.TRAINING_FINGERPRINT_TAG: candidate.training_fingerprint,
             **(
                 {}
                 if candidate.wise_ft_alpha is None
-                else {tracking.TAG_WISE_FT_ALPHA: repr(candidate.wise_ft_alpha)}
+                else {run_names.WISE_FT_ALPHA_TAG: repr(candidate.wise_ft_alpha)}
             ),
         },
     )
@@ -104,8 +104,8 @@ def register_candidate(
         "alias_decision",
         f"{alias}: val R@5 {candidate.val_recall_at_5:.3f} vs {detail}",
     )
-    mlflow_client.set_tag(candidate.run_id, "registered_model_version", version)
-    mlflow_client.set_tag(candidate.run_id, "registered_model_alias", alias)
+    mlflow_client.set_tag(candidate.run_id, run_names.REGISTERED_VERSION_TAG, version)
+    mlflow_client.set_tag(candidate.run_id, run_names.REGISTERED_ALIAS_TAG, alias)
     report(
         f"best epoch {candidate.epoch} (val R@5 {candidate.val_recall_at_5:.3f}) registered as "
         f"{name} v{version} @{alias} ({detail})"

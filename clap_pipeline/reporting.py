@@ -1,7 +1,8 @@
 """What a long job hands the code that started it, without Dagster: log lines and metadata.
 
-A core function takes a :class:`Log` (Dagster's ``context.log`` is one, so is
-:class:`PrintLog`) and returns its materialization metadata as plain values; the kind of
+A core function takes a :data:`Log`, the one type of a job's log (``print``, a list's
+``append``, or ``defs/metadata_values.dagster_log(context)`` in an asset), and returns its
+materialization metadata as plain values; the kind of
 each value says how Dagster shows it (``defs/resources.dagster_metadata``), or how it
 travels through Dagster Pipes from a child process (:func:`pipes_metadata`):
 
@@ -12,26 +13,19 @@ int, float, bool, str (text), ``Path`` (path), ``Markdown``, ``Url``, dict / lis
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+# Where a job writes its progress lines, one at a time. A warning is a line that starts
+# with WARNING (``warn``): printed as such, a Dagster warning in an asset.
+Log = Callable[[str], None]
+WARNING = "warning: "
 
 
-class Log(Protocol):
-    def info(self, msg: str) -> None: ...
-
-    def warning(self, msg: str) -> None: ...
-
-
-class PrintLog:
-    """A :class:`Log` that prints (the command line, tests)."""
-
-    def info(self, msg: str) -> None:
-        print(msg, flush=True)
-
-    def warning(self, msg: str) -> None:
-        print(f"warning: {msg}", flush=True)
+def warn(log: Log, msg: str) -> None:
+    log(WARNING + msg)
 
 
 class Markdown(str):

@@ -23,19 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from clap_pipeline import run_names
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.processes import ProcessRef
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves
-# Model-version tags written by training and read back here.
-TAG_LOCAL_CHECKPOINT = "local_checkpoint"
-TAG_VAL_R5 = "val_text_to_audio_recall_at_5"
-TAG_VAL_FINGERPRINT = "validation_fingerprint"
-TAG_EPOCH = "epoch"
-TAG_WISE_FT_ALPHA = "wise_ft_alpha"  # the registered weights' WiSE-FT alpha (1 = fine-tuned)
-PYFUNC_ARTIFACT = "pyfunc"  # run artifact folder of the registered versions' pyfunc models
 
 
 class ChampionNotFoundError(RuntimeError):
@@ -199,11 +193,13 @@ def register_checkpoint(
             raise
     # A resumed run that was killed after registering must not register twice.
     for mv in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        if mv.tags.get(TAG_EPOCH) == tags.get(TAG_EPOCH):
+        if mv.tags.get(run_names.VERSION_EPOCH_TAG) == tags.get(run_names.VERSION_EPOCH_TAG):
             return str(mv.version)
-    checkpoint = Path(tags.get(TAG_LOCAL_CHECKPOINT, ""))
+    checkpoint = Path(tags.get(run_names.VERSION_CHECKPOINT_TAG, ""))
     if checkpoint.name and (checkpoint / "config.json").exists():
-        source = log_pyfunc_model(mlflow_client, run_id, checkpoint, tags.get(TAG_EPOCH, "best"))
+        source = log_pyfunc_model(
+            mlflow_client, run_id, checkpoint, tags.get(run_names.VERSION_EPOCH_TAG, "best")
+        )
     mv = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags))
     return str(mv.version)
 
@@ -217,7 +213,7 @@ def log_pyfunc_model(mlflow_client, run_id: str, checkpoint: Path, epoch: str) -
     """
     from clap_pipeline.pyfunc_model import save_pyfunc
 
-    artifact_path = f"{PYFUNC_ARTIFACT}/epoch-{epoch}"
+    artifact_path = f"{run_names.PYFUNC_ARTIFACT}/epoch-{epoch}"
     with tempfile.TemporaryDirectory(prefix="clap-pyfunc-") as tmp:
         save_pyfunc(checkpoint, Path(tmp) / "model")
         mlflow_client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path)
@@ -233,7 +229,7 @@ def choose_alias(candidate_r5: float, champion_r5: float | None) -> str:
 
 def version_local_dir(mv, cache_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
     """A local folder with the version's files: the training checkpoint, else a download."""
-    local = mv.tags.get(TAG_LOCAL_CHECKPOINT)
+    local = mv.tags.get(run_names.VERSION_CHECKPOINT_TAG)
     if local and (Path(local) / "config.json").exists():
         return Path(local)
     import mlflow.artifacts

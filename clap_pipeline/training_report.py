@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clap_pipeline.run_names import VAL_PREFIX, val_metric
 from clap_pipeline.storage import write_text_atomic
 
 # What every reader may rely on; the rest defaults when absent.
@@ -29,7 +30,8 @@ class TrainingReportError(ValueError):
 
 @dataclass(frozen=True)
 class EpochRow:
-    """One epoch of the run: losses, validation metrics (without the ``val_`` prefix)."""
+    """One epoch of the run: losses, validation metrics (keys without the ``val_`` prefix
+    they have in the JSON, as in MLflow: ``run_names.val_metric``)."""
 
     epoch: int
     checkpoint: str | None = None
@@ -43,7 +45,7 @@ class EpochRow:
             "checkpoint": self.checkpoint,
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
-            **{f"val_{k}": v for k, v in self.metrics.items()},
+            **{val_metric(k): v for k, v in self.metrics.items()},
         }
 
     @classmethod
@@ -55,9 +57,9 @@ class EpochRow:
             train_loss=row.get("train_loss"),
             val_loss=row.get("val_loss"),
             metrics={
-                k.removeprefix("val_"): float(v)
+                k.removeprefix(VAL_PREFIX): float(v)
                 for k, v in row.items()
-                if k not in fixed and k.startswith("val_")
+                if k not in fixed and k.startswith(VAL_PREFIX)
             },
         )
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
-from clap_pipeline.evaluation.comparison import TRAINING_SOURCE
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
 EXPERIMENT = "comparison-test"
@@ -93,7 +92,7 @@ def _log_run(mlflow_client, experiment_id: str, i: int, run: FakeRun) -> str:
         experiment_id,
         start_time=start,
         run_name=run.name,
-        tags={"mlflow.source.name": TRAINING_SOURCE},
+        tags={run_names.SOURCE_TAG: run_names.TRAINING_SOURCE},
     ).info.run_id
     params = {
         "config.learning_rate": "0.002",
@@ -139,7 +138,7 @@ def _log_run(mlflow_client, experiment_id: str, i: int, run: FakeRun) -> str:
             DEFAULT_REGISTERED_MODEL,
             run_id=run_id,
             source=source,
-            tags={tracking.TAG_EPOCH: str(run.best_epoch)},
+            tags={run_names.VERSION_EPOCH_TAG: str(run.best_epoch)},
         )
         mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, run.alias, version)
         mlflow_client.log_batch(
@@ -164,7 +163,7 @@ def build_runs_store(directory: Path, experiment: str = EXPERIMENT) -> RunsStore
     # Not training runs of the experiment: a notebook run, and a deleted training run.
     mlflow_client.create_run(experiment_id, run_name="notebook", start_time=0)
     deleted = mlflow_client.create_run(
-        experiment_id, run_name="deleted", tags={"mlflow.source.name": TRAINING_SOURCE}
+        experiment_id, run_name="deleted", tags={run_names.SOURCE_TAG: run_names.TRAINING_SOURCE}
     )
     mlflow_client.delete_run(deleted.info.run_id)
     return RunsStore(tracking_uri=uri, experiment=experiment, run_ids=run_ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.dataset import (
     CLIP_SAMPLES,
     PROMPTS_SCHEMA,
@@ -29,6 +29,7 @@ from clap_pipeline.dataset import (
     write_partition,
     write_prompts,
 )
+from clap_pipeline.metrics import recall_key
 from clap_pipeline.model.tiny import save_tiny_model
 from clap_pipeline.storage import duckdb_connection
 
@@ -143,9 +144,14 @@ def build_evaluation_setup(root: Path, tiny_model_dir: Path) -> EvalSetup:
     shutil.copytree(tiny_model_dir, model_source)
     tracking_uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     client = tracking.client(tracking_uri)
-    run = client.create_run(tracking.configure(tracking_uri, "evaluation-test"))
+    run = client.create_run(
+        tracking.configure(tracking_uri, "evaluation-test"),
+        tags={
+            run_names.SOURCE_TAG: run_names.TRAINING_SOURCE
+        },  # a training run, as training tags it
+    )
     run_id = run.info.run_id
-    client.log_metric(run_id, "val_text_to_audio_recall_at_5", 0.5, step=1)
+    client.log_metric(run_id, run_names.val_metric(recall_key(5)), 0.5, step=1)
     client.set_terminated(run_id)
     ckpt_root = data_dir / "checkpoints" / run_id
     checkpoints = {

@@ -156,8 +156,11 @@ def running_server(
     *,
     poll_s: float = 0.5,
     startup_s: float = 120,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """`clap-pipeline serve` on 127.0.0.1:<free port>; yields its base URL, stops it after.
+    """`clap-pipeline serve` on ``host``:<free port>; yields its loopback base URL, stops it
+    after. ``env``: more variables (e.g. ``CLAP_SERVE_TOKEN``).
 
     ``model_dir`` None: the server takes the model from the registry (the version that
     built `track_embeddings`).
@@ -169,11 +172,12 @@ def running_server(
         "MLFLOW_TRACKING_URI": f"sqlite:///{collection.data_dir / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        **(env or {}),
     }
     for var in ("FMA_AUDIO_DIR", "FMA_METADATA_DIR"):
         env.pop(var, None)
     cli = Path(sys.executable).with_name("clap-pipeline")
-    command = [str(cli), "serve", "--port", str(port), "--poll-s", str(poll_s)]
+    command = [str(cli), "serve", "--host", host, "--port", str(port), "--poll-s", str(poll_s)]
     if model_dir is not None:
         command += ["--model", str(model_dir)]
     log_path = collection.data_dir / f"serve-{port}.log"

@@ -9,6 +9,7 @@ import pytest
 
 from clap_pipeline.config import (
     ConfigError,
+    ServeSettings,
     Settings,
     StackSettings,
     add_setting_flags,
@@ -76,7 +77,7 @@ def test_every_setting_has_a_docs_row() -> None:
         for line in docs.splitlines()
         if line.startswith("| `")
     }
-    declared = {spec.env for _, _, spec in setting_specs(Settings)}
+    declared = {spec.env for cls in (Settings, ServeSettings) for _, _, spec in setting_specs(cls)}
     assert declared - rows == set()
 
 

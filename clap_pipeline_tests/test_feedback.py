@@ -10,6 +10,8 @@ import pytest
 from clap_pipeline.dataset import Prompts
 from clap_pipeline.feedback import (
     HELDOUT_SHARE,
+    MAX_LIKED_PER_CLIENT,
+    MAX_QUERIES_PER_TRACK,
     count_feedback,
     feedback_sets,
     is_heldout,
@@ -44,6 +46,51 @@ def test_rows_round_trip_and_count(tmp_path: Path) -> None:
     assert rows[0].created_at == T0 and count_feedback(db) == 2
     with pytest.raises(ValueError, match="empty query"):
         record_feedback(db, query=" ", track_id=5, relevant=True, model_version=None)
+
+
+def test_one_row_per_client_query_and_track(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+
+    def post(query: str, relevant: bool, client: str = "a") -> str:
+        return record_feedback(
+            db, query=query, track_id=5, relevant=relevant, model_version="1", client=client
+        ).change
+
+    assert post("warm guitar", True) == "added"
+    assert post(" Warm  GUITAR ", True) == "unchanged"  # the same pair, the same verdict
+    assert post("warm guitar", True, client="b") == "added"  # another client
+    assert count_feedback(db) == 2
+    assert post("warm guitar", False) == "replaced"  # a changed verdict replaces the row
+    rows = read_feedback(db)
+    assert sorted((r.client, r.relevant) for r in rows) == [("a", False), ("b", True)]
+    assert count_feedback(db) == 2
+
+
+def test_one_client_and_one_track_weigh_a_bounded_amount(tmp_path: Path) -> None:
+    db = tmp_path / "clap.duckdb"
+    tracks = list(range(1, 200))
+    spam = [(f"spam {i}", t) for i, t in enumerate(tracks)]
+    spam = [(q, t) for q, t in spam if not is_heldout(q, t)][: MAX_LIKED_PER_CLIENT + 20]
+    for minutes, (query, track) in enumerate(spam):
+        record_feedback(
+            db,
+            query=query,
+            track_id=track,
+            relevant=True,
+            model_version="1",
+            client="spammer",
+            created_at=T0 + dt.timedelta(minutes=minutes),
+        )
+    sets = feedback_sets(db)
+    assert sets.n_liked_pairs == MAX_LIKED_PER_CLIENT  # the client's most recent ones
+    assert set(sets.liked) == {t for _, t in spam[-MAX_LIKED_PER_CLIENT:]}
+
+    crowd = [f"crowd {i}" for i in range(200) if not is_heldout(f"crowd {i}", 500)]
+    for i, query in enumerate(crowd[: MAX_QUERIES_PER_TRACK + 5]):
+        record_feedback(
+            db, query=query, track_id=500, relevant=True, model_version="1", client=f"c{i}"
+        )
+    assert len(feedback_sets(db).liked[500]) == MAX_QUERIES_PER_TRACK
 
 
 def test_split_is_stable_about_a_fifth_and_case_insensitive() -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.audio.decode import decode_window
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.model.clap import audio_embeddings, load_clap
@@ -45,7 +45,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
         DEFAULT_REGISTERED_MODEL,
         run_id=run_id,
         source=str(checkpoint),
-        tags={tracking.TAG_LOCAL_CHECKPOINT: str(checkpoint), tracking.TAG_EPOCH: "3"},
+        tags={run_names.VERSION_CHECKPOINT_TAG: str(checkpoint), run_names.VERSION_EPOCH_TAG: "3"},
     )
     mlflow_client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, version)
     shutil.rmtree(checkpoint)  # loading must not rely on the training machine's folder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.tracking import ChampionNotFoundError, choose_alias, resolve_champion
 from clap_pipeline_tests.training_fixtures import mlflow_store
 
@@ -67,7 +67,7 @@ def test_registry_versions_and_champion_folder(store: str, tmp_path: Path) -> No
     (checkpoint / "config.json").write_text("{}")
     mlflow_client.log_artifacts(run_id, str(checkpoint), "checkpoints/epoch-2")
     source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/checkpoints/epoch-2"
-    tags = {tracking.TAG_LOCAL_CHECKPOINT: str(checkpoint), tracking.TAG_EPOCH: "2"}
+    tags = {run_names.VERSION_CHECKPOINT_TAG: str(checkpoint), run_names.VERSION_EPOCH_TAG: "2"}
 
     version = tracking.register_checkpoint(
         mlflow_client, "reg-test", run_id=run_id, source=source, tags=tags

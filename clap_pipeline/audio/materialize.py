@@ -13,7 +13,7 @@ from clap_pipeline.audio.waveforms import (
     remove_unselected_partitions,
 )
 from clap_pipeline.config import Settings
-from clap_pipeline.reporting import Log
+from clap_pipeline.reporting import Log, warn
 from clap_pipeline.selection import selected_tracks, stray_audio_files
 
 MAX_LOGGED_FAILURES = 20
@@ -30,9 +30,10 @@ def _report_stray(settings: Settings, stray: dict[str, list[str]], log: Log) -> 
     for folder, names in stray.items():
         shown = ", ".join(names[:MAX_LISTED_STRAY])
         more = f" ... ({len(names)} in all)" if len(names) > MAX_LISTED_STRAY else ""
-        log.warning(
+        warn(
+            log,
             f"audio folder {settings.audio_dir / folder}: {len(names)} file(s) not named like "
-            f"FMA clips of this folder ({folder}NNN.mp3), ignored: {shown}{more}"
+            f"FMA clips of this folder ({folder}NNN.mp3), ignored: {shown}{more}",
         )
 
 
@@ -40,16 +41,15 @@ def _report_failures(
     settings: Settings, failures: Sequence, new_failures: Sequence, log: Log
 ) -> None:
     for f in new_failures[:MAX_LOGGED_FAILURES]:
-        log.warning(f"track {f.track_id} skipped ({f.reason}): {f.path}: {f.detail}")
+        warn(log, f"track {f.track_id} skipped ({f.reason}): {f.path}: {f.detail}")
     if len(new_failures) > MAX_LOGGED_FAILURES:
-        log.warning(
+        warn(
+            log,
             f"... and {len(new_failures) - MAX_LOGGED_FAILURES} more failures: see the DuckDB "
-            f"table decode_failures in {settings.duckdb_path}"
+            f"table decode_failures in {settings.duckdb_path}",
         )
     if len(failures) > len(new_failures):
-        log.info(
-            f"{len(failures) - len(new_failures)} failures of earlier runs kept (files unchanged)"
-        )
+        log(f"{len(failures) - len(new_failures)} failures of earlier runs kept (files unchanged)")
 
 
 def materialize_waveforms(
@@ -60,7 +60,7 @@ def materialize_waveforms(
     selected = group_by_folder(selected_tracks(settings))
     work = {folder: selected.get(folder, []) for folder in folders}
     n_tracks = sum(len(t) for t in work.values())
-    log.info(
+    log(
         f"waveforms: {n_tracks} selected tracks in {len(folders)} audio folder partition(s) "
         f"{folders_label(folders)}"
     )
@@ -71,11 +71,11 @@ def materialize_waveforms(
         settings.waveforms_dir,
         settings.duckdb_path,
         options,
-        progress=lambda p: log.info(str(p)),
+        progress=lambda p: log(str(p)),
     )
     removed = remove_unselected_partitions(settings.waveforms_dir, settings.duckdb_path, selected)
     if removed:
-        log.info(f"removed partitions without selected tracks: {removed}")
+        log(f"removed partitions without selected tracks: {removed}")
     _report_failures(settings, summary.failures, summary.new_failures, log)
     return {
         "partitions": len(folders),

@@ -82,6 +82,12 @@ def _cmd_fetch_fma(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_demo_data(sub)
+    _add_model_commands(sub)
+    _add_fetch_fma(sub)
+
+
+def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write an FMA-format demo dataset (metadata + MP3s)")
     p.add_argument(
         "--tracks",
@@ -107,6 +113,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_demo_data)
 
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tiny-model", help="save a tiny randomly initialised CLAP for offline use")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
@@ -131,6 +139,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="pre-training epochs (default: the recipe's)")
     p.set_defaults(func=_cmd_pretrain_stand_in)
 
+
+def _add_fetch_fma(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-fma", help="download FMA metadata and a subset of clips")
     p.add_argument("--subset", choices=["small", "medium", "large"], default="small")
     p.add_argument(

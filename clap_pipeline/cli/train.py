@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from clap_pipeline.cli.common import positive_int
+from clap_pipeline.cli.knob_flags import add_knob_flags, knob_values
 from clap_pipeline.config import ConfigError, Settings, add_setting_flags
 
 
 def training_parser() -> argparse.ArgumentParser:
     from clap_pipeline.training.config import TrainConfig
-    from clap_pipeline.training.data import SPLIT_MODES
 
     parser = argparse.ArgumentParser(
         prog="clap-pipeline train",
@@ -28,17 +28,7 @@ def training_parser() -> argparse.ArgumentParser:
         "(the `clap_model` asset without Dagster). Data-parallel under "
         "`torchrun --nproc_per_node N -m clap_pipeline.training ...`.",
     )
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default {f.default})"
-        if isinstance(f.default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
-            )
-        elif f.name == "split":
-            parser.add_argument(flag, choices=SPLIT_MODES, default=f.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
+    add_knob_flags(parser, TrainConfig)
     add_setting_flags(parser)
     parser.add_argument(
         "--duckdb", help="DuckDB file with the tracks table (default the data dir's)"
@@ -57,7 +47,7 @@ def train_main(argv: list[str]) -> int:
     def read_inputs() -> tuple[TrainConfig, TrainInputs]:
         """The env vars' settings with the command line's flags over them."""
         settings = Settings.from_args(args)
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        config = TrainConfig(**knob_values(args, TrainConfig))
         inputs = TrainInputs.from_settings(settings)
         if args.duckdb:
             inputs = replace(inputs, duckdb_path=Path(args.duckdb))
@@ -76,12 +66,7 @@ def evaluation_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
     p = sub.add_parser("run", help="evaluate now (what the `evaluation` asset does)")
     p.add_argument("--data-dir", default=None, help="default: $CLAP_DATA_DIR (or ./data)")
-    defaults = EvalConfig()
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--n-bootstrap", type=int, default=defaults.n_bootstrap)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to the MLflow run")
+    add_knob_flags(p, EvalConfig)
     return parser
 
 
@@ -100,13 +85,7 @@ def evaluate_main(argv: list[str]) -> int:
         if args.command == "show":
             print(format_evaluation_table(load_report(report_path(settings))))
             return 0
-        config = EvalConfig(
-            batch_size=args.batch_size,
-            device=args.device,
-            n_bootstrap=args.n_bootstrap,
-            seed=args.seed,
-            log_to_mlflow=not args.no_mlflow,
-        )
+        config = EvalConfig(**knob_values(args, EvalConfig))
         from transformers.utils import logging as hf_logging  # transformers loads lazily
 
         hf_logging.disable_progress_bar()  # per-checkpoint load bars are noise here

@@ -38,7 +38,7 @@ from clap_pipeline.audio.waveforms import DecodeOptions, group_by_folder
 from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
 from clap_pipeline.selection import selected_tracks
 
-from .metadata_values import dagster_metadata
+from .metadata_values import dagster_log, dagster_metadata
 from .partitions import audio_folder_partitions
 from .resources import ClapSettings
 
@@ -89,7 +89,7 @@ def waveforms(
         progress_interval_s=config.progress_interval_s,
     )
     metadata = materialize_waveforms(
-        clap_settings.settings(), context.partition_keys, options, context.log
+        clap_settings.settings(), context.partition_keys, options, dagster_log(context)
     )
     return MaterializeResult(metadata=dagster_metadata(metadata))
 

@@ -13,7 +13,8 @@
   (``clap_model`` config ``feedback_weight``).
 - ``run_failure_summary`` logs job, failed step and error of every failed run.
 
-The decisions are made by ``clap_pipeline.metadata.retrain`` and ``.new_tracks``; this module
+The decisions (the retrain policy) are made in one place, ``clap_pipeline.metadata.retrain``
+(``check_new_tracks``, ``check_feedback``, ``check_data_changed``); this module
 wires them to Dagster.
 """
 
@@ -46,11 +47,11 @@ from dagster import (
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.defs.partitions import audio_folder_partitions
 from clap_pipeline.defs.resources import ClapSettings
-from clap_pipeline.metadata.new_tracks import RawInputs, last_training, raw_inputs
+from clap_pipeline.metadata.new_tracks import RawInputs
 from clap_pipeline.metadata.retrain import (
     DATA_VERSION_TAG,
-    NEW_TRACKS_TAG,
     RetrainCheck,
+    check_data_changed,
     check_feedback,
     check_new_tracks,
 )
@@ -134,17 +135,6 @@ def _partition_range(instance: DagsterInstance, inputs: RawInputs) -> tuple[list
     return new, {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
 
 
-def _retrain_request(
-    settings: Settings, inputs: RawInputs, tags: dict[str, str], n_new: int
-) -> RunRequest:
-    version = inputs.selection.data_version
-    return RunRequest(
-        run_key=f"retrain-{version}",
-        run_config=retrain_run_config(settings.retrain_run_config),
-        tags={**tags, DATA_VERSION_TAG: version, NEW_TRACKS_TAG: str(n_new)},
-    )
-
-
 @sensor(
     job=retrain_job,
     minimum_interval_seconds=60,
@@ -182,17 +172,20 @@ def _sensor_result(
     new_folders, range_tags = _partition_range(context.instance, check.inputs)
     context.log.info(f"requesting retrain: {check.reason}")
     return SensorResult(
-        run_requests=[
-            RunRequest(
-                run_key=check.run_key,
-                run_config=retrain_run_config(settings.retrain_run_config),
-                tags={**range_tags, **check.tags},
-            )
-        ],
+        run_requests=[_run_request(settings, check, range_tags)],
         dynamic_partitions_requests=(
             [audio_folder_partitions.build_add_request(new_folders)] if new_folders else []
         ),
         cursor=check.cursor,
+    )
+
+
+def _run_request(settings: Settings, check: RetrainCheck, range_tags: dict) -> RunRequest:
+    """The `retrain` run a check asks for (sensors and schedule alike)."""
+    return RunRequest(
+        run_key=check.run_key,
+        run_config=retrain_run_config(settings.retrain_run_config),
+        tags={**range_tags, **check.tags},
     )
 
 
@@ -209,26 +202,14 @@ def nightly_retrain_schedule(cron: str) -> ScheduleDefinition:
     )
     def nightly_retrain(context: ScheduleEvaluationContext, clap_settings: ClapSettings):
         settings = clap_settings.settings()
-        busy = _busy_reason(context.instance)
-        if busy is not None:
-            return SkipReason(busy)
-        if not (settings.tracks_csv.is_file() and settings.audio_dir.is_dir()):
-            return SkipReason(f"no inputs yet: {settings.tracks_csv} or {settings.audio_dir}")
-        inputs = raw_inputs(settings.tracks_csv, settings.audio_dir, settings.max_tracks)
-        version = inputs.selection.data_version
-        last = last_training(settings.training_manifest_path)
-        if not inputs.selection.track_ids:
-            return SkipReason("no track has both a row in tracks.csv and an MP3")
-        if last is not None and last.data_version == version:
-            return SkipReason(
-                f"data unchanged since the last successful training (data version {version})"
-            )
+        check = check_data_changed(settings, lambda: _busy_reason(context.instance))
+        if check.inputs is None:
+            return SkipReason(check.reason)
         # Schedules cannot return partition requests: add new folders directly.
-        new_folders, range_tags = _partition_range(context.instance, inputs)
+        new_folders, range_tags = _partition_range(context.instance, check.inputs)
         if new_folders:
             context.instance.add_dynamic_partitions(audio_folder_partitions.name, new_folders)
-        n_new = len(set(inputs.selection.track_ids) - set(last.track_ids if last else ()))
-        return _retrain_request(settings, inputs, range_tags, n_new)
+        return _run_request(settings, check, range_tags)
 
     return nightly_retrain
 

@@ -9,7 +9,7 @@ prints the same table.
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from pydantic import Field
 
-from clap_pipeline.defs.metadata_values import dagster_metadata
+from clap_pipeline.defs.metadata_values import dagster_log, dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.comparison import DEFAULT_RECENT, run_model_comparison
 
@@ -23,7 +23,7 @@ class ModelComparisonConfig(Config):
 
 
 @asset(
-    group_name="training",
+    group_name="evaluation",
     deps=["clap_model", "evaluation", "feedback_evaluation"],
     kinds={"mlflow"},
     description="Every training run of the MLflow experiment side by side (params, data version, "
@@ -35,5 +35,5 @@ def model_comparison(
     config: ModelComparisonConfig,
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
-    metadata = run_model_comparison(clap_settings.settings(), config.recent, context.log)
+    metadata = run_model_comparison(clap_settings.settings(), config.recent, dagster_log(context))
     return MaterializeResult(metadata=dagster_metadata(metadata))

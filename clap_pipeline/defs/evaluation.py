@@ -11,15 +11,14 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
 )
-from pydantic import Field
 
-from clap_pipeline.defs.metadata_values import dagster_metadata
+from clap_pipeline.defs.knob_config import config_class
+from clap_pipeline.defs.metadata_values import dagster_log, dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
 from clap_pipeline.evaluation.checks import beats_random, range_problems
 from clap_pipeline.evaluation.evaluate import evaluate
@@ -32,35 +31,11 @@ from clap_pipeline.evaluation.inputs import (
 )
 from clap_pipeline.evaluation.render import evaluation_metadata
 from clap_pipeline.evaluation.report import load_report
+from clap_pipeline.metrics import SELECTION_METRIC
 
-_DEFAULTS = EvalConfig()
-
-
-class EvaluationConfig(Config):
-    batch_size: int = Field(_DEFAULTS.batch_size, ge=1, description="clips per forward pass")
-    device: str = Field(_DEFAULTS.device, description="auto (CUDA > MPS > CPU), cuda, mps or cpu")
-    n_bootstrap: int = Field(_DEFAULTS.n_bootstrap, ge=1, description="bootstrap resamples")
-    random_rounds: int = Field(
-        _DEFAULTS.random_rounds, ge=1, description="random rankings for the empirical baseline"
-    )
-    seed: int = Field(_DEFAULTS.seed, description="seed of the bootstrap and random baseline")
-    qualitative_clips: int = Field(
-        _DEFAULTS.qualitative_clips, ge=0, description="test clips in the qualitative table"
-    )
-    include_validation: bool = Field(
-        _DEFAULTS.include_validation, description="also evaluate the validation split"
-    )
-
-    def to_eval_config(self) -> EvalConfig:
-        return EvalConfig(
-            batch_size=self.batch_size,
-            device=self.device,
-            n_bootstrap=self.n_bootstrap,
-            random_rounds=self.random_rounds,
-            seed=self.seed,
-            qualitative_clips=self.qualitative_clips,
-            include_validation=self.include_validation,
-        )
+EvaluationConfig = config_class(
+    EvalConfig, "EvaluationConfig", "Evaluation settings (EvalConfig's knobs).", __name__
+)
 
 
 def _report_path(clap_settings: ClapSettings) -> Path:
@@ -83,7 +58,7 @@ def evaluation(
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
     inputs = EvalInputs.from_settings(clap_settings.settings())
-    report = evaluate(config.to_eval_config(), inputs, log=context.log.info)
+    report = evaluate(config.to_group(), inputs, log=dagster_log(context))
     return MaterializeResult(
         metadata=dagster_metadata(evaluation_metadata(report, inputs.report_path))
     )
@@ -132,8 +107,8 @@ def evaluation_beats_random(clap_settings: ClapSettings) -> AssetCheckResult:
     test = report.evaluated("test")
     metadata: dict = {"detail": detail}
     if test is not None:
-        metadata["fine_tuned_r5"] = test.stat("fine_tuned", "text_to_audio_recall_at_5").value
-        metadata["random_r5"] = test.random.exact["text_to_audio_recall_at_5"]
+        metadata["fine_tuned_r5"] = test.stat("fine_tuned", SELECTION_METRIC).value
+        metadata["random_r5"] = test.random.exact[SELECTION_METRIC]
     return AssetCheckResult(
         passed=ok, severity=AssetCheckSeverity.WARN, description=detail, metadata=metadata
     )

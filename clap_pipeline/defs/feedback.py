@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from clap_pipeline.evaluation.feedback_eval import run_feedback_evaluation
 
-from .metadata_values import dagster_metadata
+from .metadata_values import dagster_log, dagster_metadata
 from .resources import ClapSettings
 
 
@@ -22,5 +22,5 @@ from .resources import ClapSettings
 def feedback_evaluation(
     context: AssetExecutionContext, clap_settings: ClapSettings
 ) -> MaterializeResult:
-    metadata = run_feedback_evaluation(clap_settings.settings(), context.log)
+    metadata = run_feedback_evaluation(clap_settings.settings(), dagster_log(context))
     return MaterializeResult(metadata=dagster_metadata(metadata))

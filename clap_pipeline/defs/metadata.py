@@ -33,7 +33,7 @@ from clap_pipeline.metadata.prompts import (
 )
 from clap_pipeline.storage import table_exists
 
-from .metadata_values import dagster_metadata
+from .metadata_values import dagster_log, dagster_metadata
 from .partitions import sync_audio_folder_partitions
 from .resources import ClapSettings
 
@@ -53,7 +53,7 @@ from .resources import ClapSettings
 def tracks(context: AssetExecutionContext, clap_settings: ClapSettings) -> MaterializeResult:
     settings = clap_settings.settings()
     with clap_settings.connect() as con:
-        loaded = load_tracks(con, settings, context.log)
+        loaded = load_tracks(con, settings, dagster_log(context))
     try:
         added = sync_audio_folder_partitions(context.instance, settings)
     except FileNotFoundError as exc:  # no audio yet: the table is still useful
@@ -125,7 +125,9 @@ def prompts(
     config: PromptsConfig,
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
-    metadata, version = write_experiment_prompts(clap_settings.settings(), config.seed, context.log)
+    metadata, version = write_experiment_prompts(
+        clap_settings.settings(), config.seed, dagster_log(context)
+    )
     return MaterializeResult(metadata=dagster_metadata(metadata), data_version=DataVersion(version))
 
 

@@ -7,7 +7,20 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from clap_pipeline.reporting import Table, metadata_kind
+from clap_pipeline.reporting import WARNING, Log, Table, metadata_kind
+
+
+def dagster_log(context: Any) -> Log:
+    """The core's :data:`Log` as an op's Dagster log: ``warn`` lines as warnings."""
+
+    def log(line: str) -> None:
+        if line.startswith(WARNING):
+            context.log.warning(line.removeprefix(WARNING))
+        else:
+            context.log.info(line)
+
+    return log
+
 
 _BY_KIND: dict[str, Callable[[Any], MetadataValue]] = {
     "path": lambda v: MetadataValue.path(str(v)),

@@ -4,28 +4,27 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     asset,
     asset_check,
 )
-from pydantic import Field
 
 from clap_pipeline.search.build import embed_collection
 from clap_pipeline.search.embeddings import count_waveform_rows
 from clap_pipeline.search.index import embeddings_health
+from clap_pipeline.search.options import EmbedOptions
 
-from .metadata_values import dagster_metadata
+from .knob_config import config_class
+from .metadata_values import dagster_log, dagster_metadata
 from .resources import ClapSettings
 
-
-class TrackEmbeddingsConfig(Config):
-    batch_size: int = Field(default=32, ge=1, description="clips per forward pass")
-    device: str = Field(default="auto", description="auto (CUDA, MPS, CPU), cuda, mps or cpu")
+TrackEmbeddingsConfig = config_class(
+    EmbedOptions, "TrackEmbeddingsConfig", "How the collection is embedded.", __name__
+)
 
 
 @asset(
-    group_name="evaluation",
+    group_name="search",
     deps=["clap_model", "waveforms", "tracks"],
     pool="gpu",
     description=(
@@ -39,7 +38,7 @@ def track_embeddings(
     clap_settings: ClapSettings,
 ) -> MaterializeResult:
     metadata = embed_collection(
-        clap_settings.settings(), config.batch_size, config.device, context.log
+        clap_settings.settings(), config.batch_size, config.device, dagster_log(context)
     )
     return MaterializeResult(metadata=dagster_metadata(metadata))
 

@@ -1,6 +1,7 @@
 """Asset `clap_model`: a thin wrapper over ``clap_pipeline.training.train``.
 
-All training settings are run config (``ClapTrainingConfig``); paths come from
+All training settings are run config (``ClapTrainingConfig``, derived from ``TrainConfig``'s
+knobs, plus where the training runs); paths come from
 the ``clap_settings`` resource, the DuckDB file from ``duckdb`` and the MLflow
 store from ``mlflow``. The work, the MLflow run and ``reports/training.json``
 are done by the training package, which also runs standalone.
@@ -19,7 +20,6 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     PipesSubprocessClient,
     asset,
@@ -27,79 +27,62 @@ from dagster import (
 from pydantic import Field
 
 from clap_pipeline.config import LAUNCHED_BY_RUN_VARIABLE, Settings
+from clap_pipeline.defs.knob_config import KnobConfig, config_class
 from clap_pipeline.defs.metadata_values import dagster_metadata
 from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.knobs import to_flags
 from clap_pipeline.training.config import TrainConfig, TrainInputs
 from clap_pipeline.training.loop import train
 from clap_pipeline.training.report import result_metadata
 
-_D = TrainConfig()  # defaults and help texts live in the core module
-_help = TrainConfig.help
 LAUNCHERS = ("in_process", "torchrun", "k8s")
+# Run config only Dagster has: where the training runs (the knobs are TrainConfig's).
+_LAUNCHER_FIELDS: dict[str, tuple[Any, Any]] = {
+    "launcher": (
+        str,
+        Field(
+            "in_process",
+            description="in_process: train in this run's process | torchrun: a torchrun child "
+            "process through Dagster Pipes | k8s: torchrun in a Kubernetes pod through Pipes "
+            "(dagster-k8s)",
+        ),
+    ),
+    "nproc_per_node": (
+        int,
+        Field(1, ge=1, description="torchrun/k8s: training processes (one per GPU) per node"),
+    ),
+    "torchrun_args": (
+        list[str],
+        Field(
+            default_factory=lambda: ["--standalone"],
+            description="torchrun/k8s: rendezvous arguments before -m, e.g. ['--nnodes', '2', "
+            "'--rdzv-backend', 'c10d', '--rdzv-endpoint', 'head:29400', '--rdzv-id', 'clap']",
+        ),
+    ),
+    "k8s_image": (str, Field("", description="k8s: container image with this project installed")),
+    "k8s_namespace": (str, Field("default", description="k8s: namespace of the training pod")),
+    "k8s_gpus": (int, Field(0, ge=0, description="k8s: nvidia.com/gpu limit of the pod (0: none)")),
+    "k8s_data_claim": (
+        str,
+        Field(
+            "",
+            description="k8s: PersistentVolumeClaim mounted at the data dir's path in the pod "
+            "(waveforms, prompts, checkpoints, and a SQLite MLflow store under it)",
+        ),
+    ),
+}
+ClapTrainingConfig = config_class(
+    TrainConfig,
+    "ClapTrainingConfig",
+    "Training settings (TrainConfig's knobs; defaults = the reference recipe) and the launcher.",
+    __name__,
+    extra=_LAUNCHER_FIELDS,
+)
 
 
-class ClapTrainingConfig(Config):
-    """Training settings; defaults = the reference recipe (AdamW 3e-5, batch 16, 3 epochs)."""
-
-    batch_size: int = Field(_D.batch_size, description=_help("batch_size"))
-    learning_rate: float = Field(_D.learning_rate, description=_help("learning_rate"))
-    weight_decay: float = Field(_D.weight_decay, description=_help("weight_decay"))
-    lr_schedule: str = Field(_D.lr_schedule, description=_help("lr_schedule"))
-    warmup_steps: int = Field(_D.warmup_steps, description=_help("warmup_steps"))
-    max_epochs: int = Field(_D.max_epochs, description=_help("max_epochs"))
-    patience: int = Field(_D.patience, description=_help("patience"))
-    seed: int = Field(_D.seed, description=_help("seed"))
-    split: str = Field(_D.split, description=_help("split"))
-    resample_templates: bool = Field(_D.resample_templates, description=_help("resample_templates"))
-    feedback_weight: float = Field(_D.feedback_weight, description=_help("feedback_weight"))
-    wise_ft_steps: int = Field(_D.wise_ft_steps, description=_help("wise_ft_steps"))
-    device: str = Field(_D.device, description=_help("device"))
-    precision: str = Field(_D.precision, description=_help("precision"))
-    cpu_threads: int = Field(_D.cpu_threads, description=_help("cpu_threads"))
-    shuffle_buffer: int = Field(_D.shuffle_buffer, description=_help("shuffle_buffer"))
-    feature_cache_mb: int = Field(_D.feature_cache_mb, description=_help("feature_cache_mb"))
-    log_checkpoints: bool = Field(_D.log_checkpoints, description=_help("log_checkpoints"))
-    system_metrics: bool = Field(_D.system_metrics, description=_help("system_metrics"))
-    resume: bool = Field(_D.resume, description=_help("resume"))
-    launcher: str = Field(
-        "in_process",
-        description="in_process: train in this run's process | torchrun: a torchrun child "
-        "process through Dagster Pipes | k8s: torchrun in a Kubernetes pod through Pipes "
-        "(dagster-k8s)",
-    )
-    nproc_per_node: int = Field(
-        1, description="torchrun/k8s: training processes (one per GPU) per node"
-    )
-    torchrun_args: list[str] = Field(
-        default_factory=lambda: ["--standalone"],
-        description="torchrun/k8s: rendezvous arguments before -m, e.g. ['--nnodes', '2', "
-        "'--rdzv-backend', 'c10d', '--rdzv-endpoint', 'head:29400', '--rdzv-id', 'clap']",
-    )
-    k8s_image: str = Field("", description="k8s: container image with this project installed")
-    k8s_namespace: str = Field("default", description="k8s: namespace of the training pod")
-    k8s_gpus: int = Field(0, description="k8s: nvidia.com/gpu limit of the pod (0: none)")
-    k8s_data_claim: str = Field(
-        "",
-        description="k8s: PersistentVolumeClaim mounted at the data dir's path in the pod "
-        "(waveforms, prompts, checkpoints, and a SQLite MLflow store under it)",
-    )
-
-    def to_train_config(self) -> TrainConfig:
-        return TrainConfig(
-            **{name: getattr(self, name) for name in TrainConfig.__dataclass_fields__}
-        )
-
-
-def training_arguments(config: ClapTrainingConfig) -> list[str]:
+def training_arguments(config: KnobConfig) -> list[str]:
     """``python -m clap_pipeline.training`` flags for every training setting of ``config``."""
-    args: list[str] = []
-    for name in TrainConfig.__dataclass_fields__:
-        value, flag = getattr(config, name), "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + name.replace("_", "-"))
-        else:
-            args += [flag, str(value)]
-    return args
+    return to_flags(config.to_group())
 
 
 def settings_environment(settings: Settings, inputs: TrainInputs) -> dict[str, str]:
@@ -202,7 +185,7 @@ def clap_model(
     if config.launcher != "in_process":
         return _launch(context, config, settings, inputs)
     result = train(
-        config.to_train_config(),
+        config.to_group(),
         inputs,
         dagster_run_id=context.run_id,
         on_progress=lambda p: context.log.info(p.message),

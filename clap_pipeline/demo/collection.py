@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +46,8 @@ from clap_pipeline.demo.plan import (
 from clap_pipeline.demo.rendered import fluidsynth_exe, soundfont
 from clap_pipeline.metadata.fma import read_track_ids
 from clap_pipeline.processes import usable_cpus
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import atomic_path, write_text_atomic
-
-Log = Callable[[str], None]
 
 MARKER_NAME = ".clap-demo-dataset.json"
 GENERATOR = "clap-pipeline demo-data"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+
+from clap_pipeline.reporting import Log
 
 try:
     import fcntl
@@ -32,8 +34,6 @@ from clap_pipeline.demo.plan import (
 from clap_pipeline.demo.rendered import render_track
 from clap_pipeline.demo.synth import CLIP_SECONDS, SR, render_loop
 from clap_pipeline.progress import ProgressLog
-
-Log = Callable[[str], None]
 
 SHORT_CLIP_SECONDS = 0.5
 

@@ -12,7 +12,7 @@ import ast
 import datetime as dt
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +182,11 @@ QUOTED_TAGS = [
 ]
 
 
-def quirky_tracks() -> pd.DataFrame:
-    """Real first records of FMA plus every quirk the parser must survive."""
-    rows: dict[int, dict[tuple[str, str], Any]] = {}
+AddRow = Callable[..., None]  # add(track_id, group__field=value, ...)
 
-    def add(track_id: int, **fields: Any) -> None:
-        row = default_row(track_id)
-        for key, value in fields.items():
-            group, field = key.split("__")
-            row[(group, field)] = value
-        rows[track_id] = row
 
+def _real_first_records(add: AddRow) -> None:
+    """FMA's first tracks as they are (AWOL, Kurt Vile, Nicky Cook)."""
     awol = {
         "artist__name": "AWOL",
         "artist__id": 1,
@@ -237,6 +231,10 @@ def quirky_tracks() -> pd.DataFrame:
         artist__latitude=np.nan,
         artist__longitude=np.nan,
     )
+
+
+def _quirk_records(add: AddRow) -> None:
+    """Quirks of the values: no title, quotes in tags, 150 tags, gaps (-1, NaN, NaT)."""
     add(26, track__title=np.nan, track__genre_top="Rock", track__tags=["no title"])
     add(
         30,
@@ -261,6 +259,10 @@ def quirky_tracks() -> pd.DataFrame:
         artist__active_year_begin=pd.NaT,
         artist__website=np.nan,
     )
+
+
+def _text_quirk_records(add: AddRow) -> None:
+    """Text the CSV must carry: newlines, unicode, spaces, entities, credits, casing."""
     add(
         134,
         track__title="Multi\nline title, with comma",
@@ -301,6 +303,22 @@ def quirky_tracks() -> pd.DataFrame:
         track__tags=["electronic", "Ambient", "ambient", "AMBIENT", "electronic music"],
     )
     add(155320, track__title="Last one", track__genre_top="Instrumental", track__genres=[1235])
+
+
+def quirky_tracks() -> pd.DataFrame:
+    """Real first records of FMA plus every quirk the parser must survive."""
+    rows: dict[int, dict[tuple[str, str], Any]] = {}
+
+    def add(track_id: int, **fields: Any) -> None:
+        row = default_row(track_id)
+        for key, value in fields.items():
+            group, field = key.split("__")
+            row[(group, field)] = value
+        rows[track_id] = row
+
+    _real_first_records(add)
+    _quirk_records(add)
+    _text_quirk_records(add)
     return tracks_frame(rows)
 
 
@@ -365,6 +383,103 @@ def _date(rng: random.Random, start_year: int, end_year: int, with_time: bool) -
     return pd.Timestamp(day)
 
 
+def _synthetic_artist(rng: random.Random, a: int) -> dict[tuple[str, str], Any]:
+    name = f"{_sentence(rng, rng.randint(1, 3)).title()} {a}"
+    return {
+        ("artist", "active_year_begin"): _date(rng, 1960, 2010, False)
+        if rng.random() < 0.2
+        else pd.NaT,
+        ("artist", "active_year_end"): _date(rng, 2000, 2017, False)
+        if rng.random() < 0.05
+        else pd.NaT,
+        ("artist", "associated_labels"): _sentence(rng, 3) if rng.random() < 0.1 else np.nan,
+        ("artist", "bio"): _html(rng, rng.randint(200, 2500)) if rng.random() < 0.5 else np.nan,
+        ("artist", "comments"): rng.choice([0, 0, 1, 3]),
+        ("artist", "date_created"): _date(rng, 2008, 2017, True),
+        ("artist", "favorites"): rng.randint(0, 300),
+        ("artist", "id"): a,
+        ("artist", "latitude"): round(rng.uniform(-60, 70), 7) if rng.random() < 0.4 else np.nan,
+        ("artist", "location"): _sentence(rng, 2).title() if rng.random() < 0.5 else np.nan,
+        ("artist", "longitude"): round(rng.uniform(-170, 170), 7) if rng.random() < 0.4 else np.nan,
+        ("artist", "members"): "\n".join(_sentence(rng, 2) for _ in range(rng.randint(1, 4)))
+        if rng.random() < 0.3
+        else np.nan,
+        ("artist", "name"): name,
+        ("artist", "related_projects"): _sentence(rng, 4) if rng.random() < 0.1 else np.nan,
+        ("artist", "tags"): ([name.lower()] if rng.random() < 0.5 else [])
+        + rng.sample(_TAGS, rng.randint(0, 4))
+        if rng.random() < 0.35
+        else [],
+        ("artist", "website"): f"http://www.example{a}.com" if rng.random() < 0.6 else np.nan,
+        ("artist", "wikipedia_page"): np.nan,
+    }
+
+
+def _synthetic_album(rng: random.Random, b: int) -> dict[tuple[str, str], Any]:
+    return {
+        ("album", "comments"): rng.choice([0, 0, 0, 1, 2]),
+        ("album", "date_created"): _date(rng, 2008, 2017, True),
+        ("album", "date_released"): _date(rng, 1990, 2017, False) if rng.random() < 0.6 else pd.NaT,
+        ("album", "engineer"): _sentence(rng, 2) if rng.random() < 0.1 else np.nan,
+        ("album", "favorites"): rng.randint(0, 50),
+        ("album", "id"): b,
+        ("album", "information"): _html(rng, rng.randint(80, 1200))
+        if rng.random() < 0.45
+        else np.nan,
+        ("album", "listens"): rng.randint(0, 200_000),
+        ("album", "producer"): _sentence(rng, 2) if rng.random() < 0.1 else np.nan,
+        ("album", "tags"): rng.sample(_TAGS, rng.randint(1, 5)) if rng.random() < 0.2 else [],
+        ("album", "title"): _sentence(rng, rng.randint(1, 5)).title(),
+        ("album", "tracks"): rng.randint(1, 20),
+        ("album", "type"): rng.choice(_ALBUM_TYPES),
+    }
+
+
+def _synthetic_row(
+    rng: random.Random,
+    album: dict[tuple[str, str], Any],
+    artist: dict[tuple[str, str], Any],
+    genre_ids: list[int],
+) -> dict[tuple[str, str], Any]:
+    genres = rng.sample(genre_ids, rng.choice([1, 1, 1, 2, 3]))
+    tops = {TOP_LEVEL[g] for g in genres}
+    n_tags = 0 if rng.random() > 0.22 else rng.choice([1, 1, 2, 3, 5, 8, 13])
+    return {
+        **album,
+        **artist,
+        ("set", "split"): rng.choices(["training", "validation", "test"], [8, 1, 1])[0],
+        ("set", "subset"): rng.choices(SUBSETS, [8, 17, 81])[0],
+        ("track", "bit_rate"): rng.choice([320000, 256000, 192000, 128000, -1]),
+        ("track", "comments"): rng.choice([0, 0, 0, 1]),
+        ("track", "composer"): _sentence(rng, 2) if rng.random() < 0.03 else np.nan,
+        ("track", "date_created"): _date(rng, 2008, 2017, True),
+        ("track", "date_recorded"): _date(rng, 1990, 2017, False)
+        if rng.random() < 0.06
+        else pd.NaT,
+        ("track", "duration"): rng.randint(10, 900),
+        ("track", "favorites"): rng.randint(0, 20),
+        ("track", "genre_top"): GENRE_TITLES[next(iter(tops))]
+        if len(tops) == 1 and rng.random() < 0.9
+        else np.nan,
+        ("track", "genres"): genres,
+        ("track", "genres_all"): sorted(set(genres) | tops),
+        ("track", "information"): _html(rng, rng.randint(50, 600))
+        if rng.random() < 0.05
+        else np.nan,
+        ("track", "interest"): rng.randint(0, 50_000),
+        ("track", "language_code"): "en" if rng.random() < 0.15 else np.nan,
+        ("track", "license"): rng.choice(_LICENSES) if rng.random() < 0.999 else np.nan,
+        ("track", "listens"): rng.randint(0, 100_000),
+        ("track", "lyricist"): _sentence(rng, 2) if rng.random() < 0.01 else np.nan,
+        ("track", "number"): rng.randint(-1, 20),
+        ("track", "publisher"): _sentence(rng, 2) if rng.random() < 0.01 else np.nan,
+        ("track", "tags"): rng.sample(_TAGS, min(n_tags, len(_TAGS))),
+        ("track", "title"): _sentence(rng, rng.randint(1, 6)).title()
+        if rng.random() < 0.9999
+        else np.nan,
+    }
+
+
 def synthetic_tracks(n: int = 106_574, seed: int = 0) -> pd.DataFrame:
     """``n`` FMA-like records (ids sorted, gaps, shared artists/albums, realistic text)."""
     rng = random.Random(seed)
@@ -372,76 +487,8 @@ def synthetic_tracks(n: int = 106_574, seed: int = 0) -> pd.DataFrame:
     n_artists = max(1, n // 6)
     n_albums = max(1, n // 7)
     genre_ids = list(GENRE_TITLES)
-    artists = []
-    for a in range(1, n_artists + 1):
-        name = f"{_sentence(rng, rng.randint(1, 3)).title()} {a}"
-        artists.append(
-            {
-                ("artist", "active_year_begin"): _date(rng, 1960, 2010, False)
-                if rng.random() < 0.2
-                else pd.NaT,
-                ("artist", "active_year_end"): _date(rng, 2000, 2017, False)
-                if rng.random() < 0.05
-                else pd.NaT,
-                ("artist", "associated_labels"): _sentence(rng, 3)
-                if rng.random() < 0.1
-                else np.nan,
-                ("artist", "bio"): _html(rng, rng.randint(200, 2500))
-                if rng.random() < 0.5
-                else np.nan,
-                ("artist", "comments"): rng.choice([0, 0, 1, 3]),
-                ("artist", "date_created"): _date(rng, 2008, 2017, True),
-                ("artist", "favorites"): rng.randint(0, 300),
-                ("artist", "id"): a,
-                ("artist", "latitude"): round(rng.uniform(-60, 70), 7)
-                if rng.random() < 0.4
-                else np.nan,
-                ("artist", "location"): _sentence(rng, 2).title() if rng.random() < 0.5 else np.nan,
-                ("artist", "longitude"): round(rng.uniform(-170, 170), 7)
-                if rng.random() < 0.4
-                else np.nan,
-                ("artist", "members"): "\n".join(
-                    _sentence(rng, 2) for _ in range(rng.randint(1, 4))
-                )
-                if rng.random() < 0.3
-                else np.nan,
-                ("artist", "name"): name,
-                ("artist", "related_projects"): _sentence(rng, 4) if rng.random() < 0.1 else np.nan,
-                ("artist", "tags"): ([name.lower()] if rng.random() < 0.5 else [])
-                + rng.sample(_TAGS, rng.randint(0, 4))
-                if rng.random() < 0.35
-                else [],
-                ("artist", "website"): f"http://www.example{a}.com"
-                if rng.random() < 0.6
-                else np.nan,
-                ("artist", "wikipedia_page"): np.nan,
-            }
-        )
-    albums = []
-    for b in range(1, n_albums + 1):
-        albums.append(
-            {
-                ("album", "comments"): rng.choice([0, 0, 0, 1, 2]),
-                ("album", "date_created"): _date(rng, 2008, 2017, True),
-                ("album", "date_released"): _date(rng, 1990, 2017, False)
-                if rng.random() < 0.6
-                else pd.NaT,
-                ("album", "engineer"): _sentence(rng, 2) if rng.random() < 0.1 else np.nan,
-                ("album", "favorites"): rng.randint(0, 50),
-                ("album", "id"): b,
-                ("album", "information"): _html(rng, rng.randint(80, 1200))
-                if rng.random() < 0.45
-                else np.nan,
-                ("album", "listens"): rng.randint(0, 200_000),
-                ("album", "producer"): _sentence(rng, 2) if rng.random() < 0.1 else np.nan,
-                ("album", "tags"): rng.sample(_TAGS, rng.randint(1, 5))
-                if rng.random() < 0.2
-                else [],
-                ("album", "title"): _sentence(rng, rng.randint(1, 5)).title(),
-                ("album", "tracks"): rng.randint(1, 20),
-                ("album", "type"): rng.choice(_ALBUM_TYPES),
-            }
-        )
+    artists = [_synthetic_artist(rng, a) for a in range(1, n_artists + 1)]
+    albums = [_synthetic_album(rng, b) for b in range(1, n_albums + 1)]
     no_album = {
         key: -1
         if key[1] in ("id", "tracks", "comments", "favorites", "listens")
@@ -452,44 +499,7 @@ def synthetic_tracks(n: int = 106_574, seed: int = 0) -> pd.DataFrame:
     for tid in ids:
         artist = artists[min(n_artists - 1, int(rng.random() ** 1.5 * n_artists))]
         album = albums[rng.randrange(n_albums)] if rng.random() < 0.97 else no_album
-        genres = rng.sample(genre_ids, rng.choice([1, 1, 1, 2, 3]))
-        tops = {TOP_LEVEL[g] for g in genres}
-        n_tags = 0 if rng.random() > 0.22 else rng.choice([1, 1, 2, 3, 5, 8, 13])
-        row = {
-            **album,
-            **artist,
-            ("set", "split"): rng.choices(["training", "validation", "test"], [8, 1, 1])[0],
-            ("set", "subset"): rng.choices(SUBSETS, [8, 17, 81])[0],
-            ("track", "bit_rate"): rng.choice([320000, 256000, 192000, 128000, -1]),
-            ("track", "comments"): rng.choice([0, 0, 0, 1]),
-            ("track", "composer"): _sentence(rng, 2) if rng.random() < 0.03 else np.nan,
-            ("track", "date_created"): _date(rng, 2008, 2017, True),
-            ("track", "date_recorded"): _date(rng, 1990, 2017, False)
-            if rng.random() < 0.06
-            else pd.NaT,
-            ("track", "duration"): rng.randint(10, 900),
-            ("track", "favorites"): rng.randint(0, 20),
-            ("track", "genre_top"): GENRE_TITLES[next(iter(tops))]
-            if len(tops) == 1 and rng.random() < 0.9
-            else np.nan,
-            ("track", "genres"): genres,
-            ("track", "genres_all"): sorted(set(genres) | tops),
-            ("track", "information"): _html(rng, rng.randint(50, 600))
-            if rng.random() < 0.05
-            else np.nan,
-            ("track", "interest"): rng.randint(0, 50_000),
-            ("track", "language_code"): "en" if rng.random() < 0.15 else np.nan,
-            ("track", "license"): rng.choice(_LICENSES) if rng.random() < 0.999 else np.nan,
-            ("track", "listens"): rng.randint(0, 100_000),
-            ("track", "lyricist"): _sentence(rng, 2) if rng.random() < 0.01 else np.nan,
-            ("track", "number"): rng.randint(-1, 20),
-            ("track", "publisher"): _sentence(rng, 2) if rng.random() < 0.01 else np.nan,
-            ("track", "tags"): rng.sample(_TAGS, min(n_tags, len(_TAGS))),
-            ("track", "title"): _sentence(rng, rng.randint(1, 6)).title()
-            if rng.random() < 0.9999
-            else np.nan,
-        }
-        rows[tid] = row
+        rows[tid] = _synthetic_row(rng, album, artist, genre_ids)
     if len(ids) > 10:
         rows[ids[10]][("track", "tags")] = many_tags(150)
     return tracks_frame(rows)

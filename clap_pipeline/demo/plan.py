@@ -253,12 +253,11 @@ def _track_ids(n: int, rng: np.random.Generator) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
-    artist_id = 1 + index * 7 + int(rng.integers(7))
+def _artist_name(index: int, rng: np.random.Generator) -> tuple[str, str | None]:
+    """A name (a person, a band with members, or unicode) and the band's members."""
     kind = rng.random()
     if kind < 0.15:
-        name = str(_pick(rng, UNICODE_ARTISTS))
-        members = None
+        name, members = str(_pick(rng, UNICODE_ARTISTS)), None
     elif kind < 0.55:
         name = f"The {_pick(rng, BAND_ADJ)} {_pick(rng, BAND_WORDS)}"
         count = int(rng.integers(2, 5))
@@ -266,23 +265,34 @@ def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
             f"{_pick(rng, ARTIST_FIRST)} {_pick(rng, ARTIST_LAST)}" for _ in range(count)
         )
     else:
-        name = f"{_pick(rng, ARTIST_FIRST)} {_pick(rng, ARTIST_LAST)}"
-        members = None
+        name, members = f"{_pick(rng, ARTIST_FIRST)} {_pick(rng, ARTIST_LAST)}", None
     if rng.random() < 0.2:
         name = f"{name} {index}"  # keeps most names distinct at scale
-    place, lat, lon = PLACES[int(rng.integers(len(PLACES)))]
-    has_place = rng.random() < 0.7
-    created = _random_moment(rng, dt.datetime(2008, 11, 25), 2400)
+    return name, members
+
+
+def _artist_row(
+    artist_id: int,
+    name: str,
+    members: str | None,
+    style: str,
+    created: dt.datetime,
+    place: tuple[str, float, float],
+    has_place: bool,
+    rng: np.random.Generator,
+) -> dict[tuple[str, str], object]:
+    """The artist's columns of tracks.csv (its draws in column order)."""
+    city, lat, lon = place
     top_title = GENRE_BY_ID[TOP_OF_STYLE[style]][2]
     bio = (
-        f'<p>{name} makes {top_title.lower()} music in {place}, "mostly at night", '
+        f'<p>{name} makes {top_title.lower()} music in {city}, "mostly at night", '
         f"with friends, tape machines and whatever is around.</p>\n"
         f'<p>Contact: <a href="mailto:booking@example.org">booking</a> &amp; more.</p>'
         if rng.random() < 0.8
         else None
     )
     slug = "".join(ch for ch in name.lower() if ch.isascii() and ch.isalnum()) or f"a{artist_id}"
-    row: dict[tuple[str, str], object] = {
+    return {
         ("artist", "active_year_begin"): f"{int(rng.integers(1995, 2012))}-01-01 00:00:00"
         if rng.random() < 0.5
         else None,
@@ -298,7 +308,7 @@ def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
         ("artist", "favorites"): int(rng.integers(0, 60)),
         ("artist", "id"): artist_id,
         ("artist", "latitude"): lat if has_place else None,
-        ("artist", "location"): place if has_place else None,
+        ("artist", "location"): city if has_place else None,
         ("artist", "longitude"): lon if has_place else None,
         ("artist", "members"): members,
         ("artist", "name"): name,
@@ -310,43 +320,51 @@ def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
         ("artist", "website"): f"http://www.{slug}.com" if rng.random() < 0.6 else None,
         ("artist", "wikipedia_page"): None,
     }
+
+
+def _album_row(
+    album_id: int, name: str, created: dt.datetime, rng: np.random.Generator
+) -> dict[tuple[str, str], object]:
+    """One album's columns (its draws in column order, its title and notes first)."""
+    album_created = created + dt.timedelta(days=int(rng.integers(0, 400)))
+    title = f"{_pick(rng, TITLE_WORDS_A)} {_pick(rng, TITLE_WORDS_B)}"
+    information = (
+        f'<p>Recorded live at "The Basement", {album_created.year}.</p>\r\n'
+        f"<p>Mixed by {_pick(rng, ARTIST_FIRST)}, mastered by nobody.</p>"
+        if rng.random() < 0.5
+        else "<p></p>"
+    )
+    return {
+        ("album", "comments"): int(rng.integers(0, 3)),
+        ("album", "date_created"): _fmt_date(album_created),
+        ("album", "date_released"): f"{album_created.year}-{album_created.month:02d}-01 00:00:00"
+        if rng.random() < 0.7
+        else None,
+        ("album", "engineer"): None,
+        ("album", "favorites"): int(rng.integers(0, 12)),
+        ("album", "id"): album_id,
+        ("album", "information"): information,
+        ("album", "listens"): int(rng.lognormal(7, 1.2)),
+        ("album", "producer"): f"{_pick(rng, ARTIST_FIRST)} {_pick(rng, ARTIST_LAST)}"
+        if rng.random() < 0.15
+        else None,
+        ("album", "tags"): [],
+        ("album", "title"): f"{name} - {title}" if rng.random() < 0.3 else title,
+        ("album", "tracks"): -1,  # counted once tracks are assigned
+        ("album", "type"): str(_pick(rng, ("Album", "Album", "Single Tracks", "Live Performance"))),
+    }
+
+
+def _make_artist(index: int, style: str, rng: np.random.Generator) -> _Artist:
+    artist_id = 1 + index * 7 + int(rng.integers(7))
+    name, members = _artist_name(index, rng)
+    place = PLACES[int(rng.integers(len(PLACES)))]
+    has_place = rng.random() < 0.7
+    created = _random_moment(rng, dt.datetime(2008, 11, 25), 2400)
+    row = _artist_row(artist_id, name, members, style, created, place, has_place, rng)
     artist = _Artist(artist_id, name, style, row)
     for k in range(int(rng.integers(1, 3))):
-        album_id = 3 * artist_id + k  # unique: artist ids are
-        album_created = created + dt.timedelta(days=int(rng.integers(0, 400)))
-        title = f"{_pick(rng, TITLE_WORDS_A)} {_pick(rng, TITLE_WORDS_B)}"
-        information = (
-            f'<p>Recorded live at "The Basement", {album_created.year}.</p>\r\n'
-            f"<p>Mixed by {_pick(rng, ARTIST_FIRST)}, mastered by nobody.</p>"
-            if rng.random() < 0.5
-            else "<p></p>"
-        )
-        artist.albums.append(
-            {
-                ("album", "comments"): int(rng.integers(0, 3)),
-                ("album", "date_created"): _fmt_date(album_created),
-                (
-                    "album",
-                    "date_released",
-                ): f"{album_created.year}-{album_created.month:02d}-01 00:00:00"
-                if rng.random() < 0.7
-                else None,
-                ("album", "engineer"): None,
-                ("album", "favorites"): int(rng.integers(0, 12)),
-                ("album", "id"): album_id,
-                ("album", "information"): information,
-                ("album", "listens"): int(rng.lognormal(7, 1.2)),
-                ("album", "producer"): f"{_pick(rng, ARTIST_FIRST)} {_pick(rng, ARTIST_LAST)}"
-                if rng.random() < 0.15
-                else None,
-                ("album", "tags"): [],
-                ("album", "title"): f"{name} - {title}" if rng.random() < 0.3 else title,
-                ("album", "tracks"): -1,  # counted once tracks are assigned
-                ("album", "type"): str(
-                    _pick(rng, ("Album", "Album", "Single Tracks", "Live Performance"))
-                ),
-            }
-        )
+        artist.albums.append(_album_row(3 * artist_id + k, name, created, rng))  # unique ids
     return artist
 
 
@@ -381,6 +399,134 @@ def descriptive_tags(rng: np.random.Generator) -> list[str]:
     return tags
 
 
+QUIRKS = (
+    "no_title",
+    "quoted_title",
+    "unicode_title",
+    "escaped_tag",
+    "no_genre_top",
+    "no_license",
+    "wrong_duration",
+)
+
+
+def _quirks_at(playable: list[int], rng: np.random.Generator) -> dict[int, set[str]]:
+    """Which playable tracks (positions) carry which of the QUIRKS (each at least once)."""
+    order = rng.permutation(playable).tolist()
+    at: dict[int, set[str]] = {}
+    for k, quirk in enumerate(QUIRKS):
+        at.setdefault(int(order[k % len(order)]), set()).add(quirk)
+    return at
+
+
+def _track_genres(
+    style: str, quirks: set[str], rng: np.random.Generator
+) -> tuple[list[int], list[int], str | None]:
+    """Genres, all their ancestors, and genre_top.
+
+    A sub-genre or the root; some tracks also sit in a second root genre (FMA leaves
+    genre_top empty for those). The second genre has a larger id, so the first listed
+    genre is always the one the audio follows.
+    """
+    top = TOP_OF_STYLE[style]
+    main = int(_pick(rng, (top, *SUBGENRES[top]))) if rng.random() < 0.6 else top
+    genres = [main]
+    if "no_genre_top" in quirks or rng.random() < 0.2:
+        others = [g[0] for g in GENRES if g[0] > main and g[3] != top]
+        genres.append(int(_pick(rng, others)))
+    genres_all = sorted({a for g in genres for a in genre_ancestors(g)})
+    roots = {GENRE_BY_ID[g][3] for g in genres}
+    return genres, genres_all, GENRE_BY_ID[top][2] if len(roots) == 1 else None
+
+
+def _track_tags(
+    style: str,
+    quirks: set[str],
+    band: np.random.Generator | None,
+    scheme: Scheme | None,
+    rng: np.random.Generator,
+) -> list[str]:
+    """Descriptive tags, FMA-like noise and, for rendered tracks, the band's instruments."""
+    tags = descriptive_tags(rng)
+    noise = [str(_pick(rng, NOISE_TAGS))] if rng.random() < 0.35 else []
+    if rng.random() < 0.1:
+        noise.append(GENRE_BY_ID[TOP_OF_STYLE[style]][2].lower())  # a genre name, as on FMA
+    if "escaped_tag" in quirks:
+        noise.insert(0, ESCAPED_TAG)
+    if band is not None:  # the band plays what the tags name
+        tags = [*instruments_for(style, band, scheme), *tags]
+    return tags + noise
+
+
+def _track_title(quirks: set[str], rng: np.random.Generator) -> str | None:
+    if "no_title" in quirks:
+        return None
+    if "quoted_title" in quirks:
+        return 'Hello, "World" (Live, 2009)'
+    if "unicode_title" in quirks or rng.random() < 0.1:
+        return str(_pick(rng, UNICODE_TITLES))
+    return f"{_pick(rng, TITLE_WORDS_A)} {_pick(rng, TITLE_WORDS_B)}"
+
+
+def _track_album(
+    artist: _Artist, album_sizes: dict[int, int], rng: np.random.Generator
+) -> tuple[Mapping[tuple[str, str], object], int]:
+    """One of the artist's albums (8 %: none) and the track's number on it."""
+    album_index = int(rng.integers(len(artist.albums)))
+    if rng.random() < 0.08:
+        return _NO_ALBUM, -1
+    album = artist.albums[album_index]
+    album_id = int(album[("album", "id")])  # type: ignore[call-overload]
+    album_sizes[album_id] = number = album_sizes.get(album_id, 0) + 1
+    return album, number
+
+
+def _track_row(
+    artist: _Artist,
+    album: Mapping[tuple[str, str], object],
+    number: int,
+    genres: tuple[list[int], list[int], str | None],
+    tags: list[str],
+    title: str | None,
+    encoding: tuple[str, int],
+    quirks: set[str],
+    rng: np.random.Generator,
+) -> dict[tuple[str, str], object]:
+    """The track's row of tracks.csv (its draws in column order)."""
+    created = _random_moment(rng, dt.datetime(2008, 11, 26), 2600)
+    track_genres, genres_all, genre_top = genres
+    return {
+        **album,
+        **artist.row,
+        ("set", "split"): None,  # assigned by _assign_sets
+        ("set", "subset"): None,
+        ("track", "bit_rate"): encoding[1] * 1000 if encoding[0] == "cbr" else -1,
+        ("track", "comments"): int(rng.integers(0, 3)),
+        ("track", "composer"): artist.name if rng.random() < 0.05 else None,
+        ("track", "date_created"): _fmt_date(created),
+        ("track", "date_recorded"): f"{created.year}-{created.month:02d}-{created.day:02d} 00:00:00"
+        if rng.random() < 0.1
+        else None,
+        ("track", "duration"): 18_350 if "wrong_duration" in quirks else int(rng.integers(90, 420)),
+        ("track", "favorites"): int(rng.integers(0, 9)),
+        ("track", "genre_top"): genre_top,
+        ("track", "genres"): track_genres,
+        ("track", "genres_all"): genres_all,
+        ("track", "information"): "<p>Taken from the &quot;Basement Tapes&quot;.</p>"
+        if rng.random() < 0.05
+        else None,
+        ("track", "interest"): int(rng.lognormal(7, 1)),
+        ("track", "language_code"): "en" if rng.random() < 0.4 else None,
+        ("track", "license"): None if "no_license" in quirks else str(_pick(rng, LICENSES)),
+        ("track", "listens"): int(rng.lognormal(6.5, 1.2)),
+        ("track", "lyricist"): None,
+        ("track", "number"): number,
+        ("track", "publisher"): None,
+        ("track", "tags"): tags,
+        ("track", "title"): title,
+    }
+
+
 def plan_dataset(
     n_tracks: int, seed: int, renderer: str = "synth", scheme: Scheme | None = None
 ) -> list[TrackPlan]:
@@ -400,127 +546,30 @@ def plan_dataset(
     rng.shuffle(styles)
     per_artist = 6
     artists: dict[str, list[_Artist]] = {s: [] for s in STYLES}
-    artist_count = 0
     album_sizes: dict[int, int] = {}  # album id -> tracks so far
     defect_positions = rng.choice(n_tracks, size=len(DEFECT_KINDS), replace=False)
     defect_at = {int(p): kind for p, kind in zip(defect_positions, DEFECT_KINDS, strict=True)}
     playable = [i for i in range(n_tracks) if i not in defect_at]
-    quirks = (
-        "no_title",
-        "quoted_title",
-        "unicode_title",
-        "escaped_tag",
-        "no_genre_top",
-        "no_license",
-        "wrong_duration",
-    )
     playable_encodings = dict(zip(playable, _encodings(len(playable), rng), strict=True))
-    quirk_order = rng.permutation(playable).tolist()
-    quirk_at: dict[int, set[str]] = {}
-    for k, quirk in enumerate(quirks):
-        quirk_at.setdefault(int(quirk_order[k % len(quirk_order)]), set()).add(quirk)
-
+    quirk_at = _quirks_at(playable, rng)
     plans: list[TrackPlan] = []
     for i, track_id in enumerate(ids):
-        style = styles[i]
+        style, quirks = styles[i], quirk_at.get(i, set())
         pool = artists[style]
         if not pool or (len(pool) * per_artist < (i + 1) / len(STYLES) and rng.random() < 0.7):
-            pool.append(_make_artist(artist_count, style, rng))
-            artist_count += 1
+            pool.append(_make_artist(sum(map(len, artists.values())), style, rng))
         artist = pool[int(rng.integers(len(pool)))]
-        track_quirks = quirk_at.get(i, set())
-
-        # Genres: a sub-genre or the root; some tracks also sit in a second root genre
-        # (FMA leaves genre_top empty for those). The second genre has a larger id, so
-        # the first listed genre is always the one the audio follows.
-        top = TOP_OF_STYLE[style]
-        main = int(_pick(rng, (top, *SUBGENRES[top]))) if rng.random() < 0.6 else top
-        genres = [main]
-        if "no_genre_top" in track_quirks or rng.random() < 0.2:
-            others = [g[0] for g in GENRES if g[0] > main and g[3] != top]
-            genres.append(int(_pick(rng, others)))
-        genres_all = sorted({a for g in genres for a in genre_ancestors(g)})
-        roots = {GENRE_BY_ID[g][3] for g in genres}
-        genre_top = GENRE_BY_ID[top][2] if len(roots) == 1 else None
-
-        tags = descriptive_tags(rng)
-        noise = [str(_pick(rng, NOISE_TAGS))] if rng.random() < 0.35 else []
-        if rng.random() < 0.1:
-            noise.append(GENRE_BY_ID[top][2].lower())  # a genre name as a tag, as on FMA
-        if "escaped_tag" in track_quirks:
-            noise.insert(0, ESCAPED_TAG)
-        if renderer != "synth":  # the band plays what the tags name
-            band_rng = np.random.default_rng([seed, 9, track_id])
-            tags = [*instruments_for(style, band_rng, scheme), *tags]
-        track_tags = tags + noise
-
-        if "no_title" in track_quirks:
-            title = None
-        elif "quoted_title" in track_quirks:
-            title = 'Hello, "World" (Live, 2009)'
-        elif "unicode_title" in track_quirks or rng.random() < 0.1:
-            title = str(_pick(rng, UNICODE_TITLES))
-        else:
-            title = f"{_pick(rng, TITLE_WORDS_A)} {_pick(rng, TITLE_WORDS_B)}"
-
-        album_index = int(rng.integers(len(artist.albums)))
-        if rng.random() < 0.08:
-            album: Mapping[tuple[str, str], object] = _NO_ALBUM
-            number = -1
-        else:
-            album = artist.albums[album_index]
-            album_id = int(album[("album", "id")])  # type: ignore[call-overload]
-            album_sizes[album_id] = number = album_sizes.get(album_id, 0) + 1
-        created = _random_moment(rng, dt.datetime(2008, 11, 26), 2600)
+        genres = _track_genres(style, quirks, rng)
+        band = np.random.default_rng([seed, 9, track_id]) if renderer != "synth" else None
+        tags = _track_tags(style, quirks, band, scheme, rng)
+        title = _track_title(quirks, rng)
+        album, number = _track_album(artist, album_sizes, rng)
         defect = defect_at.get(i)
         encoding = DEFECT_ENCODINGS[defect] if defect else playable_encodings[i]
-        row: dict[tuple[str, str], object] = {
-            **album,
-            **artist.row,
-            ("set", "split"): None,  # assigned below
-            ("set", "subset"): None,
-            ("track", "bit_rate"): encoding[1] * 1000 if encoding[0] == "cbr" else -1,
-            ("track", "comments"): int(rng.integers(0, 3)),
-            ("track", "composer"): artist.name if rng.random() < 0.05 else None,
-            ("track", "date_created"): _fmt_date(created),
-            (
-                "track",
-                "date_recorded",
-            ): f"{created.year}-{created.month:02d}-{created.day:02d} 00:00:00"
-            if rng.random() < 0.1
-            else None,
-            ("track", "duration"): 18_350
-            if "wrong_duration" in track_quirks
-            else int(rng.integers(90, 420)),
-            ("track", "favorites"): int(rng.integers(0, 9)),
-            ("track", "genre_top"): genre_top,
-            ("track", "genres"): genres,
-            ("track", "genres_all"): genres_all,
-            ("track", "information"): "<p>Taken from the &quot;Basement Tapes&quot;.</p>"
-            if rng.random() < 0.05
-            else None,
-            ("track", "interest"): int(rng.lognormal(7, 1)),
-            ("track", "language_code"): "en" if rng.random() < 0.4 else None,
-            ("track", "license"): None
-            if "no_license" in track_quirks
-            else str(_pick(rng, LICENSES)),
-            ("track", "listens"): int(rng.lognormal(6.5, 1.2)),
-            ("track", "lyricist"): None,
-            ("track", "number"): number,
-            ("track", "publisher"): None,
-            ("track", "tags"): track_tags,
-            ("track", "title"): title,
-        }
-        plans.append(
-            TrackPlan(
-                track_id=track_id,
-                row=row,
-                params=audio_params(track_id, genres, track_tags, seed, renderer),
-                encoding=encoding,
-                id3_version=4 if rng.random() < 0.7 else 3,
-                defect=defect,
-            )
-        )
+        row = _track_row(artist, album, number, genres, tags, title, encoding, quirks, rng)
+        params = audio_params(track_id, genres[0], tags, seed, renderer)
+        id3 = 4 if rng.random() < 0.7 else 3
+        plans.append(TrackPlan(track_id, row, params, encoding, id3, defect))
     for plan in plans:
         album_id = plan.row[("album", "id")]
         if album_id != -1:

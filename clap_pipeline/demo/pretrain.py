@@ -53,18 +53,17 @@ from clap_pipeline.demo.synth import (
     AudioParams,
     render_clip,
 )
-from clap_pipeline.metrics import retrieval_metrics
+from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics
 from clap_pipeline.model.clap import tokenize, unfused_feature_extractor
 from clap_pipeline.model.features import LogMelFeatures
 from clap_pipeline.model.tiny import TINY_TOKENIZER_WORDS, roberta_framed, tiny_clap_config
 from clap_pipeline.processes import usable_cpus
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.training.config import TrainConfig, learning_rate_at
 from clap_pipeline.training.loop import train_step
 from clap_pipeline.training.loss import optimizer_groups, prepare_logit_scales
-
-Log = Callable[[str], None]
 
 PRETRAIN_SEED = 2424  # the corpus' own seed (demo collections default to 0)
 FIRST_CLIP_ID = MAX_TRACK_ID + 1  # corpus ids never collide with a collection's track ids
@@ -265,9 +264,7 @@ def recall_at_5(model: ClapModel, tokenizer, feats: torch.Tensor, texts: list[st
     model.eval()
     with torch.no_grad():
         out = model(**tokenize(tokenizer, texts), input_features=feats.float())
-    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[
-        "text_to_audio_recall_at_5"
-    ]
+    return retrieval_metrics((out.text_embeds @ out.audio_embeds.T).numpy())[SELECTION_METRIC]
 
 
 def fit(

@@ -15,10 +15,11 @@ from __future__ import annotations
 import sys
 
 from clap_pipeline.config import ConfigError, Settings
+from clap_pipeline.metrics import SELECTION_METRIC
 from clap_pipeline.tables import Table
 from clap_pipeline.training_report import TrainingReport, TrainingReportError
 
-R5 = "text_to_audio_recall_at_5"
+R5 = SELECTION_METRIC
 
 
 def curve_table(report: TrainingReport) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from clap_pipeline.evaluation.report import EvaluationReport, Interval, metric_bounds
-from clap_pipeline.metrics import UNIT_INTERVAL_METRICS
+from clap_pipeline.metrics import SELECTION_METRIC, UNIT_INTERVAL_METRICS
 from clap_pipeline.training_report import TrainingReport
 
 
@@ -61,7 +61,7 @@ def beats_random(report: EvaluationReport) -> tuple[bool, str]:
     test = report.evaluated("test")
     if test is None:
         return False, "no test clips: the split is empty, nothing to compare"
-    key = "text_to_audio_recall_at_5"
+    key = SELECTION_METRIC
     tuned = test.stat("fine_tuned", key).value
     exact = test.random.exact[key]
     upper = test.random.empirical[key].ci_high

@@ -1,13 +1,13 @@
 """Compare every training run of the experiment: a table, a chart and the next `max_epochs`.
 
 No Dagster here: the `model_comparison` asset and ``clap-pipeline runs`` are thin
-wrappers. Everything is read back from MLflow, as training and evaluation wrote it:
+wrappers. Everything is read back from MLflow, as training and evaluation wrote it (every
+name from ``clap_pipeline.run_names``):
 
 * runs tagged ``mlflow.source.name = clap_pipeline.training`` (deleted runs are skipped);
 * params ``config.*``, ``n_train``, ``best_epoch``, ``data_version`` (optional);
 * per-epoch metrics (step = epoch) ``val_loss`` and ``val_text_to_audio_recall_at_{1,5,10}``;
-* test metrics ``eval_test_text_to_audio_recall_at_{1,5,10}`` logged by the evaluation
-  (names: ``clap_pipeline.evaluation.mlflow_log``);
+* test metrics ``eval_test_text_to_audio_recall_at_{1,5,10}`` logged by the evaluation;
 * ``feedback_heldout_pairwise_accuracy`` (and ``..._served``) logged by ``feedback_evaluation``;
 * the registry: which version of ``clap-fma`` each run registered and which run holds
   ``@champion`` now (the run tag ``registered_model_alias`` is only the alias at the time).
@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
-from clap_pipeline.evaluation.mlflow_log import eval_metric_name
+from clap_pipeline.metrics import KS, recall_key
 from clap_pipeline.reporting import Log, Markdown
 from clap_pipeline.storage import atomic_path, write_text_atomic
 from clap_pipeline.tables import (
@@ -44,40 +44,36 @@ from clap_pipeline.tables import (
     render_text,
 )
 
-TRAINING_SOURCE = "clap_pipeline.training"  # the mlflow.source.name tag of training runs
-KS = (1, 5, 10)
 # Params shown in the tables: (MLflow param, column header).
-KEY_PARAMS = (
-    ("config.learning_rate", "lr"),
-    ("config.batch_size", "batch"),
-    ("config.max_epochs", "max ep"),
-    ("config.patience", "patience"),
+KEY_PARAMS = tuple(
+    (run_names.config_param(field), header)
+    for field, header in (
+        ("learning_rate", "lr"),
+        ("batch_size", "batch"),
+        ("max_epochs", "max ep"),
+        ("patience", "patience"),
+    )
 )
+MAX_EPOCHS_PARAM = run_names.config_param("max_epochs")
 DEFAULT_RECENT = 5
-ARTIFACT_DIR = "model_comparison"  # folder of the artifacts in the MLflow run
 REPORT_STEM = "model_comparison"  # reports/model_comparison.{md,png,json}
 RETRAIN_ENV = "CLAP_RETRAIN_RUN_CONFIG"
 MISSING = "-"
 
 
-def _val_key(k: int) -> str:
-    return f"val_text_to_audio_recall_at_{k}"
+FEEDBACK_ACCURACY = run_names.feedback_metric("pairwise_accuracy")
+FEEDBACK_ACCURACY_SERVED = run_names.feedback_metric("pairwise_accuracy", served=True)
 
 
-LEGACY_TEST_KEY = "test_text_to_audio_recall_at_{k}"  # evaluations before the eval_* names
-FEEDBACK_KEY = "feedback_heldout_pairwise_accuracy"  # logged by asset feedback_evaluation
-
-
-def _test_key(k: int, metrics: dict[str, float]) -> str | None:
-    """The run's test text->audio R@k metric; runs evaluated before the ``eval_*`` names
-    carry ``test_text_to_audio_recall_at_k`` instead (None: not evaluated)."""
-    for key in (
-        eval_metric_name("test", f"text_to_audio_recall_at_{k}"),
-        LEGACY_TEST_KEY.format(k=k),
-    ):
-        if key in metrics:
-            return key
-    return None
+def _test_recall(metrics: dict[str, float]) -> dict[int, float]:
+    """The run's test text->audio R@k by k; runs evaluated before the ``eval_*`` names
+    carry ``test_text_to_audio_recall_at_k`` instead (empty: not evaluated)."""
+    out = {}
+    for k, names in run_names.held_out_recall_metrics().items():
+        found = next((metrics[name] for name in names if name in metrics), None)
+        if found is not None:
+            out[k] = found
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ class RunSummary:
 
     @property
     def max_epochs(self) -> int | None:
-        return _int(self.params.get("config.max_epochs"))
+        return _int(self.params.get(MAX_EPOCHS_PARAM))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -164,8 +160,11 @@ def _int(value: Any) -> int | None:
 
 
 def _epochs(tracking_uri: str, run_id: str) -> list[EpochPoint]:
-    loss = dict(tracking.metric_history(tracking_uri, run_id, "val_loss"))
-    recall = {k: dict(tracking.metric_history(tracking_uri, run_id, _val_key(k))) for k in KS}
+    loss = dict(tracking.metric_history(tracking_uri, run_id, run_names.VAL_LOSS))
+    recall = {
+        k: dict(tracking.metric_history(tracking_uri, run_id, run_names.val_metric(recall_key(k))))
+        for k in KS
+    }
     steps = sorted(set(loss).union(*(set(v) for v in recall.values())))
     return [
         EpochPoint(
@@ -201,12 +200,12 @@ def _summary(
     champion_run_id: str | None,
 ) -> RunSummary:
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    best = _int(params.get("best_epoch"))
-    if best is None and "best_epoch" in metrics:
-        best = _int(metrics["best_epoch"])
-    test = {k: metrics[key] for k in KS if (key := _test_key(k, metrics)) is not None}
+    best = _int(params.get(run_names.BEST_EPOCH))
+    if best is None and run_names.BEST_EPOCH in metrics:
+        best = _int(metrics[run_names.BEST_EPOCH])
+    test = _test_recall(metrics)
     # The version this run registered in ``model_name`` (the tag may name another model's).
-    tagged = tags.get("registered_model_version")
+    tagged = tags.get(run_names.REGISTERED_VERSION_TAG)
     mv = next((v for v in versions if str(v.version) == tagged), None)
     if mv is None and versions:
         mv = max(versions, key=lambda v: int(v.version))
@@ -216,8 +215,8 @@ def _summary(
         run_name=run.info.run_name or run.info.run_id[:8],
         start_time=datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC),
         status=run.info.status,
-        data_version=params.get("data_version") or None,
-        n_train=_int(params.get("n_train")),
+        data_version=params.get(run_names.DATA_VERSION) or None,
+        n_train=_int(params.get(run_names.N_TRAIN)),
         params={p: params[p] for p, _ in KEY_PARAMS if p in params},
         best_epoch=best,
         epochs=_epochs(tracking_uri, run.info.run_id),
@@ -225,8 +224,8 @@ def _summary(
         registered_version=version,
         aliases=sorted(aliases.get(version or "", [])),
         is_champion=champion_run_id is not None and run.info.run_id == champion_run_id,
-        feedback_accuracy=metrics.get(FEEDBACK_KEY),
-        feedback_accuracy_served=metrics.get(FEEDBACK_KEY + "_served"),
+        feedback_accuracy=metrics.get(FEEDBACK_ACCURACY),
+        feedback_accuracy_served=metrics.get(FEEDBACK_ACCURACY_SERVED),
     )
 
 
@@ -247,7 +246,7 @@ def collect_runs(
     while True:
         page = mlflow_client.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.`mlflow.source.name` = '{TRAINING_SOURCE}'",
+            filter_string=f"tags.`{run_names.SOURCE_TAG}` = '{run_names.TRAINING_SOURCE}'",
             run_view_type=ViewType.ACTIVE_ONLY,
             order_by=["attributes.start_time ASC"],
             page_token=token,
@@ -576,7 +575,9 @@ def write_comparison(
     if target is not None:
         mlflow_client = tracking.client(tracking_uri)
         for path in (md_path, png_path, json_path):
-            mlflow_client.log_artifact(target.run_id, str(path), artifact_path=ARTIFACT_DIR)
+            mlflow_client.log_artifact(
+                target.run_id, str(path), artifact_path=run_names.COMPARISON_ARTIFACT
+            )
     return ComparisonFiles(
         markdown=md_path,
         png=png_path,
@@ -600,7 +601,7 @@ def run_model_comparison(settings: Settings, recent: int, log: Log) -> dict[str,
         **names,
     )  # fmt: skip
     champion = next((r for r in runs if r.is_champion), None)
-    log.info(
+    log(
         f"{len(runs)} training run(s); recommended max_epochs: {rec.max_epochs}; "
         f"artifacts logged to run {files.mlflow_run_id}"
     )

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from clap_pipeline.dataset import WaveformIndex, ordered_batches
-from clap_pipeline.evaluation.inputs import EvaluationError, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvaluationError, SplitClips
 from clap_pipeline.model.clap import (
     ModelLoadError,
     clip_embeddings,
@@ -24,6 +24,7 @@ from clap_pipeline.model.clap import (
 )
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 
 
 class ClapEncoder:

@@ -28,7 +28,6 @@ from clap_pipeline.evaluation.inputs import (
     EvalConfig,
     EvalInputs,
     EvaluationError,
-    Log,
     load_manifest,
     model_sources,
     split_clips,
@@ -43,6 +42,7 @@ from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
 from clap_pipeline.evaluation.similarity import similarity_report
+from clap_pipeline.reporting import Log
 from clap_pipeline.selection import read_genres, read_track_values
 
 

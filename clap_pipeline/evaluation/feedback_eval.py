@@ -27,18 +27,17 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import Settings
 from clap_pipeline.dataset import WaveformRows
 from clap_pipeline.evaluation.inputs import EvaluationError, load_manifest
 from clap_pipeline.feedback import Feedback, feedback_sets
 from clap_pipeline.model.choice import ModelChoiceError, resolve_model
-from clap_pipeline.reporting import Log, Markdown
+from clap_pipeline.reporting import Log, Markdown, warn
 from clap_pipeline.storage import write_text_atomic
 from clap_pipeline.tables import markdown_table
 
 REPORT_NAME = "feedback_evaluation.json"
-METRIC_PREFIX = "feedback_heldout_"  # comparison.FEEDBACK_KEY reads one of them
 SCORE_HEADERS = [
     "model", "version", "queries", "liked", "disliked", "pairs", "pairwise acc.",
     "liked mean rank",
@@ -199,7 +198,7 @@ def _models(
             )
             models.append(("served", served, model.source))
         except ModelChoiceError as exc:
-            log.warning(f"cannot load the served version {served}: {exc}")
+            warn(log, f"cannot load the served version {served}: {exc}")
     return models
 
 
@@ -207,11 +206,11 @@ def _log_scores(settings: Settings, scores: Sequence[HeldoutScore]) -> None:
     """``feedback_heldout_*`` metrics (``_served`` for the served version) on the training run."""
     run_id = load_manifest(settings.training_manifest_path).mlflow_run_id
     client = tracking.client(settings.mlflow_tracking_uri)
-    for score, suffix in zip(scores, ("", "_served"), strict=False):
-        for key in ("pairwise_accuracy", "liked_mean_rank"):
+    for score, served in zip(scores, (False, True), strict=False):
+        for key in run_names.FEEDBACK_SCORES:
             value = getattr(score, key)
             if value is not None:
-                client.log_metric(run_id, f"{METRIC_PREFIX}{key}{suffix}", float(value))
+                client.log_metric(run_id, run_names.feedback_metric(key, served), float(value))
 
 
 def run_feedback_evaluation(settings: Settings, log: Log) -> dict[str, object]:

@@ -8,19 +8,19 @@ pre-trained ``model_source``, the best and per-epoch checkpoints, the MLflow run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clap_pipeline.config import Settings
+from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.dataset import Prompts, WaveformIndex
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE, check, knob
 from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, TrainingReportError
 
 REPORT_NAME = "evaluation.json"
 SPLITS = ("test", "validation")  # the manifest's split names, as the report keys them
 MODELS = ("zero_shot", "fine_tuned")  # always evaluated
 WISE_FT = "wise_ft"  # WiSE-FT's interpolated weights, when training kept them
-Log = Callable[[str], None]
 
 
 class EvaluationError(RuntimeError):
@@ -29,28 +29,28 @@ class EvaluationError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 32  # clips per forward pass (memory bound)
-    device: str = "auto"  # auto = CUDA, else MPS, else CPU
-    n_bootstrap: int = 1000  # bootstrap resamples per interval
-    random_rounds: int = 1000  # random rankings for the empirical baseline
-    confidence: float = 0.95
-    seed: int = 0  # bootstrap and random baseline
-    qualitative_clips: int = 10  # first test clips shown with their top-1 prompt per epoch
-    include_validation: bool = True
-    log_to_mlflow: bool = True
+    """Every evaluation setting, each a knob (knobs.py)."""
+
+    batch_size: int = EMBED_BATCH_SIZE.field()
+    device: str = DEVICE.field()
+    n_bootstrap: int = knob(1000, "bootstrap resamples per interval", ge=1)
+    random_rounds: int = knob(1000, "random rankings for the empirical baseline", ge=1)
+    confidence: float = knob(0.95, "confidence of the bootstrap intervals", gt=0, lt=1)
+    seed: int = knob(0, "seed of the bootstrap and the random baseline")
+    qualitative_clips: int = knob(
+        10, "first test clips shown with their top-1 prompt per epoch", ge=0
+    )
+    include_validation: bool = knob(True, "also evaluate the validation split")
+    log_to_mlflow: bool = knob(
+        True, "log the metrics and files to the training's MLflow run", run_config=False
+    )
 
     def validate(self) -> None:
-        problems = []
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.n_bootstrap < 1 or self.random_rounds < 1:
-            problems.append("n_bootstrap and random_rounds must be >= 1")
-        if not 0 < self.confidence < 1:
-            problems.append(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.qualitative_clips < 0:
-            problems.append(f"qualitative_clips must be >= 0, got {self.qualitative_clips}")
-        if problems:
-            raise EvaluationError("invalid evaluation config: " + "; ".join(problems))
+        """EvaluationError naming every knob out of its bounds (knobs.check)."""
+        try:
+            check(self, "evaluation config")
+        except ConfigError as exc:
+            raise EvaluationError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Metric names (one scheme, no clash with training's per-epoch ``val_*`` history):
                                                  "more like this" (similarity.py)
 
 ``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
-``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``.
+``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``
+(the scheme is ``run_names.eval_metric``).
 """
 
 from __future__ import annotations
@@ -27,19 +28,11 @@ from clap_pipeline import genre_search, tracking
 from clap_pipeline.evaluation.inputs import WISE_FT, EvaluationError
 from clap_pipeline.evaluation.render import CHART_NAME, comparison_chart_png
 from clap_pipeline.evaluation.report import EvaluationReport, MlflowLogged
-from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES
+from clap_pipeline.metrics import DIRECTIONS, METRIC_NAMES, metric_key
+from clap_pipeline.run_names import EVALUATION_ARTIFACT, eval_metric
 
-PREFIX = "eval_"
-SPLIT_NAMES = {"test": "test", "validation": "val"}  # report split -> training's name
-ARTIFACT_DIR = "evaluation"
 # report model -> name part
 MLFLOW_MODEL_PREFIX = {"fine_tuned": "", "zero_shot": "zeroshot", WISE_FT: "wiseft"}
-
-
-def eval_metric_name(split: str, key: str, model: str = "") -> str:
-    """``eval_[<model>_]<split>_<key>``; ``split`` as the report or training names it."""
-    split = SPLIT_NAMES.get(split, split)
-    return f"{PREFIX}{model + '_' if model else ''}{split}_{key}"
 
 
 def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
@@ -48,20 +41,20 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
     for split, block in report.splits.items():
         if not block.n:
             continue
-        out[eval_metric_name(split, "n")] = float(block.n)
+        out[eval_metric(split, "n")] = float(block.n)
         tuned, zero = block.models["fine_tuned"], block.models["zero_shot"]
         for direction in DIRECTIONS:
             for name in METRIC_NAMES:
-                key = f"{direction}_{name}"
+                key = metric_key(direction, name)
                 stat = tuned.metrics[key]
-                out[eval_metric_name(split, key)] = stat.value
-                out[eval_metric_name(split, f"{key}_ci_low")] = stat.ci_low
-                out[eval_metric_name(split, f"{key}_ci_high")] = stat.ci_high
-                out[eval_metric_name(split, key, "zeroshot")] = zero.metrics[key].value
-                out[eval_metric_name(split, key, "random")] = block.random.exact[key]
+                out[eval_metric(split, key)] = stat.value
+                out[eval_metric(split, f"{key}_ci_low")] = stat.ci_low
+                out[eval_metric(split, f"{key}_ci_high")] = stat.ci_high
+                out[eval_metric(split, key, "zeroshot")] = zero.metrics[key].value
+                out[eval_metric(split, key, "random")] = block.random.exact[key]
                 if WISE_FT in block.models:
                     wise = block.models[WISE_FT].metrics[key].value
-                    out[eval_metric_name(split, key, MLFLOW_MODEL_PREFIX[WISE_FT])] = wise
+                    out[eval_metric(split, key, MLFLOW_MODEL_PREFIX[WISE_FT])] = wise
         search = report.genre_search.splits.get(split)
         if search is not None and search.prior is not None:
             for model_key, results in search.models.items():
@@ -69,15 +62,15 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
                 for query_name, result in results.items():
                     for score in genre_search.SCORE_NAMES:
                         key = f"genre_search_{query_name}_{score}"
-                        out[eval_metric_name(split, key, model)] = result.scores[score].value
+                        out[eval_metric(split, key, model)] = result.scores[score].value
             for score in genre_search.SCORE_NAMES:
                 key = f"genre_search_{score}"
-                out[eval_metric_name(split, key, "prior")] = search.prior.scores[score].value
+                out[eval_metric(split, key, "prior")] = search.prior.scores[score].value
         out.update(similarity_metrics(report, split))
         genre = report.genre.splits.get(split)
         if genre is not None and "fine_tuned" in genre.models:
-            out[eval_metric_name(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
-            out[eval_metric_name(split, "genre_accuracy", "zeroshot")] = genre.models[
+            out[eval_metric(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
+            out[eval_metric(split, "genre_accuracy", "zeroshot")] = genre.models[
                 "zero_shot"
             ].accuracy
     return out
@@ -93,9 +86,9 @@ def similarity_metrics(report: EvaluationReport, split: str) -> dict[str, float]
         key = f"audio_to_audio_genre_precision_at_{report.similarity.k}" + (
             "" if kind == "all" else f"_{kind}"
         )
-        out[eval_metric_name(split, key, "prior")] = prior
+        out[eval_metric(split, key, "prior")] = prior
         for model_key, scores in block.models.items():
-            out[eval_metric_name(split, key, MLFLOW_MODEL_PREFIX[model_key])] = scores[kind].value
+            out[eval_metric(split, key, MLFLOW_MODEL_PREFIX[model_key])] = scores[kind].value
     return out
 
 
@@ -134,9 +127,9 @@ def log_artifacts(report: EvaluationReport, report_path: Path, tracking_uri: str
     """``evaluation.json`` and the chart under ``evaluation/`` in the run's artifacts."""
     client = tracking.client(tracking_uri)
     run_id = report.mlflow_run_id
-    client.log_artifact(run_id, str(report_path), artifact_path=ARTIFACT_DIR)
+    client.log_artifact(run_id, str(report_path), artifact_path=EVALUATION_ARTIFACT)
     if report.evaluated("test"):
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / CHART_NAME
             png.write_bytes(comparison_chart_png(report))
-            client.log_artifact(run_id, str(png), artifact_path=ARTIFACT_DIR)
+            client.log_artifact(run_id, str(png), artifact_path=EVALUATION_ARTIFACT)

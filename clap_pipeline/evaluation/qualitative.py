@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clap_pipeline.dataset import WaveformIndex
-from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     QualitativeColumn,
     QualitativeReport,
     QualitativeRow,
     Top1,
 )
+from clap_pipeline.reporting import Log
 from clap_pipeline.training_report import TrainingReport
 
 if TYPE_CHECKING:  # the encoder module loads torch

@@ -21,12 +21,21 @@ from clap_pipeline.evaluation.report import (
     SimilarityReport,
     SplitRetrieval,
 )
-from clap_pipeline.metrics import DIRECTIONS, KS, METRIC_NAMES, RANK_METRICS
+from clap_pipeline.metrics import (
+    AUDIO_TO_TEXT,
+    DIRECTIONS,
+    KS,
+    METRIC_NAMES,
+    RANK_METRICS,
+    SELECTION_METRIC,
+    TEXT_TO_AUDIO,
+    recall_key,
+)
 from clap_pipeline.reporting import Markdown
 from clap_pipeline.tables import Table
 
 CHART_NAME = "evaluation_chart.png"
-SHORT_DIRECTION = {"text_to_audio": "text->audio", "audio_to_text": "audio->text"}
+SHORT_DIRECTION = {TEXT_TO_AUDIO: "text->audio", AUDIO_TO_TEXT: "audio->text"}
 SHORT_METRIC = {
     "recall_at_1": "R@1",
     "recall_at_5": "R@5",
@@ -170,6 +179,53 @@ def _split_title(block: SplitRetrieval, split: str) -> str:
 # --------------------------------------------------------------------------- terminal
 
 
+def _genre_classification_text(report: EvaluationReport) -> list[str]:
+    genre = report.genre
+    if not genre.genres:
+        return []
+    lines = ["", f"zero-shot genre classification, prompt {genre.prompt_template!r}:"]
+    for split, gblock in genre.splits.items():
+        if not gblock.models:
+            continue
+        accuracies = ", ".join(
+            f"{MODEL_LABELS[m]} {fmt_ci('acc', result.interval)}"
+            for m, result in gblock.models.items()
+        )
+        lines.append(
+            f"  {split}: {len(genre.genres)} genres, N = {gblock.n}: accuracy {accuracies}, "
+            f"chance {gblock.chance_accuracy:.3f}, majority {gblock.majority_accuracy:.3f}"
+        )
+    return lines
+
+
+def _search_text(report: EvaluationReport) -> list[str]:
+    """Genre search, instrument search and 'more like this', each split a table."""
+    search, lines = report.genre_search, []
+    for split, sblock in search.splits.items():
+        if sblock.models:
+            lines.append(
+                f"genre search, {split} split: each genre with >= {search.min_tracks} clips "
+                f"({len(sblock.genres)}) queried, averaged over genres"
+            )
+            lines.append(genre_search_table(report, split, indent="  ").text())
+    instruments = report.instrument_search
+    for split, sblock in instruments.splits.items() if instruments else ():
+        if sblock.models:
+            lines.append(
+                f"instrument search, {split} split: each instrument its tags name on >= "
+                f"{instruments.min_tracks} clips ({len(sblock.genres)}) queried, averaged "
+                "over instruments"
+            )
+            prior = "instrument prior (random)"
+            lines.append(search_table(report, instruments, split, "  ", prior).text())
+    similarity = report.similarity
+    for split, mblock in similarity.splits.items() if similarity else ():
+        if mblock.models:
+            lines.append(_similarity_title(similarity, split))
+            lines.append(similarity_table(report, split, "  ").text())
+    return ["", *lines] if lines else []
+
+
 def format_evaluation_table(report: EvaluationReport) -> str:
     """The report as plain text for the terminal (``make demo`` prints it)."""
     conf = report.config.confidence
@@ -191,49 +247,7 @@ def format_evaluation_table(report: EvaluationReport) -> str:
             lines.append("  (no clips)")
             continue
         lines.append(retrieval_table(report, block, indent="  ").text())
-    genre = report.genre
-    if genre.genres:
-        lines += ["", f"zero-shot genre classification, prompt {genre.prompt_template!r}:"]
-        for split, gblock in genre.splits.items():
-            if not gblock.models:
-                continue
-            accuracies = ", ".join(
-                f"{MODEL_LABELS[m]} {fmt_ci('acc', result.interval)}"
-                for m, result in gblock.models.items()
-            )
-            lines.append(
-                f"  {split}: {len(genre.genres)} genres, N = {gblock.n}: accuracy {accuracies}, "
-                f"chance {gblock.chance_accuracy:.3f}, majority {gblock.majority_accuracy:.3f}"
-            )
-    search = report.genre_search
-    search_lines = []
-    for split, sblock in search.splits.items():
-        if not sblock.models:
-            continue
-        search_lines.append(
-            f"genre search, {split} split: each genre with >= {search.min_tracks} clips "
-            f"({len(sblock.genres)}) queried, averaged over genres"
-        )
-        search_lines.append(genre_search_table(report, split, indent="  ").text())
-    instruments = report.instrument_search
-    for split, sblock in instruments.splits.items() if instruments else ():
-        if not sblock.models:
-            continue
-        search_lines.append(
-            f"instrument search, {split} split: each instrument its tags name on >= "
-            f"{instruments.min_tracks} clips ({len(sblock.genres)}) queried, averaged over "
-            "instruments"
-        )
-        search_lines.append(
-            search_table(report, instruments, split, "  ", "instrument prior (random)").text()
-        )
-    similarity = report.similarity
-    for split, mblock in similarity.splits.items() if similarity else ():
-        if mblock.models:
-            search_lines.append(_similarity_title(similarity, split))
-            search_lines.append(similarity_table(report, split, "  ").text())
-    if search_lines:
-        lines += ["", *search_lines]
+    lines += _genre_classification_text(report) + _search_text(report)
     ok, detail = beats_random(report)
     lines += ["", ("OK: " if ok else "WARNING: ") + detail, "", *verdict_lines(report)]
     return "\n".join(lines)
@@ -243,20 +257,14 @@ def _beats(stat: Interval, reference: float) -> bool:
     return stat.ci_low > reference
 
 
-def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
-    """A few sentences a newcomer can read: does fine-tuning help, and how sure are we."""
-    block = report.evaluated(split)
-    if block is None:
-        return [f"Verdict: no {split} clips, nothing to judge."]
-    conf = f"{report.config.confidence:.0%}"
-    n = block.n
-    lines = [f"Verdict on the {split} split ({n} clips the model never trained on):"]
-    helps = True
+def _retrieval_verdict(block) -> tuple[list[str], bool]:
+    """R@5 both ways against zero-shot and chance (judged), clips sharing a prompt (shown)."""
+    lines, helps = [], True
     for direction, what in (
-        ("text_to_audio", "finding a clip from its own description"),
-        ("audio_to_text", "finding the description of a clip"),
+        (TEXT_TO_AUDIO, "finding a clip from its own description"),
+        (AUDIO_TO_TEXT, "finding the description of a clip"),
     ):
-        key = f"{direction}_recall_at_5"
+        key = recall_key(5, direction)
         tuned = block.stat("fine_tuned", key)
         zero = block.stat("zero_shot", key).value
         chance = block.random.exact[key]
@@ -271,11 +279,17 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
     if merged.models.get("fine_tuned"):
         tuned_merged = merged.models["fine_tuned"]
         lines.append(
-            f"    ({merged.n_clips_sharing} of {n} clips share their exact prompt with another "
-            "clip; counting those as hits too: fine-tuned R@5 text->audio "
-            f"{tuned_merged['text_to_audio_recall_at_5'].value:.3f}, audio->text "
-            f"{tuned_merged['audio_to_text_recall_at_5'].value:.3f})"
+            f"    ({merged.n_clips_sharing} of {block.n} clips share their exact prompt with "
+            "another clip; counting those as hits too: fine-tuned R@5 text->audio "
+            f"{tuned_merged[SELECTION_METRIC].value:.3f}, audio->text "
+            f"{tuned_merged[recall_key(5, AUDIO_TO_TEXT)].value:.3f})"
         )
+    return lines, helps
+
+
+def _search_verdict(report: EvaluationReport, split: str) -> tuple[list[str], bool]:
+    """Genre search (judged) and instrument search (shown) against zero-shot and the prior."""
+    lines, helps = [], True
     for search, query, what in (
         (report.genre_search, "genre_music", "genre"),
         (report.instrument_search, "instrument_music", "instrument"),
@@ -301,11 +315,24 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
             + ("" if ok else "  <- not clearly better")
             + ("" if ok or what == "genre" else " (shown, not judged)")
         )
+    return lines, helps
+
+
+def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
+    """A few sentences a newcomer can read: does fine-tuning help, and how sure are we."""
+    block = report.evaluated(split)
+    if block is None:
+        return [f"Verdict: no {split} clips, nothing to judge."]
+    conf = f"{report.config.confidence:.0%}"
+    lines = [f"Verdict on the {split} split ({block.n} clips the model never trained on):"]
+    retrieval, retrieval_helps = _retrieval_verdict(block)
+    search, search_helps = _search_verdict(report, split)
+    lines += retrieval + search
     lines += similarity_verdict(report, split) + wise_ft_verdict(report, split)
     lines.append(
         f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
         "interval lies above chance."
-        if helps
+        if retrieval_helps and search_helps
         else f"  => not shown: at least one number above is not clearly better (its {conf} "
         "interval reaches chance, or zero-shot is as good). More tracks or epochs may help."
     )
@@ -516,7 +543,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
     if test is not None:
         metadata["comparison_chart"] = Markdown(chart_markdown(comparison_chart_png(report)))
         for k in KS:
-            key = f"text_to_audio_recall_at_{k}"
+            key = recall_key(k)
             metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
             metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
             metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]

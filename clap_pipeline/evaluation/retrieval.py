@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clap_pipeline.evaluation.inputs import EvalConfig, Log, SplitClips
+from clap_pipeline.evaluation.inputs import EvalConfig, SplitClips
 from clap_pipeline.evaluation.report import (
     IdenticalPrompts,
     Interval,
@@ -21,13 +21,17 @@ from clap_pipeline.evaluation.report import (
     SplitRetrieval,
 )
 from clap_pipeline.metrics import (
+    AUDIO_TO_TEXT,
     DIRECTIONS,
     METRIC_NAMES,
+    SELECTION_METRIC,
+    TEXT_TO_AUDIO,
     bootstrap_rank_metrics,
     empirical_random_metrics,
     match_ranks_blockwise,
     random_expected_metrics,
 )
+from clap_pipeline.reporting import Log
 
 if TYPE_CHECKING:  # the encoder module loads torch
     from clap_pipeline.evaluation.encoder import Embedded
@@ -49,8 +53,8 @@ def retrieval_metrics(
 ) -> dict[str, Interval]:
     """Both directions' metrics with bootstrap intervals; ``groups`` merges identical prompts."""
     ranks = {
-        "text_to_audio": match_ranks_blockwise(text, audio, groups=groups),
-        "audio_to_text": match_ranks_blockwise(audio, text, groups=groups),
+        TEXT_TO_AUDIO: match_ranks_blockwise(text, audio, groups=groups),
+        AUDIO_TO_TEXT: match_ranks_blockwise(audio, text, groups=groups),
     }
     stats = bootstrap_rank_metrics(
         ranks, n_resamples=config.n_bootstrap, seed=config.seed, confidence=config.confidence
@@ -107,6 +111,6 @@ def evaluate_retrieval(
     for name, split in clips.items():
         out[name] = block = split_retrieval(split, embedded, config)
         for model_key, scores in block.models.items():
-            r5 = scores.metrics["text_to_audio_recall_at_5"].value
+            r5 = scores.metrics[SELECTION_METRIC].value
             say(f"{model_key} {name}: text->audio R@5 {r5:.3f} (N={block.n})")
     return out

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,9 +36,8 @@ from typing import IO, BinaryIO
 
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.progress import DownloadProgress, ProgressLog, human_bytes
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import atomic_path
-
-Log = Callable[[str], None]
 
 FMA_BASE_URL = "https://os.unil.cloud.switch.ch/fma/"
 SUBSETS = ("small", "medium", "large")
@@ -211,6 +210,16 @@ def _stream(
         bar.finish()
 
 
+def _gave_up(url: str, part: _PartFile, attempts: int, exc: Exception) -> FetchError:
+    kept = (
+        f"the {human_bytes(part.size)} received are kept in {part.path}; "
+        "run the command again to resume"
+        if part.size
+        else "nothing was received"
+    )
+    return FetchError(f"download of {url} failed after {attempts} attempt(s): {exc}; {kept}")
+
+
 def download(
     url: str,
     dest: str | Path,
@@ -241,27 +250,16 @@ def download(
         f"{dest.name}: downloading {url}"
         + (f" (resuming at {human_bytes(resumed_from)})" if resumed_from else "")
     )
-    failures = 0
-    while True:
+    for failures in range(retries + 1):
         try:
             _transfer(url, part, timeout=timeout, log=log, progress_stream=progress_stream)
             break
         except _Transient as exc:
-            failures += 1
-            if failures > retries:
-                kept = (
-                    f"the {human_bytes(part.size)} received are kept in {part.path}; "
-                    "run the command again to resume"
-                    if part.size
-                    else "nothing was received"
-                )
-                raise FetchError(
-                    f"download of {url} failed after {failures} attempt(s): {exc}; {kept}"
-                ) from exc
-            wait_s = min(retry_wait * 2 ** (failures - 1), 60.0)
+            if failures == retries:
+                raise _gave_up(url, part, failures + 1, exc) from exc
+            wait_s = min(retry_wait * 2**failures, 60.0)
             log(f"{dest.name}: {exc}; retrying in {wait_s:.0f} s with a Range request")
             time.sleep(wait_s)
-
     actual = part.hasher.hexdigest()
     if actual != sha1.lower():
         part.path.unlink(missing_ok=True)
@@ -402,6 +400,133 @@ def _clip_members(
     return clips, ignored
 
 
+@dataclass
+class _ExtractionPlan:
+    todo: list[tuple[Path, zipfile.ZipInfo, str]]  # target, zip member, relative name
+    digests: dict[str, str]  # relative name -> SHA1 of the zip's checksums file
+    checksums_name: str
+
+
+def _plan_extraction(
+    zip_path: Path,
+    audio_dir: Path,
+    subset: str,
+    limit: int | None,
+    verify: bool,
+    summary: ClipExtraction,
+    log: Log,
+) -> _ExtractionPlan:
+    """The clips to extract (the selected ones not already present) and their checksums."""
+    checksums_name = f"fma_{subset}/checksums"
+    digests: dict[str, str] = {}
+    with _open_zip(zip_path) as zf:
+        clips, summary.ignored = _clip_members(zf, subset)
+        if not clips:
+            raise FetchError(
+                f"{zip_path} holds no clips named fma_{subset}/NNN/NNNNNN.mp3: "
+                f"is it fma_{subset}.zip?"
+            )
+        summary.available = len(clips)
+        if verify and checksums_name in zf.NameToInfo:
+            digests = parse_checksums(zf.read(checksums_name).decode("utf-8", "replace"))
+        elif verify:
+            log(f"{zip_path.name}: no {checksums_name}; clips are checked by CRC only")
+    selected = clips[:limit] if limit is not None else clips
+    summary.selected = len(selected)
+    suspicious = [name for name in summary.ignored if ".." in name or name.startswith("/")]
+    if suspicious:
+        log(f"{zip_path.name}: ignored {len(suspicious)} unsafe member name(s): {suspicious[:3]}")
+    todo = []
+    for track_id, info in selected:
+        relative = audio_path(Path(), track_id).as_posix()
+        target = _inside(audio_dir, relative)
+        if target.is_file() and target.stat().st_size == info.file_size:
+            summary.skipped += 1
+        else:
+            todo.append((target, info, relative))
+    log(
+        f"{zip_path.name}: {summary.selected} of {summary.available} clips selected, "
+        f"{summary.skipped} already present, {len(todo)} to extract"
+    )
+    return _ExtractionPlan(todo, digests, checksums_name)
+
+
+class _ZipReaders:
+    """One open handle of the zip per thread: each keeps its own file position."""
+
+    def __init__(self, zip_path: Path) -> None:
+        self.zip_path = zip_path
+        self._local = threading.local()
+        self._handles: list[zipfile.ZipFile] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> zipfile.ZipFile:
+        zf = getattr(self._local, "zf", None)
+        if zf is None:
+            zf = self._local.zf = _open_zip(self.zip_path)
+            with self._lock:
+                self._handles.append(zf)
+        return zf
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+
+
+def _extract_member(
+    readers: _ZipReaders, target: Path, info: zipfile.ZipInfo, expected: str | None
+) -> bool:
+    """Write one clip atomically; True when it was checked against its SHA1."""
+    zip_path = readers.zip_path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _temp_sibling(target) as tmp:
+            actual = _copy_member(readers.get(), info, tmp)
+            if expected is not None and actual != expected:
+                raise ChecksumError(
+                    f"{info.filename} in {zip_path}: SHA1 mismatch (expected {expected}, "
+                    f"got {actual}); the clip was not written"
+                )
+    except zipfile.BadZipFile as exc:
+        raise FetchError(f"{zip_path}: {info.filename} is corrupt: {exc}") from exc
+    except OSError as exc:  # disk full, permissions: name the file, not a traceback
+        raise FetchError(f"cannot write {target}: {exc}") from exc
+    return expected is not None
+
+
+def _extract_all(
+    zip_path: Path,
+    plan: _ExtractionPlan,
+    workers: int,
+    summary: ClipExtraction,
+    log: Log,
+    log_interval: float,
+) -> None:
+    """Extract ``plan.todo`` on ``workers`` threads, with progress lines."""
+    readers = _ZipReaders(zip_path)
+    progress = ProgressLog("extracted", len(plan.todo), log, every_s=log_interval)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fma-extract")
+    try:
+        pending: set[Future[bool]] = {
+            pool.submit(_extract_member, readers, target, info, plan.digests.get(relative))
+            for target, info, relative in plan.todo
+        }
+        while pending:
+            finished, pending = wait(pending, timeout=log_interval, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                summary.verified += future.result()  # re-raises a worker's error
+                summary.extracted += 1
+            if pending:  # the summary line of extract_clips says when all are done
+                progress.update(summary.extracted)
+    except BaseException:
+        # An error or Ctrl-C: drop the queued clips instead of extracting them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        readers.close()
+
+
 def extract_clips(
     zip_path: str | Path,
     audio_dir: str | Path,
@@ -423,95 +548,16 @@ def extract_clips(
     zip_path, audio_dir = Path(zip_path), Path(audio_dir)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
-    workers = workers or min(4, os.cpu_count() or 1)
     summary = ClipExtraction()
-    with _open_zip(zip_path) as zf:
-        clips, summary.ignored = _clip_members(zf, subset)
-        if not clips:
-            raise FetchError(
-                f"{zip_path} holds no clips named fma_{subset}/NNN/NNNNNN.mp3: "
-                f"is it fma_{subset}.zip?"
-            )
-        summary.available = len(clips)
-        digests: dict[str, str] = {}
-        checksums_name = f"fma_{subset}/checksums"
-        if verify and checksums_name in zf.NameToInfo:
-            digests = parse_checksums(zf.read(checksums_name).decode("utf-8", "replace"))
-        elif verify:
-            log(f"{zip_path.name}: no {checksums_name}; clips are checked by CRC only")
-    selected = clips[:limit] if limit is not None else clips
-    summary.selected = len(selected)
-    suspicious = [name for name in summary.ignored if ".." in name or name.startswith("/")]
-    if suspicious:
-        log(f"{zip_path.name}: ignored {len(suspicious)} unsafe member name(s): {suspicious[:3]}")
-
-    todo: list[tuple[Path, zipfile.ZipInfo, str]] = []
-    for track_id, info in selected:
-        relative = audio_path(Path(), track_id).as_posix()
-        target = _inside(audio_dir, relative)
-        if target.is_file() and target.stat().st_size == info.file_size:
-            summary.skipped += 1
-        else:
-            todo.append((target, info, relative))
-    log(
-        f"{zip_path.name}: {summary.selected} of {summary.available} clips selected, "
-        f"{summary.skipped} already present, {len(todo)} to extract"
-    )
-    if not todo:
+    plan = _plan_extraction(zip_path, audio_dir, subset, limit, verify, summary, log)
+    if not plan.todo:
         return summary
-
-    local = threading.local()
-    handles: list[zipfile.ZipFile] = []
-    handles_lock = threading.Lock()
-
-    def extract_one(target: Path, info: zipfile.ZipInfo, relative: str) -> bool:
-        zf = getattr(local, "zf", None)
-        if zf is None:  # one handle per thread: each keeps its own file position
-            zf = local.zf = _open_zip(zip_path)
-            with handles_lock:
-                handles.append(zf)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with _temp_sibling(target) as tmp:
-                actual = _copy_member(zf, info, tmp)
-                expected = digests.get(relative)
-                if expected is not None and actual != expected:
-                    raise ChecksumError(
-                        f"{info.filename} in {zip_path}: SHA1 mismatch (expected {expected}, "
-                        f"got {actual}); the clip was not written"
-                    )
-        except zipfile.BadZipFile as exc:
-            raise FetchError(f"{zip_path}: {info.filename} is corrupt: {exc}") from exc
-        except OSError as exc:  # disk full, permissions: name the file, not a traceback
-            raise FetchError(f"cannot write {target}: {exc}") from exc
-        return expected is not None
-
     start = time.monotonic()
-    done = 0
-    progress = ProgressLog("extracted", len(todo), log, every_s=log_interval)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fma-extract")
-    try:
-        pending: set[Future[bool]] = {pool.submit(extract_one, *item) for item in todo}
-        while pending:
-            finished, pending = wait(pending, timeout=log_interval, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                summary.verified += future.result()  # re-raises a worker's error
-                done += 1
-            if pending:  # the summary line below says when all are done
-                progress.update(done)
-    except BaseException:
-        # An error or Ctrl-C: drop the queued clips instead of extracting them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        for handle in handles:
-            handle.close()
-    summary.extracted = done
-    elapsed = time.monotonic() - start
+    workers = workers or min(4, os.cpu_count() or 1)
+    _extract_all(zip_path, plan, workers, summary, log, log_interval)
     log(
-        f"extracted {done} clips to {audio_dir} in {elapsed:.1f} s"
-        + (f", {summary.verified} verified against {checksums_name}" if digests else "")
+        f"extracted {summary.extracted} clips to {audio_dir} in {time.monotonic() - start:.1f} s"
+        + (f", {summary.verified} verified against {plan.checksums_name}" if plan.digests else "")
     )
     return summary
 

@@ -47,9 +47,8 @@ from clap_pipeline.dataset import (
     STR_LIST,
     TRACKS_TABLE,
 )
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import table_exists, transaction
-
-Log = Callable[[str], None]
 
 GENRES_COLUMNS = ("genre_id", "#tracks", "parent", "title", "top_level")
 

@@ -22,7 +22,7 @@ from clap_pipeline.metadata.prompts import (
     read_track_texts,
     template_name,
 )
-from clap_pipeline.reporting import Log, Markdown
+from clap_pipeline.reporting import Log, Markdown, warn
 from clap_pipeline.selection import selected_tracks
 from clap_pipeline.storage import duckdb_connection
 from clap_pipeline.tables import markdown_table
@@ -71,14 +71,14 @@ class LoadedTracks:
 
 def load_tracks(con: duckdb.DuckDBPyConnection, settings: Settings, log: Log) -> LoadedTracks:
     """tracks.csv and genres.csv into `tracks` and `genres`; what did not parse is logged."""
-    summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=log.info)
+    summary = load_metadata(con, settings.tracks_csv, settings.genres_csv, log=log)
     profile = profile_tracks(con)
     for cell in summary.bad_cells[:MAX_LOGGED]:
-        log.warning(f"track {cell.track_id}: {cell.column} does not parse, stored as NULL")
+        warn(log, f"track {cell.track_id}: {cell.column} does not parse, stored as NULL")
     if len(summary.bad_cells) > MAX_LOGGED:
-        log.warning(f"... {len(summary.bad_cells)} unparsable cells in all")
+        warn(log, f"... {len(summary.bad_cells)} unparsable cells in all")
     if summary.ignored_columns:
-        log.warning(f"ignored columns not in FMA's format: {summary.ignored_columns}")
+        warn(log, f"ignored columns not in FMA's format: {summary.ignored_columns}")
     return LoadedTracks(summary, profile)
 
 
@@ -88,12 +88,12 @@ def experiment_captions(settings: Settings, track_ids: list[int], log: Log) -> C
     if settings.captions is None or settings.captions_mode == "templates":
         return None
     captions = read_captions(settings.captions, track_ids)
-    log.info(
+    log(
         f"captions: {captions.n_captions} of {captions.rows} rows of {settings.captions} "
         f"describe {len(captions.by_track)} tracks ({settings.captions_mode})"
     )
     for line in captions.problems():
-        log.warning(f"captions: {line}")
+        warn(log, f"captions: {line}")
     return captions
 
 
@@ -127,15 +127,16 @@ def write_experiment_prompts(
         texts, seed, captions.by_track if captions else None, settings.captions_mode
     )
     if result.skipped:
-        log.warning(
+        warn(
+            log,
             f"{len(result.skipped)} track(s) without title, artist, genre and tags got no "
-            f"prompt: {listed(list(result.skipped))}"
+            f"prompt: {listed(list(result.skipped))}",
         )
     if result.table.num_rows == 0:
         raise ValueError("no selected track has enough metadata for any prompt template")
     path = write_prompts(result.table, settings.prompts_path)
     version = content_hash(result.table)
-    log.info(f"wrote {result.table.num_rows} prompts to {path}")
+    log(f"wrote {result.table.num_rows} prompts to {path}")
     counts = result.template_counts()
     templates = [
         [i, name, TEMPLATE_PATTERNS[i], counts[name]] for i, name in enumerate(TEMPLATE_NAMES)

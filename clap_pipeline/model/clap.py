@@ -16,6 +16,7 @@ import torch
 from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
 
 from clap_pipeline.config import hf_hub_offline
+from clap_pipeline.knobs import DEVICE
 from clap_pipeline.processes import fix_mmap_threshold
 from clap_pipeline.storage import atomic_path
 
@@ -95,9 +96,9 @@ def save_checkpoint(model: ClapModel, processor: ClapProcessor, target: Path) ->
     return target.resolve()
 
 
-def pick_device(preferred: str = "auto") -> torch.device:
+def pick_device(preferred: str = DEVICE.default) -> torch.device:
     """CUDA when present, else MPS, else CPU (``preferred`` forces one)."""
-    if preferred != "auto":
+    if preferred != DEVICE.default:
         return torch.device(preferred)
     if torch.cuda.is_available():
         return torch.device("cuda")

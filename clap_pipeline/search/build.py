@@ -1,4 +1,5 @@
-"""The `track_embeddings` asset's work: embed every clip with a model, write the table.
+"""The `track_embeddings` asset's work: embed every clip with a model, write the table and
+its lexical index (``write_search_index``).
 
 Storage: DuckDB table ``track_embeddings`` (one row per decoded track, a ``FLOAT[d]``
 column of L2-normalised audio embeddings plus the metadata a result line needs and the
@@ -25,14 +26,74 @@ from clap_pipeline.genre_search import (
     eligible_genres,
     model_genre_search,
 )
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE
 from clap_pipeline.model.choice import ModelChoice, champion_model
 from clap_pipeline.reporting import Log
-from clap_pipeline.search.index import TABLE, SearchError, load_embeddings
+from clap_pipeline.search.index import TABLE, SearchError, load_embeddings, read_collection
+from clap_pipeline.search.lexical import load_or_build
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
 
 STAGING_TABLE = "track_embeddings__staging"
+
+
+def _new_rows(
+    track_ids: np.ndarray, embeddings: np.ndarray, audio_paths: Sequence[str], sizes: np.ndarray
+) -> pa.Table:
+    """The embedded clips as an Arrow table, after checking lengths and norms."""
+    n, dim = embeddings.shape
+    if n != len(track_ids) or n != len(audio_paths) or n != len(sizes):
+        raise ValueError("track_ids, embeddings, audio_paths and source_sizes differ in length")
+    norms = np.linalg.norm(embeddings, axis=1)
+    if not np.all(np.abs(norms - 1.0) < 1e-3):
+        raise ValueError("embeddings must be L2-normalised (audio_embeddings() returns them so)")
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
+    return pa.table(
+        {
+            "track_id": pa.array(np.asarray(track_ids, dtype=np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "audio_path": pa.array([str(p) for p in audio_paths], pa.string()),
+            "source_size": pa.array(np.asarray(sizes, dtype=np.int64)),
+        }
+    )
+
+
+def _staging_ddl(dim: int) -> str:
+    return f"""CREATE TABLE {STAGING_TABLE} (
+        track_id BIGINT PRIMARY KEY,
+        embedding FLOAT[{dim}] NOT NULL,
+        title VARCHAR, artist VARCHAR, genre VARCHAR, license VARCHAR,
+        audio_path VARCHAR NOT NULL,
+        duration_s DOUBLE,
+        model_version VARCHAR, model_run_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        genres VARCHAR[], year INTEGER, track_duration_s DOUBLE,
+        album VARCHAR, tags VARCHAR[])"""
+
+
+def _insert_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """The staging rows: embeddings joined with their `tracks` columns (model, time: ?)."""
+    col = _tracks_columns(con)
+    return f"""INSERT INTO {STAGING_TABLE}
+        SELECT n.track_id, n.embedding, {col("track_title")}, {col("artist_name")},
+               {col("track_genre_top")}, {col("track_license")}, n.audio_path,
+               CASE WHEN TRY_CAST({col("track_bit_rate")} AS DOUBLE) > 0
+                         AND n.source_size > 0
+                    THEN round(n.source_size * 8.0
+                               / TRY_CAST({col("track_bit_rate")} AS DOUBLE), 1)
+                    ELSE TRY_CAST({col("track_duration")} AS DOUBLE) END,
+               ?, ?, ?,
+               list_filter(list_distinct(list_concat(
+                   [{col("track_genre_top")}::VARCHAR], gn.names)), lambda x: x IS NOT NULL),
+               coalesce(year(TRY_CAST({col("album_date_released")} AS TIMESTAMP)),
+                        year(TRY_CAST({col("track_date_created")} AS TIMESTAMP))),
+               CASE WHEN TRY_CAST({col("track_duration")} AS DOUBLE) > 0
+                    THEN TRY_CAST({col("track_duration")} AS DOUBLE) END,
+               {col("album_title")}, {col("track_tags")}
+        FROM new_rows n LEFT JOIN tracks t USING (track_id)
+        LEFT JOIN ({_genre_names_sql(con)}) gn USING (track_id)
+        ORDER BY n.track_id"""
 
 
 def write_track_embeddings(
@@ -50,21 +111,7 @@ def write_track_embeddings(
     track's bit rate: FMA's audio files are 30-s clips, while ``track_duration``
     is the full track's (sometimes wrong) length; it is the fallback.
     """
-    n, dim = embeddings.shape
-    if n != len(track_ids) or n != len(audio_paths) or n != len(source_sizes):
-        raise ValueError("track_ids, embeddings, audio_paths and source_sizes differ in length")
-    norms = np.linalg.norm(embeddings, axis=1)
-    if not np.all(np.abs(norms - 1.0) < 1e-3):
-        raise ValueError("embeddings must be L2-normalised (audio_embeddings() returns them so)")
-    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
-    new_rows = pa.table(
-        {
-            "track_id": pa.array(np.asarray(track_ids, dtype=np.int64)),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "audio_path": pa.array([str(p) for p in audio_paths], pa.string()),
-            "source_size": pa.array(np.asarray(source_sizes, dtype=np.int64)),
-        }
-    )
+    new_rows = _new_rows(track_ids, embeddings, audio_paths, source_sizes)
     created_at = created_at or dt.datetime.now(dt.UTC)
     with duckdb_connection(duckdb_path) as con:
         # DuckDB 2 refuses register() while a query result is unfinished: register first.
@@ -74,39 +121,8 @@ def write_track_embeddings(
         # Build aside (a crashed earlier build may have left its staging table) ...
         con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
         try:
-            con.execute(
-                f"""CREATE TABLE {STAGING_TABLE} (
-                    track_id BIGINT PRIMARY KEY,
-                    embedding FLOAT[{dim}] NOT NULL,
-                    title VARCHAR, artist VARCHAR, genre VARCHAR, license VARCHAR,
-                    audio_path VARCHAR NOT NULL,
-                    duration_s DOUBLE,
-                    model_version VARCHAR, model_run_id VARCHAR,
-                    created_at TIMESTAMPTZ NOT NULL,
-                    genres VARCHAR[], year INTEGER, track_duration_s DOUBLE)"""
-            )
-            col = _tracks_columns(con)
-            con.execute(
-                f"""INSERT INTO {STAGING_TABLE}
-                SELECT n.track_id, n.embedding, {col("track_title")}, {col("artist_name")},
-                       {col("track_genre_top")}, {col("track_license")}, n.audio_path,
-                       CASE WHEN TRY_CAST({col("track_bit_rate")} AS DOUBLE) > 0
-                                 AND n.source_size > 0
-                            THEN round(n.source_size * 8.0
-                                       / TRY_CAST({col("track_bit_rate")} AS DOUBLE), 1)
-                            ELSE TRY_CAST({col("track_duration")} AS DOUBLE) END,
-                       ?, ?, ?,
-                       list_filter(list_distinct(list_concat(
-                           [{col("track_genre_top")}::VARCHAR], gn.names)), lambda x: x IS NOT NULL),
-                       coalesce(year(TRY_CAST({col("album_date_released")} AS TIMESTAMP)),
-                                year(TRY_CAST({col("track_date_created")} AS TIMESTAMP))),
-                       CASE WHEN TRY_CAST({col("track_duration")} AS DOUBLE) > 0
-                            THEN TRY_CAST({col("track_duration")} AS DOUBLE) END
-                FROM new_rows n LEFT JOIN tracks t USING (track_id)
-                LEFT JOIN ({_genre_names_sql(con)}) gn USING (track_id)
-                ORDER BY n.track_id""",
-                [model.version, model.run_id, created_at],
-            )
+            con.execute(_staging_ddl(embeddings.shape[1]))
+            con.execute(_insert_sql(con), [model.version, model.run_id, created_at])
         except Exception:
             con.execute(f"DROP TABLE IF EXISTS {STAGING_TABLE}")  # leave no half-built table
             raise
@@ -114,7 +130,25 @@ def write_track_embeddings(
         with transaction(con):
             con.execute(f"DROP TABLE IF EXISTS {TABLE}")
             con.execute(f"ALTER TABLE {STAGING_TABLE} RENAME TO {TABLE}")
-    return n
+    return len(new_rows)
+
+
+def write_search_index(
+    duckdb_path: str | Path,
+    track_ids: np.ndarray,
+    embeddings: np.ndarray,
+    audio_paths: Sequence[str],
+    source_sizes: np.ndarray,
+    model: ModelChoice,
+) -> int:
+    """The table (``write_track_embeddings``) and its lexical index, kept in step: the
+    index is saved under the new table's fingerprint (``search/lexical.py``)."""
+    count = write_track_embeddings(
+        duckdb_path, track_ids, embeddings, audio_paths, source_sizes, model
+    )
+    collection = read_collection(duckdb_path)
+    load_or_build(collection.catalog, collection.cache_dir, collection.info.fingerprint)
+    return count
 
 
 def _tracks_columns(con: duckdb.DuckDBPyConnection) -> Callable[[str], str]:
@@ -151,9 +185,9 @@ def build_track_embeddings(
     waveforms_dir: str | Path,
     audio_dir: str | Path,
     duckdb_path: str | Path,
-    batch_size: int = 32,
-    device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
+    log: Log | None = None,
 ) -> BuildSummary:
     """Embed every clip of the waveforms dataset with ``model`` and replace the table."""
     from clap_pipeline.model.clap import load_clap
@@ -166,7 +200,7 @@ def build_track_embeddings(
         p if Path(p).is_absolute() else str(fma_audio_path(audio_dir, tid))
         for tid, p in zip(embedded.track_ids.tolist(), embedded.source_paths, strict=True)
     ]
-    count = write_track_embeddings(
+    count = write_search_index(
         duckdb_path, embedded.track_ids, embedded.embeddings, paths, embedded.source_sizes, model
     )
     # Warms the query cache too, so the first search does not pay the DuckDB read.
@@ -209,9 +243,7 @@ def embed_collection(
 ) -> dict[str, object]:
     """The `track_embeddings` asset: the champion embeds every clip; the metadata."""
     model = champion_model(settings.mlflow_tracking_uri, settings.registered_model)
-    log.info(
-        f"embedding with {settings.registered_model} version {model.version} from {model.source}"
-    )
+    log(f"embedding with {settings.registered_model} version {model.version} from {model.source}")
     summary = build_track_embeddings(
         model=model,
         waveforms_dir=settings.waveforms_dir,
@@ -219,13 +251,13 @@ def embed_collection(
         duckdb_path=settings.duckdb_path,
         batch_size=batch_size,
         device=device,
-        log=log.info,
+        log=log,
     )
     metadata: dict[str, object] = {}
     if summary.genre_search:
         found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
         p10 = found["precision_at_10"]
-        log.info(
+        log(
             f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
             f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
             f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"

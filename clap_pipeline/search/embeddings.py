@@ -9,7 +9,7 @@ device, so the numpy feature extractor never runs per clip.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,11 @@ import pyarrow.parquet as pq
 import torch
 
 from clap_pipeline.dataset import WaveformRows
+from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE
 from clap_pipeline.model.clap import LoadedClap, clip_embeddings, pick_device
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 
 WAVEFORM_COLUMNS = ["track_id", "input_values", "source_path", "source_size"]
 
@@ -113,9 +115,9 @@ def embed_waveforms(
     clap: LoadedClap,
     waveforms_dir: str | Path,
     *,
-    batch_size: int = 32,
-    device: str = "auto",
-    log: Callable[[str], None] | None = None,
+    batch_size: int = EMBED_BATCH_SIZE.default,
+    device: str = DEVICE.default,
+    log: Log | None = None,
 ) -> TrackEmbeddings:
     """L2-normalised audio embeddings of every row of the waveforms dataset."""
     total = count_waveform_rows(waveforms_dir)

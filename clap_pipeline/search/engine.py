@@ -2,8 +2,10 @@
 
 - ``SearchIndex``: what one build of `track_embeddings` holds in memory: the ``Catalog``
   (metadata and filters, ``search/filters.py``), the ``VectorIndex`` (top-k over the audio
-  embeddings, ``search/vector_index.py``) and the table's ``IndexInfo``. It ranks catalog
-  rows for a query embedding and turns them into ``Result`` rows.
+  embeddings, ``search/vector_index.py``), the ``LexicalIndex`` (BM25 over the names,
+  ``search/lexical.py``) and the table's ``IndexInfo``. It ranks catalog rows for a query
+  in a ``mode`` (audio, text, or both fused by reciprocal rank fusion) and turns them
+  into ``Result`` rows.
 - ``QueryEncoder``: the model that embeds queries in that index's space (ONNX int8 for
   the service, the PyTorch model for one CLI query, ``search/text_encoder.py``).
 - ``Searcher``: the two together, checked to match (model version, dimension); immutable,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +31,28 @@ from clap_pipeline.config import Settings
 from clap_pipeline.feedback import validate_query
 from clap_pipeline.model.choice import ModelChoice, resolve_model
 from clap_pipeline.processes import usable_cpus
-from clap_pipeline.search.filters import Catalog, Filters
+from clap_pipeline.search.filters import DEFAULT_MODE, MODES, Catalog, Filters
 from clap_pipeline.search.index import (
-    CACHE_DIR_NAME,
     TABLE,
     Collection,
     IndexInfo,
     SearchError,
+    cache_dir,
     index_info,
     read_collection,
 )
-from clap_pipeline.search.text_encoder import Encoder, build_encoder
+from clap_pipeline.search.lexical import LexicalIndex, load_or_build
+from clap_pipeline.search.text_encoder import BatchingEncoder, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
+from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError, WindowRanker
 
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
+FUSION_DEPTH = 100  # candidates each ranking hands the fusion (at least k)
+# The names' ranking counts twice the audio's in the fusion: measured with
+# benchmarks/bench_hybrid.py on two collections (docs/search.md), plain RRF (1.0) left
+# most of an artist's tracks out of the top 10 behind audio-only hits.
+TEXT_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)
@@ -52,13 +62,14 @@ class Result:
     title: str | None
     artist: str | None
     genre: str | None  # FMA's top genre
-    score: float  # cosine similarity of the query and the track's audio
+    score: float  # the mode's: audio cosine, BM25 of the names, or the fused RRF score
     genres: list[str]  # the top genre and every genre of the track
     year: int | None  # album release year, else the track's upload year
     license: str | None
     duration_s: float | None  # the track's (FMA's track_duration), not the clip's
     audio_path: str  # the clip on the server's disk (never sent to HTTP clients)
     file_duration_s: float | None  # the clip file's length (what a playlist plays)
+    moment: Moment | None = None  # where the query is heard best (an index with windows)
 
 
 def check_k(k: int, max_k: int | None = None) -> None:
@@ -67,27 +78,79 @@ def check_k(k: int, max_k: int | None = None) -> None:
         raise ValueError(f"k must be {bounds}, got {k}")
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
 def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+Ranking = tuple[np.ndarray, np.ndarray]  # row positions, scores; best first
+
+
+def fuse(rankings: list[Ranking], k: int, weights: list[float] | None = None) -> Ranking:
+    """Weighted reciprocal rank fusion: a row scores sum(weight / (RRF_K + rank)) over the
+    rankings (weights 1 by default: plain RRF).
+
+    Ties keep the order of first appearance (the first ranking's order first).
+    """
+    fused: dict[int, float] = {}
+    for (positions, _), weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
+        for rank, pos in enumerate(positions.tolist(), start=1):
+            fused[pos] = fused.get(pos, 0.0) + weight / (RRF_K + rank)
+    order = sorted(fused, key=lambda p: -fused[p])[:k]  # stable: ties keep first appearance
+    return np.array(order, dtype=np.int64), np.array([fused[p] for p in order])
+
+
 @dataclass(frozen=True)
 class SearchIndex:
-    """One build of `track_embeddings` in memory: catalog, vector index, info."""
+    """One build of `track_embeddings` in memory: catalog, vector and lexical index, info."""
 
     catalog: Catalog
     vectors: VectorIndex
+    lexical: LexicalIndex
     info: IndexInfo
+    text_weight: float = TEXT_WEIGHT  # the names' weight in hybrid mode
+    windows: WindowRanker | None = None  # every window of the tracks (the audio ranking)
 
     def __len__(self) -> int:
         return len(self.catalog.track_ids)
 
     def rank(
-        self, query: np.ndarray, k: int, filters: Filters | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Row positions and scores of the best ``k`` rows that pass ``filters``."""
+        self,
+        text: str,
+        embedding: np.ndarray | None,
+        k: int,
+        filters: Filters | None = None,
+        mode: str = DEFAULT_MODE,
+    ) -> Ranking:
+        """Row positions and scores of the best ``k`` rows that pass ``filters``.
+
+        ``audio``: the query embedding against the audio embeddings; ``text``: BM25 of the
+        query's words in the tracks' names (only rows that match a word); ``hybrid``: both
+        rankings' top ``max(k, FUSION_DEPTH)`` fused by reciprocal rank fusion, the names
+        weighted ``text_weight``.
+        """
+        check_mode(mode)
         allowed = self.catalog.allowed(filters or Filters())
-        return self.vectors.search(query, k, allowed)
+        if mode == "text":
+            return self.lexical.rank(text, k, allowed)
+        if embedding is None:
+            raise ValueError(f"mode {mode} needs the query's embedding")
+        if mode == "audio":
+            return self._audio(embedding, k, allowed)
+        depth = max(k, FUSION_DEPTH)
+        audio = self._audio(embedding, depth, allowed)
+        names = self.lexical.rank(text, depth, allowed)
+        return fuse([audio, names], k, [1.0, self.text_weight])
+
+    def _audio(self, embedding: np.ndarray, k: int, allowed: np.ndarray) -> Ranking:
+        """The audio ranking: by the tracks' windows when the index has them."""
+        if self.windows is not None:
+            return self.windows.rank(embedding, k, allowed)
+        return self.vectors.search(embedding, k, allowed)
 
     def results(self, positions: np.ndarray, scores: np.ndarray) -> list[Result]:
         c = self.catalog
@@ -109,13 +172,61 @@ class SearchIndex:
             for rank, (p, s) in enumerate(zip(positions.tolist(), scores.tolist(), strict=True), 1)
         ]
 
-    def search(self, query: np.ndarray, k: int, filters: Filters | None = None) -> list[Result]:
-        """Top ``k`` tracks for a query embedding among those that pass ``filters``."""
-        return self.results(*self.rank(query, k, filters))
+    def search(
+        self,
+        text: str,
+        embedding: np.ndarray | None,
+        k: int,
+        filters: Filters | None = None,
+        mode: str = DEFAULT_MODE,
+    ) -> list[Result]:
+        """Top ``k`` tracks for a query among those that pass ``filters``."""
+        results = self.results(*self.rank(text, embedding, k, filters, mode))
+        return self.with_moments(results, embedding)
 
-    def similar(self, track_id: int, k: int) -> list[Result]:
-        """Audio->audio neighbours of an indexed track (the track itself left out)."""
+    def with_moments(self, results: list[Result], query: np.ndarray | None) -> list[Result]:
+        """Each result with its best window for ``query`` (unchanged without windows)."""
+        if self.windows is None or query is None:
+            return results
+        rows = [self.catalog.position(r.track_id) for r in results]
+        return [
+            replace(r, moment=self.windows.moment(row, query))
+            for r, row in zip(results, rows, strict=True)
+        ]
+
+    def search_windows(
+        self, embeddings: np.ndarray, k: int, filters: Filters | None = None
+    ) -> list[Result]:
+        """Tracks closest to any of several audio embeddings (an uploaded query's windows):
+        a track scores its best cosine to one of them."""
+        allowed = self.catalog.allowed(filters or Filters())
+        if self.windows is not None:
+            results = self.results(*self.windows.rank_many(embeddings, k, allowed))
+            return [self._best_moment(r, embeddings) for r in results]
+        depth = max(k, FUSION_DEPTH)
+        best: dict[int, float] = {}
+        for embedding in embeddings:
+            positions, scores = self.vectors.search(embedding, depth, allowed)
+            for pos, score in zip(positions.tolist(), scores.tolist(), strict=True):
+                best[pos] = max(score, best.get(pos, -np.inf))
+        order = sorted(best, key=lambda p: (-best[p], p))[:k]
+        return self.results(np.array(order, dtype=np.int64), np.array([best[p] for p in order]))
+
+    def _best_moment(self, result: Result, queries: np.ndarray) -> Result:
+        """The result with its best window for the best of several queries."""
+        assert self.windows is not None
+        row = self.catalog.position(result.track_id)
+        moments = [m for q in queries if (m := self.windows.moment(row, q)) is not None]
+        return replace(result, moment=max(moments, key=lambda m: m.score, default=None))
+
+    def similar(self, track_id: int, k: int, start_s: float | None = None) -> list[Result]:
+        """Audio->audio neighbours of an indexed track (the track itself left out); by its
+        windows when the index has them, ``start_s``: like the moment at that time."""
         pos = self.catalog.position(track_id)
+        if self.windows is not None and self.windows.from_catalog[pos] >= 0:
+            return self.results(*self.windows.similar(pos, k, start_s))
+        if start_s is not None:
+            raise MomentNotFoundError(f"track {track_id} has no window embeddings to start from")
         positions, scores = self.vectors.search(self.vectors.matrix[pos], k + 1)
         keep = positions != pos
         return self.results(positions[keep][:k], scores[keep][:k])
@@ -131,7 +242,9 @@ class SearchIndex:
 def build_search_index(collection: Collection, exact_max_rows: int | None = None) -> SearchIndex:
     kwargs = {} if exact_max_rows is None else {"exact_max_rows": exact_max_rows}
     vectors = build_vector_index(collection.matrix, **kwargs)
-    return SearchIndex(collection.catalog, vectors, collection.info)
+    c = collection
+    lexical = load_or_build(c.catalog, c.cache_dir, c.info.fingerprint)
+    return SearchIndex(c.catalog, vectors, lexical, c.info)
 
 
 @dataclass(frozen=True)
@@ -143,12 +256,24 @@ class QueryEncoder:
     encode: Encoder
     kind: str  # text_encoder.ENCODER_KINDS
     slots: threading.Semaphore
+    features: object  # model.features.LogMelFeatures on the CPU (audio queries)
 
     def embed(self, text: str) -> np.ndarray:
+        if isinstance(self.encode, BatchingEncoder):  # one worker per core batches them
+            return self.encode([text])[0]
         # At most one forward per core (each on its own threads, see ``serve``): more
         # would only fight over the cores.
         with self.slots:
             return self.encode([text])[0]
+
+    def embed_audio(self, windows: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings (n, d) of (n, 240,000) windows, by the audio tower."""
+        import torch
+
+        from clap_pipeline.model.clap import clip_embeddings
+
+        with self.slots, torch.inference_mode():
+            return clip_embeddings(self.clap.model, self.features, windows, torch.device("cpu"))
 
 
 def load_query_encoder(
@@ -156,13 +281,17 @@ def load_query_encoder(
 ) -> QueryEncoder:
     """Load ``model`` and its text encoder of ``kind`` (ONNX graphs cached in ``cache_dir``)."""
     from clap_pipeline.model.clap import load_clap
+    from clap_pipeline.model.features import features_for_model
 
     clap = load_clap(model.source)
     clap.model.eval()
     # ONNX graphs are exported from this very model (cached by its weights' hash): no drift.
     encode = build_encoder(clap, kind, cache_dir, threads)
-    slots = threading.Semaphore(max(1, usable_cpus() // threads))
-    return QueryEncoder(model, clap, encode, kind, slots)
+    workers = max(1, usable_cpus() // threads)
+    if kind != "torch":  # queries that arrive together are encoded as one batch
+        encode = BatchingEncoder(encode, workers)
+    slots = threading.Semaphore(workers)
+    return QueryEncoder(model, clap, encode, kind, slots, features_for_model(clap, "cpu"))
 
 
 def check_model_matches(model: ModelChoice, info: IndexInfo, registered_model: str) -> None:
@@ -201,16 +330,36 @@ class Searcher:
         return self.encoder.model.version or self.index.info.model_version
 
     def search(
-        self, query: str, k: int, filters: Filters | None = None, max_k: int | None = None
+        self,
+        query: str,
+        k: int,
+        filters: Filters | None = None,
+        max_k: int | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> list[Result]:
         """Top ``k`` tracks for a text query among those that pass ``filters``."""
         text = validate_query(query)
         check_k(k, max_k)
-        return self.index.search(self.encoder.embed(text), k, filters)
+        check_mode(mode)
+        embedding = None if mode == "text" else self.encoder.embed(text)
+        return self.index.search(text, embedding, k, filters, mode)
 
-    def similar(self, track_id: int, k: int, max_k: int | None = None) -> list[Result]:
+    def similar(
+        self, track_id: int, k: int, max_k: int | None = None, start_s: float | None = None
+    ) -> list[Result]:
         check_k(k, max_k)
-        return self.index.similar(track_id, k)
+        return self.index.similar(track_id, k, start_s)
+
+    def search_audio(
+        self,
+        windows: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        max_k: int | None = None,
+    ) -> list[Result]:
+        """Tracks that sound like an audio query's windows (n, 240,000), best first."""
+        check_k(k, max_k)
+        return self.index.search_windows(self.encoder.embed_audio(windows), k, filters)
 
 
 def make_searcher(encoder: QueryEncoder, index: SearchIndex, registered_model: str) -> Searcher:
@@ -228,7 +377,7 @@ def make_searcher(encoder: QueryEncoder, index: SearchIndex, registered_model: s
 
 
 def encoder_cache_dir(settings: Settings) -> Path:
-    return settings.duckdb_path.parent / CACHE_DIR_NAME / "onnx"
+    return cache_dir(settings.duckdb_path) / "onnx"
 
 
 def search(
@@ -237,6 +386,7 @@ def search(
     k: int,
     model_arg: str | None = None,
     filters: Filters | None = None,
+    mode: str = DEFAULT_MODE,
 ) -> list[Result]:
     """One query from a command line: the champion (or ``model_arg``) in PyTorch, top ``k``.
 
@@ -245,9 +395,11 @@ def search(
     """
     validate_query(query)
     check_k(k)
+    check_mode(mode)
     info = index_info(settings.duckdb_path)
     model = query_model(settings, info, model_arg, follow_table=False)
     encoder = load_query_encoder(model, "torch", encoder_cache_dir(settings))
     collection = read_collection(settings.duckdb_path)
     index = build_search_index(collection, exact_max_rows=collection.info.count)
-    return make_searcher(encoder, index, settings.registered_model).search(query, k, filters)
+    searcher = make_searcher(encoder, index, settings.registered_model)
+    return searcher.search(query, k, filters, mode=mode)

@@ -33,9 +33,15 @@ Any other ``license`` value is matched as an exact licence title (case-insensiti
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# How a query ranks (search/engine.py): the audio embedding, BM25 over the names, or both
+# fused. Here, with the other choices a query makes, so the CLI's parser needs no engine.
+MODES = ("hybrid", "audio", "text")
+DEFAULT_MODE = "hybrid"
 
 LICENSE_CLASSES = (
     "commercial-ok",
@@ -138,6 +144,8 @@ class Catalog:
     durations: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))  # track's s
     # the audio file's length in s (FMA's files are 30-s clips; playlists show it), NaN: unknown
     file_durations: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    albums: list[str | None] = field(default_factory=list)
+    tags: list[list[str]] = field(default_factory=list)  # FMA's track tags
     # casefolded genre name -> bool mask of the rows that have it (top genre or any genre)
     genre_masks: dict[str, np.ndarray] = field(default_factory=dict)
     license_titles: list[str | None] = field(default_factory=list)  # distinct licences
@@ -172,34 +180,46 @@ class Catalog:
         return mask
 
 
-def _floats(values: list) -> np.ndarray:
+def _floats(values: Sequence) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def build_catalog(rows: list[tuple]) -> Catalog:
-    """From (track_id, title, artist, genre, audio_path, license, genres, year,
-    track_duration_s, duration_s) rows (``search.index.CATALOG_COLUMNS``)."""
-    genre_lists = [[g for g in (r[6] or []) if g] or ([r[3]] if r[3] else []) for r in rows]
+def build_catalog(columns: Mapping[str, Sequence]) -> Catalog:
+    """From the table's columns (``search.index.CATALOG_COLUMNS``; a missing one is NULL)."""
+    ids = list(columns["track_id"])
+    n = len(ids)
+
+    def column(name: str) -> list:
+        values = columns.get(name)
+        return [None] * n if values is None else list(values)
+
+    top = column("genre")
+    genre_lists = [
+        [g for g in (names or []) if g] or ([t] if t else [])
+        for names, t in zip(column("genres"), top, strict=True)
+    ]
     masks: dict[str, np.ndarray] = {}
     for pos, names in enumerate(genre_lists):
         for name in {g.casefold() for g in names}:
             if name not in masks:
-                masks[name] = np.zeros(len(rows), dtype=np.bool_)
+                masks[name] = np.zeros(n, dtype=np.bool_)
             masks[name][pos] = True
-    licenses = [r[5] for r in rows]
+    licenses = column("license")
     titles = sorted(set(licenses), key=lambda t: (t is None, t or ""))
     code_of = {t: i for i, t in enumerate(titles)}
     return Catalog(
-        track_ids=np.array([r[0] for r in rows], dtype=np.int64),
-        titles=[r[1] for r in rows],
-        artists=[r[2] for r in rows],
-        genres=[r[3] for r in rows],
-        audio_paths=[r[4] for r in rows],
+        track_ids=np.array(ids, dtype=np.int64),
+        titles=column("title"),
+        artists=column("artist"),
+        genres=top,
+        audio_paths=column("audio_path"),
         licenses=licenses,
         genre_lists=genre_lists,
-        years=_floats([r[7] for r in rows]),
-        durations=_floats([r[8] for r in rows]),
-        file_durations=_floats([r[9] for r in rows]),
+        years=_floats(column("year")),
+        durations=_floats(column("track_duration_s")),
+        file_durations=_floats(column("duration_s")),
+        albums=column("album"),
+        tags=[[t for t in (tags or []) if t] for tags in column("tags")],
         genre_masks=masks,
         license_titles=titles,
         license_codes=np.array([code_of[t] for t in licenses], dtype=np.int32),

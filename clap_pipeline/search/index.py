@@ -63,21 +63,24 @@ class Collection:
     matrix: np.ndarray
     catalog: Catalog
     info: IndexInfo
+    cache_dir: Path  # where the derived indexes of this table are kept
 
 
 # The catalog's columns; those a table written before them lacks read as NULL (filters on
 # them match nothing) until `track_embeddings` is materialized again.
 CATALOG_COLUMNS = (
     *("track_id", "title", "artist", "genre", "audio_path", "license"),
-    *("genres", "year", "track_duration_s", "duration_s"),
+    *("genres", "year", "track_duration_s", "duration_s", "album", "tags"),
 )
 
 
-def catalog_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+def catalog_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list]:
     """``CATALOG_COLUMNS`` of every row, in track id order (the matrix's row order)."""
     present = {row[0] for row in con.execute(f"DESCRIBE {TABLE}").fetchall()}
-    columns = ", ".join(c if c in present else f"NULL AS {c}" for c in CATALOG_COLUMNS)
-    return con.execute(f"SELECT {columns} FROM {TABLE} ORDER BY track_id").fetchall()
+    names = [c for c in CATALOG_COLUMNS if c in present]
+    rows = con.execute(f"SELECT {', '.join(names)} FROM {TABLE} ORDER BY track_id").fetchall()
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {name: list(v) for name, v in zip(names, values, strict=True)}
 
 
 def _missing_table_error(duckdb_path: Path, why: str) -> SearchError:
@@ -112,10 +115,15 @@ def index_info(duckdb_path: str | Path) -> IndexInfo:
         return read_index_info(con, duckdb_path)
 
 
+def cache_dir(duckdb_path: Path) -> Path:
+    """Where what is derived from the table is kept: the matrix, the lexical index, ONNX."""
+    return duckdb_path.parent / CACHE_DIR_NAME
+
+
 def _cache_path(duckdb_path: Path, info: IndexInfo) -> Path:
     key = hashlib.sha1(repr(info.fingerprint).encode()).hexdigest()[:16]
     version = re.sub(r"[^A-Za-z0-9_.-]", "_", str(info.model_version or "local"))
-    return duckdb_path.parent / CACHE_DIR_NAME / f"{TABLE}-v{version}-{key}.npy"
+    return cache_dir(duckdb_path) / f"{TABLE}-v{version}-{key}.npy"
 
 
 def _read_cache(path: Path, info: IndexInfo) -> np.ndarray | None:
@@ -177,13 +185,13 @@ def read_collection(duckdb_path: str | Path) -> Collection:
     duckdb_path = Path(duckdb_path)
     with _read_only(duckdb_path) as con:
         info = read_index_info(con, duckdb_path)
-        rows = catalog_rows(con)
+        columns = catalog_columns(con)
         matrix = _read_matrix(con, duckdb_path, info, use_cache=True)
-    catalog = build_catalog(rows)
+    catalog = build_catalog(columns)
     ids = catalog.track_ids
     if len(ids) != matrix.shape[0] or int(ids.sum()) != info.fingerprint[1]:
         raise SearchError(f"`{TABLE}` changed while it was read: try again")
-    return Collection(matrix, catalog, info)
+    return Collection(matrix, catalog, info, cache_dir(duckdb_path))
 
 
 def embeddings_health(duckdb_path: str | Path) -> dict[str, float | int]:

@@ -20,15 +20,24 @@ def _cell(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def clock(seconds: float) -> str:
+    """``85.0`` -> ``"1:25"``; an hour or more ``"1:02:05"``."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def format_table(hits: Sequence[Result]) -> str:
+    """Rank, names, genre, score, and where the track matches ("at 1:25") when known."""
+    moments = any(h.moment is not None for h in hits)
     rows = [
         (h.rank, _cell(h.title), _cell(h.artist), _cell(h.genre, 24), f"{h.score:.4f}")
+        + ((f"at {clock(h.moment.start_s)}" if h.moment else "",) if moments else ())
         for h in hits
     ]
+    header = ("rank", "title", "artist", "genre", "score") + (("moment",) if moments else ())
     # Numbers (rank, score) right-aligned.
-    return Table(
-        ("rank", "title", "artist", "genre", "score"), rows, right=frozenset({0, 4})
-    ).text()
+    return Table(header, rows, right=frozenset({0, 4})).text()
 
 
 def results_json(hits: Sequence[Result]) -> str:
@@ -39,12 +48,19 @@ def results_json(hits: Sequence[Result]) -> str:
 
 
 def m3u_text(hits: Sequence[Result]) -> str:
-    """Extended M3U: ``#EXTINF:<seconds>,<artist> - <title>`` then the absolute file path."""
+    """Extended M3U: ``#EXTINF:<seconds>,<artist> - <title>`` then the absolute file path.
+
+    A result with a moment gets ``#EXTVLCOPT:start-time=<seconds>`` before its path: VLC
+    (and players that read its options) start the track where the query is heard.
+    """
     lines = ["#EXTM3U"]
     for h in hits:
         seconds = round(h.file_duration_s) if h.file_duration_s is not None else -1
         label = " - ".join(_cell(v, 200) for v in (h.artist, h.title) if v) or f"track {h.track_id}"
-        lines += [f"#EXTINF:{seconds},{label}", str(Path(h.audio_path).absolute())]
+        lines.append(f"#EXTINF:{seconds},{label}")
+        if h.moment is not None:
+            lines.append(f"#EXTVLCOPT:start-time={h.moment.start_s:g}")
+        lines.append(str(Path(h.audio_path).absolute()))
     return "\n".join(lines) + "\n"
 
 

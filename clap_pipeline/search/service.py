@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from clap_pipeline import tracking
 from clap_pipeline.config import Settings
-from clap_pipeline.feedback import Feedback, record_feedback
+from clap_pipeline.feedback import Recorded, record_feedback
 from clap_pipeline.search.engine import (
     MAX_K,
     QueryEncoder,
@@ -40,13 +43,20 @@ from clap_pipeline.search.engine import (
     make_searcher,
     query_model,
 )
-from clap_pipeline.search.filters import Filters
+from clap_pipeline.search.filters import DEFAULT_MODE, Filters
 from clap_pipeline.search.index import TABLE, SearchError, index_info, read_collection
+from clap_pipeline.search.options import ServeOptions
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLL_S = 5.0
+
+class AudioQueryError(ValueError):
+    """An uploaded audio query that cannot be used; ``reason`` in a word (e.g. ``not_audio``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SearchService:
@@ -57,12 +67,16 @@ class SearchService:
         settings: Settings,
         *,
         model_arg: str | None = None,
-        poll_s: float = DEFAULT_POLL_S,
+        poll_s: float = ServeOptions.poll_s,
         exact_max_rows: int | None = None,
         text_encoder: str = DEFAULT_ENCODER,
         encoder_threads: int = 1,
+        decode_upload: Callable[[Path], np.ndarray] | None = None,
     ) -> None:
         self.settings = settings
+        # An uploaded audio file -> its windows (n, 240,000); the CLI hands in the audio
+        # stage's decoder (audio/upload.py): search imports no other stage.
+        self.decode_upload = decode_upload
         self.text_encoder = text_encoder
         self.encoder_threads = encoder_threads
         self.model_arg = model_arg
@@ -198,22 +212,36 @@ class SearchService:
         }
 
     def search(
-        self, query: str, k: int, filters: Filters | None = None
+        self, query: str, k: int, filters: Filters | None = None, mode: str = DEFAULT_MODE
     ) -> tuple[Searcher, list[Result]]:
         """Top ``k`` tracks among those that pass ``filters`` (fewer only if fewer pass)."""
         searcher = self.searcher
-        return searcher, searcher.search(query, k, filters, MAX_K)
+        return searcher, searcher.search(query, k, filters, MAX_K, mode)
 
-    def similar(self, track_id: int, k: int) -> tuple[Searcher, list[Result]]:
-        """Audio->audio neighbours of an indexed track (the track itself left out)."""
+    def similar(
+        self, track_id: int, k: int, start_s: float | None = None
+    ) -> tuple[Searcher, list[Result]]:
+        """Audio->audio neighbours of an indexed track (the track itself left out); with
+        ``start_s``, of its moment at that time (needs window embeddings)."""
         searcher = self.searcher
-        return searcher, searcher.similar(track_id, k, MAX_K)
+        return searcher, searcher.similar(track_id, k, MAX_K, start_s)
+
+    def search_audio(
+        self, path: Path, k: int, filters: Filters | None = None
+    ) -> tuple[Searcher, list[Result]]:
+        """Tracks that sound like an uploaded file (decoded by ``decode_upload``)."""
+        if self.decode_upload is None:
+            raise SearchError("this service was started without an audio decoder")
+        searcher = self.searcher
+        windows = self.decode_upload(path)
+        return searcher, searcher.search_audio(windows, k, filters, MAX_K)
 
     def audio_path(self, track_id: int) -> Path:
         """The clip of an indexed track (never a client-supplied path)."""
         return self.searcher.index.audio_path(track_id)
 
-    def feedback(self, query: str, track_id: int, relevant: bool) -> Feedback:
+    def feedback(self, query: str, track_id: int, relevant: bool, client: str = "") -> Recorded:
+        """A client's verdict (one row per client, query and track: feedback.py)."""
         searcher = self.searcher
         searcher.index.catalog.position(track_id)  # only tracks that can be shown get verdicts
         with self._db_lock:
@@ -223,4 +251,5 @@ class SearchService:
                 track_id=track_id,
                 relevant=relevant,
                 model_version=searcher.model_version,
+                client=client,
             )

@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.search.window_store import (
     Segment,
     SegmentBuilder,
@@ -56,12 +59,13 @@ POOL = 3  # windows per representative for ``max`` (15 s of 5-s windows)
 FLAT_MAX_REPS = 50_000  # up to this many representatives are scanned exactly
 TRAIN_WINDOWS = 200_000  # windows buffered to fit the codec and train the coarse index
 CANDIDATES = 256  # representatives the coarse index proposes per query (at least 16 k)
+FILTERED_CANDIDATES = 16  # times as many under a filter
 REFINE_EXTRA = 20  # tracks beyond k whose whole timeline is scored
 EXACT_MAX_WINDOWS = 30_000  # a filter allowing at most this many windows is scanned exactly
 MAX_SEGMENTS = 8
 TARGET_RECALL = 0.97  # track-level recall@10 that calibrates nprobe
-CALIBRATION_QUERIES = 64
-CALIBRATION_COSINE = 0.3  # calibration queries: a window plus noise, this cosine to it
+CALIBRATION_QUERIES = 128
+CALIBRATION_COSINE = 0.5  # calibration queries: a window plus noise, this cosine to it
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def coarse_factory(n_reps: int, dim: int) -> str:
     if n_reps <= FLAT_MAX_REPS:
         return "Flat"
     nlist = int(np.clip(round(math.sqrt(n_reps)), 64, 1024))
-    return f"IVF{nlist},PQ{dim // 4}x4fs"
+    return f"IVF{nlist},PQ{dim // 8}x4fs"
 
 
 @dataclass
@@ -141,6 +145,17 @@ class WindowIndex:
             "build_seconds": round(self.build_seconds, 2),
         }
 
+    @property
+    def live_mask(self) -> np.ndarray:
+        """A bool per position: False where a later segment replaced the track."""
+        return np.concatenate(self.live)
+
+    def window_end(self, position: int) -> float:
+        """Where the track's last window ends (seconds)."""
+        seg_no = int(np.searchsorted(self._bases, position, side="right")) - 1
+        seg = self.segments[seg_no]
+        return float(seg.end_s[seg.offsets[position - self._bases[seg_no] + 1] - 1])
+
     def position(self, track_id: int) -> int:
         """The live position of ``track_id`` (KeyError when it is not indexed)."""
         hits = np.flatnonzero(self._track_ids == int(track_id))
@@ -168,16 +183,16 @@ class WindowIndex:
         q = q / max(float(np.linalg.norm(q)), 1e-12)
         if allowed is not None and allowed.shape != self._track_ids.shape:
             raise ValueError(f"allowed must be a bool per track position ({len(self._track_ids)})")
-        found: list[tuple[float, int, int]] = []  # (stage-1 score, segment, local track)
+        parts = []  # per segment: (stage-1 scores, local tracks)
         for s, seg in enumerate(self.segments):
             keep = self.live[s]
             if allowed is not None:
                 keep = keep & allowed[self._bases[s] : self._bases[s + 1]]
-            found += self._segment_candidates(seg, s, q, k, keep, filtered=allowed is not None)
-        found.sort(key=lambda item: -item[0])
-        best: list[TrackMoment] = []
-        for _, s, t in found[: k + REFINE_EXTRA]:
-            best.append(self._moment(s, t, q))
+            scores, tracks = self._segment_candidates(seg, q, k, keep, allowed is not None)
+            parts.append((scores, tracks, np.full(len(tracks), s)))
+        scores, tracks, segs = (np.concatenate(p) for p in zip(*parts, strict=True))
+        top = np.argsort(-scores, kind="stable")[: k + REFINE_EXTRA]
+        best = [self._moment(int(segs[i]), int(tracks[i]), q) for i in top]
         best.sort(key=lambda m: (-m.score, m.position))
         return best[:k]
 
@@ -195,27 +210,32 @@ class WindowIndex:
         return seg.start_s[lo:hi], l2_normalise(self.codec.decode(seg.codes[lo:hi]))
 
     def _segment_candidates(
-        self, seg: Segment, s: int, q: np.ndarray, k: int, keep: np.ndarray, filtered: bool
-    ) -> list[tuple[float, int, int]]:
+        self, seg: Segment, q: np.ndarray, k: int, keep: np.ndarray, filtered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(stage-1 scores, local tracks) of the segment's candidate tracks."""
         import faiss
 
+        none = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if not keep.any():
-            return []
+            return none
         if filtered:
             allowed_tracks = np.flatnonzero(keep)
             counts = seg.offsets[allowed_tracks + 1] - seg.offsets[allowed_tracks]
             if counts.sum() <= EXACT_MAX_WINDOWS:
                 scores = self._track_scores(seg, allowed_tracks, q)
-                return [(float(v), s, int(t)) for v, t in zip(scores, allowed_tracks, strict=True)]
+                return scores, allowed_tracks
         n_reps = len(seg.rep_track)
-        want = min(n_reps, max(self.candidates, 16 * k))
+        want = max(self.candidates, 16 * k)
         params = None
         if filtered or not keep.all():
             rep_keep = keep[seg.rep_track]
+            share = max(float(rep_keep.mean()), 1e-9)
+            # A filter's best tracks match less well and closer to each other: more
+            # candidates, up to FILTERED_CANDIDATES times as many for a small share.
+            want *= min(FILTERED_CANDIDATES, math.ceil(1 / share)) if filtered else 1
             bitmap = np.packbits(rep_keep, bitorder="little")
             selector = faiss.IDSelectorBitmap(n_reps, faiss.swig_ptr(bitmap))
             if seg.nprobe:
-                share = max(float(rep_keep.mean()), 1e-9)
                 nlist = faiss.extract_index_ivf(seg.coarse).nlist
                 nprobe = min(nlist, max(1, math.ceil(seg.nprobe / share)))
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
@@ -223,17 +243,17 @@ class WindowIndex:
                 params = faiss.SearchParameters(sel=selector)
         elif seg.nprobe:
             params = faiss.SearchParametersIVF(nprobe=seg.nprobe)
-        _, labels = seg.coarse.search(q.reshape(1, -1), want, params=params)
+        _, labels = seg.coarse.search(q.reshape(1, -1), min(want, n_reps), params=params)
         reps = labels[0][labels[0] >= 0]
         if not len(reps):
-            return []
+            return none
         if self.rule == "max":
             tracks, scores = self._rep_window_scores(seg, reps, q)
         else:
             tracks = np.unique(seg.rep_track[reps])
             scores = self._track_scores(seg, tracks, q)
         keep_t = keep[tracks]
-        return [(float(v), s, int(t)) for v, t in zip(scores[keep_t], tracks[keep_t], strict=True)]
+        return scores[keep_t], tracks[keep_t]
 
     def _rep_window_scores(
         self, seg: Segment, reps: np.ndarray, q: np.ndarray
@@ -284,9 +304,7 @@ class WindowIndex:
 
     # -- incremental ---------------------------------------------------------------------
 
-    def add_tracks(
-        self, windows: WindowEmbeddings, log: Callable[[str], None] | None = None
-    ) -> WindowIndex:
+    def add_tracks(self, windows: WindowEmbeddings, log: Log | None = None) -> WindowIndex:
         """A new index: these tracks' windows added (replacing any earlier ones), nothing retrained."""
         if not len(windows):
             return self
@@ -311,7 +329,7 @@ class WindowIndex:
         )
         return index.compacted(log) if len(index.segments) > MAX_SEGMENTS else index
 
-    def compacted(self, log: Callable[[str], None] | None = None) -> WindowIndex:
+    def compacted(self, log: Log | None = None) -> WindowIndex:
         """Every segment after the first merged into one (replaced tracks dropped)."""
         if len(self.segments) <= 2:
             return self
@@ -371,7 +389,7 @@ class WindowIndexBuilder:
         target_recall: float = TARGET_RECALL,
         candidates: int = CANDIDATES,
         calibration_queries: np.ndarray | None = None,
-        log: Callable[[str], None] | None = None,
+        log: Log | None = None,
         seed: int = 0,
     ) -> None:
         if rule not in AGGREGATIONS:
@@ -389,6 +407,7 @@ class WindowIndexBuilder:
         self.progress = ProgressLog("window index", total_windows, log, unit="windows")
         self.start = time.perf_counter()
         self.added = 0
+        self.last_id = -(2**63)
 
     def add(
         self, track_ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, embeddings: np.ndarray
@@ -396,6 +415,10 @@ class WindowIndexBuilder:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"embeddings must be (n, {self.dim}), got {emb.shape}")
+        ids = np.asarray(track_ids, dtype=np.int64)
+        if len(ids) and ((np.diff(ids) < 0).any() or ids[0] < self.last_id):
+            raise ValueError("window rows must come sorted by track_id, each track once")
+        self.last_id = int(ids[-1]) if len(ids) else self.last_id
         if self.segment is None:
             self.buffer.append((track_ids, start_s, end_s, emb))
             self.buffered += len(emb)
@@ -458,6 +481,33 @@ def build_window_index(windows: WindowEmbeddings, **options: object) -> WindowIn
     """The index of windows already in memory (tests, small collections)."""
     builder = WindowIndexBuilder(windows.embeddings.shape[1], len(windows), **options)  # type: ignore[arg-type]
     builder.add(windows.track_ids, windows.start_s, windows.end_s, windows.embeddings)
+    return builder.finish()
+
+
+def read_window_index(files: Sequence[Path], log: Log | None = None, **options: Any) -> WindowIndex:
+    """The index of ``window_embeddings`` Parquet files, streamed batch by batch.
+
+    ``files`` in folder order (``NNN.parquet``: a folder holds the tracks of one id range,
+    rows sorted by (track_id, start_s), so the files in order are sorted too); the row
+    count in their footers sizes the store; ``options`` go to :class:`WindowIndexBuilder`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise ValueError("no window embeddings files to index")
+    parquet = [pq.ParquetFile(f) for f in files]
+    total = sum(p.metadata.num_rows for p in parquet)
+    dim = parquet[0].schema_arrow.field("embedding").type.list_size
+    builder = WindowIndexBuilder(dim, total, log=log, **options)
+    columns = ["track_id", "start_s", "end_s", "embedding"]
+    for path, p in zip(files, parquet, strict=True):
+        for batch in p.iter_batches(batch_size=65_536, columns=columns):
+            try:
+                w = WindowEmbeddings.from_table(pa.Table.from_batches([batch]))
+                builder.add(w.track_ids, w.start_s, w.end_s, w.embeddings)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from exc
     return builder.finish()
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
+from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, ConfigError, Settings
+from clap_pipeline.knobs import DEVICE, check, knob
 from clap_pipeline.selection import Selection, current_selection
 from clap_pipeline.training.data import SPLIT_MODES
 
@@ -32,92 +33,71 @@ class NonFiniteLossError(TrainingError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training setting (the reference recipe as defaults)."""
+    """Every training setting (the reference recipe as defaults), each a knob (knobs.py)."""
 
-    batch_size: int = field(default=16, metadata={"help": "clips per contrastive batch"})
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(
-        default=0.01,
-        metadata={"help": "AdamW weight decay (not on biases, norms and the logit scale)"},
+    batch_size: int = knob(16, "clips per contrastive batch", ge=2)
+    learning_rate: float = knob(3e-5, "AdamW learning rate", gt=0)
+    weight_decay: float = knob(
+        0.01, "AdamW weight decay (not on biases, norms and the logit scale)", ge=0
     )
-    lr_schedule: str = field(
-        default="constant",
-        metadata={"help": "constant | cosine (decay to 0 at the last step of max_epochs)"},
+    lr_schedule: str = knob(
+        "constant",
+        "constant | cosine (decay to 0 at the last step of max_epochs)",
+        choices=LR_SCHEDULES,
     )
-    warmup_steps: int = field(
-        default=0, metadata={"help": "optimiser steps of linear learning-rate warm-up"}
+    warmup_steps: int = knob(0, "optimiser steps of linear learning-rate warm-up", ge=0)
+    max_epochs: int = knob(3, "upper bound on epochs", ge=1)
+    patience: int = knob(1, "epochs without a better val R@5 before stopping", ge=1)
+    seed: int = knob(0, "shuffling, dropout and the 80/20 split")
+    split: str = knob(
+        "fma",
+        "fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 by "
+        "hash of track_id | random_80_20: the reference recipe (first 100 clips)",
+        choices=SPLIT_MODES,
     )
-    max_epochs: int = field(default=3, metadata={"help": "upper bound on epochs"})
-    patience: int = field(
-        default=1, metadata={"help": "epochs without a better val R@5 before stopping"}
+    resample_templates: bool = knob(
+        False, "draw each epoch's prompt from the stored template renderings"
     )
-    seed: int = field(default=0, metadata={"help": "shuffling, dropout and the 80/20 split"})
-    split: str = field(
-        default="fma",
-        metadata={
-            "help": "fma: FMA's set_split (hash of track_id where missing) | hash: 80/10/10 by "
-            "hash of track_id | random_80_20: the reference recipe (first 100 clips)"
-        },
+    feedback_weight: float = knob(
+        0.25,
+        "chance per epoch that a training track liked in search feedback (DuckDB "
+        "search_feedback, training part) is paired with a liked query instead of its "
+        "prompt; 0 ignores feedback",
+        ge=0,
+        le=1,
     )
-    resample_templates: bool = field(
-        default=False,
-        metadata={"help": "draw each epoch's prompt from the stored template renderings"},
+    wise_ft_steps: int = knob(
+        10,
+        "WiSE-FT after training: the weights (1-a)*pre-trained + a*fine-tuned for a = 0, "
+        "1/steps, ..., 1 are scored on validation and the best a is registered (a = 1: "
+        "plain fine-tuning); 0 registers the best epoch as it is",
+        ge=0,
+        le=100,
     )
-    feedback_weight: float = field(
-        default=0.25,
-        metadata={
-            "help": "chance per epoch that a training track liked in search feedback "
-            "(DuckDB search_feedback, training part) is paired with a liked query instead "
-            "of its prompt; 0 ignores feedback"
-        },
+    device: str = DEVICE.field()
+    precision: str = knob(
+        "auto",
+        "auto (bf16 autocast on CUDA cards that support it, else fp32), bf16 (CUDA only), fp32",
+        choices=PRECISIONS,
     )
-    wise_ft_steps: int = field(
-        default=10,
-        metadata={
-            "help": "WiSE-FT after training: the weights (1-a)*pre-trained + a*fine-tuned for "
-            "a = 0, 1/steps, ..., 1 are scored on validation and the best a is registered "
-            "(a = 1: plain fine-tuning); 0 registers the best epoch as it is"
-        },
+    cpu_threads: int = knob(
+        0,
+        "torch CPU threads, 0 = torch's default (1 is often faster for the tiny model on a "
+        "busy machine)",
+        ge=0,
     )
-    device: str = field(
-        default="auto", metadata={"help": "auto (CUDA > MPS > CPU), cuda, mps, cpu"}
+    shuffle_buffer: int = knob(128, "clips held for shuffling (memory ~1 MB per clip)", ge=1)
+    feature_cache_mb: int = knob(
+        256,
+        "keep the log-mel features of up to this many MB of clips (256 KB each) in memory "
+        "across epochs (not in the last one); 0 recomputes them every batch. 256 MB = 1,024 "
+        "clips (all of the demo's): `clap_model` peaked at 2.0 GiB without the cache at "
+        "N=1,000 and 5,000 (scale_rehearsal.py), so a run stays under 2.5 GB",
+        ge=0,
     )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bf16 autocast on CUDA cards that support it, else fp32), bf16 "
-            "(CUDA only), fp32"
-        },
-    )
-    cpu_threads: int = field(
-        default=0,
-        metadata={
-            "help": "torch CPU threads, 0 = torch's default (1 is often faster for the tiny "
-            "model on a busy machine)"
-        },
-    )
-    shuffle_buffer: int = field(
-        default=128, metadata={"help": "clips held for shuffling (memory ~1 MB per clip)"}
-    )
-    feature_cache_mb: int = field(
-        default=256,
-        metadata={
-            "help": "keep the log-mel features of up to this many MB of clips (256 KB each) "
-            "in memory across epochs (not in the last one); 0 recomputes them every batch. "
-            "256 MB = 1,024 clips (all of the demo's): `clap_model` peaked at 2.0 GiB without "
-            "the cache at N=1,000 and 5,000 (scale_rehearsal.py), so a run stays under 2.5 GB"
-        },
-    )
-    log_checkpoints: bool = field(
-        default=True, metadata={"help": "copy every epoch's checkpoint into the MLflow run"}
-    )
-    system_metrics: bool = field(
-        default=True, metadata={"help": "CPU/GPU/memory metrics in MLflow (needs psutil)"}
-    )
-    resume: bool = field(
-        default=True,
-        metadata={"help": "continue an interrupted run with the same config and data"},
-    )
+    log_checkpoints: bool = knob(True, "copy every epoch's checkpoint into the MLflow run")
+    system_metrics: bool = knob(True, "CPU/GPU/memory metrics in MLflow (needs psutil)")
+    resume: bool = knob(True, "continue an interrupted run with the same config and data")
 
     # Settings that change no number: they may differ between a run and its resumption.
     NON_NUMERIC = (
@@ -129,40 +109,14 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        problems = []
-        if self.batch_size < 2:
-            problems.append(f"batch_size must be >= 2 (contrastive), got {self.batch_size}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.warmup_steps < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.max_epochs < 1:
-            problems.append(f"max_epochs must be >= 1, got {self.max_epochs}")
-        if self.patience < 1:
-            problems.append(f"patience must be >= 1, got {self.patience}")
-        if not 0 <= self.feedback_weight <= 1:
-            problems.append(f"feedback_weight must be in [0, 1], got {self.feedback_weight}")
-        if not 0 <= self.wise_ft_steps <= 100:
-            problems.append(f"wise_ft_steps must be in [0, 100], got {self.wise_ft_steps}")
-        if self.feature_cache_mb < 0:
-            problems.append(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
-        if self.cpu_threads < 0:
-            problems.append(f"cpu_threads must be >= 0, got {self.cpu_threads}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.split not in SPLIT_MODES:
-            problems.append(f"split must be one of {SPLIT_MODES}, got {self.split!r}")
-        if problems:
-            raise TrainingError("invalid training config: " + "; ".join(problems))
+        """TrainingError naming every knob out of its bounds (knobs.check)."""
+        try:
+            check(self, "training config")
+        except ConfigError as exc:
+            raise TrainingError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @staticmethod
-    def help(name: str) -> str:
-        return TrainConfig.__dataclass_fields__[name].metadata["help"]
 
     def numeric_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self.NON_NUMERIC}

@@ -30,16 +30,18 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clap_pipeline import registry, tracking
-from clap_pipeline.metrics import retrieval_metrics_blockwise
+from clap_pipeline import registry, run_names, tracking
+from clap_pipeline.metrics import SELECTION_METRIC, retrieval_metrics_blockwise
 from clap_pipeline.model.clap import LoadedClap, load_clap, pick_device, save_checkpoint, tokenize
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.progress import ProgressLog
+from clap_pipeline.reporting import Log
 from clap_pipeline.storage import remove_orphaned_temps
 from clap_pipeline.training import distributed, report, resume, wise_ft
 from clap_pipeline.training.config import (
@@ -53,7 +55,6 @@ from clap_pipeline.training.data import ClipBatch, TrainingData, prefetch
 from clap_pipeline.training.distributed import Ranks
 from clap_pipeline.training.features import CachedFeatures
 from clap_pipeline.training.loss import (
-    SELECTION_METRIC,
     EpochRecord,
     best_epoch,
     clamp_logit_scale,
@@ -79,7 +80,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, precision: str = "auto"):
+def _autocast(device: torch.device, precision: str = TrainConfig.precision):
     """A context factory: bf16 autocast on CUDA (``auto`` where the card supports it)."""
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "bf16" and not bf16_ok:
@@ -127,7 +128,7 @@ def train_step(
     *,
     epoch: int = 0,
     step: int = 0,
-    precision: str = "auto",
+    precision: str = TrainConfig.precision,
     ranks: Ranks | None = None,
 ) -> float:
     """One optimiser step on the symmetric InfoNCE; the logit scale is clamped afterwards.
@@ -176,7 +177,7 @@ def evaluate_split(
     split: str,
     batch_size: int,
     device: torch.device,
-    precision: str = "auto",
+    precision: str = TrainConfig.precision,
 ) -> tuple[float, dict[str, float]]:
     """(loss, retrieval metrics) of ``model`` on a split, in a fixed order.
 
@@ -219,6 +220,30 @@ class _EpochStats:
     data_seconds: float
 
 
+def _epoch_batches(data: TrainingData, config: TrainConfig, epoch: int, ranks: Ranks):
+    """This rank's shuffled batches of the epoch, read ahead on a thread."""
+    return prefetch(
+        data.train_batches(
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            resample=config.resample_templates,
+            buffer_clips=config.shuffle_buffer,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+        )
+    )
+
+
+def _step_log(report: ProgressCallback, prefix: str, epoch: int, step: int, steps: int) -> Log:
+    """The shared rate/ETA line (global clips), prefixed with where the epoch is."""
+    return lambda line: report(
+        TrainingProgress(
+            message=f"{prefix} | {line}", epoch=epoch, step=step, steps_per_epoch=steps
+        )
+    )
+
+
 def _train_epoch(
     *,
     model,
@@ -235,17 +260,7 @@ def _train_epoch(
 ) -> _EpochStats:
     model.train()
     steps = data.n_train_batches(config.batch_size, ranks.world_size)
-    batches = prefetch(
-        data.train_batches(
-            config.batch_size,
-            seed=config.seed,
-            epoch=epoch,
-            resample=config.resample_templates,
-            buffer_clips=config.shuffle_buffer,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
-        )
-    )
+    batches = _epoch_batches(data, config, epoch, ranks)
     start = time.perf_counter()
     global_batch = config.batch_size * ranks.world_size
     progress = ProgressLog("train", steps * global_batch, log=None)
@@ -274,16 +289,9 @@ def _train_epoch(
             )
             loss_sum += value * len(batch)
             clips += len(batch)
-            # The shared rate/ETA line (global clips), prefixed with where the epoch is.
-            progress.log = lambda line, step=step, value=value, lr=lr: report_progress(
-                TrainingProgress(
-                    message=f"epoch {epoch}/{config.max_epochs} step {step}/{steps} "
-                    f"loss {value:.4f} lr {lr:.2e} | {line}",
-                    epoch=epoch,
-                    step=step,
-                    steps_per_epoch=steps,
-                )
-            )
+            where = f"epoch {epoch}/{config.max_epochs} step {step}/{steps}"
+            prefix = f"{where} loss {value:.4f} lr {lr:.2e}"
+            progress.log = _step_log(report_progress, prefix, epoch, step, steps)
             progress.update(step * global_batch)
     return _EpochStats(
         loss=loss_sum / max(clips, 1),
@@ -350,6 +358,72 @@ def train(
         distributed.destroy_process_group(ranks)
 
 
+def _load_data(
+    config: TrainConfig, inputs: TrainInputs, ranks: Ranks, report: ProgressCallback
+) -> tuple[TrainingData, torch.device, str]:
+    """The splits and batches, the device, and the fingerprint every rank must share."""
+    data = TrainingData.load(
+        inputs.prompts_path,
+        inputs.waveforms_dir,
+        inputs.duckdb_path,
+        split_mode=config.split,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        feedback_weight=config.feedback_weight,
+    )
+    data.check_shards(config.batch_size, ranks.world_size)
+    report(TrainingProgress(message=f"data: {data.describe_counts()}"))
+    device = distributed.device_for(ranks, pick_device(config.device))
+    _autocast(device, config.precision)  # an impossible precision fails before any run exists
+    fingerprint = resume.training_fingerprint(
+        {
+            "config": config.numeric_dict(),
+            "model": inputs.model_source,
+            "device": device.type,
+            "prompts": data.prompts_version,
+            "waveforms": data.index.data_version,
+            "splits": data.splits.as_dict(),
+        }
+    )
+    return data, device, fingerprint
+
+
+def _open_run(
+    config: TrainConfig,
+    inputs: TrainInputs,
+    ranks: Ranks,
+    fingerprint: str,
+    report: ProgressCallback,
+) -> tuple[Any, str, str, dict | None]:
+    """Rank 0 opens (or finds) the MLflow run; every rank learns its id and resume state.
+
+    Returns (client on rank 0 else None, experiment id, run id, resume state or None).
+    """
+    client, experiment_id, run_id, state = None, "", "", None
+    if ranks.is_main:
+        client = tracking.client(inputs.tracking_uri)
+        experiment_id = tracking.configure(inputs.tracking_uri, inputs.experiment)
+        state = resume.resumable_state(
+            client, inputs.checkpoints_dir, fingerprint, config.resume, ranks.world_size
+        )
+        if state:
+            run_id = state["run_id"]
+            client.update_run(run_id, status="RUNNING")
+            message = f"resuming MLflow run {run_id} after epoch {state['last_epoch']}"
+            report(TrainingProgress(message=message))
+        else:
+            run_id = client.create_run(
+                experiment_id,
+                run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={run_names.SOURCE_TAG: run_names.TRAINING_SOURCE},
+            ).info.run_id
+        tracking.close_abandoned_runs(client, experiment_id, run_id)  # after kill -9
+    experiment_id, run_id, state = distributed.broadcast_object(
+        ranks, (experiment_id, run_id, state)
+    )
+    return client, experiment_id, run_id, state
+
+
 def _set_up(
     config: TrainConfig,
     inputs: TrainInputs,
@@ -368,60 +442,15 @@ def _set_up(
         if on_progress and ranks.is_main:
             on_progress(p)
 
-    data = TrainingData.load(
-        inputs.prompts_path,
-        inputs.waveforms_dir,
-        inputs.duckdb_path,
-        split_mode=config.split,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        feedback_weight=config.feedback_weight,
-    )
-    data.check_shards(config.batch_size, ranks.world_size)
-    report_progress(TrainingProgress(message=f"data: {data.describe_counts()}"))
-    device = distributed.device_for(ranks, pick_device(config.device))
-    _autocast(device, config.precision)  # an impossible precision fails before any run exists
-    fingerprint = resume.training_fingerprint(
-        {
-            "config": config.numeric_dict(),
-            "model": inputs.model_source,
-            "device": device.type,
-            "prompts": data.prompts_version,
-            "waveforms": data.index.data_version,
-            "splits": data.splits.as_dict(),
-        }
-    )
+    data, device, fingerprint = _load_data(config, inputs, ranks, report_progress)
     distributed.init_process_group(ranks, device)
     if not distributed.same_on_all_ranks(ranks, [fingerprint]):
         raise TrainingError(
             f"rank {ranks.rank} sees other data or settings than rank 0 (fingerprint "
             f"{fingerprint}): every host must read the same prompts and waveforms"
         )
-    # Rank 0 opens (or finds) the MLflow run; every rank learns its id and resume state.
-    client, experiment_id, run_id, state = None, "", "", None
-    if ranks.is_main:
-        client = tracking.client(inputs.tracking_uri)
-        experiment_id = tracking.configure(inputs.tracking_uri, inputs.experiment)
-        state = resume.resumable_state(
-            client, inputs.checkpoints_dir, fingerprint, config.resume, ranks.world_size
-        )
-        if state:
-            run_id = state["run_id"]
-            client.update_run(run_id, status="RUNNING")
-            report_progress(
-                TrainingProgress(
-                    message=f"resuming MLflow run {run_id} after epoch {state['last_epoch']}"
-                )
-            )
-        else:
-            run_id = client.create_run(
-                experiment_id,
-                run_name=f"clap-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags={"mlflow.source.name": "clap_pipeline.training"},
-            ).info.run_id
-        tracking.close_abandoned_runs(client, experiment_id, run_id)  # after kill -9
-    experiment_id, run_id, state = distributed.broadcast_object(
-        ranks, (experiment_id, run_id, state)
+    client, experiment_id, run_id, state = _open_run(
+        config, inputs, ranks, fingerprint, report_progress
     )
     history = [EpochRecord(**r) for r in state["history"]] if state else []
     return Session(

@@ -11,8 +11,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from clap_pipeline import run_names
+from clap_pipeline.metrics import SELECTION_METRIC
+from clap_pipeline.training_report import EpochRow
+
 LOGIT_SCALE_MAX = math.log(100)  # LAION / CLIP clamp the learned temperature to <= 100
-SELECTION_METRIC = "text_to_audio_recall_at_5"
 
 
 def contrastive_loss(
@@ -103,18 +106,14 @@ class EpochRecord:
         return self.metrics[SELECTION_METRIC]
 
     def manifest_row(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "checkpoint": self.checkpoint,
-            "train_loss": self.train_loss,
-            "val_loss": self.val_loss,
-            **{f"val_{k}": v for k, v in self.metrics.items()},
-        }
+        """The epoch's row of training.json (``training_report.EpochRow``)."""
+        row = EpochRow(self.epoch, self.checkpoint, self.train_loss, self.val_loss, self.metrics)
+        return row.to_dict()
 
     def mlflow_metrics(self) -> dict[str, float]:
         out = {
             "train_loss": self.train_loss,
-            "val_loss": self.val_loss,
+            run_names.VAL_LOSS: self.val_loss,
             "train_clips_per_second": self.train_clips / max(self.train_seconds, 1e-9),
             "epoch_train_seconds": self.train_seconds,
             "epoch_data_seconds": self.data_seconds,
@@ -122,7 +121,7 @@ class EpochRecord:
             "logit_scale_a": self.logit_scale_a,
             "logit_scale_t": self.logit_scale_t,
         }
-        out.update({f"val_{k}": v for k, v in self.metrics.items()})
+        out.update({run_names.val_metric(k): v for k, v in self.metrics.items()})
         return out
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import REPO_ROOT
+from clap_pipeline.metrics import AUDIO_TO_TEXT, KS, TEXT_TO_AUDIO, recall_key
 from clap_pipeline.reporting import Markdown, Table, Url
 from clap_pipeline.storage import atomic_path
-from clap_pipeline.training.loss import SELECTION_METRIC, EpochRecord
+from clap_pipeline.training.loss import EpochRecord
 from clap_pipeline.training.session import Session
 from clap_pipeline.training_report import (
     EpochRow,
@@ -86,8 +87,8 @@ def training_curve_png(history: Sequence[EpochRecord], best: int | None) -> byte
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("symmetric InfoNCE")
     for k, marker in ((1, "o"), (5, "s"), (10, "^")):
-        t2a = [r.metrics[f"text_to_audio_recall_at_{k}"] for r in history]
-        a2t = [r.metrics[f"audio_to_text_recall_at_{k}"] for r in history]
+        t2a = [r.metrics[recall_key(k)] for r in history]
+        a2t = [r.metrics[recall_key(k, AUDIO_TO_TEXT)] for r in history]
         (line,) = ax_r.plot(epochs, t2a, marker=marker, label=f"text→audio R@{k}")
         ax_r.plot(epochs, a2t, marker=marker, linestyle="--", alpha=0.45, color=line.get_color(),
                   label=f"audio→text R@{k}")  # fmt: skip
@@ -117,12 +118,12 @@ def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
         session.run_id,
     )
     params = {
-        **{f"config.{k}": v for k, v in config.to_dict().items()},
+        **{run_names.config_param(k): v for k, v in config.to_dict().items()},
         "model_source": session.inputs.model_source,
         "device": str(session.device),
         "world_size": session.ranks.world_size,
         "global_batch_size": config.batch_size * session.ranks.world_size,
-        "n_train": len(data.splits.train),
+        run_names.N_TRAIN: len(data.splits.train),
         "n_val": len(data.splits.validation),
         "n_test": len(data.splits.test),
         "n_from_fma_split": data.splits.n_from_fma,
@@ -131,21 +132,21 @@ def log_run_setup(session: Session, dagster_run_id: str | None) -> None:
         "git_commit": git_commit(),
     }
     if session.inputs.selection is not None:
-        params["data_version"] = session.inputs.selection.data_version
+        params[run_names.DATA_VERSION] = session.inputs.selection.data_version
         params["n_selected"] = len(session.inputs.selection.track_ids)
     # A resumed run already has its params; non-numeric settings may have changed.
     existing = mlflow_client.get_run(run_id).data.params
     new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
     tags = {
-        "training_fingerprint": session.fingerprint,
-        tracking.TAG_VAL_FINGERPRINT: session.val_fingerprint,
+        run_names.TRAINING_FINGERPRINT_TAG: session.fingerprint,
+        run_names.VALIDATION_FINGERPRINT_TAG: session.val_fingerprint,
         "mlflow.source.git.commit": params["git_commit"],
     }
     if dagster_run_id:
         tags["dagster_run_id"] = dagster_run_id
-        previous = mlflow_client.get_run(run_id).data.tags.get("dagster_run_ids", "")
+        previous = mlflow_client.get_run(run_id).data.tags.get(run_names.DAGSTER_RUN_IDS_TAG, "")
         ids = [i for i in previous.split(",") if i]
-        tags["dagster_run_ids"] = ",".join(
+        tags[run_names.DAGSTER_RUN_IDS_TAG] = ",".join(
             [*ids, dagster_run_id] if dagster_run_id not in ids else ids
         )
     if session.resumed_from_epoch:
@@ -180,7 +181,8 @@ def log_epoch(mlflow_client, run_id: str, record: EpochRecord, log_checkpoint: b
     metrics = [Metric(k, float(v), now, record.epoch) for k, v in record.mlflow_metrics().items()]
     mlflow_client.log_batch(run_id, metrics=metrics)
     if log_checkpoint and record.checkpoint:
-        mlflow_client.log_artifacts(run_id, record.checkpoint, f"checkpoints/epoch-{record.epoch}")
+        artifact = run_names.checkpoint_artifact(record.epoch)
+        mlflow_client.log_artifacts(run_id, record.checkpoint, artifact)
 
 
 def epoch_summary(record: EpochRecord) -> str:
@@ -189,15 +191,14 @@ def epoch_summary(record: EpochRecord) -> str:
     return (
         f"epoch {record.epoch} done: train loss {record.train_loss:.4f}, val loss "
         f"{record.val_loss:.4f}, val R@1/5/10 text→audio "
-        f"{m['text_to_audio_recall_at_1']:.3f}/{m['text_to_audio_recall_at_5']:.3f}/"
-        f"{m['text_to_audio_recall_at_10']:.3f}, "
+        f"{m[recall_key(1)]:.3f}/{m[recall_key(5)]:.3f}/{m[recall_key(10)]:.3f}, "
         f"{record.train_clips / max(record.train_seconds, 1e-9):.1f} clips/s"
     )
 
 
 def _wise_ft_artifact(wise: WiseFt | None) -> str | None:
     """The artifact folder of WiSE-FT's weights (None: they are the best epoch's)."""
-    return None if wise is None or wise.alpha == 1 else "checkpoints/wise-ft"
+    return None if wise is None or wise.alpha == 1 else run_names.WISE_FT_ARTIFACT
 
 
 def checkpoint_source(session: Session, best: EpochRecord, wise: WiseFt | None = None) -> str:
@@ -206,7 +207,7 @@ def checkpoint_source(session: Session, best: EpochRecord, wise: WiseFt | None =
     if not session.config.log_checkpoints:
         return wise.checkpoint if wise else str(best.checkpoint)
     run = session.client.get_run(session.run_id)
-    return f"{run.info.artifact_uri}/{artifact or f'checkpoints/epoch-{best.epoch}'}"
+    return f"{run.info.artifact_uri}/{artifact or run_names.checkpoint_artifact(best.epoch)}"
 
 
 def log_wise_ft(session: Session, wise: WiseFt) -> None:
@@ -214,13 +215,13 @@ def log_wise_ft(session: Session, wise: WiseFt) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric("wise_ft_alpha", wise.alpha, now, 0)]
+    metrics = [Metric(run_names.WISE_FT_ALPHA_TAG, wise.alpha, now, 0)]
     for score in wise.grid:
         step = round(score.alpha * 100)
         metrics.append(Metric("wise_ft_val_loss", score.val_loss, now, step))
         metrics += [Metric(f"wise_ft_val_{k}", v, now, step) for k, v in score.metrics.items()]
     session.client.log_batch(session.run_id, metrics=metrics)
-    session.client.set_tag(session.run_id, tracking.TAG_WISE_FT_ALPHA, repr(wise.alpha))
+    session.client.set_tag(session.run_id, run_names.WISE_FT_ALPHA_TAG, repr(wise.alpha))
     artifact = _wise_ft_artifact(wise)
     if artifact and session.config.log_checkpoints:
         session.client.log_artifacts(session.run_id, wise.checkpoint, artifact)
@@ -234,30 +235,34 @@ def log_best(session: Session, best: EpochRecord, wall_time_s: float, clips_per_
     client.log_batch(
         session.run_id,
         metrics=[
-            Metric("best_epoch", best.epoch, now, 0),
-            Metric(f"best_val_{SELECTION_METRIC}", best.val_recall_at_5, now, 0),
+            Metric(run_names.BEST_EPOCH, best.epoch, now, 0),
+            Metric(run_names.BEST_VAL_METRIC, best.val_recall_at_5, now, 0),
             Metric("best_val_loss", best.val_loss, now, 0),
             Metric("wall_time_s", wall_time_s, now, 0),
             Metric("train_clips_per_second", clips_per_s, now, 0),
         ],
-        params=[Param("best_epoch", str(best.epoch))] if "best_epoch" not in existing else [],
+        params=[Param(run_names.BEST_EPOCH, str(best.epoch))]
+        if run_names.BEST_EPOCH not in existing
+        else [],
     )
 
 
-def write_report(
-    session: Session, best: EpochRecord, version: str, alias: str, wise: WiseFt | None = None
-) -> TrainingResult:
-    """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
-    config, data, inputs, client = session.config, session.data, session.inputs, session.client
-    history = session.history
-    wall_time_s = session.wall_time_s()
-    clips_per_second = sum(r.train_clips for r in history) / max(
-        sum(r.train_seconds for r in history), 1e-9
-    )
-    log_best(session, best, wall_time_s, clips_per_second)
-    png = training_curve_png(history, best.epoch)
+def _training_report(
+    session: Session,
+    best: EpochRecord,
+    registered: RegisteredVersion,
+    wise: WiseFt | None,
+    wall_time_s: float,
+    clips_per_second: float,
+) -> TrainingReport:
+    """training.json of the session (``training_report.TrainingReport``)."""
+    config, data, inputs, history = session.config, session.data, session.inputs, session.history
     selection = inputs.selection
-    report = TrainingReport(
+    trained = None
+    if selection is not None:
+        ids = tuple(selection.track_ids)
+        trained = TrainedTracks(selection.data_version, ids, selection.tracks_sha256)
+    return TrainingReport(
         mlflow_run_id=session.run_id,
         model_source=inputs.model_source,
         device=str(session.device),
@@ -265,33 +270,49 @@ def write_report(
         best_checkpoint=str(best.checkpoint),
         epochs=tuple(EpochRow.from_dict(r.manifest_row()) for r in history),
         splits=data.splits.as_dict(),
-        registered_model=RegisteredVersion(inputs.registered_model, version, alias),
+        registered_model=registered,
         config=config.to_dict(),
         mlflow_tracking_uri=inputs.tracking_uri,
         mlflow_experiment_id=session.experiment_id,
         split_mode=data.splits.mode,
         validation_fingerprint=session.val_fingerprint,
         data_versions={"prompts": data.prompts_version, "waveforms": data.index.data_version},
-        selection=None
-        if selection is None
-        else TrainedTracks(
-            selection.data_version, tuple(selection.track_ids), selection.tracks_sha256
-        ),
+        selection=trained,
         world_size=session.ranks.world_size,
         stopped_early=history[-1].epoch < config.max_epochs,
         wall_time_s=wall_time_s,
         train_clips_per_second=clips_per_second,
         wise_ft=wise,
     )
-    report.write(inputs.manifest_path)
-    with atomic_path(inputs.manifest_path.parent / "training_curve.png") as tmp:
+
+
+def _write_files(session: Session, report: TrainingReport, png: bytes) -> None:
+    """training.json and the curve next to it, atomically, and both in the MLflow run."""
+    manifest, client = session.inputs.manifest_path, session.client
+    report.write(manifest)
+    with atomic_path(manifest.parent / "training_curve.png") as tmp:
         tmp.write_bytes(png)
     with tempfile.TemporaryDirectory() as tmp_dir:
         png_path = Path(tmp_dir) / "training_curve.png"
         png_path.write_bytes(png)
         client.log_artifact(session.run_id, str(png_path))
-    client.log_artifact(session.run_id, str(inputs.manifest_path))
+    client.log_artifact(session.run_id, str(manifest))
 
+
+def write_report(
+    session: Session, best: EpochRecord, version: str, alias: str, wise: WiseFt | None = None
+) -> TrainingResult:
+    """Curve + ``training.json`` on disk and in the MLflow run; the result of ``train``."""
+    data, inputs, history = session.data, session.inputs, session.history
+    wall_time_s = session.wall_time_s()
+    clips_per_second = sum(r.train_clips for r in history) / max(
+        sum(r.train_seconds for r in history), 1e-9
+    )
+    log_best(session, best, wall_time_s, clips_per_second)
+    png = training_curve_png(history, best.epoch)
+    registered = RegisteredVersion(inputs.registered_model, version, alias)
+    report = _training_report(session, best, registered, wise, wall_time_s, clips_per_second)
+    _write_files(session, report, png)
     return TrainingResult(
         run_id=session.run_id,
         experiment_id=session.experiment_id,
@@ -321,9 +342,10 @@ _EPOCH_COLUMNS: tuple[tuple[str, str, Callable[[EpochRecord], Any]], ...] = (
     ("train_loss", "float", lambda r: round(r.train_loss, 4)),
     ("val_loss", "float", lambda r: round(r.val_loss, 4)),
     *(
-        (f"val_{short}_R@{k}", "float", lambda r, key=f"{long}_recall_at_{k}": r.metrics[key])
-        for short, long in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
-        for k in (1, 5, 10)
+        (f"val_{short}_R@{k}", "float", lambda r, key=key: r.metrics[key])
+        for short, direction in (("t2a", TEXT_TO_AUDIO), ("a2t", AUDIO_TO_TEXT))
+        for k in KS
+        for key in (recall_key(k, direction),)
     ),
 )
 
@@ -345,7 +367,7 @@ def result_metadata(result: TrainingResult) -> dict[str, object]:
     return {
         "best_checkpoint": Path(result.best_checkpoint),
         "best_epoch": int(result.best_epoch),
-        "best_val_text_to_audio_recall_at_5": float(best.val_recall_at_5),
+        run_names.BEST_VAL_METRIC: float(best.val_recall_at_5),
         "best_val_loss": float(best.val_loss),
         "epochs": Table(columns, records),
         "training_curve": Markdown(result.curve_markdown()),
@@ -363,5 +385,5 @@ def result_metadata(result: TrainingResult) -> dict[str, object]:
         "stopped_early": bool(result.stopped_early),
         "manifest": Path(result.manifest_path),
         # WiSE-FT's alpha of the registered weights (1.0 = the best epoch's; -1: not run).
-        "wise_ft_alpha": float(wise.alpha) if (wise := result.report.wise_ft) else -1.0,
+        run_names.WISE_FT_ALPHA_TAG: float(wise.alpha) if (wise := result.report.wise_ft) else -1.0,
     }

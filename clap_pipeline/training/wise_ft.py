@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from clap_pipeline.metrics import SELECTION_METRIC
 from clap_pipeline.model.clap import load_clap
+from clap_pipeline.reporting import Log
 from clap_pipeline.training.config import TrainingError
-from clap_pipeline.training.loss import SELECTION_METRIC
 from clap_pipeline.training_report import AlphaScore, WiseFt
 
 FOLDER = "wise-ft"  # theta(alpha) next to the run's epoch-<k> checkpoints (alpha < 1)
@@ -70,7 +71,7 @@ def interpolate_weights(
     steps: int,
     score: Score,
     save: Callable[[torch.nn.Module], str],
-    log: Callable[[str], None],
+    log: Log,
 ) -> WiseFt:
     """Score θ(α) on validation for each α of the grid, keep the best.
 

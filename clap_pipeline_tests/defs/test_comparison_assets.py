@@ -45,7 +45,7 @@ def test_asset_definition() -> None:
     (assets,) = load_assets_from_modules([comparison_defs])
     (spec,) = assets.specs
     assert spec.key.to_user_string() == "model_comparison"
-    assert spec.group_name == "training"
+    assert spec.group_name == "evaluation"
     assert {d.asset_key.to_user_string() for d in spec.deps} == {
         "clap_model",
         "evaluation",

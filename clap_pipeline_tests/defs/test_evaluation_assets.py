@@ -19,7 +19,9 @@ from clap_pipeline.defs.evaluation import (
     evaluation_metrics_in_range,
 )
 from clap_pipeline.defs.resources import ClapSettings
+from clap_pipeline.evaluation.comparison import collect_runs
 from clap_pipeline.evaluation.report import load_report
+from clap_pipeline.metrics import KS, recall_key
 from clap_pipeline_tests.evaluation_fixtures import TEST_IDS, EvalSetup, build_evaluation_setup
 
 
@@ -88,6 +90,9 @@ def test_asset_metadata_report_and_mlflow(setup: EvalSetup, materialized) -> Non
     logged = tracking.client(setup.tracking_uri).get_run(setup.run_id).data.metrics
     assert logged["eval_test_text_to_audio_recall_at_5"] == r5.value
     assert logged["eval_test_n"] == 12 and logged["eval_val_n"] == 6
+    # The reader of every run (evaluation/comparison.py) finds the test recall logged here.
+    (summary,) = collect_runs(setup.tracking_uri, "evaluation-test")
+    assert summary.test_recall == {k: test.stat("fine_tuned", recall_key(k)).value for k in KS}
 
 
 def test_checks_in_range_and_random_warning(setup: EvalSetup, materialized) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,14 @@ def _tick(instance: DagsterInstance, settings: Settings, cursor: str | None):
     return feedback_sensor(context)
 
 
+_queries = itertools.count()  # a distinct query each time: one row per (client, query, track)
+
+
 def _feedback(settings: Settings, n: int) -> None:
     for i in range(n):
         record_feedback(
             settings.duckdb_path,
-            query=f"q{i}",
+            query=f"q{next(_queries)}",
             track_id=IDS[i % 3],
             relevant=True,
             model_version="1",

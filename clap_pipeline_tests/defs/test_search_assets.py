@@ -12,7 +12,7 @@ import pytest
 import torch
 from dagster import DagsterInstance, RunConfig, materialize
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.cli import main
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.dataset import audio_path
@@ -40,7 +40,7 @@ def register_champion(tracking_uri: str, model_dir: Path) -> str:
         DEFAULT_REGISTERED_MODEL,
         run_id=run.info.run_id,
         source=str(model_dir),
-        tags={tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: "1"},
+        tags={run_names.VERSION_CHECKPOINT_TAG: str(model_dir), run_names.VERSION_EPOCH_TAG: "1"},
     )
     client.set_registered_model_alias(DEFAULT_REGISTERED_MODEL, tracking.CHAMPION, version)
     return version

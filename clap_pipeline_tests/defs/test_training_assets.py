@@ -35,7 +35,7 @@ def test_config_exposes_every_training_setting_with_the_same_defaults() -> None:
     core_defaults = TrainConfig()
     for f in fields(TrainConfig):
         assert getattr(dagster_defaults, f.name) == getattr(core_defaults, f.name), f.name
-    assert dagster_defaults.to_train_config() == core_defaults
+    assert dagster_defaults.to_group() == core_defaults
 
 
 def test_materialize_clap_model(tiny_model_dir: Path, tmp_path: Path) -> None:

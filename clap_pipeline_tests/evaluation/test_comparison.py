@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.cli import main
 from clap_pipeline.evaluation import comparison
 from clap_pipeline.evaluation.comparison import (
@@ -331,9 +331,11 @@ def test_feedback_section_shows_the_run_and_the_served_model(tmp_path: Path) -> 
     kwargs = {"experiment": store.experiment, "tracking_uri": store.tracking_uri}
     plain = comparison_markdown(runs, recommend_max_epochs(runs), **kwargs)
     assert "Held-out search feedback" not in plain  # no run was scored on feedback
-    client.log_metric(store.run_ids["r2"], comparison.FEEDBACK_KEY, 0.75)
-    client.log_metric(store.run_ids["r2"], comparison.FEEDBACK_KEY + "_served", 0.5)
-    client.log_metric(store.run_ids["r4"], comparison.FEEDBACK_KEY, 0.625)
+    client.log_metric(store.run_ids["r2"], run_names.feedback_metric("pairwise_accuracy"), 0.75)
+    client.log_metric(
+        store.run_ids["r2"], run_names.feedback_metric("pairwise_accuracy", served=True), 0.5
+    )
+    client.log_metric(store.run_ids["r4"], run_names.feedback_metric("pairwise_accuracy"), 0.625)
     runs = collect_runs(store.tracking_uri, store.experiment)
     markdown = comparison_markdown(runs, recommend_max_epochs(runs), **kwargs)
     section = markdown[markdown.index("Held-out search feedback") :]

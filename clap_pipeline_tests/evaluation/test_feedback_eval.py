@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from dagster import materialize
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL, Settings
 from clap_pipeline.defs.feedback import feedback_evaluation
 from clap_pipeline.defs.resources import resources_for
@@ -70,7 +70,10 @@ def test_asset_compares_the_new_version_with_the_served_one(
                 DEFAULT_REGISTERED_MODEL,
                 run_id=run_id,
                 source=str(folder),
-                tags={tracking.TAG_LOCAL_CHECKPOINT: str(folder), tracking.TAG_EPOCH: str(epoch)},
+                tags={
+                    run_names.VERSION_CHECKPOINT_TAG: str(folder),
+                    run_names.VERSION_EPOCH_TAG: str(epoch),
+                },
             )
         )
     settings = Settings.build(data_dir=data_dir, mlflow_tracking_uri=store)

@@ -9,6 +9,7 @@ count is bounded so the run adds well under a minute to CI.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 
 from clap_pipeline_tests.serve_fixtures import make_collection, running_server
 
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 MAX_EXAMPLES = 10
 SEED = 22
 
@@ -32,6 +35,7 @@ def test_schemathesis_finds_no_contract_failure(
         run = subprocess.run(
             [
                 str(st),
+                *("--config-file", str(CONFIG)),
                 "run",
                 f"{base}/openapi.json",
                 *("--checks", "all"),
@@ -47,6 +51,7 @@ def test_schemathesis_finds_no_contract_failure(
             timeout=300,
             check=False,
             cwd=collection.data_dir,  # its example database (.schemathesis/) stays in tmp
+            env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
         )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-8000:]

@@ -54,7 +54,8 @@ def test_exact_license_title_matches_case_insensitively() -> None:
 
 
 def test_catalog_masks_combine_every_filter() -> None:
-    # (track_id, title, artist, genre, audio_path, license, genres, year, duration, file's)
+    names = ("track_id", "title", "artist", "genre", "audio_path", "license", "genres")
+    names += ("year", "track_duration_s", "duration_s")
     rows = [
         (1, "a", "x", "Folk", "/1.mp3", "Attribution 4.0 International", ["Folk"], 2009, 200.0, 30),
         (2, "b", "x", None, "/2.mp3", "CC0 1.0 Universal", ["Rock", "Folk"], 2015, 400.0, 30),
@@ -72,7 +73,7 @@ def test_catalog_masks_combine_every_filter() -> None:
         ),
         (4, "d", "x", "Jazz", "/4.mp3", None, ["Jazz", "Free-Jazz"], 2020, 90.0, 29.5),
     ]
-    catalog = build_catalog(rows)
+    catalog = build_catalog(dict(zip(names, zip(*rows, strict=True), strict=True)))
 
     def ids(**kwargs: object) -> list[int]:
         mask = catalog.allowed(Filters(**kwargs))  # type: ignore[arg-type]

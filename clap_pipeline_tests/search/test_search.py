@@ -52,10 +52,21 @@ def test_top_k_equals_numpy_brute_force_including_ties() -> None:
         top_k(matrix, np.ones(8, np.float32), 3)
 
 
-def make_data_dir(data_dir: Path, dim: int = TINY_DIM, version: str | None = "1") -> np.ndarray:
-    """A DuckDB with `tracks` and `track_embeddings` (rows in shuffled order); returns them."""
+def make_data_dir(
+    data_dir: Path,
+    dim: int = TINY_DIM,
+    version: str | None = "1",
+    artists: dict[int, str] | None = None,
+) -> np.ndarray:
+    """A DuckDB with `tracks` and `track_embeddings` (rows in shuffled order); returns them.
+
+    ``artists``: other artist names for some tracks.
+    """
     duckdb_path = data_dir / "clap.duckdb"
     write_tracks_table(duckdb_path, TRACK_IDS)
+    with duckdb.connect(str(duckdb_path)) as con:
+        for tid, name in (artists or {}).items():
+            con.execute("UPDATE tracks SET artist_name = ? WHERE track_id = ?", [name, tid])
     order = np.random.default_rng(3).permutation(len(TRACK_IDS))
     ids = np.array(TRACK_IDS, np.int64)[order]
     emb = unit_rows(len(ids), dim, seed=4)
@@ -178,7 +189,8 @@ def test_search_json_matches_brute_force_and_k_above_n_returns_all(
     query = "folk country music"
     order = expected_order(tiny_model_dir, matrix, query)
 
-    assert main(["search", query, "-k", "5", "--model", str(tiny_model_dir), "--json"]) == 0
+    audio = ["--mode", "audio"]  # the audio ranking alone (hybrid: test_hybrid_*)
+    assert main(["search", query, "-k", "5", "--model", str(tiny_model_dir), "--json", *audio]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["track_id"] for h in hits] == order[:5].tolist()
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -188,7 +200,9 @@ def test_search_json_matches_brute_force_and_k_above_n_returns_all(
     assert all(-1.0 <= h["score"] <= 1.0 for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
-    assert main(["search", query, "-k", "100", "--model", str(tiny_model_dir), "--json"]) == 0
+    assert (
+        main(["search", query, "-k", "100", "--model", str(tiny_model_dir), "--json", *audio]) == 0
+    )
     hits = json.loads(capsys.readouterr().out)
     assert [h["track_id"] for h in hits] == order.tolist()
 
@@ -200,7 +214,17 @@ def test_search_filters_rank_only_matching_tracks(
     query = "folk country music"
     order = expected_order(tiny_model_dir, matrix, query).tolist()
     genre_of = {row[0]: row[3] for row in track_rows(TRACK_IDS)}
-    base = ["search", query, "-k", "100", "--model", str(tiny_model_dir), "--json"]
+    base = [
+        "search",
+        query,
+        "-k",
+        "100",
+        "--model",
+        str(tiny_model_dir),
+        "--json",
+        "--mode",
+        "audio",
+    ]
 
     assert main([*base, "--genre", "folk"]) == 0
     hits = json.loads(capsys.readouterr().out)
@@ -223,7 +247,8 @@ def test_search_prints_aligned_table(
 ) -> None:
     matrix = make_data_dir(data_env)
     order = expected_order(tiny_model_dir, matrix, "warm guitar")
-    assert main(["search", "warm guitar", "-k", "3", "--model", str(tiny_model_dir)]) == 0
+    args = ["search", "warm guitar", "-k", "3", "--model", str(tiny_model_dir), "--mode", "audio"]
+    assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "title", "artist", "genre", "score"]
     assert len(lines) == 2 + 3
@@ -258,6 +283,7 @@ def test_playlist_writes_extended_m3u(
     order = expected_order(tiny_model_dir, matrix, query)[:4]
     out = data_env / "lists" / "out.m3u"
     args = ["playlist", query, "-n", "4", "--m3u", str(out), "--model", str(tiny_model_dir)]
+    args += ["--mode", "audio"]
     assert main(args) == 0
     assert "wrote 4 tracks" in capsys.readouterr().err
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -331,3 +357,46 @@ def test_control_characters_from_metadata_are_escaped() -> None:
     table = format_table([hit])
     assert "Red\\x1b[31m\\x07 title\\u202e" in table and "A\\x9b2J" in table
     assert json.loads(results_json([hit]))[0]["title"] == hit.title  # JSON keeps the value
+
+
+def test_hybrid_and_text_modes_find_an_artist_by_name(
+    data_env: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artist = [3, 20, 48, 1002]
+    make_data_dir(data_env, artists=dict.fromkeys(artist, "Chad Crouch"))
+    base = ["search", "Chad Crouch", "-k", "100", "--model", str(tiny_model_dir), "--json"]
+
+    assert main([*base, "--mode", "text"]) == 0  # the names alone: only tracks that match
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["track_id"] for h in hits} == set(artist) and all(h["score"] > 0 for h in hits)
+
+    assert main(base) == 0  # hybrid (the default): the artist's tracks first, then the rest
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["track_id"] for h in hits[: len(artist)]} == set(artist)
+    assert len(hits) == len(TRACK_IDS)  # the audio ranking still brings every track
+
+    assert main([*base, "--genre", "Rock"]) == 0  # filters hold in every mode
+    rock = {r[0] for r in track_rows(TRACK_IDS) if r[3] == "Rock"}
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["track_id"] for h in hits} == rock
+    assert hits[0]["track_id"] in set(artist) & rock  # the artist's Rock track first
+    assert main([*base, "--mode", "text", "--genre", "Rock"]) == 0
+    assert {h["track_id"] for h in json.loads(capsys.readouterr().out)} == set(artist) & rock
+    assert main([*base, "--mode", "text", "-k", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_fusion_adds_reciprocal_ranks() -> None:
+    from clap_pipeline.search.engine import RRF_K, fuse
+
+    audio = (np.array([7, 3, 5]), np.array([0.9, 0.8, 0.7]))
+    text = (np.array([5, 9]), np.array([4.0, 1.0]))
+    positions, scores = fuse([audio, text], 10)
+    assert positions.tolist() == [5, 7, 3, 9]  # 5 is in both lists
+    assert scores[0] == pytest.approx(1 / (RRF_K + 3) + 1 / (RRF_K + 1))
+    assert scores[1] == pytest.approx(1 / (RRF_K + 1))
+    assert fuse([audio, text], 2)[0].tolist() == [5, 7]
+    assert fuse([audio, (np.array([], np.int64), np.array([]))], 3)[0].tolist() == [7, 3, 5]
+    weighted, scores = fuse([audio, text], 10, [1.0, 2.0])  # the names count twice
+    assert weighted.tolist() == [5, 9, 7, 3]
+    assert scores[1] == pytest.approx(2 / (RRF_K + 2))

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.cli import build_parser
 from clap_pipeline.config import DEFAULT_REGISTERED_MODEL
 from clap_pipeline.model.clap import load_clap
@@ -37,6 +37,7 @@ from clap_pipeline_tests.serve_fixtures import (
 FIELDS = {
     *("rank", "track_id", "title", "artist", "genre", "score", "audio_url"),
     *("genres", "year", "license", "duration_s"),
+    *("start_s", "end_s", "moment_score", "timeline"),  # null without window embeddings
 }
 
 
@@ -72,7 +73,7 @@ def test_search_returns_ranked_fields_in_exact_order(
 ) -> None:
     collection, http = served
     query = "folk country music"
-    response = http.get("/api/search", params={"q": query, "k": 5})
+    response = http.get("/api/search", params={"q": query, "k": 5, "mode": "audio"})
     assert response.status_code == 200 and response.headers["x-model-version"] == "1"
     hits = response.json()
     assert len(hits) == 5 and all(set(h) == FIELDS for h in hits)
@@ -83,7 +84,7 @@ def test_search_returns_ranked_fields_in_exact_order(
     first = hits[0]
     assert first["audio_url"] == f"/api/tracks/{first['track_id']}/audio"
     assert first["artist"] == f"Artist {first['track_id'] % 3}"
-    all_hits = http.get("/api/search", params={"q": query, "k": 100}).json()
+    all_hits = http.get("/api/search", params={"q": query, "k": 100, "mode": "audio"}).json()
     assert [h["track_id"] for h in all_hits] == expected  # k above N: every track
     hostile = next(h for h in all_hits if h["track_id"] == HOSTILE_ID)
     assert hostile["title"] == HOSTILE_TITLE  # JSON carries it verbatim; the page escapes
@@ -97,7 +98,7 @@ def test_filters_return_only_matching_tracks_in_ranked_order(
     order = exact_order(collection.matrix, encode_query(load_clap(tiny_model_dir), query))
 
     def ids(k: int = 100, **filters: object) -> list[int]:
-        response = http.get("/api/search", params={"q": query, "k": k, **filters})
+        response = http.get("/api/search", params={"q": query, "k": k, "mode": "audio", **filters})
         assert response.status_code == 200, response.text
         return [h["track_id"] for h in response.json()]
 
@@ -255,7 +256,10 @@ def register_tiny(store: str, model_dir: Path, epoch: int) -> str:
 
     mlflow_client = tracking.client(store)
     run_id = mlflow_client.create_run(tracking.configure(store, "serve-test")).info.run_id
-    tags = {tracking.TAG_LOCAL_CHECKPOINT: str(model_dir), tracking.TAG_EPOCH: str(epoch)}
+    tags = {
+        run_names.VERSION_CHECKPOINT_TAG: str(model_dir),
+        run_names.VERSION_EPOCH_TAG: str(epoch),
+    }
     return tracking.register_checkpoint(
         mlflow_client, DEFAULT_REGISTERED_MODEL, run_id=run_id, source=str(model_dir), tags=tags
     )
@@ -298,7 +302,7 @@ def test_champion_alias_is_served_once_its_embeddings_are_built(
             time.sleep(0.2)
         health = http.get("/api/health").json()
         assert health["model"] == f"models:/{DEFAULT_REGISTERED_MODEL}/2" and health["note"] is None
-        response = http.get("/api/search", params={"q": "jazz", "k": 3})
+        response = http.get("/api/search", params={"q": "jazz", "k": 3, "mode": "audio"})
     assert response.headers["x-model-version"] == "2"
     query = encode_query(load_clap(other_model), "jazz")
     expected = exact_order(unit_rows(len(TRACK_IDS), TINY_DIM, 8), query)

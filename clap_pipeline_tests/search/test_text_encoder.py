@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from clap_pipeline.model.clap import load_clap
-from clap_pipeline.search.text_encoder import build_encoder, onnx_model_path
+from clap_pipeline.search.text_encoder import BatchingEncoder, build_encoder, onnx_model_path
 from clap_pipeline.search.vector_index import top_k
 
 WORDS = [
@@ -81,3 +84,33 @@ def test_export_is_keyed_by_the_weights(tiny_model_dir: Path, tmp_path: Path) ->
     assert second != first
     assert not first.exists()  # the stale export is removed
     assert not clap.model.training  # the export leaves the model in eval mode
+
+
+def test_batching_encoder_answers_each_request_and_batches_concurrent_ones() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        gate.wait(5)  # the first call holds the workers until every request is queued
+        calls.append(len(texts))
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+
+    encoder = BatchingEncoder(encode, workers=1, max_batch=16)
+    texts = ["a" * n for n in range(1, 13)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(encoder, [t]) for t in texts]
+        time.sleep(0.3)
+        gate.set()
+        answers = [f.result(timeout=10) for f in futures]
+    assert [int(a[0, 0]) for a in answers] == list(range(1, 13))  # each its own row
+    assert sum(calls) == 12 and len(calls) < 12 and max(calls) > 1
+
+    def broken(texts: list[str]) -> np.ndarray:
+        raise RuntimeError("encoder failed")
+
+    failing = BatchingEncoder(broken, workers=2)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        failing(["x"])
+    failing.close()
+    assert encoder.stats.texts == 12 and encoder.stats.batches == len(calls)
+    encoder.close()

@@ -141,6 +141,30 @@ def test_thumbs_up_stores_a_feedback_row(page, site) -> None:
     assert rows == [(track_id, True, "1"), (second, False, "1")]
 
 
+def test_a_chosen_audio_file_is_the_query(page, site) -> None:
+    collection, base = site
+    clip = collection.clip(collection.track_ids[0])
+    page.select_option("#k", "5")
+    page.set_input_files("#audio-file", str(clip))  # what a drop does, through the input
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('sound like')"
+    )
+    shown = [
+        int(page.locator("li.result").nth(i).get_attribute("data-track-id"))
+        for i in range(page.locator("li.result").count())
+    ]
+    with httpx.Client(base_url=base) as http:
+        expected = http.post(
+            "/api/search/audio",
+            params={"k": 5},
+            content=clip.read_bytes(),
+            headers={"Content-Type": "audio/mpeg"},
+        ).json()
+    assert shown == [h["track_id"] for h in expected] and len(shown) == 5
+    assert page.locator("li.result button.up").count() == 0  # verdicts only on text queries
+    assert page.problems == []
+
+
 def test_more_like_this_lists_neighbours(page) -> None:
     search(page, "rock", "5")
     first = page.locator("li.result").first

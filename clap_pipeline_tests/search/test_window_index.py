@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clap_pipeline.search.window_index import (
     MAX_SEGMENTS,
     build_window_index,
     exact_top_tracks,
+    read_window_index,
 )
 from clap_pipeline.search.window_store import Sq8
-from clap_pipeline.window_embeddings import WindowEmbeddings
+from clap_pipeline.window_embeddings import WindowEmbeddings, window_embeddings_schema
+from clap_pipeline.windows import WindowRule
 
 DIM = 32
 
@@ -88,7 +93,8 @@ def test_ivf_index_is_calibrated_and_finds_the_exact_tracks() -> None:
     index = build_window_index(windows, coarse="IVF32,PQ8x4fs", pool=2, train_windows=5_000)
     info = index.describe()
     assert info["coarse"].startswith("IVF32")
-    assert info["calibration_recall_at_10"] >= 0.97 or info["nprobe"] == [32]
+    # Calibrated to 0.97, or to 0.01 below the recall of probing every list.
+    assert info["calibration_recall_at_10"] >= 0.85 and 1 <= info["nprobe"][0] <= 32
     qs = queries(30, 6)
     exact = exact_top_tracks(index, qs, 10)
     found = [[m.position for m in index.search(q, 10)] for q in qs]
@@ -184,3 +190,44 @@ def test_sq8_scores_are_close_to_float_scores() -> None:
     codec = Sq8.fit(x)
     qs = queries(5, 14)
     np.testing.assert_allclose(codec.scores(codec.encode(x), qs), x @ qs.T, atol=0.01)
+
+
+def write_windows_file(path: Path, windows: WindowEmbeddings) -> Path:
+    """A window-embeddings store file of ``windows`` (the floor's schema)."""
+    schema = window_embeddings_schema(
+        DIM, model_version="1", model_fingerprint="f", model_source="s", rule=WindowRule()
+    )
+    n = len(windows)
+    table = pa.table(
+        {
+            "track_id": windows.track_ids,
+            "start_s": windows.start_s,
+            "end_s": windows.end_s,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(windows.embeddings.ravel()), DIM
+            ),
+            "source_size": np.zeros(n, dtype=np.int64),
+            "source_mtime": np.zeros(n),
+        },
+        schema=schema,
+    )
+    pq.write_table(table, path, row_group_size=50)
+    return path
+
+
+def test_index_is_read_from_window_embeddings_parquet_files(tmp_path: Path) -> None:
+    windows = collection(120, 15)
+    half = [int(t) for t in windows.tracks[:60]]
+    files = [
+        write_windows_file(tmp_path / "000.parquet", windows.subset(half)),
+        write_windows_file(
+            tmp_path / "001.parquet", windows.subset([int(t) for t in windows.tracks[60:]])
+        ),
+    ]
+    index = read_window_index(files)
+    assert index.windows == len(windows) and list(index.track_ids) == list(windows.tracks)
+    q = queries(1, 16)[0]
+    want = build_window_index(windows).search(q, 5)
+    assert [m.track_id for m in index.search(q, 5)] == [m.track_id for m in want]
+    with pytest.raises(ValueError, match=r"000\.parquet.*sorted by track_id"):
+        read_window_index(files[::-1])

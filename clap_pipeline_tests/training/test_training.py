@@ -18,10 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clap_pipeline import tracking
+from clap_pipeline import run_names, tracking
 from clap_pipeline.cli.train import train_main
 from clap_pipeline.dataset import TrainingDataError
-from clap_pipeline.metrics import random_recall, retrieval_metrics
+from clap_pipeline.evaluation.comparison import KEY_PARAMS, collect_runs
+from clap_pipeline.metrics import KS, random_recall, recall_key, retrieval_metrics
 from clap_pipeline.model.clap import load_clap, tokenize
 from clap_pipeline.model.features import features_for_model
 from clap_pipeline.registry import champion_recall
@@ -278,6 +279,23 @@ def test_mlflow_run_has_per_epoch_history_params_and_checkpoints(
         assert load_clap(folder).model is not None
 
 
+def test_the_comparison_reads_every_name_training_writes(
+    learned: TrainingResult, store: str
+) -> None:
+    """The reader of every run (evaluation/comparison.py) finds what a real training logged."""
+    runs = collect_runs(store, "training-tests", TEST_MODEL)
+    (summary,) = [r for r in runs if r.run_id == learned.run_id]
+    assert summary.best_epoch == learned.best_epoch
+    assert summary.n_train == 32
+    assert set(summary.params) == {param for param, _ in KEY_PARAMS}
+    assert summary.max_epochs == LEARN.max_epochs
+    assert [p.epoch for p in summary.epochs] == [r.epoch for r in learned.epochs]
+    for point, record in zip(summary.epochs, learned.epochs, strict=True):
+        assert point.val_loss == pytest.approx(record.val_loss)
+        assert point.val_recall == {k: record.metrics[recall_key(k)] for k in KS}
+    assert summary.registered_version == learned.registered_version
+
+
 def test_best_epoch_follows_the_rule_and_stopping_the_patience(
     learned: TrainingResult, store: str
 ) -> None:
@@ -310,8 +328,8 @@ def test_wise_ft_scores_each_alpha_and_registers_the_best(
     run = tracking.client(store).get_run(learned.run_id)
     assert run.data.metrics["wise_ft_alpha"] == wise.alpha
     version = tracking.client(store).get_model_version(TEST_MODEL, learned.registered_version)
-    assert float(version.tags[tracking.TAG_WISE_FT_ALPHA]) == wise.alpha
-    assert float(version.tags[tracking.TAG_VAL_R5]) == wise.chosen.metrics[key]
+    assert float(version.tags[run_names.WISE_FT_ALPHA_TAG]) == wise.alpha
+    assert float(version.tags[run_names.VERSION_VAL_R5_TAG]) == wise.chosen.metrics[key]
     # The registered folder holds theta(alpha) and reproduces its validation score.
     kept = load_clap(wise.checkpoint)
     if wise.alpha < 1:
@@ -495,7 +513,8 @@ def test_worse_second_run_becomes_challenger(
     assert (str(champion.version), champion.run_id) == (learned.registered_version, learned.run_id)
     assert (str(challenger.version), challenger.run_id) == (worse.registered_version, worse.run_id)
     assert (
-        champion.tags[tracking.TAG_VAL_FINGERPRINT] == challenger.tags[tracking.TAG_VAL_FINGERPRINT]
+        champion.tags[run_names.VALIDATION_FINGERPRINT_TAG]
+        == challenger.tags[run_names.VALIDATION_FINGERPRINT_TAG]
     )
     # Consumers (search, evaluation) get the champion's checkpoint folder: WiSE-FT's weights.
     resolved = tracking.resolve_champion(store, name="clap-fma-test")

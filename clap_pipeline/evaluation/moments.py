@@ -1,0 +1,81 @@
+"""Moment accuracy: does a track's best window for a query fall in the section it names?
+
+On a collection whose tracks join sections of different genres (``sections.py``: e.g. 15 s
+of folk then 15 s of electronic), each section is a query, "<genre> music" in the genre
+search's wording (``genre_search.GENRE_QUERIES``), asked of its own track's windows: a hit
+when the best-scoring window starts inside the section. Chance is the section's share of
+the track's windows (a window picked at random). Reported with a bootstrap interval over
+the queries, next to chance, for every model the evaluation embeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clap_pipeline.genre_search import GENRE_QUERIES
+from clap_pipeline.metrics import bootstrap_mean_interval
+from clap_pipeline.sections import Section
+from clap_pipeline.window_embeddings import WindowEmbeddings
+
+MOMENT_QUERY = GENRE_QUERIES["genre_music"]
+
+
+@dataclass(frozen=True)
+class MomentAccuracy:
+    queries: int  # sections asked (their tracks have window embeddings)
+    accuracy: float  # share whose best window starts inside the section
+    ci_low: float
+    ci_high: float
+    chance: float  # mean share of the track's windows inside the section
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "queries": self.queries,
+            "accuracy": self.accuracy,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "chance": self.chance,
+        }
+
+
+def moment_hits(
+    windows: WindowEmbeddings,
+    sections: Sequence[Section],
+    embed_texts: Callable[[list[str]], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hit, chance) per section of a track in ``windows``: is the best window for the
+    section's query inside it, and the share of the track's windows that are."""
+    present = set(windows.tracks.tolist())
+    asked = [s for s in sections if s.track_id in present]
+    if not asked:
+        return np.zeros(0, dtype=bool), np.zeros(0)
+    genres = sorted({s.genre for s in asked})
+    queries = embed_texts([MOMENT_QUERY.format(genre=g) for g in genres])
+    by_genre = dict(zip(genres, queries, strict=True))
+    hits, chance = [], []
+    for s in asked:
+        rows = np.flatnonzero(windows.track_ids == s.track_id)
+        starts = windows.start_s[rows]
+        inside = (starts >= s.start_s) & (starts < s.end_s)
+        best = int(np.argmax(windows.embeddings[rows] @ by_genre[s.genre]))
+        hits.append(bool(inside[best]))
+        chance.append(float(inside.mean()))
+    return np.array(hits), np.array(chance)
+
+
+def moment_accuracy(
+    windows: WindowEmbeddings,
+    sections: Sequence[Section],
+    embed_texts: Callable[[list[str]], np.ndarray],
+    *,
+    seed: int = 0,
+) -> MomentAccuracy | None:
+    """Moment accuracy with its 95 % bootstrap interval (None: no section has windows)."""
+    hits, chance = moment_hits(windows, sections, embed_texts)
+    if not len(hits):
+        return None
+    low, high = bootstrap_mean_interval(hits.astype(float), seed=seed)
+    return MomentAccuracy(len(hits), float(hits.mean()), low, high, float(chance.mean()))
