@@ -30,6 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from clap_pipeline.processes import fix_mmap_threshold
 from clap_pipeline.progress import human_bytes
 from clap_pipeline.search.window_index import WindowIndexBuilder, exact_top_tracks
 from clap_pipeline.windows import CLIP_SECONDS
@@ -145,8 +146,10 @@ def bench_windows(
 ) -> None:
     import faiss
 
+    fix_mmap_threshold()  # as in the service, which loads a CLAP (model/clap.load_clap)
     centres = np.random.default_rng(0).standard_normal((CENTRES, DIM)).astype(np.float32)
     qs = text_like_queries(queries, centres, 2)
+    rss_before = rss_bytes()
     builder = WindowIndexBuilder(
         DIM,
         n_windows,
@@ -217,7 +220,7 @@ def bench_windows(
         f"calibration recall@10 {info['calibration_recall_at_10']}); index "
         f"{human_bytes(index.nbytes())} ({index.nbytes() / n_windows:.0f} B per window; "
         f"float32 would be {human_bytes(n_windows * DIM * 4)}); process RSS once built "
-        f"{human_bytes(rss)}\n"
+        f"{human_bytes(rss)} ({human_bytes(rss_before)} before the build)\n"
         f"  top-10 tracks            {ms(plain)}  recall@10 vs exact float32 "
         f"{recall(found, exact_top):.4f} ({queries} queries, {moments} moments)\n"
         f"  top-10, 5 % of tracks    {ms(filtered)}  recall@10 vs exact float32 "
