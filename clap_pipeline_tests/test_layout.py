@@ -336,10 +336,7 @@ def test_asset_groups_are_the_folders_of_the_work_they_wrap() -> None:
 MAX_FUNCTION_LINES = 60
 # Still over the limit, being split by whoever works in the module (the lines they have
 # now): the list only shrinks: a function that fits must leave it, none may join it.
-STILL_LONG = {
-    ("demo/pretrain.py", "fit"): 66,
-    ("demo/pretrain.py", "pretrain_stand_in"): 61,
-}
+STILL_LONG: dict[tuple[str, str], int] = {}
 
 
 def test_functions_are_at_most_60_lines() -> None:
