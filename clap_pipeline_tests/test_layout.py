@@ -340,8 +340,6 @@ STILL_LONG = {
     ("audio/waveforms.py", "build_waveforms"): 61,
     ("demo/collection.py", "write_demo_dataset"): 74,
     ("demo/collection.py", "add_demo_tracks"): 78,
-    ("demo/pretrain.py", "fit"): 66,
-    ("demo/pretrain.py", "pretrain_stand_in"): 61,
     ("demo/training_set.py", "write_training_dataset"): 61,
     ("evaluation/evaluate.py", "evaluate"): 76,
 }

@@ -299,27 +299,17 @@ def fit(
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, recipe.epochs + 1):
         model.train()
-        started, loss_sum = time.perf_counter(), 0.0
+        started = time.perf_counter()
         order = rng.permutation(np.asarray(train_rows))
-        for step in range(steps):
-            rows = [
-                int(r) for r in order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            ]
-            lr = learning_rate_at(config, (epoch - 1) * steps + step + 1, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum += train_step(
-                model,
-                optimizer,
-                feats[rows].float(),
-                tokenize(tokenizer, texts_for(epoch, rows)),
-                torch.device("cpu"),
-                precision="fp32",
-            )
+        batches = [
+            [int(r) for r in order[step * recipe.batch_size : (step + 1) * recipe.batch_size]]
+            for step in range(steps)
+        ]
+        loss = _train_epoch(model, optimizer, feats, tokenizer, texts_for, epoch, batches, config)
         score = validate()
         record = {
             "epoch": epoch,
-            "loss": loss_sum / steps,
+            "loss": loss,
             "val_r5": score,
             "seconds": time.perf_counter() - started,
         }
@@ -333,6 +323,33 @@ def fit(
     if best is not None:
         model.load_state_dict(best[1])
     return history
+
+
+def _train_epoch(
+    model: ClapModel,
+    optimizer: torch.optim.Optimizer,
+    feats: torch.Tensor,
+    tokenizer,
+    texts_for: Callable[[int, Sequence[int]], list[str]],
+    epoch: int,
+    batches: Sequence[list[int]],
+    config: TrainConfig,
+) -> float:
+    """One epoch of ``train_step`` over ``batches`` (rows of ``feats``); the mean loss."""
+    steps, loss_sum = len(batches), 0.0
+    for step, rows in enumerate(batches):
+        lr = learning_rate_at(config, (epoch - 1) * steps + step + 1, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum += train_step(
+            model,
+            optimizer,
+            feats[rows].float(),
+            tokenize(tokenizer, texts_for(epoch, rows)),
+            torch.device("cpu"),
+            precision="fp32",
+        )
+    return loss_sum / steps
 
 
 def pretrain_stand_in(
@@ -382,13 +399,7 @@ def pretrain_stand_in(
         "history": history,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        ClapProcessor(
-            feature_extractor=unfused_feature_extractor(), tokenizer=tokenizer
-        ).save_pretrained(tmp)
-        write_text_atomic(tmp / RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    _save_stand_in(out_dir, model, tokenizer, record)
     best = max(history, key=lambda h: h["val_r5"])
     log(
         f"pre-trained stand-in saved to {out_dir}: best epoch {best['epoch']} (validation "
@@ -396,3 +407,14 @@ def pretrain_stand_in(
         f"{record['seconds']:.0f} s in all"
     )
     return out_dir
+
+
+def _save_stand_in(out_dir: Path, model: ClapModel, tokenizer, record: dict) -> None:
+    """The model, its processor and ``pretraining.json`` as one folder, written atomically."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        ClapProcessor(
+            feature_extractor=unfused_feature_extractor(), tokenizer=tokenizer
+        ).save_pretrained(tmp)
+        write_text_atomic(tmp / RECORD_FILE, json.dumps(record, indent=2) + "\n")
