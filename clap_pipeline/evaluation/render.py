@@ -217,6 +217,31 @@ def whole_track_lines(report: EvaluationReport) -> list[str]:
     return lines
 
 
+def moments_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
+    """Moment accuracy of one split: each model with its interval, then chance."""
+    block = report.moments.splits[split]
+    rows = [[model_label(report, m), fmt_ci("s", stat)] for m, stat in block.models.items()]
+    rows.append(["chance (the section's share of the windows)", fmt("s", block.chance)])
+    return Table(["model", "moment accuracy"], rows, indent=indent)
+
+
+def _moments_title(report: EvaluationReport, split: str) -> str:
+    block = report.moments.splits[split]
+    return (
+        f"moment accuracy, {split} split: share of {block.n_sections} sections "
+        f"({block.n_tracks} tracks) whose query {report.moments.query!r} finds the track's "
+        "best window inside the section"
+    )
+
+
+def moments_lines(report: EvaluationReport) -> list[str]:
+    """The moment-accuracy tables (nothing without a sections table)."""
+    lines = []
+    for split in report.moments.splits if report.moments else ():
+        lines += [_moments_title(report, split), moments_table(report, split, "  ").text()]
+    return lines
+
+
 def _split_title(block: SplitRetrieval, split: str) -> str:
     missing = f", {len(block.missing_track_ids)} missing" if block.missing_track_ids else ""
     return f"{split} split (N = {block.n} of {block.n_expected}{missing})"
@@ -294,7 +319,7 @@ def format_evaluation_table(report: EvaluationReport) -> str:
             continue
         lines.append(retrieval_table(report, block, indent="  ").text())
     lines += _genre_classification_text(report) + _search_text(report)
-    whole = whole_track_lines(report)
+    whole = whole_track_lines(report) + moments_lines(report)
     if whole:
         lines += ["", *whole]
     ok, detail = beats_random(report)
@@ -508,6 +533,13 @@ def similarity_markdown(report: EvaluationReport) -> str:
     return "\n".join(parts) or "(no split with a genre on 2 or more clips)"
 
 
+def moments_markdown(report: EvaluationReport) -> str:
+    parts = []
+    for split in report.moments.splits if report.moments else ():
+        parts += [f"**{_moments_title(report, split)}**\n", moments_table(report, split).markdown()]
+    return "\n".join(parts) or "(no sections table: moment accuracy not measured)"
+
+
 def genre_search_markdown(report: EvaluationReport) -> str:
     search = report.genre_search
     if not any(b.models for b in search.splits.values()):
@@ -582,6 +614,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
         "genre_classification": Markdown(genre_markdown(report)),
         "genre_search": Markdown(genre_search_markdown(report)),
         "more_like_this": Markdown(similarity_markdown(report)),
+        "moment_accuracy": Markdown(moments_markdown(report)),
         "verdict": Markdown("\n".join(verdict_lines(report))),
         "device": report.device,
         "seconds": report.seconds,
