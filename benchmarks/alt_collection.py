@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,6 +144,27 @@ def write_clip(plan: demo.TrackPlan, audio_root: Path, seconds: float) -> None:
     encode.encode_mp3(sections, round(length * SR), path, plan)
 
 
+def write_collection(
+    out: Path,
+    plans: list[demo.TrackPlan],
+    write_batch: Callable[[list[demo.TrackPlan], Path], None],
+    batch: int = 1,
+    workers: int = 3,
+) -> None:
+    """An FMA-format collection under ``out``: ``write_batch(plans, audio_root)`` writes the
+    clips of each batch of plans (in parallel), then tracks.csv and genres.csv; each folder
+    is written aside and renamed into place."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "fma_metadata") as meta, atomic_path(out / "fma_audio") as audio:
+        audio.mkdir()
+        batches = [plans[i : i + batch] for i in range(0, len(plans), batch)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda part: write_batch(part, audio), batches))
+        meta.mkdir()
+        (meta / "tracks.csv").write_text(demo.tracks_csv_text(plans), encoding="utf-8")
+        (meta / "genres.csv").write_text(demo.genres_csv_text(plans), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -152,17 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     plans = demo.plan_dataset(args.tracks, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_path(args.out / "fma_metadata") as meta,
-        atomic_path(args.out / "fma_audio") as audio,
-    ):
-        audio.mkdir()
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            list(pool.map(lambda p: write_clip(p, audio, args.seconds), plans))
-        meta.mkdir()
-        (meta / "tracks.csv").write_text(demo.tracks_csv_text(plans), encoding="utf-8")
-        (meta / "genres.csv").write_text(demo.genres_csv_text(plans), encoding="utf-8")
+    write_collection(args.out, plans, lambda part, audio: write_clip(part[0], audio, args.seconds))
     print(
         f"{len(plans)} tracks (seed {args.seed}, alternative synthesis) in "
         f"{time.perf_counter() - started:.1f} s under {args.out}"

@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.alt_collection import write_collection  # noqa: E402
 from clap_pipeline.demo import encode  # noqa: E402
 from clap_pipeline.demo import plan as demo  # noqa: E402
 from clap_pipeline.demo.rendered import (  # noqa: E402
@@ -50,7 +50,6 @@ from clap_pipeline.demo.rendered import (  # noqa: E402
     Scheme,
     render_batch,
 )
-from clap_pipeline.storage import atomic_path  # noqa: E402
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")  # apt-get install timgm6mb-soundfont
 BATCH = 48
@@ -116,18 +115,7 @@ def main() -> None:
         sys.exit(f"{SOUNDFONT} is missing: apt-get install timgm6mb-soundfont")
     started = time.perf_counter()
     plans = demo.plan_dataset(args.tracks, args.seed, renderer="fluidsynth", scheme=HELDOUT)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_path(args.out / "fma_metadata") as meta,
-        atomic_path(args.out / "fma_audio") as audio,
-    ):
-        audio.mkdir()
-        batches = [plans[i : i + BATCH] for i in range(0, len(plans), BATCH)]
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            list(pool.map(lambda b: write_clips(b, audio), batches))
-        meta.mkdir()
-        (meta / "tracks.csv").write_text(demo.tracks_csv_text(plans), encoding="utf-8")
-        (meta / "genres.csv").write_text(demo.genres_csv_text(plans), encoding="utf-8")
+    write_collection(args.out, plans, write_clips, BATCH, args.workers)
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
     print(

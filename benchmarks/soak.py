@@ -224,6 +224,7 @@ def main() -> int:
         time.sleep(args.swap_at * args.duration)
         swapped = swap(base, data, clips, second, uri)
         locust.wait(timeout=args.duration + 300)
+        writer = httpx.get(f"{base}/api/health", timeout=30).json()["feedback"]
         sampler.stop.set()
         server.terminate()
         server.wait(timeout=60)
@@ -241,6 +242,10 @@ def main() -> int:
             endpoint_rows(out / "soak_stats.csv"), sampler.samples, args.duration
         )
         feedback_ok = check_feedback(data, accepted)
+        print(
+            f"feedback writer: {writer['rows']} posts in {writer['batches']} transactions "
+            f"(largest {writer['largest_batch']}), {writer['write_s']:.1f} s writing"
+        )
         print(f"load average {os.getloadavg()} at the end")
         ok = failed == 0 and growth <= 0.10 and feedback_ok and swapped["swapped"]
         print(f"soak {'passed' if ok else 'FAILED'}: {failed} failed requests")

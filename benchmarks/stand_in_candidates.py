@@ -8,7 +8,11 @@ Candidates (``--candidates``, comma-separated):
   (``pretrain.stand_in_tokenizer``: instrument and genre words are one token each);
 - ``tiny-wide``: that, with an audio tower twice as wide (64);
 - ``zero-shot``: the pre-trained stand-in (``--pretrained``), not fine-tuned;
-- ``fine-tuned``: the pre-trained stand-in fine-tuned with ``--finetune-lr``.
+- ``fine-tuned``: the pre-trained stand-in fine-tuned with ``--finetune-lr``;
+- ``captions-mixed`` / ``captions-only`` (with ``--captions FILE``): the same, its training
+  texts drawn from the captions table too (``CLAP_CAPTIONS_MODE=mixed``) or instead of the
+  templates (``captions``), as the ``prompts`` asset builds them. With ``--captions`` every
+  candidate's test R@5 is also given on the test clips' captions (first caption of each).
 
 Every candidate trains on the collection's train split with the training loop's own step
 (``pretrain.fit``: the pipeline's loss, AdamW groups, clamp and cosine schedule), templates
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -43,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from transformers import ClapModel  # noqa: E402
 
 from clap_pipeline import genre_search  # noqa: E402
+from clap_pipeline.dataset import Prompts, write_prompts  # noqa: E402
 from clap_pipeline.demo.pretrain import (  # noqa: E402
     PretrainRecipe,
     fit,
@@ -51,6 +57,8 @@ from clap_pipeline.demo.pretrain import (  # noqa: E402
     stand_in_tokenizer,
 )
 from clap_pipeline.evaluation import instrument_search  # noqa: E402
+from clap_pipeline.metadata.captions import read_captions  # noqa: E402
+from clap_pipeline.metadata.prompts import build_prompts, read_track_texts  # noqa: E402
 from clap_pipeline.metrics import random_recall, retrieval_metrics_with_ci  # noqa: E402
 from clap_pipeline.model.clap import (  # noqa: E402
     load_clap,
@@ -72,6 +80,17 @@ def load_average() -> str:
 
 
 CANDIDATES = ("tiny", "tiny-music-tok", "tiny-wide", "zero-shot", "fine-tuned")
+CAPTION_CANDIDATES = {"captions-mixed": "mixed", "captions-only": "captions"}
+
+
+def caption_prompts(data_dir: Path, captions_path: Path, ids: list[int], mode: str) -> Prompts:
+    """The prompts the ``prompts`` asset writes with ``CLAP_CAPTIONS_MODE=mode``."""
+    with duckdb_connection(data_dir / "clap.duckdb", read_only=True) as con:
+        texts = read_track_texts(con, ids)
+    captions = read_captions(captions_path, ids)
+    table = build_prompts(texts, 0, captions.by_track, mode).table
+    with tempfile.TemporaryDirectory() as tmp:
+        return Prompts.load(write_prompts(table, Path(tmp) / "prompts.parquet"))
 
 
 def read_tags(duckdb_path: Path, track_ids: list[int]) -> dict[int, list[str]]:
@@ -93,6 +112,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--captions", type=Path, help="the collection's captions table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average at start: {load_average()}", flush=True)
@@ -134,15 +154,22 @@ def main() -> None:
     )
 
     rows = []
+    caption_test = None
+    if args.captions:
+        first = caption_prompts(args.data, args.captions, ids, "captions").prompt
+        caption_test = [first[t] for t in test_ids]
 
-    def texts_for(epoch: int, rows_: list[int]) -> list[str]:
-        return [data.prompts.text_for(ids[r], seed=0, epoch=epoch, resample=True) for r in rows_]
+    def texts_for(prompts: Prompts, epoch: int, rows_: list[int]) -> list[str]:
+        return [prompts.text_for(ids[r], seed=0, epoch=epoch, resample=True) for r in rows_]
 
     for name in args.candidates.split(","):
         started = time.perf_counter()
         recipe = PretrainRecipe(epochs=args.epochs)
         torch.manual_seed(0)
-        if name in ("zero-shot", "fine-tuned"):
+        prompts = data.prompts
+        if name in CAPTION_CANDIDATES:
+            prompts = caption_prompts(args.data, args.captions, ids, CAPTION_CANDIDATES[name])
+        if name in ("zero-shot", "fine-tuned", *CAPTION_CANDIDATES):
             loaded = load_clap(args.pretrained)
             model, tokenizer = loaded.model, loaded.tokenizer
             recipe = PretrainRecipe(epochs=args.epochs, learning_rate=args.finetune_lr)
@@ -154,13 +181,13 @@ def main() -> None:
             model = ClapModel(stand_in_config(len(tokenizer), 64 if name == "tiny-wide" else 32))
         history = []
         if name != "zero-shot":
-            val_texts = [prompt[t] for t in val_ids]
+            val_texts = [prompts.prompt[t] for t in val_ids]
             print(f"== {name}", flush=True)
             history = fit(
                 model,
                 tokenizer,
                 feats_all,
-                texts_for,
+                partial(texts_for, prompts),
                 train_rows,
                 recipe,
                 partial(recall_at_5, model, tokenizer, feats_all[val_rows], val_texts),
@@ -178,6 +205,12 @@ def main() -> None:
                 model, tokenize(tokenizer, instrument_search.instrument_queries(instruments))
             )
         recall = retrieval_metrics_with_ci((out.text_embeds @ out.audio_embeds.T).numpy())
+        on_captions = []
+        if caption_test is not None:
+            with torch.no_grad():
+                caption_embeds = text_embeddings(model, tokenize(tokenizer, caption_test))
+            by_caption = retrieval_metrics_with_ci((caption_embeds @ out.audio_embeds.T).numpy())
+            on_captions = [interval(by_caption["text_to_audio_recall_at_5"])]
         genre = genre_search.model_genre_search(
             genre_q.numpy(), audio, genre_labels, genres, config
         )
@@ -191,6 +224,7 @@ def main() -> None:
                 f"{best['epoch']}/{len(history)}" if best else "-",
                 interval(recall["text_to_audio_recall_at_5"]),
                 interval(recall["audio_to_text_recall_at_5"]),
+                *on_captions,
                 interval(genre["precision_at_10"]),
                 interval(inst["precision_at_10"]),
                 f"{time.perf_counter() - started:.0f} s",
@@ -205,6 +239,7 @@ def main() -> None:
             "-",
             f"{random_recall(5, n):.3f}",
             f"{random_recall(5, n):.3f}",
+            *([f"{random_recall(5, n):.3f}"] if caption_test is not None else []),
             interval(genre_prior["precision_at_10"]),
             interval(inst_prior["precision_at_10"]),
             "-",
@@ -215,6 +250,7 @@ def main() -> None:
         "best epoch",
         "test t2a R@5",
         "test a2t R@5",
+        *(["test t2a R@5, captions"] if caption_test is not None else []),
         "test genre P@10",
         "test instrument P@10",
         "time",

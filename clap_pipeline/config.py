@@ -487,6 +487,7 @@ class StackSettings:
 
 
 MIN_TOKEN_CHARS = 16
+FEEDBACK_QUEUE = 1000  # feedback posts that may wait for the service's writer
 
 
 def _positive(value: float) -> bool:
@@ -513,6 +514,16 @@ class ServeSettings:
             "CLAP_FEEDBACK_PER_MINUTE",
             int,
             "feedback posts one client (address) may make per minute; more get 429",
+            rule=(_at_least_one, ">= 1"),
+        ),
+    )
+    feedback_queue: int = field(
+        default=FEEDBACK_QUEUE,
+        metadata=spec(
+            "CLAP_FEEDBACK_QUEUE",
+            int,
+            "feedback posts that may wait for the service's one writer; more get 503 "
+            "with Retry-After",
             rule=(_at_least_one, ">= 1"),
         ),
     )
@@ -565,6 +576,7 @@ class ServeSettings:
         shown = "set" if self.token else None
         return (
             f"ServeSettings(token={shown}, feedback_per_minute={self.feedback_per_minute}, "
+            f"feedback_queue={self.feedback_queue}, "
             f"max_upload_mb={self.max_upload_mb}, max_upload_s={self.max_upload_s}, "
             f"upload_timeout_s={self.upload_timeout_s})"
         )

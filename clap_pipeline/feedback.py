@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
@@ -73,6 +74,25 @@ class Recorded:
     change: str  # "added", "replaced" (the client changed its verdict) or "unchanged"
 
 
+def new_feedback(
+    query: str,
+    track_id: int,
+    relevant: bool,
+    model_version: str | None,
+    client: str = "",
+    created_at: dt.datetime | None = None,
+) -> Feedback:
+    """A verdict as it will be stored: the query validated, the time now unless given."""
+    return Feedback(
+        validate_query(query),
+        int(track_id),
+        bool(relevant),
+        model_version,
+        created_at or dt.datetime.now(dt.UTC),
+        client,
+    )
+
+
 def record_feedback(
     duckdb_path: str | Path,
     *,
@@ -89,40 +109,83 @@ def record_feedback(
     One row per (client, query, track) (the query compared as ``pair_key`` does): the
     same verdict again changes nothing, another verdict replaces the row.
     """
-    row = Feedback(
-        validate_query(query),
-        int(track_id),
-        bool(relevant),
-        model_version,
-        created_at or dt.datetime.now(dt.UTC),
-        client,
-    )
-    key = pair_key(row.query, row.track_id)
+    row = new_feedback(query, track_id, relevant, model_version, client, created_at)
+    (recorded,) = record_feedback_batch(duckdb_path, [row], lock_timeout_s=lock_timeout_s)
+    return recorded
+
+
+def record_feedback_batch(
+    duckdb_path: str | Path, rows: Sequence[Feedback], *, lock_timeout_s: float = WRITE_TIMEOUT_S
+) -> list[Recorded]:
+    """Store verdicts in ONE write transaction, as if recorded one after the other.
+
+    Each row is deduplicated per (client, query, track) against the table and the rows
+    before it in ``rows``. Returns what happened to each, in order; all or nothing is
+    stored (an exception leaves the table as it was).
+    """
+    if not rows:
+        return []
+    clients = [row.client for row in rows]
+    tracks = [row.track_id for row in rows]
     with duckdb_connection(duckdb_path, lock_timeout_s=lock_timeout_s) as con:
         con.execute(_SCHEMA)
         con.execute(_ADD_CLIENT)
         with transaction(con):
-            earlier = con.execute(
-                f"""SELECT rowid, query, relevant, model_version, created_at FROM {TABLE}
-                    WHERE coalesce(client, '') = ? AND track_id = ?""",
-                [client, row.track_id],
+            stored = con.execute(
+                f"""SELECT DISTINCT t.rowid, coalesce(t.client, ''), t.query, t.track_id,
+                           t.relevant, t.model_version, t.created_at
+                    FROM {TABLE} t
+                    JOIN (SELECT unnest(?::VARCHAR[]) AS client,
+                                 unnest(?::BIGINT[]) AS track_id) k
+                      ON coalesce(t.client, '') = k.client AND t.track_id = k.track_id
+                    ORDER BY t.rowid""",
+                [clients, tracks],
             ).fetchall()
-            same = [r for r in earlier if pair_key(r[1], row.track_id) == key]
-            if same and same[-1][2] == row.relevant:
-                _, text, relevant, version, at = same[-1]
-                return Recorded(
-                    Feedback(text, row.track_id, relevant, version, at, client), "unchanged"
-                )
-            if same:
+            plan = _DedupePlan(stored)
+            recorded = [plan.add(row) for row in rows]
+            if plan.deleted:
                 con.execute(
                     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
-                    [[r[0] for r in same]],
+                    [plan.deleted],
                 )
-            con.execute(
-                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-                [row.query, row.track_id, row.relevant, row.model_version, row.created_at, client],
-            )
-    return Recorded(row, "replaced" if same else "added")
+            if plan.inserted:
+                new = list(plan.inserted.values())
+                con.execute(
+                    f"""INSERT INTO {TABLE} SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[]),
+                        unnest(?::BOOLEAN[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMPTZ[]),
+                        unnest(?::VARCHAR[])""",
+                    [[getattr(r, f.name) for r in new] for f in fields(Feedback)],
+                )
+    return recorded
+
+
+class _DedupePlan:
+    """What a batch does to the table: the rows it deletes and inserts, per (client, pair)."""
+
+    def __init__(self, stored: list[tuple]) -> None:
+        # (client, pair key) -> (rowids stored, the row as it stands)
+        self.current: dict[tuple[str, str], tuple[list[int], Feedback]] = {}
+        for rowid, client, query, track_id, relevant, version, at in stored:
+            key = (client, pair_key(query, track_id))
+            ids = self.current[key][0] if key in self.current else []
+            row = Feedback(query, track_id, relevant, version, at, client)
+            self.current[key] = ([*ids, rowid], row)  # the last stored row stands
+        self.deleted: list[int] = []
+        self.inserted: dict[tuple[str, str], Feedback] = {}
+
+    def add(self, row: Feedback) -> Recorded:
+        key = (row.client, pair_key(row.query, row.track_id))
+        if key not in self.current:
+            self.current[key] = ([], row)
+            self.inserted[key] = row
+            return Recorded(row, "added")
+        ids, standing = self.current[key]
+        if standing.relevant == row.relevant:
+            return Recorded(standing, "unchanged")
+        self.deleted.extend(ids)
+        self.current[key] = ([], row)
+        self.inserted[key] = row  # replaces a row this batch would have inserted, if any
+        return Recorded(row, "replaced")
 
 
 def read_feedback(duckdb_path: str | Path) -> list[Feedback]:

@@ -12,15 +12,12 @@ try:
 except Exception:
     sys.exit(1)
 " "$MODEL" >/dev/null 2>&1; then
-  # Music (a rendered collection, or any collection but the synthesised demo one): the
-  # tiny CLAP pre-trained on rendered music (clap_pipeline/demo/stand_in_model, made by
-  # `clap-pipeline pretrain-stand-in`). The synthesised timbres: the tiny random CLAP.
+  # The same stand-in for every collection, whoever made it: the tiny CLAP pre-trained on
+  # varied music (clap_pipeline/demo/stand_in_model, made by `clap-pipeline
+  # pretrain-stand-in`; docs/stand-in.md). The tiny random CLAP only when it is not there.
   PRETRAINED=$("$PY" -c "
-from clap_pipeline.config import Settings
-from clap_pipeline.demo.collection import demo_renderer
 from clap_pipeline.demo import SHIPPED_STAND_IN
-synth = demo_renderer(Settings.from_env().metadata_dir) == 'synth'
-print('' if synth or not (SHIPPED_STAND_IN / 'config.json').is_file() else SHIPPED_STAND_IN)")
+print(SHIPPED_STAND_IN if (SHIPPED_STAND_IN / 'config.json').is_file() else '')")
   if [[ -n "$PRETRAINED" ]]; then
     echo "==> CLAP_MODEL=$MODEL cannot be loaded offline: using the pre-trained offline stand-in at $PRETRAINED"
     export CLAP_MODEL="$PRETRAINED"

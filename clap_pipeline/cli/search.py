@@ -99,6 +99,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         text_encoder=options.text_encoder,
         encoder_threads=options.threads,
         decode_upload=upload_decoder(serve_settings),
+        feedback_queue=serve_settings.feedback_queue,
     )
     searcher = service.load()
     print(

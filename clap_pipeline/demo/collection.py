@@ -122,16 +122,6 @@ def _is_demo_dir(directory: Path, tracks_csv: Path | None = None) -> bool:
     return True
 
 
-def demo_renderer(metadata_dir: Path) -> str | None:
-    """How the demo collection in ``metadata_dir`` was made (``synth``/``fluidsynth``);
-    None when it holds no unmodified demo collection (real FMA, another generator's)."""
-    metadata_dir = Path(metadata_dir)
-    if not _is_demo_dir(metadata_dir, metadata_dir / "tracks.csv"):
-        return None
-    marker = json.loads((metadata_dir / MARKER_NAME).read_text(encoding="utf-8"))
-    return str(marker.get("renderer", "synth"))
-
-
 def check_replaceable(out_root: Path) -> None:
     """Refuse to replace metadata or audio that the generator did not write."""
     if out_root.exists() and not out_root.is_dir():

@@ -76,8 +76,8 @@ CORPUS_FILE, CLIPS_FILE, RECORD_FILE = "features.npy", "clips.json", "pretrainin
 class PretrainRecipe:
     """How the stand-in is pre-trained; the defaults made the shipped one (docs/stand-in.md)."""
 
-    clips: int = 1200
-    epochs: int = 12
+    clips: int = 2400
+    epochs: int = 16
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 40

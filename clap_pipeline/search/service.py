@@ -5,7 +5,8 @@
 ``service.searcher`` once and uses only that object, so a swap (assigning a new
 searcher, atomic in Python) never mixes two indexes or an index with the wrong model. No
 DuckDB connection stays open: the index is read on a short read-only connection, feedback
-is written on a short write connection.
+is written by one writer thread (``feedback_writer.py``), a short write connection and
+one transaction per batch of posts.
 
 Fresh index without restart: a watcher thread polls the table's fingerprint (count,
 id sum, build time, model version: ``search.index_info``, one cheap read-only query)
@@ -22,6 +23,7 @@ The HTTP layer is ``clap_pipeline.search.webapp``; this module imports no web fr
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -32,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from clap_pipeline import tracking
-from clap_pipeline.config import Settings
-from clap_pipeline.feedback import Recorded, record_feedback
+from clap_pipeline.config import FEEDBACK_QUEUE, Settings
+from clap_pipeline.feedback import Recorded, new_feedback
 from clap_pipeline.search.engine import (
     MAX_K,
     QueryEncoder,
@@ -47,6 +49,7 @@ from clap_pipeline.search.engine import (
     make_searcher,
     query_model,
 )
+from clap_pipeline.search.feedback_writer import FeedbackWriter
 from clap_pipeline.search.filters import DEFAULT_MODE, Filters
 from clap_pipeline.search.index import TABLE, SearchError, index_info, read_collection
 from clap_pipeline.search.options import ServeOptions
@@ -78,6 +81,7 @@ class SearchService:
         text_encoder: str = DEFAULT_ENCODER,
         encoder_threads: int = 1,
         decode_upload: Callable[[Path], np.ndarray] | None = None,
+        feedback_queue: int = FEEDBACK_QUEUE,
     ) -> None:
         self.settings = settings
         # An uploaded audio file -> its windows (n, 240,000); the CLI hands in the audio
@@ -95,6 +99,9 @@ class SearchService:
         # DuckDB refuses a read-write and a read-only connection to one file in one process
         # at the same time: the watcher's reads and the feedback writes take turns here.
         self._db_lock = threading.Lock()
+        self.feedback_writer = FeedbackWriter(
+            settings.duckdb_path, db_lock=self._db_lock, max_queued=feedback_queue
+        )
         self.last_error: str | None = None
         self.champion_version: str | None = None
         self.swaps = 0
@@ -237,6 +244,7 @@ class SearchService:
                 else None
             ),
             "last_refresh_error": self.last_error,
+            "feedback": self.feedback_writer.describe(),
         }
 
     def search(
@@ -268,16 +276,22 @@ class SearchService:
         """The clip of an indexed track (never a client-supplied path)."""
         return self.searcher.index.audio_path(track_id)
 
-    def feedback(self, query: str, track_id: int, relevant: bool, client: str = "") -> Recorded:
-        """A client's verdict (one row per client, query and track: feedback.py)."""
+    def submit_feedback(
+        self, query: str, track_id: int, relevant: bool, client: str = ""
+    ) -> concurrent.futures.Future:
+        """Queue a client's verdict for the writer (one row per client, query and track:
+        feedback.py); the future gives its ``Recorded`` once committed. Raises
+        ``feedback_writer.FeedbackBusy`` when the writer's queue is full."""
         searcher = self.searcher
         searcher.index.catalog.position(track_id)  # only tracks that can be shown get verdicts
-        with self._db_lock:
-            return record_feedback(
-                self.settings.duckdb_path,
-                query=query,
-                track_id=track_id,
-                relevant=relevant,
-                model_version=searcher.model_version,
-                client=client,
-            )
+        row = new_feedback(query, track_id, relevant, searcher.model_version, client)
+        return self.feedback_writer.submit(row)
+
+    def feedback(self, query: str, track_id: int, relevant: bool, client: str = "") -> Recorded:
+        """``submit_feedback`` and wait until the row is committed."""
+        return self.submit_feedback(query, track_id, relevant, client).result()
+
+    def close(self) -> None:
+        """Stop the watcher; write every queued verdict, then refuse more."""
+        self.stop_watcher()
+        self.feedback_writer.close()

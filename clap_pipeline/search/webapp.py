@@ -12,7 +12,9 @@ The work is in ``clap_pipeline.search.service``; this module maps it onto HTTP:
   the tracks that sound like its windows, answered like ``/similar``;
 - ``GET /api/tracks/{id}/audio``: the clip, with Range requests (206) for seeking;
 - ``POST /api/feedback``: ``{query, track_id, relevant}`` into DuckDB ``search_feedback``
-  (bearer token when one is set, rate limit per client: ``search/write_guard.py``);
+  (bearer token when one is set, rate limit per client: ``search/write_guard.py``),
+  answered once the row is committed by the service's one writer (``feedback_writer.py``;
+  503 with ``Retry-After`` when its queue is full);
 - ``GET /``: the page (``static/index.html``), which renders metadata as text only.
 
 Contract: every constraint is in the OpenAPI schema (``/openapi.json``), every status
@@ -25,6 +27,7 @@ Run it with ``clap-pipeline serve`` (uvicorn, 127.0.0.1:8000 by default).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator
@@ -46,6 +49,7 @@ from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.feedback import MAX_QUERY_CHARS
 from clap_pipeline.knobs import knob_of
 from clap_pipeline.search.engine import MAX_K, Result, Searcher
+from clap_pipeline.search.feedback_writer import RETRY_AFTER_S, FeedbackBusy
 from clap_pipeline.search.filters import (
     DEFAULT_MODE,
     LICENSE_CLASSES,
@@ -174,7 +178,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "a parameter or the body breaks the schema, or the upload is not usable audio "
         "(empty, truncated, not audio, silent, too short or long, too slow to decode)",
         429: "too many feedback posts from this client: wait Retry-After seconds",
-        503: "the database is busy: try again",
+        503: "the database or the feedback writer is busy: try again after Retry-After seconds",
     }
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
@@ -339,8 +343,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(404, ["path", "track_id"], msg, "not_found")
 
     @app.exception_handler(DuckDBLockTimeout)
-    async def _busy(_request: Request, exc: DuckDBLockTimeout) -> JSONResponse:
-        return _error(503, [], f"database busy, try again: {exc}", "busy")
+    @app.exception_handler(FeedbackBusy)
+    async def _busy(_request: Request, exc: Exception) -> JSONResponse:
+        response = _error(503, [], f"busy, try again: {exc}", "busy")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
 
 def _search_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
@@ -443,10 +450,12 @@ def _feedback_routes(service: SearchService, serve: ServeSettings) -> APIRouter:
         responses={200: {"model": FeedbackOut, "description": "this client judged the pair before"}}
         | _responses(*((400, 401) if serve.token else (400,)), 404, 422, 429, 503),
     )
-    def feedback(
+    async def feedback(
         body: FeedbackIn, client: Annotated[str, Depends(rate_limited_client)]
     ) -> JSONResponse:
-        recorded = service.feedback(body.query, body.track_id, body.relevant, client)
+        # Waits on the event loop, not in a worker thread, until the writer committed the row.
+        pending = service.submit_feedback(body.query, body.track_id, body.relevant, client)
+        recorded = await asyncio.wrap_future(pending)
         row = recorded.row
         out = {k: v for k, v in asdict(row).items() if k != "client"}
         out |= {"created_at": row.created_at.isoformat(), "change": recorded.change}
@@ -487,7 +496,7 @@ def create_app(service: SearchService, serve: ServeSettings | None = None) -> Fa
         try:
             yield
         finally:
-            service.stop_watcher()
+            service.close()  # queued feedback is written before the process exits
 
     app = FastAPI(title="clap-pipeline search", lifespan=lifespan)
     app.state.serve = serve

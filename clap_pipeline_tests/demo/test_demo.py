@@ -6,7 +6,6 @@ import ast
 import csv
 import hashlib
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from clap_pipeline.cli import main
 from clap_pipeline.dataset import audio_path
 from clap_pipeline.demo import collection as demo
 from clap_pipeline.demo import encode
-from clap_pipeline.demo.collection import MARKER_NAME, demo_renderer, write_demo_dataset
+from clap_pipeline.demo.collection import MARKER_NAME, write_demo_dataset
 from clap_pipeline.demo.encode import DemoDataError
 from clap_pipeline.demo.plan import (
     STYLE_OF_TOP,
@@ -361,18 +360,6 @@ def _digests(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def test_demo_renderer_tells_the_synthesised_collection_from_others(
-    generated: Generated, tmp_path: Path
-) -> None:
-    metadata = generated.summary.tracks_csv.parent
-    assert demo_renderer(metadata) == "synth"  # make demo keeps the tiny random stand-in
-    assert demo_renderer(tmp_path) is None  # no demo collection: the pre-trained stand-in
-    copy = tmp_path / "edited"
-    shutil.copytree(metadata, copy)
-    (copy / "tracks.csv").write_text((copy / "tracks.csv").read_text() + "\n")
-    assert demo_renderer(copy) is None  # edited: no longer the generator's collection
 
 
 def test_same_seed_same_bytes(generated: Generated, tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ the arrangement, and a (very small) pre-training writes a model the pipeline loa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 from clap_pipeline.dataset import MAX_TRACK_ID
 from clap_pipeline.demo import SHIPPED_STAND_IN
 from clap_pipeline.demo.captions import caption
+from clap_pipeline.demo.collection import write_demo_dataset
 from clap_pipeline.demo.plan import GENRE_BY_ID, TOP_OF_STYLE, plan_dataset
 from clap_pipeline.demo.pretrain import (
     CLIPS_FILE,
@@ -110,3 +114,21 @@ def test_the_shipped_stand_in_loads_and_records_how_it_was_made() -> None:
     # The kept epoch is the best on the held-out corpus clips, above a random ranking.
     best = max(h["val_r5"] for h in record["history"])
     assert best > 3 * 5 / record["corpus"]["validation_clips"]
+
+
+def test_the_offline_fallback_is_the_same_stand_in_for_every_collection(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    synthesised = tmp_path / "synth"
+    write_demo_dataset(synthesised, n_tracks=12, seed=0, renderer="synth", log=None)
+    chosen = []
+    for metadata in (synthesised / "fma_metadata", tmp_path / "someone-elses"):
+        done = subprocess.run(
+            ["bash", "-c", 'source scripts/offline_model.sh && echo "$CLAP_MODEL|$CLAP_RETRAIN_RUN_CONFIG"'],
+            cwd=repo, capture_output=True, text=True, check=True,
+            env={**os.environ, "PY": sys.executable, "CLI": "false", "HF_HUB_OFFLINE": "1",
+                 "CLAP_MODEL": str(tmp_path / "no-model"), "FMA_METADATA_DIR": str(metadata),
+                 "CLAP_RETRAIN_RUN_CONFIG": ""},
+        )  # fmt: skip
+        chosen.append(done.stdout.strip().splitlines()[-1])
+    expected = f"{SHIPPED_STAND_IN}|{repo / 'scripts' / 'pretrained_stand_in_run_config.yaml'}"
+    assert chosen == [expected, expected]

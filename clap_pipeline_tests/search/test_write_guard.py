@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from pathlib import Path
 
 import duckdb
@@ -17,6 +19,7 @@ from clap_pipeline.search.write_guard import (
     is_loopback,
     token_matches,
 )
+from clap_pipeline.storage import duckdb_connection
 from clap_pipeline_tests.serve_fixtures import free_port, make_collection, running_server
 
 TOKEN = "s3cret-token-of-the-test"
@@ -77,7 +80,8 @@ def test_feedback_needs_the_token_is_rate_limited_and_deduplicated(
     collection = make_collection(tmp_path / "data", ffmpeg)
     env = {
         "CLAP_SERVE_TOKEN": TOKEN,
-        "CLAP_FEEDBACK_PER_MINUTE": "4",
+        "CLAP_FEEDBACK_PER_MINUTE": "7",
+        "CLAP_FEEDBACK_QUEUE": "1",
         "CLAP_MAX_UPLOAD_MB": "0.1",
         "CLAP_UPLOAD_TIMEOUT_S": "0.001",
     }
@@ -93,6 +97,7 @@ def test_feedback_needs_the_token_is_rate_limited_and_deduplicated(
             (error,) = refused.json()["detail"]
             assert set(error) == {"loc", "msg", "type"}
         assert http.get("/api/search", params={"q": "jazz"}).status_code == 200  # reads: open
+        assert_full_queue_is_503(base, collection.duckdb_path, auth)  # 3 posts
 
         first = http.post("/api/feedback", json=body, headers=auth)
         assert first.status_code == 201 and first.json()["change"] == "added"
@@ -117,7 +122,39 @@ def test_feedback_needs_the_token_is_rate_limited_and_deduplicated(
         assert big.status_code == 413
     with duckdb.connect(str(collection.duckdb_path), read_only=True) as con:
         rows = con.execute(
-            "SELECT track_id, relevant, client FROM search_feedback ORDER BY track_id"
+            "SELECT track_id, relevant, client FROM search_feedback "
+            "WHERE query = 'warm guitar' ORDER BY track_id"
         ).fetchall()
     assert [(t, r) for t, r, _ in rows] == [(5, False), (10, True)]
     assert rows[0][2] == client_key("127.0.0.1")
+
+
+def assert_full_queue_is_503(base: str, duckdb_path: Path, auth: dict[str, str]) -> None:
+    """With CLAP_FEEDBACK_QUEUE=1: one post being written, one waiting, the next gets 503."""
+
+    def post(query: str) -> httpx.Response:
+        body = {"query": query, "track_id": 5, "relevant": True}
+        return httpx.post(f"{base}/api/feedback", json=body, headers=auth, timeout=60)
+
+    def wait_until(stat: str, value: int) -> None:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/api/health").json()["feedback"][stat] != value:
+            assert time.monotonic() < deadline, f"feedback writer never had {stat} = {value}"
+            time.sleep(0.05)
+
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    with duckdb_connection(duckdb_path):  # another process writes: the writer waits its turn
+        writing = pool.submit(post, "held while writing")
+        wait_until("writing", 1)
+        queued = pool.submit(post, "held in the queue")
+        wait_until("queued", 1)
+        full = post("one too many")
+        assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
+        (error,) = full.json()["detail"]
+        assert error["type"] == "busy" and "1 feedback posts are waiting" in error["msg"]
+        assert not writing.done() and not queued.done()  # not answered before the commit
+    assert [writing.result().status_code, queued.result().status_code] == [201, 201]
+    pool.shutdown()
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        rows = con.execute("SELECT query FROM search_feedback ORDER BY query").fetchall()
+    assert rows == [("held in the queue",), ("held while writing",)]
