@@ -107,6 +107,55 @@ class WaveformRows:
         return np.flatnonzero(self.track_ids != before)
 
 
+def _checked_rule(
+    path: Path, pf: pq.ParquetFile, rule: WindowRule | None, first_file: Path
+) -> WindowRule:
+    """The window rule of one waveforms file: TrainingDataError when the file lacks the
+    window columns or was cut by another rule than ``rule`` (that of ``first_file``)."""
+    if not {"track_id", "start_s", "pcm", "n_samples_decoded"} <= set(pf.schema_arrow.names):
+        raise TrainingDataError(
+            f"{path} lacks track_id/start_s/pcm columns (written by an older version: "
+            "re-materialize `waveforms`)"
+        )
+    try:
+        file_rule = WindowRule.from_metadata(pf.schema_arrow.metadata)
+    except ValueError as exc:
+        raise TrainingDataError(f"{path}: {exc}") from None
+    if rule is not None and file_rule != rule:
+        raise TrainingDataError(
+            f"{path} holds windows of {file_rule}, {first_file} of {rule}: "
+            "re-materialize `waveforms` with one window rule"
+        )
+    return file_rule
+
+
+def _track_locations(
+    ids: np.ndarray, starts: np.ndarray, file_of: np.ndarray, files: list[Path]
+) -> dict[int, tuple[int, int]]:
+    """track -> (first position, number of windows); TrainingDataError when a track's
+    windows are split between files or not sorted by start_s."""
+    new_track = (ids[1:] != ids[:-1]) | (file_of[1:] != file_of[:-1])  # a file starts anew
+    firsts = np.flatnonzero(np.r_[True, new_track]) if len(ids) else ids[:0]
+    counts = np.diff(np.r_[firsts, len(ids)])
+    locations: dict[int, tuple[int, int]] = {}
+    for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
+        tid = int(ids[first])
+        if tid in locations:
+            other = files[int(file_of[locations[tid][0]])]
+            raise TrainingDataError(
+                f"track_id {tid} appears twice in the waveforms: {other} and "
+                f"{files[int(file_of[first])]}"
+            )
+        window_starts = starts[first : first + count]
+        if (np.diff(window_starts) <= 0).any():
+            raise TrainingDataError(
+                f"{files[int(file_of[first])]}: the windows of track_id {tid} are not "
+                "sorted by start_s"
+            )
+        locations[tid] = (first, count)
+    return locations
+
+
 @dataclass
 class WaveformIndex:
     """Where each window lives in the Parquet dataset (file, row group, row), track by track.
@@ -143,22 +192,8 @@ class WaveformIndex:
         rule: WindowRule | None = None
         for file_index, path in enumerate(files):
             pf = pq.ParquetFile(path)
+            rule = _checked_rule(path, pf, rule, files[0])
             names = set(pf.schema_arrow.names)
-            if not {"track_id", "start_s", "pcm", "n_samples_decoded"} <= names:
-                raise TrainingDataError(
-                    f"{path} lacks track_id/start_s/pcm columns (written by an older version: "
-                    "re-materialize `waveforms`)"
-                )
-            try:
-                file_rule = WindowRule.from_metadata(pf.schema_arrow.metadata)
-            except ValueError as exc:
-                raise TrainingDataError(f"{path}: {exc}") from None
-            if rule is not None and file_rule != rule:
-                raise TrainingDataError(
-                    f"{path} holds windows of {file_rule}, {files[0]} of {rule}: "
-                    "re-materialize `waveforms` with one window rule"
-                )
-            rule = file_rule
             provenance = [c for c in ("source_size", "source_mtime") if c in names]
             version.update(f"{path.name}:{path.stat().st_size}".encode())
             for rg in range(pf.num_row_groups):
@@ -176,26 +211,7 @@ class WaveformIndex:
                     version.update(small.column(name).to_numpy().tobytes())
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
         ids, starts = cat["id"].astype(np.int64), cat["start"].astype(np.float64)
-        f = cat["f"]
-        new_track = (ids[1:] != ids[:-1]) | (f[1:] != f[:-1])  # a file starts a track anew
-        firsts = np.flatnonzero(np.r_[True, new_track]) if len(ids) else ids[:0]
-        counts = np.diff(np.r_[firsts, len(ids)])
-        locations: dict[int, tuple[int, int]] = {}
-        for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
-            tid = int(ids[first])
-            if tid in locations:
-                other = files[int(cat["f"][locations[tid][0]])]
-                raise TrainingDataError(
-                    f"track_id {tid} appears twice in the waveforms: {other} and "
-                    f"{files[int(cat['f'][first])]}"
-                )
-            window_starts = starts[first : first + count]
-            if (np.diff(window_starts) <= 0).any():
-                raise TrainingDataError(
-                    f"{files[int(cat['f'][first])]}: the windows of track_id {tid} are not "
-                    "sorted by start_s"
-                )
-            locations[tid] = (first, count)
+        locations = _track_locations(ids, starts, cat["f"], files)
         return cls(
             root=root,
             files=files,

@@ -10,9 +10,11 @@ import pytest
 from pydantic.fields import FieldInfo
 
 import clap_pipeline
+from clap_pipeline.audio.waveforms import DecodeOptions
 from clap_pipeline.cli.search import add_commands as add_search_commands
 from clap_pipeline.cli.train import evaluation_parser, training_parser
 from clap_pipeline.config import ConfigError
+from clap_pipeline.defs.audio import WaveformsConfig
 from clap_pipeline.defs.evaluation import EvaluationConfig
 from clap_pipeline.defs.knob_config import KnobConfig
 from clap_pipeline.defs.search import TrackEmbeddingsConfig
@@ -24,12 +26,14 @@ from clap_pipeline.training.config import TrainConfig, TrainingError
 
 PACKAGE = Path(clap_pipeline.__file__).parent
 # Each knob group and where it is declared: (module, class name).
-GROUPS = {TrainConfig: ("clap_pipeline.training.config", "TrainConfig"),
+GROUPS = {DecodeOptions: ("clap_pipeline.audio.waveforms", "DecodeOptions"),
+          TrainConfig: ("clap_pipeline.training.config", "TrainConfig"),
           EvalConfig: ("clap_pipeline.evaluation.inputs", "EvalConfig"),
           EmbedOptions: ("clap_pipeline.search.options", "EmbedOptions"),
           ServeOptions: ("clap_pipeline.search.options", "ServeOptions"),
           QueryOptions: ("clap_pipeline.search.options", "QueryOptions")}  # fmt: skip
 RUN_CONFIGS: dict[type, type[KnobConfig]] = {
+    DecodeOptions: WaveformsConfig,
     TrainConfig: ClapTrainingConfig,
     EvalConfig: EvaluationConfig,
     EmbedOptions: TrackEmbeddingsConfig,
@@ -192,6 +196,10 @@ def test_out_of_bounds_values_name_the_knob() -> None:
     assert Knob(1, "n", ge=1).problem(0) == ">= 1" and Knob(1.0, "x", gt=0).bounds_text() == "> 0"
     with pytest.raises(ConfigError, match=r"invalid evaluation config: n_bootstrap must be >= 1"):
         check(EvalConfig(n_bootstrap=0), "evaluation config")
+    with pytest.raises(
+        ConfigError, match=r"invalid decode options: timeout_s must be > 0.0, got 0; decoder"
+    ):
+        DecodeOptions(timeout_s=0, decoder="sox")
 
 
 def test_a_shared_knob_is_declared_only_in_knobs_py() -> None:

@@ -15,8 +15,7 @@ How a partition is (re)built:
 - Incremental: a track whose file has the same path, size and mtime as its row in
   the current file keeps that row (streamed over from the old file); a track
   that failed before with an unchanged file keeps its failure (except timeouts and
-  unreadable files,
-  which are retried). Only new or changed files are decoded. Rows of tracks that
+  unreadable files, which are retried). Only new or changed files are decoded. Rows of tracks that
   left the selection are not copied, so they disappear. If nothing changed the
   file is left untouched.
 - Memory is bounded by a row group: decoded rows stream into a ``ParquetWriter``
@@ -78,6 +77,7 @@ from clap_pipeline.dataset import (
     pcm_batch,
     waveforms_schema,
 )
+from clap_pipeline.knobs import check, knob
 from clap_pipeline.processes import exit_with, usable_cpus
 from clap_pipeline.progress import Throttle, rate_and_eta
 from clap_pipeline.selection import SelectedTrack
@@ -91,25 +91,33 @@ _PCM_BYTES_PER_S = 2 * 48_000
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    window_offset_s: float = 0.0  # where the first window starts (windows.WindowRule)
-    hop_s: float | None = None  # between window starts; None: the window (5 s)
-    max_audio_s: float | None = DEFAULT_MAX_AUDIO_S  # decoded per track; None: the whole file
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    workers: int = 0  # 0: all cores
-    row_group_rows: int = ROW_GROUP_ROWS
-    progress_interval_s: float = 5.0
-    decoder: str = "av"  # one of decode_av.DECODERS
-    # "av" decodes fewer clips than this on threads (a process pool takes ~1 s to start)
-    process_pool_min_jobs: int = 64
+    """Every decode setting, each a knob (knobs.py): the asset's run config is derived."""
+
+    window_offset_s: float = knob(0.0, "start of each clip's first 5-s window (s)", ge=0.0)
+    hop_s: float | None = knob(None, "seconds between window starts (none: 5, the window)", gt=0.0)
+    max_audio_s: float | None = knob(
+        DEFAULT_MAX_AUDIO_S, "audio decoded per track, in seconds (none: the whole file)", ge=1.0
+    )
+    timeout_s: float = knob(DEFAULT_TIMEOUT_S, "a clip's decode is stopped after this long", gt=0.0)
+    workers: int = knob(0, "parallel decode processes (0: one per CPU core)", ge=0)
+    decoder: str = knob(
+        "av",
+        "av: FFmpeg libraries in worker processes (PyAV); cli: one ffmpeg per clip",
+        choices=DECODERS,
+    )
+    progress_interval_s: float = knob(
+        5.0, "seconds between progress lines in the log (0: every update)", ge=0.0
+    )
+    row_group_rows: int = knob(
+        ROW_GROUP_ROWS, "windows per Parquet row group", ge=1, le=ROW_GROUP_ROWS, run_config=False
+    )
+    process_pool_min_jobs: int = knob(
+        64, "av: fewer clips are decoded on threads (a pool takes ~1 s)", ge=1, run_config=False
+    )
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        _ = self.rule  # WindowRule checks offset, hop and max_audio_s
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if not 1 <= self.row_group_rows <= ROW_GROUP_ROWS:
-            raise ValueError(f"row_group_rows must be in 1..{ROW_GROUP_ROWS}")
+        check(self, "decode options")
+        _ = self.rule  # the floor's WindowRule: also rejects an infinite offset, hop or span
 
     @property
     def n_workers(self) -> int:
@@ -604,6 +612,16 @@ def _remove_stale_temps(waveforms_dir: Path, folder: str) -> None:
     remove_orphaned_temps(waveforms_dir.glob(f".{folder}.parquet.*.tmp"))
 
 
+def _check_folders(tracks_by_folder: Mapping[str, Sequence[SelectedTrack]]) -> None:
+    """ValueError unless every key is a folder like '000' holding only its own tracks."""
+    for folder, tracks in tracks_by_folder.items():
+        if not folder.isdigit():
+            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
+        wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
+        if wrong:
+            raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
+
+
 def build_waveforms(
     tracks_by_folder: Mapping[str, Sequence[SelectedTrack]],
     waveforms_dir: str | Path,
@@ -623,13 +641,7 @@ def build_waveforms(
     waveforms_dir = Path(waveforms_dir)
     duckdb_path = Path(duckdb_path)
     waveforms_dir.mkdir(parents=True, exist_ok=True)
-    for folder, tracks in tracks_by_folder.items():
-        if not folder.isdigit():
-            raise ValueError(f"audio folder partition keys are digits like '000', got {folder!r}")
-        wrong = [t.track_id for t in tracks if folder_of(t.track_id) != folder]
-        if wrong:
-            raise ValueError(f"tracks {wrong[:5]} do not belong to audio folder {folder!r}")
-
+    _check_folders(tracks_by_folder)
     plans = [
         _plan(
             folder,

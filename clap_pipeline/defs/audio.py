@@ -14,31 +14,25 @@ partition range tags, as ``retrain`` runs do, or as the ``decode_waveforms`` job
         '{"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "155"}'
 """
 
-# No `from __future__ import annotations`: Dagster reads the Config annotation at runtime.
-from typing import Literal
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
     BackfillPolicy,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
 )
-from pydantic import Field
 
-from clap_pipeline.audio.decode import DEFAULT_TIMEOUT_S
 from clap_pipeline.audio.materialize import materialize_waveforms
 from clap_pipeline.audio.waveform_health import dataset_health
 from clap_pipeline.audio.waveforms import DecodeOptions, group_by_folder
 from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS
 from clap_pipeline.selection import selected_tracks
-from clap_pipeline.windows import DEFAULT_MAX_AUDIO_S
 
+from .knob_config import config_class
 from .metadata_values import dagster_log, dagster_metadata
 from .partitions import audio_folder_partitions
 from .resources import ClapSettings
@@ -47,31 +41,9 @@ FAILURE_WARN_FRACTION = 0.05
 DECODE_PARTITIONS_PER_RUN = 1  # a backfill: one run (one pod) per audio folder
 
 
-class WaveformsConfig(Config):
-    window_offset_s: float = Field(
-        default=0.0, ge=0.0, description="start of the first 5-s window in each clip, in seconds"
-    )
-    hop_s: float | None = Field(
-        default=None, gt=0.0, description="seconds between window starts (none: 5, the window)"
-    )
-    max_audio_s: float | None = Field(
-        default=DEFAULT_MAX_AUDIO_S,
-        ge=1.0,
-        description="audio decoded per track, in seconds (none: the whole file)",
-    )
-    decode_timeout_s: float = Field(
-        default=DEFAULT_TIMEOUT_S, gt=0.0, description="a clip's decode is stopped after this long"
-    )
-    workers: int = Field(
-        default=0, ge=0, description="parallel decode processes (0: one per CPU core)"
-    )
-    decoder: Literal["av", "cli"] = Field(
-        default="av",
-        description="av: FFmpeg libraries in worker processes (PyAV); cli: one ffmpeg per clip",
-    )
-    progress_interval_s: float = Field(
-        default=5.0, gt=0.0, description="seconds between progress lines in the log"
-    )
+WaveformsConfig = config_class(
+    DecodeOptions, "WaveformsConfig", "How the clips are decoded (DecodeOptions' knobs).", __name__
+)
 
 
 @asset(
@@ -91,15 +63,7 @@ class WaveformsConfig(Config):
 def waveforms(
     context: AssetExecutionContext, config: WaveformsConfig, clap_settings: ClapSettings
 ) -> MaterializeResult:
-    options = DecodeOptions(
-        window_offset_s=config.window_offset_s,
-        hop_s=config.hop_s,
-        max_audio_s=config.max_audio_s,
-        timeout_s=config.decode_timeout_s,
-        workers=config.workers,
-        decoder=config.decoder,
-        progress_interval_s=config.progress_interval_s,
-    )
+    options = config.to_group()
     metadata = materialize_waveforms(
         clap_settings.settings(), context.partition_keys, options, dagster_log(context)
     )

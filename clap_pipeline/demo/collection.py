@@ -38,6 +38,7 @@ from clap_pipeline.demo.plan import (
     GENRE_BY_ID,
     MIN_TRACKS,
     TOP_OF_STYLE,
+    TrackPlan,
     audio_params,
     genres_csv_text,
     plan_dataset,
@@ -162,16 +163,7 @@ def write_demo_dataset(
     plans = plan_dataset(n_tracks, seed, renderer)  # validates before touching the disk
     check_replaceable(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    leftovers = sorted(
-        p.name
-        for pattern in (".fma_audio.*.tmp", ".fma_metadata.*.tmp", ".fma_*.old")
-        for p in out_root.glob(pattern)
-    )
-    if leftovers:  # not removed here: another process might be writing them right now
-        log(
-            f"demo-data: note: {out_root} holds temporary folders of an interrupted run, "
-            f"safe to delete when nothing runs: {', '.join(leftovers)}"
-        )
+    _note_leftovers(out_root, log)
     ffmpeg_exe()  # fail early and clearly when ffmpeg (or FluidSynth) is missing
     if renderer == "fluidsynth":
         fluidsynth_exe(), soundfont()
@@ -195,7 +187,26 @@ def write_demo_dataset(
             _marker(seed, n_tracks, digest, renderer, clip_seconds), encoding="utf-8"
         )
         # Leaving the block renames audio into place first, then the metadata.
+    return _summary(out_root, plans, seed, audio_seconds, time.monotonic() - started)
 
+
+def _note_leftovers(out_root: Path, log: Log) -> None:
+    """Say which temporary folders of an interrupted run ``out_root`` holds."""
+    leftovers = sorted(
+        p.name
+        for pattern in (".fma_audio.*.tmp", ".fma_metadata.*.tmp", ".fma_*.old")
+        for p in out_root.glob(pattern)
+    )
+    if leftovers:  # not removed here: another process might be writing them right now
+        log(
+            f"demo-data: note: {out_root} holds temporary folders of an interrupted run, "
+            f"safe to delete when nothing runs: {', '.join(leftovers)}"
+        )
+
+
+def _summary(
+    out_root: Path, plans: list[TrackPlan], seed: int, audio_seconds: float, elapsed_s: float
+) -> DemoSummary:
     genre_counts: dict[str, int] = {}
     for plan in plans:
         name = GENRE_BY_ID[TOP_OF_STYLE[plan.params.style]][2]
@@ -203,9 +214,9 @@ def write_demo_dataset(
     with_files = [p for p in plans if p.defect != DEFECT_MISSING]
     return DemoSummary(
         out_root=out_root,
-        tracks_csv=metadata_dir / "tracks.csv",
-        genres_csv=metadata_dir / "genres.csv",
-        audio_dir=audio_dir,
+        tracks_csv=out_root / "fma_metadata" / "tracks.csv",
+        genres_csv=out_root / "fma_metadata" / "genres.csv",
+        audio_dir=out_root / "fma_audio",
         n_tracks=len(plans),
         n_clips=len(with_files),
         folders=tuple(sorted({folder_of(p.track_id) for p in with_files})),
@@ -213,7 +224,7 @@ def write_demo_dataset(
         defects={p.defect: p.track_id for p in plans if p.defect is not None},
         seed=seed,
         audio_seconds=audio_seconds,
-        elapsed_s=time.monotonic() - started,
+        elapsed_s=elapsed_s,
     )
 
 
@@ -251,13 +262,7 @@ def add_demo_tracks(
     out_root = Path(out_root)
     metadata_dir, audio_dir = out_root / "fma_metadata", out_root / "fma_audio"
     tracks_csv = metadata_dir / "tracks.csv"
-    if not 1 <= n_new <= 999:
-        raise DemoDataError(f"--add must be between 1 and 999 (one new audio folder), got {n_new}")
-    if not (_is_demo_dir(metadata_dir, tracks_csv) and _is_demo_dir(audio_dir)):
-        raise DemoDataError(
-            f"{out_root} does not hold an unmodified demo dataset (no matching {MARKER_NAME}): "
-            "--add only extends what `clap-pipeline demo-data` wrote"
-        )
+    _check_addable(out_root, n_new)
     marker = json.loads((metadata_dir / MARKER_NAME).read_text(encoding="utf-8"))
     existing = read_track_ids(tracks_csv)
     base = (max(existing) // TRACKS_PER_FOLDER + 1) * TRACKS_PER_FOLDER
@@ -265,23 +270,7 @@ def add_demo_tracks(
         raise DemoDataError(f"{tracks_csv}: no free audio folder left for new track ids")
     renderer = str(marker.get("renderer", "synth"))
     clip_seconds = float(marker.get("clip_seconds", CLIP_SECONDS))
-    batch = plan_dataset(
-        max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=marker["seed"] + base, renderer=renderer
-    )
-    plans = [p for p in batch if p.defect is None][:n_new]
-    for k, plan in enumerate(plans):
-        # Ids in the new folder; artist and album ids moved clear of the existing ones.
-        plan.track_id = base + 1 + k
-        plan.row[("artist", "id")] = int(plan.row[("artist", "id")]) + base * 100  # type: ignore[call-overload]
-        if plan.row[("album", "id")] != -1:
-            plan.row[("album", "id")] = int(plan.row[("album", "id")]) + base * 100  # type: ignore[call-overload]
-        plan.params = audio_params(
-            plan.track_id,
-            plan.row[("track", "genres")],  # type: ignore[arg-type]
-            plan.row[("track", "tags")],  # type: ignore[arg-type]
-            marker["seed"],
-            renderer,
-        )
+    plans = _new_track_plans(n_new, base, marker["seed"], renderer)
     folder = audio_dir / folder_of(base)
     with atomic_path(folder) as tmp:
         # write_clip writes <root>/NNN/NNNNNN.mp3: encode under tmp's parent-like root.
@@ -311,3 +300,37 @@ def add_demo_tracks(
         track_ids=tuple(p.track_id for p in plans),
         elapsed_s=time.monotonic() - started,
     )
+
+
+def _check_addable(out_root: Path, n_new: int) -> None:
+    """DemoDataError unless ``n_new`` tracks fit one folder of the demo dataset in ``out_root``."""
+    metadata_dir, audio_dir = out_root / "fma_metadata", out_root / "fma_audio"
+    if not 1 <= n_new <= 999:
+        raise DemoDataError(f"--add must be between 1 and 999 (one new audio folder), got {n_new}")
+    if not (_is_demo_dir(metadata_dir, metadata_dir / "tracks.csv") and _is_demo_dir(audio_dir)):
+        raise DemoDataError(
+            f"{out_root} does not hold an unmodified demo dataset (no matching {MARKER_NAME}): "
+            "--add only extends what `clap-pipeline demo-data` wrote"
+        )
+
+
+def _new_track_plans(n_new: int, base: int, seed: int, renderer: str) -> list[TrackPlan]:
+    """``n_new`` playable tracks with ids from ``base + 1``; artist and album ids moved clear
+    of the existing ones; the same batch for the same seed and base."""
+    batch = plan_dataset(
+        max(n_new + len(DEFECT_KINDS), MIN_TRACKS), seed=seed + base, renderer=renderer
+    )
+    plans = [p for p in batch if p.defect is None][:n_new]
+    for k, plan in enumerate(plans):
+        plan.track_id = base + 1 + k
+        plan.row[("artist", "id")] = int(plan.row[("artist", "id")]) + base * 100  # type: ignore[call-overload]
+        if plan.row[("album", "id")] != -1:
+            plan.row[("album", "id")] = int(plan.row[("album", "id")]) + base * 100  # type: ignore[call-overload]
+        plan.params = audio_params(
+            plan.track_id,
+            plan.row[("track", "genres")],  # type: ignore[arg-type]
+            plan.row[("track", "tags")],  # type: ignore[arg-type]
+            seed,
+            renderer,
+        )
+    return plans

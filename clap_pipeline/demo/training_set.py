@@ -117,6 +117,27 @@ def write_training_dataset(
         split_of[tid], genre_of[tid] = rows[k]
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    _write_genre_prompts(data_dir / "prompts.parquet", ids, genre_of)
+    wave_dir = data_dir / "waveforms"
+    wave_dir.mkdir(exist_ok=True)
+    for folder in sorted({folder_of(tid) for tid in ids}):
+        folder_ids = [t for t in ids if folder_of(t) == folder]
+        waves = [genre_audio(genre_of[t], np.random.default_rng([seed, t])) for t in folder_ids]
+        write_waveforms_file(partition_path(wave_dir, folder), folder_ids, waves)
+
+    with duckdb_connection(data_dir / "clap.duckdb") as con:
+        con.execute(tracks_ddl(["set_split"]))
+        con.executemany("INSERT INTO tracks VALUES (?, ?)", [[t, split_of[t]] for t in ids])
+    fma_to_ours = {"training": "train", "validation": "validation", "test": "test"}
+    return SyntheticData(
+        data_dir=data_dir,
+        genre_of=genre_of,
+        split_of={t: fma_to_ours[s] for t, s in split_of.items()},
+    )
+
+
+def _write_genre_prompts(path: Path, ids: list[int], genre_of: dict[int, str]) -> None:
+    """prompts.parquet: each track's genre in every template, one of them its prompt."""
     template_ids, prompts, renderings = [], [], []
     for tid in ids:
         rendered = [t.format(g=genre_of[tid]) if t else None for t in TEMPLATES]
@@ -134,22 +155,5 @@ def write_training_dataset(
             },
             schema=PROMPTS_SCHEMA,
         ),
-        data_dir / "prompts.parquet",
-    )
-
-    wave_dir = data_dir / "waveforms"
-    wave_dir.mkdir(exist_ok=True)
-    for folder in sorted({folder_of(tid) for tid in ids}):
-        folder_ids = [t for t in ids if folder_of(t) == folder]
-        waves = [genre_audio(genre_of[t], np.random.default_rng([seed, t])) for t in folder_ids]
-        write_waveforms_file(partition_path(wave_dir, folder), folder_ids, waves)
-
-    with duckdb_connection(data_dir / "clap.duckdb") as con:
-        con.execute(tracks_ddl(["set_split"]))
-        con.executemany("INSERT INTO tracks VALUES (?, ?)", [[t, split_of[t]] for t in ids])
-    fma_to_ours = {"training": "train", "validation": "validation", "test": "test"}
-    return SyntheticData(
-        data_dir=data_dir,
-        genre_of=genre_of,
-        split_of={t: fma_to_ours[s] for t, s in split_of.items()},
+        path,
     )

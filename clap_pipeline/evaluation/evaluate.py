@@ -19,7 +19,9 @@ verdict and a chart, ``checks`` into the asset checks' verdicts.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from clap_pipeline.dataset import Prompts, TrainingDataError
 from clap_pipeline.evaluation.genres import GenrePlan, genre_classification, genre_search_report
@@ -28,6 +30,7 @@ from clap_pipeline.evaluation.inputs import (
     EvalConfig,
     EvalInputs,
     EvaluationError,
+    SplitClips,
     load_manifest,
     model_sources,
     split_clips,
@@ -48,6 +51,11 @@ from clap_pipeline.reporting import Log
 from clap_pipeline.selection import read_genres, read_track_values
 from clap_pipeline.waveform_reader import WaveformIndex
 from clap_pipeline.window_embeddings import write_search_rule
+
+if TYPE_CHECKING:
+    import torch
+
+    from clap_pipeline.evaluation.encoder import Embedded
 
 
 def conventions(config: EvalConfig) -> dict[str, str]:
@@ -74,7 +82,6 @@ def conventions(config: EvalConfig) -> dict[str, str]:
 def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) -> EvaluationReport:
     """Evaluate both models, write ``evaluation.json`` atomically, log to MLflow; return it."""
     # torch loads here, not at import: `show` and the Dagster definitions stay fast.
-    from clap_pipeline.evaluation.encoder import embed_model
     from clap_pipeline.model.clap import pick_device
 
     config.validate()
@@ -90,12 +97,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         raise EvaluationError(str(exc)) from exc
     names = SPLITS if config.include_validation else ("test",)
     clips = {name: split_clips(name, manifest.split(name), prompts, index) for name in names}
-    for split in clips.values():
-        if split.missing:
-            say(
-                f"{split.name}: {len(split.missing)} of {split.expected} clips have no prompt or "
-                f"waveform (first: {split.missing[:5]}); evaluating the other {len(split.track_ids)}"
-            )
+    _say_missing(clips, say)
     device = pick_device(config.device)
     say(
         f"evaluating on {device}: "
@@ -108,20 +110,8 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     instruments = InstrumentPlan.build(clips, read_instruments(inputs.duckdb_path, evaluated_ids))
     sections = read_eval_sections(inputs.sections_path)
     sources = model_sources(manifest)
-    embedded = {}
-    for model_key, source in sources.items():
-        same = next((k for k in embedded if sources[k] == source), None)
-        if same:  # WiSE-FT kept alpha = 1: the fine-tuned weights themselves
-            embedded[model_key] = embedded[same]
-            continue
-        say(f"{model_key}: loading {source}")
-        embedded[model_key] = embed_model(
-            sources[model_key], model_key, clips,
-            (inputs.waveforms_dir, inputs.window_embeddings_dir),
-            {**plan.text_groups(), **instruments.text_groups(), **moment_queries(sections)},
-            device,
-            config.batch_size, log,
-        )  # fmt: skip
+    groups = {**plan.text_groups(), **instruments.text_groups(), **moment_queries(sections)}
+    embedded = _embed_models(sources, clips, inputs, groups, device, config, log)
 
     report = EvaluationReport(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -144,6 +134,49 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         moments=moment_report(sections, clips, embedded, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)
+    _publish(report, config, inputs, say)
+    return report
+
+
+def _say_missing(clips: dict[str, SplitClips], say: Log) -> None:
+    for split in clips.values():
+        if split.missing:
+            say(
+                f"{split.name}: {len(split.missing)} of {split.expected} clips have no prompt or "
+                f"waveform (first: {split.missing[:5]}); evaluating the other {len(split.track_ids)}"
+            )
+
+
+def _embed_models(
+    sources: dict[str, str],
+    clips: dict[str, SplitClips],
+    inputs: EvalInputs,
+    text_groups: Mapping[str, Sequence[str]],
+    device: torch.device,
+    config: EvalConfig,
+    log: Log | None,
+) -> dict[str, Embedded]:
+    """Each model's embeddings of ``clips`` and ``text_groups``, each source embedded once."""
+    from clap_pipeline.evaluation.encoder import embed_model
+
+    say = log or (lambda _msg: None)
+    embedded: dict[str, Embedded] = {}
+    for model_key, source in sources.items():
+        same = next((k for k in embedded if sources[k] == source), None)
+        if same:  # WiSE-FT kept alpha = 1: the fine-tuned weights themselves
+            embedded[model_key] = embedded[same]
+            continue
+        say(f"{model_key}: loading {source}")
+        embedded[model_key] = embed_model(
+            sources[model_key], model_key, clips,
+            (inputs.waveforms_dir, inputs.window_embeddings_dir),
+            text_groups, device, config.batch_size, log,
+        )  # fmt: skip
+    return embedded
+
+
+def _publish(report: EvaluationReport, config: EvalConfig, inputs: EvalInputs, say: Log) -> None:
+    """The search rule, MLflow metrics, ``evaluation.json`` and MLflow artifacts, in that order."""
     if report.whole_track is not None:
         whole = report.whole_track
         write_search_rule(inputs.report_path.parent, whole.chosen, whole.chosen_by)
@@ -154,4 +187,3 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     if config.log_to_mlflow:
         log_artifacts(report, inputs.report_path, inputs.tracking_uri)
     say(f"evaluation written to {inputs.report_path} in {report.seconds:.1f} s")
-    return report

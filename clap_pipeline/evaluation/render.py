@@ -173,10 +173,8 @@ def qualitative_table(report: EvaluationReport) -> Table:
 
 RULE_LABELS = {"first": "first window only", "mean": "mean of windows", "max": "best window (max)"}
 WHOLE_TRACK_ROWS = (
-    ("text->audio R@1", "retrieval", "text_to_audio_recall_at_1"),
-    ("text->audio R@5", "retrieval", "text_to_audio_recall_at_5"),
-    ("text->audio R@10", "retrieval", "text_to_audio_recall_at_10"),
-    ("audio->text R@5", "retrieval", "audio_to_text_recall_at_5"),
+    *((f"text->audio R@{k}", "retrieval", recall_key(k)) for k in KS),
+    ("audio->text R@5", "retrieval", recall_key(5, AUDIO_TO_TEXT)),
     ("<genre> music p@10", "genre_search", None),
     ("<instrument> music p@10", "instrument_search", None),
 )

@@ -31,13 +31,12 @@ from clap_pipeline.evaluation.instrument_search import (
     scored_instrument_search,
 )
 from clap_pipeline.evaluation.report import Interval, WholeTrackReport, WholeTrackSplit
-from clap_pipeline.metrics import bootstrap_rank_metrics, match_ranks
+from clap_pipeline.metrics import SELECTION_METRIC, bootstrap_rank_metrics, match_ranks
 from clap_pipeline.window_embeddings import AGGREGATIONS
 
 if TYPE_CHECKING:  # the encoder module loads torch
     from clap_pipeline.evaluation.encoder import Embedded
 
-SELECTION_METRIC = "text_to_audio_recall_at_5"
 SERVING_COST = ("mean", "first", "max")  # cheapest to serve first: breaks ties
 GENRE_QUERY = "genre_music"  # "<genre> music", the query search users type
 

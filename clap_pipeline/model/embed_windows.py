@@ -100,6 +100,77 @@ def _stored(path: Path, schema: pa.Schema) -> pa.Table | None:
     return stored.cast(schema) if same else None
 
 
+@dataclass
+class _FolderPlan:
+    """One store file to (re)write: its waveforms' sources, the rows it keeps, what to embed."""
+
+    target: Path
+    sources: dict[int, tuple[int, float]]
+    stored: pa.Table | None
+    keep_ids: set[int]
+    todo: list[int]
+
+
+def _plan_folders(
+    index: WaveformIndex,
+    store_dir: str | Path,
+    schema: pa.Schema,
+    wanted: set[int] | None,
+    shard: tuple[int, int],
+    summary: EmbedSummary,
+) -> list[_FolderPlan]:
+    """The store files of this rank (``shard`` = (rank, world size)) of the model
+    ``summary.fingerprint`` that lack or hold stale rows; rows kept count as ``summary.reused``."""
+    rank, world_size = shard
+    plans = []
+    for file_index in range(rank, len(index.files), world_size):
+        folder = index.files[file_index].stem
+        target = store_file(store_dir, summary.fingerprint, folder)
+        sources = _sources(index, file_index)
+        stored = _stored(target, schema)
+        keep_ids: set[int] = set()
+        if stored is not None:
+            ids = stored.column("track_id").to_numpy()
+            keys = zip(
+                ids.tolist(),
+                stored.column("source_size").to_pylist(),
+                stored.column("source_mtime").to_pylist(),
+                strict=True,
+            )
+            keep_ids = {t for t, size, mtime in keys if sources.get(t) == (size, mtime)}
+        todo = sorted((set(sources) if wanted is None else set(sources) & wanted) - keep_ids)
+        stale = stored is not None and set(stored.column("track_id").to_pylist()) - keep_ids
+        if todo or stale or stored is None:
+            plans.append(_FolderPlan(target, sources, stored, keep_ids, todo))
+        summary.reused += (
+            0
+            if stored is None
+            else sum(1 for t in stored.column("track_id").to_pylist() if t in keep_ids)
+        )
+    return plans
+
+
+def _write_folder(
+    plan: _FolderPlan, index: WaveformIndex, schema: pa.Schema, pos: np.ndarray, embs: np.ndarray
+) -> None:
+    """The store file: the kept rows, then the windows at ``pos`` with embeddings ``embs``."""
+    ids = index.track_ids[pos]
+    new = window_rows(
+        schema,
+        ids,
+        index.start_s[pos],
+        index.start_s[pos] + index.n_samples[pos] / SAMPLE_RATE,
+        embs,
+        np.array([plan.sources[int(t)][0] for t in ids], np.int64),
+        np.array([plan.sources[int(t)][1] for t in ids], np.float64),
+    )
+    if plan.stored is not None and plan.keep_ids:
+        keep = pa.array(sorted(plan.keep_ids), pa.int64())
+        kept = plan.stored.filter(pc.is_in(plan.stored.column("track_id"), value_set=keep))
+        new = pa.concat_tables([kept, new])
+    write_store_file(plan.target, new)
+
+
 def embed_windows(
     clap: LoadedClap,
     waveforms_dir: str | Path,
@@ -131,36 +202,12 @@ def embed_windows(
         model_source=clap.source,
         rule=index.rule,
     )
-    plans = []
-    for file_index in range(rank, len(index.files), world_size):
-        folder = index.files[file_index].stem
-        target = store_file(store_dir, fingerprint, folder)
-        sources = _sources(index, file_index)
-        stored = _stored(target, schema)
-        keep_ids: set[int] = set()
-        if stored is not None:
-            ids = stored.column("track_id").to_numpy()
-            keys = zip(
-                ids.tolist(),
-                stored.column("source_size").to_pylist(),
-                stored.column("source_mtime").to_pylist(),
-                strict=True,
-            )
-            keep_ids = {t for t, size, mtime in keys if sources.get(t) == (size, mtime)}
-        todo = sorted((set(sources) if wanted is None else set(sources) & wanted) - keep_ids)
-        stale = stored is not None and set(stored.column("track_id").to_pylist()) - keep_ids
-        if todo or stale or stored is None:
-            plans.append((target, sources, stored, keep_ids, todo))
-        summary.reused += (
-            0
-            if stored is None
-            else sum(1 for t in stored.column("track_id").to_pylist() if t in keep_ids)
-        )
-    total = sum(len(index.positions(todo, "all")) for *_, todo in plans)
+    plans = _plan_folders(index, store_dir, schema, wanted, (rank, world_size), summary)
+    total = sum(len(index.positions(plan.todo, "all")) for plan in plans)
     progress = ProgressLog(f"window embeddings ({fingerprint})", total, log, every_s=15.0)
     with torch.inference_mode():
-        for target, sources, stored, keep_ids, todo in plans:
-            positions = index.positions(todo, "all")
+        for plan in plans:
+            positions = index.positions(plan.todo, "all")
             embs = [np.zeros((0, dim), np.float32)]
             order: list[np.ndarray] = []
             for pos, waves in ordered_window_batches(index, positions, batch_size):
@@ -169,21 +216,7 @@ def embed_windows(
                 summary.embedded += len(pos)
                 progress.update(summary.embedded)
             pos = np.concatenate(order) if order else np.zeros(0, np.int64)
-            ids = index.track_ids[pos]
-            new = window_rows(
-                schema,
-                ids,
-                index.start_s[pos],
-                index.start_s[pos] + index.n_samples[pos] / SAMPLE_RATE,
-                np.concatenate(embs),
-                np.array([sources[int(t)][0] for t in ids], np.int64),
-                np.array([sources[int(t)][1] for t in ids], np.float64),
-            )
-            if stored is not None and keep_ids:
-                keep = pa.array(sorted(keep_ids), pa.int64())
-                kept = stored.filter(pc.is_in(stored.column("track_id"), value_set=keep))
-                new = pa.concat_tables([kept, new])
-            write_store_file(target, new)
+            _write_folder(plan, index, schema, pos, np.concatenate(embs))
             summary.folders_written += 1
     if world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()  # every folder written before anyone reads the store
