@@ -186,7 +186,7 @@ def _write_clip(plan: TrackPlan, audio_root: Path, clip_seconds: float, sectione
     audio = None
     if sectioned and plan.defect is None:
         audio = sectioned_clip(plan.params, clip_seconds, plan.track_id)[0]
-    return write_clip(plan, audio_root, audio, clip_seconds)
+    return write_clip(plan, audio_root, audio=audio, clip_seconds=clip_seconds)
 
 
 def encode_all(
