@@ -232,7 +232,10 @@ class SearchIndex:
         windows when the index has them, ``start_s``: like the moment at that time."""
         pos = self.catalog.position(track_id)
         if self.windows is not None and self.windows.from_catalog[pos] >= 0:
-            return self.results(*self.windows.similar(pos, k, start_s))
+            # Each result's moment: its window closest to (one of) the track's query windows.
+            queries = self.windows.similar_queries(pos, start_s)
+            results = self.results(*self.windows.similar(pos, k, start_s))
+            return [self._best_moment(r, queries) for r in results]
         if start_s is not None:
             raise MomentNotFoundError(f"track {track_id} has no window embeddings to start from")
         positions, scores = self.vectors.search(self.vectors.matrix[pos], k + 1)

@@ -104,23 +104,26 @@ class WindowRanker:
             [round(float(s), 4) for s in m.window_scores],
         )
 
-    def similar(self, row: int, k: int, start_s: float | None = None) -> Ranking:
-        """Rows like catalog row ``row`` by its windows (itself left out); ``start_s``: like
-        the window at that time."""
+    def similar_queries(self, row: int, start_s: float | None = None) -> np.ndarray:
+        """The query vectors of "more like catalog row ``row``" by the rule (module
+        docstring); ``start_s``: the one window at that time."""
         position = int(self.from_catalog[row])
         if position < 0:
             raise KeyError(row)
         starts, vectors = self.index.window_embeddings(position)
         if start_s is not None:
-            queries = vectors[[window_at(starts, start_s, self.index.window_end(position))]]
-        elif self.rule == "max":
+            return vectors[[window_at(starts, start_s, self.index.window_end(position))]]
+        if self.rule == "max":
             picks = np.unique(np.linspace(0, len(vectors) - 1, SIMILAR_QUERY_WINDOWS).round())
-            queries = vectors[picks.astype(int)]
-        elif self.rule == "mean":
-            queries = l2_normalise(vectors.sum(axis=0, keepdims=True))
-        else:
-            queries = vectors[:1]
-        rows, scores = self.rank_many(queries, k + 1)
+            return vectors[picks.astype(int)]
+        if self.rule == "mean":
+            return l2_normalise(vectors.sum(axis=0, keepdims=True))
+        return vectors[:1]
+
+    def similar(self, row: int, k: int, start_s: float | None = None) -> Ranking:
+        """Rows like catalog row ``row`` by its windows (itself left out); ``start_s``: like
+        the window at that time."""
+        rows, scores = self.rank_many(self.similar_queries(row, start_s), k + 1)
         keep = rows != row
         return rows[keep][:k], scores[keep][:k]
 

@@ -294,6 +294,8 @@ def test_window_embeddings_are_indexed_and_reindexed_while_serving(
             assert like.status_code == 200 and hit["track_id"] not in [
                 h["track_id"] for h in like.json()
             ]
+            # Like the moment at 10-15 s: every track's closest window is its own at 10 s.
+            assert [h["start_s"] for h in like.json()] == [10.0] * len(like.json())
             # Both store files are written again, the moment now at 5 s: the index reads
             # them into new segments beside the old one (no rebuild from scratch).
             write_window_store(collection, tiny_model_dir, moment_at_s=5.0, rule="max")
