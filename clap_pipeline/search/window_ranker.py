@@ -174,7 +174,9 @@ def build_window_ranker(
             index = index.add_tracks(read_windows(path), log)
         return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
     texts = calibration_texts(genres)
-    queries = embed_texts(texts) if len(texts) >= MIN_CALIBRATION_TEXTS else None
+    # An exact ("Flat") coarse index has no nprobe to calibrate: no queries to embed.
+    calibrate = len(texts) >= MIN_CALIBRATION_TEXTS and options.get("coarse") != "Flat"
+    queries = embed_texts(texts) if calibrate else None
     index = read_window_index(files, log, rule=rule, calibration_queries=queries, **options)
     return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
 
