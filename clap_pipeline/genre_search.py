@@ -34,7 +34,15 @@ GENRE_QUERIES: Mapping[str, str] = {
     "genre_music": "{genre} music",
     "zero_shot_template": "This audio is a {genre} song.",
 }
-SCORE_NAMES = (f"precision_at_{SEARCH_K}", "average_precision")
+
+
+def precision_name(k: int) -> str:
+    """``precision_at_<k>``: the share of the top k that are of the query's genre."""
+    return f"precision_at_{k}"
+
+
+PRECISION_NAME = precision_name(SEARCH_K)
+SCORE_NAMES = (PRECISION_NAME, "average_precision")
 
 
 def eligible_genres(labels: Sequence[str | None], min_tracks: int = MIN_GENRE_TRACKS) -> list[str]:

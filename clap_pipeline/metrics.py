@@ -33,12 +33,21 @@ import numpy as np
 KS = (1, 5, 10)
 TEXT_TO_AUDIO, AUDIO_TO_TEXT = DIRECTIONS = ("text_to_audio", "audio_to_text")
 MAP_CUTOFF = 10
-# Per-metric names from ``metrics_from_ranks``, in report order.
-RECALL_NAMES = tuple(f"recall_at_{k}" for k in KS)
-METRIC_NAMES = (*RECALL_NAMES, "median_rank", "mean_rank", "map_at_10")
+
+
+def recall_name(k: int) -> str:
+    """``recall_at_<k>``, the name of R@k in one direction."""
+    return f"recall_at_{k}"
+
+
+# Per-metric names from ``metrics_from_ranks``, in report order, spelled here only (a
+# metric's key, as MLflow and the reports hold it, is ``metric_key(direction, name)``).
+RECALL_NAMES = tuple(recall_name(k) for k in KS)
+MEDIAN_RANK, MEAN_RANK = RANK_METRICS = ("median_rank", "mean_rank")
+MAP_NAME = f"map_at_{MAP_CUTOFF}"
+METRIC_NAMES = (*RECALL_NAMES, *RANK_METRICS, MAP_NAME)
 # Bounded by 1 (recalls, mAP) vs ranks in [1, N].
-UNIT_INTERVAL_METRICS = (*RECALL_NAMES, "map_at_10")
-RANK_METRICS = ("median_rank", "mean_rank")
+UNIT_INTERVAL_METRICS = (*RECALL_NAMES, MAP_NAME)
 
 
 def metric_key(direction: str, name: str) -> str:
@@ -47,7 +56,7 @@ def metric_key(direction: str, name: str) -> str:
 
 
 def recall_key(k: int, direction: str = TEXT_TO_AUDIO) -> str:
-    return metric_key(direction, f"recall_at_{k}")
+    return metric_key(direction, recall_name(k))
 
 
 # Text->audio R@5: training's epoch selection, the registry's champion rule and the
@@ -112,10 +121,10 @@ def match_ranks_blockwise(
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     ranks = np.asarray(ranks)
-    out = {f"recall_at_{k}": float(np.mean(ranks < k)) for k in ks}
-    out["median_rank"] = float(np.floor(np.median(ranks)) + 1)
-    out["mean_rank"] = float(np.mean(ranks) + 1)
-    out["map_at_10"] = float(np.mean(np.where(ranks < 10, 1.0 / (ranks + 1), 0.0)))
+    out = {recall_name(k): float(np.mean(ranks < k)) for k in ks}
+    out[MEDIAN_RANK] = float(np.floor(np.median(ranks)) + 1)
+    out[MEAN_RANK] = float(np.mean(ranks) + 1)
+    out[MAP_NAME] = float(np.mean(np.where(ranks < MAP_CUTOFF, 1.0 / (ranks + 1), 0.0)))
     return out
 
 
@@ -161,11 +170,11 @@ def random_recall(k: int, n: int) -> float:
 
 def _metrics_per_row(ranks: np.ndarray) -> dict[str, np.ndarray]:
     """``metrics_from_ranks`` applied to each row of a (B, N) array of ranks, vectorised."""
-    out = {f"recall_at_{k}": np.mean(ranks < k, axis=1) for k in KS}
-    out["median_rank"] = np.floor(np.median(ranks, axis=1)) + 1
-    out["mean_rank"] = np.mean(ranks, axis=1) + 1
+    out = {recall_name(k): np.mean(ranks < k, axis=1) for k in KS}
+    out[MEDIAN_RANK] = np.floor(np.median(ranks, axis=1)) + 1
+    out[MEAN_RANK] = np.mean(ranks, axis=1) + 1
     reciprocal = np.where(ranks < MAP_CUTOFF, 1.0 / (ranks + 1.0), 0.0)
-    out["map_at_10"] = np.mean(reciprocal, axis=1)
+    out[MAP_NAME] = np.mean(reciprocal, axis=1)
     return out
 
 
@@ -264,10 +273,10 @@ def random_expected_metrics(n: int) -> dict[str, float]:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    out = {f"recall_at_{k}": random_recall(k, n) for k in KS}
-    out["median_rank"] = float((n - 1) // 2 + 1)
-    out["mean_rank"] = (n + 1) / 2
-    out["map_at_10"] = float(sum(1.0 / r for r in range(1, min(MAP_CUTOFF, n) + 1)) / n)
+    out = {recall_name(k): random_recall(k, n) for k in KS}
+    out[MEDIAN_RANK] = float((n - 1) // 2 + 1)
+    out[MEAN_RANK] = (n + 1) / 2
+    out[MAP_NAME] = float(sum(1.0 / r for r in range(1, min(MAP_CUTOFF, n) + 1)) / n)
     return out
 
 

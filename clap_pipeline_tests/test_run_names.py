@@ -48,7 +48,7 @@ def declared_names() -> set[str]:
     """Every concrete name the two modules declare or build."""
     keys = {metric_key(d, m) for d in DIRECTIONS for m in METRIC_NAMES}
     names = {v for k, v in vars(run_names).items() if k.isupper() and isinstance(v, str)}
-    names |= keys | {run_names.val_metric(k) for k in keys}
+    names |= set(METRIC_NAMES) | keys | {run_names.val_metric(k) for k in keys}
     names |= {
         run_names.eval_metric(split, key, model)
         for split in run_names.EVAL_SPLITS

@@ -47,6 +47,7 @@ from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
 from clap_pipeline.evaluation.similarity import similarity_report
 from clap_pipeline.evaluation.whole_track import whole_track_report
+from clap_pipeline.metrics import MAP_CUTOFF, MAP_NAME, MEAN_RANK, MEDIAN_RANK
 from clap_pipeline.reporting import Log
 from clap_pipeline.selection import read_genres, read_track_values
 from clap_pipeline.waveform_reader import WaveformIndex
@@ -63,9 +64,9 @@ def conventions(config: EvalConfig) -> dict[str, str]:
     return {
         "rank": "0-based position of the match among N candidates, scores descending",
         "ties": "pessimistic: every other candidate scoring >= the match ranks above it",
-        "median_rank": "floor(median(rank)) + 1",
-        "mean_rank": "mean(rank) + 1",
-        "map_at_10": "mean(1/(rank+1) if rank < 10 else 0)",
+        MEDIAN_RANK: "floor(median(rank)) + 1",
+        MEAN_RANK: "mean(rank) + 1",
+        MAP_NAME: f"mean(1/(rank+1) if rank < {MAP_CUTOFF} else 0)",
         "bootstrap": (
             f"percentile {config.confidence:.0%} interval over {config.n_bootstrap} seeded "
             "resamples of the per-query ranks (pool of N candidates kept fixed; both "

@@ -100,7 +100,7 @@ def whole_track_metrics(report: EvaluationReport, split: str) -> dict[str, float
             for part in ("genre_search", "instrument_search"):
                 stat = getattr(block, part).get(model_key, {}).get(rule)
                 if stat is not None:
-                    name = f"track_{rule}_{part}_precision_at_10"
+                    name = f"track_{rule}_{part}_{genre_search.PRECISION_NAME}"
                     out[eval_metric(split, name, model)] = stat.value
     return out
 

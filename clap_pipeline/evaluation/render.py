@@ -25,11 +25,17 @@ from clap_pipeline.metrics import (
     AUDIO_TO_TEXT,
     DIRECTIONS,
     KS,
+    MAP_CUTOFF,
+    MAP_NAME,
+    MEAN_RANK,
+    MEDIAN_RANK,
     METRIC_NAMES,
     RANK_METRICS,
+    RECALL_NAMES,
     SELECTION_METRIC,
     TEXT_TO_AUDIO,
     recall_key,
+    recall_name,
 )
 from clap_pipeline.reporting import Markdown
 from clap_pipeline.tables import Table
@@ -37,12 +43,10 @@ from clap_pipeline.tables import Table
 CHART_NAME = "evaluation_chart.png"
 SHORT_DIRECTION = {TEXT_TO_AUDIO: "text->audio", AUDIO_TO_TEXT: "audio->text"}
 SHORT_METRIC = {
-    "recall_at_1": "R@1",
-    "recall_at_5": "R@5",
-    "recall_at_10": "R@10",
-    "median_rank": "median rank",
-    "mean_rank": "mean rank",
-    "map_at_10": "mAP@10",
+    **{recall_name(k): f"R@{k}" for k in KS},
+    MEDIAN_RANK: "median rank",
+    MEAN_RANK: "mean rank",
+    MAP_NAME: f"mAP@{MAP_CUTOFF}",
 }
 MODEL_LABELS = {"zero_shot": "zero-shot", "fine_tuned": "fine-tuned", WISE_FT: "WiSE-FT"}
 
@@ -417,7 +421,7 @@ def wise_ft_verdict(report: EvaluationReport, split: str) -> list[str]:
     if report.wise_ft_alpha is None or block is None or WISE_FT not in block.models:
         return []
     names = ["R@5 text->audio", "R@5 audio->text"]
-    columns = [lambda m, d=d: f"{block.stat(m, f'{d}_recall_at_5').value:.3f}" for d in DIRECTIONS]
+    columns = [lambda m, d=d: f"{block.stat(m, recall_key(5, d)).value:.3f}" for d in DIRECTIONS]
     for search, query, what in (
         (report.genre_search, "genre_music", "genre search"),
         (report.instrument_search, "instrument_music", "instrument search"),
@@ -567,7 +571,7 @@ def comparison_chart_png(report: EvaluationReport, split: str = "test") -> bytes
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     block = report.splits[split]
-    names = ["recall_at_1", "recall_at_5", "recall_at_10", "map_at_10"]
+    names = [*RECALL_NAMES, MAP_NAME]
     fig = Figure(figsize=(9, 3.4), dpi=90)
     axes = fig.subplots(1, 2, sharey=True)
     x = np.arange(len(names))
@@ -626,7 +630,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
             key = recall_key(k)
             metadata[f"test_{key}"] = test.stat("fine_tuned", key).value
             metadata[f"zeroshot_test_{key}"] = test.stat("zero_shot", key).value
-            metadata[f"random_test_recall_at_{k}"] = test.random.exact[key]
+            metadata[f"random_test_{recall_name(k)}"] = test.random.exact[key]
     search = report.genre_search
     test_search = search.splits["test"]
     if test_search.prior is not None:

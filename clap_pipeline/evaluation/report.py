@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from clap_pipeline import genre_search
 from clap_pipeline.evaluation.inputs import EvalConfig, EvaluationError
 from clap_pipeline.metrics import RANK_METRICS
 from clap_pipeline.storage import write_text_atomic
@@ -174,7 +175,7 @@ class GenreSearchReport:
 
     @property
     def precision_name(self) -> str:
-        return f"precision_at_{self.k}"
+        return genre_search.precision_name(self.k)
 
 
 # --------------------------------------------------------------------------- similarity

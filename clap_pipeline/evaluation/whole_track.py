@@ -60,7 +60,7 @@ def track_retrieval(scores: np.ndarray, config: EvalConfig) -> dict[str, Interva
 
 
 def _interval(result: dict[str, object]) -> Interval:
-    return Interval(**result[f"precision_at_{genre_search.SEARCH_K}"])  # type: ignore[arg-type]
+    return Interval(**result[genre_search.PRECISION_NAME])  # type: ignore[arg-type]
 
 
 def split_whole_track(

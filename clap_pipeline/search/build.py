@@ -26,6 +26,7 @@ from clap_pipeline.config import Settings
 from clap_pipeline.dataset import audio_path as fma_audio_path
 from clap_pipeline.genre_search import (
     GENRE_QUERIES,
+    PRECISION_NAME,
     GenreSearchConfig,
     eligible_genres,
     model_genre_search,
@@ -300,14 +301,14 @@ def embed_collection(
     metadata: dict[str, object] = {}
     if summary.genre_search:
         found, share = summary.genre_search["model"], summary.genre_search["mean_share"]
-        p10 = found["precision_at_10"]
+        p10 = found[PRECISION_NAME]
         log(
             f"genre search over the collection ({len(summary.genre_search['genres'])} genres, "
             f"query {summary.genre_search['query']!r}): {p10['value']:.0%} of the top 10 are "
             f"of the genre vs a {share:.0%} share ({p10['value'] / share:.1f}x)"
         )
-        metadata["genre_search_precision_at_10"] = p10["value"]
-        metadata["genre_search_prior_precision_at_10"] = share
+        metadata[f"genre_search_{PRECISION_NAME}"] = p10["value"]
+        metadata[f"genre_search_prior_{PRECISION_NAME}"] = share
         metadata["genre_search_per_genre"] = found["per_genre"]
     return {
         **metadata,
