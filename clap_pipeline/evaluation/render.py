@@ -404,7 +404,8 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
     retrieval, retrieval_helps = _retrieval_verdict(block)
     search, search_helps = _search_verdict(report, split)
     lines += retrieval + search
-    lines += similarity_verdict(report, split) + wise_ft_verdict(report, split)
+    lines += similarity_verdict(report, split) + moments_verdict(report, split)
+    lines += wise_ft_verdict(report, split)
     lines.append(
         f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
         "interval lies above chance."
@@ -459,6 +460,20 @@ def similarity_verdict(report: EvaluationReport, split: str) -> list[str]:
         f"[{tuned['other_artists'].ci_low:.0%}, {tuned['other_artists'].ci_high:.0%}] "
         f"(zero-shot {zero['other_artists'].value:.0%}, chance "
         f"{sim.prior['other_artists']:.0%}) (shown, not judged)"
+    ]
+
+
+def moments_verdict(report: EvaluationReport, split: str) -> list[str]:
+    """The moment line of the verdict (shown, not judged): does a query land in its section?"""
+    block = report.moments.splits.get(split) if report.moments else None
+    if block is None or "fine_tuned" not in block.models:
+        return []
+    tuned, zero = block.models["fine_tuned"], block.models["zero_shot"]
+    above = "above" if tuned.ci_low > block.chance else "not clearly above"
+    return [
+        f"  - moments: '<genre> music' finds its section's window in {tuned.value:.0%} "
+        f"[{tuned.ci_low:.0%}, {tuned.ci_high:.0%}] of {block.n_sections} sections, {above} "
+        f"chance {block.chance:.0%} (zero-shot {zero.value:.0%}) (shown, not judged)"
     ]
 
 

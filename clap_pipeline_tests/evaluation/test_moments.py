@@ -13,7 +13,7 @@ from clap_pipeline.evaluation.evaluate import evaluate
 from clap_pipeline.evaluation.inputs import WISE_FT, EvalConfig, EvalInputs
 from clap_pipeline.evaluation.mlflow_log import mlflow_metrics
 from clap_pipeline.evaluation.moments import MOMENT_QUERY, moment_accuracy
-from clap_pipeline.evaluation.render import format_evaluation_table
+from clap_pipeline.evaluation.render import format_evaluation_table, verdict_lines
 from clap_pipeline.evaluation.report import load_report
 from clap_pipeline.model.clap import load_clap, model_fingerprint
 from clap_pipeline.search.text_encoder import encode_query
@@ -117,6 +117,9 @@ def test_the_evaluation_measures_moment_accuracy_on_a_sectioned_demo_collection(
     assert fine_tuned == independent_accuracy(setup, setup.checkpoints[3], sections)
     table = format_evaluation_table(report)
     assert "moment accuracy, test split" in table and "chance (the section's share" in table
+    tuned = block.models["fine_tuned"]
+    verdict = f"in {tuned.value:.0%} [{tuned.ci_low:.0%}, {tuned.ci_high:.0%}] of 24 sections"
+    assert verdict in "\n".join(verdict_lines(report))
     assert load_report(EvalInputs.from_settings(settings).report_path).moments == moments
     logged = mlflow_metrics(report)
     test_value = moments.splits["test"].models["zero_shot"].value
