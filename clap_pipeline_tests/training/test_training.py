@@ -399,7 +399,9 @@ def test_cached_features_change_no_number(synthetic: SyntheticData, tiny_model_d
     args = (loaded.tokenizer, data, "validation", 8, device)
     expected = evaluate_split(loaded.model, plain, *args)
     assert evaluate_split(loaded.model, cached, *args) == expected  # fills the cache
-    assert set(cached.store) == set(synthetic.ids("validation"))
+    # One entry per validation clip, keyed by its window's position (validation: first windows).
+    first_windows = data.index.positions(synthetic.ids("validation"), "first")
+    assert set(cached.store) == set(first_windows.tolist())
     assert evaluate_split(loaded.model, cached, *args) == expected  # served from it
     # The budget bounds what is kept: room for 3 clips keeps 3.
     one_clip = next(iter(cached.store.values()))
