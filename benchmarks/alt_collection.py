@@ -12,7 +12,9 @@ so a track's windows differ as a song's do (issue 28). Run the README's demo pat
     FMA_METADATA_DIR=/tmp/alt/fma_metadata FMA_AUDIO_DIR=/tmp/alt/fma_audio \\
         CLAP_DATA_DIR=/tmp/alt/data scripts/demo.sh
 
-and read the verdict it prints last.
+and read the verdict it prints last. ``--sections`` makes each clip's second half another
+genre and writes ``fma_metadata/sections.csv``: the evaluation then prints moment accuracy
+(does "<genre> music" find its half?) on a collection this project's generator did not make.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ sys.path.insert(0, str(REPO))
 from clap_pipeline.dataset import audio_path  # noqa: E402
 from clap_pipeline.demo import encode  # noqa: E402
 from clap_pipeline.demo import plan as demo  # noqa: E402
+from clap_pipeline.demo.sections import second_half, split_s, track_sections  # noqa: E402
 from clap_pipeline.demo.synth import SR, AudioParams  # noqa: E402
-from clap_pipeline.storage import atomic_path  # noqa: E402
+from clap_pipeline.sections import SECTIONS_NAME, sections_csv_text  # noqa: E402
+from clap_pipeline.storage import atomic_path, write_text_atomic  # noqa: E402
 
 LOOP_SECONDS = 4.0
 # Per genre: (beats per minute, oscillator, octave offset, percussion pattern on 8ths).
@@ -129,7 +133,23 @@ def render(params: AudioParams, section: int = 0) -> np.ndarray:
     return np.round(stereo * 32767).astype("<i2")
 
 
-def write_clip(plan: demo.TrackPlan, audio_root: Path, seconds: float) -> None:
+def clip_pcm(params: AudioParams, seconds: float, sectioned: bool = False) -> np.ndarray:
+    """``seconds`` of 4-s sections; ``sectioned``: another genre from the window boundary
+    nearest the middle on (``demo/sections.py`` picks it and says where)."""
+
+    def loops(p: AudioParams, length: float) -> np.ndarray:
+        parts = [render(p, k) for k in range(int(np.ceil(length / LOOP_SECONDS)))]
+        return np.concatenate(parts)[: round(length * SR)]
+
+    if not sectioned:
+        return loops(params, seconds)
+    split = split_s(seconds)
+    return np.concatenate([loops(params, split), loops(second_half(params), seconds - split)])
+
+
+def write_clip(
+    plan: demo.TrackPlan, audio_root: Path, seconds: float, sectioned: bool = False
+) -> None:
     if plan.defect == demo.DEFECT_MISSING:
         return
     path = audio_path(audio_root, plan.track_id)
@@ -138,10 +158,8 @@ def write_clip(plan: demo.TrackPlan, audio_root: Path, seconds: float) -> None:
         encode.encode_mp3(np.zeros((0, 2), "<i2"), 0, path, plan)
         return
     length = encode.SHORT_CLIP_SECONDS if plan.defect == demo.DEFECT_SHORT else seconds
-    sections = np.concatenate(
-        [render(plan.params, k) for k in range(int(np.ceil(length / LOOP_SECONDS)))]
-    )
-    encode.encode_mp3(sections, round(length * SR), path, plan)
+    pcm = clip_pcm(plan.params, length, sectioned and plan.defect is None)
+    encode.encode_mp3(pcm, round(length * SR), path, plan)
 
 
 def write_collection(
@@ -171,10 +189,25 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=30.0, help="clip length (FMA's: 30)")
+    parser.add_argument(
+        "--sections",
+        action="store_true",
+        help="each clip's second half is another genre; fma_metadata/sections.csv says where",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     plans = demo.plan_dataset(args.tracks, args.seed)
-    write_collection(args.out, plans, lambda part, audio: write_clip(part[0], audio, args.seconds))
+    write_collection(
+        args.out, plans, lambda part, audio: write_clip(part[0], audio, args.seconds, args.sections)
+    )
+    if args.sections:  # what the evaluation's moment accuracy asks
+        sections = [
+            s
+            for p in plans
+            if p.defect is None
+            for s in track_sections(p.params, args.seconds, p.track_id)
+        ]
+        write_text_atomic(args.out / "fma_metadata" / SECTIONS_NAME, sections_csv_text(sections))
     print(
         f"{len(plans)} tracks (seed {args.seed}, alternative synthesis) in "
         f"{time.perf_counter() - started:.1f} s under {args.out}"

@@ -178,6 +178,11 @@ def model_store(store_dir: str | Path, fingerprint: str) -> Path:
     return Path(store_dir) / fingerprint
 
 
+def store_files(store_dir: str | Path, fingerprint: str) -> list[Path]:
+    """One model's store files, in folder order (none: the model has no window embeddings)."""
+    return sorted(model_store(store_dir, fingerprint).glob("[0-9]*.parquet"))
+
+
 def store_file(store_dir: str | Path, fingerprint: str, folder: str) -> Path:
     return model_store(store_dir, fingerprint) / f"{folder}.parquet"
 
@@ -221,7 +226,7 @@ def read_store(
     store_dir: str | Path, fingerprint: str, track_ids: Iterable[int] | None = None
 ) -> WindowEmbeddings:
     """One model's window embeddings (of ``track_ids``, default all), every folder's file."""
-    files = sorted(model_store(store_dir, fingerprint).glob("[0-9]*.parquet"))
+    files = store_files(store_dir, fingerprint)
     if not files:
         raise FileNotFoundError(
             f"no window embeddings of model {fingerprint} under {store_dir}: materialize "

@@ -31,7 +31,9 @@ from clap_pipeline.dataset import (
 )
 from clap_pipeline.metrics import recall_key
 from clap_pipeline.model.tiny import save_tiny_model
+from clap_pipeline.sections import Section
 from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.windows import WindowRule, cut_windows
 
 SR, SAMPLES = SAMPLE_RATE, CLIP_SAMPLES
 GENRES = ("Rock", "Folk", "Electronic", "Hip-Hop")
@@ -84,20 +86,52 @@ def windows_of(track_id: int) -> int:
 
 
 def write_waveforms(waveforms_dir: Path, genre_of: dict[int, str | None]) -> None:
+    clips = {t: [clip(t, genre_of[t], k) for k in range(windows_of(t))] for t in genre_of}
+    write_window_rows(waveforms_dir, clips)
+
+
+def write_window_rows(waveforms_dir: Path, clips: dict[int, list[np.ndarray]]) -> None:
+    """One waveforms file per audio folder: each track's windows, 5 s apart (the folder's
+    files replaced)."""
     by_folder: dict[str, list[int]] = {}
-    for tid in sorted(genre_of):
+    for tid in sorted(clips):
         by_folder.setdefault(folder_of(tid), []).append(tid)
     for folder, ids in by_folder.items():
-        windows = [(t, k) for t in ids for k in range(windows_of(t))]
+        windows = [(t, k) for t in ids for k in range(len(clips[t]))]
         rows = waveform_batch(
             [t for t, _ in windows],
-            [clip(t, genre_of[t], k) for t, k in windows],
+            [clips[t][k] for t, k in windows],
             start_s=[5.0 * k for _, k in windows],
             source_paths=[audio_path("", t) for t, _ in windows],
             source_sizes=[10_000 + t for t, _ in windows],
             source_mtimes=[1.7e9 + t for t, _ in windows],
         )
         write_partition(partition_path(waveforms_dir, folder), rows, row_group_rows=4)
+
+
+def write_sectioned_tracks(
+    setup: EvalSetup, track_ids: list[int], seconds: float = 10.0
+) -> list[Section]:
+    """``track_ids`` become demo tracks whose halves are two genres (``demo/sections.py``,
+    the synth renderer), cut into 5-s windows; returns their sections (what ``demo-data``
+    writes to ``sections.csv``). The other tracks keep their windows."""
+    from clap_pipeline.demo.plan import plan_dataset
+    from clap_pipeline.demo.sections import sectioned_clip
+    from clap_pipeline.demo.synth import SR as DEMO_SR
+
+    ids = sorted(track_ids)
+    plans = [p for p in plan_dataset(2 * len(ids), seed=5) if p.defect is None][: len(ids)]
+    clips = {t: [clip(t, g, k) for k in range(windows_of(t))] for t, g in setup.genre_of.items()}
+    sections: list[Section] = []
+    for tid, plan in zip(ids, plans, strict=True):
+        pcm, halves = sectioned_clip(plan.params, seconds, tid)
+        mono = pcm.astype(np.float32).mean(axis=1) / 32768
+        at = np.arange(round(len(mono) * SR / DEMO_SR)) * DEMO_SR / SR  # resampled to 48 kHz
+        samples = np.interp(at, np.arange(len(mono)), mono).astype(np.float32)
+        clips[tid] = cut_windows(samples, WindowRule())[1]
+        sections += halves
+    write_window_rows(setup.data_dir / "waveforms", clips)
+    return sections
 
 
 def _interpolated(zero_shot: Path, fine_tuned: Path, target: Path) -> Path:

@@ -18,10 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from clap_pipeline.dataset import audio_path
+from clap_pipeline.config import Settings
+from clap_pipeline.dataset import audio_path, folder_of
 from clap_pipeline.model.choice import ModelChoice
 from clap_pipeline.search.build import write_track_embeddings
 from clap_pipeline.storage import duckdb_connection
+from clap_pipeline.window_embeddings import (
+    l2_normalise,
+    store_file,
+    window_embeddings_schema,
+    window_rows,
+    write_search_rule,
+    write_store_file,
+)
+from clap_pipeline.windows import WindowRule
 from clap_pipeline_tests.audio_fixtures import run_ffmpeg
 from clap_pipeline_tests.search_fixtures import unit_rows, write_tracks_table
 
@@ -90,8 +100,8 @@ def write_embeddings(
     )
 
 
-def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4) -> Collection:
-    """`tracks` (one hostile title), MP3 clips and `track_embeddings` (version 1)."""
+def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4, clip_s: float = 3.0) -> Collection:
+    """`tracks` (one hostile title), MP3 clips of ``clip_s`` and `track_embeddings` (version 1)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     collection = Collection(data_dir, list(TRACK_IDS), unit_rows(len(TRACK_IDS), TINY_DIM, seed))
     write_tracks_table(collection.duckdb_path, TRACK_IDS)
@@ -120,9 +130,50 @@ def make_collection(data_dir: Path, ffmpeg: str, seed: int = 4) -> Collection:
                     tid,
                 ],
             )
-    write_clips(ffmpeg, collection)
+    write_clips(ffmpeg, collection, clip_s)
     write_embeddings(collection, TRACK_IDS, collection.matrix, "1")
     return collection
+
+
+WINDOW_STARTS = (0.0, 5.0, 10.0)  # three 5-s windows per track (clips of >= 15 s)
+MOMENT_QUERY = "warm lo-fi guitar loop"
+
+
+def write_window_store(
+    collection: Collection, model_dir: Path, moment_at_s: float = 10.0, rule: str = "max"
+) -> None:
+    """Window embeddings of every track for the model at ``model_dir`` (the served one), and
+    the evaluation's choice of ``rule``: the first window is the track's row of the matrix,
+    the others near it, except the one at ``moment_at_s``, which sounds like
+    ``MOMENT_QUERY`` (that query's moment in every track)."""
+    from clap_pipeline.model.clap import load_clap, model_fingerprint
+    from clap_pipeline.search.text_encoder import encode_query
+
+    clap = load_clap(str(model_dir))
+    fingerprint, query = model_fingerprint(clap.model), encode_query(clap, MOMENT_QUERY)
+    rng = np.random.default_rng(7)
+    ids, starts, vectors = [], [], []
+    for tid, row in zip(collection.track_ids, collection.matrix, strict=True):
+        for start in WINDOW_STARTS:
+            near = row + 0.2 * rng.standard_normal(row.shape) if start else row
+            vectors.append(0.9 * query + 0.1 * row if start == moment_at_s else near)
+            ids.append(tid)
+            starts.append(start)
+    schema = window_embeddings_schema(
+        len(query), model_version="", model_fingerprint=fingerprint, model_source=str(model_dir),
+        rule=WindowRule(),
+    )  # fmt: skip
+    settings = Settings(data_dir=collection.data_dir)
+    ids_a, starts_a = np.array(ids), np.array(starts)
+    emb = l2_normalise(np.array(vectors, dtype=np.float32))
+    for folder in sorted({folder_of(t) for t in ids}):
+        rows = np.flatnonzero([folder_of(t) == folder for t in ids])
+        table = window_rows(
+            schema, ids_a[rows], starts_a[rows], starts_a[rows] + 5.0, emb[rows],
+            np.full(len(rows), 48_000), np.zeros(len(rows)),
+        )  # fmt: skip
+        write_store_file(store_file(settings.window_embeddings_dir, fingerprint, folder), table)
+    write_search_rule(settings.reports_dir, rule, "the test's choice")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:

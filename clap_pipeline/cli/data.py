@@ -19,8 +19,9 @@ def _cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         print(add_demo_tracks(out, args.add))
         return 0
     summary = write_demo_dataset(
-        out, n_tracks=args.tracks, seed=args.seed, renderer=args.renderer, clip_seconds=args.seconds
-    )
+        out, n_tracks=args.tracks, seed=args.seed, renderer=args.renderer,
+        clip_seconds=args.seconds, sectioned=args.sections,
+    )  # fmt: skip
     print(summary)
     elsewhere = [
         f"{name}={configured}"
@@ -114,6 +115,13 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
         default=CLIP_SECONDS,
         help=f"clip length (default {CLIP_SECONDS:g} s: two 5-s windows; FMA's clips are 30 s, "
         "six windows)",
+    )
+    p.add_argument(
+        "--sections",
+        action="store_true",
+        help="each clip plays its genre up to the window boundary nearest its middle, then "
+        "another genre; fma_metadata/sections.csv says which plays where (the evaluation "
+        "measures moment accuracy on it)",
     )
     p.add_argument(
         "--add",

@@ -45,10 +45,12 @@ from clap_pipeline.demo.plan import (
     tracks_csv_text,
 )
 from clap_pipeline.demo.rendered import fluidsynth_exe, soundfont
+from clap_pipeline.demo.sections import track_sections
 from clap_pipeline.demo.synth import CLIP_SECONDS
 from clap_pipeline.metadata.fma import read_track_ids
 from clap_pipeline.processes import usable_cpus
 from clap_pipeline.reporting import Log
+from clap_pipeline.sections import SECTIONS_NAME, sections_csv_text
 from clap_pipeline.storage import atomic_path, write_text_atomic
 
 MARKER_NAME = ".clap-demo-dataset.json"
@@ -148,10 +150,13 @@ def write_demo_dataset(
     *,
     renderer: str = "synth",
     clip_seconds: float = CLIP_SECONDS,
+    sectioned: bool = False,
     workers: int | None = None,
     log: Log | None = _stderr_log,
 ) -> DemoSummary:
-    """Write the demo dataset under ``out_root`` (fma_metadata/, fma_audio/) atomically.
+    """Write the demo dataset under ``out_root`` (fma_metadata/, fma_audio/) atomically;
+    ``sectioned``: every playable clip is its genre then another, and ``sections.csv`` says
+    where (``demo/sections.py``; tracks added later with ``--add`` are not sectioned).
 
     Both folders are built in hidden temporary siblings and renamed into place, audio
     first, so a crash leaves the previous dataset (or none). Raises DemoDataError if
@@ -172,7 +177,7 @@ def write_demo_dataset(
 
     with atomic_path(metadata_dir) as meta_tmp, atomic_path(audio_dir) as audio_tmp:
         audio_tmp.mkdir()
-        audio_seconds = encode_all(plans, audio_tmp, workers, log, clip_seconds)
+        audio_seconds = encode_all(plans, audio_tmp, workers, log, clip_seconds, sectioned)
         (audio_tmp / MARKER_NAME).write_text(
             _marker(seed, n_tracks, None, renderer, clip_seconds), encoding="utf-8"
         )
@@ -182,12 +187,22 @@ def write_demo_dataset(
         (meta_tmp / "genres.csv").write_text(genres_csv_text(plans), encoding="utf-8")
         # What each clip plays, in words: a captions table for CLAP_CAPTIONS.
         (meta_tmp / CAPTIONS_NAME).write_text(captions_csv_text(plans, seed), encoding="utf-8")
+        if sectioned:  # which genre plays where: the evaluation's moment accuracy
+            sections = _sections_text(plans, clip_seconds)
+            (meta_tmp / SECTIONS_NAME).write_text(sections, encoding="utf-8")
         digest = hashlib.sha256(tracks_text).hexdigest()
         (meta_tmp / MARKER_NAME).write_text(
             _marker(seed, n_tracks, digest, renderer, clip_seconds), encoding="utf-8"
         )
         # Leaving the block renames audio into place first, then the metadata.
     return _summary(out_root, plans, seed, audio_seconds, time.monotonic() - started)
+
+
+def _sections_text(plans: list[TrackPlan], clip_seconds: float) -> str:
+    playable = [p for p in plans if p.defect is None]
+    return sections_csv_text(
+        [s for p in playable for s in track_sections(p.params, clip_seconds, p.track_id)]
+    )
 
 
 def _note_leftovers(out_root: Path, log: Log) -> None:

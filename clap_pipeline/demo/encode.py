@@ -32,6 +32,7 @@ from clap_pipeline.demo.plan import (
     TrackPlan,
 )
 from clap_pipeline.demo.rendered import render_track
+from clap_pipeline.demo.sections import sectioned_clip
 from clap_pipeline.demo.synth import CLIP_SECONDS, SR, render_loop
 from clap_pipeline.progress import ProgressLog
 
@@ -181,15 +182,24 @@ def write_clip(
     return n_frames / SR
 
 
+def _write_clip(plan: TrackPlan, audio_root: Path, clip_seconds: float, sectioned: bool) -> float:
+    audio = None
+    if sectioned and plan.defect is None:
+        audio = sectioned_clip(plan.params, clip_seconds, plan.track_id)[0]
+    return write_clip(plan, audio_root, audio=audio, clip_seconds=clip_seconds)
+
+
 def encode_all(
     plans: Sequence[TrackPlan],
     audio_root: Path,
     workers: int,
     log: Log,
     clip_seconds: float = CLIP_SECONDS,
+    sectioned: bool = False,
 ) -> float:
     """Encode every clip (``clip_seconds`` long) with a pool of threads, each driving one
-    ffmpeg at a time.
+    ffmpeg at a time; ``sectioned``: each playable clip is its genre, then another
+    (``demo/sections.py``).
 
     Threads suffice: the encoder runs in its own process, and synthesis is a small
     share of the work. Returns the seconds of audio written.
@@ -199,7 +209,7 @@ def encode_all(
     log(f"demo-data: encoding {len(plans)} clips with {workers} parallel ffmpeg processes")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-encode") as pool:
         futures = [
-            pool.submit(write_clip, plan, audio_root, clip_seconds=clip_seconds) for plan in plans
+            pool.submit(_write_clip, plan, audio_root, clip_seconds, sectioned) for plan in plans
         ]
         try:
             for done, future in enumerate(as_completed(futures), start=1):

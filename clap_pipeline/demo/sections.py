@@ -45,17 +45,21 @@ def split_s(seconds: float) -> float:
     return float(boundary) if 0 < boundary < seconds else seconds / 2
 
 
+def track_sections(params: AudioParams, seconds: float, track_id: int) -> tuple[Section, Section]:
+    """The two sections of a track's clip (no rendering)."""
+    split = split_s(seconds)
+    return (
+        Section(track_id, 0.0, split, genre_title(params.style)),
+        Section(track_id, split, float(seconds), genre_title(second_half(params).style)),
+    )
+
+
 def sectioned_clip(
     params: AudioParams, seconds: float, track_id: int
 ) -> tuple[np.ndarray, tuple[Section, Section]]:
     """The clip as int16 PCM (n, 2), and its two sections."""
     split = split_s(seconds)
-    second = second_half(params)
     render = render_clip if params.renderer == "synth" else render_track
     first_pcm = render(params, split)[: round(split * SR)]
-    pcm = np.concatenate([first_pcm, render(second, seconds - split)])
-    sections = (
-        Section(track_id, 0.0, split, genre_title(params.style)),
-        Section(track_id, split, float(seconds), genre_title(second.style)),
-    )
-    return pcm, sections
+    pcm = np.concatenate([first_pcm, render(second_half(params), seconds - split)])
+    return pcm, track_sections(params, seconds, track_id)

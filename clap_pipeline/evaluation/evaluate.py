@@ -41,6 +41,7 @@ from clap_pipeline.evaluation.instrument_search import (
     read_instruments,
 )
 from clap_pipeline.evaluation.mlflow_log import check_mlflow_run, log_artifacts, log_metrics
+from clap_pipeline.evaluation.moments import moment_queries, moment_report, read_eval_sections
 from clap_pipeline.evaluation.qualitative import evaluate_qualitative
 from clap_pipeline.evaluation.report import EvaluationReport
 from clap_pipeline.evaluation.retrieval import evaluate_retrieval
@@ -108,9 +109,10 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
     evaluated_ids = [t for s in clips.values() for t in s.track_ids]
     artist_of = read_track_values(inputs.duckdb_path, evaluated_ids, "artist_id", required=False)
     instruments = InstrumentPlan.build(clips, read_instruments(inputs.duckdb_path, evaluated_ids))
+    sections = read_eval_sections(inputs.sections_path)
     sources = model_sources(manifest)
-    text_groups = {**plan.text_groups(), **instruments.text_groups()}
-    embedded = _embed_models(sources, clips, inputs, text_groups, device, config, log)
+    groups = {**plan.text_groups(), **instruments.text_groups(), **moment_queries(sections)}
+    embedded = _embed_models(sources, clips, inputs, groups, device, config, log)
 
     report = EvaluationReport(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -130,6 +132,7 @@ def evaluate(config: EvalConfig, inputs: EvalInputs, *, log: Log | None = None) 
         instrument_search=instrument_search_report(instruments, clips, embedded, config),
         whole_track=whole_track_report(clips, embedded, plan, instruments, config),
         similarity=similarity_report(clips, embedded, genre_of, artist_of, config),
+        moments=moment_report(sections, clips, embedded, config),
     )
     report.seconds = round(time.perf_counter() - started, 2)
     _publish(report, config, inputs, say)

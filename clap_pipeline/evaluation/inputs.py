@@ -15,6 +15,7 @@ from pathlib import Path
 from clap_pipeline.config import ConfigError, Settings
 from clap_pipeline.dataset import Prompts
 from clap_pipeline.knobs import DEVICE, EMBED_BATCH_SIZE, check, knob
+from clap_pipeline.sections import SECTIONS_NAME
 from clap_pipeline.training_report import CONTRACT_KEYS, TrainingReport, TrainingReportError
 from clap_pipeline.waveform_reader import WaveformIndex
 
@@ -63,6 +64,7 @@ class EvalInputs:
     window_embeddings_dir: Path
     report_path: Path
     tracking_uri: str
+    sections_path: Path | None = None  # which genre plays where (moment accuracy), if any
 
     @classmethod
     def from_settings(cls, settings: Settings, tracking_uri: str | None = None) -> EvalInputs:
@@ -74,6 +76,7 @@ class EvalInputs:
             window_embeddings_dir=settings.window_embeddings_dir,
             report_path=report_path(settings),
             tracking_uri=tracking_uri or settings.mlflow_tracking_uri,
+            sections_path=settings.metadata_dir / SECTIONS_NAME,
         )
 
 

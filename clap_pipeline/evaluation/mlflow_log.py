@@ -15,6 +15,8 @@ Metric names (one scheme, no clash with training's per-epoch ``val_*`` history):
     eval_[zeroshot_|wiseft_]<split>_track_<rule>_text_to_audio_recall_at_<k>
     eval_[zeroshot_|wiseft_]<split>_track_<rule>_{genre,instrument}_search_precision_at_10
                                                  whole tracks (whole_track.py), rule first/mean/max
+    eval_[zeroshot_|wiseft_|chance_]<split>_moment_accuracy[_ci_low|_ci_high]
+                                                 best window inside the named section (moments.py)
 
 ``<split>`` uses training's names: ``val`` and ``test``; ``<direction>`` is
 ``text_to_audio`` or ``audio_to_text``; ``<metric>`` one of ``metrics.METRIC_NAMES``
@@ -36,6 +38,7 @@ from clap_pipeline.run_names import EVALUATION_ARTIFACT, eval_metric
 
 # report model -> name part
 MLFLOW_MODEL_PREFIX = {"fine_tuned": "", "zero_shot": "zeroshot", WISE_FT: "wiseft"}
+MOMENT_ACCURACY = "moment_accuracy"
 
 
 def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
@@ -71,6 +74,7 @@ def mlflow_metrics(report: EvaluationReport) -> dict[str, float]:
                 out[eval_metric(split, key, "prior")] = search.prior.scores[score].value
         out.update(similarity_metrics(report, split))
         out.update(whole_track_metrics(report, split))
+        out.update(moment_metrics(report, split))
         genre = report.genre.splits.get(split)
         if genre is not None and "fine_tuned" in genre.models:
             out[eval_metric(split, "genre_accuracy")] = genre.models["fine_tuned"].accuracy
@@ -98,6 +102,20 @@ def whole_track_metrics(report: EvaluationReport, split: str) -> dict[str, float
                 if stat is not None:
                     name = f"track_{rule}_{part}_{genre_search.PRECISION_NAME}"
                     out[eval_metric(split, name, model)] = stat.value
+    return out
+
+
+def moment_metrics(report: EvaluationReport, split: str) -> dict[str, float]:
+    """``moment_accuracy`` (with ``_ci_low``/``_ci_high``) per model, and chance."""
+    block = report.moments.splits.get(split) if report.moments else None
+    if block is None:
+        return {}
+    out = {eval_metric(split, MOMENT_ACCURACY, "chance"): block.chance}
+    for model_key, stat in block.models.items():
+        model = MLFLOW_MODEL_PREFIX[model_key]
+        out[eval_metric(split, MOMENT_ACCURACY, model)] = stat.value
+        out[eval_metric(split, f"{MOMENT_ACCURACY}_ci_low", model)] = stat.ci_low
+        out[eval_metric(split, f"{MOMENT_ACCURACY}_ci_high", model)] = stat.ci_high
     return out
 
 

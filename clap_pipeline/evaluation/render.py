@@ -219,6 +219,31 @@ def whole_track_lines(report: EvaluationReport) -> list[str]:
     return lines
 
 
+def moments_table(report: EvaluationReport, split: str, indent: str = "") -> Table:
+    """Moment accuracy of one split: each model with its interval, then chance."""
+    block = report.moments.splits[split]
+    rows = [[model_label(report, m), fmt_ci("s", stat)] for m, stat in block.models.items()]
+    rows.append(["chance (the section's share of the windows)", fmt("s", block.chance)])
+    return Table(["model", "moment accuracy"], rows, indent=indent)
+
+
+def _moments_title(report: EvaluationReport, split: str) -> str:
+    block = report.moments.splits[split]
+    return (
+        f"moment accuracy, {split} split: share of {block.n_sections} sections "
+        f"({block.n_tracks} tracks) whose query {report.moments.query!r} finds the track's "
+        "best window inside the section"
+    )
+
+
+def moments_lines(report: EvaluationReport) -> list[str]:
+    """The moment-accuracy tables (nothing without a sections table)."""
+    lines = []
+    for split in report.moments.splits if report.moments else ():
+        lines += [_moments_title(report, split), moments_table(report, split, "  ").text()]
+    return lines
+
+
 def _split_title(block: SplitRetrieval, split: str) -> str:
     missing = f", {len(block.missing_track_ids)} missing" if block.missing_track_ids else ""
     return f"{split} split (N = {block.n} of {block.n_expected}{missing})"
@@ -296,7 +321,7 @@ def format_evaluation_table(report: EvaluationReport) -> str:
             continue
         lines.append(retrieval_table(report, block, indent="  ").text())
     lines += _genre_classification_text(report) + _search_text(report)
-    whole = whole_track_lines(report)
+    whole = whole_track_lines(report) + moments_lines(report)
     if whole:
         lines += ["", *whole]
     ok, detail = beats_random(report)
@@ -379,7 +404,8 @@ def verdict_lines(report: EvaluationReport, split: str = "test") -> list[str]:
     retrieval, retrieval_helps = _retrieval_verdict(block)
     search, search_helps = _search_verdict(report, split)
     lines += retrieval + search
-    lines += similarity_verdict(report, split) + wise_ft_verdict(report, split)
+    lines += similarity_verdict(report, split) + moments_verdict(report, split)
+    lines += wise_ft_verdict(report, split)
     lines.append(
         f"  => fine-tuning helps: every fine-tuned number beats zero-shot, and its {conf} "
         "interval lies above chance."
@@ -434,6 +460,20 @@ def similarity_verdict(report: EvaluationReport, split: str) -> list[str]:
         f"[{tuned['other_artists'].ci_low:.0%}, {tuned['other_artists'].ci_high:.0%}] "
         f"(zero-shot {zero['other_artists'].value:.0%}, chance "
         f"{sim.prior['other_artists']:.0%}) (shown, not judged)"
+    ]
+
+
+def moments_verdict(report: EvaluationReport, split: str) -> list[str]:
+    """The moment line of the verdict (shown, not judged): does a query land in its section?"""
+    block = report.moments.splits.get(split) if report.moments else None
+    if block is None or "fine_tuned" not in block.models:
+        return []
+    tuned, zero = block.models["fine_tuned"], block.models["zero_shot"]
+    above = "above" if tuned.ci_low > block.chance else "not clearly above"
+    return [
+        f"  - moments: '<genre> music' finds its section's window in {tuned.value:.0%} "
+        f"[{tuned.ci_low:.0%}, {tuned.ci_high:.0%}] of {block.n_sections} sections, {above} "
+        f"chance {block.chance:.0%} (zero-shot {zero.value:.0%}) (shown, not judged)"
     ]
 
 
@@ -510,6 +550,13 @@ def similarity_markdown(report: EvaluationReport) -> str:
     return "\n".join(parts) or "(no split with a genre on 2 or more clips)"
 
 
+def moments_markdown(report: EvaluationReport) -> str:
+    parts = []
+    for split in report.moments.splits if report.moments else ():
+        parts += [f"**{_moments_title(report, split)}**\n", moments_table(report, split).markdown()]
+    return "\n".join(parts) or "(no sections table: moment accuracy not measured)"
+
+
 def genre_search_markdown(report: EvaluationReport) -> str:
     search = report.genre_search
     if not any(b.models for b in search.splits.values()):
@@ -584,6 +631,7 @@ def evaluation_metadata(report: EvaluationReport, report_path: Path) -> dict[str
         "genre_classification": Markdown(genre_markdown(report)),
         "genre_search": Markdown(genre_search_markdown(report)),
         "more_like_this": Markdown(similarity_markdown(report)),
+        "moment_accuracy": Markdown(moments_markdown(report)),
         "verdict": Markdown("\n".join(verdict_lines(report))),
         "device": report.device,
         "seconds": report.seconds,

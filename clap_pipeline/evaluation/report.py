@@ -14,6 +14,8 @@ Shape (keys as in the JSON file)::
       instrument_search: GenreSearchReport   the same for "<instrument> music" (tags)
       similarity: SimilarityReport       audio->audio genre precision@10, all clips and
                                          other artists only, per split and model
+      moments: MomentReport              share of section queries whose best window is
+                                         inside the section, per split and model
       qualitative: QualitativeReport     top-1 prompt of the first clips per sampled epoch
 
 ``ModelScores``, ``GenreSearchScores`` and ``GenreSearchPrior`` keep their scores flat
@@ -220,6 +222,25 @@ class WholeTrackReport:
     splits: dict[str, WholeTrackSplit]
 
 
+# --------------------------------------------------------------------------- moments
+
+
+@dataclass
+class MomentSplit:
+    """Moment accuracy on one split's sectioned tracks (``evaluation/moments.py``)."""
+
+    n_sections: int  # sections asked (of the split's tracks that have windows)
+    n_tracks: int
+    chance: float  # mean share of a track's windows that start inside the named section
+    models: dict[str, Interval] = field(default_factory=dict)  # share found inside it
+
+
+@dataclass
+class MomentReport:
+    query: str  # "{genre} music": each section's query
+    splits: dict[str, MomentSplit]
+
+
 # --------------------------------------------------------------------------- qualitative
 
 
@@ -289,6 +310,8 @@ class EvaluationReport:
     wise_ft_alpha: float | None = None
     # Whole tracks: each track scored from all its windows; None in older reports.
     whole_track: WholeTrackReport | None = None
+    # Does a query land in the section it names? None without a sections table.
+    moments: MomentReport | None = None
 
     def evaluated(self, split: str) -> SplitRetrieval | None:
         """The split's retrieval block when it has clips, else None."""

@@ -39,7 +39,13 @@ from clap_pipeline.search.lexical import load_or_build
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.selection import read_genres
 from clap_pipeline.storage import duckdb_connection, table_exists, transaction
-from clap_pipeline.window_embeddings import DEFAULT_RULE, VECTOR_RULES, read_store, search_rule
+from clap_pipeline.window_embeddings import (
+    DEFAULT_RULE,
+    VECTOR_RULES,
+    chosen_rule,
+    read_store,
+    search_rule,
+)
 
 STAGING_TABLE = "track_embeddings__staging"
 
@@ -319,6 +325,8 @@ def embed_collection(
         "model_dir": Path(summary.model.source),
         "table": f"{settings.duckdb_path}:{TABLE}",
         "aggregation": summary.aggregation,
+        # The service ranks by every window with the evaluation's rule (max included).
+        "search_windows_rule": chosen_rule(settings.reports_dir),
         "windows": summary.windows,
         "seconds": round(summary.seconds, 2),
         "windows_embedded_per_s": round(summary.clips_per_s, 2),

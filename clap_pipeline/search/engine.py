@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from clap_pipeline.config import Settings
 from clap_pipeline.feedback import validate_query
 from clap_pipeline.model.choice import ModelChoice, resolve_model
 from clap_pipeline.processes import usable_cpus
+from clap_pipeline.reporting import Log, warn
 from clap_pipeline.search.filters import DEFAULT_MODE, MODES, Catalog, Filters
 from clap_pipeline.search.index import (
     TABLE,
@@ -44,7 +46,13 @@ from clap_pipeline.search.index import (
 from clap_pipeline.search.lexical import LexicalIndex, load_or_build
 from clap_pipeline.search.text_encoder import BatchingEncoder, Encoder, build_encoder
 from clap_pipeline.search.vector_index import VectorIndex, build_vector_index
-from clap_pipeline.search.window_ranker import Moment, MomentNotFoundError, WindowRanker
+from clap_pipeline.search.window_ranker import (
+    Moment,
+    MomentNotFoundError,
+    WindowRanker,
+    build_window_ranker,
+)
+from clap_pipeline.window_embeddings import chosen_rule, store_files
 
 MAX_K = 100  # results per HTTP request (a CLI query may ask for every track)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.; Qdrant's and Elastic's default)
@@ -224,7 +232,10 @@ class SearchIndex:
         windows when the index has them, ``start_s``: like the moment at that time."""
         pos = self.catalog.position(track_id)
         if self.windows is not None and self.windows.from_catalog[pos] >= 0:
-            return self.results(*self.windows.similar(pos, k, start_s))
+            # Each result's moment: its window closest to (one of) the track's query windows.
+            queries = self.windows.similar_queries(pos, start_s)
+            results = self.results(*self.windows.similar(pos, k, start_s))
+            return [self._best_moment(r, queries) for r in results]
         if start_s is not None:
             raise MomentNotFoundError(f"track {track_id} has no window embeddings to start from")
         positions, scores = self.vectors.search(self.vectors.matrix[pos], k + 1)
@@ -247,6 +258,42 @@ def build_search_index(collection: Collection, exact_max_rows: int | None = None
     return SearchIndex(c.catalog, vectors, lexical, c.info)
 
 
+def attach_windows(
+    index: SearchIndex,
+    encoder: QueryEncoder,
+    settings: Settings,
+    previous: WindowRanker | None = None,
+    *,
+    exact: bool = False,
+    log: Log | None = None,
+) -> SearchIndex:
+    """``index`` ranking audio by every window of the served model's window embeddings
+    (``window_embeddings.model_store`` of its fingerprint), by the rule the evaluation chose
+    (``chosen_rule``: first, mean or max). Unchanged, without moments, when the store has
+    no file of that model or lacks some of the index's tracks.
+
+    ``previous``: the ranker of the same model, to read only the store files that changed
+    (new tracks); ``exact``: scan every representative (a one-shot CLI query).
+    """
+    files = store_files(settings.window_embeddings_dir, encoder.fingerprint)
+    if not files:
+        return replace(index, windows=None)
+    rule = chosen_rule(settings.reports_dir)
+    options = {"coarse": "Flat"} if exact else {}
+    ranker = build_window_ranker(
+        files, index.catalog.track_ids, rule, encoder.embed_texts, index.catalog.genres,
+        previous, log, **options,
+    )  # fmt: skip
+    lacking = int((ranker.from_catalog < 0).sum())
+    if lacking:
+        if log is not None:
+            warn(log, f"{lacking} of {len(index)} tracks of `{TABLE}` have no window "
+                 f"embeddings of model {encoder.fingerprint}: no moments until "
+                 "`window_embeddings` is materialized")  # fmt: skip
+        return replace(index, windows=None)
+    return replace(index, windows=ranker)
+
+
 @dataclass(frozen=True)
 class QueryEncoder:
     """The model that embeds queries, and how many may run at once."""
@@ -265,6 +312,16 @@ class QueryEncoder:
         # would only fight over the cores.
         with self.slots:
             return self.encode([text])[0]
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.embed(t) for t in texts])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The weights' key in the window-embeddings store (``window_embeddings.py``)."""
+        from clap_pipeline.model.clap import model_fingerprint
+
+        return model_fingerprint(self.clap.model)
 
     def embed_audio(self, windows: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings (n, d) of (n, 240,000) windows, by the audio tower."""
@@ -401,5 +458,6 @@ def search(
     encoder = load_query_encoder(model, "torch", encoder_cache_dir(settings))
     collection = read_collection(settings.duckdb_path)
     index = build_search_index(collection, exact_max_rows=collection.info.count)
+    index = attach_windows(index, encoder, settings, exact=True)
     searcher = make_searcher(encoder, index, settings.registered_model)
     return searcher.search(query, k, filters, mode=mode)

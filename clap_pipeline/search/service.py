@@ -24,9 +24,11 @@ The HTTP layer is ``clap_pipeline.search.webapp``; this module imports no web fr
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ from clap_pipeline.search.engine import (
     QueryEncoder,
     Result,
     Searcher,
+    SearchIndex,
+    attach_windows,
     build_search_index,
     encoder_cache_dir,
     load_query_encoder,
@@ -50,6 +54,8 @@ from clap_pipeline.search.filters import DEFAULT_MODE, Filters
 from clap_pipeline.search.index import TABLE, SearchError, index_info, read_collection
 from clap_pipeline.search.options import ServeOptions
 from clap_pipeline.search.text_encoder import DEFAULT_ENCODER
+from clap_pipeline.search.window_ranker import WindowRanker, ranker_is_current
+from clap_pipeline.window_embeddings import chosen_rule, store_files
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,21 @@ class SearchService:
             cache = encoder_cache_dir(self.settings)
             encoder = load_query_encoder(model, self.text_encoder, cache, self.encoder_threads)
         index = build_search_index(collection, self.exact_max_rows)
+        # The same model's previous windows: only the store files that changed are read.
+        same_model = previous is not None and previous.encoder is encoder
+        index = self._with_windows(index, encoder, previous.index.windows if same_model else None)
         return make_searcher(encoder, index, self.settings.registered_model)
+
+    def _with_windows(
+        self, index: SearchIndex, encoder: QueryEncoder, previous: WindowRanker | None
+    ) -> SearchIndex:
+        return attach_windows(index, encoder, self.settings, previous, log=log.info)
+
+    def _windows_changed(self, searcher: Searcher) -> bool:
+        """The served model's window store or the evaluation's rule changed (cheap: stats)."""
+        files = store_files(self.settings.window_embeddings_dir, searcher.encoder.fingerprint)
+        rule = chosen_rule(self.settings.reports_dir)
+        return not ranker_is_current(searcher.index.windows, files, rule)
 
     def load(self) -> Searcher:
         """Build the first searcher (raises with a clear message when nothing can be served)."""
@@ -137,12 +157,18 @@ class SearchService:
             current = self.searcher
             with self._db_lock:
                 info = index_info(self.settings.duckdb_path)
-            if info.fingerprint == current.index.info.fingerprint:
+            if info.fingerprint != current.index.info.fingerprint:
+                log.info(
+                    "`%s` changed (%s rows, model %s): loading",
+                    *(TABLE, info.count, info.model_version),
+                )
+                self._searcher = self._build_searcher(current)
+            elif self._windows_changed(current):
+                log.info("the window embeddings changed: indexing them")
+                index = self._with_windows(current.index, current.encoder, current.index.windows)
+                self._searcher = replace(current, index=index, loaded_at=dt.datetime.now(dt.UTC))
+            else:
                 return False
-            log.info(
-                "`%s` changed (%s rows, model %s): loading", TABLE, info.count, info.model_version
-            )
-            self._searcher = self._build_searcher(current)
             self.swaps += 1
             return True
 
@@ -193,6 +219,7 @@ class SearchService:
     def health(self) -> dict[str, object]:
         searcher = self.searcher
         version = searcher.model_version
+        windows = searcher.index.windows
         stale = (
             self.champion_version is not None
             and version is not None
@@ -206,6 +233,7 @@ class SearchService:
             "tracks": len(searcher.index),
             "dim": searcher.index.info.dim,
             "index": searcher.index.vectors.describe(),
+            "windows": None if windows is None else windows.index.describe(),
             "loaded_at": searcher.loaded_at.isoformat(),
             "swaps": self.swaps,
             "champion_version": self.champion_version,

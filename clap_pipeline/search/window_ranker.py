@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clap_pipeline.genre_search import GENRE_QUERIES
+from clap_pipeline.reporting import Log
 from clap_pipeline.search.window_index import WindowIndex, read_window_index
 from clap_pipeline.window_embeddings import WindowEmbeddings, l2_normalise
 
@@ -102,23 +104,26 @@ class WindowRanker:
             [round(float(s), 4) for s in m.window_scores],
         )
 
-    def similar(self, row: int, k: int, start_s: float | None = None) -> Ranking:
-        """Rows like catalog row ``row`` by its windows (itself left out); ``start_s``: like
-        the window at that time."""
+    def similar_queries(self, row: int, start_s: float | None = None) -> np.ndarray:
+        """The query vectors of "more like catalog row ``row``" by the rule (module
+        docstring); ``start_s``: the one window at that time."""
         position = int(self.from_catalog[row])
         if position < 0:
             raise KeyError(row)
         starts, vectors = self.index.window_embeddings(position)
         if start_s is not None:
-            queries = vectors[[window_at(starts, start_s, self.index.window_end(position))]]
-        elif self.rule == "max":
+            return vectors[[window_at(starts, start_s, self.index.window_end(position))]]
+        if self.rule == "max":
             picks = np.unique(np.linspace(0, len(vectors) - 1, SIMILAR_QUERY_WINDOWS).round())
-            queries = vectors[picks.astype(int)]
-        elif self.rule == "mean":
-            queries = l2_normalise(vectors.sum(axis=0, keepdims=True))
-        else:
-            queries = vectors[:1]
-        rows, scores = self.rank_many(queries, k + 1)
+            return vectors[picks.astype(int)]
+        if self.rule == "mean":
+            return l2_normalise(vectors.sum(axis=0, keepdims=True))
+        return vectors[:1]
+
+    def similar(self, row: int, k: int, start_s: float | None = None) -> Ranking:
+        """Rows like catalog row ``row`` by its windows (itself left out); ``start_s``: like
+        the window at that time."""
+        rows, scores = self.rank_many(self.similar_queries(row, start_s), k + 1)
         keep = rows != row
         return rows[keep][:k], scores[keep][:k]
 
@@ -151,15 +156,17 @@ def build_window_ranker(
     embed_texts: Callable[[list[str]], np.ndarray],
     genres: list[str | None],
     previous: WindowRanker | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
+    **options: Any,
 ) -> WindowRanker:
     """The ranker over window embeddings Parquet ``files`` (one model's store).
 
     With ``previous`` (built from the same model and rule), only files whose size or
     modification time changed are read, and their tracks added to a new index that shares
-    the rest (``WindowIndex.add_tracks``); else the index is built from every file.
+    the rest (``WindowIndex.add_tracks``); else the index is built from every file
+    (``options``: ``WindowIndexBuilder``'s, e.g. ``coarse="Flat"`` for an exact scan).
     """
-    stamps = {str(f): _stamp(f) for f in files}
+    stamps = file_stamps(files)
     if previous is not None and previous.rule == rule and previous.stamps:
         changed = [f for f in files if previous.stamps.get(str(f)) != stamps[str(f)]]
         index = previous.index
@@ -167,9 +174,24 @@ def build_window_ranker(
             index = index.add_tracks(read_windows(path), log)
         return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
     texts = calibration_texts(genres)
-    queries = embed_texts(texts) if len(texts) >= MIN_CALIBRATION_TEXTS else None
-    index = read_window_index(files, log, rule=rule, calibration_queries=queries)
+    # An exact ("Flat") coarse index has no nprobe to calibrate: no queries to embed.
+    calibrate = len(texts) >= MIN_CALIBRATION_TEXTS and options.get("coarse") != "Flat"
+    queries = embed_texts(texts) if calibrate else None
+    index = read_window_index(files, log, rule=rule, calibration_queries=queries, **options)
     return replace(WindowRanker.build(index, catalog_track_ids), stamps=stamps)
+
+
+def file_stamps(files: list[Path]) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of each store file: what a rebuild compares to read only the changed."""
+    return {str(f): _stamp(f) for f in files}
+
+
+def ranker_is_current(ranker: WindowRanker | None, files: list[Path], rule: str) -> bool:
+    """Whether ``ranker`` was built from these very files (unchanged) with ``rule``
+    (None is current only while there are no files)."""
+    if ranker is None:
+        return not files
+    return ranker.rule == rule and ranker.stamps == file_stamps(files)
 
 
 def read_windows(path: Path) -> WindowEmbeddings:

@@ -116,6 +116,7 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     meta = result.asset_materializations_for_node("track_embeddings")[0].metadata
     assert (meta["count"].value, meta["dim"].value) == (len(TRACK_IDS), 32)
     assert meta["model_version"].value == version
+    assert meta["search_windows_rule"].value == "mean"  # no evaluation yet: the default
     # One track per genre: no genre has the 3 tracks a genre search needs (the
     # end-to-end retrain test checks the numbers on a real collection).
     assert "genre_search_precision_at_10" not in meta
@@ -137,6 +138,9 @@ def test_track_embeddings_asset_with_champion_then_new_champion(
     q = encode_query(load_clap(tiny_model_dir), query)
     best = np.argsort(-(expected @ q), kind="stable")[:3]
     assert [h["track_id"] for h in hits] == [TRACK_IDS[i] for i in best]
+    # Ranked by the window store the asset filled for the champion's weights: each result
+    # says where it matches (these 5-s clips have one window).
+    assert [(h["moment"]["start_s"], h["moment"]["end_s"]) for h in hits] == [(0.0, 5.0)] * 3
 
     # A new champion: searching the old embeddings is refused until re-materialized.
     new_model = save_tiny_model(tmp_path / "tiny-clap-2", seed=1)

@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clap_pipeline.cli import main
+from clap_pipeline.dataset import audio_path
+from clap_pipeline.demo.plan import plan_dataset
 from clap_pipeline.demo.sections import genre_title, second_half, sectioned_clip, split_s
 from clap_pipeline.demo.synth import SR, AudioParams, render_clip
-from clap_pipeline.sections import Section, read_sections, sections_csv_text
+from clap_pipeline.sections import SECTIONS_NAME, Section, read_sections, sections_csv_text
 
 
 def test_a_sectioned_clip_is_its_genre_then_another_split_at_a_window_boundary() -> None:
@@ -38,3 +41,20 @@ def test_sections_table_round_trips_and_bad_rows_name_the_row(tmp_path: Path) ->
     path.write_text("track_id,start_s,end_s,genre\nx,0,5,Rock\n", encoding="utf-8")
     with pytest.raises(ValueError, match="row 2"):
         read_sections(path)
+
+
+def test_demo_data_sections_writes_sectioned_clips_and_the_table(tmp_path: Path) -> None:
+    plain, sectioned = tmp_path / "plain", tmp_path / "sectioned"
+    args = ["demo-data", "--tracks", "8", "--seed", "1", "--seconds", "10"]
+    assert main([*args, "--out", str(plain)]) == 0
+    assert main([*args, "--out", str(sectioned), "--sections"]) == 0
+    assert not (plain / "fma_metadata" / SECTIONS_NAME).exists()
+    sections = read_sections(sectioned / "fma_metadata" / SECTIONS_NAME)
+    playable = [p for p in plan_dataset(8, 1) if p.defect is None]
+    assert [s.track_id for s in sections] == [p.track_id for p in playable for _ in range(2)]
+    halves = zip(sections[::2], sections[1::2], strict=True)
+    for plan, (first, second) in zip(playable, halves, strict=True):
+        assert (first.start_s, first.end_s, second.start_s, second.end_s) == (0, 5, 5, 10)
+        assert first.genre == genre_title(plan.params.style) != second.genre
+        clip = audio_path(Path("fma_audio"), plan.track_id)
+        assert (plain / clip).read_bytes() != (sectioned / clip).read_bytes()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clap_pipeline_tests.serve_fixtures import make_collection, running_server
+from clap_pipeline_tests.serve_fixtures import make_collection, running_server, write_window_store
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
@@ -29,6 +29,7 @@ def test_schemathesis_finds_no_contract_failure(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ffmpeg: str
 ) -> None:
     collection = make_collection(tmp_path_factory.mktemp("contract") / "data", ffmpeg)
+    write_window_store(collection, tiny_model_dir)  # results carry moments; start_s works
     st = Path(sys.executable).with_name("schemathesis")
     reports = collection.data_dir / "schemathesis"
     with running_server(collection, tiny_model_dir) as base:

@@ -20,6 +20,7 @@ from clap_pipeline.search.results import format_table, m3u_text, results_json
 from clap_pipeline.search.text_encoder import encode_query
 from clap_pipeline.search.vector_index import top_k
 from clap_pipeline_tests.search_fixtures import track_rows, unit_rows, write_tracks_table
+from clap_pipeline_tests.serve_fixtures import MOMENT_QUERY, Collection, write_window_store
 
 TRACK_IDS = [2, 3, 5, 10, 20, 26, 30, 46, 48, 134, 1001, 1002]
 TINY_DIM = 32  # projection_dim of the tiny CLAP
@@ -296,6 +297,22 @@ def test_playlist_writes_extended_m3u(
         assert Path(path).is_absolute()
         assert path == str(audio_path(data_env / "fma_audio", tid))
     assert [p.name for p in out.parent.iterdir()] == ["out.m3u"]  # no temp file left
+
+
+def test_search_and_playlist_start_at_the_moment_with_window_embeddings(
+    data_env: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    matrix = make_data_dir(data_env)
+    write_window_store(Collection(data_env, TRACK_IDS, matrix), tiny_model_dir, moment_at_s=10)
+    model = ["--model", str(tiny_model_dir), "--mode", "audio"]
+    assert main(["search", MOMENT_QUERY, "-k", "3", *model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "moment" and len(lines) == 2 + 3
+    assert all(line.rstrip().endswith("at 0:10") for line in lines[2:])
+    out = data_env / "moments.m3u"
+    assert main(["playlist", MOMENT_QUERY, "-n", "3", "--m3u", str(out), *model]) == 0
+    capsys.readouterr()
+    assert out.read_text(encoding="utf-8").count("#EXTVLCOPT:start-time=10\n") == 3
 
 
 def _playlist_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

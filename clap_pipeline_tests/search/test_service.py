@@ -23,6 +23,7 @@ from clap_pipeline_tests.serve_fixtures import (
     GENRE_TITLES,
     HOSTILE_ID,
     HOSTILE_TITLE,
+    MOMENT_QUERY,
     TINY_DIM,
     TRACK_IDS,
     Collection,
@@ -32,6 +33,7 @@ from clap_pipeline_tests.serve_fixtures import (
     track_license,
     track_year,
     write_embeddings,
+    write_window_store,
 )
 
 FIELDS = {
@@ -249,6 +251,63 @@ def test_rebuilt_index_is_swapped_in_without_a_failed_request(
     # Every answer came whole from one index: the old 12 tracks or the new 5.
     assert {frozenset(s) for s in seen_ids} == {frozenset(TRACK_IDS), frozenset(new_ids)}
     assert seen_ids[-1] == set(new_ids)
+
+
+def wait_for_swaps(http: httpx.Client, swaps: int, timeout_s: float = 60) -> dict:
+    """/api/health once the service has swapped ``swaps`` times."""
+    deadline = time.monotonic() + timeout_s
+    while (health := http.get("/api/health").json())["swaps"] < swaps:
+        assert time.monotonic() < deadline, f"the server did not swap within {timeout_s} s"
+        time.sleep(0.2)
+    return health
+
+
+def moments_of(http: httpx.Client) -> list[float | None]:
+    hits = http.get("/api/search", params={"q": MOMENT_QUERY, "k": 5, "mode": "audio"}).json()
+    return [h["start_s"] for h in hits]
+
+
+def test_window_embeddings_are_indexed_and_reindexed_while_serving(
+    tmp_path: Path, tiny_model_dir: Path, ffmpeg: str
+) -> None:
+    collection = make_collection(tmp_path / "data", ffmpeg)
+    statuses: list[int] = []
+    stop = threading.Event()
+    with running_server(collection, tiny_model_dir, poll_s=0.2) as base:
+        http = httpx.Client(base_url=base, timeout=30)
+
+        def hammer() -> None:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                while not stop.is_set():
+                    statuses.append(client.get("/api/search", params={"q": "jazz"}).status_code)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            assert moments_of(http) == [None] * 5  # no window store yet: no moments
+            write_window_store(collection, tiny_model_dir, moment_at_s=10.0, rule="max")
+            windows = wait_for_swaps(http, 1)["windows"]
+            assert moments_of(http) == [10.0] * 5
+            hit = http.get("/api/search", params={"q": MOMENT_QUERY, "k": 1}).json()[0]
+            assert hit["end_s"] == 15.0 and hit["timeline"]["start_s"] == [0.0, 5.0, 10.0]
+            like = http.get(f"/api/tracks/{hit['track_id']}/similar", params={"start_s": 12})
+            assert like.status_code == 200 and hit["track_id"] not in [
+                h["track_id"] for h in like.json()
+            ]
+            # Like the moment at 10-15 s: every track's closest window is its own at 10 s.
+            assert [h["start_s"] for h in like.json()] == [10.0] * len(like.json())
+            # Both store files are written again, the moment now at 5 s: the index reads
+            # them into new segments beside the old one (no rebuild from scratch).
+            write_window_store(collection, tiny_model_dir, moment_at_s=5.0, rule="max")
+            again = wait_for_swaps(http, 2)["windows"]
+            assert moments_of(http) == [5.0] * 5
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+            http.close()
+    assert (windows["rule"], windows["tracks"], windows["windows"]) == ("max", 12, 36)
+    assert windows["segments"] == 1 and again["segments"] == 3 and again["tracks"] == 12
+    assert statuses and set(statuses) == {200}, f"non-200 during the swaps: {set(statuses)}"
 
 
 def register_tiny(store: str, model_dir: Path, epoch: int) -> str:

@@ -7,6 +7,7 @@ and says so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +18,19 @@ import pytest
 from clap_pipeline_tests.serve_fixtures import (
     HOSTILE_ID,
     HOSTILE_TITLE,
+    MOMENT_QUERY,
     TRACK_IDS,
     Collection,
     make_collection,
     running_server,
+    write_window_store,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 30_000
+CLIP_S = 16.0  # three 5-s windows of every track have window embeddings
+MOMENT_AT_S = 10.0  # where MOMENT_QUERY is heard in every track
+PLAYER_SRC = re.compile(r"/api/tracks/\d+/audio(#t=[0-9.]+)?")
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -36,7 +42,8 @@ pytestmark = pytest.mark.skipif(
 def site(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ffmpeg: str
 ) -> Iterator[tuple[Collection, str]]:
-    collection = make_collection(tmp_path_factory.mktemp("page") / "data", ffmpeg)
+    collection = make_collection(tmp_path_factory.mktemp("page") / "data", ffmpeg, clip_s=CLIP_S)
+    write_window_store(collection, tiny_model_dir, moment_at_s=MOMENT_AT_S)
     with running_server(collection, tiny_model_dir) as base:
         yield collection, base
 
@@ -97,16 +104,16 @@ def test_search_shows_players_with_a_seekable_source(page, site) -> None:
     players = page.locator("li.result audio")
     assert players.count() >= 3
     srcs = [players.nth(i).get_attribute("src") for i in range(players.count())]
-    assert all(s and s.startswith("/api/tracks/") and s.endswith("/audio") for s in srcs)
-    # The browser loads the clip's metadata: it decodes it (duration of the 3-s tone).
+    assert all(s and PLAYER_SRC.fullmatch(s) for s in srcs)
+    # The browser loads the clip's metadata: it decodes it (duration of the 16-s tone).
     page.wait_for_function(
         "() => [...document.querySelectorAll('li.result audio')].every(a => a.readyState >= 1)"
     )
     duration = page.evaluate("document.querySelector('li.result audio').duration")
-    assert 2.5 < duration < 3.5
+    assert CLIP_S - 0.5 < duration < CLIP_S + 0.5
     # Seeking: the player's source answers a Range request with 206.
     with httpx.Client(base_url=base) as http:
-        part = http.get(srcs[0], headers={"Range": "bytes=1000-1999"})
+        part = http.get(srcs[0].split("#")[0], headers={"Range": "bytes=1000-1999"})
     assert part.status_code == 206 and len(part.content) == 1000
     assert any(status in (200, 206) for _, status, _ in audio_responses)
 
@@ -225,4 +232,43 @@ def test_thumbs_are_drawn_icons_and_one_clip_plays_at_a_time(page) -> None:
     page.wait_for_function("() => !document.querySelectorAll('li.result audio')[1].paused")
     paused = page.evaluate("[...document.querySelectorAll('li.result audio')].map(a => a.paused)")
     assert paused == [True, False, True, True, True]
+    assert page.problems == []
+
+
+def test_the_player_starts_at_the_moment_and_more_like_it_asks_for_it(page, site) -> None:
+    _, base = site
+    search(page, MOMENT_QUERY, "5")
+    with httpx.Client(base_url=base) as http:
+        expected = http.get("/api/search", params={"q": MOMENT_QUERY, "k": 5}).json()
+    first = page.locator("li.result").first
+    assert first.get_attribute("data-track-id") == str(expected[0]["track_id"])
+    start_s = expected[0]["start_s"]
+    assert start_s == MOMENT_AT_S and expected[0]["end_s"] == MOMENT_AT_S + 5
+    assert first.locator(".moment").text_content() == "best match at 0:10–0:15"
+    assert first.locator(".timeline rect").count() == 3
+    assert first.locator(".timeline rect.best").count() == 1
+    page.evaluate("document.querySelector('li.result audio').play()")
+    page.wait_for_function(
+        "() => { const a = document.querySelector('li.result audio');"
+        " return !a.paused && a.currentTime > 0; }"
+    )
+    at = page.evaluate("document.querySelector('li.result audio').currentTime")
+    assert start_s <= at < start_s + 2.0, f"the player started at {at} s, not at {start_s} s"
+    more = first.locator("button.more-moment")
+    assert more.text_content() == "more like 0:10"
+    with page.expect_response(lambda r: "/similar" in r.url) as answer:
+        more.click()
+    assert answer.value.status == 200 and "start_s=10" in answer.value.url
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('sound like')"
+    )
+    assert "at 0:10" in page.locator("#status").text_content()
+    shown = page.locator("li.result")
+    ids = [shown.nth(i).get_attribute("data-track-id") for i in range(shown.count())]
+    with httpx.Client(base_url=base) as http:
+        similar = http.get(
+            f"/api/tracks/{expected[0]['track_id']}/similar", params={"k": 5, "start_s": start_s}
+        ).json()
+    assert ids == [str(h["track_id"]) for h in similar] and len(ids) == 5
+    assert str(expected[0]["track_id"]) not in ids
     assert page.problems == []

@@ -107,8 +107,11 @@ def test_more_like_this_by_windows_and_from_a_moment() -> None:
     at_moment = index.similar(source, 5, start_s=12.5)
     assert at_moment[0].track_id == 999_999
     assert at_moment[0].score == pytest.approx(1.0, abs=0.02)
+    # Its moment: the planted window at 0-5 s, the one that repeats the source's 10-15 s.
+    assert at_moment[0].moment is not None and at_moment[0].moment.start_s == 0.0
     whole = index.similar(source, 5)
     assert source not in [r.track_id for r in whole] and len(whole) == 5
+    assert all(r.moment is not None for r in whole)
     with pytest.raises(MomentNotFoundError, match="outside the track's windows"):
         index.similar(source, 5, start_s=10_000.0)
 
