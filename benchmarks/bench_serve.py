@@ -410,7 +410,9 @@ def main() -> None:
     parser.add_argument("--rule", choices=AGGREGATIONS, default="max", help="with --windows")
     parser.add_argument("--pool", type=int, default=POOL, help="windows per representative")
     parser.add_argument("--coarse", help="faiss factory of the coarse index (default: auto)")
-    parser.add_argument("--candidates", type=int, default=CANDIDATES)
+    parser.add_argument(
+        "--candidates", type=int, default=CANDIDATES, help="the least; calibration may raise it"
+    )
     parser.add_argument(
         "--clip-s", type=float, help="with --windows: tracks are clips this long (default whole)"
     )

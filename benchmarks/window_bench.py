@@ -7,8 +7,8 @@ cluster: a bridge, a solo), and its 5-s windows follow their section with noise 
 correlated from one window to the next (AR(1), rho 0.7): adjacent windows have cosine about
 0.9, windows of one track about 0.65, windows of different tracks about 0. Queries are
 cluster centres plus more noise (cosine about 0.3 to their best window), as a text query
-sits among audio embeddings (the same model as the track benchmark above); ``nprobe`` is
-calibrated on 128 other queries drawn the same way.
+sits among audio embeddings (the same model as the track benchmark above); the candidates
+and ``nprobe`` are calibrated on 256 other queries drawn the same way.
 
 The windows are generated and indexed chunk by chunk (5.9 million x 512 float32 would be
 12 GB): each chunk goes to ``WindowIndexBuilder.add`` and, in the same pass, into the exact
@@ -32,7 +32,11 @@ import numpy as np
 
 from clap_pipeline.processes import fix_mmap_threshold
 from clap_pipeline.progress import human_bytes
-from clap_pipeline.search.window_index import WindowIndexBuilder, exact_top_tracks
+from clap_pipeline.search.window_index import (
+    CALIBRATION_QUERIES,
+    WindowIndexBuilder,
+    exact_top_tracks,
+)
 from clap_pipeline.windows import CLIP_SECONDS
 
 DIM = 512
@@ -159,7 +163,7 @@ def bench_windows(
         candidates=candidates,
         # Calibrated on queries drawn like the measured ones (another seed), as the service
         # calibrates on text queries ("<genre> music") rather than on noisy windows.
-        calibration_queries=text_like_queries(128, centres, 3),
+        calibration_queries=text_like_queries(CALIBRATION_QUERIES, centres, 3),
         log=lambda line: print(line, flush=True),
     )
     exact_parts: list[np.ndarray] = []
@@ -217,6 +221,7 @@ def bench_windows(
         f"{'whole tracks' if clip_s is None else f'{clip_s:g}-s clips'} "
         f"(generated in {gen_s:.0f} s, not counted):\n"
         f"  build {build_s:.1f} s ({info['coarse']}, pool {pool}, nprobe {info['nprobe']}, "
+        f"candidates {info['candidates']}, "
         f"calibration recall@10 {info['calibration_recall_at_10']}); index "
         f"{human_bytes(index.nbytes())} ({index.nbytes() / n_windows:.0f} B per window; "
         f"float32 would be {human_bytes(n_windows * DIM * 4)}); process RSS once built "
