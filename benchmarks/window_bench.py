@@ -225,7 +225,7 @@ def bench_windows(
         f"calibration recall@10 {info['calibration_recall_at_10']}); index "
         f"{human_bytes(index.nbytes())} ({index.nbytes() / n_windows:.0f} B per window; "
         f"float32 would be {human_bytes(n_windows * DIM * 4)}); process RSS once built "
-        f"{human_bytes(rss)} ({human_bytes(rss_before)} before the build)\n"
+        f"{human_bytes(rss)} = {rss / 1e9:.2f} GB ({human_bytes(rss_before)} before the build)\n"
         f"  top-10 tracks            {ms(plain)}  recall@10 vs exact float32 "
         f"{recall(found, exact_top):.4f} ({queries} queries, {moments} moments)\n"
         f"  top-10, 5 % of tracks    {ms(filtered)}  recall@10 vs exact float32 "

@@ -14,13 +14,15 @@ query, by the aggregation rule, and where in each track" in a few milliseconds:
   list, one per track would dilute a short moment), for ``mean`` the track vector (the
   normalised mean of its windows), for ``first`` its first window. Small collections scan
   the representatives exactly; large ones use an inverted file with 4-bit fast-scan product
-  quantization (``IVF{nlist},PQ{d/4}x4fs``) and an ``nprobe`` calibrated at build time.
+  quantization (``IVF{nlist},PQ{d/4}x4fs``); the number of candidates and ``nprobe`` are
+  calibrated at build time on track-level recall@10 (:func:`calibrate`).
 - **search**: the coarse index proposes ``candidates`` representatives; their windows (or
   track vectors) are scored from the store; the best ``k + REFINE_EXTRA`` tracks get their
   whole timeline scored; the ``k`` best by the rule come back with the best window's
   ``start_s``/``end_s``. A filter (a bool per track) is a faiss ID selector on the coarse
-  search (``nprobe`` scaled up by the share it keeps), or an exact scan of the allowed
-  tracks' windows when they are few.
+  search (a filter's best tracks sit deeper in the ranking, in farther lists: ``nprobe``
+  divided by the square of the share it keeps), or an exact scan of the allowed tracks'
+  windows when they are few.
 
 Incremental: an index is immutable. :meth:`WindowIndex.add_tracks` returns a new index that
 shares every existing *segment* and adds one for the new tracks (encoded with the same codec
@@ -60,7 +62,6 @@ FLAT_MAX_REPS = 50_000  # up to this many representatives are scanned exactly
 TRAIN_WINDOWS = 200_000  # windows buffered to fit the codec and train the coarse index
 CANDIDATES = 256  # representatives the coarse index proposes per query (at least 16 k) ...
 MAX_CANDIDATES = 2048  # ... or up to this many, as the calibration finds they are needed
-FILTERED_CANDIDATES = 2  # times as many under a filter (at most MAX_CANDIDATES)
 FILTER_PROBE_POWER = 2.0  # a filter keeping a share s of the tracks probes nprobe / s**2 lists
 REFINE_EXTRA = 20  # tracks beyond k whose whole timeline is scored
 EXACT_MAX_WINDOWS = 30_000  # a filter allowing at most this many windows is scanned exactly
@@ -236,12 +237,11 @@ class WindowIndex:
         want = max(self.candidates, 16 * k)
         params = None
         if filtered or not keep.all():
-            rep_keep = keep[seg.rep_track]
-            share = max(np.count_nonzero(rep_keep) / n_reps, 1e-9)
-            if filtered:  # its best tracks match less well: far lists, a wider choice
-                want = max(want, min(MAX_CANDIDATES, want * FILTERED_CANDIDATES))
-            bitmap = np.packbits(rep_keep, bitorder="little")
-            selector = faiss.IDSelectorBitmap(n_reps, faiss.swig_ptr(bitmap))
+            share = max(np.count_nonzero(keep) / len(keep), 1e-9)
+            # A bit per track, each representative's looked up through its track.
+            bitmap = np.packbits(keep, bitorder="little")
+            allowed_tracks_sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+            selector = faiss.IDSelectorTranslated(seg.rep_track_map, allowed_tracks_sel)
             if seg.nprobe:
                 nlist = faiss.extract_index_ivf(seg.coarse).nlist
                 nprobe = min(nlist, math.ceil(seg.nprobe / share**FILTER_PROBE_POWER))
