@@ -63,6 +63,7 @@ TRAIN_WINDOWS = 200_000  # windows buffered to fit the codec and train the coars
 CANDIDATES = 256  # representatives the coarse index proposes per query (at least 16 k) ...
 MAX_CANDIDATES = 2048  # ... or up to this many, as the calibration finds they are needed
 FILTER_PROBE_POWER = 2.0  # a filter keeping a share s of the tracks probes nprobe / s**2 lists
+POSTFILTER_MAX = 32_768  # a filter's candidates are the allowed among this many, at most
 REFINE_EXTRA = 20  # tracks beyond k whose whole timeline is scored
 EXACT_MAX_WINDOWS = 30_000  # a filter allowing at most this many windows is scanned exactly
 MAX_SEGMENTS = 8
@@ -222,7 +223,6 @@ class WindowIndex:
         self, seg: Segment, q: np.ndarray, k: int, keep: np.ndarray, filtered: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """(stage-1 scores, local tracks) of the segment's candidate tracks."""
-        import faiss
 
         none = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if not keep.any():
@@ -233,25 +233,7 @@ class WindowIndex:
             if counts.sum() <= EXACT_MAX_WINDOWS:
                 scores = self._track_scores(seg, allowed_tracks, q)
                 return scores, allowed_tracks
-        n_reps = len(seg.rep_track)
-        want = max(self.candidates, 16 * k)
-        params = None
-        if filtered or not keep.all():
-            share = max(np.count_nonzero(keep) / len(keep), 1e-9)
-            # A bit per track, each representative's looked up through its track.
-            bitmap = np.packbits(keep, bitorder="little")
-            allowed_tracks_sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
-            selector = faiss.IDSelectorTranslated(seg.rep_track_map, allowed_tracks_sel)
-            if seg.nprobe:
-                nlist = faiss.extract_index_ivf(seg.coarse).nlist
-                nprobe = min(nlist, math.ceil(seg.nprobe / share**FILTER_PROBE_POWER))
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-            else:
-                params = faiss.SearchParameters(sel=selector)
-        elif seg.nprobe:
-            params = faiss.SearchParametersIVF(nprobe=seg.nprobe)
-        _, labels = seg.coarse.search(q.reshape(1, -1), min(want, n_reps), params=params)
-        reps = np.sort(labels[0][labels[0] >= 0])  # in row order: their windows read in order
+        reps = self._coarse_reps(seg, q, max(self.candidates, 16 * k), keep)
         if not len(reps):
             return none
         if self.rule == "max":
@@ -261,6 +243,36 @@ class WindowIndex:
             scores = self._track_scores(seg, tracks, q)
         keep_t = keep[tracks]
         return scores[keep_t], tracks[keep_t]
+
+    def _coarse_reps(self, seg: Segment, q: np.ndarray, want: int, keep: np.ndarray) -> np.ndarray:
+        """The coarse index's best ``want`` representatives of the tracks ``keep`` allows.
+
+        A filter keeping a share ``s`` of the tracks: its best tracks sit deeper in the
+        ranking, in farther lists, so ``nprobe / s**FILTER_PROBE_POWER`` lists are probed,
+        and the best ``want / s`` representatives of every track hold about ``want`` allowed
+        ones (cheaper than a faiss ID selector, checked for every code scanned), or when
+        that is more than ``POSTFILTER_MAX``, a selector of the allowed ones. In row order.
+        """
+        import faiss
+
+        every = bool(keep.all())
+        share = 1.0 if every else max(np.count_nonzero(keep) / len(keep), 1e-9)
+        search_k, options = want if every else math.ceil(want / share), {}
+        if search_k > POSTFILTER_MAX:
+            bitmap = np.packbits(np.repeat(keep, seg.reps_per_track), bitorder="little")
+            options["sel"] = faiss.IDSelectorBitmap(len(seg.rep_track), faiss.swig_ptr(bitmap))
+            search_k = want
+        params = faiss.SearchParameters(**options) if options else None
+        if seg.nprobe:
+            nlist = faiss.extract_index_ivf(seg.coarse).nlist
+            nprobe = min(nlist, math.ceil(seg.nprobe / share**FILTER_PROBE_POWER))
+            params = faiss.SearchParametersIVF(nprobe=nprobe, **options)
+        n = min(search_k, len(seg.rep_track))
+        _, labels = seg.coarse.search(q.reshape(1, -1), n, params=params)
+        reps = labels[0][labels[0] >= 0]
+        if not every:
+            reps = reps[keep[seg.rep_track[reps]]][:want]
+        return np.sort(reps)  # in row order: their windows are read in order
 
     def _rep_window_scores(
         self, seg: Segment, reps: np.ndarray, q: np.ndarray

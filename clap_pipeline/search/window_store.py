@@ -73,14 +73,12 @@ class Segment:
     rep_count: np.ndarray  # int32 (R,): its number of windows
     coarse: object  # faiss index over the representatives, labels 0..R-1
     nprobe: int = 0
-    rep_track_map: object = field(init=False, repr=False)  # rep_track as a faiss vector
+    reps_per_track: np.ndarray = field(init=False, repr=False)  # int64 (T,)
 
     def __post_init__(self) -> None:
-        import faiss
-
-        # For faiss.IDSelectorTranslated: a filter is a bit per track, not per representative.
-        self.rep_track_map = faiss.Int64Vector()
-        faiss.copy_array_to_vector(self.rep_track.astype(np.int64), self.rep_track_map)
+        # Representatives come in track order: np.repeat(a bool per track, this) is a bool
+        # per representative.
+        self.reps_per_track = np.bincount(self.rep_track, minlength=len(self.track_ids))
 
     @property
     def windows(self) -> int:
@@ -92,7 +90,7 @@ class Segment:
         arrays = (self.track_ids, self.offsets, self.start_s, self.end_s, self.codes)
         arrays += (self.rep_track, self.rep_first, self.rep_count)
         extra = 0 if self.track_codes is None else self.track_codes.nbytes
-        extra += 8 * len(self.rep_track)  # rep_track_map
+        extra += self.reps_per_track.nbytes
         coarse = int(faiss.serialize_index(self.coarse).nbytes)
         return sum(a.nbytes for a in arrays) + extra + coarse
 

@@ -116,15 +116,17 @@ def test_ivf_index_is_calibrated_and_finds_the_exact_tracks(
     assert recall() < calibrated - 0.03
     index.candidates, index.segments[0].nprobe = raised, nprobe
     # A filter through the coarse index (not the exact scan of few windows) finds the
-    # allowed tracks' exact best.
+    # allowed tracks' exact best, the allowed among more candidates or by an ID selector.
     monkeypatch.setattr(window_index, "EXACT_MAX_WINDOWS", 0)
     allowed = index.track_ids % 2 == 0  # ids are multiples of 3: half of them even
     scores = np.where(windows.tracks % 2 == 0, windows.track_scores(qs, "max"), -np.inf)
     want = [set(windows.tracks[row]) for row in np.argsort(-scores, axis=1)[:, :10]]
-    assert recall(allowed, want) >= 0.95
-    for q in qs[:5]:
-        result = index.search(q, 10, allowed)
-        assert len(result) == 10 and all(m.track_id % 2 == 0 for m in result)
+    for postfilter_max in (window_index.POSTFILTER_MAX, 0):
+        monkeypatch.setattr(window_index, "POSTFILTER_MAX", postfilter_max)
+        assert recall(allowed, want) >= 0.95
+        for q in qs[:5]:
+            result = index.search(q, 10, allowed)
+            assert len(result) == 10 and all(m.track_id % 2 == 0 for m in result)
 
 
 def test_windows_streamed_in_pieces_build_the_same_index() -> None:
