@@ -64,6 +64,7 @@ CANDIDATES = 256  # representatives the coarse index proposes per query (at leas
 MAX_CANDIDATES = 2048  # ... or up to this many, as the calibration finds they are needed
 FILTER_PROBE_POWER = 2.0  # a filter keeping a share s of the tracks probes nprobe / s**2 lists
 POSTFILTER_MAX = 32_768  # a filter's candidates are the allowed among this many, at most
+FILTERED_CANDIDATES = 0.5  # times the candidates under a filter (its allowed ones are sparser)
 REFINE_EXTRA = 20  # tracks beyond k whose whole timeline is scored
 EXACT_MAX_WINDOWS = 30_000  # a filter allowing at most this many windows is scanned exactly
 MAX_SEGMENTS = 8
@@ -233,7 +234,8 @@ class WindowIndex:
             if counts.sum() <= EXACT_MAX_WINDOWS:
                 scores = self._track_scores(seg, allowed_tracks, q)
                 return scores, allowed_tracks
-        reps = self._coarse_reps(seg, q, max(self.candidates, 16 * k), keep)
+        want = self.candidates * (FILTERED_CANDIDATES if filtered else 1)
+        reps = self._coarse_reps(seg, q, max(int(want), 16 * k), keep)
         if not len(reps):
             return none
         if self.rule == "max":
