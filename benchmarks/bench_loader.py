@@ -5,16 +5,22 @@ whole tracks (float32, the first window only), on the same audio, in the same ru
 What a rank's loader does for each clip, on one core (``torch.set_num_threads(1)``, no
 prefetch thread):
 
-- read: ``TrainingData.train_batches`` (draw a window per track, row group read, PCM to
-  float32, shuffle buffer, prompt); the reference reads the float32 ``input_values`` list
-  column of one row per track as the loader did before (row group read, copy, shuffle
-  buffer of copies, stack);
+- read: ``TrainingData.train_batches`` (draw a window per track, read its bytes by offset
+  (``pcm_offsets.py``), PCM to float32, shuffle buffer, prompt); "row groups" is the same
+  loader reading each row group whole (``WaveformIndex.direct_reads`` off: the reader
+  before offsets); the reference reads the float32 ``input_values`` list column of one row
+  per track as the loader did before whole tracks (row group read, copy, shuffle buffer of
+  copies, stack);
 - read + log-mel: the same plus the full-size model's log-mel features
   (``LogMelFeatures`` of ``laion/clap-htsat-unfused``'s extractor, (B, 1, 1001, 64)),
-  for a loader that computes features on the CPU instead of the GPU.
+  for a loader that computes features on the CPU instead of the GPU;
+- every window: all windows in dataset order (``ordered_window_batches``: what the
+  evaluation and the ``window_embeddings`` stage read), by offset and by row group.
 
 Cold cache: every Parquet file is dropped from the page cache with
-``posix_fadvise(POSIX_FADV_DONTNEED)`` before the pass, so the reads come from disk.
+``posix_fadvise(POSIX_FADV_DONTNEED)`` before the pass, so the reads come from disk;
+"disk MB/clip" is what the pass had read from storage (``/proc/self/io`` read_bytes, the
+kernel's read-ahead included) per clip.
 Then: bytes per second of audio of both formats (target: the windows <= 1/2), cores per
 GPU at the H200's rate (648 clips/s, bf16 batch 64, measured with
 ``benchmarks/gpu_check.py``), and what fma_large (every window of its 30-s clips) and
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +55,7 @@ from clap_pipeline.dataset import CLIP_SAMPLES, ROW_GROUP_ROWS, SAMPLE_RATE
 from clap_pipeline.model.clap import unfused_feature_extractor
 from clap_pipeline.model.features import LogMelFeatures
 from clap_pipeline.training.data import TrainingData
+from clap_pipeline.waveform_reader import ordered_window_batches
 
 H200_CLIPS_PER_S = 648.0  # one H200, bf16, batch 64 (benchmarks/gpu_check.py)
 FMA_LARGE_SECONDS = 106_574 * 30.0  # 106,574 clips of 30 s
@@ -124,6 +132,48 @@ def one_pass(
     return clips, time.perf_counter() - start
 
 
+def disk_read_bytes() -> int:
+    """Bytes this process has had read from storage (page-cache misses, read-ahead too)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def timed_cells(
+    stage: str,
+    cache: str,
+    loaders: dict[str, Callable[[int], Iterator[np.ndarray]]],
+    files: dict[str, list[Path]],
+    per_batch: Callable[[torch.Tensor], object] | None,
+    repeats: int,
+) -> None:
+    """Best clips/s of each loader over ``repeats`` passes (interleaved: load changes hit
+    them alike), from a warm or a dropped page cache, printed with the ratios."""
+    rates: dict[str, float] = {}
+    disk: dict[str, float] = {}
+    for r in range(repeats):
+        for name, loader in loaders.items():
+            if cache == "warm":
+                one_pass(loader, 99, None)  # fill the cache
+            else:
+                drop_page_cache(files[name])
+            before = disk_read_bytes()
+            clips, secs = one_pass(loader, r + 1, per_batch)
+            disk[name] = (disk_read_bytes() - before) / clips / 1e6
+            rates[name] = max(rates.get(name, 0.0), clips / secs)
+    for name, best in rates.items():
+        print(
+            f"{cache:<6}{stage:<16}{name:<14}{best:>13.1f}"
+            f"{math.ceil(H200_CLIPS_PER_S / best):>16d}{disk[name]:>14.2f}"
+        )
+    for other in ("first window", "row groups"):
+        if other in rates:
+            ratio = rates["windows"] / rates[other]
+            target = " (target >= 1)" if other == "first window" else ""
+            print(f"{'':<36}windows / {other} = {ratio:.2f}x{target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=384, help="tracks in the temp dataset")
@@ -151,15 +201,26 @@ def main() -> None:
         }
         size = {k: sum(f.stat().st_size for f in v) for k, v in files.items()}
         per_s = {k: size[k] / seconds[k] for k in files}
-        loaders: dict[str, Callable[[int], Iterator[np.ndarray]]] = {
-            "windows": lambda epoch: (
+        by_row_group = replace(data, index=replace(data.index, direct_reads=False))
+
+        def train(d: TrainingData) -> Callable[[int], Iterator[np.ndarray]]:
+            return lambda epoch: (
                 b.waveforms
-                for b in data.train_batches(
+                for b in d.train_batches(
                     args.batch, seed=0, epoch=epoch, resample=False, buffer_clips=128
                 )
-            ),
+            )
+
+        def every_window(d: TrainingData) -> Callable[[int], Iterator[np.ndarray]]:
+            every = np.arange(d.index.n_windows)
+            return lambda epoch: (w for _, w in ordered_window_batches(d.index, every, args.batch))
+
+        train_loaders = {
+            "windows": train(data),
+            "row groups": train(by_row_group),
             "first window": lambda epoch: reference_batches(reference, args.batch, epoch),
         }
+        files["row groups"] = files["windows"]
         features = LogMelFeatures(unfused_feature_extractor()).eval()
 
         def log_mel(waves: torch.Tensor) -> object:
@@ -178,27 +239,19 @@ def main() -> None:
             f"first window (float32) {per_s['first window']:,.0f}: ratio "
             f"{per_s['windows'] / per_s['first window']:.3f} (target <= 0.5)"
         )
-        print(f"{'cache':<6}{'stage':<16}{'format':<14}{'clips/s/core':>13}{'cores per H200':>16}")
-        rates: dict[tuple[str, str, str], float] = {}
-        for stage, per_batch in (("read", None), ("read + log-mel", log_mel)):
+        print(
+            f"{'cache':<6}{'stage':<16}{'format':<14}{'clips/s/core':>13}{'cores per H200':>16}"
+            f"{'disk MB/clip':>14}"
+        )
+        cells = (
+            ("read", None, train_loaders),
+            ("read + log-mel", log_mel, train_loaders),
+            ("every window", None, {"windows": every_window(data),
+                                    "row groups": every_window(by_row_group)}),
+        )  # fmt: skip
+        for stage, per_batch, loaders in cells:
             for cache in ("warm", "cold"):
-                for r in range(args.repeats):  # interleaved: load changes hit both alike
-                    for name, loader in loaders.items():
-                        if cache == "warm":
-                            one_pass(loader, 99, None)  # fill the cache
-                        else:
-                            drop_page_cache(files[name])
-                        clips, secs = one_pass(loader, r + 1, per_batch)
-                        key = (cache, stage, name)
-                        rates[key] = max(rates.get(key, 0.0), clips / secs)
-                for name in loaders:
-                    best = rates[cache, stage, name]
-                    print(
-                        f"{cache:<6}{stage:<16}{name:<14}{best:>13.1f}"
-                        f"{math.ceil(H200_CLIPS_PER_S / best):>16d}"
-                    )
-                ratio = rates[cache, stage, "windows"] / rates[cache, stage, "first window"]
-                print(f"{'':<36}windows / first window = {ratio:.2f}x (target >= 1)")
+                timed_cells(stage, cache, loaders, files, per_batch, args.repeats)
 
     print(
         f"disk at {per_s['windows']:,.0f} B/s of audio: fma_large (every window of its "

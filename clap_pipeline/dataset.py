@@ -224,6 +224,7 @@ WAVEFORMS_FORMAT_VERSION = "2"  # 2: one row per window, 16-bit PCM (1: first wi
 ROW_GROUP_ROWS = 64  # windows, at most, per row group: what a reader holds in memory at once
 _PARTITION_FILE = re.compile(r"^(\d{3,})\.parquet$")
 READ_COLUMNS = ["track_id", "start_s", "pcm"]  # what the readers of samples need
+_PAGE_BYTES = 1 << 30  # more than a row group's PCM: one data page per column chunk
 
 
 def waveforms_schema(rule: WindowRule | None = None) -> pa.Schema:
@@ -331,13 +332,16 @@ class PartitionWriter:
         # Uncompressed PCM: music barely compresses with general-purpose codecs (zstd: 3-7 %
         # at ~250 MB/s, docs/windows.md) and a training epoch must keep up. A track's
         # windows repeat its id and source: dictionary-encoded, they cost ~1 byte a window.
-        # Statistics only where they help filtering.
+        # Statistics only where they help filtering. One PLAIN data page per column chunk:
+        # a window's bytes are then found by offset and read alone (pcm_offsets.py).
         self._writer = pq.ParquetWriter(
             path,
             schema,
             compression="none",
             use_dictionary=["track_id", "source_path", "source_size", "source_mtime"],
+            column_encoding={"pcm": "PLAIN"},
             write_statistics=["track_id", "start_s", "n_samples_decoded"],
+            data_page_size=_PAGE_BYTES,
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._writing: Future[None] | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from clap_pipeline.dataset import (
     WAVEFORMS_FORMAT_VERSION,
     TrainingDataError,
 )
+from clap_pipeline.pcm_offsets import PcmChunk, locate, read_pcm
 from clap_pipeline.windows import PCM_SCALE, WindowRule, from_pcm16
 
 
@@ -164,6 +165,9 @@ class WaveformIndex:
     ``rows[p]`` of row group ``groups[p]`` of ``files[files_of[p]]``; ``locations`` maps a
     track to (its first position, its number of windows): a track's windows are
     consecutive, first window first.
+
+    Windows are read by offset, only their own bytes (``pcm_offsets.py``), where a row
+    group's layout allows it (``direct_reads``), else by reading their row group.
     """
 
     root: Path
@@ -177,6 +181,12 @@ class WaveformIndex:
     locations: dict[int, tuple[int, int]]
     data_version: str
     rule: WindowRule
+    pcm_chunks: dict[tuple[int, int], PcmChunk] = field(default_factory=dict, repr=False)
+    direct_reads: bool = True  # False: always read whole row groups (the benchmark's before)
+    # (file, row group) -> each row's PCM offset, None where the layout is not one PLAIN page
+    _offsets: dict[tuple[int, int], np.ndarray | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def build(cls, root: Path) -> WaveformIndex:
@@ -190,13 +200,16 @@ class WaveformIndex:
         columns: dict[str, list[np.ndarray]] = {k: [] for k in ("id", "start", "n", "f", "g", "r")}
         version = hashlib.sha256(WAVEFORMS_FORMAT_VERSION.encode())
         rule: WindowRule | None = None
+        chunks: dict[tuple[int, int], PcmChunk] = {}
         for file_index, path in enumerate(files):
             pf = pq.ParquetFile(path)
             rule = _checked_rule(path, pf, rule, files[0])
             names = set(pf.schema_arrow.names)
             provenance = [c for c in ("source_size", "source_mtime") if c in names]
             version.update(f"{path.name}:{path.stat().st_size}".encode())
+            pcm_column = pf.schema_arrow.get_field_index("pcm")
             for rg in range(pf.num_row_groups):
+                chunks[file_index, rg] = PcmChunk.of(pf.metadata, rg, pcm_column)
                 small = pf.read_row_group(
                     rg, columns=["track_id", "start_s", "n_samples_decoded", *provenance]
                 )
@@ -224,6 +237,7 @@ class WaveformIndex:
             locations=locations,
             data_version=version.hexdigest()[:16],
             rule=rule or WindowRule(),
+            pcm_chunks=chunks,
         )
 
     @property
@@ -277,15 +291,51 @@ class WaveformIndex:
             groups[int(self.file_of[pos[lo]]), int(self.group_of[pos[lo]])] = pos[lo:hi]
         return groups
 
+    def _pcm(
+        self, file_index: int, row_group: int, positions: np.ndarray
+    ) -> list[np.ndarray] | None:
+        """The int16 samples at ``positions`` (all in that row group) read by offset, only
+        their bytes; ``None`` where the row group must be read whole."""
+        key = (file_index, row_group)
+        if not self.direct_reads or key not in self.pcm_chunks or not len(positions):
+            return None
+        positions = np.asarray(positions, dtype=np.int64)
+        first = int(positions[0] - self.row_of[positions[0]])
+        n_samples = self.n_samples[first : first + self.pcm_chunks[key].rows]
+        if key not in self._offsets:
+            contract = bool(((n_samples > 0) & (n_samples <= CLIP_SAMPLES)).all())
+            path, chunk = self.files[file_index], self.pcm_chunks[key]
+            self._offsets[key] = locate(path, chunk, n_samples) if contract else None
+        offsets = self._offsets[key]
+        if offsets is None:
+            return None
+        rows = self.row_of[positions].astype(np.int64)
+        order = np.argsort(rows, kind="stable")
+        pcm = read_pcm(self.files[file_index], offsets, n_samples, rows[order])
+        if pcm is None:
+            return None
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return [pcm[k] for k in back.tolist()]
+
     def read_positions(self, file_index: int, row_group: int, positions: np.ndarray) -> np.ndarray:
         """Float32 windows (n, 240000) at ``positions`` (all in that file's row group)."""
-        return self.read_rows(file_index, row_group, self.row_of[positions])[1]
+        pcm = self._pcm(file_index, row_group, positions)
+        if pcm is None:
+            return self.read_rows(file_index, row_group, self.row_of[positions])[1]
+        out = np.empty((len(pcm), CLIP_SAMPLES), dtype=np.float32)
+        for k, samples in enumerate(pcm):
+            from_pcm16(samples, out=out[k])
+        return out
 
     def read_windows(
         self, file_index: int, row_group: int, positions: np.ndarray
     ) -> list[np.ndarray]:
         """The windows at ``positions`` as separate float32 arrays (a shuffle buffer frees
         each on its own)."""
+        pcm = self._pcm(file_index, row_group, positions)
+        if pcm is not None:
+            return [from_pcm16(samples) for samples in pcm]
         path = self.files[file_index]
         table = pq.ParquetFile(path).read_row_group(row_group, columns=READ_COLUMNS)
         rows = WaveformRows(table, path)

@@ -56,10 +56,10 @@ class TrainConfig:
         choices=SPLIT_MODES,
     )
     train_window: str = knob(
-        "first",
+        "random",
         "random: each epoch a training track contributes one of its 5-s windows, drawn by "
-        "(seed, epoch) | first: always its first window (before whole tracks); validation "
-        "and test use the first window",
+        "(seed, epoch), as LAION-CLAP and TTMR++ train | first: always its first window "
+        "(before whole tracks); validation and test use the first window",
         choices=TRAIN_WINDOWS,
     )
     resample_templates: bool = knob(

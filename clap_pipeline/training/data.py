@@ -7,7 +7,8 @@ whole tracks). Validation and test always use the first window, so epochs compar
 
 Memory is bounded by a shuffle buffer of a few batches plus one Parquet row
 group (<= 64 windows), never by the dataset: the reader keeps an index of where
-each window lives and reads row groups one at a time.
+each window lives and visits row groups one at a time, reading only the drawn
+windows' bytes (``pcm_offsets.py``).
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ def _metadata(run, node: str) -> dict:
 @pytest.mark.slow
 def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
-    # Large enough that the test split (about 24 clips) can show what fine-tuning does.
-    write_demo_dataset(data, n_tracks=240, seed=0, log=None)
+    # Large enough that the test split (about 32 clips) can show what fine-tuning does with a
+    # random window per epoch (chance R@5 = 5/N falls as N grows, and the interval narrows).
+    write_demo_dataset(data, n_tracks=320, seed=0, log=None)
     run_config = tmp_path / "retrain.yaml"
     max_epochs = yaml.safe_load(TINY_RUN_CONFIG.read_text())["ops"]["clap_model"]["config"][
         "max_epochs"
@@ -106,9 +107,7 @@ def test_new_tracks_retrain_without_a_click(tmp_path: Path, tiny_model_dir: Path
         zero_shot = test.stat("zero_shot", key).value
         chance = test.random.exact[key]
         assert tuned.value >= 1.5 * chance and tuned.value > zero_shot, (key, tuned)
-    # The headline direction's interval does not reach below chance even on ~24 clips (its
-    # resolution there is one clip: runs that differ only in batch order land on chance's
-    # edge or a clip above it).
+    # The headline direction's interval does not reach below chance even on ~32 clips.
     t2a = test.stat("fine_tuned", "text_to_audio_recall_at_5")
     assert t2a.ci_low >= test.random.exact["text_to_audio_recall_at_5"], t2a
     search = report.genre_search.splits["test"]
