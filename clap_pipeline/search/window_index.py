@@ -283,7 +283,7 @@ class WindowIndex:
         counts = seg.rep_count[reps].astype(np.int64)
         starts = np.repeat(seg.rep_first[reps] - np.cumsum(counts) + counts, counts)
         rows = starts + np.arange(int(counts.sum()))
-        scores = self.codec.scores(seg.codes[rows], q[None])[:, 0]
+        scores = self.codec.scores(seg.codes, q[None], rows)[:, 0]
         rep_best = np.maximum.reduceat(scores, np.cumsum(counts) - counts)
         tracks = seg.rep_track[reps]
         order = np.lexsort((-rep_best, tracks))
@@ -294,12 +294,12 @@ class WindowIndex:
         """The rule's exact (codec) score of each of ``tracks``."""
         if self.rule == "mean":
             assert seg.track_codes is not None
-            return self.codec.scores(seg.track_codes[tracks], q[None])[:, 0]
+            return self.codec.scores(seg.track_codes, q[None], tracks)[:, 0]
         if self.rule == "first":
-            return self.codec.scores(seg.codes[seg.offsets[tracks]], q[None])[:, 0]
+            return self.codec.scores(seg.codes, q[None], seg.offsets[tracks])[:, 0]
         lo, hi = seg.offsets[tracks], seg.offsets[tracks + 1]
         rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-        scores = self.codec.scores(seg.codes[rows], q[None])[:, 0]
+        scores = self.codec.scores(seg.codes, q[None], rows)[:, 0]
         return np.maximum.reduceat(scores, np.cumsum(hi - lo) - (hi - lo))
 
     def _moment(self, s: int, t: int, q: np.ndarray) -> TrackMoment:

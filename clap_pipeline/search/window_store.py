@@ -40,21 +40,37 @@ class Sq8:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.astype(np.float32) * self.step + self.vmin
 
-    def scores(self, codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """(n, q) inner products of decoded ``codes`` (n, d) with ``queries`` (q, d).
+    def scores(
+        self, codes: np.ndarray, queries: np.ndarray, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, q) inner products of decoded ``codes`` (n, d), or of ``codes[rows]``, with
+        ``queries`` (q, d).
 
         One query's product runs in blocks of ``GEMV_BLOCK_ROWS`` rows: OpenBLAS runs a
         larger matrix-vector product on every core, and on a busy machine the threads'
         hand-off cost 30 ms where one thread takes 2 (a server runs one query per core).
+        The blocks are read into one buffer, converted into another: the service serves
+        every allocation of 256 KB or more with its own mmap
+        (``processes.fix_mmap_threshold``), whose page faults made a fresh array per block
+        (and a gathered copy of the rows) cost several times the arithmetic.
         """
         weights = (queries * self.step).T.astype(np.float32)
         offset = (queries @ self.vmin).astype(np.float32)
         if len(queries) > 1:
-            return codes.astype(np.float32) @ weights + offset
-        out = np.empty((len(codes), 1), dtype=np.float32)
-        for lo in range(0, len(codes), GEMV_BLOCK_ROWS):
-            block = codes[lo : lo + GEMV_BLOCK_ROWS].astype(np.float32)
-            np.matmul(block, weights, out=out[lo : lo + GEMV_BLOCK_ROWS])
+            picked = codes if rows is None else codes[rows]
+            return picked.astype(np.float32) @ weights + offset
+        n = len(codes) if rows is None else len(rows)
+        out = np.empty((n, 1), dtype=np.float32)
+        block = np.empty((min(GEMV_BLOCK_ROWS, n), codes.shape[1]), dtype=np.float32)
+        gathered = np.empty(block.shape, dtype=np.uint8)
+        for lo in range(0, n, GEMV_BLOCK_ROWS):
+            m = min(GEMV_BLOCK_ROWS, n - lo)
+            if rows is None:
+                np.copyto(block[:m], codes[lo : lo + m])
+            else:
+                np.take(codes, rows[lo : lo + m], axis=0, out=gathered[:m], mode="clip")
+                np.copyto(block[:m], gathered[:m])
+            np.matmul(block[:m], weights, out=out[lo : lo + m])
         return out + offset
 
 
