@@ -19,10 +19,10 @@ query, by the aggregation rule, and where in each track" in a few milliseconds:
 - **search**: the coarse index proposes ``candidates`` representatives; their windows (or
   track vectors) are scored from the store; the best ``k + REFINE_EXTRA`` tracks get their
   whole timeline scored; the ``k`` best by the rule come back with the best window's
-  ``start_s``/``end_s``. A filter (a bool per track) is a faiss ID selector on the coarse
-  search (a filter's best tracks sit deeper in the ranking, in farther lists: ``nprobe``
-  divided by the square of the share it keeps), or an exact scan of the allowed tracks'
-  windows when they are few.
+  ``start_s``/``end_s``. A filter (a bool per track) keeps the allowed among a deeper
+  coarse ranking (its best tracks sit deeper, in farther lists: ``nprobe`` divided by the
+  square of the share it keeps; a faiss ID selector only past ``POSTFILTER_MAX``), or is an
+  exact scan of the allowed tracks' windows when they are few.
 
 Incremental: an index is immutable. :meth:`WindowIndex.add_tracks` returns a new index that
 shares every existing *segment* and adds one for the new tracks (encoded with the same codec
@@ -224,7 +224,6 @@ class WindowIndex:
         self, seg: Segment, q: np.ndarray, k: int, keep: np.ndarray, filtered: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """(stage-1 scores, local tracks) of the segment's candidate tracks."""
-
         none = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if not keep.any():
             return none
@@ -280,11 +279,9 @@ class WindowIndex:
         self, seg: Segment, reps: np.ndarray, q: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best window score of each track among the windows of ``reps``."""
-        counts = seg.rep_count[reps].astype(np.int64)
-        starts = np.repeat(seg.rep_first[reps] - np.cumsum(counts) + counts, counts)
-        rows = starts + np.arange(int(counts.sum()))
+        rows, heads = _runs(seg.rep_first[reps], seg.rep_count[reps])
         scores = self.codec.scores(seg.codes, q[None], rows)[:, 0]
-        rep_best = np.maximum.reduceat(scores, np.cumsum(counts) - counts)
+        rep_best = np.maximum.reduceat(scores, heads)
         tracks = seg.rep_track[reps]
         order = np.lexsort((-rep_best, tracks))
         first = np.r_[True, tracks[order][1:] != tracks[order][:-1]]
@@ -297,10 +294,9 @@ class WindowIndex:
             return self.codec.scores(seg.track_codes, q[None], tracks)[:, 0]
         if self.rule == "first":
             return self.codec.scores(seg.codes, q[None], seg.offsets[tracks])[:, 0]
-        lo, hi = seg.offsets[tracks], seg.offsets[tracks + 1]
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+        rows, heads = _runs(seg.offsets[tracks], seg.offsets[tracks + 1] - seg.offsets[tracks])
         scores = self.codec.scores(seg.codes, q[None], rows)[:, 0]
-        return np.maximum.reduceat(scores, np.cumsum(hi - lo) - (hi - lo))
+        return np.maximum.reduceat(scores, heads)
 
     def _moment(self, s: int, t: int, q: np.ndarray) -> TrackMoment:
         seg = self.segments[s]
@@ -378,6 +374,15 @@ class WindowIndex:
             self.calibration_recall,
             self.candidates,
         )
+
+
+def _runs(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of consecutive runs (``counts[i]`` rows from ``starts[i]``), concatenated,
+    and where each run begins among them (``np.ufunc.reduceat``'s indices)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    heads = np.cumsum(counts) - counts
+    rows = np.repeat(np.asarray(starts, dtype=np.int64) - heads, counts)
+    return rows + np.arange(len(rows)), heads
 
 
 def _factory_name(template: object) -> str:
@@ -611,10 +616,9 @@ def calibration_queries(index: WindowIndex, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     seg = index.segments[0]
     tracks = rng.choice(len(seg.track_ids), size=min(CALIBRATION_QUERIES, len(seg.track_ids)))
-    lo, hi = seg.offsets[tracks], seg.offsets[tracks + 1]
-    rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+    rows, heads = _runs(seg.offsets[tracks], seg.offsets[tracks + 1] - seg.offsets[tracks])
     decoded = l2_normalise(index.codec.decode(seg.codes[rows]))
-    base = l2_normalise(np.add.reduceat(decoded, np.cumsum(hi - lo) - (hi - lo), axis=0))
+    base = l2_normalise(np.add.reduceat(decoded, heads, axis=0))
     noise = l2_normalise(rng.standard_normal(base.shape).astype(np.float32))
     c = CALIBRATION_COSINE
     return l2_normalise(c * base + math.sqrt(1 - c * c) * noise)
